@@ -1,0 +1,28 @@
+"""
+``python -m nixeryd <command>``: command-line entry points.
+
+``build`` builds one image into an OCI image layout (see
+:mod:`nixeryd.buildcmd`).  The registry daemon runs as ``twistd nixery``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str]) -> int:
+    """Dispatch to a command; returns the exit code."""
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write("usage: python -m nixeryd build [options] NAME\n"
+                         "       (run 'python -m nixeryd build --help' for options;\n"
+                         "        the registry daemon is 'twistd nixery')\n")
+        return 0 if argv else 2
+    if argv[0] == "build":
+        from nixeryd.buildcmd import main as build_main
+        return build_main(argv[1:])
+    sys.stderr.write("nixeryd: unknown command %r (expected 'build')\n" % (argv[0],))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,222 @@
+"""
+Building one image: closure → layers → blobs → config and manifests.
+
+:class:`ImageBuilder` drives the steps after Nix has resolved the names:
+it asks Nix for the closure, groups it into layers, writes every layer it
+does not already have (in parallel, in the thread pool), adds the
+customisation layer, and stores the config and both manifests.  Layers
+are cached by the exact set of store paths they hold, so the same group of
+paths is never tarred twice, across images and restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any, Mapping, Sequence
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import Logger
+
+from nixeryd.archive import LayerBlob, write_store_layer, write_tree_layer
+from nixeryd.closure import ClosureGraph, store_path_name
+from nixeryd.documents import Image
+from nixeryd.forest import Customisation, build_customisation
+from nixeryd.layers import DEFAULT_LAYER_BUDGET, LayerPlan, plan_layers
+from nixeryd.manifest import (BuiltDocuments, LayerDescriptor, RuntimeSettings,
+                              build_documents)
+from nixeryd.names import ImageRequest
+
+#: Bumped whenever the bytes of a layer for the same paths would change.
+LAYER_FORMAT_VERSION = "1"
+#: Namespace of layer cache documents in storage.
+LAYER_NAMESPACE = "layers"
+
+
+def layer_cache_key(paths: Sequence[str]) -> str:
+    """The layer cache key: a hash of the tar format and the sorted paths."""
+    h = hashlib.sha256(("nixeryd-layer-v" + LAYER_FORMAT_VERSION + "\n").encode())
+    h.update("\n".join(sorted(paths)).encode())
+    return h.hexdigest()
+
+
+def describe_layer(paths: Sequence[str]) -> str:
+    """A short description of a layer's content for the image history."""
+    names = sorted(store_path_name(p) for p in paths)
+    if len(names) <= 3:
+        return ", ".join(names)
+    return "%s and %d more" % (", ".join(names[:3]), len(names) - 3)
+
+
+def runtime_settings(request: ImageRequest, custom: Customisation) -> RuntimeSettings:
+    """The config's ``Env`` and ``Cmd`` for an image."""
+    env = []
+    if custom.path:
+        env.append("PATH=" + ":".join(custom.path))
+    if custom.ca_bundle:
+        env.append("SSL_CERT_FILE=" + custom.ca_bundle)
+    cmd = ("bash",) if request.shell else ()
+    return RuntimeSettings(env=tuple(env), cmd=cmd)
+
+
+@frozen
+class BuiltImage:
+    """
+    The result of a build.
+
+    :ivar image: both manifests.
+    :ivar documents: config and manifests with their digests.
+    :ivar layers: the layer descriptors, base first.
+    """
+
+    image: Image
+    documents: BuiltDocuments
+    layers: tuple[LayerDescriptor, ...]
+
+
+class ImageBuilder:
+    """
+    Turns a resolved image request into stored blobs and manifests.
+
+    :param nix: the Nix runner (``build(resolution) -> ClosureGraph``).
+    :param storage: an :class:`~nixeryd.storage.interface.IStorage`.
+    :param runner: runs blocking work (``run(f, *args) -> Deferred``).
+    :param popularity: ``{name-version: count}`` for layering.
+    :param layer_budget: the most store-path layers an image may have.
+    """
+
+    log = Logger()
+
+    def __init__(self, *, nix: Any, storage: Any, runner: Any,
+                 popularity: Mapping[str, int] | None = None,
+                 layer_budget: int = DEFAULT_LAYER_BUDGET) -> None:
+        self._nix = nix
+        self._storage = storage
+        self._runner = runner
+        self._popularity = dict(popularity or {})
+        self._layer_budget = layer_budget
+        self._settings_key: str | None = None
+        self._layers_in_flight: dict[str, list[Deferred[LayerDescriptor]]] = {}
+
+    def set_popularity(self, popularity: Mapping[str, int]) -> None:
+        """Use new popularity data for later builds."""
+        self._popularity = dict(popularity)
+        self._settings_key = None
+
+    def settings_key(self) -> str:
+        """
+        A string that changes whenever the layering settings do (budget,
+        popularity data), for the manifest cache keys.
+        """
+        if self._settings_key is None:
+            popularity = json.dumps(self._popularity, sort_keys=True).encode()
+            self._settings_key = "budget=%d;popularity=%s" % (
+                self._layer_budget, hashlib.sha256(popularity).hexdigest())
+        return self._settings_key
+
+    async def build(self, request: ImageRequest, resolution: Any) -> BuiltImage:
+        """
+        Build and store the image for a resolved request.
+
+        :raises BuildFailed: when Nix fails (``BuildTimedOut`` on timeout).
+        """
+        started = time.monotonic()
+        self.log.info("Building closure of {image}", image=request.name,
+                      phase="building")
+        graph: ClosureGraph = await self._nix.build(resolution, image=request.name)
+        plans = await self._runner.run(
+            plan_layers, graph, self._popularity, self._layer_budget)
+        self.log.info(
+            "Grouped {paths} store paths ({megabytes} MB) of {image} into "
+            "{layer_count} layers", image=request.name, paths=len(graph.paths),
+            megabytes=round(graph.total_size() / 1e6, 1), layer_count=len(plans),
+            phase="layering")
+        # Requested packages first, in their sorted order, then the optional
+        # ones: the first package providing a file owns it in the forest.
+        top_level = list(dict.fromkeys(
+            path for package in resolution.packages for path in package.out_paths))
+        customised = Deferred.fromCoroutine(self._customise(request, top_level))
+        stored = [Deferred.fromCoroutine(self._store_layer(request, plan))
+                  for plan in plans]
+        results = await _first_error(
+            gatherResults([customised] + stored, consumeErrors=True))
+        custom_value, custom_layer = results[0]
+        layers = tuple(results[1:]) + (custom_layer,)
+        documents = build_documents(request.arch.oci_arch, layers,
+                                    runtime_settings(request, custom_value))
+        await self._store_documents(documents)
+        self.log.info(
+            "Built {image}: {digest}, {layer_count} layers in {seconds} s",
+            image=request.name, digest=documents.image.docker.digest,
+            oci_digest=documents.image.oci.digest, layer_count=len(layers),
+            seconds=round(time.monotonic() - started, 2), phase="done")
+        return BuiltImage(image=documents.image, documents=documents, layers=layers)
+
+    async def _store_documents(self, documents: BuiltDocuments) -> None:
+        await self._storage.store_blob_bytes(documents.config, documents.config_digest)
+        for manifest in (documents.image.docker, documents.image.oci):
+            await self._storage.store_blob_bytes(manifest.body, manifest.digest)
+
+    async def _store_layer(self, request: ImageRequest, plan: LayerPlan) -> LayerDescriptor:
+        """Reuse the cached layer for ``plan``'s paths, or write it once."""
+        key = layer_cache_key(plan.paths)
+        waiters = self._layers_in_flight.get(key)
+        if waiters is not None:
+            waiter: Deferred[LayerDescriptor] = Deferred()
+            waiters.append(waiter)
+            return await waiter
+        self._layers_in_flight[key] = []
+        try:
+            descriptor = await self._cached_or_written(request, key, plan.paths)
+        except BaseException as e:
+            for w in self._layers_in_flight.pop(key):
+                w.errback(e)
+            raise
+        for w in self._layers_in_flight.pop(key):
+            w.callback(descriptor)
+        return descriptor
+
+    async def _cached_or_written(self, request: ImageRequest, key: str,
+                                 paths: Sequence[str]) -> LayerDescriptor:
+        comment = describe_layer(paths)
+        cached = await self._storage.get_document(LAYER_NAMESPACE, key)
+        if cached is not None and await self._storage.has_blob(cached["digest"]):
+            return LayerDescriptor(digest=cached["digest"], diff_id=cached["diff_id"],
+                                   size=cached["size"], comment=comment)
+        blob: LayerBlob = await self._runner.run(
+            write_store_layer, list(paths), self._storage.temp_directory())
+        await self._storage.store_blob_file(blob.path, blob.digest)
+        await self._storage.put_document(
+            LAYER_NAMESPACE, key,
+            {"digest": blob.digest, "diff_id": blob.diff_id, "size": blob.size,
+             "paths": len(paths)})
+        self.log.info("Wrote layer {digest} ({megabytes} MB) of {image}: {content}",
+                      image=request.name, digest=blob.digest,
+                      megabytes=round(blob.size / 1e6, 2), content=comment,
+                      phase="layer")
+        return LayerDescriptor(digest=blob.digest, diff_id=blob.diff_id,
+                               size=blob.size, comment=comment)
+
+    async def _customise(self, request: ImageRequest, top_level: list[str]
+                         ) -> tuple[Customisation, LayerDescriptor]:
+        """Build and store the customisation layer of the image."""
+        custom: Customisation = await self._runner.run(build_customisation, top_level)
+        blob: LayerBlob = await self._runner.run(
+            write_tree_layer, list(custom.entries), self._storage.temp_directory())
+        await self._storage.store_blob_file(blob.path, blob.digest)
+        self.log.info("Wrote customisation layer {digest} of {image}",
+                      image=request.name, digest=blob.digest, phase="layer")
+        return custom, LayerDescriptor(digest=blob.digest, diff_id=blob.diff_id,
+                                       size=blob.size, comment="customisation layer")
+
+
+async def _first_error(d: Deferred[list[Any]]) -> list[Any]:
+    """Await a ``gatherResults`` and re-raise the first underlying error."""
+    from twisted.internet.defer import FirstError
+    try:
+        return await d
+    except FirstError as e:
+        e.subFailure.raiseException()
+        raise  # pragma: no cover

@@ -1,0 +1,306 @@
+"""
+The image service: from ``(name, tag)`` to served manifests, built at most
+once.
+
+It answers the web layer.  A request is first looked up in memory, then in
+the manifest cache in storage; only then is Nix asked.  Identical requests
+in flight share one build (every waiter gets its own Deferred, so a client
+that disconnects cancels only its own wait), and a semaphore bounds how
+many Nix processes run at once.
+
+Manifest cache keys say everything that determines a manifest:
+
+- for a pinned source (a git commit, a channel commit), the source
+  revision, the architecture and the sorted packages — a warm image then
+  needs no Nix call at all, even after a restart or on another instance
+  sharing the storage;
+- for every source, after evaluation, the exact top-level store paths — so
+  a moving source (a branch, a local path) evaluates, then reuses the
+  image, or at least every layer, already built.
+
+Both keys also hold the layering settings and a format version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from typing import Any, Callable, Mapping
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from nixeryd.builder import ImageBuilder
+from nixeryd.digests import check_digest
+from nixeryd.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
+from nixeryd.errors import ManifestUnknown
+from nixeryd.manifest import manifest_from_bytes
+from nixeryd.names import OPTIONAL_PACKAGES, ImageRequest, parse_image_name, validate_tag
+
+#: Bumped whenever the same inputs would give a different manifest.
+MANIFEST_FORMAT_VERSION = "1"
+#: Namespace of manifest cache documents in storage.
+MANIFEST_NAMESPACE = "manifests"
+#: Largest manifest read back from storage.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+#: How many manifests are kept in memory for requests by digest.
+MEMORY_MANIFESTS = 10_000
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+class _LRU(OrderedDict):
+    """A dict that forgets its least recently used entries past a size."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self._size = size
+
+    def get_recent(self, key: Any) -> Any:
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self._size:
+            self.popitem(last=False)
+
+
+class ImageService(Service):
+    """
+    Serves images by name and tag, manifests by digest, and blobs.
+
+    :param source: the package source (``pin(tag) -> PinnedSource``).
+    :param nix: the Nix runner (``resolve(...)``, ``build(...)``).
+    :param builder: the :class:`~nixeryd.builder.ImageBuilder`.
+    :param storage: an :class:`~nixeryd.storage.interface.IStorage`.
+    :param clock: provides ``seconds()`` (the reactor).
+    :param max_builds: how many Nix processes may run at once.
+    :param moving_ttl: seconds a tag of a moving source (a branch, a local
+        path) keeps answering from memory before it is evaluated again.
+    :param reference: how a built image is named in the storage's index,
+        from ``(name, tag)``; ``None`` records nothing.
+    :param children: services started and stopped with this one (the
+        thread pool).
+    """
+
+    log = Logger()
+
+    def __init__(self, *, source: Any, nix: Any, builder: ImageBuilder,
+                 storage: Any, clock: Any, max_builds: int = 2,
+                 moving_ttl: float = 60.0,
+                 reference: Callable[[str, str], str] | None = None,
+                 children: tuple[Service, ...] = (),
+                 on_start: Callable[[], Deferred[None] | None] | None = None) -> None:
+        self._source = source
+        self._nix = nix
+        self._builder = builder
+        self._storage = storage
+        self._clock = clock
+        self._semaphore = DeferredSemaphore(max_builds)
+        self._moving_ttl = moving_ttl
+        self._reference = reference
+        self._children = children
+        self._on_start = on_start
+        self._recent: dict[tuple[str, str], tuple[Image, float | None]] = {}
+        self._in_flight: dict[tuple[str, str], list[Deferred[Image]]] = {}
+        self._running: dict[tuple[str, str], Deferred[Image]] = {}
+        self._manifests: _LRU = _LRU(MEMORY_MANIFESTS)
+        self._tags: dict[str, set[str]] = {}
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        for child in self._children:
+            child.startService()
+        if self._on_start is not None:
+            d = self._on_start()
+            if d is not None:
+                d.addErrback(lambda f: self.log.failure("Start-up task failed", f))
+
+    async def _stop(self) -> None:
+        for running in list(self._running.values()):
+            running.cancel()
+        for child in reversed(self._children):
+            await child.stopService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    # -- the web layer's calls ----------------------------------------------
+
+    async def image(self, name: str, tag: str) -> Image:
+        """
+        The image for ``name`` at ``tag``, built if needed.
+
+        :raises RegistryError: for an invalid name or tag, unknown
+            packages, or a failed build.
+        """
+        request = parse_image_name(name)
+        validate_tag(tag)
+        memo_key = (request.key(), tag)
+        recent = self._recent.get(memo_key)
+        if recent is not None:
+            image, expires = recent
+            if expires is None or expires > self._clock.seconds():
+                self._remember_tag(name, tag)
+                return image
+            del self._recent[memo_key]
+        waiter = self._wait_for(memo_key, request, tag)
+        image = await waiter
+        self._remember_tag(name, tag)
+        return image
+
+    async def manifest(self, digest: str) -> ManifestDocument:
+        """
+        Any manifest this registry has served, by digest.
+
+        :raises DigestInvalid: for a malformed digest.
+        :raises ManifestUnknown: when there is no such manifest.
+        """
+        check_digest(digest)
+        document = self._manifests.get_recent(digest)
+        if document is not None:
+            return document
+        body = await self._storage.read_small_blob(digest, MAX_MANIFEST_BYTES)
+        document = manifest_from_bytes(body) if body is not None else None
+        if document is None or document.digest != digest:
+            raise ManifestUnknown("manifest unknown", {"digest": digest})
+        self._manifests.put(digest, document)
+        return document
+
+    async def blob(self, digest: str) -> LocalBlob | RedirectBlob:
+        """Where the blob with ``digest`` is; fails with ``BlobUnknown``."""
+        check_digest(digest)
+        return await self._storage.blob(digest)
+
+    async def tags(self, name: str) -> list[str]:
+        """The tags known for ``name``: ``latest`` and every tag served."""
+        parse_image_name(name)
+        return sorted(self._tags.get(name, set()) | {"latest"})
+
+    # -- coalescing ---------------------------------------------------------
+
+    def _remember_tag(self, name: str, tag: str) -> None:
+        self._tags.setdefault(name, set()).add(tag)
+
+    def _wait_for(self, memo_key: tuple[str, str], request: ImageRequest,
+                  tag: str) -> Deferred[Image]:
+        """
+        A Deferred of the caller's own for the image; starts the work if
+        nobody else has.  Cancelling it removes only this waiter.
+        """
+        waiters = self._in_flight.get(memo_key)
+
+        def forget(waiter: Deferred[Image]) -> None:
+            remaining = self._in_flight.get(memo_key)
+            if remaining is not None and waiter in remaining:
+                remaining.remove(waiter)
+
+        waiter: Deferred[Image] = Deferred(forget)
+        if waiters is not None:
+            waiters.append(waiter)
+            return waiter
+        self._in_flight[memo_key] = [waiter]
+        work = Deferred.fromCoroutine(self._produce(request, tag))
+        self._running[memo_key] = work
+
+        def fan_out(result: Image | Failure) -> None:
+            del self._running[memo_key]
+            for w in self._in_flight.pop(memo_key, []):
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(result)
+            if isinstance(result, Failure) and not result.check(CancelledError):
+                from nixeryd.errors import RegistryError
+                if result.check(RegistryError):
+                    self.log.warn("Image {image}:{tag} failed: {error}",
+                                  image=request.name, tag=tag,
+                                  error=result.value.message)
+                else:
+                    self.log.failure("Image {image}:{tag} failed", result,
+                                     image=request.name, tag=tag)
+
+        work.addBoth(fan_out)
+        work.addErrback(lambda f: self.log.failure("Fan-out failed", f))
+        return waiter
+
+    # -- producing an image -------------------------------------------------
+
+    async def _produce(self, request: ImageRequest, tag: str) -> Image:
+        pinned = await self._source.pin(tag)
+        pinned_key = None
+        if pinned.revision is not None:
+            pinned_key = _key("pinned", MANIFEST_FORMAT_VERSION, self._builder.settings_key(),
+                              pinned.kind, pinned.revision, request.key())
+            image = await self._cached(pinned_key)
+            if image is not None:
+                self.log.info("Serving {image}:{tag} from the manifest cache "
+                              "(pinned source)", image=request.name, tag=tag)
+                return self._finish(request, tag, pinned, image)
+        async with self._semaphore:
+            resolution = await self._nix.resolve(
+                pinned, request.packages, OPTIONAL_PACKAGES, request.arch.nix_system,
+                image=request.name)
+        closure_key = _key("closure", MANIFEST_FORMAT_VERSION, self._builder.settings_key(),
+                           request.arch.nix_system, request.key(),
+                           *resolution.out_paths)
+        image = await self._cached(closure_key)
+        if image is None:
+            async with self._semaphore:
+                built = await self._builder.build(request, resolution)
+            image = built.image
+            await self._remember(closure_key, image)
+            if self._reference is not None:
+                await self._storage.record_reference(
+                    self._reference(request.name, tag), image.oci.digest,
+                    image.oci.media_type, len(image.oci.body))
+        else:
+            self.log.info("Serving {image}:{tag} from the manifest cache "
+                          "(same store paths)", image=request.name, tag=tag)
+        if pinned_key is not None:
+            await self._remember(pinned_key, image)
+        return self._finish(request, tag, pinned, image)
+
+    def _finish(self, request: ImageRequest, tag: str, pinned: Any, image: Image) -> Image:
+        immutable = pinned.revision is not None and (
+            pinned.kind == "channel" or pinned.revision == tag)
+        expires = None if immutable else self._clock.seconds() + self._moving_ttl
+        self._recent[(request.key(), tag)] = (image, expires)
+        for document in (image.docker, image.oci):
+            self._manifests.put(document.digest, document)
+        return image
+
+    async def _cached(self, key: str) -> Image | None:
+        """The image stored under a manifest cache key, if all of it is there."""
+        record = await self._storage.get_document(MANIFEST_NAMESPACE, key)
+        if record is None:
+            return None
+        try:
+            docker = await self.manifest(record["docker"])
+            oci = await self.manifest(record["oci"])
+        except ManifestUnknown:
+            return None
+        referenced = json.loads(docker.body)
+        for descriptor in [referenced["config"]] + referenced["layers"]:
+            if not await self._storage.has_blob(descriptor["digest"]):
+                self.log.warn("Cached image {digest} lacks blob {blob}; rebuilding",
+                              digest=docker.digest, blob=descriptor["digest"])
+                return None
+        return Image(docker=docker, oci=oci)
+
+    async def _remember(self, key: str, image: Image) -> None:
+        await self._storage.put_document(
+            MANIFEST_NAMESPACE, key,
+            {"docker": image.docker.digest, "oci": image.oci.digest})

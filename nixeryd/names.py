@@ -1,0 +1,142 @@
+"""
+Image names: from ``shell/git/htop`` to the packages Nix must look up.
+
+Every path component of an image name names one package; a few components
+are meta-packages (``shell`` adds an interactive shell and core tools,
+``arm64`` builds for aarch64).  The result is sorted and de-duplicated, so
+``a/b`` and ``b/a`` are the same image.  Names are validated here, before
+anything reaches Nix or the disk.  Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+
+from attrs import frozen
+
+from nixeryd.errors import ManifestUnknown, NameInvalid
+
+#: The distribution spec's repository name grammar, one path component.
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")
+#: The distribution spec's tag grammar.
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
+
+#: Clients cap ``host/name`` at 255 characters; we cap the name alone.
+MAX_NAME_LENGTH = 255
+
+#: Packages the ``shell`` meta-package adds.
+SHELL_PACKAGES = ("bashInteractive", "coreutils", "moreutils", "nano")
+
+#: Packages added to every image when the package set has them.
+OPTIONAL_PACKAGES = ("cacert", "iana-etc")
+
+
+@frozen
+class Architecture:
+    """
+    A target platform, as Nix and as the OCI image config name it.
+
+    :ivar nix_system: the Nix ``system`` string, e.g. ``x86_64-linux``.
+    :ivar oci_arch: the OCI ``architecture``, e.g. ``amd64``.
+    """
+
+    nix_system: str
+    oci_arch: str
+
+
+AMD64 = Architecture("x86_64-linux", "amd64")
+ARM64 = Architecture("aarch64-linux", "arm64")
+
+#: Meta-package components that select an architecture.
+_ARCH_META = {"arm64": ARM64}
+
+
+@frozen
+class ImageRequest:
+    """
+    What an image name asks for.
+
+    :ivar name: the image name exactly as requested.
+    :ivar packages: the attribute names to look up in the package set,
+        sorted and without duplicates; meta-packages are expanded.
+    :ivar arch: the target architecture.
+    :ivar shell: whether the ``shell`` meta-package was requested (the
+        image then runs ``bash`` by default).
+    """
+
+    name: str
+    packages: tuple[str, ...]
+    arch: Architecture
+    shell: bool
+
+    def key(self) -> str:
+        """
+        A string that identifies what the request builds, independent of
+        the order and spelling of its components: architecture and sorted
+        packages, with separators that cannot occur in either.
+        """
+        return self.arch.nix_system + "|" + ",".join(self.packages)
+
+
+def validate_name(name: str) -> list[str]:
+    """
+    Check ``name`` against the registry grammar and return its components.
+
+    :raises NameInvalid: for an empty or over-long name, an empty
+        component, ``..``, or any character outside the grammar.
+    """
+    if not name:
+        raise NameInvalid("the image name is empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise NameInvalid(
+            "the image name is longer than %d characters" % (MAX_NAME_LENGTH,),
+            {"length": len(name)})
+    components = name.split("/")
+    for component in components:
+        if not component:
+            raise NameInvalid("the image name %r has an empty component" % (name,))
+        if not _COMPONENT.match(component):
+            raise NameInvalid(
+                "invalid image name component %r: components are lowercase "
+                "letters and digits, separated by '.', '_', '__' or '-'" % (component,),
+                {"component": component})
+    return components
+
+
+def validate_tag(tag: str) -> str:
+    """
+    Check a tag against the distribution spec's grammar.
+
+    A string that cannot be a tag cannot name a manifest, so it is answered
+    as an unknown manifest.
+
+    :raises ManifestUnknown: when ``tag`` is not a valid tag.
+    """
+    if not _TAG.match(tag):
+        raise ManifestUnknown("invalid tag %r" % (tag,), {"tag": tag})
+    return tag
+
+
+def parse_image_name(name: str) -> ImageRequest:
+    """
+    Turn an image name into an :class:`ImageRequest`.
+
+    Meta-packages are recognised in any position (Nixery only knows them
+    at the start).  A name made only of meta-packages is valid.
+
+    :raises NameInvalid: when the name breaks the grammar.
+    """
+    components = validate_name(name)
+    arch = AMD64
+    shell = False
+    packages: set[str] = set()
+    for component in components:
+        if component in _ARCH_META:
+            arch = _ARCH_META[component]
+        elif component == "shell":
+            shell = True
+            packages.update(SHELL_PACKAGES)
+        else:
+            packages.add(component)
+    return ImageRequest(
+        name=name, packages=tuple(sorted(packages)), arch=arch, shell=shell)

@@ -1,0 +1,225 @@
+"""
+Storage on the local filesystem, laid out as an OCI image layout.
+
+::
+
+    <root>/oci-layout               {"imageLayoutVersion": "1.0.0"}
+    <root>/index.json               manifests named by reference
+    <root>/blobs/sha256/<hex>       layers, configs and manifests
+    <root>/nixeryd/<namespace>/<key>.json   cache documents
+    <root>/nixeryd/tmp/             files being written
+
+Because it is an OCI layout, skopeo and umoci read the storage directly.
+Every write goes to a temporary file in ``nixeryd/tmp`` (same filesystem),
+is flushed with fsync and renamed into place, so a crash never leaves a
+partial blob under its final name; leftover temporary files are removed at
+start-up.  No extended attributes are needed: media types are known from
+the documents that reference a blob.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+from typing import Any
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from nixeryd.digests import check_digest
+from nixeryd.documents import LocalBlob
+from nixeryd.errors import BlobUnknown
+from nixeryd.storage.interface import IStorage
+
+_KEY = re.compile(r"[A-Za-z0-9._-]{1,200}\Z")
+_NAMESPACE = re.compile(r"[a-z][a-z0-9-]{0,40}\Z")
+#: What ``org.opencontainers.image.ref.name`` may hold (image-spec grammar).
+_REFERENCE = re.compile(
+    r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
+    r"(?:/[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*)*\Z")
+REF_NAME = "org.opencontainers.image.ref.name"
+#: Age after which a temporary file is taken for a crash leftover.
+STALE_TEMPORARY_SECONDS = 6 * 3600
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@implementer(IStorage)
+class FilesystemStorage:
+    """
+    Blobs and documents under one directory.
+
+    :param root: the storage directory; created if missing.
+    :param runner: runs blocking functions (a thread pool service, or an
+        inline runner for one-shot use); has ``run(f, *args)``.
+    """
+
+    log = Logger()
+
+    def __init__(self, root: str, runner: Any) -> None:
+        self.root = os.path.abspath(root)
+        self._runner = runner
+        self._blobs = os.path.join(self.root, "blobs", "sha256")
+        self._state = os.path.join(self.root, "nixeryd")
+        self._tmp = os.path.join(self._state, "tmp")
+        self._index_lock = threading.Lock()
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Create the layout and remove what a crash may have left behind."""
+        for directory in (self._blobs, self._tmp):
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+        layout = os.path.join(self.root, "oci-layout")
+        if not os.path.exists(layout):
+            self._write_atomically(layout, b'{"imageLayoutVersion":"1.0.0"}')
+        index = os.path.join(self.root, "index.json")
+        if not os.path.exists(index):
+            self._write_atomically(index, _index_bytes([]))
+        # Another instance may share this storage and be writing right
+        # now: only files untouched for a long while are crash leftovers.
+        cutoff = time.time() - STALE_TEMPORARY_SECONDS
+        stale = []
+        for name in os.listdir(self._tmp):
+            path = os.path.join(self._tmp, name)
+            try:
+                if os.lstat(path).st_mtime < cutoff:
+                    os.unlink(path)
+                    stale.append(name)
+            except OSError:
+                pass
+        if stale:
+            self.log.info("Removed {count} unfinished files from {directory}",
+                          count=len(stale), directory=self._tmp)
+
+    # -- helpers running on the pool ------------------------------------
+
+    def _blob_path(self, digest: str) -> str:
+        return os.path.join(self._blobs, check_digest(digest))
+
+    def _document_path(self, namespace: str, key: str) -> str:
+        if not _NAMESPACE.match(namespace) or namespace == "tmp" or not _KEY.match(key):
+            raise ValueError("invalid document name %r/%r" % (namespace, key))
+        return os.path.join(self._state, namespace, key + ".json")
+
+    def _write_atomically(self, final: str, data: bytes) -> None:
+        fd, temporary = tempfile.mkstemp(dir=self._tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, final)
+        except BaseException:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise
+        _fsync_directory(os.path.dirname(final))
+
+    def _move_into_place(self, path: str, digest: str) -> None:
+        try:
+            final = self._blob_path(digest)
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(path, final)
+        except BaseException:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise
+        _fsync_directory(self._blobs)
+
+    def _stat_blob(self, digest: str) -> LocalBlob:
+        path = self._blob_path(digest)
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            raise BlobUnknown("blob unknown to registry", {"digest": digest}) from None
+        return LocalBlob(path=path, size=size, digest=digest)
+
+    def _read_small(self, digest: str, limit: int) -> bytes | None:
+        path = self._blob_path(digest)
+        try:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size > limit:
+                    return None
+                return f.read(limit + 1)
+        except FileNotFoundError:
+            return None
+
+    def _read_document(self, namespace: str, key: str) -> Any:
+        try:
+            with open(self._document_path(namespace, key), "rb") as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            return None
+
+    def _write_document(self, namespace: str, key: str, document: object) -> None:
+        path = self._document_path(namespace, key)
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        self._write_atomically(path, json.dumps(document, sort_keys=True).encode())
+
+    def _record(self, reference: str, digest: str, media_type: str, size: int) -> None:
+        if not _REFERENCE.match(reference):
+            raise ValueError("invalid image reference %r" % (reference,))
+        check_digest(digest)
+        with self._index_lock:
+            index_path = os.path.join(self.root, "index.json")
+            with open(index_path, "rb") as f:
+                manifests = json.loads(f.read()).get("manifests", [])
+            kept = [m for m in manifests
+                    if m.get("annotations", {}).get(REF_NAME) != reference]
+            kept.append({"mediaType": media_type, "digest": digest, "size": size,
+                         "annotations": {REF_NAME: reference}})
+            kept.sort(key=lambda m: m["annotations"][REF_NAME])
+            self._write_atomically(index_path, _index_bytes(kept))
+
+    # -- IStorage ---------------------------------------------------------
+
+    def temp_directory(self) -> str:
+        return self._tmp
+
+    def has_blob(self, digest: str):
+        return self._runner.run(lambda: os.path.exists(self._blob_path(digest)))
+
+    def store_blob_file(self, path: str, digest: str):
+        return self._runner.run(self._move_into_place, path, digest)
+
+    def store_blob_bytes(self, data: bytes, digest: str):
+        return self._runner.run(
+            lambda: self._write_atomically(self._blob_path(digest), data))
+
+    def blob(self, digest: str):
+        return self._runner.run(self._stat_blob, digest)
+
+    def read_small_blob(self, digest: str, limit: int):
+        return self._runner.run(self._read_small, digest, limit)
+
+    def get_document(self, namespace: str, key: str):
+        return self._runner.run(self._read_document, namespace, key)
+
+    def put_document(self, namespace: str, key: str, document: object):
+        return self._runner.run(self._write_document, namespace, key, document)
+
+    def record_reference(self, reference: str, manifest_digest: str,
+                         media_type: str, size: int):
+        return self._runner.run(self._record, reference, manifest_digest,
+                                media_type, size)
+
+
+def _index_bytes(manifests: list) -> bytes:
+    from nixeryd.mediatypes import OCI_INDEX
+    return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                       "manifests": manifests}, separators=(",", ":")).encode()
