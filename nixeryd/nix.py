@@ -1,0 +1,320 @@
+"""
+Running Nix for an image: resolve names, build, report the closure.
+
+An image takes three Nix calls, however many store paths it has:
+
+1. ``nix-instantiate --eval --strict --json resolve.nix`` turns the
+   requested names into attribute paths, derivations and output paths, or
+   names every unknown package at once;
+2. ``nix-build --no-out-link <drv>!<output> ...`` realises the outputs;
+3. ``nix path-info --json --recursive --closure-size <outputs>`` reports
+   the whole closure with references and sizes.
+
+Inputs reach Nix only as ``--argstr`` JSON arguments.  Every call runs
+through :mod:`nixeryd.process`: its log lines are streamed as events
+(fields ``image``, ``phase``, ``line``) and the whole process group is
+killed when the deadline passes or the caller cancels.  Failures become
+the registry errors of :mod:`nixeryd.errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from attrs import field, frozen
+from twisted.logger import Logger
+
+from nixeryd.closure import ClosureGraph, StorePathInfo, store_path_name
+from nixeryd.errors import BuildFailed, BuildTimedOut, UnknownPackages
+from nixeryd.pkgsource import PinnedSource
+from nixeryd.process import (
+    ProcessFailed, ProcessResult, ProcessTimedOut, child_environment,
+    run_process)
+
+#: The expression that resolves names, inside the Nix directory.
+RESOLVE_EXPRESSION = "resolve.nix"
+
+#: How Nix names the derivation whose builder failed.
+_BUILDER_FAILED = re.compile(r"builder for '(/nix/store/[^']+\.drv)' failed")
+
+_log = Logger()
+
+
+def default_nix_dir() -> str:
+    """
+    Where the Nix expressions live: ``nix/`` next to the package in a
+    source checkout, else ``<sys.prefix>/share/nixeryd/nix`` where an
+    installation puts them.
+    """
+    checkout = Path(__file__).resolve().parent.parent / "nix"
+    if (checkout / RESOLVE_EXPRESSION).is_file():
+        return str(checkout)
+    return os.path.join(sys.prefix, "share", "nixeryd", "nix")
+
+
+@frozen
+class ResolvedPackage:
+    """
+    One package of an image, as the package set defines it.
+
+    :ivar requested: the name as the client wrote it (or an optional name).
+    :ivar attr: the attribute path it resolved to, e.g.
+        ``("xorg", "libX11")``.
+    :ivar out_paths: the store paths of its default outputs, in the order
+        of ``output_names``.
+    :ivar drv_path: its store derivation, which builds the outputs.
+    :ivar output_names: the names of those outputs (``out``, ``bin``...).
+    """
+
+    requested: str
+    attr: tuple[str, ...] = field(converter=tuple)
+    out_paths: tuple[str, ...] = field(converter=tuple)
+    drv_path: str | None = None
+    output_names: tuple[str, ...] = field(converter=tuple, default=())
+
+    def installables(self) -> tuple[str, ...]:
+        """What ``nix-build`` is given to realise this package's outputs."""
+        if self.drv_path is None or not self.output_names:
+            return self.out_paths
+        return tuple("%s!%s" % (self.drv_path, name) for name in self.output_names)
+
+
+@frozen
+class Resolution:
+    """
+    The packages an image holds, resolved against one package set.
+
+    :ivar source: the package set.
+    :ivar system: the Nix system, e.g. ``x86_64-linux``.
+    :ivar packages: requested packages first, then optional ones found.
+    """
+
+    source: PinnedSource
+    system: str
+    packages: tuple[ResolvedPackage, ...] = field(converter=tuple)
+
+    @property
+    def out_paths(self) -> tuple[str, ...]:
+        """Every top-level output path, sorted and without duplicates."""
+        return tuple(sorted({path for package in self.packages
+                             for path in package.out_paths}))
+
+
+class NixRunner:
+    """
+    Runs the Nix calls of an image build.
+
+    :param reactor: spawns processes and keeps time.
+    :param nix_dir: the directory holding the Nix expressions
+        (:func:`default_nix_dir`).
+    :param timeout: seconds allowed for :meth:`resolve`, and for
+        :meth:`build` (both of its calls together); when it passes, the Nix
+        process group is killed.
+    :param options: ``(name, value)`` pairs passed to every call as
+        ``--option name value``, e.g. ``("substituters", "")``.
+    :param env: the environment of Nix; the allow-listed variables of the
+        server's environment when ``None``.
+    :param kill_grace: seconds between ``SIGTERM`` and ``SIGKILL``.
+    :param tail_lines: log lines kept for error reports.
+    """
+
+    def __init__(self, reactor: Any, *, nix_dir: str, timeout: float,
+                 options: Iterable[tuple[str, str]] = (),
+                 env: Mapping[str, str] | None = None,
+                 kill_grace: float = 5.0, tail_lines: int = 100) -> None:
+        self._reactor = reactor
+        self._nix_dir = nix_dir
+        self._timeout = timeout
+        self._option_args: list[str] = []
+        for name, value in options:
+            self._option_args += ["--option", name, value]
+        self._env = dict(env) if env is not None else child_environment(os.environ)
+        self._kill_grace = kill_grace
+        self._tail_lines = tail_lines
+
+    async def resolve(self, source: PinnedSource, packages: Sequence[str],
+                      optional: Sequence[str] = (), system: str = "x86_64-linux",
+                      *, image: str | None = None) -> Resolution:
+        """
+        Resolve package names in the package set of ``source``.
+
+        :param packages: the requested names.
+        :param optional: names added when the package set has them.
+        :param system: the Nix system the image is for.
+        :param image: the image name, for log events.
+        :raises UnknownPackages: naming every requested name that is not a
+            package.
+        :raises BuildFailed: evaluation failed.
+        :raises BuildTimedOut: evaluation ran past the timeout.
+        """
+        argv = [
+            "nix-instantiate", "--eval", "--strict", "--json",
+            "--read-write-mode", *self._option_args,
+            os.path.join(self._nix_dir, RESOLVE_EXPRESSION),
+            "--argstr", "source", _to_json(source.nix_args),
+            "--argstr", "packages", _to_json(list(packages)),
+            "--argstr", "optional", _to_json(list(optional)),
+            "--argstr", "system", system,
+        ]
+        started = self._reactor.seconds()
+        result = await self._run(argv, "resolve", image, self._timeout,
+                                 "evaluating the package set failed")
+        document = _decode_json(result, "evaluation")
+        if not isinstance(document, dict):
+            raise BuildFailed("evaluation returned unexpected JSON", None,
+                              result.tail)
+        unknown = document.get("unknown") or []
+        if unknown:
+            raise UnknownPackages(unknown)
+        try:
+            resolved = tuple(_resolved_package(entry)
+                             for entry in document["packages"])
+        except (KeyError, TypeError, AttributeError) as e:
+            raise BuildFailed("evaluation returned unexpected JSON", None,
+                              result.tail) from e
+        _log.info("Resolved {count} packages for {image} in {seconds} s",
+                  count=len(resolved), image=image, phase="resolve",
+                  seconds=round(self._reactor.seconds() - started, 3))
+        return Resolution(source, system, resolved)
+
+    async def build(self, resolution: Resolution, *,
+                    image: str | None = None) -> ClosureGraph:
+        """
+        Realise the outputs of ``resolution`` and report their closure.
+
+        :param image: the image name, for log events.
+        :returns: the closure, whose roots are the resolution's output
+            paths, sorted.
+        :raises BuildFailed: naming the failed package when the log does.
+        :raises BuildTimedOut: realising and querying ran past the timeout.
+        """
+        roots = resolution.out_paths
+        if not roots:
+            return ClosureGraph((), {})
+        started = self._reactor.seconds()
+        deadline = started + self._timeout
+        installables = list(dict.fromkeys(
+            item for package in resolution.packages
+            for item in package.installables()))
+        build = ["nix-build", "--no-out-link", *self._option_args, *installables]
+        try:
+            await self._run(build, "build", image, self._timeout,
+                            "building the image failed")
+        except BuildTimedOut:
+            raise
+        except BuildFailed as e:
+            raise _explain_build_failure(e, resolution) from e
+        remaining = max(deadline - self._reactor.seconds(), 0.001)
+        query = ["nix", "--extra-experimental-features", "nix-command",
+                 "path-info", "--json", "--recursive", "--closure-size",
+                 *self._option_args, *roots]
+        result = await self._run(query, "path-info", image, remaining,
+                                 "querying the image closure failed")
+        paths = _closure(_decode_json(result, "path-info"), result.tail)
+        missing = [root for root in roots if root not in paths]
+        if missing:
+            raise BuildFailed("Nix did not report the built paths: "
+                              + ", ".join(missing), None, result.tail)
+        _log.info("Built {count} store paths for {image} in {seconds} s",
+                  count=len(paths), image=image, phase="build",
+                  seconds=round(self._reactor.seconds() - started, 3))
+        return ClosureGraph(roots, paths)
+
+    async def _run(self, argv: list[str], phase: str, image: str | None,
+                   timeout: float, failure: str) -> ProcessResult:
+        """Run one Nix call, turning process failures into registry errors."""
+        try:
+            return await run_process(
+                self._reactor, argv, env=self._env, timeout=timeout,
+                kill_grace=self._kill_grace, tail_lines=self._tail_lines,
+                logger=_log, log_fields={"image": image, "phase": phase})
+        except ProcessTimedOut as e:
+            raise BuildTimedOut(self._timeout, e.tail) from e
+        except ProcessFailed as e:
+            detail = _first_error(e.tail) or e.describe()
+            raise BuildFailed("%s: %s" % (failure, detail), None, e.tail) from e
+
+
+def _to_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _decode_json(result: ProcessResult, what: str) -> Any:
+    try:
+        return json.loads(result.stdout)
+    except ValueError as e:
+        raise BuildFailed("%s returned invalid JSON" % (what,), None,
+                          result.tail) from e
+
+
+def _resolved_package(entry: Mapping[str, Any]) -> ResolvedPackage:
+    outputs = entry["outputs"]
+    names = tuple(outputs)
+    return ResolvedPackage(
+        requested=entry["requested"], attr=entry["attr"],
+        out_paths=[outputs[name] for name in names],
+        drv_path=entry["drvPath"], output_names=names)
+
+
+def _closure(document: Any, tail: Sequence[str]) -> dict[str, StorePathInfo]:
+    """
+    Store path infos from ``nix path-info --json``: a list of objects with
+    a ``path`` (Nix 2.8), or an object keyed by path (newer Nix).
+    """
+    if isinstance(document, dict):
+        entries = [dict(info or {}, path=path) for path, info in document.items()]
+    elif isinstance(document, list):
+        entries = document
+    else:
+        raise BuildFailed("path-info returned unexpected JSON", None, tail)
+    paths = {}
+    for entry in entries:
+        try:
+            if entry.get("valid", True) is False or "narSize" not in entry:
+                raise BuildFailed("store path %s is not valid" % (entry["path"],),
+                                  None, tail)
+            info = StorePathInfo(entry["path"], int(entry["narSize"]),
+                                 int(entry["closureSize"]),
+                                 tuple(entry.get("references") or ()))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BuildFailed("path-info returned unexpected JSON", None,
+                              tail) from e
+        paths[info.path] = info
+    return paths
+
+
+def _first_error(tail: Sequence[str]) -> str | None:
+    """The first ``error:`` line of a Nix log, without the prefix."""
+    for line in tail:
+        stripped = line.strip()
+        if stripped.startswith("error:"):
+            return stripped[len("error:"):].strip()
+    return None
+
+
+def _explain_build_failure(error: BuildFailed,
+                           resolution: Resolution) -> BuildFailed:
+    """
+    Say which package failed: the requested name when the failed builder
+    is one the image asked for, else the derivation's name.
+    """
+    for line in error.log_tail:
+        match = _BUILDER_FAILED.search(line)
+        if match is None:
+            continue
+        drv_path = match.group(1)
+        for package in resolution.packages:
+            if package.drv_path == drv_path:
+                return BuildFailed(
+                    "the build of package %s failed" % (package.requested,),
+                    package.requested, error.log_tail)
+        name = store_path_name(drv_path)[:-len(".drv")]
+        return BuildFailed(
+            "the build of %s, a dependency of the image, failed" % (name,),
+            name, error.log_tail)
+    return error

@@ -1,0 +1,73 @@
+"""
+Helpers for the end-to-end tests: the project's offline package set, real
+command-line tools, and running ``python -m nixeryd`` as a user would.
+
+End-to-end test classes are named ``...EndToEnd``; they use real Nix and
+real container clients, take seconds rather than milliseconds, and run in
+CI like every other test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from typing import Sequence
+
+from twisted.trial.unittest import SkipTest
+
+#: The offline package set the tests build from.
+PACKAGE_SET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pkgs")
+#: Nix options for offline use: never ask a binary cache.
+OFFLINE_NIX_OPTIONS = ("substituters=", "extra-platforms=aarch64-linux")
+#: The repository root, so child Pythons import this checkout.
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def require_tools(*names: str) -> dict[str, str]:
+    """
+    The absolute paths of command-line tools.
+
+    :raises SkipTest: naming the missing ones (``dev/setup`` installs them).
+    """
+    found = {name: shutil.which(name) for name in names}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        raise SkipTest("not installed: %s (dev/setup installs them)" % (", ".join(missing),))
+    return found  # type: ignore[return-value]
+
+
+def require_root() -> None:
+    """Skip unless running as root (chroot and the Nix store need it)."""
+    if os.geteuid() != 0:
+        raise SkipTest("needs root")
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    """The environment for a child ``python -m nixeryd`` of this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPOSITORY + (os.pathsep + env["PYTHONPATH"]
+                                      if env.get("PYTHONPATH") else "")
+    env.update(extra)
+    return env
+
+
+def run(argv: Sequence[str], *, timeout: float = 300, check: bool = True,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a command to completion, capturing its output as text."""
+    result = subprocess.run(list(argv), capture_output=True, text=True,
+                            timeout=timeout, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError("%s exited %d\nstdout:\n%s\nstderr:\n%s" % (
+            " ".join(argv), result.returncode, result.stdout, result.stderr))
+    return result
+
+
+def build_command(name: str, out: str, *extra: str) -> list[str]:
+    """The argv of ``python -m nixeryd build`` with the offline package set."""
+    argv = [sys.executable, "-m", "nixeryd", "build", "--pkgs-path", PACKAGE_SET,
+            "--out", out]
+    for option in OFFLINE_NIX_OPTIONS:
+        argv += ["--nix-option", option]
+    return argv + list(extra) + [name]

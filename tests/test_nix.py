@@ -1,0 +1,406 @@
+"""
+Tests for :mod:`nixeryd.nix` against real Nix and the offline package set
+in ``tests/pkgs``, plus the pure parts (JSON decoding, failure reports).
+
+The helpers at the top are shared with ``tests.test_pkgsource``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from typing import Any, Sequence
+
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import provider
+
+import nixeryd.nix
+from nixeryd.closure import ClosureGraph, StorePathInfo
+from nixeryd.errors import BuildFailed, BuildTimedOut, UnknownPackages
+from nixeryd.nix import NixRunner, Resolution, ResolvedPackage, default_nix_dir
+from nixeryd.pkgsource import PinnedSource
+from nixeryd.process import child_environment, run_process
+from tests.test_process import wait_until_gone
+
+#: The offline package set.
+PACKAGE_SET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pkgs")
+
+#: Options for every Nix call: no binary cache (there is no network), and
+#: aarch64-linux builds run the host's busybox.
+NIX_OPTIONS = (("substituters", ""), ("extra-platforms", "aarch64-linux"))
+
+
+def nix_environment(test: TestCase) -> dict[str, str]:
+    """
+    An environment for Nix that shares only the store with the host: a
+    fresh HOME and cache directory (where fetchGit keeps its clones).
+    """
+    home = os.path.abspath(test.mktemp())
+    os.makedirs(home)
+    return child_environment(
+        os.environ, ["PATH", "TMPDIR", "NIX_REMOTE"], HOME=home,
+        XDG_CACHE_HOME=os.path.join(home, ".cache"))
+
+
+def nix_runner(test: TestCase, timeout: float = 60, **kwargs: Any) -> NixRunner:
+    """A runner of real Nix for ``test``."""
+    kwargs.setdefault("env", nix_environment(test))
+    return NixRunner(reactor, nix_dir=default_nix_dir(), timeout=timeout,
+                     options=NIX_OPTIONS, **kwargs)
+
+
+def fresh_package_set(test: TestCase) -> str:
+    """
+    A copy of the package set whose derivations differ from every earlier
+    build, so Nix really runs their builders.
+    """
+    path = os.path.abspath(test.mktemp())
+    shutil.copytree(PACKAGE_SET, path)
+    with open(os.path.join(path, "nonce"), "w") as nonce:
+        nonce.write(uuid.uuid4().hex)
+    return path
+
+
+def capture_events(test: TestCase, **match: Any) -> list[dict[str, Any]]:
+    """
+    Log events whose fields include ``match``, collected until the end of
+    ``test``.
+    """
+    events: list[dict[str, Any]] = []
+
+    @provider(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        if all(event.get(key) == value for key, value in match.items()):
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    test.addCleanup(globalLogPublisher.removeObserver, observe)
+    return events
+
+
+async def attribute_out_path(test: TestCase, package_set: str, attr: str,
+                             system: str = "x86_64-linux") -> str:
+    """The output path of ``attr`` as plain ``nix-instantiate`` computes it."""
+    result = await run_process(
+        reactor, ["nix-instantiate", "--eval", "--json", "--read-write-mode",
+                  "--option", "substituters", "", package_set, "-A",
+                  attr + ".outPath", "--argstr", "system", system],
+        env=nix_environment(test), timeout=30)
+    return json.loads(result.stdout)
+
+
+def path_source(path: str = PACKAGE_SET) -> PinnedSource:
+    """The pinned form of a local package set."""
+    return PinnedSource("path", {"kind": "path", "path": path}, None)
+
+
+class DefaultNixDirTests(SynchronousTestCase):
+    """Finding the Nix expressions."""
+
+    def test_source_checkout(self) -> None:
+        """In a source checkout, the expressions are in nix/ at the top of the tree."""
+        expected = os.path.join(os.path.dirname(os.path.dirname(
+            os.path.abspath(nixeryd.nix.__file__))), "nix")
+        self.assertEqual(default_nix_dir(), expected)
+        self.assertTrue(os.path.isfile(os.path.join(expected, "resolve.nix")))
+
+
+class ResolutionTests(SynchronousTestCase):
+    """The plain data a resolution holds."""
+
+    def test_out_paths_sorted_unique(self) -> None:
+        """A resolution's output paths are sorted and each appears once."""
+        resolution = Resolution(path_source(), "x86_64-linux", [
+            ResolvedPackage("b", ["b"], ["/nix/store/b-b", "/nix/store/a-b-man"]),
+            ResolvedPackage("a", ["a"], ["/nix/store/c-a", "/nix/store/b-b"]),
+        ])
+        self.assertEqual(resolution.out_paths, (
+            "/nix/store/a-b-man", "/nix/store/b-b", "/nix/store/c-a"))
+
+    def test_installables(self) -> None:
+        """A package is built as derivation!output for each default output."""
+        package = ResolvedPackage("multi", ["multi"], ["/nix/store/x-bin", "/nix/store/x-man"],
+                                  "/nix/store/x.drv", ["bin", "man"])
+        self.assertEqual(package.installables(),
+                         ("/nix/store/x.drv!bin", "/nix/store/x.drv!man"))
+
+
+class ResolveEndToEnd(TestCase):
+    """Resolving names with real Nix (each test takes under a second)."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.nix = nix_runner(self)
+
+    async def resolve(self, *names: str, optional: Sequence[str] = (),
+                      system: str = "x86_64-linux") -> Resolution:
+        return await self.nix.resolve(path_source(), names, optional, system)
+
+    async def test_exact_name(self) -> None:
+        """An exact name resolves to its attribute, derivation and output path."""
+        resolution = await self.resolve("hello")
+        [hello] = resolution.packages
+        self.assertEqual(hello.requested, "hello")
+        self.assertEqual(hello.attr, ("hello",))
+        self.assertEqual(hello.output_names, ("out",))
+        self.assertEqual(hello.out_paths,
+                         (await attribute_out_path(self, PACKAGE_SET, "hello"),))
+        assert hello.drv_path is not None
+        self.assertTrue(hello.drv_path.endswith("-hello-1.0.drv"))
+        self.assertTrue(os.path.exists(hello.drv_path))
+        self.assertEqual(resolution.system, "x86_64-linux")
+        self.assertEqual(resolution.source, path_source())
+
+    async def test_case_insensitive_at_every_level(self) -> None:
+        """Lowercase names find mixed-case attributes at every level of a dotted path."""
+        resolution = await self.resolve(
+            "xorg.libx11", "python3packages.pyyaml", "HELLO")
+        attrs = {p.requested: p.attr for p in resolution.packages}
+        self.assertEqual(attrs, {
+            "xorg.libx11": ("xorg", "libX11"),
+            "python3packages.pyyaml": ("python3Packages", "pyyaml"),
+            "HELLO": ("hello",),
+        })
+        libx11 = resolution.packages[0]
+        self.assertEqual(libx11.out_paths, (await attribute_out_path(
+            self, PACKAGE_SET, "xorg.libX11"),))
+
+    async def test_leading_digit(self) -> None:
+        """A name starting with a digit finds the underscore-prefixed attribute."""
+        resolution = await self.resolve("7zz")
+        self.assertEqual(resolution.packages[0].attr, ("_7zz",))
+
+    async def test_unknown_names_reported_together(self) -> None:
+        """Every unknown name is reported at once, as requested, including non-derivations."""
+        with self.assertRaises(UnknownPackages) as caught:
+            await self.resolve("hello", "nope", "xorg.nothere", "xorg",
+                               "xorg.notapackage")
+        self.assertEqual(caught.exception.packages,
+                         ("nope", "xorg.nothere", "xorg", "xorg.notapackage"))
+        self.assertEqual(caught.exception.status, 404)
+
+    async def test_names_are_not_code(self) -> None:
+        """A name holding Nix syntax is looked up as a name, never evaluated."""
+        name = 'hello"; x = builtins.abort "injected'
+        with self.assertRaises(UnknownPackages) as caught:
+            await self.resolve(name)
+        self.assertEqual(caught.exception.packages, (name,))
+
+    async def test_optional_packages(self) -> None:
+        """Optional names are added when present, once, and never reported unknown."""
+        resolution = await self.resolve(
+            "cacert", "hello", optional=["cacert", "iana-etc", "not-in-the-set"])
+        self.assertEqual([p.requested for p in resolution.packages],
+                         ["cacert", "hello", "iana-etc"])
+        self.assertEqual(len(resolution.out_paths), 3)
+
+    async def test_default_outputs(self) -> None:
+        """A multi-output package gives its outputsToInstall, and naming an output gives only that one."""
+        resolution = await self.resolve("multi", "multi.man")
+        multi, man = resolution.packages
+        self.assertEqual(multi.output_names, ("bin", "man"))
+        self.assertTrue(multi.out_paths[0].endswith("-multi-1.0-bin"))
+        self.assertEqual(man.attr, ("multi", "man"))
+        self.assertEqual(man.output_names, ("man",))
+        self.assertEqual(man.drv_path, multi.drv_path)
+        self.assertEqual(resolution.out_paths, tuple(sorted(multi.out_paths)))
+
+    async def test_system(self) -> None:
+        """The system argument selects the package set's platform."""
+        resolution = await self.resolve("hello", system="aarch64-linux")
+        self.assertEqual(resolution.packages[0].out_paths, (await attribute_out_path(
+            self, PACKAGE_SET, "hello", "aarch64-linux"),))
+        native = await self.resolve("hello")
+        self.assertNotEqual(resolution.out_paths, native.out_paths)
+
+    async def test_throwing_package(self) -> None:
+        """A package that throws fails the evaluation with Nix's message."""
+        with self.assertRaises(BuildFailed) as caught:
+            await self.resolve("broken")
+        self.assertNotIsInstance(caught.exception, UnknownPackages)
+        self.assertIn("broken: this package was removed", caught.exception.message)
+        self.assertTrue(any("broken: this package was removed" in line
+                            for line in caught.exception.log_tail))
+
+    async def test_throwing_package_set(self) -> None:
+        """A package set that cannot be evaluated fails with the log tail."""
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        with open(os.path.join(path, "default.nix"), "w") as f:
+            f.write('{ system }: throw "this package set is broken"\n')
+        with self.assertRaises(BuildFailed) as caught:
+            await self.nix.resolve(path_source(path), ["hello"], (), "x86_64-linux")
+        self.assertIn("this package set is broken", caught.exception.message)
+        self.assertEqual(caught.exception.status, 500)
+
+    async def test_log_events(self) -> None:
+        """Nix's log lines become events with the image, the phase and the line."""
+        events = capture_events(self, image="broken-image", phase="resolve")
+        with self.assertRaises(BuildFailed):
+            await self.nix.resolve(path_source(), ["broken"], (), "x86_64-linux",
+                                   image="broken-image")
+        self.assertTrue(any("broken: this package was removed" in e.get("line", "")
+                            for e in events), events)
+
+
+class BuildEndToEnd(TestCase):
+    """Building with real Nix (each test takes a few seconds at most)."""
+
+    timeout = 60
+
+    async def resolve_and_build(self, names: Sequence[str], *,
+                                package_set: str = PACKAGE_SET,
+                                system: str = "x86_64-linux",
+                                nix: NixRunner | None = None,
+                                image: str | None = None) -> tuple[Resolution, ClosureGraph]:
+        nix = nix or nix_runner(self)
+        resolution = await nix.resolve(path_source(package_set), names, (), system,
+                                       image=image)
+        return resolution, await nix.build(resolution, image=image)
+
+    async def test_hello_closure(self) -> None:
+        """Building hello gives a closure of hello and busybox with references and sizes."""
+        resolution, graph = await self.resolve_and_build(["hello"])
+        [hello] = resolution.out_paths
+        self.assertEqual(graph.roots, (hello,))
+        self.assertEqual(len(graph.paths), 2)
+        [busybox] = [p for p in graph.paths if p != hello]
+        self.assertTrue(busybox.endswith("-busybox-1.0"))
+        self.assertEqual(graph.paths[hello].references, (busybox,))
+        self.assertEqual(graph.paths[busybox].references, ())
+        self.assertGreater(graph.paths[busybox].nar_size,
+                           os.path.getsize("/bin/busybox"))
+        self.assertEqual(graph.paths[hello].closure_size,
+                         graph.paths[hello].nar_size + graph.paths[busybox].nar_size)
+        self.assertEqual(graph.total_size(), graph.paths[hello].closure_size)
+        output = await run_process(reactor, [hello + "/bin/hello"], env={},
+                                   timeout=10)
+        self.assertEqual(output.stdout, b"Hello, world!\n")
+
+    async def test_shared_library(self) -> None:
+        """Two tools that use one library share it in the closure graph."""
+        resolution, graph = await self.resolve_and_build(["toolA", "toolB"])
+        self.assertEqual(graph.roots, resolution.out_paths)
+        [libfoo] = [p for p in graph.paths if p.endswith("-libfoo-1.0")]
+        for root in graph.roots:
+            self.assertIn(libfoo, graph.paths[root].references)
+        self.assertEqual(len(graph.paths), 4)
+
+    async def test_multi_output(self) -> None:
+        """Every default output of a package is built and is a root."""
+        resolution, graph = await self.resolve_and_build(["multi"])
+        self.assertEqual(len(graph.roots), 2)
+        for root in graph.roots:
+            self.assertTrue(os.path.isdir(root))
+
+    async def test_failing_package(self) -> None:
+        """A failing build names the requested package and carries its last log lines."""
+        with self.assertRaises(BuildFailed) as caught:
+            await self.resolve_and_build(["hello", "failing"])
+        error = caught.exception
+        self.assertEqual(error.package, "failing")
+        self.assertIn("failing", error.message)
+        self.assertIn("failing: compiling", error.log_tail)
+        self.assertIn("failing: error: this package never builds", error.log_tail)
+        self.assertEqual(error.to_json()["detail"]["package"], "failing")
+
+    async def test_failing_dependency(self) -> None:
+        """A failing dependency is named by its derivation name."""
+        with self.assertRaises(BuildFailed) as caught:
+            await self.resolve_and_build(["needsFailing"])
+        self.assertEqual(caught.exception.package, "failing-1.0")
+        self.assertIn("failing-1.0", caught.exception.message)
+
+    async def test_timeout_kills_builders(self) -> None:
+        """A build past the timeout fails with BuildTimedOut and leaves no builder running."""
+        nix = nix_runner(self, timeout=2, kill_grace=2)
+        events = capture_events(self, image="slow-image", phase="build")
+        started = reactor.seconds()
+        with self.assertRaises(BuildTimedOut) as caught:
+            await self.resolve_and_build(["slow"], nix=nix, image="slow-image")
+        self.assertLess(reactor.seconds() - started, 10)
+        self.assertEqual(caught.exception.seconds, 2)
+        pids = [int(e["line"].rsplit(" ", 1)[1]) for e in events
+                if e.get("line", "").startswith("slow: ") and " pid " in e["line"]]
+        self.assertEqual(len(pids), 2, [e.get("line") for e in events])
+        for pid in pids:
+            self.assertTrue(await wait_until_gone(pid), "pid %d still runs" % (pid,))
+
+    async def test_cancel_kills_builders(self) -> None:
+        """Cancelling a build stops Nix and its builders."""
+        nix = nix_runner(self)
+        resolution = await nix.resolve(path_source(), ["slow"], (), "x86_64-linux")
+        pids: list[int] = []
+        running: Deferred[None] = Deferred()
+
+        @provider(ILogObserver)
+        def observe(event: dict[str, Any]) -> None:
+            line = event.get("line", "")
+            if event.get("image") == "cancelled" and line.startswith("slow: "):
+                pids.append(int(line.rsplit(" ", 1)[1]))
+                if len(pids) == 2:
+                    running.callback(None)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        build = Deferred.fromCoroutine(nix.build(resolution, image="cancelled"))
+        await running
+        build.cancel()
+        with self.assertRaises(CancelledError):
+            await build
+        for pid in pids:
+            self.assertTrue(await wait_until_gone(pid), "pid %d still runs" % (pid,))
+
+    async def test_noisy_build(self) -> None:
+        """A build writing over a megabyte of log succeeds, and every line is streamed."""
+        events = capture_events(self, image="noisy-image", phase="build")
+        _, graph = await self.resolve_and_build(
+            ["noisy"], package_set=fresh_package_set(self), image="noisy-image")
+        self.assertEqual(len(graph.roots), 1)
+        noisy = [e for e in events if e.get("line", "").startswith("noisy: ")]
+        self.assertEqual(len(noisy), 12000)
+        self.assertGreater(sum(len(e["line"]) for e in noisy), 1024 * 1024)
+
+    async def test_aarch64_build(self) -> None:
+        """An aarch64-linux image builds on this host, with aarch64-linux derivations."""
+        resolution, graph = await self.resolve_and_build(
+            ["hello"], package_set=fresh_package_set(self), system="aarch64-linux")
+        [hello] = resolution.packages
+        assert hello.drv_path is not None
+        with open(hello.drv_path) as drv:
+            self.assertIn('"aarch64-linux"', drv.read())
+        self.assertEqual(len(graph.paths), 2)
+        self.assertTrue(os.path.isfile(hello.out_paths[0] + "/bin/hello"))
+
+    async def test_empty_resolution(self) -> None:
+        """Nothing to build gives an empty graph without running Nix."""
+        nix = NixRunner(reactor, nix_dir="/nonexistent", timeout=1)
+        graph = await nix.build(Resolution(path_source(), "x86_64-linux", []))
+        self.assertEqual(graph, ClosureGraph((), {}))
+
+
+class PathInfoDecodingTests(SynchronousTestCase):
+    """Reading both shapes of ``nix path-info --json``."""
+
+    def test_list_and_object(self) -> None:
+        """The Nix 2.8 list and the newer object keyed by path decode alike."""
+        entry = {"narSize": 10, "closureSize": 30, "references": ["/nix/store/b-b"]}
+        as_list = nixeryd.nix._closure([dict(entry, path="/nix/store/a-a")], ())
+        as_object = nixeryd.nix._closure({"/nix/store/a-a": entry}, ())
+        expected = {"/nix/store/a-a": StorePathInfo(
+            "/nix/store/a-a", 10, 30, ("/nix/store/b-b",))}
+        self.assertEqual(as_list, expected)
+        self.assertEqual(as_object, expected)
+
+    def test_invalid_path(self) -> None:
+        """A path Nix reports as invalid fails the build."""
+        self.assertRaises(BuildFailed, nixeryd.nix._closure,
+                          [{"path": "/nix/store/a-a", "valid": False}], ())
+        self.assertRaises(BuildFailed, nixeryd.nix._closure, {"/nix/store/a-a": None}, ())
+        self.assertRaises(BuildFailed, nixeryd.nix._closure, "nonsense", ())

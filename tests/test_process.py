@@ -1,0 +1,439 @@
+"""
+Tests for :mod:`nixeryd.process`: real child processes for streaming,
+volume, exit status, deadlines and cancellation; a fake reactor for the
+timer and signal logic; plain data for line splitting.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import textwrap
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import (
+    ProcessDone, ProcessExitedAlready, ProcessTerminated)
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import Logger, capturedLogs
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from nixeryd.process import (
+    LineSplitter, OutputTooLarge, ProcessFailed, ProcessResult,
+    ProcessTimedOut, child_environment, run_process, spawn_process)
+
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+def python(code: str) -> list[str]:
+    """A command running ``code`` in this interpreter."""
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def is_alive(pid: int) -> bool:
+    """Whether ``pid`` names a process that is neither gone nor a zombie."""
+    try:
+        with open("/proc/%d/stat" % (pid,)) as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+async def wait_until_gone(pid: int, seconds: float = 5.0) -> bool:
+    """Poll until ``pid`` is gone; whether it went within ``seconds``."""
+    for _ in range(int(seconds / 0.05)):
+        if not is_alive(pid):
+            return True
+        await deferLater(reactor, 0.05, lambda: None)
+    return not is_alive(pid)
+
+
+class LineSplitterTests(SynchronousTestCase):
+    """Cutting byte streams into lines."""
+
+    def test_lines_across_chunks(self) -> None:
+        """A line split over several chunks comes out once, when complete."""
+        splitter = LineSplitter()
+        self.assertEqual(splitter.feed(b"hel"), [])
+        self.assertEqual(splitter.feed(b"lo\nwor"), ["hello"])
+        self.assertEqual(splitter.feed(b"ld\n\nx"), ["world", ""])
+        self.assertEqual(splitter.flush(), ["x"])
+        self.assertEqual(splitter.flush(), [])
+
+    def test_crlf_and_invalid_utf8(self) -> None:
+        """A carriage return before the newline is dropped and bad UTF-8 is replaced."""
+        splitter = LineSplitter()
+        self.assertEqual(splitter.feed(b"a\r\n\xff\xfeb\n"), ["a", "\ufffd\ufffdb"])
+
+    def test_long_lines_are_cut(self) -> None:
+        """A line longer than the limit is passed on in pieces, even unterminated."""
+        splitter = LineSplitter(max_bytes=4)
+        self.assertEqual(splitter.feed(b"abcdefghij\n"), ["abcd", "efgh", "ij"])
+        self.assertEqual(splitter.feed(b"0123456789"), ["0123", "4567"])
+        self.assertEqual(splitter.flush(), ["89"])
+
+
+class ChildEnvironmentTests(SynchronousTestCase):
+    """Building a child's environment from an allow-list."""
+
+    def test_allow_list(self) -> None:
+        """Only allow-listed, non-empty variables are kept, and extras are added."""
+        environ = {"PATH": "/bin", "HOME": "", "SECRET": "x", "NIX_REMOTE": "daemon"}
+        self.assertEqual(
+            child_environment(environ, GIT_TERMINAL_PROMPT="0"),
+            {"PATH": "/bin", "NIX_REMOTE": "daemon", "GIT_TERMINAL_PROMPT": "0"})
+
+    def test_custom_names(self) -> None:
+        """A caller can choose the allowed names."""
+        self.assertEqual(child_environment({"A": "1", "B": "2"}, ["B"]), {"B": "2"})
+
+
+class FakeTransport:
+    """The process transport of :class:`FakeProcessReactor`."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[Any] = []
+        self.stdin_closed = False
+        self.exited = False
+
+    def closeStdin(self) -> None:
+        self.stdin_closed = True
+
+    def signalProcess(self, signum: Any) -> None:
+        if self.exited:
+            raise ProcessExitedAlready()
+        self.signals.append(signum)
+
+
+class FakeProcessReactor(Clock):
+    """A clock whose ``spawnProcess`` records the call and starts nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[dict[str, Any]] = []
+
+    def spawnProcess(self, protocol: Any, executable: str, args: list[str],
+                     env: dict[str, str], path: str | None,
+                     usePTY: bool) -> FakeTransport:
+        transport = FakeTransport(pid=4242 + len(self.spawned))
+        self.spawned.append(dict(protocol=protocol, executable=executable,
+                                 args=args, env=env, path=path, usePTY=usePTY,
+                                 transport=transport))
+        protocol.makeConnection(transport)
+        return transport
+
+
+class FakeReactorTests(SynchronousTestCase):
+    """Timers, signals and results, driven by a fake reactor."""
+
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        self.group_signals: list[tuple[int, int]] = []
+        self.group_exists = True
+
+    def signal_group(self, pgid: int, signum: int) -> None:
+        if not self.group_exists:
+            raise ProcessLookupError(pgid)
+        self.group_signals.append((pgid, signum))
+
+    def spawn(self, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", 10)
+        kwargs.setdefault("kill_grace", 2)
+        child = spawn_process(self.reactor, ["nix-build", "x.nix"], env={"PATH": "/p"},
+                              signal_group=self.signal_group, **kwargs)
+        spawned = self.reactor.spawned[-1]
+        return child, spawned["protocol"], spawned["transport"]
+
+    def test_spawn_arguments(self) -> None:
+        """The command runs through the session wrapper, with exactly the given environment and no PTY."""
+        child, _, transport = self.spawn(cwd="/work")
+        spawned = self.reactor.spawned[0]
+        self.assertEqual(spawned["executable"], sys.executable)
+        self.assertEqual(spawned["args"][0], sys.executable)
+        self.assertIn("os.setsid()", spawned["args"][4])
+        self.assertEqual(spawned["args"][-2:], ["nix-build", "x.nix"])
+        self.assertEqual(spawned["env"], {"PATH": "/p"})
+        self.assertEqual(spawned["path"], "/work")
+        self.assertFalse(spawned["usePTY"])
+        self.assertTrue(transport.stdin_closed)
+        self.assertEqual(child.pid, 4242)
+
+    def test_success(self) -> None:
+        """Exit status 0 gives stdout, the tail, and leaves no timer."""
+        child, protocol, _ = self.spawn()
+        protocol.childDataReceived(1, b"/nix/store/a\n")
+        protocol.childDataReceived(2, b"building\nlast")
+        protocol.processEnded(Failure(ProcessDone(0)))
+        result = self.successResultOf(child.result)
+        self.assertEqual(result, ProcessResult(
+            ("nix-build", "x.nix"), 4242, b"/nix/store/a\n", ("building", "last")))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_failure_carries_status_and_tail(self) -> None:
+        """A non-zero exit fails with the status and the last lines."""
+        child, protocol, _ = self.spawn(tail_lines=2)
+        protocol.childDataReceived(2, b"one\ntwo\nthree\n")
+        protocol.processEnded(Failure(ProcessTerminated(exitCode=100)))
+        failure = self.failureResultOf(child.result, ProcessFailed)
+        self.assertEqual(failure.value.exit_code, 100)
+        self.assertIsNone(failure.value.signal)
+        self.assertEqual(failure.value.tail, ("two", "three"))
+        self.assertIn("nix-build exited with status 100", str(failure.value))
+
+    def test_timeout_terminates_then_kills_group(self) -> None:
+        """At the deadline the group gets SIGTERM, then SIGKILL after the grace period."""
+        child, protocol, _ = self.spawn(timeout=10, kill_grace=2)
+        self.reactor.advance(9.9)
+        self.assertEqual(self.group_signals, [])
+        self.reactor.advance(0.1)
+        self.assertEqual(self.group_signals, [(4242, signal.SIGTERM)])
+        self.reactor.advance(2)
+        self.assertEqual(self.group_signals,
+                         [(4242, signal.SIGTERM), (4242, signal.SIGKILL)])
+        protocol.processEnded(Failure(ProcessTerminated(signal=9)))
+        failure = self.failureResultOf(child.result, ProcessTimedOut)
+        self.assertEqual(failure.value.timeout, 10)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_exit_during_grace_cancels_kill_timer(self) -> None:
+        """A child that exits on SIGTERM leaves no pending timer, and stragglers of its group get SIGKILL."""
+        child, protocol, _ = self.spawn(timeout=1, kill_grace=5)
+        self.reactor.advance(1)
+        protocol.processEnded(Failure(ProcessTerminated(signal=15)))
+        self.failureResultOf(child.result, ProcessTimedOut)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual(self.group_signals,
+                         [(4242, signal.SIGTERM), (4242, signal.SIGKILL)])
+
+    def test_missing_group_falls_back_to_the_child(self) -> None:
+        """When the group does not exist yet, the child itself is signalled."""
+        child, protocol, transport = self.spawn(timeout=1)
+        self.group_exists = False
+        self.reactor.advance(1)
+        self.assertEqual(transport.signals, [signal.SIGTERM])
+        transport.exited = True
+        self.reactor.advance(5)
+        self.assertEqual(transport.signals, [signal.SIGTERM])
+        protocol.processEnded(Failure(ProcessTerminated(signal=15)))
+        self.failureResultOf(child.result, ProcessTimedOut)
+
+    def test_cancel_kills_group(self) -> None:
+        """Cancelling the result signals the group and ends in CancelledError."""
+        child, protocol, _ = self.spawn()
+        ended = child.when_ended()
+        child.result.cancel()
+        self.failureResultOf(child.result, CancelledError)
+        self.assertEqual(self.group_signals, [(4242, signal.SIGTERM)])
+        self.assertNoResult(ended)
+        protocol.processEnded(Failure(ProcessTerminated(signal=15)))
+        self.successResultOf(ended)
+        self.successResultOf(child.when_ended())
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_stdout_limit(self) -> None:
+        """Stdout beyond the limit kills the child and fails with OutputTooLarge."""
+        child, protocol, _ = self.spawn(max_stdout=10)
+        protocol.childDataReceived(1, b"123456")
+        self.assertEqual(self.group_signals, [])
+        protocol.childDataReceived(1, b"789012")
+        self.assertEqual(self.group_signals, [(4242, signal.SIGTERM)])
+        protocol.processEnded(Failure(ProcessTerminated(signal=15)))
+        failure = self.failureResultOf(child.result, OutputTooLarge)
+        self.assertEqual(failure.value.limit, 10)
+
+    def test_stream_stdout(self) -> None:
+        """With stream_stdout, stdout lines are streamed as well as collected."""
+        lines: list[tuple[str, str]] = []
+        child, protocol, _ = self.spawn(stream_stdout=True,
+                                        on_line=lambda s, l: lines.append((s, l)))
+        protocol.childDataReceived(1, b"out\n")
+        protocol.childDataReceived(2, b"err\n")
+        protocol.processEnded(Failure(ProcessDone(0)))
+        self.assertEqual(lines, [("stdout", "out"), ("stderr", "err")])
+        self.assertEqual(self.successResultOf(child.result).stdout, b"out\n")
+
+    def test_log_events(self) -> None:
+        """Each line becomes a log event carrying line, argv0, pid and the caller's fields."""
+        logger = Logger(namespace="test")
+        with capturedLogs() as events:
+            child, protocol, _ = self.spawn(logger=logger,
+                                            log_fields={"image": "hello"})
+            protocol.childDataReceived(2, b"building '/nix/store/x.drv'\n")
+            protocol.processEnded(Failure(ProcessDone(0)))
+        lines = [e for e in events if "line" in e]
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(lines[0]["line"], "building '/nix/store/x.drv'")
+        self.assertEqual(lines[0]["argv0"], "nix-build")
+        self.assertEqual(lines[0]["pid"], 4242)
+        self.assertEqual(lines[0]["image"], "hello")
+        self.assertEqual(lines[0]["log_namespace"], "test")
+
+    def test_failing_callback_is_logged(self) -> None:
+        """A callback that raises is logged and does not stop the stream."""
+        seen: list[str] = []
+
+        def on_line(stream: str, line: str) -> None:
+            seen.append(line)
+            raise RuntimeError("callback broke")
+
+        child, protocol, _ = self.spawn(on_line=on_line)
+        protocol.childDataReceived(2, b"a\nb\n")
+        protocol.processEnded(Failure(ProcessDone(0)))
+        self.assertEqual(seen, ["a", "b"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        self.successResultOf(child.result)
+
+
+class RealChildProcessTests(TestCase):
+    """Real child processes of this interpreter."""
+
+    timeout = 30
+
+    async def test_lines_stream_before_exit(self) -> None:
+        """A line reaches the callback while the child still runs: the child waits for a file the callback creates."""
+        marker = os.path.abspath(self.mktemp())
+        seen: list[str] = []
+
+        def on_line(stream: str, line: str) -> None:
+            seen.append(line)
+            if line == "waiting":
+                open(marker, "w").close()
+
+        code = """
+            import os, sys, time
+            sys.stderr.write("waiting\\n"); sys.stderr.flush()
+            deadline = time.time() + 10
+            while not os.path.exists(%r) and time.time() < deadline:
+                time.sleep(0.01)
+            sys.stderr.write("saw marker\\n" if os.path.exists(%r) else "no marker\\n")
+        """ % (marker, marker)
+        result = await run_process(reactor, python(code), env=ENV, timeout=20,
+                                   on_line=on_line)
+        self.assertEqual(seen, ["waiting", "saw marker"])
+        self.assertEqual(result.tail, ("waiting", "saw marker"))
+
+    async def test_large_stderr_and_stdout(self) -> None:
+        """Megabytes on stderr and on stdout at once do not hang, stdout is complete, and the tail is bounded."""
+        code = """
+            import sys
+            for i in range(40000):
+                sys.stderr.write("log line %05d " % i + "x" * 40 + "\\n")
+                if i % 10 == 0:
+                    sys.stdout.write("%d\\n" % i)
+        """
+        count = []
+        result = await run_process(
+            reactor, python(code), env=ENV, timeout=20, tail_lines=3,
+            on_line=lambda s, l: count.append(1))
+        self.assertEqual(len(count), 40000)
+        self.assertEqual(result.stdout,
+                         b"".join(b"%d\n" % i for i in range(0, 40000, 10)))
+        self.assertEqual(len(result.tail), 3)
+        self.assertTrue(result.tail[-1].startswith("log line 39999 "))
+
+    async def test_nonzero_exit(self) -> None:
+        """A non-zero exit raises ProcessFailed with the status and the tail."""
+        code = """
+            import sys
+            print("error: something broke", file=sys.stderr)
+            sys.exit(3)
+        """
+        with self.assertRaises(ProcessFailed) as caught:
+            await run_process(reactor, python(code), env=ENV, timeout=20)
+        self.assertEqual(caught.exception.exit_code, 3)
+        self.assertEqual(caught.exception.tail, ("error: something broke",))
+
+    async def test_partial_last_line(self) -> None:
+        """An unterminated last line is passed on when the child ends."""
+        lines: list[str] = []
+        code = "import sys; sys.stderr.write('first\\nno newline')"
+        result = await run_process(reactor, python(code), env=ENV, timeout=20,
+                                   on_line=lambda s, l: lines.append(l))
+        self.assertEqual(lines, ["first", "no newline"])
+        self.assertEqual(result.tail, ("first", "no newline"))
+
+    async def test_environment_is_exact(self) -> None:
+        """The child sees exactly the environment it was given."""
+        result = await run_process(
+            reactor, ["env"], env={"PATH": ENV["PATH"], "NIX_REMOTE": "daemon"},
+            timeout=20)
+        self.assertEqual(sorted(result.stdout.splitlines()),
+                         [b"NIX_REMOTE=daemon", b"PATH=" + ENV["PATH"].encode()])
+
+    async def test_own_process_group(self) -> None:
+        """The child leads a process group of its own."""
+        code = "import os; print(os.getpid(), os.getpgid(0), os.getsid(0))"
+        result = await run_process(reactor, python(code), env=ENV, timeout=20)
+        pid, pgid, sid = result.stdout.split()
+        self.assertEqual(int(pid), result.pid)
+        self.assertEqual(int(pgid), result.pid)
+        self.assertEqual(int(sid), result.pid)
+        self.assertNotEqual(os.getpgid(0), result.pid)
+
+    async def test_missing_program(self) -> None:
+        """A program that does not exist fails with status 127 and says why."""
+        with self.assertRaises(ProcessFailed) as caught:
+            await run_process(reactor, ["nixeryd-no-such-program"], env=ENV,
+                              timeout=20)
+        self.assertEqual(caught.exception.exit_code, 127)
+        self.assertIn("cannot run nixeryd-no-such-program", caught.exception.tail[0])
+
+    async def _grandchild_test(self, child_ignores_term: bool) -> None:
+        grandchild = """
+            import signal, time
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            time.sleep(60)
+        """
+        code = """
+            import signal, subprocess, sys, time
+            if %r:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            g = subprocess.Popen([sys.executable, "-c", %r],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+            time.sleep(0.3)
+            print("grandchild", g.pid, file=sys.stderr, flush=True)
+            time.sleep(60)
+        """ % (child_ignores_term, textwrap.dedent(grandchild))
+        child = spawn_process(reactor, python(code), env=ENV, timeout=1.5,
+                              kill_grace=0.5)
+        with self.assertRaises(ProcessTimedOut) as caught:
+            await child.result
+        await child.when_ended()
+        line = [l for l in caught.exception.tail if l.startswith("grandchild ")]
+        self.assertEqual(len(line), 1, caught.exception.tail)
+        grandchild_pid = int(line[0].split()[1])
+        assert child.pid is not None
+        self.assertTrue(await wait_until_gone(child.pid))
+        self.assertTrue(await wait_until_gone(grandchild_pid))
+
+    async def test_timeout_kills_grandchild(self) -> None:
+        """On timeout a child dies of SIGTERM and its grandchild, which ignores SIGTERM and left our pipes, is killed too."""
+        await self._grandchild_test(child_ignores_term=False)
+
+    async def test_timeout_escalates_to_sigkill(self) -> None:
+        """A group that ignores SIGTERM is killed with SIGKILL after the grace period."""
+        await self._grandchild_test(child_ignores_term=True)
+
+    async def test_cancel_kills(self) -> None:
+        """Cancelling the result kills the running child."""
+        started: Deferred[None] = Deferred()
+        code = """
+            import sys, time
+            print("started", file=sys.stderr, flush=True)
+            time.sleep(60)
+        """
+        child = spawn_process(reactor, python(code), env=ENV, timeout=20,
+                              on_line=lambda s, l: started.callback(None))
+        await started
+        child.result.cancel()
+        with self.assertRaises(CancelledError):
+            await child.result
+        await child.when_ended()
+        assert child.pid is not None
+        self.assertTrue(await wait_until_gone(child.pid))
