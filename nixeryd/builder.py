@@ -20,7 +20,8 @@ from attrs import frozen
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
-from nixeryd.archive import LayerBlob, write_store_layer, write_tree_layer
+from nixeryd.archive import (DEFAULT_COMPRESS_LEVEL, LAYER_FORMAT_VERSION,
+                             LayerBlob, write_store_layer, write_tree_layer)
 from nixeryd.closure import ClosureGraph, store_path_name
 from nixeryd.documents import Image
 from nixeryd.forest import Customisation, build_customisation
@@ -29,15 +30,17 @@ from nixeryd.manifest import (BuiltDocuments, LayerDescriptor, RuntimeSettings,
                               build_documents)
 from nixeryd.names import ImageRequest
 
-#: Bumped whenever the bytes of a layer for the same paths would change.
-LAYER_FORMAT_VERSION = "1"
 #: Namespace of layer cache documents in storage.
 LAYER_NAMESPACE = "layers"
 
 
 def layer_cache_key(paths: Sequence[str]) -> str:
-    """The layer cache key: a hash of the tar format and the sorted paths."""
-    h = hashlib.sha256(("nixeryd-layer-v" + LAYER_FORMAT_VERSION + "\n").encode())
+    """
+    The layer cache key: a hash of the sorted paths and of everything else
+    that changes a layer's bytes (tar format version, compression level).
+    """
+    h = hashlib.sha256(("nixeryd-layer-v%d-gzip%d\n" % (
+        LAYER_FORMAT_VERSION, DEFAULT_COMPRESS_LEVEL)).encode())
     h.update("\n".join(sorted(paths)).encode())
     return h.hexdigest()
 

@@ -1,0 +1,224 @@
+"""
+Timing of layer assembly against ``tar | gzip -6 | sha256sum``.
+
+Writing the layers of an image is the bulk of a cache-missing build once
+Nix is done, so it has to be much faster than the obvious shell pipeline.
+This script builds the package set of ``bench/pkgs`` (real host binaries
+and libraries copied into the store), takes the closure of its ``image``
+package, and measures side by side, on a warm page cache:
+
+* the reference: ``tar -c <closure paths> | gzip -6 | sha256sum``;
+* the assembly: the closure grouped into layers by
+  :func:`nixeryd.layers.plan_layers` and each layer written with
+  :func:`nixeryd.archive.write_store_layer` in a thread pool, in a child
+  process so that its peak memory is its own.
+
+It prints the closure size, both wall times, their ratio, the compressed
+size and the peak RSS of the assembling process, then checks every blob's
+digest.
+
+Run it as ``python bench/assemble.py [--level N] [--workers N] [--runs N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nixeryd.archive import DEFAULT_COMPRESS_LEVEL, hash_file, write_store_layer
+from nixeryd.closure import ClosureGraph, StorePathInfo
+
+PACKAGE_SET = Path(__file__).resolve().parent / "pkgs"
+NIX_OPTIONS = ["--option", "substituters", ""]
+MB = 1000 * 1000
+
+
+def build_image(attribute: str) -> str:
+    """Build one attribute of the bench package set; return its store path."""
+    built = subprocess.run(
+        ["nix-build", *NIX_OPTIONS, "--no-out-link", str(PACKAGE_SET),
+         "-A", attribute],
+        check=True, capture_output=True, text=True)
+    return built.stdout.strip().splitlines()[-1]
+
+
+def closure_graph(root: str) -> ClosureGraph:
+    """The closure of ``root`` with sizes and references, from Nix."""
+    listed = subprocess.run(
+        ["nix", "--extra-experimental-features", "nix-command", "path-info",
+         *NIX_OPTIONS, "--json", "--recursive", "--closure-size", root],
+        check=True, capture_output=True, text=True)
+    infos = {}
+    for entry in json.loads(listed.stdout):
+        infos[entry["path"]] = StorePathInfo(
+            path=entry["path"], nar_size=entry["narSize"],
+            closure_size=entry["closureSize"], references=entry["references"])
+    closure = subprocess.run(["nix-store", "-qR", root], check=True,
+                             capture_output=True, text=True).stdout.split()
+    if sorted(closure) != sorted(infos):
+        raise RuntimeError("nix path-info and nix-store -qR disagree")
+    return ClosureGraph(roots=[root], paths=infos)
+
+
+def plan(graph: ClosureGraph, groups: int) -> list[list[str]]:
+    """
+    The layers of the closure: planned by :mod:`nixeryd.layers` when it is
+    available, else the sorted paths dealt into ``groups`` groups.
+    """
+    try:
+        from nixeryd.layers import plan_layers
+    except ImportError:
+        paths = sorted(graph.paths)
+        return [paths[index::groups] for index in range(groups)
+                if paths[index::groups]]
+    return [list(layer.paths) for layer in plan_layers(graph)]
+
+
+def warm_cache(paths: list[str]) -> None:
+    """Read every file once so both measurements start from memory."""
+    subprocess.run(["tar", "-cf", "/dev/null", "--", *paths], check=True,
+                   stderr=subprocess.DEVNULL)
+    subprocess.run(["sh", "-c", 'cat -- $(find "$@" -type f) > /dev/null', "sh",
+                    *paths], check=True)
+
+
+def reference(paths: list[str]) -> tuple[float, str]:
+    """Wall time and output of ``tar -c | gzip -6 | sha256sum``."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        ["sh", "-c", 'tar -c -- "$@" | gzip -6 | sha256sum', "sh", *paths],
+        check=True, capture_output=True, text=True)
+    return time.perf_counter() - started, result.stdout.split()[0]
+
+
+def assemble_in_child(layers: list[list[str]], level: int, workers: int,
+                      directory: str) -> tuple[float, dict]:
+    """
+    Run :func:`assemble` in a fresh Python process.
+
+    :returns: the wall time of the whole child process and its report.
+    """
+    request = json.dumps({"layers": layers, "level": level, "workers": workers,
+                          "directory": directory})
+    started = time.perf_counter()
+    child = subprocess.run([sys.executable, __file__, "--child"], input=request,
+                           check=True, capture_output=True, text=True)
+    return time.perf_counter() - started, json.loads(child.stdout)
+
+
+def assemble(layers: list[list[str]], level: int, workers: int,
+             directory: str) -> dict:
+    """
+    Write every layer in a thread pool, biggest first, and report the
+    time, the blobs and the peak RSS of this process.
+    """
+    order = sorted(range(len(layers)), key=lambda index: -layer_bytes(layers[index]))
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {index: pool.submit(write_store_layer, layers[index], directory,
+                                      compress_level=level)
+                   for index in order}
+        blobs = [futures[index].result() for index in range(len(layers))]
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "blobs": [{"digest": blob.digest, "diff_id": blob.diff_id,
+                   "size": blob.size, "path": blob.path} for blob in blobs],
+    }
+
+
+def layer_bytes(paths: list[str]) -> int:
+    """Apparent size of the files of some store paths, for scheduling."""
+    total = 0
+    for path in paths:
+        for directory, _, files in os.walk(path):
+            for name in files:
+                total += os.lstat(os.path.join(directory, name)).st_size
+    return total
+
+
+def verify(blobs: list[dict]) -> None:
+    """Check each blob's digest and size against its file."""
+    for blob in blobs:
+        digest, size = hash_file(blob["path"])
+        if ("sha256:" + digest, size) != (blob["digest"], blob["size"]):
+            raise RuntimeError("blob %s does not match its digest" % (blob["path"],))
+
+
+def child_main() -> None:
+    """Entry point of the assembling child: request on stdin, report on stdout."""
+    request = json.loads(sys.stdin.read())
+    report = assemble(request["layers"], request["level"], request["workers"],
+                      request["directory"])
+    json.dump(report, sys.stdout)
+
+
+def main() -> None:
+    """Build, measure side by side, print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--attribute", default="image",
+                        help="package of bench/pkgs whose closure is archived")
+    parser.add_argument("--level", type=int, default=DEFAULT_COMPRESS_LEVEL,
+                        help="isal compression level, 0-3")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="threads writing layers")
+    parser.add_argument("--groups", type=int, default=8,
+                        help="layers to make when nixeryd.layers is missing")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="side-by-side measurements to take")
+    options = parser.parse_args()
+    if options.child:
+        child_main()
+        return
+
+    root = build_image(options.attribute)
+    graph = closure_graph(root)
+    paths = sorted(graph.paths)
+    layers = plan(graph, options.groups)
+    total = graph.total_size()
+    print("closure: %d store paths, %.1f MB (NAR), %d layers"
+          % (len(paths), total / MB, len(layers)))
+    print("assembly: isal level %d, %d worker threads"
+          % (options.level, options.workers))
+    warm_cache(paths)
+
+    ratios = []
+    for run in range(options.runs):
+        reference_seconds, _ = reference(paths)
+        directory = tempfile.mkdtemp(prefix="nixeryd-bench-")
+        try:
+            child_seconds, report = assemble_in_child(
+                layers, options.level, options.workers, directory)
+            verify(report["blobs"])
+        finally:
+            shutil.rmtree(directory)
+        compressed = sum(blob["size"] for blob in report["blobs"])
+        ratio = child_seconds / reference_seconds
+        ratios.append(ratio)
+        print("run %d: reference %.2f s (%.0f MB/s) | assembly %.2f s "
+              "(%.2f s writing, %.0f MB/s) | ratio %.3f | compressed %.1f MB "
+              "(%.1f%%) | peak RSS %.1f MB"
+              % (run + 1, reference_seconds, total / MB / reference_seconds,
+                 child_seconds, report["seconds"], total / MB / child_seconds,
+                 ratio, compressed / MB, 100.0 * compressed / total,
+                 report["max_rss_kib"] * 1024 / MB))
+    if options.runs > 1:
+        print("median ratio %.3f" % (statistics.median(ratios),))
+
+
+if __name__ == "__main__":
+    main()
