@@ -16,7 +16,6 @@ from nixeryd.builder import ImageBuilder
 from nixeryd.images import ImageService
 from nixeryd.layers import DEFAULT_LAYER_BUDGET
 from nixeryd.nix import NixRunner, default_nix_dir
-from nixeryd.pkgsource import source_from_config
 from nixeryd.popularity import load_popularity
 from nixeryd.process import child_environment
 from nixeryd.threads import ThreadPoolService
@@ -25,8 +24,7 @@ log = Logger()
 
 
 def assemble_image_service(
-        reactor: Any, *, channel: str | None = None, pkgs_repo: str | None = None,
-        pkgs_path: str | None = None, storage: Callable[[Any], Any],
+        reactor: Any, *, source: Any, storage: Callable[[Any], Any],
         nix_timeout: float = 600.0, nix_options: Sequence[tuple[str, str]] = (),
         max_builds: int = 2, layer_budget: int = DEFAULT_LAYER_BUDGET,
         popularity: str | None = None, threads: int = 4,
@@ -36,15 +34,14 @@ def assemble_image_service(
     """
     Build an :class:`ImageService` and everything under it.
 
+    :param source: the package source (:mod:`nixeryd.pkgsource`).
     :param storage: makes the storage backend from the thread-pool runner.
     :param popularity: a file or URL with popularity data, loaded when the
         service starts; its absence or failure is logged, never fatal.
-    :param environ: the environment that Nix and git inherit (through an
+    :param environ: the environment that Nix inherits (through an
         allow-list), read once here.
-    :raises ValueError: when no package source is set.
     """
     env = child_environment(environ)
-    source = source_from_config(channel, pkgs_repo, pkgs_path, reactor=reactor, env=env)
     pool = ThreadPoolService(reactor, threads)
     store = storage(pool)
     nix = NixRunner(reactor, nix_dir=default_nix_dir(), timeout=nix_timeout,
@@ -67,3 +64,30 @@ def assemble_image_service(
         source=source, nix=nix, builder=builder, storage=store, clock=reactor,
         max_builds=max_builds, moving_ttl=moving_ttl, reference=reference,
         children=(pool,), on_start=start)
+
+
+def make_image_service(config: Any, reactor: Any) -> ImageService:
+    """
+    The daemon's image service, from its validated
+    :class:`~nixeryd.config.Config`.  Built images are named
+    ``<name>:<tag>`` in the storage's index.
+    """
+    if config.storage_backend == "gcs":
+        from nixeryd.storage.gcs import gcs_storage_from_settings
+
+        def storage(runner: Any) -> Any:
+            return gcs_storage_from_settings(
+                reactor, runner, config.gcs_bucket,
+                credentials_path=config.google_credentials)
+    else:
+        from nixeryd.storage.filesystem import FilesystemStorage
+
+        def storage(runner: Any) -> Any:
+            return FilesystemStorage(config.storage_path, runner)
+
+    return assemble_image_service(
+        reactor, source=config.source, storage=storage,
+        nix_timeout=config.nix_timeout, nix_options=config.nix_options,
+        max_builds=config.max_builds, layer_budget=config.layer_budget,
+        popularity=config.popularity_url, threads=config.threads,
+        reference=lambda name, tag: name + ":" + tag)

@@ -73,13 +73,17 @@ def _progress_observer(stream: Any):
 
 async def _build(reactor: Any, options: argparse.Namespace) -> int:
     from nixeryd.assembly import assemble_image_service
+    from nixeryd.pkgsource import source_from_config
+    from nixeryd.process import child_environment
     from nixeryd.storage.filesystem import FilesystemStorage
 
+    source = source_from_config(
+        options.channel, options.pkgs_repo,
+        options.pkgs_path and os.path.abspath(options.pkgs_path),
+        reactor=reactor, env=child_environment(os.environ))
     os.makedirs(options.out, exist_ok=True)
     service = assemble_image_service(
-        reactor, channel=options.channel, pkgs_repo=options.pkgs_repo,
-        pkgs_path=options.pkgs_path and os.path.abspath(options.pkgs_path),
-        storage=lambda runner: FilesystemStorage(options.out, runner),
+        reactor, source=source, storage=lambda runner: FilesystemStorage(options.out, runner),
         nix_timeout=options.nix_timeout, nix_options=options.nix_option,
         layer_budget=options.layer_budget, popularity=options.popularity,
         reference=lambda name, tag: tag)

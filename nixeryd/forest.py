@@ -90,10 +90,14 @@ def build_customisation(top_level: Sequence[str]) -> Customisation:
 
     files: dict[str, bytes] = {}
     extra_dirs: dict[str, int] = {}
-    if "tmp" not in tree:
-        extra_dirs["tmp"] = 0o1777
+    # /tmp is always a real, world-writable directory, even when a package
+    # ships a ``tmp`` of its own (a link into the read-only store would
+    # make it unusable).
+    if tree.get("tmp", (_LINK,))[0] != _DIR:
+        tree["tmp"] = (_DIR, "")
     env = tree.get("bin/env")
-    if env is not None and env[0] == _LINK and "usr/bin/env" not in tree \
+    if env is not None and env[0] == _LINK and os.path.exists(env[1]) \
+            and "usr/bin/env" not in tree \
             and tree.get("usr", (_DIR,))[0] == _DIR \
             and tree.get("usr/bin", (_DIR,))[0] == _DIR:
         for d in ("usr", "usr/bin"):
@@ -110,7 +114,8 @@ def build_customisation(top_level: Sequence[str]) -> Customisation:
     entries = []
     for name, (kind, target) in tree.items():
         if kind == _DIR:
-            entries.append(TreeEntry(name=name, kind="dir", mode=0o755))
+            entries.append(TreeEntry(name=name, kind="dir",
+                                     mode=0o1777 if name == "tmp" else 0o755))
         else:
             entries.append(TreeEntry(name=name, kind="symlink", mode=0o777,
                                      target=target))

@@ -29,7 +29,8 @@ from collections import OrderedDict
 from typing import Any, Callable, Mapping
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.defer import (CancelledError, Deferred, DeferredSemaphore,
+                                    maybeDeferred)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -131,7 +132,8 @@ class ImageService(Service):
         for running in list(self._running.values()):
             running.cancel()
         for child in reversed(self._children):
-            await child.stopService()
+            # IService.stopService may return a Deferred or None.
+            await maybeDeferred(child.stopService)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

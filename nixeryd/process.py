@@ -329,6 +329,8 @@ class ChildProcess:
         self._transport = transport
         self.pid = transport.pid
         transport.closeStdin()
+        self._log.info("Started {argv0}[{pid}]", argv0=self._argv0, pid=self.pid,
+                       process_event="started", **self._log_fields)
         if self._timeout is not None:
             self._deadline = self._reactor.callLater(
                 self._timeout, self._on_timeout)

@@ -42,6 +42,9 @@ _REFERENCE = re.compile(
     r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
     r"(?:/[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*)*\Z")
 REF_NAME = "org.opencontainers.image.ref.name"
+#: Mode of every file made visible: temporary files are created private,
+#: but the layout is meant to be read by other tools and users.
+BLOB_MODE = 0o644
 #: Age after which a temporary file is taken for a crash leftover.
 STALE_TEMPORARY_SECONDS = 6 * 3600
 
@@ -115,6 +118,7 @@ class FilesystemStorage:
         fd, temporary = tempfile.mkstemp(dir=self._tmp)
         try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), BLOB_MODE)
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -131,6 +135,7 @@ class FilesystemStorage:
         try:
             final = self._blob_path(digest)
             with open(path, "rb") as f:
+                os.fchmod(f.fileno(), BLOB_MODE)
                 os.fsync(f.fileno())
             os.replace(path, final)
         except BaseException:
@@ -183,7 +188,7 @@ class FilesystemStorage:
                     if m.get("annotations", {}).get(REF_NAME) != reference]
             kept.append({"mediaType": media_type, "digest": digest, "size": size,
                          "annotations": {REF_NAME: reference}})
-            kept.sort(key=lambda m: m["annotations"][REF_NAME])
+            kept.sort(key=lambda m: m.get("annotations", {}).get(REF_NAME, ""))
             self._write_atomically(index_path, _index_bytes(kept))
 
     # -- IStorage ---------------------------------------------------------

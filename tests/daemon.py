@@ -1,0 +1,137 @@
+"""
+A real ``twistd nixery`` for end-to-end tests: started as a child process
+on a free loopback port, logging JSON lines to a file the tests read, and
+stopped (by its PID) in the test's cleanup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any
+
+from tests.e2e import OFFLINE_NIX_OPTIONS, PACKAGE_SET, child_environment
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fresh_package_set(directory: str) -> str:
+    """
+    A copy of the offline package set with a new nonce, so that every
+    derivation in it has new store paths and really builds.
+    """
+    path = os.path.join(directory, "pkgs")
+    shutil.copytree(PACKAGE_SET, path)
+    with open(os.path.join(path, "nonce"), "w") as nonce:
+        nonce.write(uuid.uuid4().hex)
+    return path
+
+
+class Daemon:
+    """
+    One ``twistd -n nixery`` child process.
+
+    :param workdir: where its log and (by default) storage go.
+    :param args: extra plugin options (e.g. ``--pkgs-path``).
+    """
+
+    def __init__(self, workdir: str, *args: str, storage: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.storage = storage or os.path.join(workdir, "storage")
+        self.port = free_port()
+        self.address = "127.0.0.1:%d" % (self.port,)
+        self.log_path = os.path.join(workdir, "daemon-%d.log" % (self.port,))
+        self.args = list(args)
+        self.env = child_environment(**(env or {}))
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> "Daemon":
+        """Start the daemon and wait until ``/v2/`` answers."""
+        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "--nodaemon", "--pidfile=", "--logger=nixeryd.logs.json_observer",
+                "nixery", "--listen", "tcp:%d:interface=127.0.0.1" % (self.port,),
+                "--storage-path", self.storage]
+        for option in OFFLINE_NIX_OPTIONS:
+            argv += ["--nix-option", option]
+        argv += self.args
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env=self.env, cwd=self.workdir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError("daemon exited %d:\n%s" % (
+                    self.process.returncode, self.log_text()))
+            try:
+                with urllib.request.urlopen(self.url("/v2/"), timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.1)
+        self.stop()
+        raise AssertionError("daemon did not answer /v2/ in %gs:\n%s"
+                             % (timeout, self.log_text()))
+
+    def stop(self) -> None:
+        """Stop the daemon (SIGTERM, then SIGKILL) and wait for it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process is not None:
+            self._log.close()
+        self.process = None
+
+    def url(self, path: str) -> str:
+        """The daemon's URL for ``path``."""
+        return "http://%s%s" % (self.address, path)
+
+    def request(self, path: str, method: str = "GET",
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        """One HTTP request: status, headers (lowercase names), body."""
+        request = urllib.request.Request(self.url(path), method=method,
+                                         headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return (response.status, {k.lower(): v for k, v in response.headers.items()},
+                        response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+    def log_text(self) -> str:
+        """Everything the daemon logged so far."""
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def events(self) -> list[dict[str, Any]]:
+        """The daemon's log events (one JSON object per line)."""
+        events = []
+        for line in self.log_text().splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                pass
+        return events
+
+    def events_with(self, **fields: Any) -> list[dict[str, Any]]:
+        """The log events whose fields have the given values."""
+        return [e for e in self.events()
+                if all(e.get(k) == v for k, v in fields.items())]

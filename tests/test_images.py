@@ -1,0 +1,403 @@
+"""
+Tests for :mod:`nixeryd.images`: the image service over a scripted Nix,
+a fake package source, in-memory storage and a fake clock.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from nixeryd.builder import ImageBuilder
+from nixeryd.documents import Image, RedirectBlob
+from nixeryd.errors import (
+    BlobUnknown,
+    BuildFailed,
+    DigestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    UnknownPackages,
+)
+from nixeryd.fakes import FakeSource, MemoryStorage
+from nixeryd.images import ImageService
+from nixeryd.threads import InlineRunner
+from tests.test_builder import POPULARITY, SOURCE, ImageFixture
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class RecordingService(Service):
+    """A child service that records being started and stopped."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def startService(self) -> None:
+        super().startService()
+        self.events.append("start")
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.events.append("stop")
+
+
+class ServiceFixture(ImageFixture):
+    """Builds image services over one storage, as a restart would."""
+
+    def setUp(self) -> None:
+        self.make_store()
+        self.storage = MemoryStorage(self.temp_directory())
+        self.clock = Clock()
+        self.source = FakeSource()
+
+    def make_service(self, **kwargs: Any) -> ImageService:
+        """A new image service (and builder) over the shared storage."""
+        builder = ImageBuilder(nix=self.nix, storage=self.storage, runner=InlineRunner(),
+                               popularity=POPULARITY)
+        return ImageService(source=self.source, nix=self.nix, builder=builder,
+                            storage=self.storage, clock=self.clock, **kwargs)
+
+    def image(self, service: ImageService, name: str = "toola",
+              tag: str = "latest") -> Deferred[Image]:
+        """Ask ``service`` for an image."""
+        return Deferred.fromCoroutine(service.image(name, tag))
+
+    def forget_calls(self) -> None:
+        """Reset the Nix and source call records."""
+        del self.nix.resolve_calls[:]
+        del self.nix.build_calls[:]
+        del self.source.pins[:]
+
+    def capture_log(self) -> list[dict[str, Any]]:
+        """Events logged by the image service from now on."""
+        events: list[dict[str, Any]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace", "").startswith("nixeryd.images"):
+                events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return events
+
+
+class CoalescingTests(ServiceFixture, SynchronousTestCase):
+    """Identical requests share one build."""
+
+    def test_concurrent_requests_one_build(self) -> None:
+        """Sixteen concurrent requests for one image cause one resolve and one build."""
+        service = self.make_service()
+        self.nix.build_gate = Deferred()
+        waiting = [self.image(service) for _ in range(16)]
+        for d in waiting:
+            self.assertNoResult(d)
+        self.assertEqual((len(self.nix.resolve_calls), len(self.nix.build_calls)), (1, 1))
+        self.nix.build_gate.callback(None)
+        images = [self.successResultOf(d) for d in waiting]
+        self.assertTrue(all(image is images[0] for image in images))
+        self.assertEqual(self.nix.builds_finished, 1)
+        self.assertEqual(len(self.source.pins), 1)
+
+    def test_reordered_names_share(self) -> None:
+        """``toola/toolb`` and ``toolb/toola`` at the same time are one build."""
+        service = self.make_service()
+        self.nix.build_gate = Deferred()
+        first = self.image(service, "toola/toolb")
+        second = self.image(service, "toolb/toola")
+        self.nix.build_gate.callback(None)
+        self.assertIs(self.successResultOf(first), self.successResultOf(second))
+        self.assertEqual(len(self.nix.build_calls), 1)
+
+    def test_cancel_one_waiter(self) -> None:
+        """Cancelling one waiter fails only that wait; the build goes on for the others."""
+        service = self.make_service()
+        self.nix.build_gate = Deferred()
+        waiting = [self.image(service) for _ in range(3)]
+        waiting[0].cancel()
+        self.failureResultOf(waiting[0], CancelledError)
+        self.assertNoResult(waiting[1])
+        self.nix.build_gate.callback(None)
+        self.assertIs(self.successResultOf(waiting[1]), self.successResultOf(waiting[2]))
+        self.assertEqual(self.nix.builds_finished, 1)
+
+    def test_cancel_every_waiter(self) -> None:
+        """When every waiter is gone the build still finishes and serves the next request."""
+        service = self.make_service()
+        self.nix.build_gate = Deferred()
+        only = self.image(service)
+        only.cancel()
+        self.failureResultOf(only, CancelledError)
+        self.nix.build_gate.callback(None)
+        self.assertEqual(self.nix.builds_finished, 1)
+        self.successResultOf(self.image(service))
+        self.assertEqual((len(self.nix.resolve_calls), len(self.nix.build_calls)), (1, 1))
+
+    def test_failure_reaches_every_waiter(self) -> None:
+        """A failed build fails every waiter with the same error and is logged once."""
+        events = self.capture_log()
+        service = self.make_service()
+        self.nix.build_gate = Deferred()
+        self.nix.build_error = BuildFailed("the build of package toola failed", "toola")
+        waiting = [self.image(service) for _ in range(4)]
+        self.nix.build_gate.callback(None)
+        errors = {id(self.failureResultOf(d, BuildFailed).value) for d in waiting}
+        self.assertEqual(errors, {id(self.nix.build_error)})
+        warnings = [e for e in events if e["log_level"] >= LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(warnings[0]["error"], "the build of package toola failed")
+
+    def test_unexpected_failure_logged_once(self) -> None:
+        """An unexpected exception reaches every waiter and is logged once with its traceback."""
+        service = self.make_service()
+        self.nix.build_gate = Deferred()
+        self.nix.build_error = RuntimeError("bug")
+        waiting = [self.image(service) for _ in range(3)]
+        self.nix.build_gate.callback(None)
+        for d in waiting:
+            self.failureResultOf(d, RuntimeError)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_failure_not_remembered(self) -> None:
+        """After a failure the next request tries again."""
+        service = self.make_service()
+        self.nix.build_error = BuildFailed("flaky")
+        self.failureResultOf(self.image(service), BuildFailed)
+        self.nix.build_error = None
+        self.successResultOf(self.image(service))
+        self.assertEqual(len(self.nix.build_calls), 2)
+
+    def test_sequential_requests_one_build(self) -> None:
+        """A HEAD then a GET (two calls in a row) cause one build."""
+        service = self.make_service()
+        first = self.successResultOf(self.image(service))
+        second = self.successResultOf(self.image(service))
+        self.assertIs(first, second)
+        self.assertEqual((len(self.nix.resolve_calls), len(self.nix.build_calls)), (1, 1))
+
+    def test_unknown_packages(self) -> None:
+        """Unknown packages fail the request without a build."""
+        service = self.make_service()
+        failure = self.failureResultOf(self.image(service, "nosuchthing"), UnknownPackages)
+        self.assertEqual(failure.value.packages, ("nosuchthing",))
+        self.assertEqual(self.nix.build_calls, [])
+
+    def test_invalid_name_and_tag(self) -> None:
+        """An invalid name or tag is refused before the source or Nix is asked."""
+        service = self.make_service()
+        self.failureResultOf(self.image(service, "Toola"), NameInvalid)
+        self.failureResultOf(self.image(service, "toola", ".bad"), ManifestUnknown)
+        self.assertEqual((self.source.pins, self.nix.resolve_calls), ([], []))
+
+    def test_max_builds(self) -> None:
+        """With ``max_builds=1`` a second image waits for the first build to finish."""
+        service = self.make_service(max_builds=1)
+        self.nix.build_gate = Deferred()
+        first, second = self.image(service, "toola"), self.image(service, "toolb")
+        self.assertEqual([call[1] for call in self.nix.resolve_calls], [("toola",)])
+        self.assertEqual(len(self.nix.build_calls), 1)
+        self.nix.build_gate.callback(None)
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual([call[1] for call in self.nix.resolve_calls],
+                         [("toola",), ("toolb",)])
+
+    def test_two_builds_at_once(self) -> None:
+        """With ``max_builds=2`` two different images build at the same time."""
+        service = self.make_service(max_builds=2)
+        self.nix.build_gate = Deferred()
+        first, second = self.image(service, "toola"), self.image(service, "toolb")
+        self.assertEqual(len(self.nix.build_calls), 2)
+        self.nix.build_gate.callback(None)
+        self.assertNotEqual(self.successResultOf(first).oci.digest,
+                            self.successResultOf(second).oci.digest)
+
+
+class CacheTests(ServiceFixture, SynchronousTestCase):
+    """The memory entries and the manifest cache in storage."""
+
+    def test_pinned_restart_needs_no_nix(self) -> None:
+        """With a pinned source, a new service over the same storage serves a warm image with no Nix call."""
+        self.source = FakeSource("git", COMMIT)
+        built = self.successResultOf(self.image(self.make_service()))
+        self.forget_calls()
+        again = self.successResultOf(self.image(self.make_service()))
+        self.assertEqual(again, built)
+        self.assertEqual((self.nix.resolve_calls, self.nix.build_calls), ([], []))
+
+    def test_moving_restart_resolves_only(self) -> None:
+        """With a moving source, a new service resolves again but reuses the built image."""
+        built = self.successResultOf(self.image(self.make_service()))
+        self.forget_calls()
+        again = self.successResultOf(self.image(self.make_service()))
+        self.assertEqual(again, built)
+        self.assertEqual((len(self.nix.resolve_calls), len(self.nix.build_calls)), (1, 0))
+
+    def test_pinned_key_includes_revision(self) -> None:
+        """Another revision of a pinned source is resolved again."""
+        self.source = FakeSource("git", COMMIT)
+        self.successResultOf(self.image(self.make_service()))
+        self.source.revision = "f" * 40
+        self.forget_calls()
+        self.successResultOf(self.image(self.make_service()))
+        self.assertEqual((len(self.nix.resolve_calls), len(self.nix.build_calls)), (1, 0))
+
+    def test_moving_entry_expires(self) -> None:
+        """A moving source's memory entry answers until ``moving_ttl`` passes, then it is evaluated again."""
+        service = self.make_service(moving_ttl=60.0)
+        self.successResultOf(self.image(service))
+        self.clock.advance(59)
+        self.successResultOf(self.image(service))
+        self.assertEqual((len(self.source.pins), len(self.nix.resolve_calls)), (1, 1))
+        self.clock.advance(2)
+        self.successResultOf(self.image(service))
+        self.assertEqual((len(self.source.pins), len(self.nix.resolve_calls)), (2, 2))
+        self.assertEqual(len(self.nix.build_calls), 1)
+
+    def test_moving_source_change_rebuilds(self) -> None:
+        """When a moving source now resolves to other store paths, the image is rebuilt."""
+        service = self.make_service(moving_ttl=10.0)
+        before = self.successResultOf(self.image(service))
+        newer = self.store.add("toolA-2.0", {"bin/toolA": b"#!/bin/sh\nA2\n"},
+                               references=[self.libfoo, self.busybox])
+        self.nix.add(("toola",), self.store.resolution(SOURCE, {"toola": newer}),
+                     self.store.closure([newer]))
+        self.successResultOf(self.image(service))
+        self.assertEqual(len(self.nix.build_calls), 1)
+        self.clock.advance(11)
+        after = self.successResultOf(self.image(service))
+        self.assertNotEqual(after.oci.digest, before.oci.digest)
+        self.assertEqual(len(self.nix.build_calls), 2)
+
+    def test_pinned_by_tag_never_expires(self) -> None:
+        """A tag that is itself the pinned commit stays in memory whatever the time."""
+        self.source = FakeSource("git", COMMIT)
+        service = self.make_service(moving_ttl=1.0)
+        self.successResultOf(self.image(service, tag=COMMIT))
+        self.clock.advance(10 ** 6)
+        self.successResultOf(self.image(service, tag=COMMIT))
+        self.assertEqual(len(self.source.pins), 1)
+
+    def test_pinned_branch_repins_without_nix(self) -> None:
+        """A branch tag is pinned again after the TTL, and the new pin hits the cache without Nix."""
+        self.source = FakeSource("git", COMMIT)
+        service = self.make_service(moving_ttl=1.0)
+        self.successResultOf(self.image(service, tag="latest"))
+        self.clock.advance(2)
+        self.successResultOf(self.image(service, tag="latest"))
+        self.assertEqual(len(self.source.pins), 2)
+        self.assertEqual((len(self.nix.resolve_calls), len(self.nix.build_calls)), (1, 1))
+
+    def test_deleted_layer_rebuilds(self) -> None:
+        """A cached image whose layer blob was deleted is built again, to the same digest."""
+        self.source = FakeSource("git", COMMIT)
+        built = self.successResultOf(self.image(self.make_service()))
+        layer = json.loads(built.oci.body)["layers"][0]["digest"]
+        self.storage.delete_blob(layer)
+        self.forget_calls()
+        again = self.successResultOf(self.image(self.make_service()))
+        self.assertEqual(len(self.nix.build_calls), 1)
+        self.assertEqual(again, built)
+        self.assertIn(layer, self.storage.blobs)
+
+    def test_reference_recorded(self) -> None:
+        """A built image is named in the storage's index by the reference function."""
+        service = self.make_service(reference=lambda name, tag: name + ":" + tag)
+        image = self.successResultOf(self.image(service, "toola", "v1"))
+        recorded = self.storage.references["toola:v1"]
+        self.assertEqual((recorded["digest"], recorded["size"], recorded["mediaType"]),
+                         (image.oci.digest, len(image.oci.body), image.oci.media_type))
+
+
+class ManifestTests(ServiceFixture, SynchronousTestCase):
+    """Manifests by digest, blobs and tags."""
+
+    def manifest(self, service: ImageService, digest: str) -> Deferred[Any]:
+        """Ask ``service`` for a manifest by digest."""
+        return Deferred.fromCoroutine(service.manifest(digest))
+
+    def test_manifests_after_build(self) -> None:
+        """Both manifests of a built image are served by digest."""
+        service = self.make_service()
+        image = self.successResultOf(self.image(service))
+        for document in (image.docker, image.oci):
+            self.assertEqual(self.successResultOf(self.manifest(service, document.digest)),
+                             document)
+
+    def test_manifests_after_restart(self) -> None:
+        """A new service serves both manifests from storage."""
+        image = self.successResultOf(self.image(self.make_service()))
+        service = self.make_service()
+        for document in (image.docker, image.oci):
+            self.assertEqual(self.successResultOf(self.manifest(service, document.digest)),
+                             document)
+        self.assertEqual(self.storage.calls["read_small_blob"], 2)
+        self.successResultOf(self.manifest(service, image.oci.digest))
+        self.assertEqual(self.storage.calls["read_small_blob"], 2)
+
+    def test_other_blobs_are_not_manifests(self) -> None:
+        """A layer or config digest is an unknown manifest, as is a digest never stored."""
+        image = self.successResultOf(self.image(self.make_service()))
+        body = json.loads(image.oci.body)
+        service = self.make_service()
+        for digest in (body["layers"][0]["digest"], body["config"]["digest"],
+                       "sha256:" + "0" * 64):
+            self.failureResultOf(self.manifest(service, digest), ManifestUnknown)
+
+    def test_invalid_digest(self) -> None:
+        """A malformed digest is refused before storage is asked."""
+        service = self.make_service()
+        for digest in ("sha256:../../x", "md5:" + "0" * 32, "sha256:" + "A" * 64):
+            self.failureResultOf(self.manifest(service, digest), DigestInvalid)
+            self.failureResultOf(Deferred.fromCoroutine(service.blob(digest)),
+                                 DigestInvalid)
+        self.assertEqual(self.storage.calls["read_small_blob"], 0)
+
+    def test_blob(self) -> None:
+        """Blobs come from storage; a missing one is unknown."""
+        image = self.successResultOf(self.image(self.make_service()))
+        service = self.make_service()
+        layer = json.loads(image.oci.body)["layers"][0]["digest"]
+        where = self.successResultOf(Deferred.fromCoroutine(service.blob(layer)))
+        self.assertIsInstance(where, RedirectBlob)
+        self.assertEqual(where.digest, layer)
+        self.failureResultOf(Deferred.fromCoroutine(service.blob("sha256:" + "0" * 64)),
+                             BlobUnknown)
+
+    def test_tags(self) -> None:
+        """Tags list ``latest`` and every tag served for the name, sorted."""
+        service = self.make_service()
+        tags = lambda name: self.successResultOf(Deferred.fromCoroutine(service.tags(name)))
+        self.assertEqual(tags("toola"), ["latest"])
+        self.successResultOf(self.image(service, "toola", "v2"))
+        self.successResultOf(self.image(service, "toola", "v1"))
+        self.assertEqual(tags("toola"), ["latest", "v1", "v2"])
+        self.assertEqual(tags("toolb"), ["latest"])
+        self.failureResultOf(Deferred.fromCoroutine(service.tags("a//b")), NameInvalid)
+
+
+class LifecycleTests(ServiceFixture, SynchronousTestCase):
+    """Starting and stopping the service."""
+
+    def test_children_follow(self) -> None:
+        """Children start with the service and stop with it."""
+        child = RecordingService()
+        service = self.make_service(children=(child,))
+        service.startService()
+        self.assertEqual(child.events, ["start"])
+        self.successResultOf(service.stopService())
+        self.assertEqual(child.events, ["start", "stop"])
+
+    def test_stop_cancels_builds(self) -> None:
+        """Stopping the service cancels builds in progress and fails their waiters."""
+        service = self.make_service()
+        service.startService()
+        self.nix.build_gate = Deferred()
+        waiting = self.image(service)
+        self.successResultOf(service.stopService())
+        self.failureResultOf(waiting, CancelledError)
