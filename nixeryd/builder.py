@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from typing import Any, Mapping, Sequence
 
@@ -128,7 +131,18 @@ class ImageBuilder:
         started = time.monotonic()
         self.log.info("Building closure of {image}", image=request.name,
                       phase="building")
-        graph: ClosureGraph = await self._nix.build(resolution, image=request.name)
+        roots = await self._runner.run(tempfile.mkdtemp, ".gcroots",
+                                       dir=self._storage.temp_directory())
+        try:
+            return await self._build_rooted(request, resolution, roots, started)
+        finally:
+            await self._runner.run(shutil.rmtree, roots, True)
+
+    async def _build_rooted(self, request: ImageRequest, resolution: Any,
+                            roots: str, started: float) -> BuiltImage:
+        """Build with the closure held by garbage-collector roots in ``roots``."""
+        graph: ClosureGraph = await self._nix.build(
+            resolution, image=request.name, gc_root=os.path.join(roots, "result"))
         plans = await self._runner.run(
             plan_layers, graph, self._popularity, self._layer_budget)
         self.log.info(

@@ -289,7 +289,8 @@ class FakeNix:
         return resolution
 
     async def build(self, resolution: Resolution, *,
-                    image: str | None = None) -> ClosureGraph:
+                    image: str | None = None,
+                    gc_root: str | None = None) -> ClosureGraph:
         """
         The closure added for ``resolution``'s output paths.
 

@@ -49,6 +49,8 @@ MANIFEST_NAMESPACE = "manifests"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 #: How many manifests are kept in memory for requests by digest.
 MEMORY_MANIFESTS = 10_000
+#: How many (image, tag) answers and image tag lists are kept in memory.
+MEMORY_IMAGES = 10_000
 
 
 def _key(*parts: str) -> str:
@@ -111,11 +113,11 @@ class ImageService(Service):
         self._reference = reference
         self._children = children
         self._on_start = on_start
-        self._recent: dict[tuple[str, str], tuple[Image, float | None]] = {}
+        self._recent: _LRU = _LRU(MEMORY_IMAGES)
         self._in_flight: dict[tuple[str, str], list[Deferred[Image]]] = {}
         self._running: dict[tuple[str, str], Deferred[Image]] = {}
         self._manifests: _LRU = _LRU(MEMORY_MANIFESTS)
-        self._tags: dict[str, set[str]] = {}
+        self._tags: _LRU = _LRU(MEMORY_IMAGES)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -151,7 +153,7 @@ class ImageService(Service):
         request = parse_image_name(name)
         validate_tag(tag)
         memo_key = (request.key(), tag)
-        recent = self._recent.get(memo_key)
+        recent = self._recent.get_recent(memo_key)
         if recent is not None:
             image, expires = recent
             if expires is None or expires > self._clock.seconds():
@@ -194,7 +196,11 @@ class ImageService(Service):
     # -- coalescing ---------------------------------------------------------
 
     def _remember_tag(self, name: str, tag: str) -> None:
-        self._tags.setdefault(name, set()).add(tag)
+        tags = self._tags.get_recent(name)
+        if tags is None:
+            self._tags.put(name, {tag})
+        else:
+            tags.add(tag)
 
     def _wait_for(self, memo_key: tuple[str, str], request: ImageRequest,
                   tag: str) -> Deferred[Image]:
@@ -279,7 +285,7 @@ class ImageService(Service):
         immutable = pinned.revision is not None and (
             pinned.kind == "channel" or pinned.revision == tag)
         expires = None if immutable else self._clock.seconds() + self._moving_ttl
-        self._recent[(request.key(), tag)] = (image, expires)
+        self._recent.put((request.key(), tag), (image, expires))
         for document in (image.docker, image.oci):
             self._manifests.put(document.digest, document)
         return image

@@ -183,11 +183,16 @@ class NixRunner:
         return Resolution(source, system, resolved)
 
     async def build(self, resolution: Resolution, *,
-                    image: str | None = None) -> ClosureGraph:
+                    image: str | None = None,
+                    gc_root: str | None = None) -> ClosureGraph:
         """
         Realise the outputs of ``resolution`` and report their closure.
 
         :param image: the image name, for log events.
+        :param gc_root: a path for Nix's out-link (``result``, ``result-2``,
+            ... next to it): garbage-collector roots that keep the closure
+            alive while the caller packs it; the caller removes them.
+            Without it the outputs are unrooted once ``nix-build`` exits.
         :returns: the closure, whose roots are the resolution's output
             paths, sorted.
         :raises BuildFailed: naming the failed package when the log does.
@@ -201,7 +206,8 @@ class NixRunner:
         installables = list(dict.fromkeys(
             item for package in resolution.packages
             for item in package.installables()))
-        build = ["nix-build", "--no-out-link", *self._option_args, *installables]
+        link = ["--out-link", gc_root] if gc_root else ["--no-out-link"]
+        build = ["nix-build", *link, *self._option_args, *installables]
         try:
             await self._run(build, "build", image, self._timeout,
                             "building the image failed")

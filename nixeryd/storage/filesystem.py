@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -96,7 +97,10 @@ class FilesystemStorage:
             path = os.path.join(self._tmp, name)
             try:
                 if os.lstat(path).st_mtime < cutoff:
-                    os.unlink(path)
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path)
+                    else:
+                        os.unlink(path)
                     stale.append(name)
             except OSError:
                 pass
