@@ -1,0 +1,198 @@
+"""
+A real Cloud Storage emulator (the ``gcp-storage-emulator`` package) run as
+a child process for the tests of the GCS backend.
+
+Each emulator listens on 127.0.0.1 on a free port, keeps its data in
+memory, and gets one bucket.  Tests that need it skip with
+:data:`MISSING_REASON` when the package is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import sys
+import tempfile
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from attrs import define, field
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from treq.client import HTTPClient
+
+#: Why emulator tests cannot run, or ``None`` when they can.
+MISSING_REASON: str | None = (
+    None if importlib.util.find_spec("gcp_storage_emulator") is not None
+    else "gcp-storage-emulator is not installed (pip install gcp-storage-emulator)")
+
+STARTUP_SECONDS = 20.0
+STOP_GRACE_SECONDS = 5.0
+OUTPUT_TAIL = 8192
+
+
+class _EmulatorProtocol(ProcessProtocol):
+    """Keeps the tail of the emulator's output and reports its end."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[None] = Deferred()
+        self.running = True
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self.output = (self.output + data)[-OUTPUT_TAIL:]
+
+    def processEnded(self, reason: Failure) -> None:
+        self.running = False
+        self.ended.callback(None)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def anonymous_client(reactor: Any) -> HTTPClient:
+    """A treq client that opens a new connection per request, as the emulator needs."""
+    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+
+@define
+class GCSEmulator:
+    """
+    A running emulator.
+
+    :ivar endpoint: its base URL, ``http://127.0.0.1:<port>``.
+    :ivar bucket: the bucket created at start.
+    """
+
+    reactor: Any
+    endpoint: str
+    bucket: str
+    _process: Any
+    _protocol: _EmulatorProtocol
+    _workdir: str
+    http: HTTPClient = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.http = anonymous_client(self.reactor)
+
+    @property
+    def pid(self) -> int | None:
+        """The emulator's process id while it runs."""
+        return self._process.pid
+
+    async def stop(self) -> None:
+        """Terminate the emulator (TERM, then KILL after a grace period)."""
+        if self._protocol.running:
+            self._signal("TERM")
+            killer = self.reactor.callLater(STOP_GRACE_SECONDS, self._signal, "KILL")
+            await self._protocol.ended
+            if killer.active():
+                killer.cancel()
+        try:
+            os.rmdir(self._workdir)
+        except OSError:
+            pass
+
+    def _signal(self, name: str) -> None:
+        try:
+            self._process.signalProcess(name)
+        except ProcessExitedAlready:
+            pass
+
+    async def object_names(self) -> list[str]:
+        """Names of every object in the bucket (JSON API listing)."""
+        response = await self.http.get(
+            "%s/storage/v1/b/%s/o" % (self.endpoint, self.bucket))
+        body = json.loads(await response.content())
+        if response.code != 200:
+            raise AssertionError("listing failed: %r" % (body,))
+        return sorted(item["name"] for item in body.get("items", []))
+
+    async def object_resource(self, name: str) -> dict[str, Any] | None:
+        """An object's JSON resource, or ``None`` when it does not exist."""
+        response = await self.http.get("%s/storage/v1/b/%s/o/%s" % (
+            self.endpoint, self.bucket, quote(name, safe="")))
+        body = await response.content()
+        if response.code == 404:
+            return None
+        return json.loads(body)
+
+    async def download(self, name: str) -> bytes | None:
+        """An object's content, or ``None`` when it does not exist."""
+        response = await self.http.get("%s/storage/v1/b/%s/o/%s?alt=media" % (
+            self.endpoint, self.bucket, quote(name, safe="")))
+        body = await response.content()
+        return None if response.code == 404 else body
+
+    async def put(self, name: str, data: bytes) -> None:
+        """Store an object directly, bypassing the code under test."""
+        response = await self.http.post(
+            "%s/upload/storage/v1/b/%s/o?%s" % (
+                self.endpoint, self.bucket,
+                urlencode({"uploadType": "media", "name": name})),
+            data=data, headers={"Content-Type": "application/octet-stream"})
+        await response.content()
+        if response.code != 200:
+            raise AssertionError("direct upload failed with %d" % (response.code,))
+
+
+async def _wait_ready(reactor: Any, http: HTTPClient, endpoint: str,
+                      protocol: _EmulatorProtocol) -> None:
+    deadline = reactor.seconds() + STARTUP_SECONDS
+    while True:
+        if not protocol.running:
+            raise RuntimeError("the emulator exited at start-up: %s"
+                               % (protocol.output.decode("utf-8", "replace"),))
+        try:
+            response = await http.get(endpoint + "/", timeout=2, reactor=reactor)
+            await response.content()
+            if response.code == 200:
+                return
+        except Exception:
+            pass
+        if reactor.seconds() > deadline:
+            raise RuntimeError("the emulator did not answer within %g s"
+                               % (STARTUP_SECONDS,))
+        await deferLater(reactor, 0.05, lambda: None)
+
+
+async def start_emulator(reactor: Any, bucket: str = "nixeryd-test") -> GCSEmulator:
+    """
+    Start an in-memory emulator on a free loopback port and create
+    ``bucket`` in it.  The caller must :meth:`GCSEmulator.stop` it.
+    """
+    if MISSING_REASON is not None:
+        raise RuntimeError(MISSING_REASON)
+    workdir = tempfile.mkdtemp(prefix="nixeryd-gcs-emulator-")
+    port = _free_port()
+    protocol = _EmulatorProtocol()
+    argv = [sys.executable, "-m", "gcp_storage_emulator", "start",
+            "--host", "127.0.0.1", "--port", str(port), "--in-memory", "-q"]
+    environment = {key: value for key, value in os.environ.items()
+                   if key in ("PATH", "PYTHONPATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
+    process = reactor.spawnProcess(protocol, sys.executable, argv,
+                                   env=environment, path=workdir)
+    emulator = GCSEmulator(reactor, "http://127.0.0.1:%d" % (port,), bucket,
+                           process, protocol, workdir)
+    try:
+        await _wait_ready(reactor, emulator.http, emulator.endpoint, protocol)
+        response = await emulator.http.post(
+            emulator.endpoint + "/storage/v1/b?project=nixeryd-test",
+            json={"name": bucket})
+        body = await response.content()
+        if response.code != 200:
+            raise RuntimeError("creating the bucket failed: %d %r" % (response.code, body))
+    except BaseException:
+        await emulator.stop()
+        raise
+    return emulator

@@ -1,0 +1,288 @@
+"""
+End-to-end tests of the registry: a real ``twistd nixery`` on loopback,
+the offline package set built by real Nix, and real clients (skopeo,
+umoci, chroot, podman, containerd's ctr).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from twisted.trial.unittest import TestCase
+
+from tests.daemon import Daemon, fresh_package_set
+from tests.e2e import PACKAGE_SET, require_root, require_tools, run
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+class DaemonTestMixin:
+    """Starts daemons in a test and stops them in its cleanup."""
+
+    def daemon(self, *args: str, storage: str | None = None) -> Daemon:
+        require_root()
+        require_tools("nix-build")
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        daemon = Daemon(workdir, *args, storage=storage)
+        self.addCleanup(daemon.stop)
+        return daemon.start()
+
+    def nix_processes(self, daemon: Daemon, argv0: str) -> int:
+        """How many times the daemon started the program ``argv0``."""
+        return len(daemon.events_with(process_event="started", argv0=argv0))
+
+
+class ClientsEndToEnd(DaemonTestMixin, TestCase):
+    """Real registry clients pull from the daemon."""
+
+    def setUp(self) -> None:
+        self.registry = self.daemon("--pkgs-path", PACKAGE_SET)
+
+    def test_skopeo_inspect_copy_umoci_chroot(self) -> None:
+        """
+        skopeo inspects and copies an image (falling back from HTTPS at
+        once), umoci unpacks it and its binary runs under chroot.
+        """
+        require_tools("skopeo", "umoci", "chroot")
+        started = time.monotonic()
+        inspected = json.loads(run(
+            ["skopeo", "inspect", "--tls-verify=false",
+             "docker://%s/shell/hello" % (self.registry.address,)]).stdout)
+        # A plain port that ignored the TLS ClientHello would stall 10 s.
+        self.assertLess(time.monotonic() - started, 8)
+        self.assertEqual(inspected["Architecture"], "amd64")
+        self.assertIn("latest", inspected["RepoTags"])
+        layout = self.mktemp()
+        run(["skopeo", "copy", "--src-tls-verify=false",
+             "docker://%s/shell/hello" % (self.registry.address,), "oci:%s:img" % (layout,)])
+        bundle = self.mktemp()
+        run(["umoci", "unpack", "--image", "%s:img" % (layout,), bundle])
+        ran = run(["chroot", os.path.join(bundle, "rootfs"), "/bin/bash", "-c", "hello"])
+        self.assertEqual(ran.stdout, "Hello, world!\n")
+
+    def test_podman_pull_and_run(self) -> None:
+        """podman (vfs storage) pulls the image and runs its binary."""
+        tools = require_tools("podman", "runc")
+        state = os.path.abspath(self.mktemp())
+        podman = [tools["podman"], "--root", state + "/root", "--runroot", state + "/run",
+                  "--storage-driver", "vfs"]
+        image = "%s/hello" % (self.registry.address,)
+        run(podman + ["pull", "--tls-verify=false", image])
+        ran = run(podman + ["run", "--rm", "--runtime", tools["runc"], "--network", "none",
+                            "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
+                            image, "/bin/hello"], check=False)
+        if ran.returncode != 0 and "cgroup" in ran.stderr:
+            # Pulling is what this test is about; some hosts cannot run.
+            self.assertIn("hello", run(podman + ["images"]).stdout)
+        else:
+            self.assertEqual(ran.stdout, "Hello, world!\n", ran.stderr)
+        run(podman + ["rmi", "--all", "--force"], check=False)
+
+    def test_containerd_pull(self) -> None:
+        """
+        containerd's ctr pulls with HEAD by tag, then GET by the digest the
+        HEAD announced, and verifies every blob.
+        """
+        tools = require_tools("containerd", "ctr")
+        state = os.path.abspath(self.mktemp())
+        os.makedirs(state)
+        config = os.path.join(state, "containerd.toml")
+        socket_path = os.path.join(state, "containerd.sock")
+        with open(config, "w") as f:
+            f.write('version = 2\nroot = "%s/lib"\nstate = "%s/state"\n'
+                    'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+                    '[grpc]\n  address = "%s"\n' % (state, state, socket_path))
+        log = open(os.path.join(state, "containerd.log"), "wb")
+        containerd = subprocess.Popen([tools["containerd"], "--config", config],
+                                      stdout=log, stderr=subprocess.STDOUT)
+
+        def stop() -> None:
+            containerd.terminate()
+            containerd.wait(timeout=20)
+            log.close()
+        self.addCleanup(stop)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(socket_path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ref = "%s/toola:latest" % (self.registry.address,)
+        pulled = run([tools["ctr"], "--address", socket_path, "images", "pull",
+                      "--plain-http", ref])
+        self.assertIn("done", pulled.stdout)
+        listed = run([tools["ctr"], "--address", socket_path, "images", "list"]).stdout
+        self.assertIn(ref, listed)
+        methods = [(e.get("method"), e.get("path")) for e in self.registry.events()
+                   if e.get("method") and "/manifests/" in (e.get("path") or "")]
+        self.assertEqual(methods[0], ("HEAD", "/v2/toola/manifests/latest"))
+        self.assertTrue(any(m == "GET" and "/manifests/sha256:" in p for m, p in methods),
+                        methods)
+        self.assertEqual(self.nix_processes(self.registry, "nix-build"), 1)
+
+
+class BuildSharingEndToEnd(DaemonTestMixin, TestCase):
+    """Concurrent and repeated requests share builds."""
+
+    def test_sixteen_cold_requests_one_build(self) -> None:
+        """16 parallel cold requests for one image cause one build and get one digest."""
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        registry = self.daemon("--pkgs-path", fresh_package_set(workdir))
+
+        def pull(_: int) -> tuple[int, str, bytes]:
+            status, headers, body = registry.request(
+                "/v2/toola/toolb/manifests/latest")
+            return status, headers.get("docker-content-digest", ""), body
+
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(pull, range(16)))
+        self.assertEqual({status for status, _, _ in results}, {200})
+        digests = {digest for _, digest, _ in results}
+        self.assertEqual(len(digests), 1)
+        [digest] = digests
+        self.assertEqual(digest, "sha256:" + hashlib.sha256(results[0][2]).hexdigest())
+        self.assertEqual(self.nix_processes(registry, "nix-build"), 1)
+        self.assertEqual(self.nix_processes(registry, "nix-instantiate"), 1)
+
+    def test_head_then_get_builds_once(self) -> None:
+        """A HEAD then a GET by tag build once and agree on digest and length."""
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        registry = self.daemon("--pkgs-path", fresh_package_set(workdir))
+        status, head, body = registry.request("/v2/hello/manifests/latest", "HEAD")
+        self.assertEqual((status, body), (200, b""))
+        status, get, body = registry.request("/v2/hello/manifests/latest")
+        self.assertEqual(status, 200)
+        for name in ("docker-content-digest", "content-length", "content-type"):
+            self.assertEqual(head[name], get[name])
+        self.assertEqual(int(get["content-length"]), len(body))
+        self.assertEqual(get["content-type"], DOCKER_MANIFEST)
+        self.assertEqual(self.nix_processes(registry, "nix-build"), 1)
+
+    def test_restart_pinned_source_no_nix(self) -> None:
+        """
+        A git source pulled by commit is served warm after a restart with
+        no Nix (or git) process at all.
+        """
+        require_tools("git")
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        repo = fresh_package_set(workdir)
+        git = ["git", "-C", repo, "-c", "user.name=t", "-c", "user.email=t@localhost"]
+        run(git + ["init", "-q"])
+        run(git + ["add", "."])
+        run(git + ["commit", "-q", "-m", "package set"])
+        commit = run(git + ["rev-parse", "HEAD"]).stdout.strip()
+        storage = os.path.join(workdir, "storage")
+        first = self.daemon("--pkgs-repo", "file://" + repo, storage=storage)
+        status, headers, body = first.request("/v2/hello/manifests/" + commit)
+        self.assertEqual(status, 200, body)
+        self.assertEqual(self.nix_processes(first, "nix-build"), 1)
+        first.stop()
+        second = self.daemon("--pkgs-repo", "file://" + repo, storage=storage)
+        status, again, body_again = second.request("/v2/hello/manifests/" + commit)
+        self.assertEqual(status, 200, body_again)
+        self.assertEqual(again["docker-content-digest"], headers["docker-content-digest"])
+        self.assertEqual(body_again, body)
+        self.assertEqual(second.events_with(process_event="started"), [])
+
+    def test_restart_moving_source_evaluates_only(self) -> None:
+        """
+        A local package set is evaluated again after a restart, but the
+        image already built is served without a build.
+        """
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        pkgs = fresh_package_set(workdir)
+        storage = os.path.join(workdir, "storage")
+        first = self.daemon("--pkgs-path", pkgs, storage=storage)
+        status, headers, _ = first.request("/v2/hello/manifests/latest")
+        self.assertEqual(status, 200)
+        first.stop()
+        second = self.daemon("--pkgs-path", pkgs, storage=storage)
+        status, again, _ = second.request("/v2/hello/manifests/latest")
+        self.assertEqual(status, 200)
+        self.assertEqual(again["docker-content-digest"], headers["docker-content-digest"])
+        self.assertEqual(self.nix_processes(second, "nix-instantiate"), 1)
+        self.assertEqual(self.nix_processes(second, "nix-build"), 0)
+
+
+class ErrorsEndToEnd(DaemonTestMixin, TestCase):
+    """Errors from the real daemon are registry JSON with the right codes."""
+
+    def setUp(self) -> None:
+        self.registry = self.daemon("--pkgs-path", PACKAGE_SET, "--nix-timeout", "3")
+
+    def error(self, path: str, method: str = "GET") -> tuple[int, dict, dict]:
+        status, headers, body = self.registry.request(path, method)
+        self.assertEqual(headers["content-type"], "application/json")
+        [error] = json.loads(body)["errors"]
+        return status, headers, error
+
+    def test_unknown_packages(self) -> None:
+        """Unknown packages: 404 MANIFEST_UNKNOWN naming every one of them."""
+        status, _, error = self.error("/v2/hello/nope/xorg.nothere/manifests/latest")
+        self.assertEqual((status, error["code"]), (404, "MANIFEST_UNKNOWN"))
+        self.assertIn("nope", error["message"])
+        self.assertIn("xorg.nothere", error["message"])
+        self.assertEqual(self.nix_processes(self.registry, "nix-build"), 0)
+
+    def test_build_failure(self) -> None:
+        """A failed build: 500 UNKNOWN naming the package, with the log tail."""
+        status, _, error = self.error("/v2/failing/manifests/latest")
+        self.assertEqual((status, error["code"]), (500, "UNKNOWN"))
+        self.assertIn("failing", error["message"])
+        self.assertTrue(error["detail"]["log"])
+
+    def test_build_timeout(self) -> None:
+        """A build past the timeout is answered as a timeout, and Nix is stopped."""
+        status, _, error = self.error("/v2/slow/manifests/latest")
+        self.assertEqual(status, 504)
+        self.assertIn("timed out", error["message"])
+
+    def test_invalid_name_never_reaches_nix(self) -> None:
+        """Invalid names are refused with 400 NAME_INVALID before Nix runs."""
+        for path in ("/v2/Hello/manifests/latest", "/v2/a//b/manifests/latest",
+                     "/v2/a/../b/manifests/latest", "/v2/" + "a" * 300 + "/manifests/latest"):
+            status, _, error = self.error(path)
+            self.assertEqual((status, error["code"]), (400, "NAME_INVALID"), path)
+        self.assertEqual(self.registry.events_with(process_event="started"), [])
+
+    def test_invalid_and_unknown_digests(self) -> None:
+        """Bad digests are 400 DIGEST_INVALID; unknown blobs 404 BLOB_UNKNOWN."""
+        status, _, error = self.error("/v2/hello/blobs/sha256:xyz")
+        self.assertEqual((status, error["code"]), (400, "DIGEST_INVALID"))
+        status, _, error = self.error("/v2/hello/blobs/sha256:" + "0" * 64)
+        self.assertEqual((status, error["code"]), (404, "BLOB_UNKNOWN"))
+        status, _, error = self.error("/v2/hello/manifests/sha256:" + "0" * 64)
+        self.assertEqual((status, error["code"]), (404, "MANIFEST_UNKNOWN"))
+
+    def test_other_methods(self) -> None:
+        """Methods other than GET and HEAD are 405 UNSUPPORTED."""
+        status, headers, error = self.error("/v2/hello/manifests/latest", "PUT")
+        self.assertEqual((status, error["code"]), (405, "UNSUPPORTED"))
+        self.assertEqual(self.registry.events_with(process_event="started"), [])
+
+    def test_blob_range_and_oci_manifest(self) -> None:
+        """
+        An OCI-only client gets the OCI manifest, and its layers can be
+        fetched whole or by range with matching digests.
+        """
+        status, headers, body = self.registry.request(
+            "/v2/hello/manifests/latest", headers={"Accept": OCI_MANIFEST})
+        self.assertEqual((status, headers["content-type"]), (200, OCI_MANIFEST))
+        layer = json.loads(body)["layers"][-1]
+        status, headers, whole = self.registry.request("/v2/hello/blobs/" + layer["digest"])
+        self.assertEqual(status, 200)
+        self.assertEqual("sha256:" + hashlib.sha256(whole).hexdigest(), layer["digest"])
+        self.assertEqual(len(whole), layer["size"])
+        status, headers, part = self.registry.request(
+            "/v2/hello/blobs/" + layer["digest"], headers={"Range": "bytes=10-99"})
+        self.assertEqual(status, 206)
+        self.assertEqual(part, whole[10:100])
+        self.assertEqual(headers["content-range"], "bytes 10-99/%d" % (len(whole),))
