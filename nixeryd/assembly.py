@@ -30,6 +30,7 @@ def assemble_image_service(
         popularity: str | None = None, threads: int = 4,
         moving_ttl: float = 60.0,
         reference: Callable[[str, str], str] | None = None,
+        start_checks: Sequence[Callable[[Any], Any]] = (),
         environ: Mapping[str, str] = os.environ) -> ImageService:
     """
     Build an :class:`ImageService` and everything under it.
@@ -38,6 +39,9 @@ def assemble_image_service(
     :param storage: makes the storage backend from the thread-pool runner.
     :param popularity: a file or URL with popularity data, loaded when the
         service starts; its absence or failure is logged, never fatal.
+    :param start_checks: called with the storage when the service starts;
+        if one fails, the failure is logged and the reactor stopped (a
+        storage that cannot be used is a configuration error).
     :param environ: the environment that Nix inherits (through an
         allow-list), read once here.
     """
@@ -49,21 +53,32 @@ def assemble_image_service(
     builder = ImageBuilder(nix=nix, storage=store, runner=pool,
                            layer_budget=layer_budget)
 
-    async def load() -> None:
+    async def load_popularity_data() -> None:
         data = await load_popularity(popularity, reactor=reactor, runner=pool)
         builder.set_popularity(data)
         log.info("Loaded popularity data for {count} names", count=len(data))
 
-    def start() -> Any:
-        if not popularity:
-            return None
+    async def check_storage() -> None:
+        try:
+            for check in start_checks:
+                await check(store)
+        except Exception as e:
+            log.critical("Storage is not usable, stopping: {error}", error=str(e))
+            reactor.stop()
+
+    async def start() -> None:
+        await check_storage()
+        if popularity:
+            await load_popularity_data()
+
+    def on_start() -> Any:
         from twisted.internet.defer import Deferred
-        return Deferred.fromCoroutine(load())
+        return Deferred.fromCoroutine(start())
 
     return ImageService(
         source=source, nix=nix, builder=builder, storage=store, clock=reactor,
         max_builds=max_builds, moving_ttl=moving_ttl, reference=reference,
-        children=(pool,), on_start=start)
+        children=(pool,), on_start=on_start)
 
 
 def make_image_service(config: Any, reactor: Any) -> ImageService:
@@ -71,14 +86,34 @@ def make_image_service(config: Any, reactor: Any) -> ImageService:
     The daemon's image service, from its validated
     :class:`~nixeryd.config.Config`.  Built images are named
     ``<name>:<tag>`` in the storage's index.
+
+    :raises UsageError: when the GCS key file cannot be used.
     """
+    from twisted.python.usage import UsageError
+
+    from nixeryd.pkgsource import source_from_config
+
+    env = child_environment(os.environ)
+    source = source_from_config(**{config.source.kind: config.source.location},
+                                reactor=reactor, env=env)
+    checks: list[Callable[[Any], Any]] = []
     if config.storage_backend == "gcs":
-        from nixeryd.storage.gcs import gcs_storage_from_settings
+        from nixeryd.storage.gcs import (GCSError, build_gcs_storage,
+                                         load_service_account_key)
+        try:
+            key = (load_service_account_key(config.google_credentials)
+                   if config.google_credentials else None)
+        except GCSError as e:
+            raise UsageError(str(e)) from None
 
         def storage(runner: Any) -> Any:
-            return gcs_storage_from_settings(
-                reactor, runner, config.gcs_bucket,
-                credentials_path=config.google_credentials)
+            try:
+                return build_gcs_storage(reactor, runner, config.gcs_bucket, key,
+                                         config.gcs_endpoint)
+            except GCSError as e:
+                raise UsageError(str(e)) from None
+
+        checks.append(lambda store: store.check_bucket())
     else:
         from nixeryd.storage.filesystem import FilesystemStorage
 
@@ -86,8 +121,8 @@ def make_image_service(config: Any, reactor: Any) -> ImageService:
             return FilesystemStorage(config.storage_path, runner)
 
     return assemble_image_service(
-        reactor, source=config.source, storage=storage,
+        reactor, source=source, storage=storage,
         nix_timeout=config.nix_timeout, nix_options=config.nix_options,
         max_builds=config.max_builds, layer_budget=config.layer_budget,
         popularity=config.popularity_url, threads=config.threads,
-        reference=lambda name, tag: name + ":" + tag)
+        reference=lambda name, tag: name + ":" + tag, start_checks=checks)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,6 +35,15 @@ class DaemonTestMixin:
         daemon = Daemon(workdir, *args, storage=storage)
         self.addCleanup(daemon.stop)
         return daemon.start()
+
+    def short_directory(self) -> str:
+        """
+        A new directory with a short path: unix sockets and podman's run
+        root have length limits that trial's temporary paths exceed.
+        """
+        path = tempfile.mkdtemp(prefix="nx-")
+        self.addCleanup(shutil.rmtree, path, True)
+        return path
 
     def nix_processes(self, daemon: Daemon, argv0: str) -> int:
         """How many times the daemon started the program ``argv0``."""
@@ -70,19 +81,15 @@ class ClientsEndToEnd(DaemonTestMixin, TestCase):
     def test_podman_pull_and_run(self) -> None:
         """podman (vfs storage) pulls the image and runs its binary."""
         tools = require_tools("podman", "runc")
-        state = os.path.abspath(self.mktemp())
+        state = self.short_directory()
         podman = [tools["podman"], "--root", state + "/root", "--runroot", state + "/run",
                   "--storage-driver", "vfs"]
         image = "%s/hello" % (self.registry.address,)
         run(podman + ["pull", "--tls-verify=false", image])
         ran = run(podman + ["run", "--rm", "--runtime", tools["runc"], "--network", "none",
                             "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
-                            image, "/bin/hello"], check=False)
-        if ran.returncode != 0 and "cgroup" in ran.stderr:
-            # Pulling is what this test is about; some hosts cannot run.
-            self.assertIn("hello", run(podman + ["images"]).stdout)
-        else:
-            self.assertEqual(ran.stdout, "Hello, world!\n", ran.stderr)
+                            image, "/bin/hello"])
+        self.assertEqual(ran.stdout, "Hello, world!\n", ran.stderr)
         run(podman + ["rmi", "--all", "--force"], check=False)
 
     def test_containerd_pull(self) -> None:
@@ -91,8 +98,7 @@ class ClientsEndToEnd(DaemonTestMixin, TestCase):
         HEAD announced, and verifies every blob.
         """
         tools = require_tools("containerd", "ctr")
-        state = os.path.abspath(self.mktemp())
-        os.makedirs(state)
+        state = self.short_directory()
         config = os.path.join(state, "containerd.toml")
         socket_path = os.path.join(state, "containerd.sock")
         with open(config, "w") as f:

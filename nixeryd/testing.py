@@ -1,0 +1,243 @@
+"""
+Fakes and helpers for testing code that sits on top of the image service.
+
+:class:`FakeImageService` answers the image service's four calls from
+dictionaries, records every call, and can hold calls until a test releases
+them, exposing whether a caller's wait was cancelled.  :func:`write_sample_image`
+writes a small but real image (a gzip tar layer, a config and both manifest
+formats) that real clients such as skopeo can pull.  :func:`serve_locally`
+runs a site on a loopback port for the duration of one test.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+from typing import Any, Mapping
+
+from attrs import define, field, frozen
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
+
+from nixeryd.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
+from nixeryd.errors import BlobUnknown, ManifestUnknown
+from nixeryd.mediatypes import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER,
+    DOCKER_MANIFEST,
+    OCI_CONFIG,
+    OCI_LAYER,
+    OCI_MANIFEST,
+)
+
+
+def sha256_digest(data: bytes) -> str:
+    """``sha256:<hex>`` of ``data``."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def manifest_document(media_type: str, body: bytes) -> ManifestDocument:
+    """A manifest document whose digest is computed from ``body``."""
+    return ManifestDocument(media_type=media_type, body=body,
+                            digest=sha256_digest(body))
+
+
+def _canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+@frozen
+class SampleImage:
+    """
+    An image written by :func:`write_sample_image`.
+
+    :ivar image: both manifests.
+    :ivar layer: the layer blob (a gzip-compressed tar).
+    :ivar config: the image configuration blob.
+    """
+
+    image: Image
+    layer: LocalBlob
+    config: LocalBlob
+
+    @property
+    def blobs(self) -> tuple[LocalBlob, LocalBlob]:
+        """The layer and the config."""
+        return (self.layer, self.config)
+
+
+def _write_blob(directory: str, data: bytes) -> LocalBlob:
+    digest = sha256_digest(data)
+    path = os.path.join(directory, digest.split(":", 1)[1])
+    with open(path, "wb") as out:
+        out.write(data)
+    return LocalBlob(path=path, size=len(data), digest=digest)
+
+
+def _layer_tar(files: Mapping[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(files):
+            data = files[name]
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o755
+            info.mtime = 1
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def write_sample_image(directory: str, files: Mapping[str, bytes]) -> SampleImage:
+    """
+    Write a one-layer image holding ``files`` as blobs under ``directory``.
+
+    The blobs are named by their hex digest.  The Docker and OCI manifests
+    refer to the same layer and config bytes.
+    """
+    tar = _layer_tar(files)
+    layer = _write_blob(directory, gzip.compress(tar, mtime=0))
+    config = _write_blob(directory, _canonical_json({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [sha256_digest(tar)]},
+    }))
+
+    def manifest(media_type: str, config_type: str, layer_type: str) -> ManifestDocument:
+        return manifest_document(media_type, _canonical_json({
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": {"mediaType": config_type, "size": config.size,
+                       "digest": config.digest},
+            "layers": [{"mediaType": layer_type, "size": layer.size,
+                        "digest": layer.digest}],
+        }))
+
+    image = Image(
+        docker=manifest(DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER),
+        oci=manifest(OCI_MANIFEST, OCI_CONFIG, OCI_LAYER),
+    )
+    return SampleImage(image=image, layer=layer, config=config)
+
+
+@define
+class HeldCall:
+    """
+    A call to :class:`FakeImageService` waiting for the test to release it.
+
+    :ivar method: the name of the method called.
+    :ivar arguments: its arguments.
+    :ivar cancelled: whether the caller cancelled its wait.
+    """
+
+    method: str
+    arguments: tuple[str, ...]
+    cancelled: bool = False
+    deferred: Deferred[None] = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.deferred = Deferred(self._cancel)
+
+    def _cancel(self, deferred: Deferred[None]) -> None:
+        self.cancelled = True
+
+    def release(self) -> None:
+        """Let the call continue (unless its caller has cancelled it)."""
+        if not self.deferred.called:
+            self.deferred.callback(None)
+
+
+class FakeImageService(Service):
+    """
+    An in-memory image service with the interface of
+    :class:`nixeryd.images.ImageService`.
+
+    :ivar images: ``(name, tag)`` to image.
+    :ivar manifests: digest to manifest (filled by :meth:`add_image`).
+    :ivar blobs: digest to blob.
+    :ivar tag_lists: name to tags; names not listed have none.
+    :ivar failures: method name to an exception that every call of that
+        method raises (after being released, when calls are held).
+    :ivar calls: ``(method, *arguments)`` of every call, in order.
+    :ivar hold: when true, every call waits as a :class:`HeldCall` in
+        :attr:`held` until the test releases it.
+    """
+
+    def __init__(self) -> None:
+        self.images: dict[tuple[str, str], Image] = {}
+        self.manifests: dict[str, ManifestDocument] = {}
+        self.blobs: dict[str, LocalBlob | RedirectBlob] = {}
+        self.tag_lists: dict[str, list[str]] = {}
+        self.failures: dict[str, BaseException] = {}
+        self.calls: list[tuple[str, ...]] = []
+        self.hold = False
+        self.held: list[HeldCall] = []
+
+    def add_image(self, name: str, tag: str, image: Image) -> None:
+        """Serve ``image`` for ``name:tag`` and both its manifests by digest."""
+        self.images[(name, tag)] = image
+        self.manifests[image.docker.digest] = image.docker
+        self.manifests[image.oci.digest] = image.oci
+
+    def add_sample_image(self, name: str, tag: str, sample: SampleImage) -> None:
+        """Serve a :class:`SampleImage`: its manifests and its blobs."""
+        self.add_image(name, tag, sample.image)
+        for blob in sample.blobs:
+            self.blobs[blob.digest] = blob
+
+    async def _enter(self, method: str, *arguments: str) -> None:
+        self.calls.append((method,) + arguments)
+        if self.hold:
+            call = HeldCall(method, arguments)
+            self.held.append(call)
+            await call.deferred
+        failure = self.failures.get(method)
+        if failure is not None:
+            raise failure
+
+    async def image(self, name: str, tag: str) -> Image:
+        """The image added for ``name:tag``, else ``MANIFEST_UNKNOWN``."""
+        await self._enter("image", name, tag)
+        try:
+            return self.images[(name, tag)]
+        except KeyError:
+            raise ManifestUnknown("manifest unknown", {"name": name, "tag": tag}) from None
+
+    async def manifest(self, digest: str) -> ManifestDocument:
+        """A manifest of an added image, else ``MANIFEST_UNKNOWN``."""
+        await self._enter("manifest", digest)
+        try:
+            return self.manifests[digest]
+        except KeyError:
+            raise ManifestUnknown("manifest unknown", {"digest": digest}) from None
+
+    async def blob(self, digest: str) -> LocalBlob | RedirectBlob:
+        """An added blob, else ``BLOB_UNKNOWN``."""
+        await self._enter("blob", digest)
+        try:
+            return self.blobs[digest]
+        except KeyError:
+            raise BlobUnknown("blob unknown to registry", {"digest": digest}) from None
+
+    async def tags(self, name: str) -> list[str]:
+        """The tags listed for ``name`` (none if not listed)."""
+        await self._enter("tags", name)
+        return list(self.tag_lists.get(name, ()))
+
+
+def serve_locally(testcase: Any, site: Any) -> str:
+    """
+    Listen with ``site`` on a free loopback port until ``testcase`` ends.
+
+    :return: the base URL, ``http://127.0.0.1:<port>``.
+    """
+    from twisted.internet import reactor
+
+    port: IListeningPort = reactor.listenTCP(0, site, interface="127.0.0.1")
+    testcase.addCleanup(port.stopListening)
+    return "http://127.0.0.1:%d" % (port.getHost().port,)

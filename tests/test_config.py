@@ -1,0 +1,204 @@
+"""
+Tests for :mod:`nixeryd.config`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import attrs
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from nixeryd.config import Config, PackageSource, config_from, parse_nix_options
+
+BASE_ENV = {"NIXERY_PKGS_PATH": "/srv/pkgs", "STORAGE_PATH": "/srv/storage"}
+
+
+def build(options: Optional[dict[str, Any]] = None, **environ: str) -> Config:
+    """A config from options and ``BASE_ENV`` updated with ``environ``."""
+    env = dict(BASE_ENV)
+    env.update(environ)
+    return config_from(options or {}, env)
+
+
+class DefaultsTests(SynchronousTestCase):
+    """A minimal configuration."""
+
+    def test_defaults(self) -> None:
+        """Only a source and a storage path are needed; the rest has defaults."""
+        config = build()
+        self.assertEqual(config, Config(
+            listen="tcp:8080", source=PackageSource("path", "/srv/pkgs"),
+            storage_backend="filesystem", storage_path="/srv/storage",
+            gcs_bucket=None, google_credentials=None, gcs_endpoint=None,
+            nix_timeout=600.0,
+            popularity_url=None, max_builds=2, layer_budget=94, nix_options=(),
+            threads=4))
+
+    def test_frozen(self) -> None:
+        """The configuration cannot be changed after it is built."""
+        config = build()
+        self.assertRaises(attrs.exceptions.FrozenInstanceError,
+                          setattr, config, "threads", 9)
+
+
+class GCSEndpointTests(SynchronousTestCase):
+    """Where GCS requests go."""
+
+    def test_emulator_variable(self) -> None:
+        """STORAGE_EMULATOR_HOST names an emulator; a bare host:port means HTTP."""
+        self.assertEqual(build(STORAGE_EMULATOR_HOST="127.0.0.1:9023").gcs_endpoint,
+                         "http://127.0.0.1:9023")
+        self.assertEqual(build(STORAGE_EMULATOR_HOST="http://localhost:1/").gcs_endpoint,
+                         "http://localhost:1")
+
+    def test_bad_scheme(self) -> None:
+        """An endpoint that is not http(s) is refused."""
+        self.assertRaises(UsageError, build, STORAGE_EMULATOR_HOST="ftp://x")
+
+
+class SourceTests(SynchronousTestCase):
+    """The package source."""
+
+    def test_order(self) -> None:
+        """The channel wins over the repository, which wins over the path."""
+        self.assertEqual(build(NIXERY_CHANNEL="nixos-unstable",
+                               NIXERY_PKGS_REPO="https://x/y.git").source,
+                         PackageSource("channel", "nixos-unstable"))
+        self.assertEqual(build(NIXERY_PKGS_REPO="https://x/y.git").source,
+                         PackageSource("repo", "https://x/y.git"))
+
+    def test_empty_is_unset(self) -> None:
+        """Empty variables are skipped."""
+        self.assertEqual(build(NIXERY_CHANNEL="", NIXERY_PKGS_REPO="").source,
+                         PackageSource("path", "/srv/pkgs"))
+
+    def test_option_overrides(self) -> None:
+        """A source option is used before any variable."""
+        config = build({"pkgs-repo": "git@host:p.git"}, NIXERY_CHANNEL="c")
+        self.assertEqual(config.source, PackageSource("repo", "git@host:p.git"))
+
+    def test_missing(self) -> None:
+        """No source at all is one clear usage error."""
+        error = self.assertRaises(UsageError, config_from, {}, {"STORAGE_PATH": "/s"})
+        self.assertEqual(
+            str(error),
+            "no package source: set NIXERY_PKGS_PATH, NIXERY_PKGS_REPO or"
+            " NIXERY_CHANNEL (or --pkgs-path, --pkgs-repo or --channel)")
+
+
+class ListenTests(SynchronousTestCase):
+    """The listening endpoint."""
+
+    def test_port_variable(self) -> None:
+        """PORT becomes a TCP endpoint."""
+        self.assertEqual(build(PORT="9000").listen, "tcp:9000")
+
+    def test_port_option(self) -> None:
+        """--port overrides PORT."""
+        self.assertEqual(build({"port": "9001"}, PORT="9000").listen, "tcp:9001")
+
+    def test_listen(self) -> None:
+        """--listen is used as given and wins over PORT."""
+        self.assertEqual(build({"listen": "unix:/run/n.sock"}, PORT="1").listen,
+                         "unix:/run/n.sock")
+
+    def test_both_options(self) -> None:
+        """--listen together with --port is refused."""
+        self.assertRaises(UsageError, build, {"listen": "tcp:1", "port": "2"})
+
+    def test_bad_port(self) -> None:
+        """Ports that are not numbers 0-65535 are refused."""
+        for port in ("http", "70000", "-1"):
+            with self.subTest(port=port):
+                self.assertRaises(UsageError, build, PORT=port)
+
+
+class StorageTests(SynchronousTestCase):
+    """The storage backend and its settings."""
+
+    def test_filesystem_needs_path(self) -> None:
+        """The filesystem backend without STORAGE_PATH is refused."""
+        error = self.assertRaises(UsageError, config_from, {},
+                                  {"NIXERY_PKGS_PATH": "/p"})
+        self.assertIn("STORAGE_PATH", str(error))
+
+    def test_gcs(self) -> None:
+        """The gcs backend takes the bucket and optional credentials."""
+        config = build(NIXERY_STORAGE_BACKEND="gcs", GCS_BUCKET="b",
+                       GOOGLE_APPLICATION_CREDENTIALS="/k.json")
+        self.assertEqual((config.storage_backend, config.gcs_bucket,
+                          config.google_credentials), ("gcs", "b", "/k.json"))
+
+    def test_gcs_needs_bucket(self) -> None:
+        """The gcs backend without a bucket is refused."""
+        error = self.assertRaises(UsageError, build, NIXERY_STORAGE_BACKEND="gcs")
+        self.assertIn("GCS_BUCKET", str(error))
+
+    def test_unknown_backend(self) -> None:
+        """Backends other than filesystem and gcs are refused."""
+        self.assertRaises(UsageError, build, {"storage-backend": "s3"})
+
+
+class NumberTests(SynchronousTestCase):
+    """Numeric settings are converted and range-checked."""
+
+    def test_values(self) -> None:
+        """Valid values from options and variables are used."""
+        config = build({"max-builds": "3", "threads": "8"}, NIX_TIMEOUT="30.5",
+                       NIXERY_LAYER_BUDGET="125")
+        self.assertEqual((config.nix_timeout, config.max_builds, config.threads,
+                          config.layer_budget), (30.5, 3, 8, 125))
+
+    def test_option_over_variable(self) -> None:
+        """An option overrides its variable."""
+        self.assertEqual(build({"nix-timeout": "5"}, NIX_TIMEOUT="30").nix_timeout, 5.0)
+
+    def test_invalid(self) -> None:
+        """Out-of-range or malformed numbers are one-line usage errors."""
+        for options, environ in (({}, {"NIX_TIMEOUT": "0"}),
+                                 ({}, {"NIX_TIMEOUT": "-3"}),
+                                 ({}, {"NIX_TIMEOUT": "nan"}),
+                                 ({}, {"NIX_TIMEOUT": "inf"}),
+                                 ({}, {"NIX_TIMEOUT": "1m"}),
+                                 ({}, {"NIXERY_MAX_BUILDS": "0"}),
+                                 ({}, {"NIXERY_LAYER_BUDGET": "0"}),
+                                 ({}, {"NIXERY_LAYER_BUDGET": "126"}),
+                                 ({"threads": "0"}, {}),
+                                 ({"threads": "two"}, {})):
+            with self.subTest(options=options, environ=environ):
+                error = self.assertRaises(UsageError, build, options, **environ)
+                self.assertNotIn("\n", str(error))
+
+
+class NixOptionTests(SynchronousTestCase):
+    """Nix settings."""
+
+    def test_parse(self) -> None:
+        """Entries are split on ; and newlines; values may be empty or spaced."""
+        self.assertEqual(parse_nix_options("substituters=; a = x y\nb=1;;"),
+                         [("substituters", ""), ("a", "x y"), ("b", "1")])
+
+    def test_merge(self) -> None:
+        """Options follow the variable's entries and replace same-named ones."""
+        config = build({"nix-option": ["b=2", "c="]},
+                       NIXERY_NIX_OPTIONS="a=1;b=1")
+        self.assertEqual(config.nix_options, (("a", "1"), ("b", "2"), ("c", "")))
+
+    def test_invalid(self) -> None:
+        """Entries without = or with an empty name are refused."""
+        for text in ("substituters", "=x", "a b=c"):
+            with self.subTest(text=text):
+                self.assertRaises(UsageError, build, {"nix-option": [text]})
+        self.assertRaises(UsageError, build, NIXERY_NIX_OPTIONS="oops")
+
+
+class OptionalTests(SynchronousTestCase):
+    """Optional settings."""
+
+    def test_popularity(self) -> None:
+        """The popularity URL comes from the option or the variable."""
+        self.assertEqual(build(NIX_POPULARITY_URL="/p.json").popularity_url, "/p.json")
+        self.assertEqual(build({"popularity-url": "http://x/p"}).popularity_url,
+                         "http://x/p")

@@ -1,0 +1,213 @@
+"""
+Tests for :mod:`nixeryd.tap`, the twistd plugin and :mod:`nixeryd.logs`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet import reactor
+from twisted.internet.testing import MemoryReactor
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import Logger, LogPublisher
+from twisted.plugin import getPlugins
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from nixeryd import logs
+from nixeryd.config import Config
+from nixeryd.tap import Options, makeService
+from nixeryd.testing import FakeImageService
+from nixeryd.web import RegistrySite
+
+ENV = {"NIXERY_PKGS_PATH": "/srv/pkgs", "STORAGE_PATH": "/srv/storage"}
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parsed(argv: list[str], environ: dict[str, str] = ENV) -> Options:
+    """Options parsed from ``argv`` with ``environ``."""
+    options = Options(environ=environ)
+    options.parseOptions(argv)
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    """Command-line parsing."""
+
+    def test_environment(self) -> None:
+        """Without options the environment gives the configuration."""
+        config = parsed([]).config
+        self.assertEqual((config.source.location, config.storage_path, config.listen),
+                         ("/srv/pkgs", "/srv/storage", "tcp:8080"))
+
+    def test_options(self) -> None:
+        """Options override the environment; --nix-option repeats."""
+        config = parsed(["--listen", "tcp:0:interface=127.0.0.1", "--channel", "c",
+                         "--nix-option", "substituters=", "--nix-option",
+                         "sandbox=false", "--max-builds", "5"]).config
+        self.assertEqual(config.listen, "tcp:0:interface=127.0.0.1")
+        self.assertEqual((config.source.kind, config.source.location), ("channel", "c"))
+        self.assertEqual(config.nix_options, (("substituters", ""), ("sandbox", "false")))
+        self.assertEqual(config.max_builds, 5)
+
+    def test_bad_configuration(self) -> None:
+        """A bad configuration is a usage error at parse time."""
+        error = self.assertRaises(UsageError, parsed, [], {"STORAGE_PATH": "/s"})
+        self.assertIn("no package source", str(error))
+
+    def test_bad_endpoint(self) -> None:
+        """A listen endpoint Twisted cannot parse is a usage error."""
+        for listen in ("nonsense:1", "tcp:notaport"):
+            with self.subTest(listen=listen):
+                error = self.assertRaises(UsageError, parsed, ["--listen", listen])
+                self.assertIn("invalid listen endpoint", str(error))
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """The service tree."""
+
+    def test_tree(self) -> None:
+        """The image service comes first, then the site on the configured endpoint."""
+        made: list[tuple[Config, Any]] = []
+        fake = FakeImageService()
+
+        def factory(config: Config, given_reactor: Any) -> FakeImageService:
+            made.append((config, given_reactor))
+            return fake
+
+        memory = MemoryReactor()
+        options = parsed(["--port", "8123"])
+        top = makeService(options, reactor=memory, image_service_factory=factory)
+        self.assertIsInstance(top, MultiService)
+        self.assertEqual(made, [(options.config, memory)])
+        images, server = list(top)
+        self.assertIs(images, fake)
+        self.assertIsInstance(server, StreamServerEndpointService)
+        top.startService()
+        self.addCleanup(top.stopService)
+        self.assertTrue(fake.running)
+        [(port, factory_used, _, interface)] = memory.tcpServers
+        self.assertEqual((port, interface), (8123, ""))
+        self.assertIsInstance(factory_used, RegistrySite)
+
+
+class PluginTests(SynchronousTestCase):
+    """The twistd plugin."""
+
+    def test_found(self) -> None:
+        """twistd finds the plugin under the tap name nixery."""
+        import twisted.plugins
+
+        makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker,
+                                                               twisted.plugins)}
+        self.assertIn("nixery", makers)
+        self.assertIs(makers["nixery"].options, Options)
+
+    def test_light(self) -> None:
+        """The plugin module imports neither the web layer nor the reactor."""
+        with open(os.path.join(REPOSITORY, "twisted", "plugins",
+                               "nixeryd_plugin.py")) as source:
+            text = source.read()
+        imports = [line for line in text.splitlines()
+                   if line.startswith(("import ", "from "))]
+        self.assertEqual(imports, ["from twisted.application.service import ServiceMaker"])
+
+
+class TwistdTests(TestCase):
+    """``twistd nixery`` as a real child process."""
+
+    async def test_bad_configuration_exits(self) -> None:
+        """A bad configuration prints one line and exits non-zero, no traceback."""
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": REPOSITORY,
+               "NIXERY_PKGS_PATH": "/srv/pkgs"}
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", "nixery"],
+            env=env, path=REPOSITORY, reactor=reactor)
+        output = (out + err).decode()
+        self.assertNotEqual(code, 0)
+        self.assertNotIn("Traceback", output)
+        self.assertIn(
+            "filesystem storage needs a directory: set STORAGE_PATH (or --storage-path)",
+            output.splitlines()[-1])
+
+
+class JSONObserverTests(SynchronousTestCase):
+    """:func:`nixeryd.logs.json_observer`."""
+
+    def emit_to_json(self) -> tuple[Logger, io.StringIO]:
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        return Logger(namespace="test", observer=LogPublisher(logs.json_observer())), stdout
+
+    def test_one_object_per_line(self) -> None:
+        """Events become one JSON object per line on stdout, fields kept."""
+        log, stdout = self.emit_to_json()
+        log.info("built {image}", image="shell/git", layers=3)
+        log.warn("second\nline")
+        lines = stdout.getvalue().splitlines()
+        self.assertEqual(len(lines), 2)
+        first, second = (json.loads(line) for line in lines)
+        self.assertEqual(
+            (first["image"], first["layers"], first["log_namespace"], first["log_level"],
+             first["log_text"]),
+            ("shell/git", 3, "test", "info", "built shell/git"))
+        self.assertIsInstance(first["log_time"], float)
+        self.assertEqual((second["log_text"], second["log_level"]), ("second\nline", "warn"))
+
+    def test_twisted_format_features(self) -> None:
+        """Call syntax and missing fields render as Twisted renders them."""
+        log, stdout = self.emit_to_json()
+        log.info("{size()} {x!r}", size=lambda: 7, x="q")
+        log.info("{missing}")
+        first, second = (json.loads(line) for line in stdout.getvalue().splitlines())
+        self.assertEqual(first["log_text"], "7 'q'")
+        self.assertIn("Unable to format event", second["log_text"])
+
+    def test_values_that_are_not_json(self) -> None:
+        """Objects JSON cannot hold are written as their repr."""
+        log, stdout = self.emit_to_json()
+        log.info("x", thing=object(), items=[1, "a"], bad=[object()])
+        event = json.loads(stdout.getvalue())
+        self.assertTrue(event["thing"].startswith("<object object"))
+        self.assertEqual(event["items"], [1, "a"])
+        self.assertIsInstance(event["bad"], str)
+
+    def test_failure(self) -> None:
+        """A logged failure is written as its traceback text."""
+        log, stdout = self.emit_to_json()
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            log.failure("broke {what}", what="it")
+        event = json.loads(stdout.getvalue())
+        self.assertEqual((event["log_text"], event["log_level"]), ("broke it", "critical"))
+        self.assertIn("ZeroDivisionError", event["log_failure"])
+
+
+class TextObserverTests(SynchronousTestCase):
+    """:func:`nixeryd.logs.text_observer`."""
+
+    def test_lines(self) -> None:
+        """Events are time, [namespace#level] and text; tracebacks are indented."""
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        log = Logger(namespace="test", observer=LogPublisher(logs.text_observer()))
+        log.info("hello {who}", who="you")
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            log.failure("broke")
+        lines = stdout.getvalue().splitlines()
+        self.assertRegex(lines[0], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} "
+                                   r"\[test#info\] hello you$")
+        self.assertTrue(lines[1].endswith(" [test#critical] broke"))
+        self.assertTrue(lines[2].startswith("\tTraceback"))
+        self.assertIn("ZeroDivisionError", lines[-1])

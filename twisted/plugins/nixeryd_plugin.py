@@ -1,0 +1,15 @@
+"""
+The ``nixery`` twistd plugin.
+
+Only names :mod:`nixeryd.tap`, which is imported when the plugin is used,
+so listing twistd commands stays fast.
+"""
+
+from twisted.application.service import ServiceMaker
+
+nixery = ServiceMaker(
+    "nixery",
+    "nixeryd.tap",
+    "A container registry that builds images from Nix packages on demand.",
+    "nixery",
+)
