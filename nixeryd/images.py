@@ -114,6 +114,8 @@ class ImageService(Service):
         self._children = children
         self._on_start = on_start
         self._recent: _LRU = _LRU(MEMORY_IMAGES)
+        #: ``(name as requested, tag)`` → (image, expiry): the warm path.
+        self._warm: _LRU = _LRU(MEMORY_IMAGES)
         self._in_flight: dict[tuple[str, str], list[Deferred[Image]]] = {}
         self._running: dict[tuple[str, str], Deferred[Image]] = {}
         self._manifests: _LRU = _LRU(MEMORY_MANIFESTS)
@@ -143,6 +145,21 @@ class ImageService(Service):
 
     # -- the web layer's calls ----------------------------------------------
 
+    def cached_image(self, name: str, tag: str) -> Image | None:
+        """
+        The image for ``name`` at ``tag`` if memory holds a current answer,
+        else ``None`` (then :meth:`image` does the work).  Synchronous, so
+        warm requests need no coroutine.
+        """
+        warm = self._warm.get((name, tag))
+        if warm is None:
+            return None
+        image, expires = warm
+        if expires is not None and expires <= self._clock.seconds():
+            del self._warm[(name, tag)]
+            return None
+        return image
+
     async def image(self, name: str, tag: str) -> Image:
         """
         The image for ``name`` at ``tag``, built if needed.
@@ -158,11 +175,15 @@ class ImageService(Service):
             image, expires = recent
             if expires is None or expires > self._clock.seconds():
                 self._remember_tag(name, tag)
+                self._warm.put((name, tag), recent)
                 return image
             del self._recent[memo_key]
         waiter = self._wait_for(memo_key, request, tag)
         image = await waiter
         self._remember_tag(name, tag)
+        recent = self._recent.get(memo_key)
+        if recent is not None:
+            self._warm.put((name, tag), recent)
         return image
 
     async def manifest(self, digest: str) -> ManifestDocument:

@@ -166,6 +166,8 @@ class FakeImageService(Service):
     :ivar calls: ``(method, *arguments)`` of every call, in order.
     :ivar hold: when true, every call waits as a :class:`HeldCall` in
         :attr:`held` until the test releases it.
+    :ivar warm: ``(name, tag)`` pairs that :meth:`cached_image` answers
+        at once, as the real service does for images in memory.
     """
 
     def __init__(self) -> None:
@@ -177,6 +179,7 @@ class FakeImageService(Service):
         self.calls: list[tuple[str, ...]] = []
         self.hold = False
         self.held: list[HeldCall] = []
+        self.warm: set[tuple[str, str]] = set()
 
     def add_image(self, name: str, tag: str, image: Image) -> None:
         """Serve ``image`` for ``name:tag`` and both its manifests by digest."""
@@ -199,6 +202,12 @@ class FakeImageService(Service):
         failure = self.failures.get(method)
         if failure is not None:
             raise failure
+
+    def cached_image(self, name: str, tag: str) -> Image | None:
+        """The image for ``name:tag`` if it is in :attr:`warm`, else ``None``."""
+        if (name, tag) in self.warm:
+            return self.images.get((name, tag))
+        return None
 
     async def image(self, name: str, tag: str) -> Image:
         """The image added for ``name:tag``, else ``MANIFEST_UNKNOWN``."""

@@ -65,6 +65,18 @@ class TLSGuardChannel(HTTPChannel):
             return
         HTTPChannel.dataReceived(self, data)
 
+    _host: object = None
+
+    def getHost(self) -> object:
+        """
+        The local address, asked of the socket once per connection:
+        Twisted asks for it at every request, and a keep-alive client
+        sends many.
+        """
+        if self._host is None:
+            self._host = HTTPChannel.getHost(self)
+        return self._host
+
     def _refuse_tls(self) -> None:
         """Send the plain-HTTP 400 and close the connection."""
         peer = self.transport.getPeer()

@@ -80,6 +80,12 @@ class ImageSource(Protocol):
     caller, so cancelling one caller's wait affects no one else.
     """
 
+    def cached_image(self, name: str, tag: str) -> Image | None:
+        """
+        The image named ``name`` at ``tag`` if it can be answered at once
+        from memory, else ``None``; never raises for a valid route.
+        """
+
     async def image(self, name: str, tag: str) -> Image:
         """The image named ``name`` at ``tag``, built if needed."""
 
@@ -381,6 +387,11 @@ class RegistryResource(Resource):
             return NOT_DONE_YET
         route_type = type(route)
         if route_type is ManifestByTag:
+            image = self._images.cached_image(route.name, route.tag)
+            if image is not None:
+                # Warm images are answered at once, without a coroutine.
+                body = self._manifest_body(request, image)
+                return b"" if method == _HEAD else body
             return render_async(request, self._manifest_by_tag, route)
         if route_type is Blob:
             return render_async(request, self._blob, route)
@@ -397,6 +408,10 @@ class RegistryResource(Resource):
     async def _manifest_by_tag(self, request: Request,
                                route: ManifestByTag) -> bytes:
         image = await self._images.image(route.name, route.tag)
+        return self._manifest_body(request, image)
+
+    def _manifest_body(self, request: Request, image: Image) -> bytes:
+        """Headers and body of the manifest the client accepts best."""
         document = choose_manifest(
             image, request.requestHeaders.getRawHeaders(b"accept"))
         request.responseHeaders.setRawHeaders(b"Vary", [b"Accept"])

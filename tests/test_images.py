@@ -259,6 +259,20 @@ class CacheTests(ServiceFixture, SynchronousTestCase):
         self.assertEqual((len(self.source.pins), len(self.nix.resolve_calls)), (2, 2))
         self.assertEqual(len(self.nix.build_calls), 1)
 
+    def test_cached_image_follows_memory(self) -> None:
+        """
+        ``cached_image`` answers only what memory holds and is current: not
+        before the first build, then the built image, then nothing once a
+        moving source's entry has expired.
+        """
+        service = self.make_service(moving_ttl=60.0)
+        self.assertIsNone(service.cached_image("toola", "latest"))
+        built = self.successResultOf(self.image(service))
+        self.assertEqual(service.cached_image("toola", "latest"), built)
+        self.assertIsNone(service.cached_image("toola", "other"))
+        self.clock.advance(61)
+        self.assertIsNone(service.cached_image("toola", "latest"))
+
     def test_moving_source_change_rebuilds(self) -> None:
         """When a moving source now resolves to other store paths, the image is rebuilt."""
         service = self.make_service(moving_ttl=10.0)

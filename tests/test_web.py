@@ -194,6 +194,26 @@ class ManifestTests(StubRegistryMixin, SynchronousTestCase):
         self.assertEqual(body, self.sample.image.docker.body)
         self.assertEqual(self.images.calls, [("image", "shell/git", "latest")])
 
+    def test_warm_image_answered_at_once(self) -> None:
+        """
+        An image the service holds in memory is served without calling
+        ``image()``, with the same negotiation and headers, GET and HEAD.
+        """
+        self.images.warm.add(("shell/git", "latest"))
+        response, body = self.fetch(b"GET", "/v2/shell/git/manifests/latest",
+                                    {b"Accept": SKOPEO_ACCEPT})
+        self.assert_manifest(response, body, DOCKER_MANIFEST)
+        response, body = self.fetch(b"GET", "/v2/shell/git/manifests/latest",
+                                    {b"Accept": [OCI_MANIFEST.encode()]})
+        self.assert_manifest(response, body, OCI_MANIFEST)
+        head, head_body = self.fetch(b"HEAD", "/v2/shell/git/manifests/latest",
+                                     {b"Accept": [OCI_MANIFEST.encode()]})
+        self.assertEqual(head_body, b"")
+        for name in (b"content-type", b"docker-content-digest"):
+            self.assertEqual(header(head, name), header(response, name))
+        self.assertEqual(content_length(head), len(body))
+        self.assertEqual(self.images.calls, [])
+
     def test_containerd_accept_line(self) -> None:
         """containerd's single Accept line gives Docker schema 2."""
         response, body = self.fetch(b"GET", "/v2/shell/git/manifests/latest",
