@@ -106,6 +106,11 @@ class Options(usage.Options):
 ImageServiceFactory = Callable[[Config, Any], IService]
 
 
+#: Threads sending blob bodies with sendfile: concurrent blob downloads
+#: beyond this wait for a thread.
+BLOB_THREADS = 32
+
+
 def makeService(options: Options, reactor: Any = None,
                 image_service_factory: Optional[ImageServiceFactory] = None,
                 ) -> MultiService:
@@ -128,11 +133,16 @@ def makeService(options: Options, reactor: Any = None,
         image_service_factory = make_image_service
     from nixeryd.web import make_site
 
+    from nixeryd.threads import ThreadPoolService
+
     config = options.config
     images = image_service_factory(config, reactor)
     top = MultiService()
     images.setServiceParent(top)
-    server = strports.service(config.listen, make_site(images), reactor=reactor)
+    blob_pool = ThreadPoolService(reactor, BLOB_THREADS, name="nixeryd-blobs")
+    blob_pool.setServiceParent(top)
+    server = strports.service(config.listen, make_site(images, blob_pool),
+                              reactor=reactor)
     server.setName("http")
     server.setServiceParent(top)
     return top

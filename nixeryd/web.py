@@ -37,6 +37,7 @@ from zope.interface import implementer
 from nixeryd.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
 from nixeryd.errors import BlobUnknown, RegistryError, Unsupported
 from nixeryd.negotiate import choose_manifest
+from nixeryd.sendfile import SendfileSender, sendfile_transport
 from nixeryd.routes import (
     Blob,
     ManifestByDigest,
@@ -364,13 +365,21 @@ class RegistryResource(Resource):
     path itself (names contain ``/``).
 
     :param images: the image service.
+    :param blob_runner: a thread pool for :mod:`nixeryd.sendfile`; without
+        one, blob bodies are copied through the reactor thread.
+    :param clock: the reactor, for scheduling.
     """
 
     isLeaf = True
 
-    def __init__(self, images: ImageSource) -> None:
+    def __init__(self, images: ImageSource, blob_runner: Any = None,
+                 clock: Any = None) -> None:
         super().__init__()
         self._images = images
+        self._blob_runner = blob_runner
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock = clock
 
     def render(self, request: Request) -> object:
         """Route one request; see the module docstring for the API."""
@@ -503,7 +512,13 @@ class RegistryResource(Resource):
         headers.setRawHeaders(_CONTENT_LENGTH, [b"%d" % (length,)])
         if file is None:
             return b""
-        BlobSender(request, file, length).start()
+        transport = (sendfile_transport(request)
+                     if self._blob_runner is not None else None)
+        if transport is not None:
+            SendfileSender(request, transport, file, file.tell(), length,
+                           self._blob_runner, self._clock).start()
+        else:
+            BlobSender(request, file, length).start()
         return None
 
 
@@ -610,9 +625,9 @@ class RootResource(Resource):
     everything else a 404 page.
     """
 
-    def __init__(self, images: ImageSource) -> None:
+    def __init__(self, images: ImageSource, blob_runner: Any = None) -> None:
         super().__init__()
-        self.putChild(b"v2", RegistryResource(images))
+        self.putChild(b"v2", RegistryResource(images, blob_runner))
         self._index = IndexPage(200)
         self._not_found = IndexPage(404)
 
@@ -663,6 +678,9 @@ class RegistrySite(Site):
         )
 
 
-def make_site(images: ImageSource) -> RegistrySite:
-    """The registry site serving ``images``."""
-    return RegistrySite(RootResource(images))
+def make_site(images: ImageSource, blob_runner: Any = None) -> RegistrySite:
+    """
+    The registry site serving ``images``; blob bodies go out with
+    ``sendfile`` from ``blob_runner``'s threads when one is given.
+    """
+    return RegistrySite(RootResource(images, blob_runner))

@@ -36,6 +36,7 @@ from nixeryd.errors import (
     UnknownPackages,
 )
 from nixeryd.mediatypes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from nixeryd.threads import ThreadPoolService
 from nixeryd.testing import (
     FakeImageService,
     SampleImage,
@@ -889,3 +890,58 @@ class LoopbackTests(TestCase):
         self.assertTrue(client.received.startswith(b"HTTP/1.1 200 "))
         self.assertIn(b"HTTP/1.1 400 ", client.received)
 
+
+
+class SendfileLoopbackTests(LoopbackTests):
+    """
+    The same loopback tests with blob bodies sent by ``sendfile`` from a
+    thread pool, as the daemon serves them.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.blob_pool = ThreadPoolService(reactor, 4, name="test-blobs")
+        self.blob_pool.startService()
+        self.addCleanup(self.blob_pool.stopService)
+        self.base = serve_locally(self, make_site(self.images, self.blob_pool))
+        self.port = int(self.base.rsplit(":", 1)[1])
+
+    async def test_blob_sent_by_sendfile(self) -> None:
+        """On a plain TCP connection the body goes out through the blob pool."""
+        calls = []
+        original = self.blob_pool.run
+
+        def run(function: Any, *args: Any) -> Any:
+            calls.append(function)
+            return original(function, *args)
+
+        self.blob_pool.run = run  # type: ignore[method-assign]
+        [blob] = [b for b in self.sample.blobs if b.size > 0][:1]
+        response = await treq.get(self.base + "/v2/a/blobs/" + blob.digest, pool=self.pool)
+        body = await response.content()
+        self.assertEqual(sha256_digest(body), blob.digest)
+        self.assertEqual([f.__name__ for f in calls], ["send_file_range"])
+
+    async def test_client_leaving_mid_blob(self) -> None:
+        """
+        A client that disconnects during a large body ends that response;
+        the server goes on answering others.
+        """
+        data = os.urandom(64 * 1024 * 1024)
+        path = os.path.join(self.directory, "huge")
+        with open(path, "wb") as out:
+            out.write(data)
+        digest = sha256_digest(data)
+        self.images.blobs[digest] = LocalBlob(path, len(data), digest)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        leaving = RawClient(b"GET /v2/a/blobs/" + digest.encode() + b" HTTP/1.1\r\n"
+                            b"Host: x\r\n\r\n")
+        await connectProtocol(endpoint, leaving)
+        await wait_until(lambda: len(leaving.received) > 1024 * 1024)
+        leaving.transport.loseConnection()
+        await leaving.closed
+        self.assertLess(len(leaving.received), len(data))
+        response = await treq.get(self.base + "/v2/shell/git/manifests/latest",
+                                  pool=self.pool)
+        self.assertEqual(await response.content(), self.sample.image.docker.body)
+        await wait_until(lambda: not self.blob_pool.pool.working)

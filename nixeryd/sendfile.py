@@ -1,0 +1,169 @@
+"""
+Zero-copy blob bodies: ``sendfile(2)`` from the blob file to the client's
+socket, for plain TCP connections.
+
+Twisted writes a body by reading it into Python and copying it into the
+socket, a chunk at a time, on the reactor thread.  For layer blobs (tens
+or hundreds of megabytes) :class:`SendfileSender` instead lets the kernel
+move the bytes: once the response headers have left Twisted's buffer, a
+thread of the blob pool calls ``sendfile`` on a duplicate of the socket's
+descriptor (so a disconnect seen by the reactor never closes it under the
+thread), waiting with ``poll`` whenever the socket is full.  The reactor
+stays free, the GIL is released during each call, and nothing of the blob
+passes through Python.
+
+Connections that are not plain TCP (TLS, tests' in-memory transports) keep
+using the ordinary producer in :mod:`nixeryd.web`.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+from typing import Any, BinaryIO, Optional
+
+from twisted.internet import tcp
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+log = Logger()
+
+#: Most bytes one ``sendfile`` call is asked to move.
+SENDFILE_CHUNK = 8 * 1024 * 1024
+#: Seconds a client may leave its socket full before it is given up.
+STALL_TIMEOUT = 300.0
+#: How often a waiting sender checks whether the client went away.
+_POLL_MILLISECONDS = 500
+
+
+class ClientStalled(Exception):
+    """The client stopped reading for longer than :data:`STALL_TIMEOUT`."""
+
+
+def sendfile_transport(request: Request) -> Optional[tcp.Connection]:
+    """
+    The request's TCP transport if its body can be sent with ``sendfile``,
+    else ``None`` (TLS, a non-TCP transport, or a Twisted whose buffer
+    attributes are not the ones this module reads).
+    """
+    channel = request.channel
+    transport = getattr(channel, "transport", None)
+    if not isinstance(transport, tcp.Connection):
+        return None
+    if not all(hasattr(transport, name) for name in ("dataBuffer", "offset", "_tempDataLen")):
+        return None
+    return transport
+
+
+def _drained(transport: tcp.Connection) -> bool:
+    """Whether Twisted has handed every buffered byte to the kernel."""
+    return (not transport._tempDataLen
+            and len(transport.dataBuffer) <= transport.offset)
+
+
+def send_file_range(socket_fd: int, file_fd: int, offset: int, length: int,
+                    stop: threading.Event, stall_timeout: float = STALL_TIMEOUT) -> None:
+    """
+    Send ``length`` bytes of a file from ``offset`` to a non-blocking
+    socket, blocking the calling thread (never the reactor's) until done.
+
+    :raises OSError: the client went away, or the file is shorter than
+        expected.
+    :raises ClientStalled: the socket stayed full too long.
+    :raises InterruptedError: ``stop`` was set.
+    """
+    poller = select.poll()
+    poller.register(socket_fd, select.POLLOUT)
+    end = offset + length
+    waited = 0.0
+    while offset < end:
+        if stop.is_set():
+            raise InterruptedError("the response was abandoned")
+        try:
+            sent = os.sendfile(socket_fd, file_fd, offset, min(SENDFILE_CHUNK, end - offset))
+        except BlockingIOError:
+            events = poller.poll(_POLL_MILLISECONDS)
+            if events and events[0][1] & (select.POLLERR | select.POLLHUP):
+                raise ConnectionResetError("the client closed the connection")
+            waited = 0.0 if events else waited + _POLL_MILLISECONDS / 1000
+            if waited >= stall_timeout:
+                raise ClientStalled("the client read nothing for %g s" % (stall_timeout,))
+            continue
+        if sent == 0:
+            raise OSError("the blob file ended %d bytes early" % (end - offset,))
+        offset += sent
+        waited = 0.0
+
+
+class SendfileSender:
+    """
+    Sends one blob body with :func:`send_file_range` and finishes the
+    request.
+
+    :param request: the request; its status and headers are set.
+    :param transport: from :func:`sendfile_transport`.
+    :param file: the open blob, positioned at ``offset``; closed when done.
+    :param offset: first byte to send.
+    :param length: how many bytes.
+    :param runner: a thread pool with ``run(f, *args) -> Deferred``.
+    :param clock: schedules the checks for the headers to leave.
+    """
+
+    def __init__(self, request: Request, transport: tcp.Connection, file: BinaryIO,
+                 offset: int, length: int, runner: Any, clock: Any) -> None:
+        self._request = request
+        self._transport = transport
+        self._file = file
+        self._offset = offset
+        self._length = length
+        self._runner = runner
+        self._clock = clock
+        self._stop = threading.Event()
+        self._socket_fd: Optional[int] = None
+
+    def start(self) -> None:
+        """Send the headers, then the body once they have left the buffer."""
+        self._request.notifyFinish().addErrback(lambda _: self._stop.set())
+        self._request.write(b"")
+        self._when_drained()
+
+    def _when_drained(self) -> None:
+        if self._stop.is_set() or self._request.channel is None:
+            self._close()
+            return
+        if not _drained(self._transport):
+            self._clock.callLater(0, self._when_drained)
+            return
+        try:
+            self._socket_fd = os.dup(self._transport.fileno())
+        except OSError:
+            self._close()
+            self._request.loseConnection()
+            return
+        d = self._runner.run(send_file_range, self._socket_fd, self._file.fileno(),
+                             self._offset, self._length, self._stop)
+        d.addCallbacks(self._sent, self._failed)
+        d.addErrback(lambda f: log.failure("Finishing a blob response failed", f))
+
+    def _sent(self, _: None) -> None:
+        self._close()
+        request = self._request
+        request.sentLength += self._length
+        if not self._stop.is_set() and request.channel is not None and not request.finished:
+            request.finish()
+
+    def _failed(self, failure: Any) -> None:
+        self._close()
+        if not failure.check(OSError, ClientStalled, InterruptedError):
+            log.failure("Sending a blob failed", failure)
+        else:
+            log.info("Blob response ended early: {error}", error=str(failure.value))
+        if self._request.channel is not None:
+            self._request.loseConnection()
+
+    def _close(self) -> None:
+        self._file.close()
+        if self._socket_fd is not None:
+            os.close(self._socket_fd)
+            self._socket_fd = None
