@@ -22,17 +22,20 @@ from twisted.logger import (FilteringLogObserver, LogLevel,
                             LogLevelFilterPredicate, formatEvent,
                             globalLogBeginner)
 
+from twisted.python.usage import UsageError
+
+from nixeryd.config import parse_nix_option
 from nixeryd.errors import BuildFailed, RegistryError, UnknownPackages
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
-def parse_nix_option(text: str) -> tuple[str, str]:
-    """``NAME=VALUE`` → ``(NAME, VALUE)``; the value may be empty."""
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError("expected NAME=VALUE, got %r" % (text,))
-    return name, value
+def nix_option_argument(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` → ``(NAME, VALUE)`` for argparse, as the daemon parses it."""
+    try:
+        return parse_nix_option(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -49,7 +52,7 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="the package-set revision (git sources) and the "
                              "reference name in index.json (default: latest)")
     parser.add_argument("--out", required=True, help="the OCI layout directory to write")
-    parser.add_argument("--nix-option", action="append", default=[], type=parse_nix_option,
+    parser.add_argument("--nix-option", action="append", default=[], type=nix_option_argument,
                         metavar="NAME=VALUE", help="passed to Nix as --option NAME VALUE")
     parser.add_argument("--nix-timeout", type=float, default=600.0,
                         help="seconds allowed for Nix (default 600)")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections import Counter
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
@@ -33,16 +32,12 @@ from nixeryd.errors import BlobUnknown, BuildFailed, UnknownPackages
 from nixeryd.nix import Resolution, ResolvedPackage
 from nixeryd.pkgsource import PinnedSource
 from nixeryd.storage.interface import IStorage
+from nixeryd.storage.naming import check_document_name, check_reference
 
 T = TypeVar("T")
 
 # The document and reference rules of the filesystem backend, so that a
 # test passing against memory would pass against the disk.
-_KEY = re.compile(r"[A-Za-z0-9._-]{1,200}\Z")
-_NAMESPACE = re.compile(r"[a-z][a-z0-9-]{0,40}\Z")
-_REFERENCE = re.compile(
-    r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
-    r"(?:/[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*)*\Z")
 
 
 def _sha256(data: bytes) -> str:
@@ -179,7 +174,7 @@ class MemoryStorage:
     def get_document(self, namespace: str, key: str) -> Deferred[Any]:
         """A fresh copy of the stored document, or ``None``."""
         def work() -> Any:
-            _check_document_name(namespace, key)
+            check_document_name(namespace, key)
             self._check_failure("get_document")
             stored = self.documents.get((namespace, key))
             return None if stored is None else json.loads(stored)
@@ -188,7 +183,7 @@ class MemoryStorage:
     def put_document(self, namespace: str, key: str, document: object) -> Deferred[None]:
         """Store the document as JSON, replacing an earlier one."""
         def work() -> None:
-            _check_document_name(namespace, key)
+            check_document_name(namespace, key)
             self._check_failure("put_document")
             self.documents[(namespace, key)] = json.dumps(
                 document, sort_keys=True).encode()
@@ -198,8 +193,7 @@ class MemoryStorage:
                          media_type: str, size: int) -> Deferred[None]:
         """Name a manifest, replacing an earlier one of the same name."""
         def work() -> None:
-            if not _REFERENCE.match(reference):
-                raise ValueError("invalid image reference %r" % (reference,))
+            check_reference(reference)
             check_digest(manifest_digest)
             self._check_failure("record_reference")
             self.references[reference] = {
@@ -220,12 +214,6 @@ class MemoryStorage:
             raise ValueError("blob stored as %s hashes to %s" % (digest, actual))
         self.blobs[digest] = data
         self.stored.append(digest)
-
-
-def _check_document_name(namespace: str, key: str) -> None:
-    """Refuse the document names the filesystem backend refuses."""
-    if not _NAMESPACE.match(namespace) or namespace == "tmp" or not _KEY.match(key):
-        raise ValueError("invalid document name %r/%r" % (namespace, key))
 
 
 class FakeNix:

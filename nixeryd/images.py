@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import (CancelledError, Deferred, DeferredSemaphore,

@@ -78,6 +78,16 @@ class ImageRequest:
         return self.arch.nix_system + "|" + ",".join(self.packages)
 
 
+def is_valid_component(component: str) -> bool:
+    """Whether one ``/``-separated component matches the registry grammar."""
+    return _COMPONENT.match(component) is not None
+
+
+def is_valid_tag(tag: str) -> bool:
+    """Whether ``tag`` matches the distribution spec's tag grammar."""
+    return _TAG.match(tag) is not None
+
+
 def validate_name(name: str) -> list[str]:
     """
     Check ``name`` against the registry grammar and return its components.
@@ -95,7 +105,7 @@ def validate_name(name: str) -> list[str]:
     for component in components:
         if not component:
             raise NameInvalid("the image name %r has an empty component" % (name,))
-        if not _COMPONENT.match(component):
+        if not is_valid_component(component):
             raise NameInvalid(
                 "invalid image name component %r: components are lowercase "
                 "letters and digits, separated by '.', '_', '__' or '-'" % (component,),
@@ -112,7 +122,7 @@ def validate_tag(tag: str) -> str:
 
     :raises ManifestUnknown: when ``tag`` is not a valid tag.
     """
-    if not _TAG.match(tag):
+    if not is_valid_tag(tag):
         raise ManifestUnknown("invalid tag %r" % (tag,), {"tag": tag})
     return tag
 

@@ -15,19 +15,13 @@ a route value or raises a :class:`~nixeryd.errors.RegistryError`.
 
 from __future__ import annotations
 
-import re
 from typing import Sequence, Union
 
 from attrs import frozen
 
-from nixeryd.errors import DigestInvalid, ManifestUnknown, NameInvalid, Unsupported
-
-MAX_NAME_LENGTH = 255
-"""The longest image name accepted, in characters."""
-
-_NAME_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")
-_TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}\Z")
-_SHA256_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
+from nixeryd import digests
+from nixeryd.errors import ManifestUnknown, NameInvalid, Unsupported
+from nixeryd.names import MAX_NAME_LENGTH, is_valid_component, is_valid_tag
 
 
 class RouteUnknown(Unsupported):
@@ -105,7 +99,7 @@ Route = Union[Ping, ManifestByTag, ManifestByDigest, Blob, TagsList]
 
 def is_tag(reference: str) -> bool:
     """Whether ``reference`` matches the spec's tag grammar."""
-    return _TAG.match(reference) is not None
+    return is_valid_tag(reference)
 
 
 def check_digest(digest: str) -> str:
@@ -115,11 +109,7 @@ def check_digest(digest: str) -> str:
     :raises DigestInvalid: for anything else, including other algorithms,
         which this registry never produces.
     """
-    if _SHA256_DIGEST.match(digest) is None:
-        raise DigestInvalid(
-            "invalid digest: only sha256:<64 lowercase hex> is supported",
-            {"digest": digest[:200]},
-        )
+    digests.check_digest(digest)
     return digest
 
 
@@ -144,7 +134,7 @@ def check_name(segments: Sequence[str]) -> str:
             {"length": len(name)},
         )
     for segment in segments:
-        if _NAME_COMPONENT.match(segment) is None:
+        if not is_valid_component(segment):
             raise NameInvalid(
                 "invalid image name: each /-separated component must be"
                 " lowercase letters and digits, separated by '.', '_', '__'"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,10 +15,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from typing import Any
 
-from tests.e2e import OFFLINE_NIX_OPTIONS, PACKAGE_SET, child_environment
+from tests.e2e import OFFLINE_NIX_OPTIONS, child_environment
 
 
 def free_port() -> int:
@@ -27,18 +25,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def fresh_package_set(directory: str) -> str:
-    """
-    A copy of the offline package set with a new nonce, so that every
-    derivation in it has new store paths and really builds.
-    """
-    path = os.path.join(directory, "pkgs")
-    shutil.copytree(PACKAGE_SET, path)
-    with open(os.path.join(path, "nonce"), "w") as nonce:
-        nonce.write(uuid.uuid4().hex)
-    return path
 
 
 class Daemon:

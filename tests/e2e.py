@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from typing import Sequence
 
 from twisted.trial.unittest import SkipTest
@@ -23,6 +24,19 @@ PACKAGE_SET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pkgs")
 OFFLINE_NIX_OPTIONS = ("substituters=", "extra-platforms=aarch64-linux")
 #: The repository root, so child Pythons import this checkout.
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fresh_package_set(directory: str) -> str:
+    """
+    A copy of the offline package set, under ``directory``, with a new
+    nonce: every derivation in it has new store paths, so Nix really runs
+    their builders.
+    """
+    path = os.path.join(os.path.abspath(directory), "pkgs")
+    shutil.copytree(PACKAGE_SET, path)
+    with open(os.path.join(path, "nonce"), "w") as nonce:
+        nonce.write(uuid.uuid4().hex)
+    return path
 
 
 def require_tools(*names: str) -> dict[str, str]:

@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from twisted.trial.unittest import TestCase
 
-from tests.daemon import Daemon, fresh_package_set
-from tests.e2e import PACKAGE_SET, require_root, require_tools, run
+from tests.daemon import Daemon
+from tests.e2e import (PACKAGE_SET, fresh_package_set, require_root, require_tools,
+                       run)
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

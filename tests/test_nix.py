@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from typing import Any, Sequence
 
 from twisted.internet import reactor
@@ -25,10 +23,9 @@ from nixeryd.errors import BuildFailed, BuildTimedOut, UnknownPackages
 from nixeryd.nix import NixRunner, Resolution, ResolvedPackage, default_nix_dir
 from nixeryd.pkgsource import PinnedSource
 from nixeryd.process import child_environment, run_process
+from tests import e2e
+from tests.e2e import PACKAGE_SET
 from tests.test_process import wait_until_gone
-
-#: The offline package set.
-PACKAGE_SET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pkgs")
 
 #: Options for every Nix call: no binary cache (there is no network), and
 #: aarch64-linux builds run the host's busybox.
@@ -55,15 +52,8 @@ def nix_runner(test: TestCase, timeout: float = 60, **kwargs: Any) -> NixRunner:
 
 
 def fresh_package_set(test: TestCase) -> str:
-    """
-    A copy of the package set whose derivations differ from every earlier
-    build, so Nix really runs their builders.
-    """
-    path = os.path.abspath(test.mktemp())
-    shutil.copytree(PACKAGE_SET, path)
-    with open(os.path.join(path, "nonce"), "w") as nonce:
-        nonce.write(uuid.uuid4().hex)
-    return path
+    """A fresh copy of the package set for ``test`` (see :mod:`tests.e2e`)."""
+    return e2e.fresh_package_set(test.mktemp())
 
 
 def capture_events(test: TestCase, **match: Any) -> list[dict[str, Any]]:

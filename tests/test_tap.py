@@ -24,6 +24,7 @@ from nixeryd import logs
 from nixeryd.config import Config
 from nixeryd.tap import Options, makeService
 from nixeryd.testing import FakeImageService
+from nixeryd.threads import ThreadPoolService
 from nixeryd.web import RegistrySite
 
 ENV = {"NIXERY_PKGS_PATH": "/srv/pkgs", "STORAGE_PATH": "/srv/storage"}
@@ -73,7 +74,10 @@ class MakeServiceTests(SynchronousTestCase):
     """The service tree."""
 
     def test_tree(self) -> None:
-        """The image service comes first, then the site on the configured endpoint."""
+        """
+        The image service comes first, then the blob-sending thread pool,
+        then the site on the configured endpoint.
+        """
         made: list[tuple[Config, Any]] = []
         fake = FakeImageService()
 
@@ -86,8 +90,9 @@ class MakeServiceTests(SynchronousTestCase):
         top = makeService(options, reactor=memory, image_service_factory=factory)
         self.assertIsInstance(top, MultiService)
         self.assertEqual(made, [(options.config, memory)])
-        images, server = list(top)
+        images, blob_pool, server = list(top)
         self.assertIs(images, fake)
+        self.assertIsInstance(blob_pool, ThreadPoolService)
         self.assertIsInstance(server, StreamServerEndpointService)
         top.startService()
         self.addCleanup(top.stopService)

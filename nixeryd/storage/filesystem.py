@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -35,13 +34,8 @@ from nixeryd.digests import check_digest
 from nixeryd.documents import LocalBlob
 from nixeryd.errors import BlobUnknown
 from nixeryd.storage.interface import IStorage
+from nixeryd.storage.naming import check_document_name, check_reference
 
-_KEY = re.compile(r"[A-Za-z0-9._-]{1,200}\Z")
-_NAMESPACE = re.compile(r"[a-z][a-z0-9-]{0,40}\Z")
-#: What ``org.opencontainers.image.ref.name`` may hold (image-spec grammar).
-_REFERENCE = re.compile(
-    r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
-    r"(?:/[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*)*\Z")
 REF_NAME = "org.opencontainers.image.ref.name"
 #: Mode of every file made visible: temporary files are created private,
 #: but the layout is meant to be read by other tools and users.
@@ -114,8 +108,7 @@ class FilesystemStorage:
         return os.path.join(self._blobs, check_digest(digest))
 
     def _document_path(self, namespace: str, key: str) -> str:
-        if not _NAMESPACE.match(namespace) or namespace == "tmp" or not _KEY.match(key):
-            raise ValueError("invalid document name %r/%r" % (namespace, key))
+        check_document_name(namespace, key)
         return os.path.join(self._state, namespace, key + ".json")
 
     def _write_atomically(self, final: str, data: bytes) -> None:
@@ -181,8 +174,7 @@ class FilesystemStorage:
         self._write_atomically(path, json.dumps(document, sort_keys=True).encode())
 
     def _record(self, reference: str, digest: str, media_type: str, size: int) -> None:
-        if not _REFERENCE.match(reference):
-            raise ValueError("invalid image reference %r" % (reference,))
+        check_reference(reference)
         check_digest(digest)
         with self._index_lock:
             index_path = os.path.join(self.root, "index.json")

@@ -67,6 +67,7 @@ from nixeryd.signing import (
     jwt_assertion, sign_url_v4)
 from nixeryd.storage.filesystem import REF_NAME
 from nixeryd.storage.interface import IStorage
+from nixeryd.storage.naming import check_document_name, check_reference
 
 #: The JSON API of real Cloud Storage.
 DEFAULT_API_ENDPOINT = "https://storage.googleapis.com"
@@ -80,11 +81,6 @@ INDEX_ATTEMPTS = 8
 ERROR_BODY_LIMIT = 64 * 1024
 INDEX_OBJECT = "index.json"
 
-_KEY = re.compile(r"[A-Za-z0-9._-]{1,200}\Z")
-_NAMESPACE = re.compile(r"[a-z][a-z0-9-]{0,40}\Z")
-_REFERENCE = re.compile(
-    r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
-    r"(?:/[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*)*\Z")
 
 
 class GCSError(Exception):
@@ -118,8 +114,7 @@ def document_object_name(namespace: str, key: str) -> str:
 
     :raises ValueError: for a namespace or key outside the allowed grammar.
     """
-    if not _NAMESPACE.match(namespace) or not _KEY.match(key):
-        raise ValueError("invalid document name %r/%r" % (namespace, key))
+    check_document_name(namespace, key)
     return "nixeryd/%s/%s.json" % (namespace, key)
 
 
@@ -668,8 +663,7 @@ class GCSStorage:
 
     async def _record(self, reference: str, digest: str, media_type: str,
                       size: int) -> None:
-        if not _REFERENCE.match(reference):
-            raise ValueError("invalid image reference %r" % (reference,))
+        check_reference(reference)
         check_digest(digest)
         async with self._index_lock:
             for _ in range(INDEX_ATTEMPTS):
