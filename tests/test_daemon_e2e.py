@@ -7,6 +7,7 @@ umoci, chroot, podman, containerd's ctr).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -14,8 +15,10 @@ import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from twisted.trial.unittest import TestCase
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.daemon import Daemon
 from tests.e2e import (PACKAGE_SET, fresh_package_set, require_root, require_tools,
@@ -293,3 +296,52 @@ class ErrorsEndToEnd(DaemonTestMixin, TestCase):
         self.assertEqual(status, 206)
         self.assertEqual(part, whole[10:100])
         self.assertEqual(headers["content-range"], "bytes 10-99/%d" % (len(whole),))
+
+
+class GCSStorageEndToEnd(DaemonTestMixin, TestCase):
+    """The daemon on GCS storage (a real emulator), pulled by skopeo."""
+
+    async def test_pull_through_redirects(self) -> None:
+        """
+        Layers are uploaded to the bucket, blob requests are answered with
+        303 redirects to it, and skopeo follows them to a runnable image.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.threads import deferToThread
+
+        from tests.gcsemulator import MISSING_REASON, start_emulator
+        if MISSING_REASON is not None:
+            raise SkipTest(MISSING_REASON)
+        require_tools("skopeo", "umoci", "chroot")
+        emulator = await start_emulator(reactor, bucket="nixeryd-e2e")
+        self.addCleanup(lambda: Deferred.fromCoroutine(emulator.stop()))
+        registry = await deferToThread(
+            self.daemon, "--pkgs-path", PACKAGE_SET, "--storage-backend", "gcs",
+            "--gcs-bucket", "nixeryd-e2e", "--gcs-endpoint", emulator.endpoint)
+        status, headers, body = await deferToThread(
+            registry.request, "/v2/hello/manifests/latest")
+        self.assertEqual(status, 200, body)
+        layer = json.loads(body)["layers"][0]["digest"]
+        redirect = await deferToThread(self.head_without_following, registry, layer)
+        self.assertEqual(redirect.status, 303)
+        self.assertTrue(redirect.getheader("Location").startswith(emulator.endpoint))
+        layout = self.mktemp()
+        await deferToThread(run, [
+            "skopeo", "copy", "--src-tls-verify=false",
+            "docker://%s/hello" % (registry.address,), "oci:%s:img" % (layout,)])
+        bundle = self.mktemp()
+        await deferToThread(run, ["umoci", "unpack", "--image", "%s:img" % (layout,), bundle])
+        ran = await deferToThread(run, ["chroot", os.path.join(bundle, "rootfs"), "/bin/hello"])
+        self.assertEqual(ran.stdout, "Hello, world!\n")
+
+    @staticmethod
+    def head_without_following(registry: Daemon, digest: str) -> Any:
+        """The daemon's own answer to a blob GET, redirects not followed."""
+        connection = http.client.HTTPConnection(registry.address, timeout=30)
+        try:
+            connection.request("GET", "/v2/hello/blobs/" + digest)
+            response = connection.getresponse()
+            response.read()
+            return response
+        finally:
+            connection.close()
