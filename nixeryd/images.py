@@ -278,6 +278,9 @@ class ImageService(Service):
                 self.log.info("Serving {image}:{tag} from the manifest cache "
                               "(pinned source)", image=request.name, tag=tag)
                 return self._finish(request, tag, pinned, image)
+        self.log.info("Resolving {packages} for {image}:{tag}", image=request.name,
+                      tag=tag, packages=", ".join(request.packages) or "(nothing)",
+                      system=request.arch.nix_system, phase="resolving")
         async with self._semaphore:
             resolution = await self._nix.resolve(
                 pinned, request.packages, OPTIONAL_PACKAGES, request.arch.nix_system,

@@ -8,9 +8,12 @@ blobs and tags, and writes responses and registry JSON errors.
 
 Request handlers are coroutines run by :func:`render_async`, which ties
 each request's wait to its connection: a client that goes away cancels its
-own wait and nothing else.  Local blobs are streamed from disk with a push
-producer (:class:`BlobSender`) that honours single byte ranges; HEAD
-requests get the same headers as GET without the file being opened.
+own wait and nothing else.  Warm manifests (:meth:`ImageSource.cached_image`)
+are answered synchronously.  Local blobs honour single byte ranges and are
+sent with ``sendfile`` from a thread pool on plain TCP connections
+(:mod:`nixeryd.sendfile`), else streamed by a push producer
+(:class:`BlobSender`); HEAD requests get the same headers as GET without
+the file being opened.
 
 :class:`RegistrySite` adds the plain-port TLS guard and writes one access
 log event per request.
