@@ -27,6 +27,8 @@ from twisted.web.client import Agent, ResponseFailed
 from treq import collect
 from treq.client import HTTPClient
 
+from nixeryd.httpbody import BodyTooLarge, read_limited
+
 log = Logger()
 
 #: How long fetching the data from a URL may take, in seconds.
@@ -141,16 +143,8 @@ async def _fetch(client: HTTPClient, url: str) -> bytes:
     if response.code != 200:
         await collect(response, lambda chunk: None)
         raise PopularityFetchFailed("%s answered HTTP %d" % (url, response.code))
-    chunks: list[bytes] = []
-    received = 0
-
-    def keep(chunk: bytes) -> None:
-        nonlocal received
-        received += len(chunk)
-        if received > MAX_POPULARITY_BYTES:
-            raise PopularityTooLarge("%s is larger than %d bytes"
-                                     % (url, MAX_POPULARITY_BYTES))
-        chunks.append(chunk)
-
-    await collect(response, keep)
-    return b"".join(chunks)
+    try:
+        return await read_limited(response, MAX_POPULARITY_BYTES)
+    except BodyTooLarge:
+        raise PopularityTooLarge("%s is larger than %d bytes"
+                                 % (url, MAX_POPULARITY_BYTES)) from None

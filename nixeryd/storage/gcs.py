@@ -56,7 +56,6 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
-import treq
 from treq.client import HTTPClient
 
 from nixeryd.digests import check_digest
@@ -66,6 +65,7 @@ from nixeryd.signing import (
     DEFAULT_SIGNING_ENDPOINT, JWT_BEARER_GRANT, ServiceAccountKey, UrlStyle,
     jwt_assertion, sign_url_v4)
 from nixeryd.storage.filesystem import REF_NAME
+from nixeryd.httpbody import BodyTooLarge, read_limited
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.naming import check_document_name, check_reference
 
@@ -93,10 +93,6 @@ class GCSError(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
-
-
-class _TooLarge(Exception):
-    """A downloaded body went over its size limit."""
 
 
 class _PreconditionFailed(Exception):
@@ -178,33 +174,12 @@ def _updated_index(current: bytes | None, reference: str, digest: str,
     return _index_bytes(kept)
 
 
-async def _read_body(response: IResponse, limit: int) -> bytes:
-    """
-    The whole response body.
-
-    :raises _TooLarge: as soon as it exceeds ``limit`` bytes (the connection
-        is then dropped rather than drained).
-    """
-    pieces: list[bytes] = []
-    received = 0
-
-    def collect(data: bytes) -> None:
-        nonlocal received
-        received += len(data)
-        if received > limit:
-            raise _TooLarge()
-        pieces.append(data)
-
-    await treq.collect(response, collect)
-    return b"".join(pieces)
-
-
 async def _error_for(response: IResponse, what: str) -> GCSError:
     """A :class:`GCSError` describing an unexpected answer (body drained)."""
     try:
-        body = await _read_body(response, ERROR_BODY_LIMIT)
+        body = await read_limited(response, ERROR_BODY_LIMIT)
         detail = body.decode("utf-8", "replace").strip()
-    except _TooLarge:
+    except BodyTooLarge:
         detail = "(long body)"
     message = "%s: Cloud Storage answered HTTP %d" % (what, response.code)
     if detail:
@@ -350,10 +325,10 @@ class AccessTokenSource:
             raise await _error_for(response, "fetching an access token from "
                                    + self._key.token_uri)
         try:
-            answer = json.loads(await _read_body(response, ERROR_BODY_LIMIT))
+            answer = json.loads(await read_limited(response, ERROR_BODY_LIMIT))
             token = answer["access_token"]
             lifetime = float(answer.get("expires_in", 3600))
-        except (_TooLarge, ValueError, KeyError, TypeError):
+        except (BodyTooLarge, ValueError, KeyError, TypeError):
             raise GCSError("the token endpoint %s answered without an access token"
                            % (self._key.token_uri,)) from None
         self._token, self._expires = token, now + lifetime
@@ -460,18 +435,18 @@ class GCSStorage:
         response = await self._request(
             "GET", self._object_url(name, fields="size,md5Hash,crc32c,generation"))
         if response.code == 404:
-            await _read_body(response, ERROR_BODY_LIMIT)
+            await read_limited(response, ERROR_BODY_LIMIT)
             return None
         if response.code != 200:
             raise await _error_for(response, "looking up gs://%s/%s" % (self.bucket, name))
-        return json.loads(await _read_body(response, ERROR_BODY_LIMIT))
+        return json.loads(await read_limited(response, ERROR_BODY_LIMIT))
 
     async def _download(self, name: str, limit: int,
                         generation: str | None = None) -> bytes | None:
         """
         The object's content, or ``None`` when it does not exist.
 
-        :raises _TooLarge: when it is larger than ``limit``.
+        :raises BodyTooLarge: when it is larger than ``limit``.
         :raises _PreconditionFailed: when ``generation`` is no longer current.
         """
         query = {"alt": "media"}
@@ -479,24 +454,24 @@ class GCSStorage:
             query["ifGenerationMatch"] = generation
         response = await self._request("GET", self._object_url(name, **query))
         if response.code == 404:
-            await _read_body(response, ERROR_BODY_LIMIT)
+            await read_limited(response, ERROR_BODY_LIMIT)
             return None
         if response.code == 412:
-            await _read_body(response, ERROR_BODY_LIMIT)
+            await read_limited(response, ERROR_BODY_LIMIT)
             raise _PreconditionFailed()
         if response.code != 200:
             raise await _error_for(response, "downloading gs://%s/%s" % (self.bucket, name))
-        return await _read_body(response, limit)
+        return await read_limited(response, limit)
 
     async def _finish_upload(self, response: IResponse, name: str, size: int,
                              md5: str) -> dict[str, Any]:
         """Check the answer to the request that completed an upload."""
         if response.code == 412:
-            await _read_body(response, ERROR_BODY_LIMIT)
+            await read_limited(response, ERROR_BODY_LIMIT)
             raise _PreconditionFailed()
         if response.code not in (200, 201):
             raise await _error_for(response, "uploading gs://%s/%s" % (self.bucket, name))
-        resource = json.loads(await _read_body(response, ERROR_BODY_LIMIT))
+        resource = json.loads(await read_limited(response, ERROR_BODY_LIMIT))
         if resource.get("md5Hash") not in (None, md5) or int(resource.get("size", size)) != size:
             raise GCSError("gs://%s/%s was stored with MD5 %s and size %s, not %s and %d"
                            % (self.bucket, name, resource.get("md5Hash"),
@@ -538,12 +513,12 @@ class GCSStorage:
                      "X-Upload-Content-Length": str(size)},
             data=metadata)
         if response.code == 412:
-            await _read_body(response, ERROR_BODY_LIMIT)
+            await read_limited(response, ERROR_BODY_LIMIT)
             raise _PreconditionFailed()
         if response.code != 200:
             raise await _error_for(response, "starting the upload of gs://%s/%s"
                                    % (self.bucket, name))
-        await _read_body(response, ERROR_BODY_LIMIT)
+        await read_limited(response, ERROR_BODY_LIMIT)
         locations = response.headers.getRawHeaders(b"location") or []
         if not locations:
             raise GCSError("starting the upload of gs://%s/%s: no session URL in the answer"
@@ -565,7 +540,7 @@ class GCSStorage:
                            largest_piece=producer.largest_piece)
             if response.code != 308:
                 return await self._finish_upload(response, name, size, md5)
-            await _read_body(response, ERROR_BODY_LIMIT)
+            await read_limited(response, ERROR_BODY_LIMIT)
             offset = self._resume_offset(response)
             if offset >= size:
                 raise GCSError("uploading gs://%s/%s: all %d bytes sent but the upload "
@@ -639,14 +614,14 @@ class GCSStorage:
     async def _read_small(self, digest: str, limit: int) -> bytes | None:
         try:
             return await self._download(blob_object_name(digest), limit)
-        except _TooLarge:
+        except BodyTooLarge:
             return None
 
     async def _get_document(self, namespace: str, key: str) -> Any:
         name = document_object_name(namespace, key)
         try:
             data = await self._download(name, DOCUMENT_LIMIT)
-        except _TooLarge:
+        except BodyTooLarge:
             raise GCSError("gs://%s/%s is larger than %d bytes"
                            % (self.bucket, name, DOCUMENT_LIMIT)) from None
         if data is None:
@@ -689,7 +664,7 @@ class GCSStorage:
         if metadata is not None:
             try:
                 current = await self._download(INDEX_OBJECT, INDEX_LIMIT, generation)
-            except _TooLarge:
+            except BodyTooLarge:
                 raise GCSError("gs://%s/%s is larger than %d bytes"
                                % (self.bucket, INDEX_OBJECT, INDEX_LIMIT)) from None
             if current is None:
@@ -735,7 +710,7 @@ class GCSStorage:
             raise GCSError("cannot reach Cloud Storage at %s to check gs://%s: %s"
                            % (self._endpoint, self.bucket, e)) from None
         if response.code == 200:
-            await _read_body(response, ERROR_BODY_LIMIT)
+            await read_limited(response, ERROR_BODY_LIMIT)
             return
         error = await _error_for(response, "checking bucket gs://%s" % (self.bucket,))
         if response.code == 404:
