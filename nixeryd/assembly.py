@@ -22,6 +22,9 @@ from nixeryd.threads import ThreadPoolService
 
 log = Logger()
 
+#: Threads for storage calls (file metadata, small reads and writes, moves).
+STORAGE_THREADS = 4
+
 
 def assemble_image_service(
         reactor: Any, *, source: Any, storage: Callable[[Any], Any],
@@ -36,7 +39,9 @@ def assemble_image_service(
     Build an :class:`ImageService` and everything under it.
 
     :param source: the package source (:mod:`nixeryd.pkgsource`).
-    :param storage: makes the storage backend from the thread-pool runner.
+    :param storage: makes the storage backend from the thread-pool runner
+        it is to use for blocking calls.
+    :param threads: threads for writing layers (tar, gzip, hashing).
     :param popularity: a file or URL with popularity data, loaded when the
         service starts; its absence or failure is logged, never fatal.
     :param start_checks: called with the storage when the service starts;
@@ -46,11 +51,15 @@ def assemble_image_service(
         allow-list), read once here.
     """
     env = child_environment(environ)
-    pool = ThreadPoolService(reactor, threads)
+    # Two pools, so that the short storage calls of warm requests (stat,
+    # small reads) never queue behind the seconds-long tar and gzip work
+    # of a cold build.
+    pool = ThreadPoolService(reactor, STORAGE_THREADS, name="nixeryd-storage")
+    build_pool = ThreadPoolService(reactor, threads, name="nixeryd-layers")
     store = storage(pool)
     nix = NixRunner(reactor, nix_dir=default_nix_dir(), timeout=nix_timeout,
                     options=nix_options, env=env)
-    builder = ImageBuilder(nix=nix, storage=store, runner=pool,
+    builder = ImageBuilder(nix=nix, storage=store, runner=build_pool,
                            layer_budget=layer_budget)
 
     async def load_popularity_data() -> None:
@@ -78,7 +87,7 @@ def assemble_image_service(
     return ImageService(
         source=source, nix=nix, builder=builder, storage=store, clock=reactor,
         max_builds=max_builds, moving_ttl=moving_ttl, reference=reference,
-        children=(pool,), on_start=on_start)
+        children=(pool, build_pool), on_start=on_start)
 
 
 def make_image_service(config: Any, reactor: Any) -> ImageService:

@@ -309,6 +309,8 @@ class FakeSource:
     def __init__(self, kind: str = "path", revision: str | None = None) -> None:
         self.kind = kind
         self.revision = revision
+        #: As the real sources: only git tags choose a revision.
+        self.tag_selects_revision = kind == "git"
         self.pins: list[str] = []
 
     async def pin(self, tag: str) -> PinnedSource:

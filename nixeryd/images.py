@@ -39,6 +39,7 @@ from nixeryd.digests import check_digest
 from nixeryd.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
 from nixeryd.errors import ManifestUnknown
 from nixeryd.manifest import manifest_from_bytes
+from nixeryd.storage.naming import check_reference
 from nixeryd.names import OPTIONAL_PACKAGES, ImageRequest, parse_image_name, validate_tag
 
 #: Bumped whenever the same inputs would give a different manifest.
@@ -51,6 +52,8 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MEMORY_MANIFESTS = 10_000
 #: How many (image, tag) answers and image tag lists are kept in memory.
 MEMORY_IMAGES = 10_000
+#: How many tags ``tags/list`` remembers for one name.
+MAX_TAGS_PER_NAME = 100
 
 
 def _key(*parts: str) -> str:
@@ -86,7 +89,9 @@ class ImageService(Service):
     :param builder: the :class:`~nixeryd.builder.ImageBuilder`.
     :param storage: an :class:`~nixeryd.storage.interface.IStorage`.
     :param clock: provides ``seconds()`` (the reactor).
-    :param max_builds: how many Nix processes may run at once.
+    :param max_builds: how many Nix builds may run at once; as many
+        evaluations may run beside them, so that an image already built
+        never waits behind long builds.
     :param moving_ttl: seconds a tag of a moving source (a branch, a local
         path) keeps answering from memory before it is evaluated again.
     :param reference: how a built image is named in the storage's index,
@@ -108,11 +113,14 @@ class ImageService(Service):
         self._builder = builder
         self._storage = storage
         self._clock = clock
-        self._semaphore = DeferredSemaphore(max_builds)
+        self._builds = DeferredSemaphore(max_builds)
+        self._evaluations = DeferredSemaphore(max_builds)
         self._moving_ttl = moving_ttl
         self._reference = reference
         self._children = children
         self._on_start = on_start
+        self._ready = on_start is None
+        self._ready_waiters: list[Deferred[None]] = []
         self._recent: _LRU = _LRU(MEMORY_IMAGES)
         #: ``(name as requested, tag)`` → (image, expiry): the warm path.
         self._warm: _LRU = _LRU(MEMORY_IMAGES)
@@ -129,8 +137,29 @@ class ImageService(Service):
             child.startService()
         if self._on_start is not None:
             d = self._on_start()
-            if d is not None:
+            if d is None:
+                self._became_ready(None)
+            else:
                 d.addErrback(lambda f: self.log.failure("Start-up task failed", f))
+                d.addBoth(self._became_ready)
+
+    def _became_ready(self, _: object) -> None:
+        """Start-up work is over: let the waiting requests go on."""
+        self._ready = True
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    async def _until_ready(self) -> None:
+        """
+        Wait for start-up work (popularity data, storage checks), which
+        decides the layering and so the cache keys.
+        """
+        if not self._ready:
+            waiter: Deferred[None] = Deferred(
+                lambda d: d in self._ready_waiters and self._ready_waiters.remove(d))
+            self._ready_waiters.append(waiter)
+            await waiter
 
     async def _stop(self) -> None:
         for running in list(self._running.values()):
@@ -169,7 +198,7 @@ class ImageService(Service):
         """
         request = parse_image_name(name)
         validate_tag(tag)
-        memo_key = (request.key(), tag)
+        memo_key = self._memo_key(request, tag)
         recent = self._recent.get_recent(memo_key)
         if recent is not None:
             image, expires = recent
@@ -216,11 +245,22 @@ class ImageService(Service):
 
     # -- coalescing ---------------------------------------------------------
 
+    def _memo_key(self, request: ImageRequest, tag: str) -> tuple[str, str]:
+        """
+        What identifies a request in memory and among builds in flight:
+        the packages and architecture, and the tag only when the source
+        lets it choose a revision (a local path or a channel ignores it, so
+        ``hello:a`` and ``hello:b`` share one evaluation and one build).
+        """
+        if getattr(self._source, "tag_selects_revision", True):
+            return (request.key(), tag)
+        return (request.key(), "")
+
     def _remember_tag(self, name: str, tag: str) -> None:
         tags = self._tags.get_recent(name)
         if tags is None:
             self._tags.put(name, {tag})
-        else:
+        elif len(tags) < MAX_TAGS_PER_NAME:
             tags.add(tag)
 
     def _wait_for(self, memo_key: tuple[str, str], request: ImageRequest,
@@ -268,6 +308,7 @@ class ImageService(Service):
     # -- producing an image -------------------------------------------------
 
     async def _produce(self, request: ImageRequest, tag: str) -> Image:
+        await self._until_ready()
         pinned = await self._source.pin(tag)
         pinned_key = None
         if pinned.revision is not None:
@@ -281,7 +322,7 @@ class ImageService(Service):
         self.log.info("Resolving {packages} for {image}:{tag}", image=request.name,
                       tag=tag, packages=", ".join(request.packages) or "(nothing)",
                       system=request.arch.nix_system, phase="resolving")
-        async with self._semaphore:
+        async with self._evaluations:
             resolution = await self._nix.resolve(
                 pinned, request.packages, OPTIONAL_PACKAGES, request.arch.nix_system,
                 image=request.name)
@@ -290,14 +331,12 @@ class ImageService(Service):
                            *resolution.out_paths)
         image = await self._cached(closure_key)
         if image is None:
-            async with self._semaphore:
+            async with self._builds:
                 built = await self._builder.build(request, resolution)
             image = built.image
             await self._remember(closure_key, image)
             if self._reference is not None:
-                await self._storage.record_reference(
-                    self._reference(request.name, tag), image.oci.digest,
-                    image.oci.media_type, len(image.oci.body))
+                await self._record_reference(request, tag, image)
         else:
             self.log.info("Serving {image}:{tag} from the manifest cache "
                           "(same store paths)", image=request.name, tag=tag)
@@ -305,11 +344,29 @@ class ImageService(Service):
             await self._remember(pinned_key, image)
         return self._finish(request, tag, pinned, image)
 
+    async def _record_reference(self, request: ImageRequest, tag: str,
+                                image: Image) -> None:
+        """
+        Name the image in the storage's index, for tools reading the
+        storage directly.  A convenience: a name the index cannot hold, or
+        an index that cannot be written, is logged and never fails the
+        request.
+        """
+        assert self._reference is not None
+        reference = self._reference(request.name, tag)
+        try:
+            check_reference(reference)
+            await self._storage.record_reference(
+                reference, image.oci.digest, image.oci.media_type, len(image.oci.body))
+        except Exception as e:
+            self.log.warn("Not naming {image}:{tag} in the storage index: {error}",
+                          image=request.name, tag=tag, error=str(e))
+
     def _finish(self, request: ImageRequest, tag: str, pinned: Any, image: Image) -> Image:
         immutable = pinned.revision is not None and (
             pinned.kind == "channel" or pinned.revision == tag)
         expires = None if immutable else self._clock.seconds() + self._moving_ttl
-        self._recent.put((request.key(), tag), (image, expires))
+        self._recent.put(self._memo_key(request, tag), (image, expires))
         for document in (image.docker, image.oci):
             self._manifests.put(document.digest, document)
         return image

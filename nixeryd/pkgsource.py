@@ -84,6 +84,9 @@ class PathSource:
 
     path: str = field(converter=os.path.abspath)
 
+    #: The tag does not choose a revision of a local directory.
+    tag_selects_revision = False
+
     async def pin(self, tag: str) -> PinnedSource:
         """The directory's package set, whatever the tag."""
         return PinnedSource("path", {"kind": "path", "path": self.path}, None)
@@ -99,6 +102,9 @@ class ChannelSource:
     """
 
     channel: str
+
+    #: A channel is one revision, whatever the tag.
+    tag_selects_revision = False
 
     def __attrs_post_init__(self) -> None:
         if not _CHANNEL.fullmatch(self.channel):
@@ -132,6 +138,9 @@ class GitSource:
         ``SSH_AUTH_SOCK`` travel here); prompts are always disabled.
     :ivar timeout: seconds allowed for ``git ls-remote``.
     """
+
+    #: The tag is a branch, a git tag or a commit of the repository.
+    tag_selects_revision = True
 
     url: str
     reactor: Any = field(eq=False, repr=False)

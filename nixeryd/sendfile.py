@@ -13,7 +13,9 @@ stays free, the GIL is released during each call, and nothing of the blob
 passes through Python.
 
 Connections that are not plain TCP (TLS, tests' in-memory transports) keep
-using the ordinary producer in :mod:`nixeryd.web`.
+using the ordinary producer in :mod:`nixeryd.web`, and so do responses
+that find every thread of the pool busy (with slow clients, say): a pool
+thread is a slot, taken for one body and given back when it ends.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import os
 import select
 import threading
-from typing import Any, BinaryIO, Optional
+from typing import Any, BinaryIO, Callable, Optional
 
 from twisted.internet import tcp
 from twisted.logger import Logger
@@ -32,7 +34,11 @@ log = Logger()
 #: Most bytes one ``sendfile`` call is asked to move.
 SENDFILE_CHUNK = 8 * 1024 * 1024
 #: Seconds a client may leave its socket full before it is given up.
-STALL_TIMEOUT = 300.0
+STALL_TIMEOUT = 120.0
+#: Longest pause between two checks that the headers have left Twisted's
+#: buffer (the first checks come at once; a client that does not read
+#: is then polled ever more slowly, never in a busy loop).
+_MAX_DRAIN_DELAY = 0.25
 #: How often a waiting sender checks whether the client went away.
 _POLL_MILLISECONDS = 500
 
@@ -108,10 +114,13 @@ class SendfileSender:
     :param length: how many bytes.
     :param runner: a thread pool with ``run(f, *args) -> Deferred``.
     :param clock: schedules the checks for the headers to leave.
+    :param release: called once when the sender is done with its thread
+        slot, whatever the outcome.
     """
 
     def __init__(self, request: Request, transport: tcp.Connection, file: BinaryIO,
-                 offset: int, length: int, runner: Any, clock: Any) -> None:
+                 offset: int, length: int, runner: Any, clock: Any,
+                 release: Callable[[], None] = lambda: None) -> None:
         self._request = request
         self._transport = transport
         self._file = file
@@ -121,6 +130,9 @@ class SendfileSender:
         self._clock = clock
         self._stop = threading.Event()
         self._socket_fd: Optional[int] = None
+        self._release: Optional[Callable[[], None]] = release
+        self._drain_delay = 0.0
+        self._drain_waited = 0.0
 
     def start(self) -> None:
         """Send the headers, then the body once they have left the buffer."""
@@ -133,7 +145,15 @@ class SendfileSender:
             self._close()
             return
         if not _drained(self._transport):
-            self._clock.callLater(0, self._when_drained)
+            if self._drain_waited >= STALL_TIMEOUT:
+                log.info("Gave up a blob response: the client read nothing for "
+                         "{seconds} s", seconds=STALL_TIMEOUT)
+                self._close()
+                self._request.loseConnection()
+                return
+            self._drain_waited += self._drain_delay
+            self._clock.callLater(self._drain_delay, self._when_drained)
+            self._drain_delay = min(max(self._drain_delay * 2, 0.001), _MAX_DRAIN_DELAY)
             return
         try:
             self._socket_fd = os.dup(self._transport.fileno())
@@ -167,3 +187,6 @@ class SendfileSender:
         if self._socket_fd is not None:
             os.close(self._socket_fd)
             self._socket_fd = None
+        release, self._release = self._release, None
+        if release is not None:
+            release()

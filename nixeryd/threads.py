@@ -39,6 +39,11 @@ class ThreadPoolService(Service):
         from twisted.internet.threads import deferToThread
         return deferToThread(self.pool.stop)
 
+    @property
+    def size(self) -> int:
+        """The most threads the pool runs at once."""
+        return self.pool.max
+
     def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
         """Run ``function(*args, **kwargs)`` in the pool."""
         return deferToThreadPool(self._reactor, self.pool, function, *args, **kwargs)

@@ -368,8 +368,9 @@ class RegistryResource(Resource):
     path itself (names contain ``/``).
 
     :param images: the image service.
-    :param blob_runner: a thread pool for :mod:`nixeryd.sendfile`; without
-        one, blob bodies are copied through the reactor thread.
+    :param blob_runner: a thread pool (with ``run`` and ``size``) for
+        :mod:`nixeryd.sendfile`; without one, or while all its threads are
+        sending, blob bodies are copied through the reactor thread.
     :param clock: the reactor, for scheduling.
     """
 
@@ -380,6 +381,9 @@ class RegistryResource(Resource):
         super().__init__()
         self._images = images
         self._blob_runner = blob_runner
+        #: Blob-pool threads not taken by a body being sent; when none is
+        #: free, bodies are streamed through the reactor instead.
+        self._free_blob_threads = blob_runner.size if blob_runner is not None else 0
         if clock is None:
             from twisted.internet import reactor as clock
         self._clock = clock
@@ -516,13 +520,18 @@ class RegistryResource(Resource):
         if file is None:
             return b""
         transport = (sendfile_transport(request)
-                     if self._blob_runner is not None else None)
+                     if self._free_blob_threads > 0 else None)
         if transport is not None:
+            self._free_blob_threads -= 1
             SendfileSender(request, transport, file, file.tell(), length,
-                           self._blob_runner, self._clock).start()
+                           self._blob_runner, self._clock,
+                           release=self._release_blob_thread).start()
         else:
             BlobSender(request, file, length).start()
         return None
+
+    def _release_blob_thread(self) -> None:
+        self._free_blob_threads += 1
 
 
 def _query_value(request: Request, name: bytes) -> Optional[str]:
@@ -558,7 +567,9 @@ def paginate(tags: list[str], n: Optional[str],
         return remaining, None
     if not n.isdigit() or not n.isascii():
         raise PaginationInvalid("n must be a non-negative integer", {"n": n[:50]})
-    size = int(n)
+    # Any n past the number of tags means "all of them"; capping the digits
+    # keeps int() cheap and within Python's conversion limit.
+    size = int(n) if len(n) <= 9 else 10 ** 9
     page = remaining[:size]
     if size and len(remaining) > size:
         return page, "n=%d&last=%s" % (size, quote(page[-1], safe=""))

@@ -195,17 +195,83 @@ class CoalescingTests(ServiceFixture, SynchronousTestCase):
         self.assertEqual((self.source.pins, self.nix.resolve_calls), ([], []))
 
     def test_max_builds(self) -> None:
-        """With ``max_builds=1`` a second image waits for the first build to finish."""
+        """
+        With ``max_builds=1`` a second image is evaluated at once but its
+        build waits for the first build to finish.
+        """
         service = self.make_service(max_builds=1)
         self.nix.build_gate = Deferred()
         first, second = self.image(service, "toola"), self.image(service, "toolb")
-        self.assertEqual([call[1] for call in self.nix.resolve_calls], [("toola",)])
+        self.assertEqual([call[1] for call in self.nix.resolve_calls],
+                         [("toola",), ("toolb",)])
         self.assertEqual(len(self.nix.build_calls), 1)
         self.nix.build_gate.callback(None)
         self.successResultOf(first)
         self.successResultOf(second)
         self.assertEqual([call[1] for call in self.nix.resolve_calls],
                          [("toola",), ("toolb",)])
+
+    def test_warm_image_not_behind_builds(self) -> None:
+        """
+        An image already built, whose memory entry expired, is evaluated and
+        served while another image's build holds every build slot.
+        """
+        service = self.make_service(max_builds=1, moving_ttl=1.0)
+        built = self.successResultOf(self.image(service, "toola"))
+        self.clock.advance(2)
+        self.nix.build_gate = Deferred()
+        busy = self.image(service, "toolb")
+        self.assertEqual(self.successResultOf(self.image(service, "toola")), built)
+        self.nix.build_gate.callback(None)
+        self.successResultOf(busy)
+
+    def test_waits_for_start_up(self) -> None:
+        """
+        Requests wait for the start-up work (which decides the layering),
+        then go on.
+        """
+        started: Deferred[None] = Deferred()
+        service = self.make_service(on_start=lambda: started)
+        service.startService()
+        self.addCleanup(service.stopService)
+        pending = self.image(service)
+        self.assertEqual(self.source.pins, [])
+        started.callback(None)
+        self.successResultOf(pending)
+        self.assertEqual(len(self.nix.build_calls), 1)
+
+    def test_unnameable_reference_does_not_fail(self) -> None:
+        """
+        A tag the storage index cannot hold (``v1-``) is still served; the
+        index just does not name it, while it names a later build.
+        """
+        service = self.make_service(reference=lambda name, tag: name + ":" + tag)
+        self.successResultOf(self.image(service, "toola", "v1-"))
+        self.assertEqual(self.storage.references, {})
+        self.successResultOf(self.image(service, "toolb", "v1"))
+        self.assertEqual(list(self.storage.references), ["toolb:v1"])
+
+    def test_tags_ignored_by_source_share_work(self) -> None:
+        """
+        For a source that ignores tags (a local path), two tags of one image
+        share one evaluation and one build; both tags are listed.
+        """
+        service = self.make_service()
+        self.nix.build_gate = Deferred()
+        first, second = self.image(service, tag="a"), self.image(service, tag="b")
+        self.nix.build_gate.callback(None)
+        self.assertEqual(self.successResultOf(first), self.successResultOf(second))
+        self.assertEqual((len(self.nix.resolve_calls), len(self.nix.build_calls)), (1, 1))
+        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(service.tags("toola"))),
+                         ["a", "b", "latest"])
+
+    def test_git_tags_are_separate(self) -> None:
+        """For a git source, each tag is pinned on its own."""
+        self.source = FakeSource("git", COMMIT)
+        service = self.make_service()
+        self.successResultOf(self.image(service, tag="a"))
+        self.successResultOf(self.image(service, tag="b"))
+        self.assertEqual(self.source.pins, ["a", "b"])
 
     def test_two_builds_at_once(self) -> None:
         """With ``max_builds=2`` two different images build at the same time."""

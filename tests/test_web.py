@@ -20,7 +20,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
 from twisted.internet.testing import EventLoggingObserver
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -484,6 +484,10 @@ class PaginateTests(SynchronousTestCase):
         """The last tag is percent-encoded in the next query."""
         self.assertEqual(paginate(["a+b", "c"], "1", None), (["a+b"], "n=1&last=a%2Bb"))
 
+    def test_huge_n(self) -> None:
+        """An ``n`` of thousands of digits means every tag, not an error."""
+        self.assertEqual(paginate(["a", "b"], "9" * 5000, None), (["a", "b"], None))
+
 
 class RangeParsingTests(SynchronousTestCase):
     """:func:`parse_range`."""
@@ -945,3 +949,91 @@ class SendfileLoopbackTests(LoopbackTests):
                                   pool=self.pool)
         self.assertEqual(await response.content(), self.sample.image.docker.body)
         await wait_until(lambda: not self.blob_pool.pool.working)
+
+
+class SendfileSlotTests(TestCase):
+    """Blob bodies when every sendfile thread is taken."""
+
+    def setUp(self) -> None:
+        self.directory = tempfile.mkdtemp()
+        self.addCleanup(_remove_tree, self.directory)
+        self.images = FakeImageService()
+        self.sample = write_sample_image(self.directory, {"x": b"y"})
+        self.images.add_sample_image("shell/git", "latest", self.sample)
+        self.blob_pool = ThreadPoolService(reactor, 1, name="test-one-blob")
+        self.blob_pool.startService()
+        self.addCleanup(self.blob_pool.stopService)
+        self.site = make_site(self.images, self.blob_pool)
+        self.base = serve_locally(self, self.site)
+        self.port = int(self.base.rsplit(":", 1)[1])
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+
+    async def test_busy_pool_falls_back(self) -> None:
+        """
+        While a client that reads nothing holds the only thread, other blob
+        downloads are still served whole (through the reactor), and the
+        thread is given back when that client leaves.
+        """
+        data = os.urandom(64 * 1024 * 1024)
+        path = os.path.join(self.directory, "huge")
+        with open(path, "wb") as out:
+            out.write(data)
+        digest = sha256_digest(data)
+        self.images.blobs[digest] = LocalBlob(path, len(data), digest)
+        resource = self.site.resource.children[b"v2"]
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        stalled = RawClient(b"GET /v2/a/blobs/" + digest.encode() + b" HTTP/1.1\r\n"
+                            b"Host: x\r\n\r\n")
+        await connectProtocol(endpoint, stalled)
+        stalled.transport.pauseProducing()
+        await wait_until(lambda: resource._free_blob_threads == 0)
+        [blob] = [b for b in self.sample.blobs if b.size > 0][:1]
+        response = await treq.get(self.base + "/v2/a/blobs/" + blob.digest, pool=self.pool)
+        self.assertEqual(sha256_digest(await response.content()), blob.digest)
+        stalled.transport.loseConnection()
+        await stalled.closed
+        await wait_until(lambda: resource._free_blob_threads == 1, timeout=10)
+
+
+class SendfileDrainTests(SynchronousTestCase):
+    """Waiting for the response headers to leave Twisted's buffer."""
+
+    def test_backs_off_then_gives_up(self) -> None:
+        """
+        A connection whose buffer never drains is checked ever more rarely
+        (never in a busy loop), then dropped after the stall timeout, and
+        the thread slot is released.
+        """
+        from nixeryd import sendfile
+
+        class Transport:
+            dataBuffer = b"headers"
+            offset = 0
+            _tempDataLen = 0
+
+        class Request:
+            channel = object()
+            lost = False
+
+            def loseConnection(self) -> None:
+                self.lost = True
+
+        released = []
+        clock = Clock()
+        request = Request()
+        opened = open(os.devnull, "rb")
+        sender = sendfile.SendfileSender(
+            request, Transport(), opened, 0, 10, runner=None, clock=clock,  # type: ignore[arg-type]
+            release=lambda: released.append(True))
+        sender._when_drained()
+        delays = []
+        while clock.getDelayedCalls():
+            [call] = clock.getDelayedCalls()
+            delays.append(call.getTime() - clock.seconds())
+            clock.advance(delays[-1])
+        self.assertTrue(request.lost)
+        self.assertEqual(released, [True])
+        self.assertTrue(opened.closed)
+        self.assertEqual(delays[:3], [0.0, 0.001, 0.002])
+        self.assertEqual(max(delays), 0.25)
+        self.assertLess(len(delays), sendfile.STALL_TIMEOUT / 0.25 + 20)
