@@ -59,7 +59,8 @@ class Config:
     :ivar google_credentials: path of a service-account JSON file, if set.
     :ivar gcs_endpoint: a GCS emulator's ``http://host:port``, or ``None``
         for Google Cloud Storage itself.
-    :ivar nix_timeout: seconds allowed for the Nix work of one image.
+    :ivar nix_timeout: seconds allowed for each Nix step of an image
+        (evaluation, then build).
     :ivar popularity_url: a file path or URL of package popularity data.
     :ivar max_builds: how many Nix builds may run at once.
     :ivar layer_budget: the most layers an image may have.

@@ -65,7 +65,8 @@ class Options(usage.Options):
         ["gcs-endpoint", None, None,
          "GCS emulator URL, e.g. http://127.0.0.1:9023 [STORAGE_EMULATOR_HOST]."],
         ["nix-timeout", None, None,
-         "Seconds allowed for the Nix work of one image (default %g)"
+         "Seconds allowed for each Nix step of an image, evaluation then"
+         " build (default %g)"
          " [NIX_TIMEOUT]." % (DEFAULT_NIX_TIMEOUT,)],
         ["popularity-url", None, None,
          "File path or URL of package popularity data [NIX_POPULARITY_URL]."],
