@@ -13,18 +13,29 @@
 # names of that level (registry names are lowercase, so `xorg.libx11`
 # finds `xorg.libX11`).  The value found must be a derivation.
 #
-# `optional` names are added when the set has them and are never
-# reported as unknown.
+# Looking a name up and describing what it finds run under
+# builtins.tryEval, so a package that throws (a removed alias, or a
+# broken, unfree or insecure package whose meta check fails) is reported
+# by name instead of aborting the evaluation.  tryEval catches only
+# `throw` and failed `assert`s; other evaluation errors still abort.
+#
+# `optional` names are added when the set has them and they evaluate;
+# they are never reported.
 #
 # The result is either
-#   { unknown = [ <names as requested> ]; packages = [ ]; }
-# or
-#   { unknown = [ ]; packages = [ { requested; attr = [ ... ]; drvPath;
-#                                   outputs = { <name> = <store path>; }; } ]; }
+#   { unknown = [ <names> ]; unusable = [ <names> ]; packages = [ ]; }
+# when some requested names are not packages (`unknown`) or throw when
+# evaluated (`unusable`), both as requested, or
+#   { unknown = [ ]; unusable = [ ]; packages = [ { requested;
+#       attr = [ ... ]; drvPath; outputs = { <name> = <store path>; }; } ]; }
 # where `outputs` are the default outputs: the one selected when the path
 # names an output (`foo.man`), else `meta.outputsToInstall`, else the
 # derivation's own output.
-{ source, packages, optional ? "[]", system }:
+#
+# With `--argstr strict <name>`, only that name is looked up and
+# described, without tryEval, so the evaluation fails with Nix's own
+# error for it; nixeryd uses this to explain an unusable package.
+{ source, packages ? "[]", optional ? "[]", system, strict ? null }:
 
 let
   pkgs = import ./package-set.nix {
@@ -114,17 +125,43 @@ let
       (defaultOutputs entry.found));
   };
 
-  lookUp = names: map (name: { inherit name; found = resolve name; }) names;
-  requestedEntries = lookUp requested;
-  unknown = map (entry: entry.name)
-    (builtins.filter (entry: entry.found == null) requestedEntries);
-  optionalEntries = builtins.filter (entry: entry.found != null) (lookUp optionalNames);
+  # { name; found; usable; description; } for a name: `usable` is false
+  # when its lookup or its description throws; otherwise `found` is null
+  # when the name is not a package, and `description` is what `describe`
+  # gives when it is one.
+  examine = name:
+    let
+      lookedUp = builtins.tryEval (resolve name);
+      found = if lookedUp.success then lookedUp.value else null;
+      description = describe { inherit name found; };
+      described = builtins.tryEval (builtins.deepSeq description description);
+    in
+    if !lookedUp.success then { inherit name; found = null; usable = false; }
+    else if found == null then { inherit name found; usable = true; }
+    else if !described.success then { inherit name found; usable = false; }
+    else { inherit name found; usable = true; description = described.value; };
+
+  requestedEntries = map examine requested;
+  unknown = map (entry: entry.name) (builtins.filter
+    (entry: entry.usable && entry.found == null) requestedEntries);
+  unusable = map (entry: entry.name)
+    (builtins.filter (entry: !entry.usable) requestedEntries);
+  optionalEntries = builtins.filter (entry: entry.usable && entry.found != null)
+    (map examine optionalNames);
 
   # One entry per attribute path, requested names first.
   addNew = chosen: entry:
     if builtins.elem entry.found.attr (map (other: other.found.attr) chosen)
     then chosen else chosen ++ [ entry ];
   chosen = builtins.foldl' addNew [ ] (requestedEntries ++ optionalEntries);
+
+  strictFound = resolve strict;
+  strictDescription = describe { name = strict; found = strictFound; };
 in
-if unknown != [ ] then { inherit unknown; packages = [ ]; }
-else { unknown = [ ]; packages = map describe chosen; }
+if strict != null then
+  (if strictFound == null then null
+   else builtins.deepSeq strictDescription strictDescription)
+else if unknown != [ ] || unusable != [ ] then
+  { inherit unknown unusable; packages = [ ]; }
+else
+  { unknown = [ ]; unusable = [ ]; packages = map (entry: entry.description) chosen; }

@@ -5,7 +5,9 @@ An image takes three Nix calls, however many store paths it has:
 
 1. ``nix-instantiate --eval --strict --json resolve.nix`` turns the
    requested names into attribute paths, derivations and output paths, or
-   names every unknown package at once;
+   names at once every unknown package and every package whose evaluation
+   throws (then one more evaluation of the first of those recovers Nix's
+   own error message);
 2. ``nix-build --no-out-link <drv>!<output> ...`` realises the outputs;
 3. ``nix path-info --json --recursive --closure-size <outputs>`` reports
    the whole closure with references and sizes.
@@ -148,19 +150,18 @@ class NixRunner:
         :param system: the Nix system the image is for.
         :param image: the image name, for log events.
         :raises UnknownPackages: naming every requested name that is not a
-            package.
-        :raises BuildFailed: evaluation failed.
+            package; its ``detail["unusable"]`` lists the requested names
+            whose evaluation throws.
+        :raises BuildFailed: some requested names throw when evaluated
+            (removed aliases, broken, unfree or insecure packages): the
+            message names each, ``package`` is the first and the log tail
+            is Nix's error for it; or evaluation failed.
         :raises BuildTimedOut: evaluation ran past the timeout.
         """
-        argv = [
-            "nix-instantiate", "--eval", "--strict", "--json",
-            "--read-write-mode", *self._option_args,
-            os.path.join(self._nix_dir, RESOLVE_EXPRESSION),
-            "--argstr", "source", _to_json(source.nix_args),
+        argv = self._resolve_argv(source, system, [
             "--argstr", "packages", _to_json(list(packages)),
             "--argstr", "optional", _to_json(list(optional)),
-            "--argstr", "system", system,
-        ]
+        ])
         started = self._reactor.seconds()
         result = await self._run(argv, "resolve", image, self._timeout,
                                  "evaluating the package set failed")
@@ -168,9 +169,16 @@ class NixRunner:
         if not isinstance(document, dict):
             raise BuildFailed("evaluation returned unexpected JSON", None,
                               result.tail)
-        unknown = document.get("unknown") or []
+        unknown = _names(document, "unknown", result.tail)
+        unusable = _names(document, "unusable", result.tail)
         if unknown:
-            raise UnknownPackages(unknown)
+            error = UnknownPackages(unknown)
+            error.detail["unusable"] = unusable
+            raise error
+        if unusable:
+            remaining = started + self._timeout - self._reactor.seconds()
+            raise await self._explain_unusable(
+                source, system, unusable, image, max(remaining, 0.001))
         try:
             resolved = tuple(_resolved_package(entry)
                              for entry in document["packages"])
@@ -181,6 +189,43 @@ class NixRunner:
                   count=len(resolved), image=image, phase="resolve",
                   seconds=round(self._reactor.seconds() - started, 3))
         return Resolution(source, system, resolved)
+
+    def _resolve_argv(self, source: PinnedSource, system: str,
+                      arguments: list[str]) -> list[str]:
+        """The ``nix-instantiate`` call of the resolve expression."""
+        return [
+            "nix-instantiate", "--eval", "--strict", "--json",
+            "--read-write-mode", *self._option_args,
+            os.path.join(self._nix_dir, RESOLVE_EXPRESSION),
+            "--argstr", "source", _to_json(source.nix_args),
+            "--argstr", "system", system,
+            *arguments,
+        ]
+
+    async def _explain_unusable(self, source: PinnedSource, system: str,
+                                unusable: Sequence[str], image: str | None,
+                                timeout: float) -> BuildFailed:
+        """
+        The error for requested names whose evaluation throws.
+
+        The resolve expression catches those errors to name every such
+        package, which loses Nix's message; one more evaluation of just the
+        first package, uncaught, recovers it for the log tail.
+        """
+        argv = self._resolve_argv(source, system,
+                                  ["--argstr", "strict", unusable[0]])
+        try:
+            result = await self._run(argv, "resolve", image, timeout,
+                                     "evaluating %s failed" % (unusable[0],))
+            tail = result.tail
+        except BuildFailed as e:
+            tail = e.log_tail
+        message = "cannot evaluate Nix packages: %s (removed, broken, unfree or insecure?)" % (
+            ", ".join(unusable),)
+        cause = _first_error(tail)
+        if cause is not None:
+            message += "; %s: %s" % (unusable[0], cause)
+        return BuildFailed(message, unusable[0], tail)
 
     async def build(self, resolution: Resolution, *,
                     image: str | None = None,
@@ -256,6 +301,15 @@ def _decode_json(result: ProcessResult, what: str) -> Any:
     except ValueError as e:
         raise BuildFailed("%s returned invalid JSON" % (what,), None,
                           result.tail) from e
+
+
+def _names(document: Mapping[str, Any], key: str,
+           tail: Sequence[str]) -> list[str]:
+    """The list of package names under ``key`` of the resolve result."""
+    names = document.get(key) or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise BuildFailed("evaluation returned unexpected JSON", None, tail)
+    return names
 
 
 def _resolved_package(entry: Mapping[str, Any]) -> ResolvedPackage:

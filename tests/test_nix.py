@@ -210,13 +210,82 @@ class ResolveEndToEnd(TestCase):
         self.assertNotEqual(resolution.out_paths, native.out_paths)
 
     async def test_throwing_package(self) -> None:
-        """A package that throws fails the evaluation with Nix's message."""
+        """A package that throws fails the evaluation, naming it, with Nix's message."""
         with self.assertRaises(BuildFailed) as caught:
             await self.resolve("broken")
         self.assertNotIsInstance(caught.exception, UnknownPackages)
+        self.assertEqual(caught.exception.package, "broken")
+        self.assertEqual(caught.exception.status, 500)
         self.assertIn("broken: this package was removed", caught.exception.message)
         self.assertTrue(any("broken: this package was removed" in line
                             for line in caught.exception.log_tail))
+
+    async def test_unusable_and_unknown(self) -> None:
+        """Unknown names are reported as such, with the names that throw in the detail."""
+        with self.assertRaises(UnknownPackages) as caught:
+            await self.resolve("brokenpkg", "nosuch", "hello")
+        error = caught.exception
+        self.assertEqual(error.packages, ("nosuch",))
+        self.assertEqual(error.message, "unknown Nix packages: nosuch")
+        self.assertEqual(error.detail, {"packages": ["nosuch"],
+                                        "unusable": ["brokenpkg"]})
+        self.assertEqual(error.status, 404)
+
+    async def test_unknown_without_unusable(self) -> None:
+        """With no package that throws, the unknown-packages detail lists none."""
+        with self.assertRaises(UnknownPackages) as caught:
+            await self.resolve("hello", "nosuch")
+        self.assertEqual(caught.exception.detail["unusable"], [])
+
+    async def test_unusable_packages_named(self) -> None:
+        """Every package that throws is named at once; the first is explained by Nix's error."""
+        with self.assertRaises(BuildFailed) as caught:
+            await self.resolve("brokenpkg", "removedpkg", "hello")
+        error = caught.exception
+        self.assertNotIsInstance(error, UnknownPackages)
+        self.assertEqual(error.status, 500)
+        self.assertEqual(error.package, "brokenpkg")
+        self.assertIn("brokenpkg, removedpkg", error.message)
+        self.assertIn("marked as broken", error.message)
+        self.assertTrue(any("'brokenpkg-1.0' is marked as broken" in line
+                            for line in error.log_tail), error.log_tail)
+        self.assertFalse(any("removedpkg has been removed" in line
+                             for line in error.log_tail), error.log_tail)
+        self.assertEqual(error.to_json()["detail"]["package"], "brokenpkg")
+
+    async def test_removed_alias(self) -> None:
+        """A removed alias is named, as requested, with its throw text in the log tail."""
+        with self.assertRaises(BuildFailed) as caught:
+            await self.resolve("RemovedPkg", "brokenpkg")
+        error = caught.exception
+        self.assertEqual(error.package, "RemovedPkg")
+        self.assertIn("RemovedPkg, brokenpkg", error.message)
+        self.assertTrue(any("removedpkg has been removed: use hello" in line
+                            for line in error.log_tail), error.log_tail)
+
+    async def test_unusable_optional_left_out(self) -> None:
+        """Optional names that throw are left out without failing the image."""
+        resolution = await self.resolve(
+            "hello", optional=["brokenpkg", "removedpkg", "cacert", "broken"])
+        self.assertEqual([p.requested for p in resolution.packages],
+                         ["hello", "cacert"])
+
+    async def test_diagnosis_only_on_failure(self) -> None:
+        """A resolution runs Nix once; packages that throw cost exactly one more evaluation."""
+        calls: list[list[str]] = []
+        real_run_process = nixeryd.nix.run_process
+
+        def counting(reactor: Any, argv: list[str], **kwargs: Any) -> Any:
+            calls.append(list(argv))
+            return real_run_process(reactor, argv, **kwargs)
+
+        self.patch(nixeryd.nix, "run_process", counting)
+        await self.resolve("hello", optional=["brokenpkg"])
+        self.assertEqual(len(calls), 1)
+        with self.assertRaises(BuildFailed):
+            await self.resolve("brokenpkg", "removedpkg")
+        self.assertEqual(len(calls), 3)
+        self.assertEqual(calls[2][calls[2].index("strict") + 1], "brokenpkg")
 
     async def test_throwing_package_set(self) -> None:
         """A package set that cannot be evaluated fails with the log tail."""

@@ -185,6 +185,30 @@ let
     '' { };
 
     broken = throw "broken: this package was removed from the set";
+
+    # Like a nixpkgs package whose meta check fails: the attribute is a
+    # derivation, but its store paths throw when asked for.
+    brokenpkg =
+      let
+        drv = mk "brokenpkg-1.0" ''
+          mkdir -p "$out"
+        '' { };
+        meta = { broken = true; };
+        handled =
+          if meta.broken
+          then throw "Package 'brokenpkg-1.0' is marked as broken, refusing to evaluate."
+          else true;
+        package = drv // {
+          inherit meta;
+          drvPath = assert handled; drv.drvPath;
+          outPath = assert handled; drv.outPath;
+          out = package;
+        };
+      in
+      package;
+
+    # Like a nixpkgs alias of a removed package.
+    removedpkg = throw "removedpkg has been removed: use hello";
   };
 in
 pkgs
