@@ -7,13 +7,17 @@ image's customisation layer of directories, symlinks and small files).
 Both are written by :mod:`nixeryd.tarstream` into a new temporary file
 that the caller renames into place, and both are deterministic: the same
 inputs give byte-identical tar and gzip streams on every run and every
-host, whatever order the inputs come in.
+host, whatever order the inputs come in.  For store layers "the same
+inputs" means the same file contents and modes: which files are hard
+links of each other on disk (it differs between a built, an optimised and
+a substituted store) does not change a byte.
 
 Every function here blocks; callers run them in a thread pool.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import os
@@ -27,6 +31,7 @@ from nixeryd.tarstream import (
     CHUNK_SIZE,
     DEFAULT_COMPRESS_LEVEL,
     MEMBER_MTIME,
+    SourceChanged,
     TarGzipWriter,
 )
 
@@ -46,8 +51,9 @@ __all__ = [
 #: would give different tar or gzip bytes (member order, metadata, header
 #: format, chunking), so layer caches keyed by it miss instead of serving
 #: blobs that this code would no longer write.  Cache keys should also hold
-#: the compression level.
-LAYER_FORMAT_VERSION = 1
+#: the compression level.  Version 2 decides hard links by file content
+#: instead of by inode.
+LAYER_FORMAT_VERSION = 2
 
 #: Mode of the directories above the store paths (``nix/``, ``nix/store/``),
 #: which are not themselves read from disk.
@@ -112,9 +118,19 @@ def write_store_layer(paths: Sequence[str], directory: str, *,
     :data:`STORE_PARENT_MODE`) and every directory inside them.  Owners are
     0, user and group names empty, every mtime :data:`MEMBER_MTIME`, and
     modes keep the permission bits found on disk.  Symlinks keep their
-    target; files that share an inode within the layer are written once,
-    under the first name in sorted order, and as hard links under the
-    others.  Fifos, sockets and devices are skipped.
+    target.  Fifos, sockets and devices are skipped.
+
+    Regular files with the same permission bits, size and content (by
+    sha256) are written once, under the first name in sorted order, and as
+    hard links to it under the others.  Hard links on disk are not
+    consulted: Nix makes them only where it built a path or optimised the
+    store, so a substituted or restored copy of the same path has none,
+    and deciding by inode would give that copy different layer bytes.
+    Deciding by content keeps every link on disk (linked names share
+    content and mode), dedupes identical files, and makes the layer a
+    function of the paths' contents and modes alone.  Only files whose
+    mode and size equal another file's in the layer are hashed.  Empty
+    files are never linked: a link entry would be no smaller than the file.
 
     :param paths: absolute store paths, in any order, none inside another.
     :param directory: where the temporary output file is created.
@@ -295,8 +311,13 @@ def _walk(name: bytes, source: bytes) -> Iterator[_Member]:
 
 
 def _write_store_members(writer: TarGzipWriter, members: list[_Member]) -> None:
-    """Write sorted store members, turning repeated inodes into hard links."""
-    first_names: dict[tuple[int, int], bytes] = {}
+    """
+    Write sorted store members, turning every regular file whose mode, size
+    and content equal an earlier one's into a hard link to it.
+    """
+    colliding = _colliding_shapes(members)
+    hasher = _ContentHasher()
+    first_names: dict[tuple[int, int, bytes], bytes] = {}
     for member in members:
         status = member.status
         if status is None:
@@ -309,15 +330,77 @@ def _write_store_members(writer: TarGzipWriter, members: list[_Member]) -> None:
         elif stat.S_ISLNK(mode):
             writer.add_symlink(member.name, permissions, os.readlink(member.source))
         elif stat.S_ISREG(mode):
-            if status.st_nlink > 1:
-                inode = (status.st_dev, status.st_ino)
-                first = first_names.get(inode)
+            shape = (permissions, status.st_size)
+            if shape in colliding:
+                content = shape + (hasher.digest(member),)
+                first = first_names.get(content)
                 if first is not None:
                     writer.add_hard_link(member.name, permissions, first)
                     continue
-                first_names[inode] = member.name
+                first_names[content] = member.name
             fd = os.open(member.source, _OPEN_FLAGS)
             try:
                 writer.add_file(member.name, permissions, status.st_size, fd)
             finally:
                 os.close(fd)
+
+
+def _colliding_shapes(members: list[_Member]) -> set[tuple[int, int]]:
+    """
+    The (permission bits, size) pairs shared by two or more non-empty
+    regular files among ``members``: only files of these shapes can have a
+    twin, so only they need hashing.
+    """
+    counts: collections.Counter[tuple[int, int]] = collections.Counter()
+    for member in members:
+        status = member.status
+        if (status is not None and stat.S_ISREG(status.st_mode)
+                and status.st_size):
+            counts[stat.S_IMODE(status.st_mode), status.st_size] += 1
+    return {shape for shape, count in counts.items() if count > 1}
+
+
+class _ContentHasher:
+    """
+    The sha256 of store files, read in :data:`CHUNK_SIZE` chunks through one
+    reused buffer (``os.readv`` and hashlib release the GIL on chunks this
+    large).  Only digests are kept, and only those of files with more than
+    one name on disk, so that another name of the same inode is not read
+    again.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray(CHUNK_SIZE)
+        self._by_inode: dict[tuple[int, int], bytes] = {}
+
+    def digest(self, member: _Member) -> bytes:
+        """
+        The sha256 of a regular file member's content.
+
+        :raises SourceChanged: if the file ends before its ``lstat`` size.
+        """
+        status = member.status
+        assert status is not None and member.source is not None
+        inode = (status.st_dev, status.st_ino)
+        known = self._by_inode.get(inode)
+        if known is not None:
+            return known
+        digest = hashlib.sha256()
+        view = memoryview(self._buffer)
+        remaining = status.st_size
+        fd = os.open(member.source, _OPEN_FLAGS)
+        try:
+            while remaining:
+                got = os.readv(fd, [view[:min(remaining, CHUNK_SIZE)]])
+                if not got:
+                    raise SourceChanged(
+                        "%r ended %d bytes before its size of %d"
+                        % (member.name, remaining, status.st_size))
+                digest.update(view[:got])
+                remaining -= got
+        finally:
+            os.close(fd)
+        value = digest.digest()
+        if status.st_nlink > 1:
+            self._by_inode[inode] = value
+        return value
