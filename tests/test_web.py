@@ -802,15 +802,39 @@ async def wait_until(condition: Any, timeout: float = 5.0) -> None:
         waited += 0.01
 
 
-class LoopbackTests(TestCase):
-    """The real site on a loopback port."""
+class SampleImagesMixin:
+    """A fake image service holding one sample image and any random blobs."""
 
-    def setUp(self) -> None:
+    def set_up_images(self) -> None:
         self.directory = tempfile.mkdtemp()
         self.addCleanup(_remove_tree, self.directory)
         self.images = FakeImageService()
         self.sample = write_sample_image(self.directory, {"x": b"y"})
         self.images.add_sample_image("shell/git", "latest", self.sample)
+
+    def add_random_blob(self, size: int) -> tuple[bytes, str]:
+        """Serve ``size`` random bytes as a blob; returns them and their digest."""
+        data = os.urandom(size)
+        digest = sha256_digest(data)
+        path = os.path.join(self.directory, digest.split(":")[1])
+        with open(path, "wb") as out:
+            out.write(data)
+        self.images.blobs[digest] = LocalBlob(path, len(data), digest)
+        return data, digest
+
+    def start_blob_pool(self, size: int) -> ThreadPoolService:
+        """A started thread pool for sendfile, stopped at the end of the test."""
+        pool = ThreadPoolService(reactor, size, name="test-blobs")
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        return pool
+
+
+class LoopbackTests(SampleImagesMixin, TestCase):
+    """The real site on a loopback port."""
+
+    def setUp(self) -> None:
+        self.set_up_images()
         self.base = serve_locally(self, make_site(self.images))
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(self.pool.closeCachedConnections)
@@ -818,12 +842,7 @@ class LoopbackTests(TestCase):
 
     async def test_large_blob_streams(self) -> None:
         """A multi-MiB blob arrives whole and intact, also in a range."""
-        data = os.urandom(6 * 1024 * 1024 + 123)
-        path = os.path.join(self.directory, "big")
-        with open(path, "wb") as out:
-            out.write(data)
-        digest = sha256_digest(data)
-        self.images.blobs[digest] = LocalBlob(path, len(data), digest)
+        data, digest = self.add_random_blob(6 * 1024 * 1024 + 123)
         response = await treq.get(self.base + "/v2/a/blobs/" + digest, pool=self.pool)
         body = await response.content()
         self.assertEqual(response.code, 200)
@@ -904,9 +923,7 @@ class SendfileLoopbackTests(LoopbackTests):
 
     def setUp(self) -> None:
         super().setUp()
-        self.blob_pool = ThreadPoolService(reactor, 4, name="test-blobs")
-        self.blob_pool.startService()
-        self.addCleanup(self.blob_pool.stopService)
+        self.blob_pool = self.start_blob_pool(4)
         self.base = serve_locally(self, make_site(self.images, self.blob_pool))
         self.port = int(self.base.rsplit(":", 1)[1])
 
@@ -931,12 +948,7 @@ class SendfileLoopbackTests(LoopbackTests):
         A client that disconnects during a large body ends that response;
         the server goes on answering others.
         """
-        data = os.urandom(64 * 1024 * 1024)
-        path = os.path.join(self.directory, "huge")
-        with open(path, "wb") as out:
-            out.write(data)
-        digest = sha256_digest(data)
-        self.images.blobs[digest] = LocalBlob(path, len(data), digest)
+        data, digest = self.add_random_blob(64 * 1024 * 1024)
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
         leaving = RawClient(b"GET /v2/a/blobs/" + digest.encode() + b" HTTP/1.1\r\n"
                             b"Host: x\r\n\r\n")
@@ -951,18 +963,12 @@ class SendfileLoopbackTests(LoopbackTests):
         await wait_until(lambda: not self.blob_pool.pool.working)
 
 
-class SendfileSlotTests(TestCase):
+class SendfileSlotTests(SampleImagesMixin, TestCase):
     """Blob bodies when every sendfile thread is taken."""
 
     def setUp(self) -> None:
-        self.directory = tempfile.mkdtemp()
-        self.addCleanup(_remove_tree, self.directory)
-        self.images = FakeImageService()
-        self.sample = write_sample_image(self.directory, {"x": b"y"})
-        self.images.add_sample_image("shell/git", "latest", self.sample)
-        self.blob_pool = ThreadPoolService(reactor, 1, name="test-one-blob")
-        self.blob_pool.startService()
-        self.addCleanup(self.blob_pool.stopService)
+        self.set_up_images()
+        self.blob_pool = self.start_blob_pool(1)
         self.site = make_site(self.images, self.blob_pool)
         self.base = serve_locally(self, self.site)
         self.port = int(self.base.rsplit(":", 1)[1])
@@ -974,12 +980,7 @@ class SendfileSlotTests(TestCase):
         downloads are still served whole (through the reactor), and the
         thread is given back when that client leaves.
         """
-        data = os.urandom(64 * 1024 * 1024)
-        path = os.path.join(self.directory, "huge")
-        with open(path, "wb") as out:
-            out.write(data)
-        digest = sha256_digest(data)
-        self.images.blobs[digest] = LocalBlob(path, len(data), digest)
+        _, digest = self.add_random_blob(64 * 1024 * 1024)
         resource = self.site.resource.children[b"v2"]
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
         stalled = RawClient(b"GET /v2/a/blobs/" + digest.encode() + b" HTTP/1.1\r\n"
