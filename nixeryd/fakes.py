@@ -33,6 +33,7 @@ from nixeryd.nix import Resolution, ResolvedPackage
 from nixeryd.pkgsource import PinnedSource
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.naming import check_document_name, check_reference
+from nixeryd.storage.ociindex import REF_NAME
 
 T = TypeVar("T")
 
@@ -198,7 +199,7 @@ class MemoryStorage:
             self._check_failure("record_reference")
             self.references[reference] = {
                 "mediaType": media_type, "digest": manifest_digest, "size": size,
-                "annotations": {"org.opencontainers.image.ref.name": reference}}
+                "annotations": {REF_NAME: reference}}
         return self._call("record_reference", work)
 
     # -- helpers ------------------------------------------------------------

@@ -39,13 +39,13 @@ from nixeryd.storage.gcs import (
     AccessTokenSource, FileRegionProducer, GCSError, GCSStorage,
     blob_object_name, document_object_name, file_size_and_md5,
     gcs_storage_from_settings, md5_base64)
+from nixeryd.storage.ociindex import REF_NAME
 from nixeryd.threads import ThreadPoolService
 from tests.gcsemulator import MISSING_REASON, anonymous_client, start_emulator
 
 KEY_FILE = os.path.join(os.path.dirname(__file__), "fixtures", "gcs-v4",
                         "service-account.json")
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
-REF_NAME = "org.opencontainers.image.ref.name"
 MiB = 1024 * 1024
 
 

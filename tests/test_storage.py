@@ -27,7 +27,8 @@ from nixeryd.documents import LocalBlob, RedirectBlob
 from nixeryd.errors import BlobUnknown, DigestInvalid
 from nixeryd.fakes import MemoryStorage
 from nixeryd.storage import filesystem
-from nixeryd.storage.filesystem import REF_NAME, FilesystemStorage
+from nixeryd.storage.filesystem import FilesystemStorage
+from nixeryd.storage.ociindex import REF_NAME
 from nixeryd.storage.interface import IStorage
 from nixeryd.threads import InlineRunner, ThreadPoolService
 

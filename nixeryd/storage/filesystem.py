@@ -35,8 +35,8 @@ from nixeryd.documents import LocalBlob
 from nixeryd.errors import BlobUnknown
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.naming import check_document_name, check_reference
+from nixeryd.storage.ociindex import index_bytes, updated_index
 
-REF_NAME = "org.opencontainers.image.ref.name"
 #: Mode of every file made visible: temporary files are created private,
 #: but the layout is meant to be read by other tools and users.
 BLOB_MODE = 0o644
@@ -82,7 +82,7 @@ class FilesystemStorage:
             self._write_atomically(layout, b'{"imageLayoutVersion":"1.0.0"}')
         index = os.path.join(self.root, "index.json")
         if not os.path.exists(index):
-            self._write_atomically(index, _index_bytes([]))
+            self._write_atomically(index, index_bytes([]))
         # Another instance may share this storage and be writing right
         # now: only files untouched for a long while are crash leftovers.
         cutoff = time.time() - STALE_TEMPORARY_SECONDS
@@ -179,13 +179,9 @@ class FilesystemStorage:
         with self._index_lock:
             index_path = os.path.join(self.root, "index.json")
             with open(index_path, "rb") as f:
-                manifests = json.loads(f.read()).get("manifests", [])
-            kept = [m for m in manifests
-                    if m.get("annotations", {}).get(REF_NAME) != reference]
-            kept.append({"mediaType": media_type, "digest": digest, "size": size,
-                         "annotations": {REF_NAME: reference}})
-            kept.sort(key=lambda m: m.get("annotations", {}).get(REF_NAME, ""))
-            self._write_atomically(index_path, _index_bytes(kept))
+                current = f.read()
+            self._write_atomically(index_path, updated_index(
+                current, reference, digest, media_type, size))
 
     # -- IStorage ---------------------------------------------------------
 
@@ -218,9 +214,3 @@ class FilesystemStorage:
                          media_type: str, size: int):
         return self._runner.run(self._record, reference, manifest_digest,
                                 media_type, size)
-
-
-def _index_bytes(manifests: list) -> bytes:
-    from nixeryd.mediatypes import OCI_INDEX
-    return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
-                       "manifests": manifests}, separators=(",", ":")).encode()

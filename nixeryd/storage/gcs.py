@@ -64,7 +64,7 @@ from nixeryd.errors import BlobUnknown
 from nixeryd.signing import (
     DEFAULT_SIGNING_ENDPOINT, JWT_BEARER_GRANT, ServiceAccountKey, UrlStyle,
     jwt_assertion, sign_url_v4)
-from nixeryd.storage.filesystem import REF_NAME
+from nixeryd.storage.ociindex import updated_index
 from nixeryd.httpbody import BodyTooLarge, read_limited
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.naming import check_document_name, check_reference
@@ -154,24 +154,6 @@ def _multipart_body(metadata: dict[str, Any], data: bytes) -> tuple[bytes, str]:
         delimiter, b"\r\nContent-Type: application/octet-stream\r\n\r\n",
         data, b"\r\n", delimiter, b"--\r\n"])
     return body, "multipart/related; boundary=" + boundary
-
-
-def _index_bytes(manifests: list) -> bytes:
-    from nixeryd.mediatypes import OCI_INDEX
-    return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
-                       "manifests": manifests}, separators=(",", ":")).encode()
-
-
-def _updated_index(current: bytes | None, reference: str, digest: str,
-                   media_type: str, size: int) -> bytes:
-    """The index with ``reference`` (re)pointed at the manifest (pure)."""
-    manifests = json.loads(current).get("manifests", []) if current else []
-    kept = [m for m in manifests
-            if m.get("annotations", {}).get(REF_NAME) != reference]
-    kept.append({"mediaType": media_type, "digest": digest, "size": size,
-                 "annotations": {REF_NAME: reference}})
-    kept.sort(key=lambda m: m["annotations"][REF_NAME])
-    return _index_bytes(kept)
 
 
 async def _error_for(response: IResponse, what: str) -> GCSError:
@@ -670,7 +652,7 @@ class GCSStorage:
             if current is None:
                 raise _PreconditionFailed()
         updated = await self._runner.run(
-            _updated_index, current, reference, digest, media_type, size)
+            updated_index, current, reference, digest, media_type, size)
         await self._upload_bytes(INDEX_OBJECT, updated, md5_base64(updated),
                                  generation, content_type="application/json")
 
