@@ -12,7 +12,6 @@ runs a site on a loopback port for the duration of one test.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -23,9 +22,11 @@ from attrs import define, field, frozen
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Protocol
 
 from nixeryd.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
 from nixeryd.errors import BlobUnknown, ManifestUnknown
+from nixeryd.manifest import sha256_digest
 from nixeryd.mediatypes import (
     DOCKER_CONFIG,
     DOCKER_LAYER,
@@ -34,11 +35,6 @@ from nixeryd.mediatypes import (
     OCI_LAYER,
     OCI_MANIFEST,
 )
-
-
-def sha256_digest(data: bytes) -> str:
-    """``sha256:<hex>`` of ``data``."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def manifest_document(media_type: str, body: bytes) -> ManifestDocument:
@@ -250,3 +246,25 @@ def serve_locally(testcase: Any, site: Any) -> str:
     port: IListeningPort = reactor.listenTCP(0, site, interface="127.0.0.1")
     testcase.addCleanup(port.stopListening)
     return "http://127.0.0.1:%d" % (port.getHost().port,)
+
+
+class RawClient(Protocol):
+    """
+    A TCP client that sends fixed bytes, records everything the server
+    answers, and fires :attr:`closed` when the connection ends: for tests
+    of what goes over the wire (TLS refusal, pipelining, disconnects).
+    """
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.received = b""
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any) -> None:
+        self.closed.callback(None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import sys
 import tempfile
 from typing import Any
@@ -27,6 +26,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from treq.client import HTTPClient
+
+from tests.daemon import free_port
 
 #: Why emulator tests cannot run, or ``None`` when they can.
 MISSING_REASON: str | None = (
@@ -52,12 +53,6 @@ class _EmulatorProtocol(ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         self.running = False
         self.ended.callback(None)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def anonymous_client(reactor: Any) -> HTTPClient:
@@ -174,7 +169,7 @@ async def start_emulator(reactor: Any, bucket: str = "nixeryd-test") -> GCSEmula
     if MISSING_REASON is not None:
         raise RuntimeError(MISSING_REASON)
     workdir = tempfile.mkdtemp(prefix="nixeryd-gcs-emulator-")
-    port = _free_port()
+    port = free_port()
     protocol = _EmulatorProtocol()
     argv = [sys.executable, "-m", "gcp_storage_emulator", "start",
             "--host", "127.0.0.1", "--port", str(port), "--in-memory", "-q"]

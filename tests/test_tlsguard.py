@@ -14,14 +14,13 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from nixeryd.testing import FakeImageService, serve_locally, write_sample_image
+from nixeryd.testing import (FakeImageService, RawClient, serve_locally,
+                             write_sample_image)
 from nixeryd.tlsguard import PLAIN_HTTP_ANSWER, TLSGuardChannel
 from nixeryd.web import make_site
 
@@ -95,24 +94,6 @@ class GuardTests(SynchronousTestCase):
         channel.connectionLost(None)
 
 
-class Collector(Protocol):
-    """Sends bytes, collects the answer, notes when the server closes."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.received = b""
-        self.closed: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.data)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Any) -> None:
-        self.closed.callback(None)
-
-
 class RealConnectionTests(TestCase):
     """The guard over real loopback TCP."""
 
@@ -127,7 +108,7 @@ class RealConnectionTests(TestCase):
 
     async def test_prompt_answer(self) -> None:
         """A ClientHello over TCP is answered and closed well within a second."""
-        client = Collector(client_hello())
+        client = RawClient(client_hello())
         started = time.monotonic()
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), client)
         await client.closed.addTimeout(5, reactor)

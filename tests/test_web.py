@@ -17,9 +17,7 @@ from typing import Any, Optional
 import treq
 from treq.testing import StubTreq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
 from twisted.internet.testing import EventLoggingObserver
@@ -39,6 +37,7 @@ from nixeryd.mediatypes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from nixeryd.threads import ThreadPoolService
 from nixeryd.testing import (
     FakeImageService,
+    RawClient,
     SampleImage,
     serve_locally,
     sha256_digest,
@@ -772,24 +771,6 @@ class BlobSenderTests(SynchronousTestCase):
         self.assertFalse(request.finished)
         self.assertTrue(file.closed)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
-
-
-class RawClient(Protocol):
-    """A client that sends bytes and records what comes back."""
-
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.received = b""
-        self.closed: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Any) -> None:
-        self.closed.callback(None)
 
 
 async def wait_until(condition: Any, timeout: float = 5.0) -> None:
