@@ -142,9 +142,14 @@ class ProcessFailed(Exception):
         self.tail = tuple(tail)
         super().__init__(self.describe())
 
+    @property
+    def program(self) -> str:
+        """The program's name, for messages."""
+        return os.path.basename(self.argv[0]) if self.argv else "process"
+
     def describe(self) -> str:
         """One sentence saying how the process ended."""
-        name = os.path.basename(self.argv[0]) if self.argv else "process"
+        name = self.program
         if self.signal is not None:
             return "%s was killed by signal %d" % (name, self.signal)
         return "%s exited with status %s" % (name, self.exit_code)
@@ -164,8 +169,7 @@ class ProcessTimedOut(ProcessFailed):
 
     def describe(self) -> str:
         """One sentence saying how the process ended."""
-        name = os.path.basename(self.argv[0]) if self.argv else "process"
-        return "%s timed out after %g seconds" % (name, self.timeout)
+        return "%s timed out after %g seconds" % (self.program, self.timeout)
 
 
 class OutputTooLarge(ProcessFailed):
@@ -182,8 +186,7 @@ class OutputTooLarge(ProcessFailed):
 
     def describe(self) -> str:
         """One sentence saying how the process ended."""
-        name = os.path.basename(self.argv[0]) if self.argv else "process"
-        return "%s wrote more than %d bytes to stdout" % (name, self.limit)
+        return "%s wrote more than %d bytes to stdout" % (self.program, self.limit)
 
 
 class LineSplitter:
