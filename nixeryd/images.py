@@ -180,13 +180,9 @@ class ImageService(Service):
         else ``None`` (then :meth:`image` does the work).  Synchronous, so
         warm requests need no coroutine.
         """
-        warm = self._warm.get((name, tag))
-        if warm is None:
-            return None
-        image, expires = warm
-        if expires is not None and expires <= self._clock.seconds():
-            del self._warm[(name, tag)]
-            return None
+        image = self._fresh(self._warm.get((name, tag)))
+        if image is None:
+            self._warm.pop((name, tag), None)
         return image
 
     async def image(self, name: str, tag: str) -> Image:
@@ -200,13 +196,12 @@ class ImageService(Service):
         validate_tag(tag)
         memo_key = self._memo_key(request, tag)
         recent = self._recent.get_recent(memo_key)
-        if recent is not None:
-            image, expires = recent
-            if expires is None or expires > self._clock.seconds():
-                self._remember_tag(name, tag)
-                self._warm.put((name, tag), recent)
-                return image
-            del self._recent[memo_key]
+        image = self._fresh(recent)
+        if image is not None:
+            self._remember_tag(name, tag)
+            self._warm.put((name, tag), recent)
+            return image
+        self._recent.pop(memo_key, None)
         waiter = self._wait_for(memo_key, request, tag)
         image = await waiter
         self._remember_tag(name, tag)
@@ -242,6 +237,15 @@ class ImageService(Service):
         """The tags known for ``name``: ``latest`` and every tag served."""
         parse_image_name(name)
         return sorted(self._tags.get(name, set()) | {"latest"})
+
+    def _fresh(self, entry: tuple[Image, float | None] | None) -> Image | None:
+        """The image of a memory entry ``(image, expiry)`` unless it expired."""
+        if entry is None:
+            return None
+        image, expires = entry
+        if expires is not None and expires <= self._clock.seconds():
+            return None
+        return image
 
     # -- coalescing ---------------------------------------------------------
 
