@@ -34,7 +34,7 @@ def assemble_image_service(
         moving_ttl: float = 60.0,
         reference: Callable[[str, str], str] | None = None,
         start_checks: Sequence[Callable[[Any], Any]] = (),
-        environ: Mapping[str, str] = os.environ) -> ImageService:
+        env: Mapping[str, str]) -> ImageService:
     """
     Build an :class:`ImageService` and everything under it.
 
@@ -47,10 +47,10 @@ def assemble_image_service(
     :param start_checks: called with the storage when the service starts;
         if one fails, the failure is logged and the reactor stopped (a
         storage that cannot be used is a configuration error).
-    :param environ: the environment that Nix inherits (through an
-        allow-list), read once here.
+    :param env: the environment of Nix's processes, from
+        :func:`~nixeryd.process.child_environment` (the same one the
+        source's git runs with).
     """
-    env = child_environment(environ)
     # Two pools, so that the short storage calls of warm requests (stat,
     # small reads) never queue behind the seconds-long tar and gzip work
     # of a cold build.
@@ -134,4 +134,4 @@ def make_image_service(config: Any, reactor: Any) -> ImageService:
         nix_timeout=config.nix_timeout, nix_options=config.nix_options,
         max_builds=config.max_builds, layer_budget=config.layer_budget,
         popularity=config.popularity_url, threads=config.threads,
-        reference=lambda name, tag: name + ":" + tag, start_checks=checks)
+        reference=lambda name, tag: name + ":" + tag, start_checks=checks, env=env)

@@ -80,16 +80,17 @@ async def _build(reactor: Any, options: argparse.Namespace) -> int:
     from nixeryd.process import child_environment
     from nixeryd.storage.filesystem import FilesystemStorage
 
+    env = child_environment(os.environ)
     source = source_from_config(
         options.channel, options.pkgs_repo,
         options.pkgs_path and os.path.abspath(options.pkgs_path),
-        reactor=reactor, env=child_environment(os.environ))
+        reactor=reactor, env=env)
     os.makedirs(options.out, exist_ok=True)
     service = assemble_image_service(
         reactor, source=source, storage=lambda runner: FilesystemStorage(options.out, runner),
         nix_timeout=options.nix_timeout, nix_options=options.nix_option,
         layer_budget=options.layer_budget, popularity=options.popularity,
-        reference=lambda name, tag: tag)
+        reference=lambda name, tag: tag, env=env)
     service.startService()
     try:
         image = await service.image(options.name, options.tag)
