@@ -39,7 +39,6 @@ from nixeryd.digests import check_digest
 from nixeryd.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
 from nixeryd.errors import ManifestUnknown
 from nixeryd.manifest import manifest_from_bytes
-from nixeryd.storage.naming import check_reference
 from nixeryd.names import OPTIONAL_PACKAGES, ImageRequest, parse_image_name, validate_tag
 
 #: Bumped whenever the same inputs would give a different manifest.
@@ -359,7 +358,6 @@ class ImageService(Service):
         assert self._reference is not None
         reference = self._reference(request.name, tag)
         try:
-            check_reference(reference)
             await self._storage.record_reference(
                 reference, image.oci.digest, image.oci.media_type, len(image.oci.body))
         except Exception as e:
