@@ -44,6 +44,14 @@ BLOB_MODE = 0o644
 STALE_TEMPORARY_SECONDS = 6 * 3600
 
 
+def _unlink_quietly(path: str) -> None:
+    """Remove ``path`` if it is still there."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def _fsync_directory(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -115,33 +123,35 @@ class FilesystemStorage:
         fd, temporary = tempfile.mkstemp(dir=self._tmp)
         try:
             with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), BLOB_MODE)
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, final)
         except BaseException:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
+            _unlink_quietly(temporary)
             raise
-        _fsync_directory(os.path.dirname(final))
+        self._publish(temporary, final)
 
     def _move_into_place(self, path: str, digest: str) -> None:
         try:
             final = self._blob_path(digest)
+        except BaseException:
+            _unlink_quietly(path)
+            raise
+        self._publish(path, final)
+
+    def _publish(self, path: str, final: str) -> None:
+        """
+        Make the complete file at ``path`` visible as ``final``: readable by
+        all, flushed to disk, renamed, and the rename flushed too.  The file
+        is gone from ``path`` afterwards, whatever happens.
+        """
+        try:
             with open(path, "rb") as f:
                 os.fchmod(f.fileno(), BLOB_MODE)
                 os.fsync(f.fileno())
             os.replace(path, final)
         except BaseException:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+            _unlink_quietly(path)
             raise
-        _fsync_directory(self._blobs)
+        _fsync_directory(os.path.dirname(final))
 
     def _stat_blob(self, digest: str) -> LocalBlob:
         path = self._blob_path(digest)
