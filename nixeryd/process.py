@@ -29,7 +29,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from attrs import field, frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
@@ -500,12 +500,24 @@ def run_process(reactor: Any, argv: Sequence[str], *,
     Run ``argv`` to completion: :func:`spawn_process` and its result.
 
     The returned Deferred fires with a :class:`ProcessResult` or fails with
-    :class:`ProcessFailed`; cancelling it kills the child's process group.
-    Other keyword arguments are those of :func:`spawn_process`.
+    :class:`ProcessFailed`; cancelling it kills the child's process group
+    and fails with ``CancelledError`` once the child has ended, so that no
+    caller goes on (removing the child's files, stopping the reactor) while
+    it still runs.  Other keyword arguments are those of
+    :func:`spawn_process`.
     """
-    return spawn_process(reactor, argv, env=env, timeout=timeout,
-                         on_line=on_line, cwd=cwd, kill_grace=kill_grace,
-                         **options).result
+    child = spawn_process(reactor, argv, env=env, timeout=timeout,
+                          on_line=on_line, cwd=cwd, kill_grace=kill_grace,
+                          **options)
+
+    async def outcome() -> ProcessResult:
+        try:
+            return await child.result
+        except CancelledError:
+            await child.when_ended()
+            raise
+
+    return Deferred.fromCoroutine(outcome())
 
 
 __all__ = [

@@ -235,6 +235,21 @@ class FakeReactorTests(SynchronousTestCase):
         self.successResultOf(child.when_ended())
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
+    def test_run_process_cancel_waits_for_the_end(self) -> None:
+        """
+        Cancelling ``run_process`` signals the group, but fails with
+        CancelledError only once the child has ended.
+        """
+        result = run_process(self.reactor, ["nix-build", "x.nix"], env={"PATH": "/p"},
+                             timeout=10, kill_grace=2, signal_group=self.signal_group)
+        protocol = self.reactor.spawned[-1]["protocol"]
+        result.cancel()
+        self.assertEqual(self.group_signals, [(4242, signal.SIGTERM)])
+        self.assertNoResult(result)
+        protocol.processEnded(Failure(ProcessTerminated(signal=15)))
+        self.failureResultOf(result, CancelledError)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
     def test_stdout_limit(self) -> None:
         """Stdout beyond the limit kills the child and fails with OutputTooLarge."""
         child, protocol, _ = self.spawn(max_stdout=10)
