@@ -9,8 +9,8 @@ package, and measures side by side, on a warm page cache:
 
 * the reference: ``tar -c <closure paths> | gzip -6 | sha256sum``;
 * the assembly: the closure grouped into layers by
-  :func:`nixeryd.layers.plan_layers` and each layer written with
-  :func:`nixeryd.archive.write_store_layer` in a thread pool, in a child
+  :func:`nixeryd.build.layers.plan_layers` and each layer written with
+  :func:`nixeryd.build.archive.write_store_layer` in a thread pool, in a child
   process so that its peak memory is its own.
 
 It prints the closure size, both wall times, their ratio, the compressed
@@ -37,8 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nixeryd.archive import DEFAULT_COMPRESS_LEVEL, hash_file, write_store_layer
-from nixeryd.closure import ClosureGraph, StorePathInfo
+from nixeryd.build.archive import DEFAULT_COMPRESS_LEVEL, hash_file, write_store_layer
+from nixeryd.build.closure import ClosureGraph, StorePathInfo
 
 PACKAGE_SET = Path(__file__).resolve().parent / "pkgs"
 NIX_OPTIONS = ["--option", "substituters", ""]
@@ -74,11 +74,11 @@ def closure_graph(root: str) -> ClosureGraph:
 
 def plan(graph: ClosureGraph, groups: int) -> list[list[str]]:
     """
-    The layers of the closure: planned by :mod:`nixeryd.layers` when it is
+    The layers of the closure: planned by :mod:`nixeryd.build.layers` when it is
     available, else the sorted paths dealt into ``groups`` groups.
     """
     try:
-        from nixeryd.layers import plan_layers
+        from nixeryd.build.layers import plan_layers
     except ImportError:
         paths = sorted(graph.paths)
         return [paths[index::groups] for index in range(groups)
@@ -177,7 +177,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="threads writing layers")
     parser.add_argument("--groups", type=int, default=8,
-                        help="layers to make when nixeryd.layers is missing")
+                        help="layers to make when nixeryd.build.layers is missing")
     parser.add_argument("--runs", type=int, default=1,
                         help="side-by-side measurements to take")
     options = parser.parse_args()

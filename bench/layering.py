@@ -3,7 +3,7 @@ Timing of the layering algorithm on a large synthetic closure.
 
 Image builds plan their layers on every cache miss, and big images (a
 desktop environment, a compiler toolchain) have closures of tens of
-thousands of store paths, so :func:`nixeryd.layers.plan_layers` has to
+thousands of store paths, so :func:`nixeryd.build.layers.plan_layers` has to
 stay fast at that size.  This script builds a closure shaped like a real
 one and reports how long planning takes.
 
@@ -34,8 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nixeryd.closure import ClosureGraph, StorePathInfo
-from nixeryd.layers import DEFAULT_LAYER_BUDGET, plan_layers
+from nixeryd.build.closure import ClosureGraph, StorePathInfo
+from nixeryd.build.layers import DEFAULT_LAYER_BUDGET, plan_layers
 
 LIBRARY_COUNT = 300
 ROOT_COUNT = 40

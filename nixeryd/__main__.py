@@ -2,7 +2,7 @@
 ``python -m nixeryd <command>``: command-line entry points.
 
 ``build`` builds one image into an OCI image layout (see
-:mod:`nixeryd.buildcmd`).  The registry daemon runs as ``twistd nixery``.
+:mod:`nixeryd.app.buildcmd`).  The registry daemon runs as ``twistd nixery``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,16 @@ def main(argv: list[str]) -> int:
                          "        the registry daemon is 'twistd nixery')\n")
         return 0 if argv else 2
     if argv[0] == "build":
-        from nixeryd.buildcmd import main as build_main
+        from nixeryd.app.buildcmd import main as build_main
         return build_main(argv[1:])
     sys.stderr.write("nixeryd: unknown command %r (expected 'build')\n" % (argv[0],))
     return 2
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """The ``nixeryd`` console script."""
     sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    entry_point()

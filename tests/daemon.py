@@ -49,7 +49,7 @@ class Daemon:
     def start(self, timeout: float = 30.0) -> "Daemon":
         """Start the daemon and wait until ``/v2/`` answers."""
         argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                "--nodaemon", "--pidfile=", "--logger=nixeryd.logs.json_observer",
+                "--nodaemon", "--pidfile=", "--logger=nixeryd.app.logs.json_observer",
                 "nixery", "--listen", "tcp:%d:interface=127.0.0.1" % (self.port,),
                 "--storage-path", self.storage]
         for option in OFFLINE_NIX_OPTIONS:

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`nixeryd.archive` and :mod:`nixeryd.tarstream`: layer
+Tests for :mod:`nixeryd.build.archive` and :mod:`nixeryd.build.tarstream`: layer
 tarballs written from real files and read back with ``tarfile``, ``gzip``
 and GNU tar.
 """
@@ -19,8 +19,8 @@ import tarfile
 
 from twisted.trial.unittest import TestCase
 
-from nixeryd import archive, tarstream
-from nixeryd.archive import (
+from nixeryd.build import archive, tarstream
+from nixeryd.build.archive import (
     MEMBER_MTIME,
     STORE_PARENT_MODE,
     LayerBlob,
@@ -143,7 +143,7 @@ class StoreLayerTests(TestCase):
         here = self.write()
         program = (
             "import sys\n"
-            "from nixeryd.archive import write_store_layer\n"
+            "from nixeryd.build.archive import write_store_layer\n"
             "blob = write_store_layer(sys.argv[1:3], sys.argv[3], root=sys.argv[4])\n"
             "print(blob.digest, blob.path)\n")
         project = os.path.dirname(os.path.dirname(os.path.abspath(tarstream.__file__)))
@@ -684,7 +684,7 @@ class TreeLayerTests(TestCase):
 
 
 class HeaderTests(TestCase):
-    """The pax fallbacks of :func:`nixeryd.tarstream.member_header`."""
+    """The pax fallbacks of :func:`nixeryd.build.tarstream.member_header`."""
 
     def test_pax_record_length(self) -> None:
         """A pax record's length prefix counts the whole record."""

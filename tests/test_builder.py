@@ -1,5 +1,5 @@
 """
-Tests for :mod:`nixeryd.builder`: images built from directories standing
+Tests for :mod:`nixeryd.build.builder`: images built from directories standing
 in for store paths, with a scripted Nix and in-memory or filesystem
 storage.
 """
@@ -17,8 +17,8 @@ from typing import Any, Sequence
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from nixeryd import builder as builder_module
-from nixeryd.builder import (
+from nixeryd.build import builder as builder_module
+from nixeryd.build.builder import (
     LAYER_NAMESPACE,
     BuiltImage,
     ImageBuilder,
@@ -26,15 +26,15 @@ from nixeryd.builder import (
     layer_cache_key,
     runtime_settings,
 )
-from nixeryd.errors import BuildFailed
-from nixeryd.fakes import FakeNix, FakeStore, ManualRunner, MemoryStorage, Symlink
-from nixeryd.forest import Customisation
-from nixeryd.names import ImageRequest, parse_image_name
-from nixeryd.nix import Resolution
-from nixeryd.pkgsource import PinnedSource
+from nixeryd.core.errors import BuildFailed
+from nixeryd.testing.fakes import FakeNix, FakeStore, ManualRunner, MemoryStorage, Symlink
+from nixeryd.build.forest import Customisation
+from nixeryd.build.names import ImageRequest, parse_image_name
+from nixeryd.build.nix import Resolution
+from nixeryd.build.sources import PinnedSource
 from nixeryd.storage.filesystem import FilesystemStorage
-from nixeryd.tarstream import TarGzipWriter
-from nixeryd.threads import InlineRunner
+from nixeryd.build.tarstream import TarGzipWriter
+from nixeryd.core.threads import InlineRunner
 
 SOURCE = PinnedSource("path", {"kind": "path", "path": "/pkgs"}, None)
 #: Makes the shared paths popular enough to head layers of their own.

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`nixeryd.config`.
+Tests for :mod:`nixeryd.app.config`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import attrs
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from nixeryd.config import Config, PackageSource, config_from, parse_nix_options
+from nixeryd.app.config import Config, PackageSource, config_from, parse_nix_options
 
 BASE_ENV = {"NIXERY_PKGS_PATH": "/srv/pkgs", "STORAGE_PATH": "/srv/storage"}
 

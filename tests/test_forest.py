@@ -1,5 +1,5 @@
 """
-Tests for :mod:`nixeryd.forest`: the customisation layer built from real
+Tests for :mod:`nixeryd.build.forest`: the customisation layer built from real
 directories standing in for store paths.
 """
 
@@ -9,9 +9,9 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from nixeryd.archive import TreeEntry, write_tree_layer
-from nixeryd.fakes import FakeStore, Symlink
-from nixeryd.forest import CA_BUNDLE, Customisation, build_customisation
+from nixeryd.build.archive import TreeEntry, write_tree_layer
+from nixeryd.testing.fakes import FakeStore, Symlink
+from nixeryd.build.forest import CA_BUNDLE, Customisation, build_customisation
 
 
 def by_name(custom: Customisation) -> dict[str, TreeEntry]:

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`nixeryd.storage.gcs` against a real Cloud Storage emulator
+Tests for :mod:`nixeryd.storage.gcs.storage` against a real Cloud Storage emulator
 (gcp-storage-emulator, run as a child process), plus a small in-process
 twisted.web server for the answers the emulator never gives (403, 500, 412)
 and for the OAuth2 token endpoint.
@@ -31,16 +31,16 @@ from twisted.web.server import Site
 
 import treq
 
-from nixeryd.documents import LocalBlob, RedirectBlob
-from nixeryd.errors import BlobUnknown, DigestInvalid
-from nixeryd.signing import ServiceAccountKey, format_timestamp, jwt_assertion
+from nixeryd.core.documents import LocalBlob, RedirectBlob
+from nixeryd.core.errors import BlobUnknown, DigestInvalid
+from nixeryd.storage.gcs.signing import ServiceAccountKey, format_timestamp, jwt_assertion
 from nixeryd.storage.filesystem import FilesystemStorage
-from nixeryd.storage.gcs import (
+from nixeryd.storage.gcs.storage import (
     AccessTokenSource, FileRegionProducer, GCSError, GCSStorage,
     blob_object_name, document_object_name, file_size_and_md5,
     gcs_storage_from_settings, md5_base64)
 from nixeryd.storage.ociindex import REF_NAME
-from nixeryd.threads import ThreadPoolService
+from nixeryd.core.threads import ThreadPoolService
 from tests.gcsemulator import MISSING_REASON, anonymous_client, start_emulator
 
 KEY_FILE = os.path.join(os.path.dirname(__file__), "fixtures", "gcs-v4",

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`nixeryd.images`: the image service over a scripted Nix,
+Tests for :mod:`nixeryd.service.images`: the image service over a scripted Nix,
 a fake package source, in-memory storage and a fake clock.
 """
 
@@ -14,9 +14,9 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from nixeryd.builder import ImageBuilder
-from nixeryd.documents import Image, RedirectBlob
-from nixeryd.errors import (
+from nixeryd.build.builder import ImageBuilder
+from nixeryd.core.documents import Image, RedirectBlob
+from nixeryd.core.errors import (
     BlobUnknown,
     BuildFailed,
     DigestInvalid,
@@ -24,9 +24,9 @@ from nixeryd.errors import (
     NameInvalid,
     UnknownPackages,
 )
-from nixeryd.fakes import FakeSource, MemoryStorage
-from nixeryd.images import ImageService
-from nixeryd.threads import InlineRunner
+from nixeryd.testing.fakes import FakeSource, MemoryStorage
+from nixeryd.service.images import ImageService
+from nixeryd.core.threads import InlineRunner
 from tests.test_builder import POPULARITY, SOURCE, ImageFixture
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -79,7 +79,7 @@ class ServiceFixture(ImageFixture):
         events: list[dict[str, Any]] = []
 
         def observe(event: dict[str, Any]) -> None:
-            if event.get("log_namespace", "").startswith("nixeryd.images"):
+            if event.get("log_namespace", "").startswith("nixeryd.service.images"):
                 events.append(event)
 
         globalLogPublisher.addObserver(observe)

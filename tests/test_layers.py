@@ -1,5 +1,5 @@
 """
-Tests for :mod:`nixeryd.layers`: the dominator computation and the
+Tests for :mod:`nixeryd.build.layers`: the dominator computation and the
 grouping of a closure into layers.
 """
 
@@ -10,8 +10,8 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from nixeryd.closure import ClosureGraph, StorePathInfo
-from nixeryd.layers import (
+from nixeryd.build.closure import ClosureGraph, StorePathInfo
+from nixeryd.build.layers import (
     BIG_CLOSURE_BYTES,
     DEFAULT_LAYER_BUDGET,
     PINNED_POPULARITY,

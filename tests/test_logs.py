@@ -1,5 +1,5 @@
 """
-Tests for :class:`nixeryd.logs.BatchedFlush`: log lines are flushed once
+Tests for :class:`nixeryd.app.logs.BatchedFlush`: log lines are flushed once
 per reactor turn, and at once where there is no running reactor.
 """
 
@@ -10,8 +10,8 @@ import io
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from nixeryd import logs
-from nixeryd.logs import BatchedFlush, JSONLinesObserver
+from nixeryd.app import logs
+from nixeryd.app.logs import BatchedFlush, JSONLinesObserver
 
 
 class CountingStream(io.StringIO):

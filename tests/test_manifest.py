@@ -1,5 +1,5 @@
 """
-Tests for :mod:`nixeryd.manifest`: image configs and manifests as
+Tests for :mod:`nixeryd.build.manifest`: image configs and manifests as
 canonical bytes, and recognising manifests among stored blobs.
 """
 
@@ -11,8 +11,8 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from nixeryd import mediatypes
-from nixeryd.manifest import (
+from nixeryd.core import mediatypes
+from nixeryd.build.manifest import (
     CREATED,
     LayerDescriptor,
     RuntimeSettings,

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`nixeryd.names`: image names to package lists, and the
+Tests for :mod:`nixeryd.build.names`: image names to package lists, and the
 name and tag grammars.
 """
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from nixeryd.errors import ManifestUnknown, NameInvalid
-from nixeryd.names import (
+from nixeryd.core.errors import ManifestUnknown, NameInvalid
+from nixeryd.build.names import (
     AMD64,
     ARM64,
     MAX_NAME_LENGTH,

@@ -1,15 +1,15 @@
 """
-Tests for :mod:`nixeryd.negotiate`.
+Tests for :mod:`nixeryd.registry.negotiate`.
 """
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from nixeryd.documents import Image
-from nixeryd.mediatypes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
-from nixeryd.negotiate import accepted_types, choose_manifest, wants_oci
-from nixeryd.testing import manifest_document
+from nixeryd.core.documents import Image
+from nixeryd.core.mediatypes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from nixeryd.registry.negotiate import accepted_types, choose_manifest, wants_oci
+from nixeryd.testing.web import manifest_document
 
 DOCKER_LIST = b"application/vnd.docker.distribution.manifest.list.v2+json"
 

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`nixeryd.nix` against real Nix and the offline package set
+Tests for :mod:`nixeryd.build.nix` against real Nix and the offline package set
 in ``tests/pkgs``, plus the pure parts (JSON decoding, failure reports).
 
 The helpers at the top are shared with ``tests.test_pkgsource``.
@@ -17,12 +17,12 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import provider
 
-import nixeryd.nix
-from nixeryd.closure import ClosureGraph, StorePathInfo
-from nixeryd.errors import BuildFailed, BuildTimedOut, UnknownPackages
-from nixeryd.nix import NixRunner, Resolution, ResolvedPackage, default_nix_dir
-from nixeryd.pkgsource import PinnedSource
-from nixeryd.process import child_environment, run_process
+import nixeryd.build.nix
+from nixeryd.build.closure import ClosureGraph, StorePathInfo
+from nixeryd.core.errors import BuildFailed, BuildTimedOut, UnknownPackages
+from nixeryd.build.nix import NixRunner, Resolution, ResolvedPackage, default_nix_dir
+from nixeryd.build.sources import PinnedSource
+from nixeryd.build.process import child_environment, run_process
 from tests import e2e
 from tests.e2e import PACKAGE_SET
 from tests.test_process import wait_until_gone
@@ -92,12 +92,13 @@ def path_source(path: str = PACKAGE_SET) -> PinnedSource:
 class DefaultNixDirTests(SynchronousTestCase):
     """Finding the Nix expressions."""
 
-    def test_source_checkout(self) -> None:
-        """In a source checkout, the expressions are in nix/ at the top of the tree."""
-        expected = os.path.join(os.path.dirname(os.path.dirname(
-            os.path.abspath(nixeryd.nix.__file__))), "nix")
+    def test_package_data(self) -> None:
+        """The expressions are package data beside the module that runs them."""
+        expected = os.path.join(os.path.dirname(
+            os.path.abspath(nixeryd.build.nix.__file__)), "nix")
         self.assertEqual(default_nix_dir(), expected)
         self.assertTrue(os.path.isfile(os.path.join(expected, "resolve.nix")))
+        self.assertTrue(os.path.isfile(os.path.join(expected, "package-set.nix")))
 
 
 class ResolutionTests(SynchronousTestCase):
@@ -273,13 +274,13 @@ class ResolveEndToEnd(TestCase):
     async def test_diagnosis_only_on_failure(self) -> None:
         """A resolution runs Nix once; packages that throw cost exactly one more evaluation."""
         calls: list[list[str]] = []
-        real_run_process = nixeryd.nix.run_process
+        real_run_process = nixeryd.build.nix.run_process
 
         def counting(reactor: Any, argv: list[str], **kwargs: Any) -> Any:
             calls.append(list(argv))
             return real_run_process(reactor, argv, **kwargs)
 
-        self.patch(nixeryd.nix, "run_process", counting)
+        self.patch(nixeryd.build.nix, "run_process", counting)
         await self.resolve("hello", optional=["brokenpkg"])
         self.assertEqual(len(calls), 1)
         with self.assertRaises(BuildFailed):
@@ -450,8 +451,8 @@ class PathInfoDecodingTests(SynchronousTestCase):
     def test_list_and_object(self) -> None:
         """The Nix 2.8 list and the newer object keyed by path decode alike."""
         entry = {"narSize": 10, "closureSize": 30, "references": ["/nix/store/b-b"]}
-        as_list = nixeryd.nix._closure([dict(entry, path="/nix/store/a-a")], ())
-        as_object = nixeryd.nix._closure({"/nix/store/a-a": entry}, ())
+        as_list = nixeryd.build.nix._closure([dict(entry, path="/nix/store/a-a")], ())
+        as_object = nixeryd.build.nix._closure({"/nix/store/a-a": entry}, ())
         expected = {"/nix/store/a-a": StorePathInfo(
             "/nix/store/a-a", 10, 30, ("/nix/store/b-b",))}
         self.assertEqual(as_list, expected)
@@ -459,7 +460,7 @@ class PathInfoDecodingTests(SynchronousTestCase):
 
     def test_invalid_path(self) -> None:
         """A path Nix reports as invalid fails the build."""
-        self.assertRaises(BuildFailed, nixeryd.nix._closure,
+        self.assertRaises(BuildFailed, nixeryd.build.nix._closure,
                           [{"path": "/nix/store/a-a", "valid": False}], ())
-        self.assertRaises(BuildFailed, nixeryd.nix._closure, {"/nix/store/a-a": None}, ())
-        self.assertRaises(BuildFailed, nixeryd.nix._closure, "nonsense", ())
+        self.assertRaises(BuildFailed, nixeryd.build.nix._closure, {"/nix/store/a-a": None}, ())
+        self.assertRaises(BuildFailed, nixeryd.build.nix._closure, "nonsense", ())

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`nixeryd.pkgsource`: choosing the configured source,
+Tests for :mod:`nixeryd.build.sources`: choosing the configured source,
 what each source hands to Nix, and pinning git tags against a real
 repository, built through ``builtins.fetchGit`` with real Nix.
 """
@@ -14,8 +14,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from nixeryd.errors import BuildFailed, ManifestUnknown, UnknownPackages
-from nixeryd.pkgsource import (
+from nixeryd.core.errors import BuildFailed, ManifestUnknown, UnknownPackages
+from nixeryd.build.sources import (
     ChannelSource, GitSource, PackageSource, PathSource, PinnedSource,
     source_from_config)
 from tests.test_nix import PACKAGE_SET, nix_environment, nix_runner

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`nixeryd.popularity`: decoding popularity documents and
+Tests for :mod:`nixeryd.build.popularity`: decoding popularity documents and
 loading them from files and URLs, where failure must never be fatal.
 """
 
@@ -20,8 +20,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from nixeryd import popularity
-from nixeryd.popularity import load_popularity, parse_popularity
+from nixeryd.build import popularity
+from nixeryd.build.popularity import load_popularity, parse_popularity
 
 SAMPLE = {"glibc-2.37-8": 31337, "zlib-1.3": 4000, "hello-2.12.1": 2}
 

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`nixeryd.process`: real child processes for streaming,
+Tests for :mod:`nixeryd.build.process`: real child processes for streaming,
 volume, exit status, deadlines and cancellation; a fake reactor for the
 timer and signal logic; plain data for line splitting.
 """
@@ -21,7 +21,7 @@ from twisted.logger import Logger, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from nixeryd.process import (
+from nixeryd.build.process import (
     LineSplitter, OutputTooLarge, ProcessFailed, ProcessResult,
     ProcessTimedOut, child_environment, run_process, spawn_process)
 

@@ -1,13 +1,13 @@
 """
-Tests for :mod:`nixeryd.routes`.
+Tests for :mod:`nixeryd.registry.routes`.
 """
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from nixeryd.errors import DigestInvalid, ManifestUnknown, NameInvalid
-from nixeryd.routes import (
+from nixeryd.core.errors import DigestInvalid, ManifestUnknown, NameInvalid
+from nixeryd.registry.routes import (
     MAX_NAME_LENGTH,
     Blob,
     ManifestByDigest,

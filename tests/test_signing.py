@@ -1,5 +1,5 @@
 """
-Tests for :mod:`nixeryd.signing`: V4 signed URLs checked against Google's
+Tests for :mod:`nixeryd.storage.gcs.signing`: V4 signed URLs checked against Google's
 conformance vectors and against google-cloud-storage's own signer, and the
 JWT assertions used to obtain access tokens.
 """
@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from twisted.trial.unittest import SynchronousTestCase
 
-from nixeryd.signing import (
+from nixeryd.storage.gcs.signing import (
     READ_WRITE_SCOPE, ServiceAccountKey, SignedUrl, UrlStyle, canonical_headers,
     canonical_query, format_timestamp, host_header_value, jwt_assertion,
     sign_url_v4)

@@ -1,9 +1,9 @@
 """
 Tests for the storage backends: one contract, run on
 :class:`~nixeryd.storage.filesystem.FilesystemStorage` (with an inline
-runner) and on :class:`~nixeryd.fakes.MemoryStorage`, plus what only the
+runner) and on :class:`~nixeryd.testing.fakes.MemoryStorage`, plus what only the
 filesystem layout promises, digest validation, and the runners of
-:mod:`nixeryd.threads`.
+:mod:`nixeryd.core.threads`.
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from nixeryd import mediatypes
-from nixeryd.digests import check_digest, is_valid_digest
-from nixeryd.documents import LocalBlob, RedirectBlob
-from nixeryd.errors import BlobUnknown, DigestInvalid
-from nixeryd.fakes import MemoryStorage
+from nixeryd.core import mediatypes
+from nixeryd.core.digests import check_digest, is_valid_digest
+from nixeryd.core.documents import LocalBlob, RedirectBlob
+from nixeryd.core.errors import BlobUnknown, DigestInvalid
+from nixeryd.testing.fakes import MemoryStorage
 from nixeryd.storage import filesystem
 from nixeryd.storage.filesystem import FilesystemStorage
 from nixeryd.storage.ociindex import REF_NAME
 from nixeryd.storage.interface import IStorage
-from nixeryd.threads import InlineRunner, ThreadPoolService
+from nixeryd.core.threads import InlineRunner, ThreadPoolService
 
 INVALID_DIGESTS = (
     "sha256:../../etc/passwd",
@@ -52,7 +52,7 @@ def digest_of(data: bytes) -> str:
 
 
 class DigestTests(SynchronousTestCase):
-    """:mod:`nixeryd.digests`."""
+    """:mod:`nixeryd.core.digests`."""
 
     def test_valid(self) -> None:
         """A sha256 digest with 64 lowercase hex digits is valid and yields its hex."""

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`nixeryd.tap`, the twistd plugin and :mod:`nixeryd.logs`.
+Tests for :mod:`nixeryd.app.tap`, the twistd plugin and :mod:`nixeryd.app.logs`.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from nixeryd import logs
-from nixeryd.config import Config
-from nixeryd.tap import Options, makeService
-from nixeryd.testing import FakeImageService
-from nixeryd.threads import ThreadPoolService
-from nixeryd.web import RegistrySite
+from nixeryd.app import logs
+from nixeryd.app.config import Config
+from nixeryd.app.tap import Options, makeService
+from nixeryd.testing.web import FakeImageService
+from nixeryd.core.threads import ThreadPoolService
+from nixeryd.registry.web import RegistrySite
 
 ENV = {"NIXERY_PKGS_PATH": "/srv/pkgs", "STORAGE_PATH": "/srv/storage"}
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,7 +145,7 @@ class TwistdTests(TestCase):
 
 
 class JSONObserverTests(SynchronousTestCase):
-    """:func:`nixeryd.logs.json_observer`."""
+    """:func:`nixeryd.app.logs.json_observer`."""
 
     def emit_to_json(self) -> tuple[Logger, io.StringIO]:
         stdout = io.StringIO()
@@ -198,7 +198,7 @@ class JSONObserverTests(SynchronousTestCase):
 
 
 class TextObserverTests(SynchronousTestCase):
-    """:func:`nixeryd.logs.text_observer`."""
+    """:func:`nixeryd.app.logs.text_observer`."""
 
     def test_lines(self) -> None:
         """Events are time, [namespace#level] and text; tracebacks are indented."""

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`nixeryd.tlsguard`: TLS handshakes on the plain HTTP port.
+Tests for :mod:`nixeryd.registry.tlsguard`: TLS handshakes on the plain HTTP port.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from twisted.internet.testing import StringTransport
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from nixeryd.testing import (FakeImageService, RawClient, serve_locally,
+from nixeryd.testing.web import (FakeImageService, RawClient, serve_locally,
                              write_sample_image)
-from nixeryd.tlsguard import PLAIN_HTTP_ANSWER, TLSGuardChannel
-from nixeryd.web import make_site
+from nixeryd.registry.tlsguard import PLAIN_HTTP_ANSWER, TLSGuardChannel
+from nixeryd.registry.web import make_site
 
 
 def client_hello() -> bytes:

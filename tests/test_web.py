@@ -1,5 +1,5 @@
 """
-Tests for :mod:`nixeryd.web`: the ``/v2`` API over the fake image service.
+Tests for :mod:`nixeryd.registry.web`: the ``/v2`` API over the fake image service.
 
 Most tests go through :class:`treq.testing.StubTreq` (a real ``Site`` and
 HTTP parsing, in memory); streaming, disconnects and the access log use a
@@ -25,17 +25,17 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from nixeryd.documents import LocalBlob, RedirectBlob
-from nixeryd.errors import (
+from nixeryd.core.documents import LocalBlob, RedirectBlob
+from nixeryd.core.errors import (
     BuildFailed,
     BuildTimedOut,
     NameInvalid,
     TooManyRequests,
     UnknownPackages,
 )
-from nixeryd.mediatypes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
-from nixeryd.threads import ThreadPoolService
-from nixeryd.testing import (
+from nixeryd.core.mediatypes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from nixeryd.core.threads import ThreadPoolService
+from nixeryd.testing.web import (
     FakeImageService,
     RawClient,
     SampleImage,
@@ -43,7 +43,7 @@ from nixeryd.testing import (
     sha256_digest,
     write_sample_image,
 )
-from nixeryd.web import (
+from nixeryd.registry.web import (
     BlobSender,
     ByteRange,
     RangeNotSatisfiable,
@@ -401,12 +401,12 @@ class ServiceErrorTests(StubRegistryMixin, SynchronousTestCase):
 
     def test_unexpected_routing_exception(self) -> None:
         """An exception before the image service is called is a logged 500 too."""
-        import nixeryd.web
+        import nixeryd.registry.web
 
         def broken(segments: Any) -> Any:
             raise KeyError("broken")
 
-        self.patch(nixeryd.web, "parse_v2_path", broken)
+        self.patch(nixeryd.registry.web, "parse_v2_path", broken)
         response, body = self.fetch(b"GET", "/v2/shell/git/manifests/latest")
         self.assert_error(response, body, 500, "UNKNOWN")
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
@@ -986,7 +986,7 @@ class SendfileDrainTests(SynchronousTestCase):
         (never in a busy loop), then dropped after the stall timeout, and
         the thread slot is released.
         """
-        from nixeryd import sendfile
+        from nixeryd.registry import sendfile
 
         class Transport:
             dataBuffer = b"headers"

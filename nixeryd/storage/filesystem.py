@@ -30,9 +30,9 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nixeryd.digests import check_digest
-from nixeryd.documents import LocalBlob
-from nixeryd.errors import BlobUnknown
+from nixeryd.core.digests import check_digest
+from nixeryd.core.documents import LocalBlob
+from nixeryd.core.errors import BlobUnknown
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.naming import check_document_name, check_reference
 from nixeryd.storage.ociindex import index_bytes, updated_index

@@ -38,9 +38,9 @@ class IStorage(Interface):
 
     def blob(digest: str):
         """
-        Deferred firing with a :class:`~nixeryd.documents.LocalBlob` or
-        :class:`~nixeryd.documents.RedirectBlob`; fails with
-        :class:`~nixeryd.errors.BlobUnknown` when there is none.
+        Deferred firing with a :class:`~nixeryd.core.documents.LocalBlob` or
+        :class:`~nixeryd.core.documents.RedirectBlob`; fails with
+        :class:`~nixeryd.core.errors.BlobUnknown` when there is none.
         """
 
     def read_small_blob(digest: str, limit: int):

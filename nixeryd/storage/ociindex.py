@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from nixeryd.mediatypes import OCI_INDEX
+from nixeryd.core.mediatypes import OCI_INDEX
 
 REF_NAME = "org.opencontainers.image.ref.name"
 

@@ -1,7 +1,7 @@
 """
 The ``nixery`` twistd plugin.
 
-Only names :mod:`nixeryd.tap`, which is imported when the plugin is used,
+Only names :mod:`nixeryd.app.tap`, which is imported when the plugin is used,
 so listing twistd commands stays fast.
 """
 
@@ -9,7 +9,7 @@ from twisted.application.service import ServiceMaker
 
 nixery = ServiceMaker(
     "nixery",
-    "nixeryd.tap",
+    "nixeryd.app.tap",
     "A container registry that builds images from Nix packages on demand.",
     "nixery",
 )

@@ -4,7 +4,7 @@ Layer blobs: what goes into a layer tarball, written to a temporary file.
 Two kinds of layer exist.  A *store layer* holds whole Nix store paths,
 read from disk; a *tree layer* holds a small tree described in memory (the
 image's customisation layer of directories, symlinks and small files).
-Both are written by :mod:`nixeryd.tarstream` into a new temporary file
+Both are written by :mod:`nixeryd.build.tarstream` into a new temporary file
 that the caller renames into place, and both are deterministic: the same
 inputs give byte-identical tar and gzip streams on every run and every
 host, whatever order the inputs come in.  For store layers "the same
@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Literal, Sequence
 
 from attrs import field, frozen
 
-from nixeryd.tarstream import (
+from nixeryd.build.tarstream import (
     CHUNK_SIZE,
     DEFAULT_COMPRESS_LEVEL,
     MEMBER_MTIME,

@@ -2,8 +2,8 @@
 The registry's HTTP layer: the ``/v2`` API, blob streaming and the site.
 
 This is the only module that touches Twisted ``Request`` objects.  It turns
-paths into routes (:mod:`nixeryd.routes`), picks a manifest format
-(:mod:`nixeryd.negotiate`), asks the image service for images, manifests,
+paths into routes (:mod:`nixeryd.registry.routes`), picks a manifest format
+(:mod:`nixeryd.registry.negotiate`), asks the image service for images, manifests,
 blobs and tags, and writes responses and registry JSON errors.
 
 Request handlers are coroutines run by :func:`render_async`, which ties
@@ -11,7 +11,7 @@ each request's wait to its connection: a client that goes away cancels its
 own wait and nothing else.  Warm manifests (:meth:`ImageSource.cached_image`)
 are answered synchronously.  Local blobs honour single byte ranges and are
 sent with ``sendfile`` from a thread pool on plain TCP connections
-(:mod:`nixeryd.sendfile`), else streamed by a push producer
+(:mod:`nixeryd.registry.sendfile`), else streamed by a push producer
 (:class:`BlobSender`); HEAD requests get the same headers as GET without
 the file being opened.
 
@@ -37,11 +37,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from nixeryd.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
-from nixeryd.errors import BlobUnknown, RegistryError, Unsupported
-from nixeryd.negotiate import choose_manifest
-from nixeryd.sendfile import SendfileSender, sendfile_transport
-from nixeryd.routes import (
+from nixeryd.core.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
+from nixeryd.core.errors import BlobUnknown, RegistryError, Unsupported
+from nixeryd.registry.negotiate import choose_manifest
+from nixeryd.registry.sendfile import SendfileSender, sendfile_transport
+from nixeryd.registry.routes import (
     Blob,
     ManifestByDigest,
     ManifestByTag,
@@ -49,7 +49,7 @@ from nixeryd.routes import (
     TagsList,
     parse_v2_path,
 )
-from nixeryd.tlsguard import TLSGuardChannel
+from nixeryd.registry.tlsguard import TLSGuardChannel
 
 log = Logger()
 access_log = Logger(namespace="nixeryd.access")
@@ -79,8 +79,8 @@ class ImageSource(Protocol):
     """
     What the web layer needs from the image service.
 
-    :class:`nixeryd.images.ImageService` provides it; so does the fake in
-    :mod:`nixeryd.testing`.  Every call returns a fresh awaitable for its
+    :class:`nixeryd.service.images.ImageService` provides it; so does the fake in
+    :mod:`nixeryd.testing.web`.  Every call returns a fresh awaitable for its
     caller, so cancelling one caller's wait affects no one else.
     """
 
@@ -171,7 +171,7 @@ def render_async(request: Request,
 
     The handler sets the status and headers and returns the body, or
     ``None`` if it has arranged to finish the response itself (streaming).
-    It may raise :class:`~nixeryd.errors.RegistryError` for a JSON error.
+    It may raise :class:`~nixeryd.core.errors.RegistryError` for a JSON error.
 
     If the client disconnects first, the handler's wait is cancelled:
     cancelling the Deferred of this request cancels only what this
@@ -369,7 +369,7 @@ class RegistryResource(Resource):
 
     :param images: the image service.
     :param blob_runner: a thread pool (with ``run`` and ``size``) for
-        :mod:`nixeryd.sendfile`; without one, or while all its threads are
+        :mod:`nixeryd.registry.sendfile`; without one, or while all its threads are
         sending, blob bodies are copied through the reactor thread.
     :param clock: the reactor, for scheduling.
     """

@@ -13,7 +13,7 @@ stays free, the GIL is released during each call, and nothing of the blob
 passes through Python.
 
 Connections that are not plain TCP (TLS, tests' in-memory transports) keep
-using the ordinary producer in :mod:`nixeryd.web`, and so do responses
+using the ordinary producer in :mod:`nixeryd.registry.web`, and so do responses
 that find every thread of the pool busy (with slow clients, say): a pool
 thread is a slot, taken for one body and given back when it ends.
 """

@@ -10,7 +10,7 @@ image builder only ever see well-formed input.
 
 This module is pure: it takes the already split and percent-decoded path
 segments that Twisted gives a resource (``request.postpath``) and returns
-a route value or raises a :class:`~nixeryd.errors.RegistryError`.
+a route value or raises a :class:`~nixeryd.core.errors.RegistryError`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Sequence, Union
 
 from attrs import frozen
 
-from nixeryd import digests
-from nixeryd.errors import ManifestUnknown, NameInvalid, Unsupported
-from nixeryd.names import MAX_NAME_LENGTH, is_valid_component, is_valid_tag
+from nixeryd.core import digests
+from nixeryd.core.errors import ManifestUnknown, NameInvalid, Unsupported
+from nixeryd.build.names import MAX_NAME_LENGTH, is_valid_component, is_valid_tag
 
 
 class RouteUnknown(Unsupported):

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from attrs import frozen
 
-from nixeryd.archive import TreeEntry
+from nixeryd.build.archive import TreeEntry
 
 #: Directories searched, in order, for the image's ``PATH``.
 PATH_CANDIDATES = ("bin", "sbin", "usr/bin", "usr/sbin")

@@ -13,16 +13,17 @@ An image takes three Nix calls, however many store paths it has:
    the whole closure with references and sizes.
 
 Inputs reach Nix only as ``--argstr`` JSON arguments.  Every call runs
-through :mod:`nixeryd.process`: its log lines are streamed as events
+through :mod:`nixeryd.build.process`: its log lines are streamed as events
 (fields ``image``, ``phase``, ``line``) and the whole process group is
 killed when the deadline passes or the caller cancels.  Failures become
-the registry errors of :mod:`nixeryd.errors`.
+the registry errors of :mod:`nixeryd.core.errors`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from importlib import resources
 import re
 import sys
 from pathlib import Path
@@ -31,10 +32,10 @@ from typing import Any, Iterable, Mapping, Sequence
 from attrs import field, frozen
 from twisted.logger import Logger
 
-from nixeryd.closure import ClosureGraph, StorePathInfo, store_path_name
-from nixeryd.errors import BuildFailed, BuildTimedOut, UnknownPackages
-from nixeryd.pkgsource import PinnedSource
-from nixeryd.process import (
+from nixeryd.build.closure import ClosureGraph, StorePathInfo, store_path_name
+from nixeryd.core.errors import BuildFailed, BuildTimedOut, UnknownPackages
+from nixeryd.build.sources import PinnedSource
+from nixeryd.build.process import (
     ProcessFailed, ProcessResult, ProcessTimedOut, child_environment,
     run_process)
 
@@ -49,14 +50,11 @@ _log = Logger()
 
 def default_nix_dir() -> str:
     """
-    Where the Nix expressions live: ``nix/`` next to the package in a
-    source checkout, else ``<sys.prefix>/share/nixeryd/nix`` where an
-    installation puts them.
+    Where the Nix expressions live: the ``nix`` folder of this package,
+    shipped as package data (Nix reads them by path, so the package must be
+    installed as files, not as a zip).
     """
-    checkout = Path(__file__).resolve().parent.parent / "nix"
-    if (checkout / RESOLVE_EXPRESSION).is_file():
-        return str(checkout)
-    return os.path.join(sys.prefix, "share", "nixeryd", "nix")
+    return str(resources.files("nixeryd.build") / "nix")
 
 
 @frozen

@@ -34,12 +34,12 @@ from twisted.internet.defer import (CancelledError, Deferred, DeferredSemaphore,
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nixeryd.builder import ImageBuilder
-from nixeryd.digests import check_digest
-from nixeryd.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
-from nixeryd.errors import ManifestUnknown
-from nixeryd.manifest import manifest_from_bytes
-from nixeryd.names import OPTIONAL_PACKAGES, ImageRequest, parse_image_name, validate_tag
+from nixeryd.build.builder import ImageBuilder
+from nixeryd.core.digests import check_digest
+from nixeryd.core.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
+from nixeryd.core.errors import ManifestUnknown
+from nixeryd.build.manifest import manifest_from_bytes
+from nixeryd.build.names import OPTIONAL_PACKAGES, ImageRequest, parse_image_name, validate_tag
 
 #: Bumped whenever the same inputs would give a different manifest.
 MANIFEST_FORMAT_VERSION = "1"
@@ -85,7 +85,7 @@ class ImageService(Service):
 
     :param source: the package source (``pin(tag) -> PinnedSource``).
     :param nix: the Nix runner (``resolve(...)``, ``build(...)``).
-    :param builder: the :class:`~nixeryd.builder.ImageBuilder`.
+    :param builder: the :class:`~nixeryd.build.builder.ImageBuilder`.
     :param storage: an :class:`~nixeryd.storage.interface.IStorage`.
     :param clock: provides ``seconds()`` (the reactor).
     :param max_builds: how many Nix builds may run at once; as many
@@ -295,7 +295,7 @@ class ImageService(Service):
                 else:
                     w.callback(result)
             if isinstance(result, Failure) and not result.check(CancelledError):
-                from nixeryd.errors import RegistryError
+                from nixeryd.core.errors import RegistryError
                 if result.check(RegistryError):
                     self.log.warn("Image {image}:{tag} failed: {error}",
                                   image=request.name, tag=tag,

@@ -24,10 +24,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
 
-from nixeryd.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
-from nixeryd.errors import BlobUnknown, ManifestUnknown
-from nixeryd.manifest import sha256_digest
-from nixeryd.mediatypes import (
+from nixeryd.core.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
+from nixeryd.core.errors import BlobUnknown, ManifestUnknown
+from nixeryd.build.manifest import sha256_digest
+from nixeryd.core.mediatypes import (
     DOCKER_CONFIG,
     DOCKER_LAYER,
     DOCKER_MANIFEST,
@@ -151,7 +151,7 @@ class HeldCall:
 class FakeImageService(Service):
     """
     An in-memory image service with the interface of
-    :class:`nixeryd.images.ImageService`.
+    :class:`nixeryd.service.images.ImageService`.
 
     :ivar images: ``(name, tag)`` to image.
     :ivar manifests: digest to manifest (filled by :meth:`add_image`).

@@ -24,8 +24,8 @@ from twisted.logger import (FilteringLogObserver, LogLevel,
 
 from twisted.python.usage import UsageError
 
-from nixeryd.config import parse_nix_option
-from nixeryd.errors import BuildFailed, RegistryError, UnknownPackages
+from nixeryd.app.config import parse_nix_option
+from nixeryd.core.errors import BuildFailed, RegistryError, UnknownPackages
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -75,9 +75,9 @@ def _progress_observer(stream: Any):
 
 
 async def _build(reactor: Any, options: argparse.Namespace) -> int:
-    from nixeryd.assembly import assemble_image_service
-    from nixeryd.pkgsource import source_from_config
-    from nixeryd.process import child_environment
+    from nixeryd.app.wiring import assemble_image_service
+    from nixeryd.build.sources import source_from_config
+    from nixeryd.build.process import child_environment
     from nixeryd.storage.filesystem import FilesystemStorage
 
     env = child_environment(os.environ)

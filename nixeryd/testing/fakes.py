@@ -7,7 +7,7 @@ They let the builder and the image service be tested without Nix, without
 a thread pool and without a storage directory, while keeping their
 observable contracts: :class:`MemoryStorage` provides
 :class:`~nixeryd.storage.interface.IStorage`, :class:`FakeNix` answers
-``resolve`` and ``build`` like :class:`~nixeryd.nix.NixRunner`, and
+``resolve`` and ``build`` like :class:`~nixeryd.build.nix.NixRunner`, and
 :class:`FakeSource` answers ``pin`` like the package sources.  Each one
 counts the calls it receives, so tests can check how much work was done.
 """
@@ -25,12 +25,12 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nixeryd.closure import ClosureGraph, StorePathInfo
-from nixeryd.digests import check_digest
-from nixeryd.documents import RedirectBlob
-from nixeryd.errors import BlobUnknown, BuildFailed, UnknownPackages
-from nixeryd.nix import Resolution, ResolvedPackage
-from nixeryd.pkgsource import PinnedSource
+from nixeryd.build.closure import ClosureGraph, StorePathInfo
+from nixeryd.core.digests import check_digest
+from nixeryd.core.documents import RedirectBlob
+from nixeryd.core.errors import BlobUnknown, BuildFailed, UnknownPackages
+from nixeryd.build.nix import Resolution, ResolvedPackage
+from nixeryd.build.sources import PinnedSource
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.naming import check_document_name, check_reference
 from nixeryd.storage.ociindex import REF_NAME
@@ -374,7 +374,7 @@ class FakeStore:
     Real directories standing in for Nix store paths, under ``root``.
 
     Each path is ``<root>/<32 characters>-<name>``, so
-    :func:`~nixeryd.closure.store_path_name` gives back ``name``; the
+    :func:`~nixeryd.build.closure.store_path_name` gives back ``name``; the
     archiver and the customisation layer read them like store paths.
 
     :param root: an absolute directory, created if missing.

@@ -1,11 +1,11 @@
 """
 Log observers for ``twistd --logger``.
 
-``twistd --logger=nixeryd.logs.text_observer`` writes the same lines as
+``twistd --logger=nixeryd.app.logs.text_observer`` writes the same lines as
 twistd's default observer (time, ``[namespace#level]``, message) at a
 fraction of the cost, which matters when every request is logged.
 
-``twistd --logger=nixeryd.logs.json_observer`` writes every log event as
+``twistd --logger=nixeryd.app.logs.json_observer`` writes every log event as
 one JSON object per line on standard output, for log collectors.
 Both flush once per reactor turn (:class:`BatchedFlush`).  Named
 event fields (``image``, ``digest``, ``method``, ``status``, ...) are

@@ -58,14 +58,14 @@ from zope.interface import implementer
 
 from treq.client import HTTPClient
 
-from nixeryd.digests import check_digest
-from nixeryd.documents import RedirectBlob
-from nixeryd.errors import BlobUnknown
-from nixeryd.signing import (
+from nixeryd.core.digests import check_digest
+from nixeryd.core.documents import RedirectBlob
+from nixeryd.core.errors import BlobUnknown
+from nixeryd.storage.gcs.signing import (
     DEFAULT_SIGNING_ENDPOINT, JWT_BEARER_GRANT, ServiceAccountKey, UrlStyle,
     jwt_assertion, sign_url_v4)
 from nixeryd.storage.ociindex import updated_index
-from nixeryd.httpbody import BodyTooLarge, read_limited
+from nixeryd.core.httpbody import BodyTooLarge, read_limited
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.naming import check_document_name, check_reference
 

@@ -15,8 +15,8 @@ from typing import Sequence
 
 from attrs import frozen
 
-from nixeryd import mediatypes
-from nixeryd.documents import Image, ManifestDocument
+from nixeryd.core import mediatypes
+from nixeryd.core.documents import Image, ManifestDocument
 
 #: The image creation time written in every config: fixed, so that builds
 #: are reproducible (the same choice Nix makes for store mtimes).

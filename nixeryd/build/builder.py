@@ -23,15 +23,15 @@ from attrs import frozen
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
-from nixeryd.archive import (DEFAULT_COMPRESS_LEVEL, LAYER_FORMAT_VERSION,
+from nixeryd.build.archive import (DEFAULT_COMPRESS_LEVEL, LAYER_FORMAT_VERSION,
                              LayerBlob, write_store_layer, write_tree_layer)
-from nixeryd.closure import ClosureGraph, store_path_name
-from nixeryd.documents import Image
-from nixeryd.forest import Customisation, build_customisation
-from nixeryd.layers import DEFAULT_LAYER_BUDGET, LayerPlan, plan_layers
-from nixeryd.manifest import (BuiltDocuments, LayerDescriptor, RuntimeSettings,
+from nixeryd.build.closure import ClosureGraph, store_path_name
+from nixeryd.core.documents import Image
+from nixeryd.build.forest import Customisation, build_customisation
+from nixeryd.build.layers import DEFAULT_LAYER_BUDGET, LayerPlan, plan_layers
+from nixeryd.build.manifest import (BuiltDocuments, LayerDescriptor, RuntimeSettings,
                               build_documents)
-from nixeryd.names import ImageRequest
+from nixeryd.build.names import ImageRequest
 
 #: Namespace of layer cache documents in storage.
 LAYER_NAMESPACE = "layers"

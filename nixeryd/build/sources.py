@@ -23,8 +23,8 @@ from typing import Any, Mapping, Protocol
 from attrs import field, frozen
 from twisted.logger import Logger
 
-from nixeryd.errors import BuildFailed, ManifestUnknown
-from nixeryd.process import (
+from nixeryd.core.errors import BuildFailed, ManifestUnknown
+from nixeryd.build.process import (
     ProcessFailed, ProcessTimedOut, child_environment, run_process)
 
 #: A full git commit id.

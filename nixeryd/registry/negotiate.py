@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from nixeryd.documents import Image, ManifestDocument
-from nixeryd.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
+from nixeryd.core.documents import Image, ManifestDocument
+from nixeryd.core.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
 
 _DOCKER = DOCKER_MANIFEST.encode("ascii")
 _OCI = OCI_MANIFEST.encode("ascii")

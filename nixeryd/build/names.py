@@ -14,7 +14,7 @@ import re
 
 from attrs import frozen
 
-from nixeryd.errors import ManifestUnknown, NameInvalid
+from nixeryd.core.errors import ManifestUnknown, NameInvalid
 
 #: The distribution spec's repository name grammar, one path component.
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")

@@ -27,7 +27,7 @@ from twisted.web.client import Agent, ResponseFailed
 from treq import collect
 from treq.client import HTTPClient
 
-from nixeryd.httpbody import BodyTooLarge, read_limited
+from nixeryd.core.httpbody import BodyTooLarge, read_limited
 
 log = Logger()
 
@@ -96,7 +96,7 @@ async def load_popularity(source: str | None, *, reactor: Any,
         plain :class:`~twisted.web.client.Agent` on ``reactor``.
     :param runner: runs file reading and JSON decoding off the reactor
         thread (``run(f, *args) -> Deferred``, like
-        :class:`nixeryd.threads.ThreadPoolService`); by default they run in
+        :class:`nixeryd.core.threads.ThreadPoolService`); by default they run in
         the reactor's own thread pool.
     :param timeout: seconds a URL fetch may take in all.
     :return: the counts by store path name; empty when ``source`` is

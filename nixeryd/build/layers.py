@@ -43,7 +43,7 @@ from typing import Mapping, Sequence
 
 from attrs import frozen
 
-from nixeryd.closure import ClosureGraph, store_path_name
+from nixeryd.build.closure import ClosureGraph, store_path_name
 
 #: How many store-path layers an image gets at most.  The image adds one
 #: more layer of its own (the symlink tree), which keeps it well below the

@@ -36,7 +36,7 @@ class PackageSource:
     :ivar kind: ``"channel"`` (a nixpkgs branch or commit), ``"repo"`` (a
         git repository URL; the image tag selects the ref) or ``"path"`` (a
         local directory).  The names are those of the keyword arguments of
-        :func:`nixeryd.pkgsource.source_from_config`, which turns this
+        :func:`nixeryd.build.sources.source_from_config`, which turns this
         description into a working source:
         ``source_from_config(**{source.kind: source.location})``.
     :ivar location: the channel name, repository URL or directory.

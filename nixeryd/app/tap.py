@@ -2,7 +2,7 @@
 The ``nixery`` twistd plugin: command-line options and the service tree.
 
 ``twistd -n nixery --pkgs-path ... --storage-path ...`` (or the Nixery
-environment variables) builds one :class:`~nixeryd.config.Config`, checks
+environment variables) builds one :class:`~nixeryd.app.config.Config`, checks
 it before anything starts, and runs the image service and the HTTP site
 under one :class:`~twisted.application.service.MultiService`.
 """
@@ -17,7 +17,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from nixeryd.config import (
+from nixeryd.app.config import (
     DEFAULT_LAYER_BUDGET,
     DEFAULT_LISTEN,
     DEFAULT_MAX_BUILDS,
@@ -122,19 +122,19 @@ def makeService(options: Options, reactor: Any = None,
     :param reactor: the reactor; the global one when not given.
     :param image_service_factory: builds the image service from the
         configuration and the reactor;
-        :func:`nixeryd.assembly.make_image_service` when not given.
+        :func:`nixeryd.app.wiring.make_image_service` when not given.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
     if image_service_factory is None:
-        from nixeryd.assembly import make_image_service
+        from nixeryd.app.wiring import make_image_service
 
         image_service_factory = make_image_service
-    from nixeryd.web import make_site
+    from nixeryd.registry.web import make_site
 
-    from nixeryd.threads import ThreadPoolService
+    from nixeryd.core.threads import ThreadPoolService
 
     config = options.config
     images = image_service_factory(config, reactor)

@@ -2,7 +2,7 @@
 A deterministic tar stream, gzip-compressed and hashed as it is written.
 
 This module knows the byte format of a layer and nothing about where its
-members come from: :mod:`nixeryd.archive` decides what goes into a layer
+members come from: :mod:`nixeryd.build.archive` decides what goes into a layer
 and in which order, and feeds the members to a :class:`TarGzipWriter`.
 
 The tar format is POSIX pax: a plain ustar header for every member whose

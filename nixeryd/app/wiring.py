@@ -12,13 +12,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 from twisted.logger import Logger
 
-from nixeryd.builder import ImageBuilder
-from nixeryd.images import ImageService
-from nixeryd.layers import DEFAULT_LAYER_BUDGET
-from nixeryd.nix import NixRunner, default_nix_dir
-from nixeryd.popularity import load_popularity
-from nixeryd.process import child_environment
-from nixeryd.threads import ThreadPoolService
+from nixeryd.build.builder import ImageBuilder
+from nixeryd.service.images import ImageService
+from nixeryd.build.layers import DEFAULT_LAYER_BUDGET
+from nixeryd.build.nix import NixRunner, default_nix_dir
+from nixeryd.build.popularity import load_popularity
+from nixeryd.build.process import child_environment
+from nixeryd.core.threads import ThreadPoolService
 
 log = Logger()
 
@@ -38,7 +38,7 @@ def assemble_image_service(
     """
     Build an :class:`ImageService` and everything under it.
 
-    :param source: the package source (:mod:`nixeryd.pkgsource`).
+    :param source: the package source (:mod:`nixeryd.build.sources`).
     :param storage: makes the storage backend from the thread-pool runner
         it is to use for blocking calls.
     :param threads: threads for writing layers (tar, gzip, hashing).
@@ -48,7 +48,7 @@ def assemble_image_service(
         if one fails, the failure is logged and the reactor stopped (a
         storage that cannot be used is a configuration error).
     :param env: the environment of Nix's processes, from
-        :func:`~nixeryd.process.child_environment` (the same one the
+        :func:`~nixeryd.build.process.child_environment` (the same one the
         source's git runs with).
     """
     # Two pools, so that the short storage calls of warm requests (stat,
@@ -93,21 +93,21 @@ def assemble_image_service(
 def make_image_service(config: Any, reactor: Any) -> ImageService:
     """
     The daemon's image service, from its validated
-    :class:`~nixeryd.config.Config`.  Built images are named
+    :class:`~nixeryd.app.config.Config`.  Built images are named
     ``<name>:<tag>`` in the storage's index.
 
     :raises UsageError: when the GCS key file cannot be used.
     """
     from twisted.python.usage import UsageError
 
-    from nixeryd.pkgsource import source_from_config
+    from nixeryd.build.sources import source_from_config
 
     env = child_environment(os.environ)
     source = source_from_config(**{config.source.kind: config.source.location},
                                 reactor=reactor, env=env)
     checks: list[Callable[[Any], Any]] = []
     if config.storage_backend == "gcs":
-        from nixeryd.storage.gcs import (GCSError, build_gcs_storage,
+        from nixeryd.storage.gcs.storage import (GCSError, build_gcs_storage,
                                          load_service_account_key)
         try:
             key = (load_service_account_key(config.google_credentials)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from nixeryd.errors import DigestInvalid
+from nixeryd.core.errors import DigestInvalid
 
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}\Z")
 
