@@ -27,6 +27,7 @@ from nixeryd.build.archive import (DEFAULT_COMPRESS_LEVEL, LAYER_FORMAT_VERSION,
                              LayerBlob, write_store_layer, write_tree_layer)
 from nixeryd.build.closure import ClosureGraph, store_path_name
 from nixeryd.core.documents import Image
+from nixeryd.core.sharedwork import SharedWork
 from nixeryd.build.forest import Customisation, build_customisation
 from nixeryd.build.layers import DEFAULT_LAYER_BUDGET, LayerPlan, plan_layers
 from nixeryd.build.manifest import (BuiltDocuments, LayerDescriptor, RuntimeSettings,
@@ -104,7 +105,7 @@ class ImageBuilder:
         self._popularity = dict(popularity or {})
         self._layer_budget = layer_budget
         self._settings_key: str | None = None
-        self._layers_in_flight: dict[str, list[Deferred[LayerDescriptor]]] = {}
+        self._layers_in_flight: SharedWork[str, LayerDescriptor] = SharedWork()
 
     def set_popularity(self, popularity: Mapping[str, int]) -> None:
         """Use new popularity data for later builds."""
@@ -179,21 +180,8 @@ class ImageBuilder:
     async def _store_layer(self, request: ImageRequest, plan: LayerPlan) -> LayerDescriptor:
         """Reuse the cached layer for ``plan``'s paths, or write it once."""
         key = layer_cache_key(plan.paths)
-        waiters = self._layers_in_flight.get(key)
-        if waiters is not None:
-            waiter: Deferred[LayerDescriptor] = Deferred()
-            waiters.append(waiter)
-            return await waiter
-        self._layers_in_flight[key] = []
-        try:
-            descriptor = await self._cached_or_written(request, key, plan.paths)
-        except BaseException as e:
-            for w in self._layers_in_flight.pop(key):
-                w.errback(e)
-            raise
-        for w in self._layers_in_flight.pop(key):
-            w.callback(descriptor)
-        return descriptor
+        return await self._layers_in_flight.wait(key, lambda: Deferred.fromCoroutine(
+            self._cached_or_written(request, key, plan.paths)))
 
     async def _cached_or_written(self, request: ImageRequest, key: str,
                                  paths: Sequence[str]) -> LayerDescriptor:

@@ -37,7 +37,8 @@ from twisted.python.failure import Failure
 from nixeryd.build.builder import ImageBuilder
 from nixeryd.core.digests import check_digest
 from nixeryd.core.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
-from nixeryd.core.errors import ManifestUnknown
+from nixeryd.core.errors import ManifestUnknown, RegistryError
+from nixeryd.core.sharedwork import SharedWork
 from nixeryd.build.manifest import manifest_from_bytes
 from nixeryd.build.names import OPTIONAL_PACKAGES, ImageRequest, parse_image_name, validate_tag
 
@@ -123,8 +124,7 @@ class ImageService(Service):
         self._recent: _LRU = _LRU(MEMORY_IMAGES)
         #: ``(name as requested, tag)`` → (image, expiry): the warm path.
         self._warm: _LRU = _LRU(MEMORY_IMAGES)
-        self._in_flight: dict[tuple[str, str], list[Deferred[Image]]] = {}
-        self._running: dict[tuple[str, str], Deferred[Image]] = {}
+        self._in_flight: SharedWork[tuple[str, str], Image] = SharedWork()
         self._manifests: _LRU = _LRU(MEMORY_MANIFESTS)
         self._tags: _LRU = _LRU(MEMORY_IMAGES)
 
@@ -161,8 +161,7 @@ class ImageService(Service):
             await waiter
 
     async def _stop(self) -> None:
-        for running in list(self._running.values()):
-            running.cancel()
+        self._in_flight.cancel_all()
         for child in reversed(self._children):
             # IService.stopService may return a Deferred or None.
             await maybeDeferred(child.stopService)
@@ -272,41 +271,22 @@ class ImageService(Service):
         A Deferred of the caller's own for the image; starts the work if
         nobody else has.  Cancelling it removes only this waiter.
         """
-        waiters = self._in_flight.get(memo_key)
+        def start() -> Deferred[Image]:
+            work = Deferred.fromCoroutine(self._produce(request, tag))
+            work.addErrback(self._log_failure, request.name, tag)
+            return work
 
-        def forget(waiter: Deferred[Image]) -> None:
-            remaining = self._in_flight.get(memo_key)
-            if remaining is not None and waiter in remaining:
-                remaining.remove(waiter)
+        return self._in_flight.wait(memo_key, start)
 
-        waiter: Deferred[Image] = Deferred(forget)
-        if waiters is not None:
-            waiters.append(waiter)
-            return waiter
-        self._in_flight[memo_key] = [waiter]
-        work = Deferred.fromCoroutine(self._produce(request, tag))
-        self._running[memo_key] = work
-
-        def fan_out(result: Image | Failure) -> None:
-            del self._running[memo_key]
-            for w in self._in_flight.pop(memo_key, []):
-                if isinstance(result, Failure):
-                    w.errback(result)
-                else:
-                    w.callback(result)
-            if isinstance(result, Failure) and not result.check(CancelledError):
-                from nixeryd.core.errors import RegistryError
-                if result.check(RegistryError):
-                    self.log.warn("Image {image}:{tag} failed: {error}",
-                                  image=request.name, tag=tag,
-                                  error=result.value.message)
-                else:
-                    self.log.failure("Image {image}:{tag} failed", result,
-                                     image=request.name, tag=tag)
-
-        work.addBoth(fan_out)
-        work.addErrback(lambda f: self.log.failure("Fan-out failed", f))
-        return waiter
+    def _log_failure(self, failure: Failure, name: str, tag: str) -> Failure:
+        """Log an image's failure once, however many wait for it."""
+        if failure.check(RegistryError):
+            self.log.warn("Image {image}:{tag} failed: {error}",
+                          image=name, tag=tag, error=failure.value.message)
+        elif not failure.check(CancelledError):
+            self.log.failure("Image {image}:{tag} failed", failure,
+                             image=name, tag=tag)
+        return failure
 
     # -- producing an image -------------------------------------------------
 

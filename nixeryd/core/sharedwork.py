@@ -1,0 +1,102 @@
+"""
+One piece of work, many cancellable waiters.
+
+Several callers often want the result of the same work at once: the same
+image requested by many clients, the same layer needed by two images, the
+same access token needed by every upload.  :class:`SharedWork` starts the
+work for the first caller of a key and hands every caller, the first
+included, a Deferred of its own.  Cancelling a caller's Deferred (a client
+that went away) removes that caller only; the work goes on for the others
+and its result is still delivered to them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, Hashable, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+_log = Logger()
+
+
+class SharedWork(Generic[K, V]):
+    """
+    Work in flight, by key, with its waiters.
+
+    :param on_done: called with the key and the outcome (a value or a
+        :class:`~twisted.python.failure.Failure`) once the work of a key has
+        ended, before its waiters are told; for logging or remembering the
+        result.  An exception it raises is logged and does not reach the
+        waiters.
+    """
+
+    def __init__(self, on_done: Callable[[K, V | Failure], None] | None = None) -> None:
+        self._on_done = on_done
+        self._waiters: dict[K, list[Deferred[V]]] = {}
+        self._work: dict[K, Deferred[V]] = {}
+
+    def __contains__(self, key: K) -> bool:
+        """Whether work for ``key`` is running."""
+        return key in self._work
+
+    def __len__(self) -> int:
+        """How many keys have work running."""
+        return len(self._work)
+
+    def waiters(self, key: K) -> int:
+        """How many callers still wait for the work of ``key``."""
+        return len(self._waiters.get(key, ()))
+
+    def wait(self, key: K, start: Callable[[], Deferred[V]]) -> Deferred[V]:
+        """
+        A new Deferred for the result of the work of ``key``, calling
+        ``start`` to begin that work if none is running.
+
+        ``start`` is called at most once per run of the work; if it raises,
+        the caller's Deferred fails with that error.
+        """
+        waiter: Deferred[V] = Deferred(lambda d: self._forget(key, d))
+        if key in self._work:
+            self._waiters[key].append(waiter)
+            return waiter
+        self._waiters[key] = [waiter]
+        try:
+            work = start()
+        except BaseException:
+            failure = Failure()
+            del self._waiters[key]
+            waiter.errback(failure)
+            return waiter
+        self._work[key] = work
+        work.addBoth(lambda outcome: self._deliver(key, outcome))
+        work.addErrback(lambda f: _log.failure("Delivering shared work failed", f))
+        return waiter
+
+    def cancel_all(self) -> None:
+        """Cancel every piece of work in flight (when a service stops)."""
+        for work in list(self._work.values()):
+            work.cancel()
+
+    def _forget(self, key: K, waiter: Deferred[V]) -> None:
+        remaining = self._waiters.get(key)
+        if remaining is not None and waiter in remaining:
+            remaining.remove(waiter)
+
+    def _deliver(self, key: K, outcome: V | Failure) -> None:
+        del self._work[key]
+        waiters = self._waiters.pop(key, [])
+        if self._on_done is not None:
+            try:
+                self._on_done(key, outcome)
+            except Exception:
+                _log.failure("Shared work's completion hook failed")
+        for waiter in waiters:
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome)

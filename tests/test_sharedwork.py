@@ -1,0 +1,115 @@
+"""
+Tests for :mod:`nixeryd.core.sharedwork`.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from nixeryd.core.sharedwork import SharedWork
+
+
+class SharedWorkTests(SynchronousTestCase):
+    """One piece of work per key, a Deferred per caller."""
+
+    def setUp(self) -> None:
+        self.started: list[Deferred[str]] = []
+        self.shared: SharedWork[str, str] = SharedWork()
+
+    def start(self) -> Deferred[str]:
+        work: Deferred[str] = Deferred()
+        self.started.append(work)
+        return work
+
+    def test_one_run_for_concurrent_callers(self) -> None:
+        """Callers of one key while its work runs share that work."""
+        first = self.shared.wait("k", self.start)
+        second = self.shared.wait("k", self.start)
+        self.assertEqual(len(self.started), 1)
+        self.assertIn("k", self.shared)
+        self.assertEqual(self.shared.waiters("k"), 2)
+        self.started[0].callback("done")
+        self.assertEqual(self.successResultOf(first), "done")
+        self.assertEqual(self.successResultOf(second), "done")
+        self.assertNotIn("k", self.shared)
+        self.assertEqual(len(self.shared), 0)
+
+    def test_distinct_keys_run_separately(self) -> None:
+        """Each key has its own work."""
+        self.shared.wait("a", self.start)
+        self.shared.wait("b", self.start)
+        self.assertEqual(len(self.started), 2)
+        self.assertEqual(len(self.shared), 2)
+
+    def test_new_run_after_completion(self) -> None:
+        """A caller after the work ended starts it again."""
+        first = self.shared.wait("k", self.start)
+        self.started[0].callback("one")
+        second = self.shared.wait("k", self.start)
+        self.assertEqual(len(self.started), 2)
+        self.started[1].callback("two")
+        self.assertEqual(self.successResultOf(first), "one")
+        self.assertEqual(self.successResultOf(second), "two")
+
+    def test_cancel_removes_only_that_caller(self) -> None:
+        """A cancelled caller fails alone; the work goes on for the rest."""
+        first = self.shared.wait("k", self.start)
+        second = self.shared.wait("k", self.start)
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        self.assertEqual(self.shared.waiters("k"), 1)
+        self.assertNoResult(self.started[0])
+        self.started[0].callback("done")
+        self.assertEqual(self.successResultOf(second), "done")
+
+    def test_failure_reaches_every_caller(self) -> None:
+        """A failure of the work fails each caller with it."""
+        first = self.shared.wait("k", self.start)
+        second = self.shared.wait("k", self.start)
+        self.started[0].errback(ValueError("broken"))
+        self.failureResultOf(first, ValueError)
+        self.failureResultOf(second, ValueError)
+        self.assertEqual(self.flushLoggedErrors(ValueError), [])
+
+    def test_start_raising(self) -> None:
+        """A ``start`` that raises fails the caller and leaves no work behind."""
+        def start() -> Deferred[str]:
+            raise RuntimeError("cannot start")
+
+        waiter = self.shared.wait("k", start)
+        self.failureResultOf(waiter, RuntimeError)
+        self.assertNotIn("k", self.shared)
+        again = self.shared.wait("k", self.start)
+        self.assertNoResult(again)
+
+    def test_cancel_all(self) -> None:
+        """Stopping cancels the work itself, which fails every caller."""
+        waiter = self.shared.wait("k", self.start)
+        self.shared.cancel_all()
+        self.failureResultOf(waiter, CancelledError)
+        self.assertNotIn("k", self.shared)
+
+    def test_on_done_sees_outcome_first(self) -> None:
+        """The completion hook gets the key and outcome before the callers."""
+        seen: list[tuple[str, object]] = []
+        order: list[str] = []
+        shared: SharedWork[str, str] = SharedWork(
+            lambda key, outcome: (seen.append((key, outcome)), order.append("hook")))
+        waiter = shared.wait("k", self.start)
+        waiter.addCallback(lambda _: order.append("caller"))
+        self.started[0].callback("v")
+        self.assertEqual(seen, [("k", "v")])
+        self.assertEqual(order, ["hook", "caller"])
+
+    def test_on_done_error_is_logged(self) -> None:
+        """A failing completion hook is logged; callers still get the result."""
+        def hook(key: str, outcome: str | Failure) -> None:
+            raise KeyError(key)
+
+        shared: SharedWork[str, str] = SharedWork(hook)
+        waiter = shared.wait("k", self.start)
+        self.started[0].callback("v")
+        self.assertEqual(self.successResultOf(waiter), "v")
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
