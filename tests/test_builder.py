@@ -27,7 +27,9 @@ from nixeryd.build.builder import (
     runtime_settings,
 )
 from nixeryd.core.errors import BuildFailed
-from nixeryd.testing.fakes import FakeNix, FakeStore, ManualRunner, MemoryStorage, Symlink
+from nixeryd.testing.nix import FakeNix, FakeStore, Symlink
+from nixeryd.testing.runners import ManualRunner
+from nixeryd.testing.storage import MemoryStorage
 from nixeryd.build.forest import Customisation
 from nixeryd.build.names import ImageRequest, parse_image_name
 from nixeryd.build.nix import Resolution

@@ -10,7 +10,7 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from nixeryd.build.archive import TreeEntry, write_tree_layer
-from nixeryd.testing.fakes import FakeStore, Symlink
+from nixeryd.testing.nix import FakeStore, Symlink
 from nixeryd.build.forest import CA_BUNDLE, Customisation, build_customisation
 
 

@@ -24,7 +24,8 @@ from nixeryd.core.errors import (
     NameInvalid,
     UnknownPackages,
 )
-from nixeryd.testing.fakes import FakeSource, MemoryStorage
+from nixeryd.testing.nix import FakeSource
+from nixeryd.testing.storage import MemoryStorage
 from nixeryd.service.images import ImageService
 from nixeryd.core.threads import InlineRunner
 from tests.test_builder import POPULARITY, SOURCE, ImageFixture

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from nixeryd.core.documents import Image
 from nixeryd.core.mediatypes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from nixeryd.registry.negotiate import accepted_types, choose_manifest, wants_oci
-from nixeryd.testing.web import manifest_document
+from nixeryd.testing.images import manifest_document
 
 DOCKER_LIST = b"application/vnd.docker.distribution.manifest.list.v2+json"
 

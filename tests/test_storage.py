@@ -1,7 +1,7 @@
 """
 Tests for the storage backends: one contract, run on
 :class:`~nixeryd.storage.filesystem.FilesystemStorage` (with an inline
-runner) and on :class:`~nixeryd.testing.fakes.MemoryStorage`, plus what only the
+runner) and on :class:`~nixeryd.testing.storage.MemoryStorage`, plus what only the
 filesystem layout promises, digest validation, and the runners of
 :mod:`nixeryd.core.threads`.
 """
@@ -25,7 +25,7 @@ from nixeryd.core import mediatypes
 from nixeryd.core.digests import check_digest, is_valid_digest
 from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown, DigestInvalid
-from nixeryd.testing.fakes import MemoryStorage
+from nixeryd.testing.storage import MemoryStorage
 from nixeryd.storage import filesystem
 from nixeryd.storage.filesystem import FilesystemStorage
 from nixeryd.storage.ociindex import REF_NAME

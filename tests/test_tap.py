@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from nixeryd.app import logs
 from nixeryd.app.config import Config
 from nixeryd.app.tap import Options, makeService
-from nixeryd.testing.web import FakeImageService
+from nixeryd.testing.images import FakeImageService
 from nixeryd.core.threads import ThreadPoolService
 from nixeryd.registry.web import RegistrySite
 

@@ -19,8 +19,8 @@ from twisted.internet.testing import StringTransport
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from nixeryd.testing.web import (FakeImageService, RawClient, serve_locally,
-                             write_sample_image)
+from nixeryd.testing.images import FakeImageService, write_sample_image
+from nixeryd.testing.network import RawClient, serve_locally
 from nixeryd.registry.tlsguard import PLAIN_HTTP_ANSWER, TLSGuardChannel
 from nixeryd.registry.web import make_site
 

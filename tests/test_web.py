@@ -35,14 +35,9 @@ from nixeryd.core.errors import (
 )
 from nixeryd.core.mediatypes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from nixeryd.core.threads import ThreadPoolService
-from nixeryd.testing.web import (
-    FakeImageService,
-    RawClient,
-    SampleImage,
-    serve_locally,
-    sha256_digest,
-    write_sample_image,
-)
+from nixeryd.build.manifest import sha256_digest
+from nixeryd.testing.images import FakeImageService, SampleImage, write_sample_image
+from nixeryd.testing.network import RawClient, serve_locally
 from nixeryd.registry.web import (
     BlobSender,
     ByteRange,

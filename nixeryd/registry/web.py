@@ -80,7 +80,7 @@ class ImageSource(Protocol):
     What the web layer needs from the image service.
 
     :class:`nixeryd.service.images.ImageService` provides it; so does the fake in
-    :mod:`nixeryd.testing.web`.  Every call returns a fresh awaitable for its
+    :mod:`nixeryd.testing.images`.  Every call returns a fresh awaitable for its
     caller, so cancelling one caller's wait affects no one else.
     """
 

@@ -1,48 +1,26 @@
 """
-Test doubles for the image core: storage in memory, a scripted Nix, a
-package source with a fixed revision, a runner whose work waits for the
-test, and directories that stand in for store paths.
-
-They let the builder and the image service be tested without Nix, without
-a thread pool and without a storage directory, while keeping their
-observable contracts: :class:`MemoryStorage` provides
-:class:`~nixeryd.storage.interface.IStorage`, :class:`FakeNix` answers
-``resolve`` and ``build`` like :class:`~nixeryd.build.nix.NixRunner`, and
-:class:`FakeSource` answers ``pin`` like the package sources.  Each one
-counts the calls it receives, so tests can check how much work was done.
+Stand-ins for Nix: :class:`FakeNix` answers ``resolve`` and ``build`` like
+:class:`~nixeryd.build.nix.NixRunner`, :class:`FakeSource` pins like the
+package sources, and :class:`FakeStore` makes real directories that stand
+in for store paths.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from collections import Counter
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from nixeryd.build.closure import ClosureGraph, StorePathInfo
-from nixeryd.core.digests import check_digest
-from nixeryd.core.documents import RedirectBlob
-from nixeryd.core.errors import BlobUnknown, BuildFailed, UnknownPackages
+from nixeryd.core.errors import BuildFailed, UnknownPackages
 from nixeryd.build.nix import Resolution, ResolvedPackage
 from nixeryd.build.sources import PinnedSource
-from nixeryd.storage.interface import IStorage
-from nixeryd.storage.naming import check_document_name, check_reference
-from nixeryd.storage.ociindex import REF_NAME
 
 T = TypeVar("T")
-
-# The document and reference rules of the filesystem backend, so that a
-# test passing against memory would pass against the disk.
-
-
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _follow(gate: Deferred[Any]) -> Deferred[None]:
@@ -62,159 +40,6 @@ def _follow(gate: Deferred[Any]) -> Deferred[None]:
 
     gate.addBoth(fire)
     return follower
-
-
-@implementer(IStorage)
-class MemoryStorage:
-    """
-    An :class:`~nixeryd.storage.interface.IStorage` keeping everything in
-    dictionaries; every Deferred it returns has already fired.
-
-    Stricter than the filesystem backend in one respect: a blob whose
-    content does not hash to its digest is refused with
-    :class:`ValueError`, which catches callers that mislabel blobs.  Blobs
-    are served by redirect to ``redirect_base`` followed by the digest.
-
-    :param temp_directory: a real directory, where callers write layer
-        files before handing them over.
-    :ivar blobs: the stored blobs, by digest.
-    :ivar documents: the stored documents, as JSON bytes, by
-        ``(namespace, key)``.
-    :ivar references: the recorded references, as OCI index descriptors,
-        by reference.
-    :ivar calls: how many times each method was called, by name.
-    :ivar stored: every digest passed to a successful ``store_blob_file``
-        or ``store_blob_bytes``, in order.
-    :ivar failures: method name → exception; a method named here fails
-        with it (after validating its arguments, and after removing the
-        file given to ``store_blob_file``).
-    """
-
-    def __init__(self, temp_directory: str,
-                 redirect_base: str = "https://blobs.invalid/") -> None:
-        self._temp_directory = temp_directory
-        self._redirect_base = redirect_base
-        self.blobs: dict[str, bytes] = {}
-        self.documents: dict[tuple[str, str], bytes] = {}
-        self.references: dict[str, dict[str, Any]] = {}
-        self.calls: Counter[str] = Counter()
-        self.stored: list[str] = []
-        self.failures: dict[str, BaseException] = {}
-
-    def _call(self, method: str, work: Callable[[], T]) -> Deferred[T]:
-        """Count the call and turn the outcome of ``work`` into a Deferred."""
-        self.calls[method] += 1
-        try:
-            return succeed(work())
-        except BaseException:
-            return fail()
-
-    def delete_blob(self, digest: str) -> None:
-        """Forget a blob, as if it had been removed from the backend."""
-        del self.blobs[digest]
-
-    # -- IStorage ---------------------------------------------------------
-
-    def temp_directory(self) -> str:
-        """The real directory given at construction."""
-        return self._temp_directory
-
-    def has_blob(self, digest: str) -> Deferred[bool]:
-        """Whether the blob is stored."""
-        def work() -> bool:
-            check_digest(digest)
-            self._check_failure("has_blob")
-            return digest in self.blobs
-        return self._call("has_blob", work)
-
-    def store_blob_file(self, path: str, digest: str) -> Deferred[None]:
-        """Read the file into memory and remove it, whatever happens."""
-        def work() -> None:
-            try:
-                check_digest(digest)
-                with open(path, "rb") as f:
-                    data = f.read()
-            finally:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
-            self._check_failure("store_blob_file")
-            self._put_blob(data, digest)
-        return self._call("store_blob_file", work)
-
-    def store_blob_bytes(self, data: bytes, digest: str) -> Deferred[None]:
-        """Keep a copy of ``data``."""
-        def work() -> None:
-            check_digest(digest)
-            self._check_failure("store_blob_bytes")
-            self._put_blob(bytes(data), digest)
-        return self._call("store_blob_bytes", work)
-
-    def blob(self, digest: str) -> Deferred[RedirectBlob]:
-        """A redirect to the blob, or :class:`BlobUnknown`."""
-        def work() -> RedirectBlob:
-            check_digest(digest)
-            self._check_failure("blob")
-            if digest not in self.blobs:
-                raise BlobUnknown("blob unknown to registry", {"digest": digest})
-            return RedirectBlob(url=self._redirect_base + digest, digest=digest)
-        return self._call("blob", work)
-
-    def read_small_blob(self, digest: str, limit: int) -> Deferred[bytes | None]:
-        """The blob's bytes, or ``None`` when missing or over ``limit``."""
-        def work() -> bytes | None:
-            check_digest(digest)
-            self._check_failure("read_small_blob")
-            data = self.blobs.get(digest)
-            if data is None or len(data) > limit:
-                return None
-            return data
-        return self._call("read_small_blob", work)
-
-    def get_document(self, namespace: str, key: str) -> Deferred[Any]:
-        """A fresh copy of the stored document, or ``None``."""
-        def work() -> Any:
-            check_document_name(namespace, key)
-            self._check_failure("get_document")
-            stored = self.documents.get((namespace, key))
-            return None if stored is None else json.loads(stored)
-        return self._call("get_document", work)
-
-    def put_document(self, namespace: str, key: str, document: object) -> Deferred[None]:
-        """Store the document as JSON, replacing an earlier one."""
-        def work() -> None:
-            check_document_name(namespace, key)
-            self._check_failure("put_document")
-            self.documents[(namespace, key)] = json.dumps(
-                document, sort_keys=True).encode()
-        return self._call("put_document", work)
-
-    def record_reference(self, reference: str, manifest_digest: str,
-                         media_type: str, size: int) -> Deferred[None]:
-        """Name a manifest, replacing an earlier one of the same name."""
-        def work() -> None:
-            check_reference(reference)
-            check_digest(manifest_digest)
-            self._check_failure("record_reference")
-            self.references[reference] = {
-                "mediaType": media_type, "digest": manifest_digest, "size": size,
-                "annotations": {REF_NAME: reference}}
-        return self._call("record_reference", work)
-
-    # -- helpers ------------------------------------------------------------
-
-    def _check_failure(self, method: str) -> None:
-        failure = self.failures.get(method)
-        if failure is not None:
-            raise failure
-
-    def _put_blob(self, data: bytes, digest: str) -> None:
-        actual = _sha256(data)
-        if actual != digest:
-            raise ValueError("blob stored as %s hashes to %s" % (digest, actual))
-        self.blobs[digest] = data
-        self.stored.append(digest)
 
 
 class FakeNix:
@@ -319,43 +144,6 @@ class FakeSource:
         self.pins.append(tag)
         return PinnedSource(self.kind, {"kind": self.kind, "revision": self.revision},
                             self.revision)
-
-
-class ManualRunner:
-    """
-    A runner (``run(f, *args) -> Deferred``) that queues the work until
-    the test calls :meth:`run_pending`, so that concurrent callers can be
-    interleaved deterministically.
-    """
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[Callable[..., Any], tuple[Any, ...],
-                                 dict[str, Any], Deferred[Any]]] = []
-
-    def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
-        """Queue ``function(*args, **kwargs)``; the Deferred fires when it ran."""
-        d: Deferred[T] = Deferred()
-        self.pending.append((function, args, kwargs, d))
-        return d
-
-    def run_pending(self) -> int:
-        """
-        Run queued work, including work queued while doing so, until none
-        is left.
-
-        :returns: how many calls ran.
-        """
-        count = 0
-        while self.pending:
-            function, args, kwargs, d = self.pending.pop(0)
-            count += 1
-            try:
-                result = function(*args, **kwargs)
-            except BaseException:
-                d.errback()
-            else:
-                d.callback(result)
-        return count
 
 
 @frozen

@@ -1,12 +1,8 @@
 """
-Fakes and helpers for testing code that sits on top of the image service.
-
-:class:`FakeImageService` answers the image service's four calls from
-dictionaries, records every call, and can hold calls until a test releases
-them, exposing whether a caller's wait was cancelled.  :func:`write_sample_image`
-writes a small but real image (a gzip tar layer, a config and both manifest
-formats) that real clients such as skopeo can pull.  :func:`serve_locally`
-runs a site on a loopback port for the duration of one test.
+Stand-ins for the image service: :class:`FakeImageService` answers the
+web layer's calls from dictionaries, records them and can hold them until
+the test releases them (:class:`HeldCall`); :func:`write_sample_image`
+writes a small but real image that clients such as skopeo can pull.
 """
 
 from __future__ import annotations
@@ -21,8 +17,6 @@ from typing import Any, Mapping
 from attrs import define, field, frozen
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Protocol
 
 from nixeryd.core.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
 from nixeryd.core.errors import BlobUnknown, ManifestUnknown
@@ -233,38 +227,3 @@ class FakeImageService(Service):
         """The tags listed for ``name`` (none if not listed)."""
         await self._enter("tags", name)
         return list(self.tag_lists.get(name, ()))
-
-
-def serve_locally(testcase: Any, site: Any) -> str:
-    """
-    Listen with ``site`` on a free loopback port until ``testcase`` ends.
-
-    :return: the base URL, ``http://127.0.0.1:<port>``.
-    """
-    from twisted.internet import reactor
-
-    port: IListeningPort = reactor.listenTCP(0, site, interface="127.0.0.1")
-    testcase.addCleanup(port.stopListening)
-    return "http://127.0.0.1:%d" % (port.getHost().port,)
-
-
-class RawClient(Protocol):
-    """
-    A TCP client that sends fixed bytes, records everything the server
-    answers, and fires :attr:`closed` when the connection ends: for tests
-    of what goes over the wire (TLS refusal, pipelining, disconnects).
-    """
-
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.received = b""
-        self.closed: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Any) -> None:
-        self.closed.callback(None)
