@@ -68,7 +68,7 @@ class SharedWork(Generic[K, V]):
         try:
             work = start()
         except BaseException:
-            failure = Failure()
+            failure = Failure()  # type: ignore[no-untyped-call]
             del self._waiters[key]
             waiter.errback(failure)
             return waiter

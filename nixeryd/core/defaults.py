@@ -1,0 +1,35 @@
+"""
+The default of every setting, in one place.
+
+The daemon's options, the build command, the wiring and the classes they
+build all take their defaults from here, so a default is changed once and
+the help texts say the truth.
+"""
+
+from __future__ import annotations
+
+#: Where the daemon listens (a Twisted server endpoint string).
+LISTEN = "tcp:8080"
+#: Seconds each Nix step of an image (evaluation, then build) may take.
+NIX_TIMEOUT = 600.0
+#: Nix builds allowed at once; as many evaluations may run beside them.
+MAX_BUILDS = 2
+#: Store-path layers per image (the customisation layer comes on top).
+LAYER_BUDGET = 94
+#: The most store-path layers an image may have: container runtimes
+#: refuse images of more than about 127 layers.
+MAX_LAYER_BUDGET = 125
+#: Threads writing layers (tar, gzip, hashing).
+LAYER_THREADS = 4
+#: Threads for storage calls (file metadata, small reads and writes,
+#: moves), apart from the layer threads so that warm requests never queue
+#: behind the seconds-long work of a cold build.
+STORAGE_THREADS = 4
+#: Threads sending blob bodies with sendfile; concurrent blob downloads
+#: beyond this are streamed through the reactor instead.
+BLOB_THREADS = 32
+#: Seconds a tag of a moving source (a branch, a local path) answers from
+#: memory before it is evaluated again.
+MOVING_TTL = 60.0
+#: The image tag when none is given.
+TAG = "latest"
