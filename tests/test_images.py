@@ -468,11 +468,41 @@ class LifecycleTests(ServiceFixture, SynchronousTestCase):
     def test_children_follow(self) -> None:
         """Children start with the service and stop with it."""
         child = RecordingService()
-        service = self.make_service(children=(child,))
+        service = self.make_service()
+        child.setServiceParent(service)
         service.startService()
         self.assertEqual(child.events, ["start"])
         self.successResultOf(service.stopService())
         self.assertEqual(child.events, ["start", "stop"])
+
+    def test_children_stop_in_reverse_one_at_a_time(self) -> None:
+        """
+        Children stop in reverse order of addition, each only once the one
+        added after it has finished stopping.
+        """
+        events: list[str] = []
+        second_stopping: Deferred[None] = Deferred()
+
+        class Child(Service):
+            def __init__(self, name: str, stopped: Deferred[None] | None) -> None:
+                self.setName(name)
+                self.stopped = stopped
+
+            def stopService(self) -> Deferred[None] | None:
+                super().stopService()
+                events.append(self.name)
+                return self.stopped
+
+        service = self.make_service()
+        Child("first", None).setServiceParent(service)
+        Child("second", second_stopping).setServiceParent(service)
+        service.startService()
+        stopping = service.stopService()
+        self.assertEqual(events, ["second"])
+        self.assertNoResult(stopping)
+        second_stopping.callback(None)
+        self.assertEqual(events, ["second", "first"])
+        self.successResultOf(stopping)
 
     def test_stop_cancels_builds(self) -> None:
         """Stopping the service cancels builds in progress and fails their waiters."""

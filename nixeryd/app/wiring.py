@@ -84,10 +84,13 @@ def assemble_image_service(
         from twisted.internet.defer import Deferred
         return Deferred.fromCoroutine(start())
 
-    return ImageService(
+    service = ImageService(
         source=source, nix=nix, builder=builder, storage=store, clock=reactor,
         max_builds=max_builds, moving_ttl=moving_ttl, reference=reference,
-        children=(pool, build_pool), on_start=on_start)
+        on_start=on_start)
+    pool.setServiceParent(service)
+    build_pool.setServiceParent(service)
+    return service
 
 
 def make_image_service(config: Any, reactor: Any) -> ImageService:

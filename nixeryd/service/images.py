@@ -28,7 +28,7 @@ import json
 from collections import OrderedDict
 from typing import Any, Callable
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import (CancelledError, Deferred, DeferredSemaphore,
                                     maybeDeferred)
 from twisted.logger import Logger
@@ -80,7 +80,7 @@ class _LRU(OrderedDict):
             self.popitem(last=False)
 
 
-class ImageService(Service):
+class ImageService(MultiService):
     """
     Serves images by name and tag, manifests by digest, and blobs.
 
@@ -96,8 +96,10 @@ class ImageService(Service):
         path) keeps answering from memory before it is evaluated again.
     :param reference: how a built image is named in the storage's index,
         from ``(name, tag)``; ``None`` records nothing.
-    :param children: services started and stopped with this one (the
-        thread pool).
+
+    Child services (the thread pools) are added with ``setServiceParent``:
+    they start with this service and stop, in reverse order and one after
+    the other, once the work in flight has been cancelled.
     """
 
     log = Logger()
@@ -106,8 +108,8 @@ class ImageService(Service):
                  storage: Any, clock: Any, max_builds: int = 2,
                  moving_ttl: float = 60.0,
                  reference: Callable[[str, str], str] | None = None,
-                 children: tuple[Service, ...] = (),
                  on_start: Callable[[], Deferred[None] | None] | None = None) -> None:
+        super().__init__()
         self._source = source
         self._nix = nix
         self._builder = builder
@@ -117,7 +119,6 @@ class ImageService(Service):
         self._evaluations = DeferredSemaphore(max_builds)
         self._moving_ttl = moving_ttl
         self._reference = reference
-        self._children = children
         self._on_start = on_start
         self._ready = on_start is None
         self._ready_waiters: list[Deferred[None]] = []
@@ -132,8 +133,6 @@ class ImageService(Service):
 
     def startService(self) -> None:
         super().startService()
-        for child in self._children:
-            child.startService()
         if self._on_start is not None:
             d = self._on_start()
             if d is None:
@@ -160,15 +159,17 @@ class ImageService(Service):
             self._ready_waiters.append(waiter)
             await waiter
 
-    async def _stop(self) -> None:
-        self._in_flight.cancel_all()
-        for child in reversed(self._children):
+    async def _stop_children(self) -> None:
+        # In reverse order of addition, each once the one before it has
+        # stopped (MultiService would stop them all at once).
+        for child in reversed(list(self)):
             # IService.stopService may return a Deferred or None.
             await maybeDeferred(child.stopService)
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
-        return Deferred.fromCoroutine(self._stop())
+        Service.stopService(self)
+        self._in_flight.cancel_all()
+        return Deferred.fromCoroutine(self._stop_children())
 
     # -- the web layer's calls ----------------------------------------------
 
