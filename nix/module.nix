@@ -1,0 +1,232 @@
+# NixOS module for nixeryd: a container registry that builds images from
+# Nix packages on demand.
+#
+#   imports = [ ./nix/module.nix ];
+#   services.nixeryd = {
+#     enable = true;
+#     package = pkgs.nixeryd;          # however the package is provided
+#     channel = "nixos-unstable";
+#   };
+#
+# Every option maps to one of the daemon's environment variables (see
+# README.md); an option left at null leaves its variable unset, so the
+# daemon's own default applies.
+{ config, lib, ... }:
+
+let
+  inherit (lib) mkOption mkEnableOption mkIf types;
+  cfg = config.services.nixeryd;
+
+  # Options whose value is null are not passed at all.
+  optional = name: value: lib.optionalAttrs (value != null) { ${name} = toString value; };
+
+  environment =
+    { PORT = toString cfg.port; }
+    // optional "NIXERY_CHANNEL" cfg.channel
+    // optional "NIXERY_PKGS_REPO" cfg.pkgsRepo
+    // optional "NIXERY_PKGS_PATH" cfg.pkgsPath
+    // { NIXERY_STORAGE_BACKEND = cfg.storageBackend; }
+    // lib.optionalAttrs (cfg.storageBackend == "filesystem") {
+      STORAGE_PATH = cfg.storagePath;
+    }
+    // optional "GCS_BUCKET" cfg.gcsBucket
+    // optional "GOOGLE_APPLICATION_CREDENTIALS" cfg.googleApplicationCredentials
+    // optional "STORAGE_EMULATOR_HOST" cfg.gcsEndpoint
+    // optional "NIX_TIMEOUT" cfg.nixTimeout
+    // optional "NIX_POPULARITY_URL" cfg.popularityUrl
+    // optional "NIXERY_MAX_BUILDS" cfg.maxBuilds
+    // optional "NIXERY_LAYER_BUDGET" cfg.layerBudget
+    // lib.optionalAttrs (cfg.nixOptions != { }) {
+      NIXERY_NIX_OPTIONS = lib.concatStringsSep ";"
+        (lib.mapAttrsToList (name: value: "${name}=${value}") cfg.nixOptions);
+    }
+    // {
+      # Nix's own caches (the git fetcher's among them) go to the cache
+      # directory: the home directory is not writable under the hardening.
+      XDG_CACHE_HOME = "/var/cache/nixeryd";
+      HOME = "/var/lib/nixeryd";
+    };
+
+  sources = lib.filter (value: value != null) [ cfg.channel cfg.pkgsRepo cfg.pkgsPath ];
+in
+{
+  options.services.nixeryd = {
+    enable = mkEnableOption "nixeryd, a container registry that builds images from Nix packages";
+
+    package = mkOption {
+      type = types.package;
+      description = "The nixeryd package; its bin/nixeryd is run.";
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = 8080;
+      description = "TCP port to serve the registry on (PORT).";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the port in the firewall.";
+    };
+
+    channel = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "nixos-unstable";
+      description = "nixpkgs channel or commit to take packages from (NIXERY_CHANNEL).";
+    };
+
+    pkgsRepo = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "https://git.example/packages.git";
+      description = "Git repository of a package set; the image tag selects the ref (NIXERY_PKGS_REPO).";
+    };
+
+    pkgsPath = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Local directory of a package set (NIXERY_PKGS_PATH).";
+    };
+
+    storageBackend = mkOption {
+      type = types.enum [ "filesystem" "gcs" ];
+      default = "filesystem";
+      description = "Where images are stored (NIXERY_STORAGE_BACKEND).";
+    };
+
+    storagePath = mkOption {
+      type = types.str;
+      default = "/var/lib/nixeryd/storage";
+      description = "Directory of filesystem storage (STORAGE_PATH).";
+    };
+
+    gcsBucket = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Bucket of gcs storage (GCS_BUCKET).";
+    };
+
+    googleApplicationCredentials = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = ''
+        Path of a service-account key file for GCS and URL signing
+        (GOOGLE_APPLICATION_CREDENTIALS). A path, so that the key never
+        enters the Nix store.
+      '';
+    };
+
+    gcsEndpoint = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "A GCS emulator's URL instead of Cloud Storage (STORAGE_EMULATOR_HOST).";
+    };
+
+    nixTimeout = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      description = "Seconds each Nix step of an image may take (NIX_TIMEOUT; the daemon's default is 600).";
+    };
+
+    popularityUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "File or URL of package popularity data (NIX_POPULARITY_URL).";
+    };
+
+    maxBuilds = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      description = "Concurrent Nix builds (NIXERY_MAX_BUILDS; the daemon's default is 2).";
+    };
+
+    layerBudget = mkOption {
+      type = types.nullOr (types.ints.between 1 125);
+      default = null;
+      description = "Store-path layers per image (NIXERY_LAYER_BUDGET; the daemon's default is 94).";
+    };
+
+    nixOptions = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = { substituters = ""; };
+      description = "Extra Nix options, passed as --option NAME VALUE (NIXERY_NIX_OPTIONS).";
+    };
+
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "--threads" "8" ];
+      description = "Further command-line options of the daemon.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = lib.length sources == 1;
+        message = "services.nixeryd: set exactly one of channel, pkgsRepo and pkgsPath.";
+      }
+      {
+        assertion = cfg.storageBackend != "gcs" || cfg.gcsBucket != null;
+        message = "services.nixeryd: gcs storage needs gcsBucket.";
+      }
+    ];
+
+    users.users.nixeryd = {
+      isSystemUser = true;
+      group = "nixeryd";
+      home = "/var/lib/nixeryd";
+      description = "nixeryd container registry";
+    };
+    users.groups.nixeryd = { };
+
+    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall cfg.port;
+
+    systemd.services.nixeryd = {
+      description = "nixeryd container registry building images from Nix";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network-online.target" "nix-daemon.socket" ];
+      wants = [ "network-online.target" ];
+      inherit environment;
+      serviceConfig = {
+        ExecStart = lib.escapeShellArgs ([ "${cfg.package}/bin/nixeryd" "serve" ] ++ cfg.extraArgs);
+        User = "nixeryd";
+        Group = "nixeryd";
+        StateDirectory = "nixeryd";
+        CacheDirectory = "nixeryd";
+        Restart = "on-failure";
+        RestartSec = "2s";
+        TimeoutStopSec = "30s";
+        # Descriptors for many concurrent clients and open blob files.
+        LimitNOFILE = 65536;
+        # The daemon never needs new privileges; Nix builds go through the daemon.
+        NoNewPrivileges = true;
+        # /usr, /boot and /etc read-only; the store is written by nix-daemon, not us.
+        ProtectSystem = "strict";
+        # Homes are not ours to read; git and Nix caches live in CacheDirectory.
+        ProtectHome = true;
+        # A private /tmp: Nix's temporary files stay with the service.
+        PrivateTmp = true;
+        # No device nodes beyond the basic ones.
+        PrivateDevices = true;
+        # The kernel's tunables, modules and logs are not ours.
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        # IPv4/IPv6 for clients and fetchers, Unix sockets for the Nix daemon.
+        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        LockPersonality = true;
+        # Files it creates are readable by others (blobs are public content).
+        UMask = "0022";
+        # Filesystem storage outside the state directory must stay writable.
+        ReadWritePaths = lib.optional (cfg.storageBackend == "filesystem") "-${cfg.storagePath}";
+      };
+    };
+  };
+}

@@ -1,0 +1,202 @@
+"""
+The NixOS module (``nix/module.nix``), evaluated with the real module
+system of nixpkgs' ``lib``.
+
+nixpkgs is not part of this project, so the tests need a copy of its
+``lib`` folder: named by ``NIXPKGS_LIB`` (the folder holding
+``default.nix``), or found at ``../shared/fixtures/nixpkgs-lib/lib`` beside
+the checkout.  Without one, or without ``nix-instantiate``, they are
+skipped, saying which is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from nixeryd.app.config import config_from
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULE = os.path.join(ROOT, "nix", "module.nix")
+
+
+def _nixpkgs_lib() -> str | None:
+    """The nixpkgs ``lib`` folder to evaluate with, if one is there."""
+    candidates = [os.environ.get("NIXPKGS_LIB", ""),
+                  os.path.join(os.path.dirname(ROOT), "shared", "fixtures",
+                               "nixpkgs-lib", "lib")]
+    for candidate in candidates:
+        if candidate and os.path.isfile(os.path.join(candidate, "default.nix")):
+            return os.path.abspath(candidate)
+    return None
+
+
+NIXPKGS_LIB = _nixpkgs_lib()
+
+# The NixOS options the module sets, declared loosely: the tests look at
+# what the module puts into them, not at what NixOS makes of it.
+STUB_OPTIONS = """
+{ lib, ... }:
+let any = lib.mkOption { type = lib.types.anything; default = { }; }; in
+{
+  options = {
+    assertions = lib.mkOption { type = lib.types.listOf lib.types.anything; default = [ ]; };
+    users.users = any;
+    users.groups = any;
+    networking.firewall.allowedTCPPorts = lib.mkOption {
+      type = lib.types.listOf lib.types.port; default = [ ]; };
+    systemd.services = any;
+  };
+}
+"""
+
+PACKAGE = '{ type = "derivation"; name = "nixeryd"; outPath = "/nix/store/00000000000000000000000000000000-nixeryd"; }'
+
+
+class NixOSModuleTests(SynchronousTestCase):
+    """The module's options become the daemon's environment and unit."""
+
+    def setUp(self) -> None:
+        if NIXPKGS_LIB is None:
+            self.skipTest("no copy of nixpkgs' lib: set NIXPKGS_LIB to a nixpkgs lib folder")
+        if shutil.which("nix-instantiate") is None:
+            self.skipTest("nix-instantiate is not installed")
+        self.stub = self.mktemp() + ".nix"
+        with open(self.stub, "w") as f:
+            f.write(STUB_OPTIONS)
+
+    def evaluate(self, settings: str) -> Any:
+        """The module's config under ``services.nixeryd = settings``, as JSON."""
+        expression = """
+          let
+            lib = import %(lib)s;
+            evaluated = lib.evalModules { modules = [
+              %(module)s %(stub)s
+              { services.nixeryd = %(settings)s; }
+            ]; };
+            c = evaluated.config;
+          in {
+            service = c.systemd.services.nixeryd;
+            users = c.users;
+            ports = c.networking.firewall.allowedTCPPorts;
+            assertions = map (a: { inherit (a) assertion message; }) c.assertions;
+          }
+        """ % {"lib": json.dumps(NIXPKGS_LIB), "module": MODULE, "stub": self.stub,
+               "settings": settings}
+        result = subprocess.run(
+            ["nix-instantiate", "--eval", "--strict", "--json", "-E", expression],
+            capture_output=True, text=True, timeout=120, env=self.environment())
+        if result.returncode != 0:
+            raise EvaluationFailed(result.stderr)
+        return json.loads(result.stdout)
+
+    def environment(self) -> dict[str, str]:
+        """Nix's environment: its state kept in the test's own folder."""
+        state = os.path.abspath(self.mktemp())
+        env = dict(os.environ)
+        env.update(NIX_STATE_DIR=os.path.join(state, "state"),
+                   XDG_CACHE_HOME=os.path.join(state, "cache"),
+                   NIX_REMOTE="")
+        return env
+
+    def test_minimal(self) -> None:
+        """A source and a package are enough; the rest has defaults."""
+        config = self.evaluate('{ enable = true; package = %s; channel = "nixos-unstable"; }'
+                               % (PACKAGE,))
+        service = config["service"]
+        env = service["environment"]
+        self.assertEqual(env["NIXERY_CHANNEL"], "nixos-unstable")
+        self.assertEqual(env["PORT"], "8080")
+        self.assertEqual(env["NIXERY_STORAGE_BACKEND"], "filesystem")
+        self.assertEqual(env["STORAGE_PATH"], "/var/lib/nixeryd/storage")
+        for unset in ("NIX_TIMEOUT", "NIXERY_MAX_BUILDS", "NIXERY_LAYER_BUDGET",
+                      "NIXERY_NIX_OPTIONS", "GCS_BUCKET", "NIXERY_PKGS_PATH"):
+            self.assertNotIn(unset, env)
+        unit = service["serviceConfig"]
+        self.assertEqual(
+            unit["ExecStart"],
+            "/nix/store/00000000000000000000000000000000-nixeryd/bin/nixeryd serve")
+        self.assertEqual(unit["User"], "nixeryd")
+        self.assertEqual(unit["StateDirectory"], "nixeryd")
+        self.assertEqual(unit["CacheDirectory"], "nixeryd")
+        self.assertTrue(all(a["assertion"] for a in config["assertions"]))
+        self.assertTrue(config["users"]["users"]["nixeryd"]["isSystemUser"])
+        self.assertEqual(config["ports"], [])
+
+    def test_every_option_reaches_the_daemon(self) -> None:
+        """
+        Every option is passed in the variable the daemon reads: the
+        environment the module writes configures the daemon as intended.
+        """
+        config = self.evaluate("""{
+            enable = true; package = %s; port = 5000; openFirewall = true;
+            pkgsRepo = "https://git.example/pkgs.git";
+            storageBackend = "gcs"; gcsBucket = "images";
+            googleApplicationCredentials = "/run/keys/gcs.json";
+            gcsEndpoint = "http://127.0.0.1:9023";
+            nixTimeout = 300; popularityUrl = "/var/lib/pop.json";
+            maxBuilds = 4; layerBudget = 60;
+            nixOptions = { substituters = ""; "max-jobs" = "2"; };
+            extraArgs = [ "--threads" "8" ];
+          }""" % (PACKAGE,))
+        env = config["service"]["environment"]
+        daemon = config_from({}, env)
+        self.assertEqual(daemon.listen, "tcp:5000")
+        self.assertEqual((daemon.source.kind, daemon.source.location),
+                         ("repo", "https://git.example/pkgs.git"))
+        self.assertEqual(daemon.storage_backend, "gcs")
+        self.assertEqual(daemon.gcs_bucket, "images")
+        self.assertEqual(daemon.google_credentials, "/run/keys/gcs.json")
+        self.assertEqual(daemon.gcs_endpoint, "http://127.0.0.1:9023")
+        self.assertEqual(daemon.nix_timeout, 300.0)
+        self.assertEqual(daemon.popularity_url, "/var/lib/pop.json")
+        self.assertEqual(daemon.max_builds, 4)
+        self.assertEqual(daemon.layer_budget, 60)
+        self.assertEqual(dict(daemon.nix_options), {"substituters": "", "max-jobs": "2"})
+        self.assertNotIn("STORAGE_PATH", env)
+        self.assertEqual(config["ports"], [5000])
+        self.assertTrue(config["service"]["serviceConfig"]["ExecStart"].endswith(
+            "/bin/nixeryd serve --threads 8"))
+
+    def test_filesystem_storage_configures_the_daemon(self) -> None:
+        """The default storage directory is what the daemon is told."""
+        config = self.evaluate('{ enable = true; package = %s; pkgsPath = "/srv/pkgs"; }'
+                               % (PACKAGE,))
+        daemon = config_from({}, config["service"]["environment"])
+        self.assertEqual(daemon.storage_path, "/var/lib/nixeryd/storage")
+        self.assertEqual((daemon.source.kind, daemon.source.location), ("path", "/srv/pkgs"))
+
+    def test_one_source_required(self) -> None:
+        """No source, or two, fails an assertion that says what to set."""
+        for settings in ('{ enable = true; package = %s; }',
+                         '{ enable = true; package = %s; channel = "a"; pkgsPath = "/b"; }'):
+            config = self.evaluate(settings % (PACKAGE,))
+            failed = [a["message"] for a in config["assertions"] if not a["assertion"]]
+            self.assertEqual(len(failed), 1)
+            self.assertIn("exactly one of channel, pkgsRepo and pkgsPath", failed[0])
+
+    def test_gcs_needs_bucket(self) -> None:
+        """gcs storage without a bucket fails an assertion."""
+        config = self.evaluate('{ enable = true; package = %s; channel = "a"; '
+                               'storageBackend = "gcs"; }' % (PACKAGE,))
+        failed = [a["message"] for a in config["assertions"] if not a["assertion"]]
+        self.assertEqual(failed, ["services.nixeryd: gcs storage needs gcsBucket."])
+
+    def test_types_checked(self) -> None:
+        """Values outside an option's type are refused by the module system."""
+        for settings, option in (('layerBudget = 200;', "layerBudget"),
+                                 ('storageBackend = "s4";', "storageBackend"),
+                                 ('port = 70000;', "port")):
+            with self.assertRaises(EvaluationFailed) as caught:
+                self.evaluate('{ enable = true; package = %s; channel = "a"; %s }'
+                              % (PACKAGE, settings))
+            self.assertIn("services.nixeryd." + option, str(caught.exception))
+
+
+class EvaluationFailed(Exception):
+    """nix-instantiate refused the expression; the message is its stderr."""
