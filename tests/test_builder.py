@@ -345,7 +345,8 @@ class SettingsTests(SynchronousTestCase):
 
     def make(self, **kwargs: Any) -> ImageBuilder:
         """A builder with the given settings."""
-        return ImageBuilder(nix=None, storage=None, runner=InlineRunner(), **kwargs)
+        return ImageBuilder(nix=FakeNix(), storage=MemoryStorage(self.mktemp()),
+                            runner=InlineRunner(), **kwargs)
 
     def test_settings_key(self) -> None:
         """The settings key is stable for equal settings and changes with budget or popularity."""

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from typing import Any
+from typing import Any, Callable, ParamSpec, TypeVar
 
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.internet.testing import EventLoggingObserver
 from twisted.internet.threads import deferToThread
@@ -22,8 +24,22 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from nixeryd.build import popularity
 from nixeryd.build.popularity import load_popularity, parse_popularity
+from nixeryd.core.threads import InlineRunner
 
 SAMPLE = {"glibc-2.37-8": 31337, "zlib-1.3": 4000, "hello-2.12.1": 2}
+#: Runs the file reading and decoding of the loads below.
+RUNNER = InlineRunner()
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+async def listen(site: Site) -> tuple[IListeningPort, int]:
+    """Listen with ``site`` on a free loopback port; the port and its number."""
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    address = port.getHost()
+    assert isinstance(address, IPv4Address)
+    return port, address.port
 
 
 class ParsePopularityTests(SynchronousTestCase):
@@ -139,38 +155,37 @@ class LoadPopularityTests(TestCase):
         self.assertEqual(self.own_events(LogLevel.info), [])
 
     def write_file(self, data: bytes) -> str:
-        """A temporary file holding ``data``, removed after the test."""
-        descriptor, path = tempfile.mkstemp(suffix=".json")
-        with os.fdopen(descriptor, "wb") as stream:
+        """A file of the test's holding ``data``."""
+        path: str = self.mktemp() + ".json"
+        with open(path, "wb") as stream:
             stream.write(data)
-        self.addCleanup(os.remove, path)
         return path
 
-    def serve(self, resource: Resource) -> str:
+    async def serve(self, resource: Resource) -> str:
         """
         Serve ``resource`` on a loopback port for the test; return its URL.
         Cleanup stops listening and waits for every connection to close.
         """
         site = _TrackingSite(resource)
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        port, number = await listen(site)
 
         async def stop() -> None:
-            await port.stopListening()
+            await maybeDeferred(port.stopListening)
             await gatherResults(site.closed)
 
         self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
-        return "http://127.0.0.1:%d/popularity.json" % (port.getHost().port,)
+        return "http://127.0.0.1:%d/popularity.json" % (number,)
 
     async def test_no_source(self) -> None:
         """No configured source gives empty data and logs nothing."""
-        self.assertEqual(await load_popularity(None, reactor=reactor), {})
-        self.assertEqual(await load_popularity("", reactor=reactor), {})
+        self.assertEqual(await load_popularity(None, reactor=reactor, runner=RUNNER), {})
+        self.assertEqual(await load_popularity("", reactor=reactor, runner=RUNNER), {})
         self.assertEqual(self.own_events(LogLevel.warn), [])
 
     async def test_file(self) -> None:
         """A local file's counts are loaded, and the load is logged."""
         path = self.write_file(json.dumps(SAMPLE).encode())
-        self.assertEqual(await load_popularity(path, reactor=reactor), SAMPLE)
+        self.assertEqual(await load_popularity(path, reactor=reactor, runner=RUNNER), SAMPLE)
         [event] = self.own_events(LogLevel.info)
         self.assertEqual((event["count"], event["source"]), (len(SAMPLE), path))
 
@@ -182,12 +197,13 @@ class LoadPopularityTests(TestCase):
         calls: list[str] = []
 
         class RecordingRunner:
-            def run(self, function: Any, *args: Any) -> Deferred[Any]:
+            def run(self, function: Callable[P, T], /,
+                    *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
                 calls.append(function.__name__)
-                return deferToThread(function, *args)
+                return deferToThread(function, *args, **kwargs)
 
         path = self.write_file(json.dumps(SAMPLE).encode())
-        url = self.serve(_Served(200, json.dumps(SAMPLE).encode()))
+        url = await self.serve(_Served(200, json.dumps(SAMPLE).encode()))
         runner = RecordingRunner()
         self.assertEqual(await load_popularity(path, reactor=reactor, runner=runner),
                          SAMPLE)
@@ -197,50 +213,49 @@ class LoadPopularityTests(TestCase):
 
     async def test_missing_file(self) -> None:
         """A missing file gives empty data and a warning naming it."""
-        path = os.path.join(tempfile.mkdtemp(), "absent.json")
-        self.addCleanup(os.rmdir, os.path.dirname(path))
-        self.assertEqual(await load_popularity(path, reactor=reactor), {})
+        path = os.path.abspath(self.mktemp())
+        self.assertEqual(await load_popularity(path, reactor=reactor, runner=RUNNER), {})
         self.assert_one_warning(path, "FileNotFoundError")
 
     async def test_malformed_file(self) -> None:
         """A file that is not a popularity object gives empty data and a warning."""
         path = self.write_file(b'["glibc-2.37"]')
-        self.assertEqual(await load_popularity(path, reactor=reactor), {})
+        self.assertEqual(await load_popularity(path, reactor=reactor, runner=RUNNER), {})
         self.assert_one_warning(path, "JSON object")
 
     async def test_file_too_large(self) -> None:
         """A file over the size limit gives empty data and a warning."""
         self.patch(popularity, "MAX_POPULARITY_BYTES", 10)
         path = self.write_file(json.dumps(SAMPLE).encode())
-        self.assertEqual(await load_popularity(path, reactor=reactor), {})
+        self.assertEqual(await load_popularity(path, reactor=reactor, runner=RUNNER), {})
         self.assert_one_warning(path, "PopularityTooLarge")
 
     async def test_url(self) -> None:
         """Counts served over HTTP are loaded."""
         resource = _Served(200, json.dumps(SAMPLE).encode())
-        url = self.serve(resource)
-        self.assertEqual(await load_popularity(url, reactor=reactor), SAMPLE)
+        url = await self.serve(resource)
+        self.assertEqual(await load_popularity(url, reactor=reactor, runner=RUNNER), SAMPLE)
         self.assertEqual(resource.requests, 1)
         [event] = self.own_events(LogLevel.info)
         self.assertEqual((event["count"], event["source"]), (len(SAMPLE), url))
 
     async def test_url_not_found(self) -> None:
         """A 404 gives empty data and a warning with the status."""
-        url = self.serve(_Served(404, b'{"error": "no such file"}'))
-        self.assertEqual(await load_popularity(url, reactor=reactor), {})
+        url = await self.serve(_Served(404, b'{"error": "no such file"}'))
+        self.assertEqual(await load_popularity(url, reactor=reactor, runner=RUNNER), {})
         self.assert_one_warning(url, "HTTP 404")
 
     async def test_url_malformed(self) -> None:
         """A served document that is not valid JSON gives empty data and a warning."""
-        url = self.serve(_Served(200, b"<html>not json</html>"))
-        self.assertEqual(await load_popularity(url, reactor=reactor), {})
+        url = await self.serve(_Served(200, b"<html>not json</html>"))
+        self.assertEqual(await load_popularity(url, reactor=reactor, runner=RUNNER), {})
         self.assert_one_warning(url, "JSONDecodeError")
 
     async def test_url_too_large(self) -> None:
         """A served document over the size limit gives empty data and a warning."""
         self.patch(popularity, "MAX_POPULARITY_BYTES", 10)
-        url = self.serve(_Served(200, json.dumps(SAMPLE).encode()))
-        self.assertEqual(await load_popularity(url, reactor=reactor), {})
+        url = await self.serve(_Served(200, json.dumps(SAMPLE).encode()))
+        self.assertEqual(await load_popularity(url, reactor=reactor, runner=RUNNER), {})
         self.assert_one_warning(url, "PopularityTooLarge")
 
     async def test_url_timeout(self) -> None:
@@ -249,25 +264,25 @@ class LoadPopularityTests(TestCase):
         empty data and a warning.
         """
         resource = _Hanging()
-        url = self.serve(resource)
-        self.assertEqual(await load_popularity(url, reactor=reactor, timeout=0.2), {})
+        url = await self.serve(resource)
+        self.assertEqual(await load_popularity(url, reactor=reactor, runner=RUNNER, timeout=0.2), {})
         self.assert_one_warning(url, "TimeoutError")
         self.assertTrue(resource.started.called)
         await gatherResults(resource.abandoned)
 
     async def test_url_unreachable(self) -> None:
         """A URL nothing listens on gives empty data and a warning."""
-        port = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
-        url = "http://127.0.0.1:%d/popularity.json" % (port.getHost().port,)
-        await port.stopListening()
-        self.assertEqual(await load_popularity(url, reactor=reactor), {})
+        port, number = await listen(Site(Resource()))
+        url = "http://127.0.0.1:%d/popularity.json" % (number,)
+        await maybeDeferred(port.stopListening)
+        self.assertEqual(await load_popularity(url, reactor=reactor, runner=RUNNER), {})
         self.assert_one_warning(url, "ConnectionRefused")
 
     async def test_cancel(self) -> None:
         """Cancelling a load in progress cancels it without a warning."""
         resource = _Hanging()
-        url = self.serve(resource)
-        loading = Deferred.fromCoroutine(load_popularity(url, reactor=reactor))
+        url = await self.serve(resource)
+        loading = Deferred.fromCoroutine(load_popularity(url, reactor=reactor, runner=RUNNER))
         await resource.started
         loading.cancel()
         self.failureResultOf(loading, CancelledError)

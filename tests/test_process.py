@@ -10,16 +10,18 @@ import os
 import signal
 import sys
 import textwrap
-from typing import Any
+from typing import Any, Iterable, Mapping, Sequence
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import (
     ProcessDone, ProcessExitedAlready, ProcessTerminated)
+from twisted.internet.interfaces import IAddress, IProcessProtocol, IProcessTransport
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import Logger, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
 from nixeryd.build.process import (
     LineSplitter, OutputTooLarge, ProcessFailed, ProcessResult,
@@ -92,6 +94,7 @@ class ChildEnvironmentTests(SynchronousTestCase):
         self.assertEqual(child_environment({"A": "1", "B": "2"}, ["B"]), {"B": "2"})
 
 
+@implementer(IProcessTransport)
 class FakeTransport:
     """The process transport of :class:`FakeProcessReactor`."""
 
@@ -109,6 +112,35 @@ class FakeTransport:
             raise ProcessExitedAlready()
         self.signals.append(signum)
 
+    # The rest of the interface, which the code under test never uses.
+
+    def closeStdout(self) -> None:
+        raise NotImplementedError
+
+    def closeStderr(self) -> None:
+        raise NotImplementedError
+
+    def closeChildFD(self, descriptor: int) -> None:
+        raise NotImplementedError
+
+    def writeToChild(self, childFD: int, data: bytes) -> None:
+        raise NotImplementedError
+
+    def loseConnection(self) -> None:
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        raise NotImplementedError
+
+    def getHost(self) -> IAddress:
+        raise NotImplementedError
+
+    def getPeer(self) -> IAddress:
+        raise NotImplementedError
+
 
 class FakeProcessReactor(Clock):
     """A clock whose ``spawnProcess`` records the call and starts nothing."""
@@ -117,14 +149,15 @@ class FakeProcessReactor(Clock):
         super().__init__()
         self.spawned: list[dict[str, Any]] = []
 
-    def spawnProcess(self, protocol: Any, executable: str, args: list[str],
-                     env: dict[str, str], path: str | None,
-                     usePTY: bool) -> FakeTransport:
+    def spawnProcess(self, processProtocol: IProcessProtocol, executable: str,
+                     args: Sequence[str], env: Mapping[str, str], *,
+                     path: str | None = None,
+                     usePTY: bool = False) -> IProcessTransport:
         transport = FakeTransport(pid=4242 + len(self.spawned))
-        self.spawned.append(dict(protocol=protocol, executable=executable,
+        self.spawned.append(dict(protocol=processProtocol, executable=executable,
                                  args=args, env=env, path=path, usePTY=usePTY,
                                  transport=transport))
-        protocol.makeConnection(transport)
+        processProtocol.makeConnection(transport)
         return transport
 
 

@@ -24,15 +24,19 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from nixeryd.build.archive import (DEFAULT_COMPRESS_LEVEL, LAYER_FORMAT_VERSION,
-                             LayerBlob, write_store_layer, write_tree_layer)
+                                   LayerBlob, write_store_layer, write_tree_layer)
 from nixeryd.build.closure import ClosureGraph, store_path_name
-from nixeryd.core.documents import Image
-from nixeryd.core.sharedwork import SharedWork
 from nixeryd.build.forest import Customisation, build_customisation
 from nixeryd.build.layers import DEFAULT_LAYER_BUDGET, LayerPlan, plan_layers
 from nixeryd.build.manifest import (BuiltDocuments, LayerDescriptor, RuntimeSettings,
-                              build_documents)
+                                    build_documents)
 from nixeryd.build.names import ImageRequest
+from nixeryd.build.nix import Resolution
+from nixeryd.build.nixsteps import NixSteps
+from nixeryd.core.documents import Image
+from nixeryd.core.sharedwork import SharedWork
+from nixeryd.core.threads import Runner
+from nixeryd.storage.interface import IStorage
 
 #: Namespace of layer cache documents in storage.
 LAYER_NAMESPACE = "layers"
@@ -87,16 +91,16 @@ class ImageBuilder:
     """
     Turns a resolved image request into stored blobs and manifests.
 
-    :param nix: the Nix runner (``build(resolution) -> ClosureGraph``).
-    :param storage: an :class:`~nixeryd.storage.interface.IStorage`.
-    :param runner: runs blocking work (``run(f, *args) -> Deferred``).
+    :param nix: builds a resolution and reports its closure.
+    :param storage: where blobs and the layer cache are kept.
+    :param runner: runs blocking work (tar, gzip, hashing, file I/O).
     :param popularity: ``{name-version: count}`` for layering.
     :param layer_budget: the most store-path layers an image may have.
     """
 
     log = Logger()
 
-    def __init__(self, *, nix: Any, storage: Any, runner: Any,
+    def __init__(self, *, nix: NixSteps, storage: IStorage, runner: Runner,
                  popularity: Mapping[str, int] | None = None,
                  layer_budget: int = DEFAULT_LAYER_BUDGET) -> None:
         self._nix = nix
@@ -123,7 +127,7 @@ class ImageBuilder:
                 self._layer_budget, hashlib.sha256(popularity).hexdigest())
         return self._settings_key
 
-    async def build(self, request: ImageRequest, resolution: Any) -> BuiltImage:
+    async def build(self, request: ImageRequest, resolution: Resolution) -> BuiltImage:
         """
         Build and store the image for a resolved request.
 
@@ -139,7 +143,7 @@ class ImageBuilder:
         finally:
             await self._runner.run(shutil.rmtree, roots, True)
 
-    async def _build_rooted(self, request: ImageRequest, resolution: Any,
+    async def _build_rooted(self, request: ImageRequest, resolution: Resolution,
                             roots: str, started: float) -> BuiltImage:
         """Build with the closure held by garbage-collector roots in ``roots``."""
         graph: ClosureGraph = await self._nix.build(

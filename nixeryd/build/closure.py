@@ -29,7 +29,7 @@ class StorePathInfo:
     path: str
     nar_size: int
     closure_size: int
-    references: tuple[str, ...] = field(converter=tuple)
+    references: tuple[str, ...] = field(converter=tuple[str, ...])
 
 
 @frozen
@@ -42,7 +42,7 @@ class ClosureGraph:
     :ivar paths: every store path of the closure, by path.
     """
 
-    roots: tuple[str, ...] = field(converter=tuple)
+    roots: tuple[str, ...] = field(converter=tuple[str, ...])
     paths: Mapping[str, StorePathInfo]
 
     def total_size(self) -> int:

@@ -23,21 +23,19 @@ from __future__ import annotations
 
 import json
 import os
-from importlib import resources
 import re
-import sys
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from importlib import resources
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from attrs import field, frozen
 from twisted.logger import Logger
 
 from nixeryd.build.closure import ClosureGraph, StorePathInfo, store_path_name
-from nixeryd.core.errors import BuildFailed, BuildTimedOut, UnknownPackages
-from nixeryd.build.sources import PinnedSource
 from nixeryd.build.process import (
-    ProcessFailed, ProcessResult, ProcessTimedOut, child_environment,
-    run_process)
+    ProcessFailed, ProcessReactor, ProcessResult, ProcessTimedOut,
+    child_environment, run_process)
+from nixeryd.build.sources import PinnedSource
+from nixeryd.core.errors import BuildFailed, BuildTimedOut, UnknownPackages
 
 #: The expression that resolves names, inside the Nix directory.
 RESOLVE_EXPRESSION = "resolve.nix"
@@ -72,10 +70,10 @@ class ResolvedPackage:
     """
 
     requested: str
-    attr: tuple[str, ...] = field(converter=tuple)
-    out_paths: tuple[str, ...] = field(converter=tuple)
+    attr: tuple[str, ...] = field(converter=tuple[str, ...])
+    out_paths: tuple[str, ...] = field(converter=tuple[str, ...])
     drv_path: str | None = None
-    output_names: tuple[str, ...] = field(converter=tuple, default=())
+    output_names: tuple[str, ...] = field(converter=tuple[str, ...], default=())
 
     def installables(self) -> tuple[str, ...]:
         """What ``nix-build`` is given to realise this package's outputs."""
@@ -96,13 +94,23 @@ class Resolution:
 
     source: PinnedSource
     system: str
-    packages: tuple[ResolvedPackage, ...] = field(converter=tuple)
+    packages: tuple[ResolvedPackage, ...] = field(converter=tuple[ResolvedPackage, ...])
 
     @property
     def out_paths(self) -> tuple[str, ...]:
         """Every top-level output path, sorted and without duplicates."""
         return tuple(sorted({path for package in self.packages
                              for path in package.out_paths}))
+
+
+class NixReactor(ProcessReactor, Protocol):
+    """
+    What the Nix runner needs of the reactor: running children, and the
+    time, so that the calls of one step share its deadline.
+    """
+
+    def seconds(self) -> float:
+        """The current time, in seconds."""
 
 
 class NixRunner:
@@ -123,7 +131,7 @@ class NixRunner:
     :param tail_lines: log lines kept for error reports.
     """
 
-    def __init__(self, reactor: Any, *, nix_dir: str, timeout: float,
+    def __init__(self, reactor: NixReactor, *, nix_dir: str, timeout: float,
                  options: Iterable[tuple[str, str]] = (),
                  env: Mapping[str, str] | None = None,
                  kill_grace: float = 5.0, tail_lines: int = 100) -> None:

@@ -10,17 +10,17 @@ registry never fails to start or build because of it.
 
 The data can come from a local file or from an ``http://`` or
 ``https://`` URL.  Reading the file and decoding the JSON (a few
-megabytes) happen in a thread pool, never on the reactor thread.
+megabytes) go through the given runner (a thread pool in the daemon),
+never on the reactor thread.
 """
 
 from __future__ import annotations
 
 import json
-from functools import partial
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, ResponseFailed
 
@@ -28,6 +28,7 @@ from treq import collect
 from treq.client import HTTPClient
 
 from nixeryd.core.httpbody import BodyTooLarge, read_limited
+from nixeryd.core.threads import Runner
 
 log = Logger()
 
@@ -82,39 +83,37 @@ def _read_and_parse(path: str) -> dict[str, int]:
     return parse_popularity(data)
 
 
-async def load_popularity(source: str | None, *, reactor: Any,
+async def load_popularity(source: str | None, *, reactor: IReactorTime,
+                          runner: Runner,
                           treq_client: HTTPClient | None = None,
-                          runner: Any = None,
                           timeout: float = DEFAULT_FETCH_TIMEOUT) -> dict[str, int]:
     """
     Load popularity data, or give empty data if that is not possible.
 
     :param source: a local file path, an ``http(s)://`` URL, or ``None``
         or ``""`` for no data.
-    :param reactor: the reactor, for timeouts and the thread pool.
+    :param reactor: keeps the deadline of a URL fetch; the default HTTP
+        client connects with it too.
+    :param runner: runs file reading and JSON decoding off the reactor
+        thread.
     :param treq_client: the HTTP client for URLs; by default one over a
         plain :class:`~twisted.web.client.Agent` on ``reactor``.
-    :param runner: runs file reading and JSON decoding off the reactor
-        thread (``run(f, *args) -> Deferred``, like
-        :class:`nixeryd.core.threads.ThreadPoolService`); by default they run in
-        the reactor's own thread pool.
     :param timeout: seconds a URL fetch may take in all.
     :return: the counts by store path name; empty when ``source`` is
         unset or loading failed (which is logged as a warning).
     """
     if not source:
         return {}
-    run = runner.run if runner is not None else partial(
-        deferToThreadPool, reactor, reactor.getThreadPool())
     try:
         if source.startswith(_URL_SCHEMES):
-            client = treq_client if treq_client is not None else HTTPClient(Agent(reactor))
+            client = treq_client if treq_client is not None else HTTPClient(
+                Agent(reactor))  # type: ignore[no-untyped-call]
             fetching = Deferred.fromCoroutine(_fetch(client, source))
             fetching.addTimeout(timeout, reactor)
             data = await fetching
-            counts = await run(parse_popularity, data)
+            counts = await runner.run(parse_popularity, data)
         else:
-            counts = await run(_read_and_parse, source)
+            counts = await runner.run(_read_and_parse, source)
     except CancelledError:
         raise
     except Exception as error:

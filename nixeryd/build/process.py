@@ -26,12 +26,13 @@ import os
 import signal
 import sys
 from collections import deque
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from attrs import field, frozen
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import (IDelayedCall, IProcessProtocol,
+                                         IProcessTransport)
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -91,6 +92,25 @@ _SESSION_WRAPPER = (
 _log = Logger()
 
 
+class ProcessReactor(Protocol):
+    """
+    What running a child needs of the reactor: ``spawnProcess`` of
+    :class:`~twisted.internet.interfaces.IReactorProcess` and ``callLater``
+    of :class:`~twisted.internet.interfaces.IReactorTime` (for the
+    deadline and the grace period), from one object.
+    """
+
+    def spawnProcess(self, processProtocol: IProcessProtocol, executable: str,
+                     args: Sequence[str], env: Mapping[str, str], *,
+                     path: str | None = None,
+                     usePTY: bool = False) -> IProcessTransport:
+        """Start ``executable`` with ``args`` and ``env``, connected to ``processProtocol``."""
+
+    def callLater(self, delay: float, callable: Callable[..., Any],
+                  *args: object, **kwargs: object) -> IDelayedCall:
+        """Call ``callable(*args, **kwargs)`` in ``delay`` seconds."""
+
+
 def child_environment(environ: Mapping[str, str],
                       names: Iterable[str] = DEFAULT_ENVIRONMENT_NAMES,
                       **extra: str) -> dict[str, str]:
@@ -118,10 +138,10 @@ class ProcessResult:
     :ivar tail: the last lines it logged.
     """
 
-    argv: tuple[str, ...] = field(converter=tuple)
+    argv: tuple[str, ...] = field(converter=tuple[str, ...])
     pid: int
     stdout: bytes
-    tail: tuple[str, ...] = field(converter=tuple)
+    tail: tuple[str, ...] = field(converter=tuple[str, ...])
 
 
 class ProcessFailed(Exception):
@@ -242,6 +262,8 @@ class _ChildProtocol(ProcessProtocol):
         self._child = child
 
     def connectionMade(self) -> None:
+        # makeConnection sets the transport before calling this.
+        assert self.transport is not None
         self._child._connected(self.transport)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -266,7 +288,7 @@ class ChildProcess:
     :ivar result: fires once, as described above.
     """
 
-    def __init__(self, reactor: Any, argv: Sequence[str], *,
+    def __init__(self, reactor: ProcessReactor, argv: Sequence[str], *,
                  timeout: float | None, on_line: Callable[[str, str], None] | None,
                  kill_grace: float, tail_lines: int, max_stdout: int,
                  stream_stdout: bool, logger: Logger | None,
@@ -289,7 +311,7 @@ class ChildProcess:
         self._splitters = {1: LineSplitter(), 2: LineSplitter()}
         self._stdout: list[bytes] = []
         self._stdout_size = 0
-        self._transport: Any = None
+        self._transport: IProcessTransport | None = None
         self._deadline: IDelayedCall | None = None
         self._killer: IDelayedCall | None = None
         self._stopping = False
@@ -328,7 +350,7 @@ class ChildProcess:
 
     # Called by the protocol.
 
-    def _connected(self, transport: Any) -> None:
+    def _connected(self, transport: IProcessTransport) -> None:
         self._transport = transport
         self.pid = transport.pid
         transport.closeStdin()
@@ -377,7 +399,7 @@ class ChildProcess:
             self.result.errback(ProcessTimedOut(self.argv, self._timeout, tail))
         elif self._too_large:
             self.result.errback(OutputTooLarge(self.argv, self._max_stdout, tail))
-        elif reason.check(ProcessDone):
+        elif isinstance(reason.value, ProcessDone):
             assert self.pid is not None
             self.result.callback(ProcessResult(
                 self.argv, self.pid, b"".join(self._stdout), tail))
@@ -443,7 +465,7 @@ class ChildProcess:
                 pass
 
 
-def spawn_process(reactor: Any, argv: Sequence[str], *,
+def spawn_process(reactor: ProcessReactor, argv: Sequence[str], *,
                   env: Mapping[str, str], timeout: float | None,
                   on_line: Callable[[str, str], None] | None = None,
                   cwd: str | None = None, kill_grace: float = 5.0,
@@ -491,7 +513,7 @@ def spawn_process(reactor: Any, argv: Sequence[str], *,
     return child
 
 
-def run_process(reactor: Any, argv: Sequence[str], *,
+def run_process(reactor: ProcessReactor, argv: Sequence[str], *,
                 env: Mapping[str, str], timeout: float | None,
                 on_line: Callable[[str, str], None] | None = None,
                 cwd: str | None = None, kill_grace: float = 5.0,

@@ -23,9 +23,10 @@ from typing import Any, Mapping, Protocol
 from attrs import field, frozen
 from twisted.logger import Logger
 
-from nixeryd.core.errors import BuildFailed, ManifestUnknown
 from nixeryd.build.process import (
-    ProcessFailed, ProcessTimedOut, child_environment, run_process)
+    ProcessFailed, ProcessReactor, ProcessTimedOut, child_environment,
+    run_process)
+from nixeryd.core.errors import BuildFailed, ManifestUnknown
 
 #: A full git commit id.
 _COMMIT = re.compile(r"[0-9a-fA-F]{40}")
@@ -68,8 +69,20 @@ class PinnedSource:
 class PackageSource(Protocol):
     """A configured source of packages."""
 
+    @property
+    def tag_selects_revision(self) -> bool:
+        """
+        Whether the image tag chooses the package set (a git branch, tag
+        or commit); when not, images that differ only by tag share one
+        evaluation and one build.
+        """
+
     async def pin(self, tag: str) -> PinnedSource:
         """The package set an image with this tag is built from."""
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(path)
 
 
 @frozen
@@ -82,7 +95,7 @@ class PathSource:
     :ivar path: the directory, made absolute.
     """
 
-    path: str = field(converter=os.path.abspath)
+    path: str = field(converter=_absolute)
 
     #: The tag does not choose a revision of a local directory.
     tag_selects_revision = False
@@ -143,7 +156,7 @@ class GitSource:
     tag_selects_revision = True
 
     url: str
-    reactor: Any = field(eq=False, repr=False)
+    reactor: ProcessReactor = field(eq=False, repr=False)
     env: Mapping[str, str] = field(eq=False, repr=False)
     timeout: float = 60.0
 
@@ -214,7 +227,8 @@ class GitSource:
 
 
 def source_from_config(channel: str | None = None, repo: str | None = None,
-                       path: str | None = None, *, reactor: Any = None,
+                       path: str | None = None, *,
+                       reactor: ProcessReactor | None = None,
                        env: Mapping[str, str] | None = None,
                        git_timeout: float = 60.0) -> PackageSource:
     """

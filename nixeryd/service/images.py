@@ -26,21 +26,25 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Callable, Generic, TypeVar
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import (CancelledError, Deferred, DeferredSemaphore,
                                     maybeDeferred)
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nixeryd.build.builder import ImageBuilder
+from nixeryd.build.manifest import manifest_from_bytes
+from nixeryd.build.names import OPTIONAL_PACKAGES, ImageRequest, parse_image_name, validate_tag
+from nixeryd.build.nixsteps import NixSteps
+from nixeryd.build.sources import PackageSource, PinnedSource
 from nixeryd.core.digests import check_digest
 from nixeryd.core.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
 from nixeryd.core.errors import ManifestUnknown, RegistryError
 from nixeryd.core.sharedwork import SharedWork
-from nixeryd.build.manifest import manifest_from_bytes
-from nixeryd.build.names import OPTIONAL_PACKAGES, ImageRequest, parse_image_name, validate_tag
+from nixeryd.storage.interface import IStorage
 
 #: Bumped whenever the same inputs would give a different manifest.
 MANIFEST_FORMAT_VERSION = "1"
@@ -56,24 +60,31 @@ MEMORY_IMAGES = 10_000
 MAX_TAGS_PER_NAME = 100
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+#: An image in memory, with when it stops answering (``None``: never).
+_Entry = tuple[Image, float | None]
+
+
 def _key(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-class _LRU(OrderedDict):
+class _LRU(OrderedDict[K, V], Generic[K, V]):
     """A dict that forgets its least recently used entries past a size."""
 
     def __init__(self, size: int) -> None:
         super().__init__()
         self._size = size
 
-    def get_recent(self, key: Any) -> Any:
+    def get_recent(self, key: K) -> V | None:
         value = self.get(key)
         if value is not None:
             self.move_to_end(key)
         return value
 
-    def put(self, key: Any, value: Any) -> None:
+    def put(self, key: K, value: V) -> None:
         self[key] = value
         self.move_to_end(key)
         while len(self) > self._size:
@@ -84,11 +95,11 @@ class ImageService(MultiService):
     """
     Serves images by name and tag, manifests by digest, and blobs.
 
-    :param source: the package source (``pin(tag) -> PinnedSource``).
-    :param nix: the Nix runner (``resolve(...)``, ``build(...)``).
-    :param builder: the :class:`~nixeryd.build.builder.ImageBuilder`.
-    :param storage: an :class:`~nixeryd.storage.interface.IStorage`.
-    :param clock: provides ``seconds()`` (the reactor).
+    :param source: the package source, which pins a tag to a package set.
+    :param nix: resolves the requested names.
+    :param builder: builds and stores resolved images.
+    :param storage: holds the blobs and the manifest cache.
+    :param clock: tells the time, for the expiry of moving tags.
     :param max_builds: how many Nix builds may run at once; as many
         evaluations may run beside them, so that an image already built
         never waits behind long builds.
@@ -104,12 +115,12 @@ class ImageService(MultiService):
 
     log = Logger()
 
-    def __init__(self, *, source: Any, nix: Any, builder: ImageBuilder,
-                 storage: Any, clock: Any, max_builds: int = 2,
+    def __init__(self, *, source: PackageSource, nix: NixSteps, builder: ImageBuilder,
+                 storage: IStorage, clock: IReactorTime, max_builds: int = 2,
                  moving_ttl: float = 60.0,
                  reference: Callable[[str, str], str] | None = None,
                  on_start: Callable[[], Deferred[None] | None] | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._source = source
         self._nix = nix
         self._builder = builder
@@ -122,17 +133,18 @@ class ImageService(MultiService):
         self._on_start = on_start
         self._ready = on_start is None
         self._ready_waiters: list[Deferred[None]] = []
-        self._recent: _LRU = _LRU(MEMORY_IMAGES)
+        #: :meth:`_memo_key` → (image, expiry).
+        self._recent: _LRU[tuple[str, str], _Entry] = _LRU(MEMORY_IMAGES)
         #: ``(name as requested, tag)`` → (image, expiry): the warm path.
-        self._warm: _LRU = _LRU(MEMORY_IMAGES)
+        self._warm: _LRU[tuple[str, str], _Entry] = _LRU(MEMORY_IMAGES)
         self._in_flight: SharedWork[tuple[str, str], Image] = SharedWork()
-        self._manifests: _LRU = _LRU(MEMORY_MANIFESTS)
-        self._tags: _LRU = _LRU(MEMORY_IMAGES)
+        self._manifests: _LRU[str, ManifestDocument] = _LRU(MEMORY_MANIFESTS)
+        self._tags: _LRU[str, set[str]] = _LRU(MEMORY_IMAGES)
 
     # -- lifecycle ----------------------------------------------------------
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         if self._on_start is not None:
             d = self._on_start()
             if d is None:
@@ -154,10 +166,14 @@ class ImageService(MultiService):
         decides the layering and so the cache keys.
         """
         if not self._ready:
-            waiter: Deferred[None] = Deferred(
-                lambda d: d in self._ready_waiters and self._ready_waiters.remove(d))
+            waiter: Deferred[None] = Deferred(self._forget_ready_waiter)
             self._ready_waiters.append(waiter)
             await waiter
+
+    def _forget_ready_waiter(self, waiter: Deferred[None]) -> None:
+        """A request waiting for start-up work went away."""
+        if waiter in self._ready_waiters:
+            self._ready_waiters.remove(waiter)
 
     async def _stop_children(self) -> None:
         # In reverse order of addition, each once the one before it has
@@ -167,7 +183,7 @@ class ImageService(MultiService):
             await maybeDeferred(child.stopService)
 
     def stopService(self) -> Deferred[None]:
-        Service.stopService(self)
+        Service.stopService(self)  # type: ignore[no-untyped-call]
         self._in_flight.cancel_all()
         return Deferred.fromCoroutine(self._stop_children())
 
@@ -196,7 +212,7 @@ class ImageService(MultiService):
         memo_key = self._memo_key(request, tag)
         recent = self._recent.get_recent(memo_key)
         image = self._fresh(recent)
-        if image is not None:
+        if recent is not None and image is not None:
             self._remember_tag(name, tag)
             self._warm.put((name, tag), recent)
             return image
@@ -220,7 +236,7 @@ class ImageService(MultiService):
         document = self._manifests.get_recent(digest)
         if document is not None:
             return document
-        body = await self._storage.read_small_blob(digest, MAX_MANIFEST_BYTES)
+        body: bytes | None = await self._storage.read_small_blob(digest, MAX_MANIFEST_BYTES)
         document = manifest_from_bytes(body) if body is not None else None
         if document is None or document.digest != digest:
             raise ManifestUnknown("manifest unknown", {"digest": digest})
@@ -230,14 +246,15 @@ class ImageService(MultiService):
     async def blob(self, digest: str) -> LocalBlob | RedirectBlob:
         """Where the blob with ``digest`` is; fails with ``BlobUnknown``."""
         check_digest(digest)
-        return await self._storage.blob(digest)
+        where: LocalBlob | RedirectBlob = await self._storage.blob(digest)
+        return where
 
     async def tags(self, name: str) -> list[str]:
         """The tags known for ``name``: ``latest`` and every tag served."""
         parse_image_name(name)
         return sorted(self._tags.get(name, set()) | {"latest"})
 
-    def _fresh(self, entry: tuple[Image, float | None] | None) -> Image | None:
+    def _fresh(self, entry: _Entry | None) -> Image | None:
         """The image of a memory entry ``(image, expiry)`` unless it expired."""
         if entry is None:
             return None
@@ -255,7 +272,7 @@ class ImageService(MultiService):
         lets it choose a revision (a local path or a channel ignores it, so
         ``hello:a`` and ``hello:b`` share one evaluation and one build).
         """
-        if getattr(self._source, "tag_selects_revision", True):
+        if self._source.tag_selects_revision:
             return (request.key(), tag)
         return (request.key(), "")
 
@@ -281,10 +298,11 @@ class ImageService(MultiService):
 
     def _log_failure(self, failure: Failure, name: str, tag: str) -> Failure:
         """Log an image's failure once, however many wait for it."""
-        if failure.check(RegistryError):
+        error = failure.value
+        if isinstance(error, RegistryError):
             self.log.warn("Image {image}:{tag} failed: {error}",
-                          image=name, tag=tag, error=failure.value.message)
-        elif not failure.check(CancelledError):
+                          image=name, tag=tag, error=error.message)
+        elif not isinstance(error, CancelledError):
             self.log.failure("Image {image}:{tag} failed", failure,
                              image=name, tag=tag)
         return failure
@@ -345,7 +363,8 @@ class ImageService(MultiService):
             self.log.warn("Not naming {image}:{tag} in the storage index: {error}",
                           image=request.name, tag=tag, error=str(e))
 
-    def _finish(self, request: ImageRequest, tag: str, pinned: Any, image: Image) -> Image:
+    def _finish(self, request: ImageRequest, tag: str, pinned: PinnedSource,
+                image: Image) -> Image:
         immutable = pinned.revision is not None and (
             pinned.kind == "channel" or pinned.revision == tag)
         expires = None if immutable else self._clock.seconds() + self._moving_ttl

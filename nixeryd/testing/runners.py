@@ -6,17 +6,17 @@ callers can be interleaved deterministically.
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred
 
-
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class ManualRunner:
     """
-    A runner (``run(f, *args) -> Deferred``) that queues the work until
+    A :class:`~nixeryd.core.threads.Runner` that queues the work until
     the test calls :meth:`run_pending`, so that concurrent callers can be
     interleaved deterministically.
     """
@@ -25,7 +25,8 @@ class ManualRunner:
         self.pending: list[tuple[Callable[..., Any], tuple[Any, ...],
                                  dict[str, Any], Deferred[Any]]] = []
 
-    def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
+    def run(self, function: Callable[P, T], /,
+            *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
         """Queue ``function(*args, **kwargs)``; the Deferred fires when it ran."""
         d: Deferred[T] = Deferred()
         self.pending.append((function, args, kwargs, d))
