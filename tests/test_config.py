@@ -10,7 +10,8 @@ import attrs
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from nixeryd.app.config import Config, PackageSource, config_from, parse_nix_options
+from nixeryd.app.config import Config, config_from
+from nixeryd.app.settings import SourceSetting, parse_nix_options
 
 BASE_ENV = {"NIXERY_PKGS_PATH": "/srv/pkgs", "STORAGE_PATH": "/srv/storage"}
 
@@ -29,18 +30,18 @@ class DefaultsTests(SynchronousTestCase):
         """Only a source and a storage path are needed; the rest has defaults."""
         config = build()
         self.assertEqual(config, Config(
-            listen="tcp:8080", source=PackageSource("path", "/srv/pkgs"),
+            listen="tcp:8080", source=SourceSetting("path", "/srv/pkgs"),
             storage_backend="filesystem", storage_path="/srv/storage",
             gcs_bucket=None, google_credentials=None, gcs_endpoint=None,
             nix_timeout=600.0,
             popularity_url=None, max_builds=2, layer_budget=94, nix_options=(),
-            threads=4))
+            layer_threads=4))
 
     def test_frozen(self) -> None:
         """The configuration cannot be changed after it is built."""
         config = build()
         self.assertRaises(attrs.exceptions.FrozenInstanceError,
-                          setattr, config, "threads", 9)
+                          setattr, config, "layer_threads", 9)
 
 
 class GCSEndpointTests(SynchronousTestCase):
@@ -65,19 +66,19 @@ class SourceTests(SynchronousTestCase):
         """The channel wins over the repository, which wins over the path."""
         self.assertEqual(build(NIXERY_CHANNEL="nixos-unstable",
                                NIXERY_PKGS_REPO="https://x/y.git").source,
-                         PackageSource("channel", "nixos-unstable"))
+                         SourceSetting("channel", "nixos-unstable"))
         self.assertEqual(build(NIXERY_PKGS_REPO="https://x/y.git").source,
-                         PackageSource("repo", "https://x/y.git"))
+                         SourceSetting("repo", "https://x/y.git"))
 
     def test_empty_is_unset(self) -> None:
         """Empty variables are skipped."""
         self.assertEqual(build(NIXERY_CHANNEL="", NIXERY_PKGS_REPO="").source,
-                         PackageSource("path", "/srv/pkgs"))
+                         SourceSetting("path", "/srv/pkgs"))
 
     def test_option_overrides(self) -> None:
         """A source option is used before any variable."""
         config = build({"pkgs-repo": "git@host:p.git"}, NIXERY_CHANNEL="c")
-        self.assertEqual(config.source, PackageSource("repo", "git@host:p.git"))
+        self.assertEqual(config.source, SourceSetting("repo", "git@host:p.git"))
 
     def test_missing(self) -> None:
         """No source at all is one clear usage error."""
@@ -148,7 +149,7 @@ class NumberTests(SynchronousTestCase):
         """Valid values from options and variables are used."""
         config = build({"max-builds": "3", "threads": "8"}, NIX_TIMEOUT="30.5",
                        NIXERY_LAYER_BUDGET="125")
-        self.assertEqual((config.nix_timeout, config.max_builds, config.threads,
+        self.assertEqual((config.nix_timeout, config.max_builds, config.layer_threads,
                           config.layer_budget), (30.5, 3, 8, 125))
 
     def test_option_over_variable(self) -> None:

@@ -17,18 +17,29 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from nixeryd.app.config import (
-    DEFAULT_LAYER_BUDGET,
-    DEFAULT_LISTEN,
-    DEFAULT_MAX_BUILDS,
-    DEFAULT_NIX_TIMEOUT,
-    DEFAULT_THREADS,
-    Config,
-    config_from,
+from nixeryd.app.config import Config, config_from
+from nixeryd.app.settings import (
+    CHANNEL,
+    GCS_BUCKET,
+    GCS_ENDPOINT,
+    LAYER_BUDGET,
+    LISTEN,
+    MAX_BUILDS,
+    NIX_TIMEOUT,
+    PKGS_PATH,
+    PKGS_REPO,
+    POPULARITY_URL,
+    PORT,
+    STORAGE_BACKEND,
+    STORAGE_PATH,
+    THREADS,
+    ImageOptions,
+    parameters,
 )
+from nixeryd.core import defaults
 
 
-class Options(usage.Options):
+class Options(ImageOptions):
     """
     Options of ``twistd nixery``.
 
@@ -45,51 +56,16 @@ class Options(usage.Options):
                 " demand: `docker pull <host>/shell/git` gives an image with"
                 " bash, coreutils and git.")
 
-    optParameters = [
-        ["listen", None, None,
-         "Server endpoint to listen on, e.g. tcp:8080:interface=127.0.0.1"
-         " (default %s)." % (DEFAULT_LISTEN,)],
-        ["port", None, None, "TCP port to listen on, on all interfaces [PORT]."],
-        ["channel", None, None,
-         "nixpkgs channel (branch or commit) to take packages from [NIXERY_CHANNEL]."],
-        ["pkgs-repo", None, None,
-         "Git repository of a package set; the image tag selects the ref"
-         " [NIXERY_PKGS_REPO]."],
-        ["pkgs-path", None, None,
-         "Local directory of a package set [NIXERY_PKGS_PATH]."],
-        ["storage-backend", None, None,
-         "filesystem (default) or gcs [NIXERY_STORAGE_BACKEND]."],
-        ["storage-path", None, None,
-         "Directory for filesystem storage [STORAGE_PATH]."],
-        ["gcs-bucket", None, None, "Bucket for gcs storage [GCS_BUCKET]."],
-        ["gcs-endpoint", None, None,
-         "GCS emulator URL, e.g. http://127.0.0.1:9023 [STORAGE_EMULATOR_HOST]."],
-        ["nix-timeout", None, None,
-         "Seconds allowed for each Nix step of an image, evaluation then"
-         " build (default %g)"
-         " [NIX_TIMEOUT]." % (DEFAULT_NIX_TIMEOUT,)],
-        ["popularity-url", None, None,
-         "File path or URL of package popularity data [NIX_POPULARITY_URL]."],
-        ["max-builds", None, None,
-         "Nix builds allowed at once (default %d) [NIXERY_MAX_BUILDS]."
-         % (DEFAULT_MAX_BUILDS,)],
-        ["layer-budget", None, None,
-         "Most layers an image may have, 1 to 125 (default %d)"
-         " [NIXERY_LAYER_BUDGET]." % (DEFAULT_LAYER_BUDGET,)],
-        ["threads", None, None,
-         "Threads for blocking work (default %d)." % (DEFAULT_THREADS,)],
-    ]
+    optParameters = parameters(
+        [LISTEN, PORT, CHANNEL, PKGS_REPO, PKGS_PATH, STORAGE_BACKEND, STORAGE_PATH,
+         GCS_BUCKET, GCS_ENDPOINT, NIX_TIMEOUT, POPULARITY_URL, MAX_BUILDS,
+         LAYER_BUDGET, THREADS], variables=True)
 
     config: Config
 
     def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
         super().__init__()
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
-        self["nix-option"] = []
-
-    def opt_nix_option(self, value: str) -> None:
-        """A Nix setting NAME=VALUE (e.g. substituters= to build offline); repeatable [NIXERY_NIX_OPTIONS, ';'-separated]."""
-        self["nix-option"].append(value)
 
     def postOptions(self) -> None:
         """Build and check the configuration, including the listen endpoint."""
@@ -105,11 +81,6 @@ class Options(usage.Options):
 
 
 ImageServiceFactory = Callable[[Config, Any], IService]
-
-
-#: Threads sending blob bodies with sendfile: concurrent blob downloads
-#: beyond this wait for a thread.
-BLOB_THREADS = 32
 
 
 def makeService(options: Options, reactor: Any = None,
@@ -140,7 +111,7 @@ def makeService(options: Options, reactor: Any = None,
     images = image_service_factory(config, reactor)
     top = MultiService()
     images.setServiceParent(top)
-    blob_pool = ThreadPoolService(reactor, BLOB_THREADS, name="nixeryd-blobs")
+    blob_pool = ThreadPoolService(reactor, defaults.BLOB_THREADS, name="nixeryd-blobs")
     blob_pool.setServiceParent(top)
     server = strports.service(config.listen, make_site(images, blob_pool),
                               reactor=reactor)

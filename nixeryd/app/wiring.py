@@ -17,7 +17,7 @@ from nixeryd.service.images import ImageService
 from nixeryd.build.layers import DEFAULT_LAYER_BUDGET
 from nixeryd.build.nix import NixRunner, default_nix_dir
 from nixeryd.build.popularity import load_popularity
-from nixeryd.build.process import child_environment
+from nixeryd.build.childenv import child_environment
 from nixeryd.core.threads import ThreadPoolService
 
 log = Logger()
@@ -48,7 +48,7 @@ def assemble_image_service(
         if one fails, the failure is logged and the reactor stopped (a
         storage that cannot be used is a configuration error).
     :param env: the environment of Nix's processes, from
-        :func:`~nixeryd.build.process.child_environment` (the same one the
+        :func:`~nixeryd.build.childenv.child_environment` (the same one the
         source's git runs with).
     """
     # Two pools, so that the short storage calls of warm requests (stat,
@@ -136,5 +136,5 @@ def make_image_service(config: Any, reactor: Any) -> ImageService:
         reactor, source=source, storage=storage,
         nix_timeout=config.nix_timeout, nix_options=config.nix_options,
         max_builds=config.max_builds, layer_budget=config.layer_budget,
-        popularity=config.popularity_url, threads=config.threads,
+        popularity=config.popularity_url, threads=config.layer_threads,
         reference=lambda name, tag: name + ":" + tag, start_checks=checks, env=env)

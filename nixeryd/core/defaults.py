@@ -12,6 +12,8 @@ from __future__ import annotations
 LISTEN = "tcp:8080"
 #: Seconds each Nix step of an image (evaluation, then build) may take.
 NIX_TIMEOUT = 600.0
+#: Where images are stored: ``filesystem`` or ``gcs``.
+STORAGE_BACKEND = "filesystem"
 #: Nix builds allowed at once; as many evaluations may run beside them.
 MAX_BUILDS = 2
 #: Store-path layers per image (the customisation layer comes on top).

@@ -1,0 +1,307 @@
+"""
+Every setting of the daemon and the build command, defined once.
+
+A :class:`Setting` names the command-line option, the Nixery environment
+variable it falls back to, its default (from :mod:`nixeryd.core.defaults`),
+its help text and how a value is converted and checked.  The options of
+``twistd nixery`` (:mod:`nixeryd.app.tap`) and of ``nixeryd build``
+(:mod:`nixeryd.app.buildcmd`) are made from these definitions and read
+through them, so both commands describe, check and refuse a setting the
+same way.  The daemon reads the environment as well; the build command
+reads only its command line, and its help and messages then name no
+variable.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, ClassVar, Generic, Mapping, Optional, Sequence, TypeVar
+
+from attrs import frozen
+from twisted.python import usage
+from twisted.python.usage import UsageError
+
+from nixeryd.core import defaults
+
+T = TypeVar("T")
+
+#: The storage backends the daemon knows.
+STORAGE_BACKENDS = ("filesystem", "gcs")
+
+
+def _anything(value: object) -> bool:
+    return True
+
+
+def _shown(value: object) -> str:
+    """A default as the help shows it: ``600``, not ``600.0``."""
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+@frozen
+class Setting(Generic[T]):
+    """
+    One setting.
+
+    :ivar option: the long option name, without ``--``.
+    :ivar help: what it is, one phrase; the default and the variable are
+        added by :meth:`describe`.
+    :ivar default: the value when neither the option nor the variable is
+        given (``None``: unset).
+    :ivar convert: text to value; raises :class:`ValueError` for bad text.
+    :ivar variable: the environment variable it falls back to, if any.
+    :ivar check: whether a converted value is in range.
+    :ivar unit: said after the name in messages, e.g. ``seconds``.
+    :ivar variable_note: said after the variable in help texts.
+    """
+
+    option: str
+    help: str
+    default: T
+    convert: Callable[[str], T]
+    variable: Optional[str] = None
+    check: Callable[[T], bool] = _anything
+    unit: str = ""
+    variable_note: str = ""
+
+    def describe(self, variables: bool) -> str:
+        """
+        The help text: what it is, its default, and (when the command reads
+        the environment) its variable.
+        """
+        text = self.help
+        if self.default is not None:
+            text += " (default %s)" % (_shown(self.default),)
+        if variables and self.variable is not None:
+            text += " [%s%s]" % (self.variable, self.variable_note)
+        return text + "."
+
+    def parameter(self, variables: bool) -> list[Any]:
+        """
+        The ``optParameters`` entry.  Its default is ``None`` so that an
+        option not given can be told apart and fall back to the variable.
+        """
+        return [self.option, None, None, self.describe(variables)]
+
+    def label(self, variables: bool) -> str:
+        """How messages name the setting, e.g. ``NIX_TIMEOUT/--nix-timeout (seconds)``."""
+        name = "--" + self.option
+        if variables and self.variable is not None:
+            name = self.variable + "/" + name
+        return name + (" (%s)" % (self.unit,) if self.unit else "")
+
+    def given(self, options: Mapping[str, object],
+              environ: Optional[Mapping[str, str]]) -> Optional[str]:
+        """
+        The option's text if given, else the variable's if non-empty, else
+        ``None``.
+
+        :param environ: the environment, or ``None`` for a command that
+            reads only its command line.
+        """
+        value = options.get(self.option)
+        if value is not None and value != "":
+            return str(value)
+        if environ is not None and self.variable is not None:
+            from_env = environ.get(self.variable, "")
+            if from_env != "":
+                return from_env
+        return None
+
+    def read(self, options: Mapping[str, object],
+             environ: Optional[Mapping[str, str]]) -> T:
+        """
+        The converted and checked value, or the default.
+
+        :raises UsageError: one line naming the setting and the bad text.
+        """
+        text = self.given(options, environ)
+        if text is None:
+            return self.default
+        label = self.label(environ is not None)
+        try:
+            value = self.convert(text)
+        except ValueError:
+            raise UsageError("%s: %r is not valid" % (label, text)) from None
+        if not self.check(value):
+            raise UsageError("%s: %r is out of range" % (label, text))
+        return value
+
+
+def _text(option: str, help: str, variable: Optional[str] = None) -> Setting[Optional[str]]:
+    """A setting whose value is its text, unset by default."""
+    return Setting(option, help, None, str, variable)
+
+
+LISTEN = Setting(
+    "listen", "Server endpoint to listen on, e.g. tcp:8080:interface=127.0.0.1",
+    defaults.LISTEN, str)
+PORT: Setting[Optional[int]] = Setting(
+    "port", "TCP port to listen on, on all interfaces", None, int, "PORT",
+    check=lambda port: port is not None and 0 <= port <= 65535,
+    unit="a TCP port number")
+CHANNEL = _text(
+    "channel", "nixpkgs channel (branch or commit) to take packages from",
+    "NIXERY_CHANNEL")
+PKGS_REPO = _text(
+    "pkgs-repo", "Git repository of a package set; the image tag selects the ref",
+    "NIXERY_PKGS_REPO")
+PKGS_PATH = _text("pkgs-path", "Local directory of a package set", "NIXERY_PKGS_PATH")
+STORAGE_BACKEND = Setting(
+    "storage-backend", " or ".join(STORAGE_BACKENDS), defaults.STORAGE_BACKEND, str,
+    "NIXERY_STORAGE_BACKEND")
+STORAGE_PATH = _text("storage-path", "Directory for filesystem storage", "STORAGE_PATH")
+GCS_BUCKET = _text("gcs-bucket", "Bucket for gcs storage", "GCS_BUCKET")
+GCS_ENDPOINT = _text(
+    "gcs-endpoint", "GCS emulator URL, e.g. http://127.0.0.1:9023",
+    "STORAGE_EMULATOR_HOST")
+NIX_TIMEOUT = Setting(
+    "nix-timeout", "Seconds allowed for each Nix step of an image, evaluation then build",
+    defaults.NIX_TIMEOUT, float, "NIX_TIMEOUT",
+    check=lambda seconds: math.isfinite(seconds) and seconds > 0, unit="seconds")
+POPULARITY_URL = _text(
+    "popularity-url", "File path or URL of package popularity data", "NIX_POPULARITY_URL")
+MAX_BUILDS = Setting(
+    "max-builds", "Nix builds allowed at once", defaults.MAX_BUILDS, int,
+    "NIXERY_MAX_BUILDS", check=lambda n: n >= 1)
+LAYER_BUDGET = Setting(
+    "layer-budget",
+    "Most store-path layers an image may have, 1 to %d" % (defaults.MAX_LAYER_BUDGET,),
+    defaults.LAYER_BUDGET, int, "NIXERY_LAYER_BUDGET",
+    check=lambda n: 1 <= n <= defaults.MAX_LAYER_BUDGET,
+    unit="1 to %d" % (defaults.MAX_LAYER_BUDGET,))
+THREADS = Setting(
+    "threads", "Threads writing layers: tar, gzip and hashing", defaults.LAYER_THREADS,
+    int, check=lambda n: n >= 1)
+NIX_OPTION: Setting[Optional[str]] = Setting(
+    "nix-option",
+    "A Nix setting NAME=VALUE (e.g. substituters= to build offline); repeatable",
+    None, str, "NIXERY_NIX_OPTIONS", variable_note=", ';'-separated")
+
+#: The package sources, as ``(kind, setting)`` in the order they are
+#: chosen; the kinds are the keyword arguments of
+#: :func:`nixeryd.build.sources.source_from_config`.
+SOURCES: tuple[tuple[str, Setting[Optional[str]]], ...] = (
+    ("channel", CHANNEL), ("repo", PKGS_REPO), ("path", PKGS_PATH))
+
+#: What building an image needs: the options of both commands.
+IMAGE_SETTINGS: tuple[Setting[Any], ...] = (
+    CHANNEL, PKGS_REPO, PKGS_PATH, NIX_TIMEOUT, POPULARITY_URL, LAYER_BUDGET, THREADS)
+
+
+@frozen
+class SourceSetting:
+    """
+    Where Nix packages come from.
+
+    :ivar kind: ``"channel"`` (a nixpkgs branch or commit), ``"repo"`` (a
+        git repository URL; the image tag selects the ref) or ``"path"`` (a
+        local directory).  The names are those of the keyword arguments of
+        :func:`nixeryd.build.sources.source_from_config`, which turns this
+        description into a working source:
+        ``source_from_config(**{source.kind: source.location})``.
+    :ivar location: the channel name, repository URL or directory.
+    """
+
+    kind: str
+    location: str
+
+
+def read_source(options: Mapping[str, object],
+                environ: Optional[Mapping[str, str]]) -> SourceSetting:
+    """
+    The first source option given, else the first non-empty variable, each
+    in the order channel, repository, path.
+
+    :raises UsageError: when none is given.
+    """
+    for kind, setting in SOURCES:
+        value = setting.given(options, None)
+        if value is not None:
+            return SourceSetting(kind, value)
+    if environ is not None:
+        for kind, setting in SOURCES:
+            value = setting.given({}, environ)
+            if value is not None:
+                return SourceSetting(kind, value)
+    options_text = _one_of(["--" + setting.option for _, setting in reversed(SOURCES)])
+    if environ is None:
+        raise UsageError("no package source: give %s" % (options_text,))
+    raise UsageError("no package source: set %s (or %s)" % (
+        _one_of([str(setting.variable) for _, setting in reversed(SOURCES)]),
+        options_text))
+
+
+def _one_of(names: Sequence[str]) -> str:
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def parse_nix_option(text: str) -> tuple[str, str]:
+    """
+    Split one ``NAME=VALUE`` Nix option; the value may be empty.
+
+    :raises UsageError: if there is no ``=`` or the name is empty or has
+        spaces.
+    """
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or not name or any(c.isspace() for c in name):
+        raise UsageError(
+            "Nix option %r must be NAME=VALUE (e.g. substituters=)" % (text,))
+    return (name, value.strip())
+
+
+def parse_nix_options(text: str) -> list[tuple[str, str]]:
+    """
+    Parse ``NIXERY_NIX_OPTIONS``: ``NAME=VALUE`` entries separated by ``;``
+    or newlines (values may contain spaces, as Nix list values do).
+    """
+    entries = text.replace("\n", ";").split(";")
+    return [parse_nix_option(entry) for entry in entries if entry.strip()]
+
+
+def read_nix_options(options: Mapping[str, object],
+                     environ: Optional[Mapping[str, str]]) -> tuple[tuple[str, str], ...]:
+    """
+    The Nix options: those of the variable first, then the ``nix-option``
+    ones (a list of ``NAME=VALUE`` texts), which replace a setting of the
+    same name.
+
+    :raises UsageError: for an entry that is not ``NAME=VALUE``.
+    """
+    merged: dict[str, str] = {}
+    if environ is not None and NIX_OPTION.variable is not None:
+        merged.update(parse_nix_options(environ.get(NIX_OPTION.variable, "")))
+    given = options.get(NIX_OPTION.option)
+    for text in given if isinstance(given, (list, tuple)) else ():
+        name, value = parse_nix_option(str(text))
+        merged[name] = value
+    return tuple(merged.items())
+
+
+def parameters(settings: Sequence[Setting[Any]], variables: bool) -> list[list[Any]]:
+    """The ``optParameters`` of ``settings``."""
+    return [setting.parameter(variables) for setting in settings]
+
+
+class ImageOptions(usage.Options):
+    """
+    The options of a command that builds images.  A subclass lists its
+    ``optParameters`` with :func:`parameters` and says in :attr:`variables`
+    whether it reads the environment, as its help texts then say.
+
+    ``--nix-option`` may be given more than once; the texts are kept in
+    order under ``"nix-option"`` for :func:`read_nix_options`.
+    """
+
+    #: Whether settings fall back to environment variables.
+    variables: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self[NIX_OPTION.option] = []
+        self.docs[NIX_OPTION.option] = NIX_OPTION.describe(self.variables)
+
+    def opt_nix_option(self, value: str) -> None:
+        """A Nix setting NAME=VALUE (the help text comes from NIX_OPTION)."""
+        self[NIX_OPTION.option].append(value)
