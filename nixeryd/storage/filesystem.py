@@ -27,12 +27,14 @@ import threading
 import time
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from nixeryd.core.digests import check_digest
-from nixeryd.core.documents import LocalBlob
+from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown
+from nixeryd.core.threads import Runner
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.naming import check_document_name, check_reference
 from nixeryd.storage.ociindex import index_bytes, updated_index
@@ -67,12 +69,12 @@ class FilesystemStorage:
 
     :param root: the storage directory; created if missing.
     :param runner: runs blocking functions (a thread pool service, or an
-        inline runner for one-shot use); has ``run(f, *args)``.
+        inline runner for one-shot use).
     """
 
     log = Logger()
 
-    def __init__(self, root: str, runner: Any) -> None:
+    def __init__(self, root: str, runner: Runner) -> None:
         self.root = os.path.abspath(root)
         self._runner = runner
         self._blobs = os.path.join(self.root, "blobs", "sha256")
@@ -198,29 +200,38 @@ class FilesystemStorage:
     def temp_directory(self) -> str:
         return self._tmp
 
-    def has_blob(self, digest: str):
-        return self._runner.run(lambda: os.path.exists(self._blob_path(digest)))
+    def _exists(self, digest: str) -> bool:
+        return os.path.exists(self._blob_path(digest))
 
-    def store_blob_file(self, path: str, digest: str):
+    def _write_blob(self, data: bytes, digest: str) -> None:
+        self._write_atomically(self._blob_path(digest), data)
+
+    def has_blob(self, digest: str) -> Deferred[bool]:
+        return self._runner.run(self._exists, digest)
+
+    def store_blob_file(self, path: str, digest: str) -> Deferred[None]:
         return self._runner.run(self._move_into_place, path, digest)
 
-    def store_blob_bytes(self, data: bytes, digest: str):
-        return self._runner.run(
-            lambda: self._write_atomically(self._blob_path(digest), data))
+    def store_blob_bytes(self, data: bytes, digest: str) -> Deferred[None]:
+        return self._runner.run(self._write_blob, data, digest)
 
-    def blob(self, digest: str):
+    def blob(self, digest: str) -> Deferred[LocalBlob | RedirectBlob]:
         return self._runner.run(self._stat_blob, digest)
 
-    def read_small_blob(self, digest: str, limit: int):
+    def read_small_blob(self, digest: str, limit: int) -> Deferred[bytes | None]:
         return self._runner.run(self._read_small, digest, limit)
 
-    def get_document(self, namespace: str, key: str):
+    def get_document(self, namespace: str, key: str) -> Deferred[Any]:
         return self._runner.run(self._read_document, namespace, key)
 
-    def put_document(self, namespace: str, key: str, document: object):
+    def put_document(self, namespace: str, key: str, document: object) -> Deferred[None]:
         return self._runner.run(self._write_document, namespace, key, document)
 
     def record_reference(self, reference: str, manifest_digest: str,
-                         media_type: str, size: int):
+                         media_type: str, size: int) -> Deferred[None]:
         return self._runner.run(self._record, reference, manifest_digest,
                                 media_type, size)
+
+    def close(self) -> Deferred[None]:
+        """Nothing to release: every file is closed after each call."""
+        return succeed(None)

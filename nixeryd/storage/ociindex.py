@@ -7,13 +7,14 @@ Pure: the backends read and write the bytes.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from nixeryd.core.mediatypes import OCI_INDEX
 
 REF_NAME = "org.opencontainers.image.ref.name"
 
 
-def index_bytes(manifests: list) -> bytes:
+def index_bytes(manifests: list[dict[str, Any]]) -> bytes:
     """An image index holding ``manifests``, as compact JSON."""
     return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
                        "manifests": manifests}, separators=(",", ":")).encode()

@@ -1,7 +1,8 @@
 """
 In-memory storage for tests: :class:`MemoryStorage` provides
 :class:`~nixeryd.storage.interface.IStorage` with the filesystem backend's
-naming rules, records what is stored and can fail or hold any call.
+naming rules, records what is stored and can fail any call.  Also the
+digests every backend must refuse (:data:`INVALID_DIGESTS`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nixeryd.core.digests import check_digest
-from nixeryd.core.documents import RedirectBlob
+from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.naming import check_document_name, check_reference
@@ -25,8 +26,26 @@ from nixeryd.storage.ociindex import REF_NAME
 
 T = TypeVar("T")
 
+#: Digests every backend refuses: path escapes, wrong case or length, other
+#: algorithms, a trailing newline, nothing at all.
+INVALID_DIGESTS = (
+    "sha256:../../etc/passwd",
+    "sha256:../../etc",
+    "sha256:" + "A" * 64,
+    "sha256:" + "a" * 63,
+    "sha256:" + "a" * 65,
+    "sha256:" + "a" * 64 + "\n",
+    "sha256:../" + "a" * 61,
+    "md5:" + "a" * 32,
+    "sha512:" + "a" * 64,
+    "sha512:" + "a" * 128,
+    "a" * 64,
+    "",
+)
 
-def _sha256(data: bytes) -> str:
+
+def digest_of(data: bytes) -> str:
+    """``sha256:<hex>`` of ``data``."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -136,9 +155,9 @@ class MemoryStorage:
             self._put_blob(bytes(data), digest)
         return self._call("store_blob_bytes", work)
 
-    def blob(self, digest: str) -> Deferred[RedirectBlob]:
+    def blob(self, digest: str) -> Deferred[LocalBlob | RedirectBlob]:
         """A redirect to the blob, or :class:`BlobUnknown`."""
-        def work() -> RedirectBlob:
+        def work() -> LocalBlob | RedirectBlob:
             check_digest(digest)
             self._check_failure("blob")
             if digest not in self.blobs:
@@ -187,6 +206,10 @@ class MemoryStorage:
                 "annotations": {REF_NAME: reference}}
         return self._call("record_reference", work)
 
+    def close(self) -> Deferred[None]:
+        """Nothing to release; counted like every other call."""
+        return self._call("close", lambda: None)
+
     # -- helpers ------------------------------------------------------------
 
     def _check_failure(self, method: str) -> None:
@@ -195,7 +218,7 @@ class MemoryStorage:
             raise failure
 
     def _put_blob(self, data: bytes, digest: str) -> None:
-        actual = _sha256(data)
+        actual = digest_of(data)
         if actual != digest:
             raise ValueError("blob stored as %s hashes to %s" % (digest, actual))
         self.blobs[digest] = data
