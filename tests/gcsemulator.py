@@ -3,8 +3,9 @@ A real Cloud Storage emulator (the ``gcp-storage-emulator`` package) run as
 a child process for the tests of the GCS backend.
 
 Each emulator listens on 127.0.0.1 on a free port, keeps its data in
-memory, and gets one bucket.  Tests that need it skip with
-:data:`MISSING_REASON` when the package is not installed.
+memory, runs in a directory the test gives, and gets one bucket.  Tests
+that need it skip with :data:`MISSING_REASON` when the package is not
+installed.
 """
 
 from __future__ import annotations
@@ -13,20 +14,23 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from attrs import define, field
+from attrs import define
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import (
+    IProcessTransport, IReactorProcess, IReactorTCP, IReactorTime)
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 
 from treq.client import HTTPClient
 
+from nixeryd.storage.gcs.http import cancel_after
 from tests.daemon import free_port
 
 #: Why emulator tests cannot run, or ``None`` when they can.
@@ -55,7 +59,7 @@ class _EmulatorProtocol(ProcessProtocol):
         self.ended.callback(None)
 
 
-def anonymous_client(reactor: Any) -> HTTPClient:
+def anonymous_client(reactor: IReactorTCP) -> HTTPClient:
     """A treq client that opens a new connection per request, as the emulator needs."""
     return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
 
@@ -65,38 +69,27 @@ class GCSEmulator:
     """
     A running emulator.
 
+    :ivar clock: times the grace period of :meth:`stop`.
     :ivar endpoint: its base URL, ``http://127.0.0.1:<port>``.
     :ivar bucket: the bucket created at start.
+    :ivar http: an anonymous client for looking at the bucket directly.
     """
 
-    reactor: Any
+    clock: IReactorTime
     endpoint: str
     bucket: str
-    _process: Any
+    _process: IProcessTransport
     _protocol: _EmulatorProtocol
-    _workdir: str
-    http: HTTPClient = field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.http = anonymous_client(self.reactor)
-
-    @property
-    def pid(self) -> int | None:
-        """The emulator's process id while it runs."""
-        return self._process.pid
+    http: HTTPClient
 
     async def stop(self) -> None:
         """Terminate the emulator (TERM, then KILL after a grace period)."""
         if self._protocol.running:
             self._signal("TERM")
-            killer = self.reactor.callLater(STOP_GRACE_SECONDS, self._signal, "KILL")
+            killer = self.clock.callLater(STOP_GRACE_SECONDS, self._signal, "KILL")
             await self._protocol.ended
             if killer.active():
                 killer.cancel()
-        try:
-            os.rmdir(self._workdir)
-        except OSError:
-            pass
 
     def _signal(self, name: str) -> None:
         try:
@@ -120,7 +113,8 @@ class GCSEmulator:
         body = await response.content()
         if response.code == 404:
             return None
-        return json.loads(body)
+        resource: dict[str, Any] = json.loads(body)
+        return resource
 
     async def download(self, name: str) -> bytes | None:
         """An object's content, or ``None`` when it does not exist."""
@@ -135,40 +129,42 @@ class GCSEmulator:
             "%s/upload/storage/v1/b/%s/o?%s" % (
                 self.endpoint, self.bucket,
                 urlencode({"uploadType": "media", "name": name})),
-            data=data, headers={"Content-Type": "application/octet-stream"})
+            data=data, headers=Headers({"Content-Type": ["application/octet-stream"]}))
         await response.content()
         if response.code != 200:
             raise AssertionError("direct upload failed with %d" % (response.code,))
 
 
-async def _wait_ready(reactor: Any, http: HTTPClient, endpoint: str,
+async def _wait_ready(clock: IReactorTime, http: HTTPClient, endpoint: str,
                       protocol: _EmulatorProtocol) -> None:
-    deadline = reactor.seconds() + STARTUP_SECONDS
+    deadline = clock.seconds() + STARTUP_SECONDS
     while True:
         if not protocol.running:
             raise RuntimeError("the emulator exited at start-up: %s"
                                % (protocol.output.decode("utf-8", "replace"),))
         try:
-            response = await http.get(endpoint + "/", timeout=2, reactor=reactor)
+            response = await cancel_after(http.get(endpoint + "/"), 2, clock)
             await response.content()
             if response.code == 200:
                 return
         except Exception:
             pass
-        if reactor.seconds() > deadline:
+        if clock.seconds() > deadline:
             raise RuntimeError("the emulator did not answer within %g s"
                                % (STARTUP_SECONDS,))
-        await deferLater(reactor, 0.05, lambda: None)
+        await deferLater(clock, 0.05, lambda: None)
 
 
-async def start_emulator(reactor: Any, bucket: str = "nixeryd-test") -> GCSEmulator:
+async def start_emulator(reactor: IReactorProcess, workdir: str,
+                         bucket: str = "nixeryd-test") -> GCSEmulator:
     """
-    Start an in-memory emulator on a free loopback port and create
-    ``bucket`` in it.  The caller must :meth:`GCSEmulator.stop` it.
+    Start an in-memory emulator on a free loopback port, in ``workdir``
+    (created; a test's ``mktemp()``), and create ``bucket`` in it.  The
+    caller must :meth:`GCSEmulator.stop` it.
     """
     if MISSING_REASON is not None:
         raise RuntimeError(MISSING_REASON)
-    workdir = tempfile.mkdtemp(prefix="nixeryd-gcs-emulator-")
+    os.makedirs(workdir)
     port = free_port()
     protocol = _EmulatorProtocol()
     argv = [sys.executable, "-m", "gcp_storage_emulator", "start",
@@ -177,10 +173,10 @@ async def start_emulator(reactor: Any, bucket: str = "nixeryd-test") -> GCSEmula
                    if key in ("PATH", "PYTHONPATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
     process = reactor.spawnProcess(protocol, sys.executable, argv,
                                    env=environment, path=workdir)
-    emulator = GCSEmulator(reactor, "http://127.0.0.1:%d" % (port,), bucket,
-                           process, protocol, workdir)
+    emulator = GCSEmulator(IReactorTime(reactor), "http://127.0.0.1:%d" % (port,), bucket,
+                           process, protocol, anonymous_client(IReactorTCP(reactor)))
     try:
-        await _wait_ready(reactor, emulator.http, emulator.endpoint, protocol)
+        await _wait_ready(emulator.clock, emulator.http, emulator.endpoint, protocol)
         response = await emulator.http.post(
             emulator.endpoint + "/storage/v1/b?project=nixeryd-test",
             json={"name": bucket})

@@ -1,54 +1,39 @@
 """
-Tests for the storage backends: one contract, run on
-:class:`~nixeryd.storage.filesystem.FilesystemStorage` (with an inline
-runner) and on :class:`~nixeryd.testing.storage.MemoryStorage`, plus what only the
-filesystem layout promises, digest validation, and the runners of
-:mod:`nixeryd.core.threads`.
+The storage contract, run on every :class:`IStorage` backend: the
+in-memory test double (:class:`~nixeryd.testing.storage.MemoryStorage`),
+:class:`~nixeryd.storage.filesystem.FilesystemStorage` and
+:class:`~nixeryd.storage.gcs.storage.GCSStorage` on a Cloud Storage
+emulator; plus digest validation and what the test double adds.
+
+What only one backend promises is tested with that backend
+(``test_filesystem``, ``test_gcs``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import stat
-import threading
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import HTTPConnectionPool
 from zope.interface.verify import verifyObject
+
+import treq
 
 from nixeryd.core import mediatypes
 from nixeryd.core.digests import check_digest, is_valid_digest
 from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown, DigestInvalid
-from nixeryd.testing.storage import MemoryStorage
-from nixeryd.storage import filesystem
+from nixeryd.core.threads import InlineRunner
 from nixeryd.storage.filesystem import FilesystemStorage
-from nixeryd.storage.ociindex import REF_NAME
 from nixeryd.storage.interface import IStorage
-from nixeryd.core.threads import InlineRunner, ThreadPoolService
-
-INVALID_DIGESTS = (
-    "sha256:../../etc/passwd",
-    "sha256:../../etc",
-    "sha256:" + "A" * 64,
-    "sha256:" + "a" * 63,
-    "sha256:" + "a" * 65,
-    "sha256:" + "a" * 64 + "\n",
-    "md5:" + "a" * 32,
-    "sha512:" + "a" * 128,
-    "a" * 64,
-    "",
-)
-
-
-def digest_of(data: bytes) -> str:
-    """``sha256:<hex>`` of ``data``."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+from nixeryd.storage.ociindex import REF_NAME
+from nixeryd.storage.service import StorageService
+from nixeryd.testing.storage import INVALID_DIGESTS, MemoryStorage, digest_of
+from tests.gcssupport import EmulatorTestCase
 
 
 class DigestTests(SynchronousTestCase):
@@ -68,27 +53,33 @@ class DigestTests(SynchronousTestCase):
             self.assertEqual(error.code, "DIGEST_INVALID")
 
 
-class StorageContractMixin:
+if TYPE_CHECKING:
+    _ContractBase = TestCase
+else:
+    _ContractBase = object
+
+
+class StorageContractMixin(_ContractBase):
     """
-    The behaviour every :class:`IStorage` backend shares.  Subclasses
-    provide :meth:`make_storage` and :meth:`recorded_references`.
+    The behaviour every :class:`IStorage` backend shares.  Subclasses set
+    ``storage`` in ``setUp`` and provide :meth:`fetch` and
+    :meth:`recorded_references`.
     """
 
-    def make_storage(self) -> Any:
-        """A new, empty backend."""
+    storage: IStorage
+
+    async def fetch(self, blob: LocalBlob | RedirectBlob) -> bytes:
+        """The bytes a client gets for a blob answer."""
         raise NotImplementedError()
 
-    def recorded_references(self, storage: Any) -> dict[str, dict[str, Any]]:
+    async def recorded_references(self) -> dict[str, dict[str, Any]]:
         """Reference → index descriptor, as the backend stored them."""
         raise NotImplementedError()
 
-    def setUp(self) -> None:
-        self.storage = self.make_storage()
-
     def write_temporary(self, data: bytes) -> str:
-        """A file in the storage's temp directory holding ``data``."""
-        path = os.path.join(self.storage.temp_directory(),
-                            "upload-%d" % (len(os.listdir(self.storage.temp_directory())),))
+        """A new file in the storage's temp directory holding ``data``."""
+        directory = self.storage.temp_directory()
+        path = os.path.join(directory, "upload-%d" % (len(os.listdir(directory)),))
         with open(path, "wb") as f:
             f.write(data)
         return path
@@ -97,274 +88,212 @@ class StorageContractMixin:
         """The backend provides IStorage."""
         self.assertTrue(verifyObject(IStorage, self.storage))
 
-    def test_bytes_round_trip(self) -> None:
-        """A blob stored from bytes is then present and reads back whole."""
-        data = b'{"config":1}'
-        digest = digest_of(data)
-        self.assertFalse(self.successResultOf(self.storage.has_blob(digest)))
-        self.successResultOf(self.storage.store_blob_bytes(data, digest))
-        self.assertTrue(self.successResultOf(self.storage.has_blob(digest)))
-        self.assertEqual(self.successResultOf(self.storage.read_small_blob(digest, 100)),
-                         data)
+    async def test_missing_blob(self) -> None:
+        """A blob never stored is absent, unknown to ``blob`` and reads as ``None``."""
+        digest = digest_of(b"never stored")
+        self.assertFalse(await self.storage.has_blob(digest))
+        self.assertIsNone(await self.storage.read_small_blob(digest, 1000))
+        with self.assertRaises(BlobUnknown) as caught:
+            await self.storage.blob(digest)
+        self.assertEqual(caught.exception.code, "BLOB_UNKNOWN")
 
-    def test_file_round_trip(self) -> None:
-        """A blob stored from a file is present, described by ``blob``, and the file is gone."""
-        data = os.urandom(5000)
+    async def test_bytes_round_trip(self) -> None:
+        """Stored bytes are then present, read back whole and are served unchanged."""
+        data = b'{"config": true}\r\n\x00\xff--binary\r\n'
+        digest = digest_of(data)
+        self.assertFalse(await self.storage.has_blob(digest))
+        await self.storage.store_blob_bytes(data, digest)
+        self.assertTrue(await self.storage.has_blob(digest))
+        self.assertEqual(await self.storage.read_small_blob(digest, 1000), data)
+        blob = await self.storage.blob(digest)
+        self.assertEqual(blob.digest, digest)
+        self.assertEqual(await self.fetch(blob), data)
+
+    async def test_file_round_trip(self) -> None:
+        """A stored file becomes the blob and leaves the temporary directory."""
+        data = os.urandom(70000)
         digest = digest_of(data)
         path = self.write_temporary(data)
-        self.successResultOf(self.storage.store_blob_file(path, digest))
+        await self.storage.store_blob_file(path, digest)
         self.assertFalse(os.path.exists(path))
-        self.assertTrue(self.successResultOf(self.storage.has_blob(digest)))
-        where = self.successResultOf(self.storage.blob(digest))
-        self.assertEqual(where.digest, digest)
-        if isinstance(where, LocalBlob):
-            self.assertEqual(where.size, len(data))
-            with open(where.path, "rb") as f:
-                self.assertEqual(f.read(), data)
-        else:
-            self.assertIsInstance(where, RedirectBlob)
-        self.assertEqual(self.successResultOf(self.storage.read_small_blob(digest, 5000)),
-                         data)
+        self.assertTrue(await self.storage.has_blob(digest))
+        blob = await self.storage.blob(digest)
+        self.assertEqual(blob.digest, digest)
+        if isinstance(blob, LocalBlob):
+            self.assertEqual(blob.size, len(data))
+        self.assertEqual(await self.fetch(blob), data)
+        self.assertEqual(await self.storage.read_small_blob(digest, 70000), data)
 
-    def test_store_file_failure_removes_file(self) -> None:
+    async def test_store_file_failure_removes_file(self) -> None:
         """``store_blob_file`` removes the source file even when it fails."""
-        path = self.write_temporary(b"data")
-        self.failureResultOf(self.storage.store_blob_file(path, "md5:" + "0" * 32),
-                             DigestInvalid)
-        self.assertFalse(os.path.exists(path))
+        for digest in ("md5:" + "0" * 32, "sha256:../../etc/passwd"):
+            path = self.write_temporary(b"data")
+            with self.assertRaises(DigestInvalid):
+                await self.storage.store_blob_file(path, digest)
+            self.assertFalse(os.path.exists(path))
 
-    def test_read_small_limit(self) -> None:
+    async def test_read_small_limit(self) -> None:
         """A blob larger than the limit reads as ``None``; one at the limit reads whole."""
-        data = b"0123456789"
+        data = b"0123456789" * 10
         digest = digest_of(data)
-        self.successResultOf(self.storage.store_blob_bytes(data, digest))
-        self.assertIsNone(self.successResultOf(self.storage.read_small_blob(digest, 9)))
-        self.assertEqual(self.successResultOf(self.storage.read_small_blob(digest, 10)),
-                         data)
+        await self.storage.store_blob_bytes(data, digest)
+        self.assertIsNone(await self.storage.read_small_blob(digest, 99))
+        self.assertEqual(await self.storage.read_small_blob(digest, 100), data)
 
-    def test_missing_blob(self) -> None:
-        """A missing blob is absent, unknown to ``blob`` and reads as ``None``."""
-        digest = digest_of(b"never stored")
-        self.assertFalse(self.successResultOf(self.storage.has_blob(digest)))
-        failure = self.failureResultOf(self.storage.blob(digest), BlobUnknown)
-        self.assertEqual(failure.value.code, "BLOB_UNKNOWN")
-        self.assertIsNone(self.successResultOf(self.storage.read_small_blob(digest, 100)))
-
-    def test_invalid_digests(self) -> None:
+    async def test_invalid_digests(self) -> None:
         """Every digest-taking method refuses an invalid digest with DigestInvalid."""
         for digest in INVALID_DIGESTS:
-            self.failureResultOf(self.storage.has_blob(digest), DigestInvalid)
-            self.failureResultOf(self.storage.blob(digest), DigestInvalid)
-            self.failureResultOf(self.storage.read_small_blob(digest, 10), DigestInvalid)
-            self.failureResultOf(self.storage.store_blob_bytes(b"x", digest),
-                                 DigestInvalid)
+            with self.assertRaises(DigestInvalid):
+                await self.storage.has_blob(digest)
+            with self.assertRaises(DigestInvalid):
+                await self.storage.blob(digest)
+            with self.assertRaises(DigestInvalid):
+                await self.storage.read_small_blob(digest, 10)
+            with self.assertRaises(DigestInvalid):
+                await self.storage.store_blob_bytes(b"x", digest)
             path = self.write_temporary(b"x")
-            self.failureResultOf(self.storage.store_blob_file(path, digest),
-                                 DigestInvalid)
-            self.failureResultOf(self.storage.record_reference(
-                "latest", digest, mediatypes.OCI_MANIFEST, 1), DigestInvalid)
+            with self.assertRaises(DigestInvalid):
+                await self.storage.store_blob_file(path, digest)
+            with self.assertRaises(DigestInvalid):
+                await self.storage.record_reference(
+                    "latest", digest, mediatypes.OCI_MANIFEST, 1)
 
-    def test_documents_round_trip(self) -> None:
+    async def test_documents_round_trip(self) -> None:
         """A document reads back equal, is replaced by a later put, and a missing one is ``None``."""
-        self.assertIsNone(self.successResultOf(self.storage.get_document("layers", "k")))
+        self.assertIsNone(await self.storage.get_document("layers", "k"))
         document = {"digest": digest_of(b"l"), "size": 3, "list": [1, "two"]}
-        self.successResultOf(self.storage.put_document("layers", "k", document))
-        self.assertEqual(self.successResultOf(self.storage.get_document("layers", "k")),
-                         document)
-        self.successResultOf(self.storage.put_document("layers", "k", {"new": True}))
-        self.assertEqual(self.successResultOf(self.storage.get_document("layers", "k")),
-                         {"new": True})
-        self.assertIsNone(self.successResultOf(self.storage.get_document("manifests", "k")))
+        await self.storage.put_document("layers", "k", document)
+        self.assertEqual(await self.storage.get_document("layers", "k"), document)
+        await self.storage.put_document("layers", "k", [1, 2, 3])
+        self.assertEqual(await self.storage.get_document("layers", "k"), [1, 2, 3])
+        self.assertIsNone(await self.storage.get_document("manifests", "k"))
+        self.assertIsNone(await self.storage.get_document("layers", "l"))
 
-    def test_document_names(self) -> None:
+    async def test_document_names(self) -> None:
         """Namespaces and keys that could escape or collide are refused."""
         for namespace, key in (("tmp", "k"), ("../x", "k"), ("Layers", "k"), ("", "k"),
                                ("layers", ""), ("layers", "a/b"), ("layers", "../k"),
                                ("layers", "k" * 201), ("a/b", "k")):
-            self.failureResultOf(self.storage.put_document(namespace, key, {}), ValueError)
-            self.failureResultOf(self.storage.get_document(namespace, key), ValueError)
-        self.successResultOf(self.storage.put_document("manifests", "A-b_c.1" * 10, {}))
+            with self.assertRaises(ValueError):
+                await self.storage.put_document(namespace, key, {})
+            with self.assertRaises(ValueError):
+                await self.storage.get_document(namespace, key)
+        await self.storage.put_document("manifests", "A-b_c.1" * 10, {})
 
-    def test_record_reference(self) -> None:
-        """A reference names a manifest; recording the same reference again replaces it."""
+    async def test_record_reference(self) -> None:
+        """A reference names a manifest; recording the same reference again repoints it."""
         first, second = digest_of(b"m1"), digest_of(b"m2")
-        self.successResultOf(self.storage.record_reference(
-            "latest", first, mediatypes.OCI_MANIFEST, 10))
-        self.successResultOf(self.storage.record_reference(
-            "v1", first, mediatypes.OCI_MANIFEST, 10))
-        self.successResultOf(self.storage.record_reference(
-            "latest", second, mediatypes.DOCKER_MANIFEST, 20))
-        references = self.recorded_references(self.storage)
-        self.assertEqual(set(references), {"latest", "v1"})
+        await self.storage.record_reference(
+            "zlib/hello:latest", first, mediatypes.OCI_MANIFEST, 10)
+        await self.storage.record_reference("v1", first, mediatypes.OCI_MANIFEST, 10)
+        await self.storage.record_reference(
+            "zlib/hello:latest", second, mediatypes.DOCKER_MANIFEST, 20)
+        references = await self.recorded_references()
+        self.assertEqual(set(references), {"zlib/hello:latest", "v1"})
         self.assertEqual(
-            {k: references["latest"][k] for k in ("mediaType", "digest", "size")},
+            {k: references["zlib/hello:latest"][k] for k in ("mediaType", "digest", "size")},
             {"mediaType": mediatypes.DOCKER_MANIFEST, "digest": second, "size": 20})
         self.assertEqual(references["v1"]["digest"], first)
 
-    def test_invalid_reference(self) -> None:
+    async def test_invalid_reference(self) -> None:
         """A reference outside the image-spec grammar is refused."""
         for reference in ("", "-x", "a//b", "a b", "x/"):
-            self.failureResultOf(self.storage.record_reference(
-                reference, digest_of(b"m"), mediatypes.OCI_MANIFEST, 1), ValueError)
+            with self.assertRaises(ValueError):
+                await self.storage.record_reference(
+                    reference, digest_of(b"m"), mediatypes.OCI_MANIFEST, 1)
+
+    async def test_close(self) -> None:
+        """``close`` fires, and a storage service closes its storage when it stops."""
+        await self.storage.close()
+        service = StorageService(self.storage)
+        service.startService()
+        await service.stopService()
+        self.assertFalse(service.running)
 
 
-class FilesystemStorageTests(StorageContractMixin, SynchronousTestCase):
-    """The contract and the OCI layout, on :class:`FilesystemStorage`."""
-
-    def make_storage(self) -> FilesystemStorage:
-        self.root = os.path.abspath(self.mktemp())
-        return FilesystemStorage(self.root, InlineRunner())
-
-    def recorded_references(self, storage: Any) -> dict[str, dict[str, Any]]:
-        index = self.read_index()
-        return {m["annotations"][REF_NAME]: m for m in index["manifests"]}
-
-    def read_index(self) -> dict[str, Any]:
-        """The parsed ``index.json``."""
-        with open(os.path.join(self.root, "index.json"), "rb") as f:
-            return json.loads(f.read())
-
-    def blob_path(self, digest: str) -> str:
-        """Where the layout keeps a blob."""
-        return os.path.join(self.root, "blobs", "sha256", digest[len("sha256:"):])
-
-    def temporaries(self) -> list[str]:
-        """What is in the temporary directory."""
-        return sorted(os.listdir(os.path.join(self.root, "nixeryd", "tmp")))
-
-    def test_layout(self) -> None:
-        """A new storage is an OCI layout: ``oci-layout``, an empty index, the blob directory."""
-        with open(os.path.join(self.root, "oci-layout"), "rb") as f:
-            self.assertEqual(json.loads(f.read()), {"imageLayoutVersion": "1.0.0"})
-        self.assertEqual(self.read_index(), {"schemaVersion": 2,
-                                             "mediaType": mediatypes.OCI_INDEX,
-                                             "manifests": []})
-        self.assertTrue(os.path.isdir(os.path.join(self.root, "blobs", "sha256")))
-        self.assertEqual(self.storage.temp_directory(),
-                         os.path.join(self.root, "nixeryd", "tmp"))
-
-    def test_reopen_keeps_content(self) -> None:
-        """Opening the same directory again keeps blobs, documents and the index."""
-        data = b"blob"
-        self.successResultOf(self.storage.store_blob_bytes(data, digest_of(data)))
-        self.successResultOf(self.storage.put_document("layers", "k", {"a": 1}))
-        self.successResultOf(self.storage.record_reference(
-            "latest", digest_of(data), mediatypes.OCI_MANIFEST, 4))
-        again = FilesystemStorage(self.root, InlineRunner())
-        self.assertTrue(self.successResultOf(again.has_blob(digest_of(data))))
-        self.assertEqual(self.successResultOf(again.get_document("layers", "k")), {"a": 1})
-        self.assertEqual(set(self.recorded_references(again)), {"latest"})
-
-    def test_blob_location(self) -> None:
-        """Blobs live under ``blobs/sha256/<hex>``, readable by other users."""
-        data = b"layout"
-        self.successResultOf(self.storage.store_blob_bytes(data, digest_of(data)))
-        path = self.write_temporary(b"file blob")
-        self.successResultOf(self.storage.store_blob_file(path, digest_of(b"file blob")))
-        for content in (data, b"file blob"):
-            final = self.blob_path(digest_of(content))
-            with open(final, "rb") as f:
-                self.assertEqual(f.read(), content)
-            self.assertEqual(stat.S_IMODE(os.stat(final).st_mode), 0o644)
-        self.assertEqual(stat.S_IMODE(
-            os.stat(os.path.join(self.root, "index.json")).st_mode), 0o644)
-        where = self.successResultOf(self.storage.blob(digest_of(data)))
-        self.assertEqual(where, LocalBlob(path=self.blob_path(digest_of(data)),
-                                          size=len(data), digest=digest_of(data)))
-
-    def test_index_is_valid(self) -> None:
-        """``index.json`` stays an OCI index with one descriptor per reference, sorted."""
-        for reference in ("v2", "latest", "v1"):
-            self.successResultOf(self.storage.record_reference(
-                reference, digest_of(reference.encode()), mediatypes.OCI_MANIFEST, 7))
-        self.successResultOf(self.storage.record_reference(
-            "v1", digest_of(b"again"), mediatypes.OCI_MANIFEST, 8))
-        index = self.read_index()
-        self.assertEqual((index["schemaVersion"], index["mediaType"]),
-                         (2, mediatypes.OCI_INDEX))
-        self.assertEqual([m["annotations"][REF_NAME] for m in index["manifests"]],
-                         ["latest", "v1", "v2"])
-        self.assertEqual(index["manifests"][1],
-                         {"mediaType": mediatypes.OCI_MANIFEST, "digest": digest_of(b"again"),
-                          "size": 8, "annotations": {REF_NAME: "v1"}})
-
-    def test_index_keeps_unnamed_entries(self) -> None:
-        """Descriptors without a reference name, written by other tools, survive a recording."""
-        foreign = {"mediaType": mediatypes.OCI_MANIFEST, "digest": digest_of(b"f"),
-                   "size": 1}
-        with open(os.path.join(self.root, "index.json"), "w") as f:
-            json.dump({"schemaVersion": 2, "manifests": [foreign]}, f)
-        self.successResultOf(self.storage.record_reference(
-            "latest", digest_of(b"m"), mediatypes.OCI_MANIFEST, 1))
-        manifests = self.read_index()["manifests"]
-        self.assertIn(foreign, manifests)
-        self.assertEqual(len(manifests), 2)
-
-    def test_invalid_digest_touches_nothing(self) -> None:
-        """An invalid digest creates no file anywhere in the storage."""
-        before = sorted(os.walk(self.root))
-        for digest in INVALID_DIGESTS:
-            self.failureResultOf(self.storage.store_blob_bytes(b"x", digest), DigestInvalid)
-        self.assertEqual(sorted(os.walk(self.root)), before)
-        self.assertFalse(os.path.exists(os.path.join(self.root, "etc")))
-
-    def test_stale_temporaries_removed(self) -> None:
-        """At start-up old temporary files are removed and fresh ones kept."""
-        tmp = self.storage.temp_directory()
-        old, fresh = os.path.join(tmp, "old"), os.path.join(tmp, "fresh")
-        for path in (old, fresh):
-            with open(path, "wb") as f:
-                f.write(b"partial")
-        long_ago = time.time() - filesystem.STALE_TEMPORARY_SECONDS - 60
-        os.utime(old, (long_ago, long_ago))
-        FilesystemStorage(self.root, InlineRunner())
-        self.assertEqual(self.temporaries(), ["fresh"])
-
-    def test_bytes_never_partially_visible(self) -> None:
-        """When the final rename fails, neither the blob nor a temporary file remains."""
-        data = b"x" * 10000
-        digest = digest_of(data)
-
-        def failing_replace(source: str, destination: str) -> None:
-            raise OSError("disk trouble")
-
-        self.patch(os, "replace", failing_replace)
-        self.failureResultOf(self.storage.store_blob_bytes(data, digest), OSError)
-        self.assertFalse(os.path.exists(self.blob_path(digest)))
-        self.assertEqual(self.temporaries(), [])
-        self.assertFalse(self.successResultOf(self.storage.has_blob(digest)))
-
-    def test_file_never_partially_visible(self) -> None:
-        """When moving a file into place fails, the blob is absent and the file removed."""
-        data = b"y" * 10000
-        digest = digest_of(data)
-        path = self.write_temporary(data)
-
-        def failing_replace(source: str, destination: str) -> None:
-            raise OSError("disk trouble")
-
-        self.patch(os, "replace", failing_replace)
-        self.failureResultOf(self.storage.store_blob_file(path, digest), OSError)
-        self.assertFalse(os.path.exists(self.blob_path(digest)))
-        self.assertEqual(self.temporaries(), [])
-
-    def test_document_location(self) -> None:
-        """Documents are JSON files under ``nixeryd/<namespace>/<key>.json``."""
-        self.successResultOf(self.storage.put_document("manifests", "abc", {"x": [1]}))
-        with open(os.path.join(self.root, "nixeryd", "manifests", "abc.json"), "rb") as f:
-            self.assertEqual(json.loads(f.read()), {"x": [1]})
+def index_references(index: bytes) -> dict[str, dict[str, Any]]:
+    """Reference → descriptor, from the bytes of an OCI ``index.json``."""
+    return {m["annotations"][REF_NAME]: m for m in json.loads(index)["manifests"]}
 
 
-class MemoryStorageTests(StorageContractMixin, SynchronousTestCase):
-    """The contract, and what the test double adds, on :class:`MemoryStorage`."""
+class MemoryStorageContractTests(StorageContractMixin, TestCase):
+    """The contract on the in-memory test double."""
 
-    def make_storage(self) -> MemoryStorage:
+    storage: MemoryStorage
+
+    def setUp(self) -> None:
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
-        return MemoryStorage(directory)
+        self.storage = MemoryStorage(directory)
 
-    def recorded_references(self, storage: Any) -> dict[str, dict[str, Any]]:
-        return storage.references
+    async def fetch(self, blob: LocalBlob | RedirectBlob) -> bytes:
+        assert isinstance(blob, RedirectBlob)
+        self.assertEqual(blob.url, "https://blobs.invalid/" + blob.digest)
+        return self.storage.blobs[blob.digest]
+
+    async def recorded_references(self) -> dict[str, dict[str, Any]]:
+        return self.storage.references
+
+
+class FilesystemStorageContractTests(StorageContractMixin, TestCase):
+    """The contract on :class:`FilesystemStorage`."""
+
+    storage: FilesystemStorage
+
+    def setUp(self) -> None:
+        self.storage = FilesystemStorage(os.path.abspath(self.mktemp()), InlineRunner())
+
+    async def fetch(self, blob: LocalBlob | RedirectBlob) -> bytes:
+        assert isinstance(blob, LocalBlob)
+        with open(blob.path, "rb") as f:
+            return f.read()
+
+    async def recorded_references(self) -> dict[str, dict[str, Any]]:
+        with open(os.path.join(self.storage.root, "index.json"), "rb") as f:
+            return index_references(f.read())
+
+
+class GCSStorageContractTests(EmulatorTestCase, StorageContractMixin):
+    """The contract on :class:`~nixeryd.storage.gcs.storage.GCSStorage`, on the emulator."""
+
+    def started(self) -> None:
+        self.storage = self.emulator_storage()
+
+    async def fetch(self, blob: LocalBlob | RedirectBlob) -> bytes:
+        assert isinstance(blob, RedirectBlob)
+        response = await treq.get(blob.url, pool=HTTPConnectionPool(reactor, persistent=False))
+        body: bytes = await response.content()
+        self.assertEqual(response.code, 200)
+        return body
+
+    async def recorded_references(self) -> dict[str, dict[str, Any]]:
+        index = await self.emulator.download("index.json")
+        assert index is not None
+        return index_references(index)
+
+
+class MemoryStorageTests(TestCase):
+    """What the test double adds to the contract."""
+
+    def setUp(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.storage = MemoryStorage(directory)
+
+    def write_temporary(self, data: bytes) -> str:
+        """A file in the storage's temp directory holding ``data``."""
+        path = os.path.join(self.storage.temp_directory(), "upload")
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def test_every_answer_has_fired(self) -> None:
+        """Every Deferred the double returns has already fired."""
+        answers: list[Deferred[Any]] = [
+            self.storage.has_blob(digest_of(b"x")), self.storage.get_document("layers", "k"),
+            self.storage.close()]
+        for answer in answers:
+            self.assertTrue(answer.called)
 
     def test_refuses_mislabelled_blob(self) -> None:
         """A blob whose content does not match its digest is refused and not stored."""
@@ -387,72 +316,3 @@ class MemoryStorageTests(StorageContractMixin, SynchronousTestCase):
         self.successResultOf(self.storage.store_blob_bytes(b"q", digest_of(b"q")))
         self.storage.delete_blob(digest_of(b"q"))
         self.failureResultOf(self.storage.blob(digest_of(b"q")), BlobUnknown)
-
-
-class ThreadedFilesystemStorageTests(TestCase):
-    """:class:`FilesystemStorage` on a real :class:`ThreadPoolService`."""
-
-    def setUp(self) -> None:
-        self.pool = ThreadPoolService(reactor, 2, name="storage-test")
-        self.pool.startService()
-        self.stopped = False
-        self.addCleanup(self.stop)
-
-    def stop(self) -> Any:
-        """Stop the pool once."""
-        if not self.stopped:
-            self.stopped = True
-            return self.pool.stopService()
-        return None
-
-    async def test_work_runs_off_the_reactor_thread(self) -> None:
-        """Pool work runs on another thread and its result or error comes back."""
-        self.assertNotEqual(await self.pool.run(threading.get_ident), threading.get_ident())
-        with self.assertRaises(ZeroDivisionError):
-            await self.pool.run(lambda: 1 // 0)
-
-    async def test_round_trip(self) -> None:
-        """Blobs and documents round-trip through the pool; invalid digests still fail."""
-        storage = FilesystemStorage(os.path.abspath(self.mktemp()), self.pool)
-        data = b"threaded"
-        await storage.store_blob_bytes(data, digest_of(data))
-        self.assertEqual(await storage.read_small_blob(digest_of(data), 100), data)
-        await storage.put_document("layers", "k", {"v": 1})
-        self.assertEqual(await storage.get_document("layers", "k"), {"v": 1})
-        with self.assertRaises(DigestInvalid):
-            await storage.has_blob("sha256:../../etc")
-
-    async def test_concurrent_references(self) -> None:
-        """References recorded from many threads at once all end up in the index."""
-        storage = FilesystemStorage(os.path.abspath(self.mktemp()), self.pool)
-        await gatherResults([
-            storage.record_reference("v%d" % (i,), digest_of(b"%d" % (i,)),
-                                     mediatypes.OCI_MANIFEST, i)
-            for i in range(20)])
-        with open(os.path.join(storage.root, "index.json"), "rb") as f:
-            names = {m["annotations"][REF_NAME] for m in json.loads(f.read())["manifests"]}
-        self.assertEqual(names, {"v%d" % (i,) for i in range(20)})
-
-    async def test_stop_finishes_queued_work(self) -> None:
-        """Stopping the pool lets the work already queued finish."""
-        done: list[int] = []
-
-        def slow(i: int) -> int:
-            time.sleep(0.02)
-            done.append(i)
-            return i
-
-        results = gatherResults([self.pool.run(slow, i) for i in range(6)])
-        await self.stop()
-        self.assertEqual(sorted(done), list(range(6)))
-        self.assertEqual(sorted(await results), list(range(6)))
-
-
-class InlineRunnerTests(SynchronousTestCase):
-    """:class:`InlineRunner`."""
-
-    def test_result_and_failure(self) -> None:
-        """The work runs at once; its result or exception is in the returned Deferred."""
-        runner = InlineRunner()
-        self.assertEqual(self.successResultOf(runner.run(lambda a, b=0: a + b, 2, b=3)), 5)
-        self.failureResultOf(runner.run(lambda: 1 // 0), ZeroDivisionError)

@@ -1,0 +1,24 @@
+"""
+Storage in a Google Cloud Storage bucket.
+
+- :mod:`~nixeryd.storage.gcs.storage`: :class:`GCSStorage`, the
+  :class:`~nixeryd.storage.interface.IStorage` backend, and
+  :func:`build_gcs_storage`, which assembles it from settings;
+- :mod:`~nixeryd.storage.gcs.bucket`: the JSON API on one bucket;
+- :mod:`~nixeryd.storage.gcs.objects`: object names and upload checksums;
+- :mod:`~nixeryd.storage.gcs.filebody`: upload bodies streamed from disk;
+- :mod:`~nixeryd.storage.gcs.auth`: the service-account key and access
+  tokens;
+- :mod:`~nixeryd.storage.gcs.signing`: V4 signed URLs and JWT assertions
+  (pure computation);
+- :mod:`~nixeryd.storage.gcs.http`: :class:`GCSError` and what every
+  request shares.
+"""
+
+from __future__ import annotations
+
+from nixeryd.storage.gcs.auth import load_service_account_key
+from nixeryd.storage.gcs.http import GCSError
+from nixeryd.storage.gcs.storage import GCSStorage, build_gcs_storage
+
+__all__ = ["GCSError", "GCSStorage", "build_gcs_storage", "load_service_account_key"]

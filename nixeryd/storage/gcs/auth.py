@@ -1,0 +1,97 @@
+"""
+Credentials for real Cloud Storage: the service-account key file, and the
+OAuth2 access tokens obtained with it.
+
+The same key signs blob URLs (:mod:`nixeryd.storage.gcs.signing`) and the
+JWT assertions exchanged for access tokens.  Against an emulator, requests
+are anonymous and none of this is used.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from treq.client import HTTPClient
+
+from nixeryd.core.httpbody import BodyTooLarge
+from nixeryd.core.sharedwork import SharedWork
+from nixeryd.core.threads import Runner
+from nixeryd.storage.gcs.http import GCSError, cancel_after, drain, error_for
+from nixeryd.storage.gcs.signing import JWT_BEARER_GRANT, ServiceAccountKey, jwt_assertion
+
+
+def load_service_account_key(path: str) -> ServiceAccountKey:
+    """
+    Read a service-account JSON key file (blocking: call it at start-up or
+    in the thread pool).
+
+    :raises GCSError: when it cannot be read or is not a key file.
+    """
+    try:
+        with open(path, "rb") as f:
+            return ServiceAccountKey.from_json(f.read())
+    except (OSError, ValueError) as e:
+        raise GCSError("cannot use the service account key %s: %s" % (path, e)) from None
+
+
+class AccessTokenSource:
+    """
+    OAuth2 access tokens for a service account, obtained with the JWT bearer
+    grant (RFC 7523) and cached until shortly before they expire.
+
+    Concurrent callers during a refresh share one token request.
+
+    :param clock: the time of token lifetimes and request timeouts.
+    :param runner: runs the RSA signature of the assertion.
+    :param key: the service account's key; its ``token_uri`` is contacted.
+    :param http: the treq client to post with.
+    :param margin: seconds before expiry at which a token is renewed.
+    :param timeout: seconds a token request may take.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, runner: Runner, key: ServiceAccountKey,
+                 http: HTTPClient, margin: float = 300, timeout: float = 60) -> None:
+        self._clock = clock
+        self._runner = runner
+        self._key = key
+        self._http = http
+        self._margin = margin
+        self._timeout = timeout
+        self._token: str | None = None
+        self._expires = 0.0
+        self._refreshing: SharedWork[str, str] = SharedWork()
+
+    def token(self) -> Deferred[str]:
+        """A Deferred firing with a valid access token."""
+        if self._token is not None and self._clock.seconds() < self._expires - self._margin:
+            return succeed(self._token)
+        return self._refreshing.wait(
+            self._key.token_uri, lambda: Deferred.fromCoroutine(self._refresh()))
+
+    async def _refresh(self) -> str:
+        now = self._clock.seconds()
+        assertion = await self._runner.run(jwt_assertion, self._key, issued_at=int(now))
+        response = await cancel_after(self._http.post(
+            self._key.token_uri,
+            data={"grant_type": JWT_BEARER_GRANT, "assertion": assertion},
+            allow_redirects=False), self._timeout, self._clock)
+        if response.code != 200:
+            raise await error_for(response, "fetching an access token from "
+                                  + self._key.token_uri)
+        try:
+            answer = json.loads(await drain(response))
+            token: str = answer["access_token"]
+            lifetime = float(answer.get("expires_in", 3600))
+        except (BodyTooLarge, ValueError, KeyError, TypeError):
+            raise GCSError("the token endpoint %s answered without an access token"
+                           % (self._key.token_uri,)) from None
+        self._token, self._expires = token, now + lifetime
+        self.log.info("Obtained an access token for {account}, valid {seconds} s",
+                      account=self._key.client_email, seconds=int(lifetime))
+        return token

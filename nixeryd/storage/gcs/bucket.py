@@ -1,0 +1,281 @@
+"""
+The Cloud Storage JSON API for one bucket: object metadata, downloads and
+uploads, with treq on the reactor.
+
+Small bodies go up in one multipart request; larger files go through a
+resumable upload, in chunks streamed from disk
+(:class:`~nixeryd.storage.gcs.filebody.FileRegionProducer`).  Every upload
+names the MD5 of its content, and may be guarded by a generation
+precondition (``ifGenerationMatch``), which Cloud Storage answers with 412
+(:class:`~nixeryd.storage.gcs.http.PreconditionFailed`) when it no longer
+holds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.iweb import IBodyProducer, IResponse
+
+from treq.client import HTTPClient
+
+from nixeryd.core.httpbody import read_limited
+from nixeryd.core.threads import Runner
+from nixeryd.storage.gcs.auth import AccessTokenSource
+from nixeryd.storage.gcs.filebody import FileRegionProducer
+from nixeryd.storage.gcs.http import (
+    GCSError, PreconditionFailed, cancel_after, drain, error_for)
+
+#: The JSON API of real Cloud Storage.
+DEFAULT_API_ENDPOINT = "https://storage.googleapis.com"
+#: Resumable upload chunks must be multiples of this (except the last one).
+RESUMABLE_GRANULARITY = 256 * 1024
+#: Bytes per resumable-upload request.
+DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
+#: Bytes read from disk at a time while uploading.
+DEFAULT_READ_SIZE = 256 * 1024
+
+#: An object resource of the JSON API, as decoded from its answer.
+ObjectResource = dict[str, Any]
+
+
+def multipart_body(metadata: dict[str, str], data: bytes) -> tuple[bytes, str]:
+    """A ``multipart/related`` upload body and its content type."""
+    boundary = "nixeryd-" + secrets.token_hex(16)
+    while boundary.encode("ascii") in data:
+        boundary = "nixeryd-" + secrets.token_hex(16)
+    delimiter = b"--" + boundary.encode("ascii")
+    body = b"".join([
+        delimiter, b"\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n",
+        json.dumps(metadata).encode("utf-8"), b"\r\n",
+        delimiter, b"\r\nContent-Type: application/octet-stream\r\n\r\n",
+        data, b"\r\n", delimiter, b"--\r\n"])
+    return body, "multipart/related; boundary=" + boundary
+
+
+def resume_offset(response: IResponse) -> int:
+    """Where to continue after a 308: one past the last byte received."""
+    ranges = response.headers.getRawHeaders(b"range") or []
+    match = re.fullmatch(rb"bytes=0-(\d+)", ranges[0].strip()) if ranges else None
+    return int(match.group(1)) + 1 if match else 0
+
+
+class BucketClient:
+    """
+    Requests on the objects of one bucket.
+
+    :param clock: the time of request timeouts.
+    :param runner: reads files in the thread pool while they are uploaded.
+    :param http: the treq client, on ``pool``.
+    :param pool: its connection pool, closed by :meth:`close`.
+    :param bucket: the bucket name.
+    :param endpoint: ``scheme://host[:port]`` of the JSON API.
+    :param token_source: gives access tokens; ``None`` sends anonymous
+        requests (emulators).
+    :param chunk_size: bytes per resumable-upload request (a multiple of
+        256 KiB).
+    :param read_size: bytes read from disk at a time while uploading.
+    :param request_timeout: seconds a request may take until its answer
+        begins.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, runner: Runner, http: HTTPClient,
+                 pool: HTTPConnectionPool, bucket: str, *,
+                 endpoint: str = DEFAULT_API_ENDPOINT,
+                 token_source: AccessTokenSource | None = None,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 read_size: int = DEFAULT_READ_SIZE,
+                 request_timeout: float = 300) -> None:
+        if chunk_size <= 0 or chunk_size % RESUMABLE_GRANULARITY:
+            raise ValueError("chunk_size must be a positive multiple of %d"
+                             % (RESUMABLE_GRANULARITY,))
+        self._clock = clock
+        self._runner = runner
+        self._http = http
+        self._pool = pool
+        self.bucket = bucket
+        self.endpoint = endpoint.rstrip("/")
+        self._tokens = token_source
+        self._chunk_size = chunk_size
+        self._read_size = read_size
+        self._timeout = request_timeout
+
+    def _object_url(self, name: str, **query: str) -> str:
+        url = "%s/storage/v1/b/%s/o/%s" % (
+            self.endpoint, quote(self.bucket, safe=""), quote(name, safe=""))
+        return url + ("?" + urlencode(query) if query else "")
+
+    def _upload_url(self, **query: str) -> str:
+        return "%s/upload/storage/v1/b/%s/o?%s" % (
+            self.endpoint, quote(self.bucket, safe=""), urlencode(query))
+
+    async def _request(self, method: str, url: str, *,
+                       headers: dict[str, str] | None = None,
+                       data: bytes | IBodyProducer | None = None) -> IResponse:
+        all_headers: dict[bytes | str, bytes | str] = {}
+        all_headers.update(headers or {})
+        if self._tokens is not None:
+            all_headers["Authorization"] = "Bearer " + await self._tokens.token()
+        response = await cancel_after(self._http.request(
+            method, url, headers=all_headers, data=data, allow_redirects=False),
+            self._timeout, self._clock)
+        return response
+
+    async def metadata(self, name: str) -> ObjectResource | None:
+        """The object's metadata, or ``None`` when it does not exist."""
+        response = await self._request(
+            "GET", self._object_url(name, fields="size,md5Hash,crc32c,generation"))
+        if response.code == 404:
+            await drain(response)
+            return None
+        if response.code != 200:
+            raise await error_for(response, "looking up gs://%s/%s" % (self.bucket, name))
+        resource: ObjectResource = json.loads(await drain(response))
+        return resource
+
+    async def download(self, name: str, limit: int,
+                       generation: str | None = None) -> bytes | None:
+        """
+        The object's content, or ``None`` when it does not exist.
+
+        :raises BodyTooLarge: when it is larger than ``limit``.
+        :raises PreconditionFailed: when ``generation`` is no longer current.
+        """
+        query = {"alt": "media"}
+        if generation is not None:
+            query["ifGenerationMatch"] = generation
+        response = await self._request("GET", self._object_url(name, **query))
+        if response.code == 404:
+            await drain(response)
+            return None
+        if response.code == 412:
+            await drain(response)
+            raise PreconditionFailed()
+        if response.code != 200:
+            raise await error_for(response, "downloading gs://%s/%s" % (self.bucket, name))
+        return await read_limited(response, limit)
+
+    async def _finish_upload(self, response: IResponse, name: str, size: int,
+                             md5: str) -> ObjectResource:
+        """Check the answer to the request that completed an upload."""
+        if response.code == 412:
+            await drain(response)
+            raise PreconditionFailed()
+        if response.code not in (200, 201):
+            raise await error_for(response, "uploading gs://%s/%s" % (self.bucket, name))
+        resource: ObjectResource = json.loads(await drain(response))
+        if resource.get("md5Hash") not in (None, md5) or int(resource.get("size", size)) != size:
+            raise GCSError("gs://%s/%s was stored with MD5 %s and size %s, not %s and %d"
+                           % (self.bucket, name, resource.get("md5Hash"),
+                              resource.get("size"), md5, size))
+        self.log.debug("Uploaded gs://{bucket}/{name}, {size} bytes",
+                       bucket=self.bucket, name=name, size=size)
+        return resource
+
+    async def upload_bytes(self, name: str, data: bytes, md5: str,
+                           generation: str | None = None,
+                           content_type: str = "application/octet-stream") -> ObjectResource:
+        """
+        Upload ``data`` in one multipart request; with ``generation``, only
+        if the object's generation is still that (``"0"``: still absent).
+        """
+        body, multipart_type = multipart_body(
+            {"name": name, "md5Hash": md5, "contentType": content_type}, data)
+        query = {"uploadType": "multipart", "name": name}
+        if generation is not None:
+            query["ifGenerationMatch"] = generation
+        response = await self._request(
+            "POST", self._upload_url(**query),
+            headers={"Content-Type": multipart_type}, data=body)
+        return await self._finish_upload(response, name, len(data), md5)
+
+    async def upload_file(self, name: str, path: str, size: int,
+                          md5: str, generation: str) -> ObjectResource:
+        """
+        Upload a file in chunks streamed from disk (resumable upload), if
+        the object's generation is still ``generation``.
+        """
+        metadata = json.dumps({"name": name, "md5Hash": md5,
+                               "contentType": "application/octet-stream"}).encode()
+        response = await self._request(
+            "POST", self._upload_url(uploadType="resumable", name=name,
+                                     ifGenerationMatch=generation),
+            headers={"Content-Type": "application/json; charset=UTF-8",
+                     "X-Upload-Content-Type": "application/octet-stream",
+                     "X-Upload-Content-Length": str(size)},
+            data=metadata)
+        if response.code == 412:
+            await drain(response)
+            raise PreconditionFailed()
+        if response.code != 200:
+            raise await error_for(response, "starting the upload of gs://%s/%s"
+                                  % (self.bucket, name))
+        await drain(response)
+        locations = response.headers.getRawHeaders(b"location") or []
+        if not locations:
+            raise GCSError("starting the upload of gs://%s/%s: no session URL in the answer"
+                           % (self.bucket, name))
+        session = locations[0].decode("ascii")
+        offset = 0
+        while True:
+            end = min(offset + self._chunk_size, size)
+            producer = FileRegionProducer(self._runner, path, offset, end - offset,
+                                          self._read_size)
+            response = await self._request(
+                "PUT", session,
+                headers={"Content-Range": "bytes %d-%d/%d" % (offset, end - 1, size),
+                         "Content-Type": "application/octet-stream"},
+                data=producer)
+            self.log.debug("Sent bytes {first}-{last} of {size} for gs://{bucket}/{name}",
+                           first=offset, last=end - 1, size=size, bucket=self.bucket,
+                           name=name, pieces=producer.pieces_read,
+                           largest_piece=producer.largest_piece)
+            if response.code != 308:
+                return await self._finish_upload(response, name, size, md5)
+            await drain(response)
+            offset = resume_offset(response)
+            if offset >= size:
+                raise GCSError("uploading gs://%s/%s: all %d bytes sent but the upload "
+                               "did not complete" % (self.bucket, name, size))
+
+    async def check_bucket(self) -> None:
+        """
+        Make sure the bucket exists and the credentials may use it.
+
+        :raises GCSError: with an explanation otherwise.
+        """
+        url = "%s/storage/v1/b/%s?fields=name" % (self.endpoint, quote(self.bucket, safe=""))
+        try:
+            response = await self._request("GET", url)
+        except GCSError:
+            raise
+        except Exception as e:
+            raise GCSError("cannot reach Cloud Storage at %s to check gs://%s: %s"
+                           % (self.endpoint, self.bucket, e)) from None
+        if response.code == 200:
+            await drain(response)
+            return
+        error = await error_for(response, "checking bucket gs://%s" % (self.bucket,))
+        if response.code == 404:
+            error = GCSError("the bucket gs://%s does not exist (at %s)"
+                             % (self.bucket, self.endpoint), 404)
+        elif response.code in (401, 403):
+            error = GCSError("the credentials may not use gs://%s: %s"
+                             % (self.bucket, error), response.code)
+        raise error
+
+    def close(self) -> Deferred[None]:
+        """Close idle connections (at shutdown, and at the end of tests)."""
+        closed: Deferred[None] = (
+            self._pool.closeCachedConnections())  # type: ignore[no-untyped-call]
+        return closed

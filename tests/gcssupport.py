@@ -1,0 +1,98 @@
+"""
+What the tests of the GCS backend share: the dummy service-account key, a
+thread pool per test, GCS storages on a test server, and a test case that
+runs a fresh emulator for each test.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from treq.client import HTTPClient
+
+from nixeryd.core.threads import Runner, ThreadPoolService
+from nixeryd.storage.gcs.auth import AccessTokenSource
+from nixeryd.storage.gcs.bucket import DEFAULT_CHUNK_SIZE, DEFAULT_READ_SIZE, BucketClient
+from nixeryd.storage.gcs.signing import ServiceAccountKey
+from nixeryd.storage.gcs.storage import DEFAULT_SIMPLE_UPLOAD_LIMIT, GCSStorage
+from tests.gcsemulator import MISSING_REASON, GCSEmulator, start_emulator
+
+#: The dummy key of Google's signing conformance vectors.
+KEY_FILE = os.path.join(os.path.dirname(__file__), "fixtures", "gcs-v4",
+                        "service-account.json")
+
+
+def load_key() -> ServiceAccountKey:
+    """The dummy service-account key of the signing conformance vectors."""
+    with open(KEY_FILE, "rb") as f:
+        return ServiceAccountKey.from_json(f.read())
+
+
+def start_pool(case: TestCase) -> ThreadPoolService:
+    """A running thread pool, stopped when the test ends."""
+    pool = ThreadPoolService(IReactorThreads(reactor), 4, name="nixeryd-test")
+    pool.startService()
+    case.addCleanup(pool.stopService)
+    return pool
+
+
+def gcs_storage(case: TestCase, runner: Runner, endpoint: str, bucket: str, *,
+                signing_key: ServiceAccountKey | None,
+                token_source: AccessTokenSource | None = None,
+                spool_directory: str | None = None,
+                chunk_size: int = DEFAULT_CHUNK_SIZE, read_size: int = DEFAULT_READ_SIZE,
+                simple_upload_limit: int = DEFAULT_SIMPLE_UPLOAD_LIMIT) -> GCSStorage:
+    """
+    A GCS storage on ``endpoint`` (an emulator or a fake server), with a
+    new connection per request as emulators need, closed when the test ends.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    client = BucketClient(reactor, runner, HTTPClient(Agent(reactor, pool=pool)), pool,
+                          bucket, endpoint=endpoint, token_source=token_source,
+                          chunk_size=chunk_size, read_size=read_size)
+    storage = GCSStorage(reactor, runner, client, signing_key=signing_key,
+                         spool_directory=spool_directory or case.mktemp(),
+                         simple_upload_limit=simple_upload_limit)
+    case.addCleanup(storage.close)
+    return storage
+
+
+class EmulatorTestCase(TestCase):
+    """
+    Runs a fresh emulator for each test, with a thread pool (``runner``);
+    :meth:`emulator_storage` makes storages on the emulator's bucket.
+    """
+
+    skip = MISSING_REASON
+    runner: ThreadPoolService
+    emulator: GCSEmulator
+
+    # trial waits for a Deferred returned by setUp; the standard library's
+    # TestCase, which trial's derives from, declares None.
+    def setUp(self) -> Deferred[None]:  # type: ignore[override]
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        self.runner = start_pool(self)
+        self.emulator = await start_emulator(reactor, self.mktemp())
+        self.addCleanup(lambda: Deferred.fromCoroutine(self.emulator.stop()))
+        self.started()
+
+    def started(self) -> None:
+        """Called by ``setUp`` once the emulator runs."""
+
+    def emulator_storage(self, *, signed: bool = True, spool_directory: str | None = None,
+                         chunk_size: int = DEFAULT_CHUNK_SIZE,
+                         read_size: int = DEFAULT_READ_SIZE,
+                         simple_upload_limit: int = DEFAULT_SIMPLE_UPLOAD_LIMIT) -> GCSStorage:
+        """A storage on the emulator's bucket, signing with the dummy key if ``signed``."""
+        return gcs_storage(self, self.runner, self.emulator.endpoint, self.emulator.bucket,
+                           signing_key=load_key() if signed else None,
+                           spool_directory=spool_directory, chunk_size=chunk_size,
+                           read_size=read_size, simple_upload_limit=simple_upload_limit)

@@ -1,0 +1,261 @@
+"""
+What only :class:`~nixeryd.storage.filesystem.FilesystemStorage` promises:
+an OCI image layout that other tools read, files that are never visible
+half-written, crash leftovers removed; and the backend on a real thread
+pool, with the runners of :mod:`nixeryd.core.threads`.
+
+The contract it shares with the other backends is in ``test_storage``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+import time
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.interfaces import IReactorThreads
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from nixeryd.core import mediatypes
+from nixeryd.core.documents import LocalBlob
+from nixeryd.core.errors import DigestInvalid
+from nixeryd.core.threads import InlineRunner, ThreadPoolService
+from nixeryd.storage import filesystem
+from nixeryd.storage.filesystem import FilesystemStorage
+from nixeryd.storage.ociindex import REF_NAME
+from nixeryd.testing.storage import INVALID_DIGESTS, digest_of
+
+
+class FilesystemLayoutTests(SynchronousTestCase):
+    """The OCI layout and the atomic writes of :class:`FilesystemStorage`."""
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        self.storage = FilesystemStorage(self.root, InlineRunner())
+
+    def recorded_references(self) -> dict[str, dict[str, Any]]:
+        """Reference → descriptor, from ``index.json``."""
+        index = self.read_index()
+        return {m["annotations"][REF_NAME]: m for m in index["manifests"]}
+
+    def read_index(self) -> dict[str, Any]:
+        """The parsed ``index.json``."""
+        with open(os.path.join(self.root, "index.json"), "rb") as f:
+            index: dict[str, Any] = json.loads(f.read())
+        return index
+
+    def blob_path(self, digest: str) -> str:
+        """Where the layout keeps a blob."""
+        return os.path.join(self.root, "blobs", "sha256", digest[len("sha256:"):])
+
+    def temporaries(self) -> list[str]:
+        """What is in the temporary directory."""
+        return sorted(os.listdir(os.path.join(self.root, "nixeryd", "tmp")))
+
+    def write_temporary(self, data: bytes) -> str:
+        """A new file in the storage's temp directory holding ``data``."""
+        directory = self.storage.temp_directory()
+        path = os.path.join(directory, "upload-%d" % (len(os.listdir(directory)),))
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def test_layout(self) -> None:
+        """A new storage is an OCI layout: ``oci-layout``, an empty index, the blob directory."""
+        with open(os.path.join(self.root, "oci-layout"), "rb") as f:
+            self.assertEqual(json.loads(f.read()), {"imageLayoutVersion": "1.0.0"})
+        self.assertEqual(self.read_index(), {"schemaVersion": 2,
+                                             "mediaType": mediatypes.OCI_INDEX,
+                                             "manifests": []})
+        self.assertTrue(os.path.isdir(os.path.join(self.root, "blobs", "sha256")))
+        self.assertEqual(self.storage.temp_directory(),
+                         os.path.join(self.root, "nixeryd", "tmp"))
+
+    def test_reopen_keeps_content(self) -> None:
+        """Opening the same directory again keeps blobs, documents and the index."""
+        data = b"blob"
+        self.successResultOf(self.storage.store_blob_bytes(data, digest_of(data)))
+        self.successResultOf(self.storage.put_document("layers", "k", {"a": 1}))
+        self.successResultOf(self.storage.record_reference(
+            "latest", digest_of(data), mediatypes.OCI_MANIFEST, 4))
+        again = FilesystemStorage(self.root, InlineRunner())
+        self.assertTrue(self.successResultOf(again.has_blob(digest_of(data))))
+        self.assertEqual(self.successResultOf(again.get_document("layers", "k")), {"a": 1})
+        self.assertEqual(set(self.recorded_references()), {"latest"})
+
+    def test_blob_location(self) -> None:
+        """Blobs live under ``blobs/sha256/<hex>``, readable by other users."""
+        data = b"layout"
+        self.successResultOf(self.storage.store_blob_bytes(data, digest_of(data)))
+        path = self.write_temporary(b"file blob")
+        self.successResultOf(self.storage.store_blob_file(path, digest_of(b"file blob")))
+        for content in (data, b"file blob"):
+            final = self.blob_path(digest_of(content))
+            with open(final, "rb") as f:
+                self.assertEqual(f.read(), content)
+            self.assertEqual(stat.S_IMODE(os.stat(final).st_mode), 0o644)
+        self.assertEqual(stat.S_IMODE(
+            os.stat(os.path.join(self.root, "index.json")).st_mode), 0o644)
+        where = self.successResultOf(self.storage.blob(digest_of(data)))
+        self.assertEqual(where, LocalBlob(path=self.blob_path(digest_of(data)),
+                                          size=len(data), digest=digest_of(data)))
+
+    def test_index_is_valid(self) -> None:
+        """``index.json`` stays an OCI index with one descriptor per reference, sorted."""
+        for reference in ("v2", "latest", "v1"):
+            self.successResultOf(self.storage.record_reference(
+                reference, digest_of(reference.encode()), mediatypes.OCI_MANIFEST, 7))
+        self.successResultOf(self.storage.record_reference(
+            "v1", digest_of(b"again"), mediatypes.OCI_MANIFEST, 8))
+        index = self.read_index()
+        self.assertEqual((index["schemaVersion"], index["mediaType"]),
+                         (2, mediatypes.OCI_INDEX))
+        self.assertEqual([m["annotations"][REF_NAME] for m in index["manifests"]],
+                         ["latest", "v1", "v2"])
+        self.assertEqual(index["manifests"][1],
+                         {"mediaType": mediatypes.OCI_MANIFEST, "digest": digest_of(b"again"),
+                          "size": 8, "annotations": {REF_NAME: "v1"}})
+
+    def test_index_keeps_unnamed_entries(self) -> None:
+        """Descriptors without a reference name, written by other tools, survive a recording."""
+        foreign = {"mediaType": mediatypes.OCI_MANIFEST, "digest": digest_of(b"f"),
+                   "size": 1}
+        with open(os.path.join(self.root, "index.json"), "w") as f:
+            json.dump({"schemaVersion": 2, "manifests": [foreign]}, f)
+        self.successResultOf(self.storage.record_reference(
+            "latest", digest_of(b"m"), mediatypes.OCI_MANIFEST, 1))
+        manifests = self.read_index()["manifests"]
+        self.assertIn(foreign, manifests)
+        self.assertEqual(len(manifests), 2)
+
+    def test_invalid_digest_touches_nothing(self) -> None:
+        """An invalid digest creates no file anywhere in the storage."""
+        before = sorted(os.walk(self.root))
+        for digest in INVALID_DIGESTS:
+            self.failureResultOf(self.storage.store_blob_bytes(b"x", digest), DigestInvalid)
+        self.assertEqual(sorted(os.walk(self.root)), before)
+        self.assertFalse(os.path.exists(os.path.join(self.root, "etc")))
+
+    def test_stale_temporaries_removed(self) -> None:
+        """At start-up old temporary files are removed and fresh ones kept."""
+        tmp = self.storage.temp_directory()
+        old, fresh = os.path.join(tmp, "old"), os.path.join(tmp, "fresh")
+        for path in (old, fresh):
+            with open(path, "wb") as f:
+                f.write(b"partial")
+        long_ago = time.time() - filesystem.STALE_TEMPORARY_SECONDS - 60
+        os.utime(old, (long_ago, long_ago))
+        FilesystemStorage(self.root, InlineRunner())
+        self.assertEqual(self.temporaries(), ["fresh"])
+
+    def test_bytes_never_partially_visible(self) -> None:
+        """When the final rename fails, neither the blob nor a temporary file remains."""
+        data = b"x" * 10000
+        digest = digest_of(data)
+
+        def failing_replace(source: str, destination: str) -> None:
+            raise OSError("disk trouble")
+
+        self.patch(os, "replace", failing_replace)
+        self.failureResultOf(self.storage.store_blob_bytes(data, digest), OSError)
+        self.assertFalse(os.path.exists(self.blob_path(digest)))
+        self.assertEqual(self.temporaries(), [])
+        self.assertFalse(self.successResultOf(self.storage.has_blob(digest)))
+
+    def test_file_never_partially_visible(self) -> None:
+        """When moving a file into place fails, the blob is absent and the file removed."""
+        data = b"y" * 10000
+        digest = digest_of(data)
+        path = self.write_temporary(data)
+
+        def failing_replace(source: str, destination: str) -> None:
+            raise OSError("disk trouble")
+
+        self.patch(os, "replace", failing_replace)
+        self.failureResultOf(self.storage.store_blob_file(path, digest), OSError)
+        self.assertFalse(os.path.exists(self.blob_path(digest)))
+        self.assertEqual(self.temporaries(), [])
+
+    def test_document_location(self) -> None:
+        """Documents are JSON files under ``nixeryd/<namespace>/<key>.json``."""
+        self.successResultOf(self.storage.put_document("manifests", "abc", {"x": [1]}))
+        with open(os.path.join(self.root, "nixeryd", "manifests", "abc.json"), "rb") as f:
+            self.assertEqual(json.loads(f.read()), {"x": [1]})
+
+
+class ThreadedFilesystemStorageTests(TestCase):
+    """:class:`FilesystemStorage` on a real :class:`ThreadPoolService`."""
+
+    def setUp(self) -> None:
+        self.pool = ThreadPoolService(IReactorThreads(reactor), 2, name="storage-test")
+        self.pool.startService()
+        self.stopped = False
+        self.addCleanup(self.stop)
+
+    def stop(self) -> Any:
+        """Stop the pool once."""
+        if not self.stopped:
+            self.stopped = True
+            return self.pool.stopService()
+        return None
+
+    async def test_work_runs_off_the_reactor_thread(self) -> None:
+        """Pool work runs on another thread and its result or error comes back."""
+        self.assertNotEqual(await self.pool.run(threading.get_ident), threading.get_ident())
+        with self.assertRaises(ZeroDivisionError):
+            await self.pool.run(lambda: 1 // 0)
+
+    async def test_round_trip(self) -> None:
+        """Blobs and documents round-trip through the pool; invalid digests still fail."""
+        storage = FilesystemStorage(os.path.abspath(self.mktemp()), self.pool)
+        data = b"threaded"
+        await storage.store_blob_bytes(data, digest_of(data))
+        self.assertEqual(await storage.read_small_blob(digest_of(data), 100), data)
+        await storage.put_document("layers", "k", {"v": 1})
+        self.assertEqual(await storage.get_document("layers", "k"), {"v": 1})
+        with self.assertRaises(DigestInvalid):
+            await storage.has_blob("sha256:../../etc")
+
+    async def test_concurrent_references(self) -> None:
+        """References recorded from many threads at once all end up in the index."""
+        storage = FilesystemStorage(os.path.abspath(self.mktemp()), self.pool)
+        await gatherResults([
+            storage.record_reference("v%d" % (i,), digest_of(b"%d" % (i,)),
+                                     mediatypes.OCI_MANIFEST, i)
+            for i in range(20)])
+        with open(os.path.join(storage.root, "index.json"), "rb") as f:
+            names = {m["annotations"][REF_NAME] for m in json.loads(f.read())["manifests"]}
+        self.assertEqual(names, {"v%d" % (i,) for i in range(20)})
+
+    async def test_stop_finishes_queued_work(self) -> None:
+        """Stopping the pool lets the work already queued finish."""
+        done: list[int] = []
+
+        def slow(i: int) -> int:
+            time.sleep(0.02)
+            done.append(i)
+            return i
+
+        results = gatherResults([self.pool.run(slow, i) for i in range(6)])
+        await self.stop()
+        self.assertEqual(sorted(done), list(range(6)))
+        self.assertEqual(sorted(await results), list(range(6)))
+
+
+class InlineRunnerTests(SynchronousTestCase):
+    """:class:`InlineRunner`."""
+
+    def test_result_and_failure(self) -> None:
+        """The work runs at once; its result or exception is in the returned Deferred."""
+        runner = InlineRunner()
+
+        def add(a: int, b: int = 0) -> int:
+            return a + b
+
+        self.assertEqual(self.successResultOf(runner.run(add, 2, b=3)), 5)
+        self.failureResultOf(runner.run(lambda: 1 // 0), ZeroDivisionError)
