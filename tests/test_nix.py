@@ -22,7 +22,8 @@ from nixeryd.build.closure import ClosureGraph, StorePathInfo
 from nixeryd.core.errors import BuildFailed, BuildTimedOut, UnknownPackages
 from nixeryd.build.nix import NixRunner, Resolution, ResolvedPackage, default_nix_dir
 from nixeryd.build.sources import PinnedSource
-from nixeryd.build.process import child_environment, run_process
+from nixeryd.build.childenv import child_environment
+from nixeryd.build.process import run_process
 from tests import e2e
 from tests.e2e import PACKAGE_SET
 from tests.test_process import wait_until_gone

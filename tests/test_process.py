@@ -1,7 +1,9 @@
 """
-Tests for :mod:`nixeryd.build.process`: real child processes for streaming,
-volume, exit status, deadlines and cancellation; a fake reactor for the
-timer and signal logic; plain data for line splitting.
+Tests for :mod:`nixeryd.build.process` and the modules it relies on: real
+child processes for streaming, volume, exit status, deadlines and
+cancellation; a fake reactor for the timer and signal logic; plain data
+for line splitting (:mod:`nixeryd.build.lines`) and the child environment
+(:mod:`nixeryd.build.childenv`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import os
 import signal
 import sys
 import textwrap
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
@@ -18,14 +20,16 @@ from twisted.internet.error import (
     ProcessDone, ProcessExitedAlready, ProcessTerminated)
 from twisted.internet.interfaces import IAddress, IProcessProtocol, IProcessTransport
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import Logger, capturedLogs
+from twisted.logger import ILogObserver, Logger, LogEvent, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface import implementer
+from zope.interface import implementer, provider
 
-from nixeryd.build.process import (
-    LineSplitter, OutputTooLarge, ProcessFailed, ProcessResult,
-    ProcessTimedOut, child_environment, run_process, spawn_process)
+from nixeryd.build.childenv import child_environment
+from nixeryd.build.lines import LineSplitter
+from nixeryd.build.process import run_process, spawn_process
+from nixeryd.build.processresult import (OutputTooLarge, ProcessFailed,
+                                         ProcessResult, ProcessTimedOut)
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
@@ -52,6 +56,16 @@ async def wait_until_gone(pid: int, seconds: float = 5.0) -> bool:
             return True
         await deferLater(reactor, 0.05, lambda: None)
     return not is_alive(pid)
+
+
+def line_logger(on_line: Callable[[str], object]) -> Logger:
+    """A logger handing the line of every child line event to ``on_line``."""
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        if "line" in event:
+            on_line(event["line"])
+
+    return Logger(observer=observe)
 
 
 class LineSplitterTests(SynchronousTestCase):
@@ -151,11 +165,10 @@ class FakeProcessReactor(Clock):
 
     def spawnProcess(self, processProtocol: IProcessProtocol, executable: str,
                      args: Sequence[str], env: Mapping[str, str], *,
-                     path: str | None = None,
                      usePTY: bool = False) -> IProcessTransport:
         transport = FakeTransport(pid=4242 + len(self.spawned))
         self.spawned.append(dict(protocol=processProtocol, executable=executable,
-                                 args=args, env=env, path=path, usePTY=usePTY,
+                                 args=args, env=env, usePTY=usePTY,
                                  transport=transport))
         processProtocol.makeConnection(transport)
         return transport
@@ -184,14 +197,13 @@ class FakeReactorTests(SynchronousTestCase):
 
     def test_spawn_arguments(self) -> None:
         """The command runs through the session wrapper, with exactly the given environment and no PTY."""
-        child, _, transport = self.spawn(cwd="/work")
+        child, _, transport = self.spawn()
         spawned = self.reactor.spawned[0]
         self.assertEqual(spawned["executable"], sys.executable)
         self.assertEqual(spawned["args"][0], sys.executable)
         self.assertIn("os.setsid()", spawned["args"][4])
         self.assertEqual(spawned["args"][-2:], ["nix-build", "x.nix"])
         self.assertEqual(spawned["env"], {"PATH": "/p"})
-        self.assertEqual(spawned["path"], "/work")
         self.assertFalse(spawned["usePTY"])
         self.assertTrue(transport.stdin_closed)
         self.assertEqual(child.pid, 4242)
@@ -294,15 +306,14 @@ class FakeReactorTests(SynchronousTestCase):
         failure = self.failureResultOf(child.result, OutputTooLarge)
         self.assertEqual(failure.value.limit, 10)
 
-    def test_stream_stdout(self) -> None:
-        """With stream_stdout, stdout lines are streamed as well as collected."""
-        lines: list[tuple[str, str]] = []
-        child, protocol, _ = self.spawn(stream_stdout=True,
-                                        on_line=lambda s, l: lines.append((s, l)))
+    def test_only_stderr_is_logged(self) -> None:
+        """Stderr lines are logged; stdout is collected, not logged."""
+        lines: list[str] = []
+        child, protocol, _ = self.spawn(logger=line_logger(lines.append))
         protocol.childDataReceived(1, b"out\n")
         protocol.childDataReceived(2, b"err\n")
         protocol.processEnded(Failure(ProcessDone(0)))
-        self.assertEqual(lines, [("stdout", "out"), ("stderr", "err")])
+        self.assertEqual(lines, ["err"])
         self.assertEqual(self.successResultOf(child.result).stdout, b"out\n")
 
     def test_log_events(self) -> None:
@@ -319,22 +330,8 @@ class FakeReactorTests(SynchronousTestCase):
         self.assertEqual(lines[0]["argv0"], "nix-build")
         self.assertEqual(lines[0]["pid"], 4242)
         self.assertEqual(lines[0]["image"], "hello")
+        self.assertEqual(lines[0]["stream"], "stderr")
         self.assertEqual(lines[0]["log_namespace"], "test")
-
-    def test_failing_callback_is_logged(self) -> None:
-        """A callback that raises is logged and does not stop the stream."""
-        seen: list[str] = []
-
-        def on_line(stream: str, line: str) -> None:
-            seen.append(line)
-            raise RuntimeError("callback broke")
-
-        child, protocol, _ = self.spawn(on_line=on_line)
-        protocol.childDataReceived(2, b"a\nb\n")
-        protocol.processEnded(Failure(ProcessDone(0)))
-        self.assertEqual(seen, ["a", "b"])
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
-        self.successResultOf(child.result)
 
 
 class RealChildProcessTests(TestCase):
@@ -343,11 +340,11 @@ class RealChildProcessTests(TestCase):
     timeout = 30
 
     async def test_lines_stream_before_exit(self) -> None:
-        """A line reaches the callback while the child still runs: the child waits for a file the callback creates."""
+        """A line is logged while the child still runs: the child waits for a file the log observer creates."""
         marker = os.path.abspath(self.mktemp())
         seen: list[str] = []
 
-        def on_line(stream: str, line: str) -> None:
+        def on_line(line: str) -> None:
             seen.append(line)
             if line == "waiting":
                 open(marker, "w").close()
@@ -361,7 +358,7 @@ class RealChildProcessTests(TestCase):
             sys.stderr.write("saw marker\\n" if os.path.exists(%r) else "no marker\\n")
         """ % (marker, marker)
         result = await run_process(reactor, python(code), env=ENV, timeout=20,
-                                   on_line=on_line)
+                                   logger=line_logger(on_line))
         self.assertEqual(seen, ["waiting", "saw marker"])
         self.assertEqual(result.tail, ("waiting", "saw marker"))
 
@@ -374,10 +371,10 @@ class RealChildProcessTests(TestCase):
                 if i % 10 == 0:
                     sys.stdout.write("%d\\n" % i)
         """
-        count = []
+        count: list[str] = []
         result = await run_process(
             reactor, python(code), env=ENV, timeout=20, tail_lines=3,
-            on_line=lambda s, l: count.append(1))
+            logger=line_logger(count.append))
         self.assertEqual(len(count), 40000)
         self.assertEqual(result.stdout,
                          b"".join(b"%d\n" % i for i in range(0, 40000, 10)))
@@ -401,7 +398,7 @@ class RealChildProcessTests(TestCase):
         lines: list[str] = []
         code = "import sys; sys.stderr.write('first\\nno newline')"
         result = await run_process(reactor, python(code), env=ENV, timeout=20,
-                                   on_line=lambda s, l: lines.append(l))
+                                   logger=line_logger(lines.append))
         self.assertEqual(lines, ["first", "no newline"])
         self.assertEqual(result.tail, ("first", "no newline"))
 
@@ -477,7 +474,7 @@ class RealChildProcessTests(TestCase):
             time.sleep(60)
         """
         child = spawn_process(reactor, python(code), env=ENV, timeout=20,
-                              on_line=lambda s, l: started.callback(None))
+                              logger=line_logger(lambda line: started.callback(None)))
         await started
         child.result.cancel()
         with self.assertRaises(CancelledError):

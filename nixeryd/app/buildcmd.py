@@ -77,7 +77,7 @@ def _progress_observer(stream: Any):
 async def _build(reactor: Any, options: argparse.Namespace) -> int:
     from nixeryd.app.wiring import assemble_image_service
     from nixeryd.build.sources import source_from_config
-    from nixeryd.build.process import child_environment
+    from nixeryd.build.childenv import child_environment
     from nixeryd.storage.filesystem import FilesystemStorage
 
     env = child_environment(os.environ)

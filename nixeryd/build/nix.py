@@ -31,9 +31,9 @@ from attrs import field, frozen
 from twisted.logger import Logger
 
 from nixeryd.build.closure import ClosureGraph, StorePathInfo, store_path_name
-from nixeryd.build.process import (
-    ProcessFailed, ProcessReactor, ProcessResult, ProcessTimedOut,
-    child_environment, run_process)
+from nixeryd.build.childenv import child_environment
+from nixeryd.build.process import ProcessReactor, run_process
+from nixeryd.build.processresult import ProcessFailed, ProcessResult, ProcessTimedOut
 from nixeryd.build.sources import PinnedSource
 from nixeryd.core.errors import BuildFailed, BuildTimedOut, UnknownPackages
 

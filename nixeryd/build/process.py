@@ -7,17 +7,18 @@ them through ``reactor.spawnProcess`` with a
 
 - reads stdout and stderr concurrently, so a child that writes a lot to
   one stream while we wait on the other can never stall;
-- splits the log stream into lines and hands each line, as it arrives,
-  to a callback and to a :mod:`twisted.logger` event;
+- splits stderr into lines (:mod:`nixeryd.build.lines`) and logs each
+  line, as it arrives, as a :mod:`twisted.logger` event;
 - keeps only a bounded tail of the log and a bounded stdout;
 - starts the child in its own session, hence its own process group, so a
   timeout or a cancellation reaches every process it forked (``SIGTERM``
   to the group, then ``SIGKILL`` after a grace period);
 - fires only once the child has exited *and* its pipes are closed, with
-  every timer cancelled.
+  every timer cancelled, with the outcomes of
+  :mod:`nixeryd.build.processresult`.
 
 The environment is never inherited: the caller passes it, usually built by
-:func:`child_environment` from an allow-list.
+:func:`~nixeryd.build.childenv.child_environment` from an allow-list.
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ import os
 import signal
 import sys
 from collections import deque
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from attrs import field, frozen
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import (IDelayedCall, IProcessProtocol,
@@ -37,36 +37,12 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-#: Environment variables a child may inherit from the server by default:
-#: what Nix and git need to find their tools, store, daemon, caches and
-#: credentials, and nothing else.
-DEFAULT_ENVIRONMENT_NAMES = (
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "TMPDIR",
-    "LANG",
-    "LC_ALL",
-    "TZ",
-    "NIX_PATH",
-    "NIX_REMOTE",
-    "NIX_CONF_DIR",
-    "NIX_USER_CONF_FILES",
-    "NIX_SSL_CERT_FILE",
-    "SSL_CERT_FILE",
-    "XDG_CACHE_HOME",
-    "XDG_CONFIG_HOME",
-    "SSH_AUTH_SOCK",
-    "GIT_SSH_COMMAND",
-    "GIT_SSL_CAINFO",
-)
+from nixeryd.build.lines import LineSplitter
+from nixeryd.build.processresult import (OutputTooLarge, ProcessFailed,
+                                         ProcessResult, ProcessTimedOut)
 
 #: Lines kept for error reports, by default.
 DEFAULT_TAIL_LINES = 100
-
-#: Longest line passed on; longer lines are cut into pieces this long.
-MAX_LINE_BYTES = 16 * 1024
 
 #: Largest stdout collected, by default.
 DEFAULT_MAX_STDOUT = 64 * 1024 * 1024
@@ -102,152 +78,12 @@ class ProcessReactor(Protocol):
 
     def spawnProcess(self, processProtocol: IProcessProtocol, executable: str,
                      args: Sequence[str], env: Mapping[str, str], *,
-                     path: str | None = None,
                      usePTY: bool = False) -> IProcessTransport:
         """Start ``executable`` with ``args`` and ``env``, connected to ``processProtocol``."""
 
     def callLater(self, delay: float, callable: Callable[..., Any],
                   *args: object, **kwargs: object) -> IDelayedCall:
         """Call ``callable(*args, **kwargs)`` in ``delay`` seconds."""
-
-
-def child_environment(environ: Mapping[str, str],
-                      names: Iterable[str] = DEFAULT_ENVIRONMENT_NAMES,
-                      **extra: str) -> dict[str, str]:
-    """
-    The environment for a child process: the allow-listed variables that
-    are set and non-empty in ``environ``, plus ``extra``.
-
-    :param environ: the server's environment, read once at startup.
-    :param names: the variables to keep.
-    :param extra: variables to set regardless of ``environ``.
-    """
-    env = {name: environ[name] for name in names if environ.get(name)}
-    env.update(extra)
-    return env
-
-
-@frozen
-class ProcessResult:
-    """
-    A child process that exited with status 0.
-
-    :ivar argv: the command that was run.
-    :ivar pid: its process id.
-    :ivar stdout: everything it wrote to stdout.
-    :ivar tail: the last lines it logged.
-    """
-
-    argv: tuple[str, ...] = field(converter=tuple[str, ...])
-    pid: int
-    stdout: bytes
-    tail: tuple[str, ...] = field(converter=tuple[str, ...])
-
-
-class ProcessFailed(Exception):
-    """
-    A child process exited with a non-zero status or was killed.
-
-    :ivar argv: the command.
-    :ivar exit_code: its exit status, or ``None`` when a signal killed it.
-    :ivar signal: the signal that killed it, or ``None``.
-    :ivar tail: the last lines it logged.
-    """
-
-    def __init__(self, argv: Sequence[str], exit_code: int | None,
-                 signal: int | None, tail: Sequence[str]) -> None:
-        self.argv = tuple(argv)
-        self.exit_code = exit_code
-        self.signal = signal
-        self.tail = tuple(tail)
-        super().__init__(self.describe())
-
-    @property
-    def program(self) -> str:
-        """The program's name, for messages."""
-        return os.path.basename(self.argv[0]) if self.argv else "process"
-
-    def describe(self) -> str:
-        """One sentence saying how the process ended."""
-        name = self.program
-        if self.signal is not None:
-            return "%s was killed by signal %d" % (name, self.signal)
-        return "%s exited with status %s" % (name, self.exit_code)
-
-
-class ProcessTimedOut(ProcessFailed):
-    """
-    A child process ran past its deadline and was killed.
-
-    :ivar timeout: the deadline, in seconds.
-    """
-
-    def __init__(self, argv: Sequence[str], timeout: float,
-                 tail: Sequence[str]) -> None:
-        self.timeout = timeout
-        super().__init__(argv, None, None, tail)
-
-    def describe(self) -> str:
-        """One sentence saying how the process ended."""
-        return "%s timed out after %g seconds" % (self.program, self.timeout)
-
-
-class OutputTooLarge(ProcessFailed):
-    """
-    A child process wrote more to stdout than allowed and was killed.
-
-    :ivar limit: the limit, in bytes.
-    """
-
-    def __init__(self, argv: Sequence[str], limit: int,
-                 tail: Sequence[str]) -> None:
-        self.limit = limit
-        super().__init__(argv, None, None, tail)
-
-    def describe(self) -> str:
-        """One sentence saying how the process ended."""
-        return "%s wrote more than %d bytes to stdout" % (self.program, self.limit)
-
-
-class LineSplitter:
-    """
-    Cuts a byte stream into text lines.
-
-    Lines end with ``\\n`` (a ``\\r`` before it is dropped); invalid UTF-8
-    is replaced; a line longer than ``max_bytes`` is passed on in pieces.
-    """
-
-    def __init__(self, max_bytes: int = MAX_LINE_BYTES) -> None:
-        self._max = max_bytes
-        self._partial = b""
-
-    def feed(self, data: bytes) -> list[str]:
-        """The complete lines that ``data`` finishes."""
-        *complete, self._partial = (self._partial + data).split(b"\n")
-        lines = []
-        for raw in complete:
-            lines.extend(self._pieces(raw))
-        while len(self._partial) > self._max:
-            lines.append(self._decode(self._partial[:self._max]))
-            self._partial = self._partial[self._max:]
-        return lines
-
-    def flush(self) -> list[str]:
-        """The unterminated last line, if any."""
-        rest, self._partial = self._partial, b""
-        return self._pieces(rest) if rest else []
-
-    def _pieces(self, raw: bytes) -> list[str]:
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        if len(raw) <= self._max:
-            return [self._decode(raw)]
-        return [self._decode(raw[i:i + self._max])
-                for i in range(0, len(raw), self._max)]
-
-    @staticmethod
-    def _decode(raw: bytes) -> str:
-        return raw.decode("utf-8", "replace")
 
 
 class _ChildProtocol(ProcessProtocol):
@@ -278,10 +114,10 @@ class ChildProcess:
     One running child process.
 
     Create it with :func:`spawn_process`.  :attr:`result` fires with a
-    :class:`ProcessResult` on exit status 0, or fails with
-    :class:`ProcessFailed` (or :class:`ProcessTimedOut`,
-    :class:`OutputTooLarge`).  Cancelling :attr:`result` kills the
-    child's process group.
+    :class:`~nixeryd.build.processresult.ProcessResult` on exit status 0,
+    or fails with :class:`~nixeryd.build.processresult.ProcessFailed` (or
+    its kinds ``ProcessTimedOut`` and ``OutputTooLarge``).  Cancelling
+    :attr:`result` kills the child's process group.
 
     :ivar argv: the command.
     :ivar pid: the child's process id, which is also its process group id.
@@ -289,26 +125,23 @@ class ChildProcess:
     """
 
     def __init__(self, reactor: ProcessReactor, argv: Sequence[str], *,
-                 timeout: float | None, on_line: Callable[[str, str], None] | None,
-                 kill_grace: float, tail_lines: int, max_stdout: int,
-                 stream_stdout: bool, logger: Logger | None,
-                 log_fields: Mapping[str, Any],
+                 timeout: float | None, kill_grace: float, tail_lines: int,
+                 max_stdout: int, logger: Logger | None,
+                 log_fields: Mapping[str, object],
                  signal_group: Callable[[int, int], None]) -> None:
         self.argv = tuple(argv)
         self.pid: int | None = None
         self.result: Deferred[ProcessResult] = Deferred(self._cancel)
         self._reactor = reactor
         self._timeout = timeout
-        self._on_line = on_line
         self._kill_grace = kill_grace
         self._max_stdout = max_stdout
-        self._stream_stdout = stream_stdout
         self._log = logger if logger is not None else _log
         self._log_fields = dict(log_fields)
         self._signal_group = signal_group
         self._argv0 = os.path.basename(self.argv[0])
         self._tail: deque[str] = deque(maxlen=tail_lines)
-        self._splitters = {1: LineSplitter(), 2: LineSplitter()}
+        self._stderr_lines = LineSplitter()
         self._stdout: list[bytes] = []
         self._stdout_size = 0
         self._transport: IProcessTransport | None = None
@@ -363,20 +196,14 @@ class ChildProcess:
     def _data(self, fd: int, data: bytes) -> None:
         if fd == 1:
             self._collect_stdout(data)
-            if not self._stream_stdout:
-                return
-        splitter = self._splitters.get(fd)
-        if splitter is not None:
-            for line in splitter.feed(data):
-                self._emit(fd, line)
+        elif fd == 2:
+            for line in self._stderr_lines.feed(data):
+                self._emit(line)
 
     def _ended(self, reason: Failure) -> None:
         self._done = True
-        for fd, splitter in sorted(self._splitters.items()):
-            if fd == 1 and not self._stream_stdout:
-                continue
-            for line in splitter.flush():
-                self._emit(fd, line)
+        for line in self._stderr_lines.flush():
+            self._emit(line)
         if self._stopping:
             # Members of the group that left our pipes may still run.
             self._send(signal.SIGKILL)
@@ -420,17 +247,10 @@ class ChildProcess:
             return
         self._stdout.append(data)
 
-    def _emit(self, fd: int, line: str) -> None:
-        stream = "stdout" if fd == 1 else "stderr"
+    def _emit(self, line: str) -> None:
         self._tail.append(line)
         self._log.info("{argv0}[{pid}] {line}", line=line, argv0=self._argv0,
-                       pid=self.pid, stream=stream, **self._log_fields)
-        if self._on_line is not None:
-            try:
-                self._on_line(stream, line)
-            except Exception:
-                self._log.failure("Line callback failed for {argv0}[{pid}]",
-                                  argv0=self._argv0, pid=self.pid)
+                       pid=self.pid, stream="stderr", **self._log_fields)
 
     def _on_timeout(self) -> None:
         self._deadline = None
@@ -467,33 +287,27 @@ class ChildProcess:
 
 def spawn_process(reactor: ProcessReactor, argv: Sequence[str], *,
                   env: Mapping[str, str], timeout: float | None,
-                  on_line: Callable[[str, str], None] | None = None,
-                  cwd: str | None = None, kill_grace: float = 5.0,
+                  kill_grace: float = 5.0,
                   tail_lines: int = DEFAULT_TAIL_LINES,
                   max_stdout: int = DEFAULT_MAX_STDOUT,
-                  stream_stdout: bool = False,
                   logger: Logger | None = None,
-                  log_fields: Mapping[str, Any] | None = None,
+                  log_fields: Mapping[str, object] | None = None,
                   signal_group: Callable[[int, int], None] = os.killpg,
                   ) -> ChildProcess:
     """
     Start ``argv`` in a new session and return its :class:`ChildProcess`.
 
-    :param reactor: provides ``spawnProcess`` and ``callLater``.
+    :param reactor: spawns the child and keeps its timers.
     :param argv: the command; ``argv[0]`` is looked up in ``env["PATH"]``.
     :param env: the child's whole environment.
     :param timeout: seconds before the child's process group is killed,
         or ``None`` for no deadline.
-    :param on_line: called as ``on_line(stream, line)`` for each stderr
-        line (and stdout line, with ``stream_stdout``) as it arrives.
-    :param cwd: working directory, or ``None`` for the server's.
     :param kill_grace: seconds between ``SIGTERM`` and ``SIGKILL``.
     :param tail_lines: how many of the last lines to keep for reports.
     :param max_stdout: largest stdout accepted; more kills the child.
-    :param stream_stdout: also split stdout into lines and stream them
-        (stdout is collected either way).
-    :param logger: where line events go (fields ``line``, ``argv0``,
-        ``pid``, ``stream`` and ``log_fields``).
+    :param logger: where an event for each stderr line goes, as it
+        arrives (fields ``line``, ``argv0``, ``pid``, ``stream`` and
+        ``log_fields``).
     :param log_fields: extra fields for every event.
     :param signal_group: sends a signal to a process group; replaced in
         tests that use a fake reactor.
@@ -501,36 +315,41 @@ def spawn_process(reactor: ProcessReactor, argv: Sequence[str], *,
     if not argv:
         raise ValueError("cannot run an empty command")
     child = ChildProcess(
-        reactor, argv, timeout=timeout, on_line=on_line, kill_grace=kill_grace,
-        tail_lines=tail_lines, max_stdout=max_stdout,
-        stream_stdout=stream_stdout, logger=logger,
+        reactor, argv, timeout=timeout, kill_grace=kill_grace,
+        tail_lines=tail_lines, max_stdout=max_stdout, logger=logger,
         log_fields=log_fields or {}, signal_group=signal_group)
     keeps_lc_ctype = "1" if "LC_CTYPE" in env else "0"
     wrapped = [sys.executable, "-I", "-S", "-c", _SESSION_WRAPPER,
                keeps_lc_ctype, *argv]
     reactor.spawnProcess(_ChildProtocol(child), sys.executable, wrapped,
-                         env=dict(env), path=cwd, usePTY=False)
+                         env=dict(env), usePTY=False)
     return child
 
 
 def run_process(reactor: ProcessReactor, argv: Sequence[str], *,
                 env: Mapping[str, str], timeout: float | None,
-                on_line: Callable[[str, str], None] | None = None,
-                cwd: str | None = None, kill_grace: float = 5.0,
-                **options: Any) -> Deferred[ProcessResult]:
+                kill_grace: float = 5.0,
+                tail_lines: int = DEFAULT_TAIL_LINES,
+                max_stdout: int = DEFAULT_MAX_STDOUT,
+                logger: Logger | None = None,
+                log_fields: Mapping[str, object] | None = None,
+                signal_group: Callable[[int, int], None] = os.killpg,
+                ) -> Deferred[ProcessResult]:
     """
-    Run ``argv`` to completion: :func:`spawn_process` and its result.
+    Run ``argv`` to completion: :func:`spawn_process` (whose arguments it
+    takes) and its result.
 
-    The returned Deferred fires with a :class:`ProcessResult` or fails with
-    :class:`ProcessFailed`; cancelling it kills the child's process group
+    The returned Deferred fires with a
+    :class:`~nixeryd.build.processresult.ProcessResult` or fails with
+    :class:`~nixeryd.build.processresult.ProcessFailed`; cancelling it kills the child's process group
     and fails with ``CancelledError`` once the child has ended, so that no
     caller goes on (removing the child's files, stopping the reactor) while
-    it still runs.  Other keyword arguments are those of
-    :func:`spawn_process`.
+    it still runs.
     """
     child = spawn_process(reactor, argv, env=env, timeout=timeout,
-                          on_line=on_line, cwd=cwd, kill_grace=kill_grace,
-                          **options)
+                          kill_grace=kill_grace, tail_lines=tail_lines,
+                          max_stdout=max_stdout, logger=logger,
+                          log_fields=log_fields, signal_group=signal_group)
 
     async def outcome() -> ProcessResult:
         try:
@@ -540,17 +359,3 @@ def run_process(reactor: ProcessReactor, argv: Sequence[str], *,
             raise
 
     return Deferred.fromCoroutine(outcome())
-
-
-__all__ = [
-    "ChildProcess",
-    "DEFAULT_ENVIRONMENT_NAMES",
-    "LineSplitter",
-    "OutputTooLarge",
-    "ProcessFailed",
-    "ProcessResult",
-    "ProcessTimedOut",
-    "child_environment",
-    "run_process",
-    "spawn_process",
-]

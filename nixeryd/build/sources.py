@@ -23,9 +23,9 @@ from typing import Any, Mapping, Protocol
 from attrs import field, frozen
 from twisted.logger import Logger
 
-from nixeryd.build.process import (
-    ProcessFailed, ProcessReactor, ProcessTimedOut, child_environment,
-    run_process)
+from nixeryd.build.childenv import child_environment
+from nixeryd.build.process import ProcessReactor, run_process
+from nixeryd.build.processresult import ProcessFailed, ProcessTimedOut
 from nixeryd.core.errors import BuildFailed, ManifestUnknown
 
 #: A full git commit id.
