@@ -22,7 +22,6 @@ SHA-256; append the hexadecimal signature to the query as
 from __future__ import annotations
 
 import base64
-import enum
 import hashlib
 import json
 from datetime import datetime, timezone
@@ -44,22 +43,6 @@ READ_WRITE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 HeaderInput = Union[Mapping[str, str], Iterable[tuple[str, str]]]
-
-
-class UrlStyle(enum.Enum):
-    """
-    How the bucket appears in a signed URL.
-
-    :cvar PATH: ``<endpoint>/<bucket>/<object>``; the only style that works
-        with emulators listening on an IP address and port.
-    :cvar VIRTUAL_HOSTED: ``<scheme>://<bucket>.<endpoint host>/<object>``.
-    :cvar BUCKET_BOUND: ``<endpoint>/<object>``, where the endpoint is a
-        host name bound to the bucket (a CNAME or a load balancer).
-    """
-
-    PATH = "path"
-    VIRTUAL_HOSTED = "virtual-hosted"
-    BUCKET_BOUND = "bucket-bound"
 
 
 @frozen
@@ -200,27 +183,21 @@ def host_header_value(endpoint: str) -> str:
     return "[%s]" % (hostname,) if ":" in hostname else hostname
 
 
-def _resource_and_base(endpoint: str, bucket: str, object_name: str | None,
-                       style: UrlStyle) -> tuple[str, str]:
-    """The resource path to sign and the URL prefix it is appended to."""
-    endpoint = endpoint.rstrip("/")
-    quoted_object = None if object_name is None else quote(object_name, safe="/~")
-    if style is UrlStyle.PATH:
-        resource = "/" + bucket
-        if quoted_object is not None:
-            resource += "/" + quoted_object
-        return resource, endpoint
-    resource = "/" + (quoted_object or "")
-    if style is UrlStyle.VIRTUAL_HOSTED:
-        parts = urlsplit(endpoint)
-        return resource, "%s://%s.%s" % (parts.scheme, bucket, parts.netloc)
-    return resource, endpoint
+def _path_style_resource(bucket: str, object_name: str | None) -> str:
+    """
+    The resource path to sign, path style (``/<bucket>/<object>``): the
+    style that works with any endpoint, emulators on an IP address and
+    port included.
+    """
+    resource = "/" + bucket
+    if object_name is not None:
+        resource += "/" + quote(object_name, safe="/~")
+    return resource
 
 
 def sign_url_v4(key: ServiceAccountKey, *, bucket: str, object_name: str | None,
                 method: str, expiration: int, timestamp: datetime,
                 endpoint: str = DEFAULT_SIGNING_ENDPOINT,
-                style: UrlStyle = UrlStyle.PATH,
                 headers: HeaderInput | None = None,
                 query_parameters: Mapping[str, object] | None = None) -> SignedUrl:
     """
@@ -234,8 +211,8 @@ def sign_url_v4(key: ServiceAccountKey, *, bucket: str, object_name: str | None,
     :param expiration: the URL's lifetime in seconds, 1 to 604800.
     :param timestamp: the signing time (time-zone aware); the URL is valid
         from then on for ``expiration`` seconds.
-    :param endpoint: ``scheme://host[:port]`` of the storage service, or of
-        the bucket-bound host for :attr:`UrlStyle.BUCKET_BOUND`.
+    :param endpoint: ``scheme://host[:port]`` of the storage service; the
+        URL is ``<endpoint>/<bucket>/<object>`` (path style).
     :param headers: headers the client must send with exactly these values;
         ``Host`` is added (without the port) unless given.
     :param query_parameters: extra query parameters the URL carries.
@@ -247,7 +224,8 @@ def sign_url_v4(key: ServiceAccountKey, *, bucket: str, object_name: str | None,
                          % (MAX_EXPIRATION_SECONDS, expiration))
     request_time = format_timestamp(timestamp)
     scope = request_time[:8] + "/auto/storage/goog4_request"
-    resource, base = _resource_and_base(endpoint, bucket, object_name, style)
+    base = endpoint.rstrip("/")
+    resource = _path_style_resource(bucket, object_name)
 
     header_list = _header_pairs(headers)
     method = method.upper()
