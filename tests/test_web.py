@@ -30,7 +30,6 @@ from nixeryd.core.errors import (
     BuildFailed,
     BuildTimedOut,
     NameInvalid,
-    TooManyRequests,
     UnknownPackages,
 )
 from nixeryd.core.mediatypes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
@@ -377,12 +376,6 @@ class ServiceErrorTests(StubRegistryMixin, SynchronousTestCase):
     def test_build_timed_out(self) -> None:
         """A timed-out build is 504."""
         self.get_manifest_error(BuildTimedOut(600, ["slow"]), 504, "UNKNOWN")
-
-    def test_too_many_requests(self) -> None:
-        """A full build queue is 429 with Retry-After."""
-        response, _ = self.get_manifest_error(
-            TooManyRequests("build queue is full"), 429, "TOOMANYREQUESTS")
-        self.assertTrue(header(response, b"retry-after").isdigit())
 
     def test_name_invalid_from_service(self) -> None:
         """The service's own name refusal is 400 NAME_INVALID."""

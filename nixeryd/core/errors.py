@@ -83,13 +83,6 @@ class Unsupported(RegistryError):
     status = 405
 
 
-class TooManyRequests(RegistryError):
-    """The build queue is full."""
-
-    code = "TOOMANYREQUESTS"
-    status = 429
-
-
 class BuildFailed(RegistryError):
     """
     Nix failed to evaluate or build the image.

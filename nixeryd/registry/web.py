@@ -57,9 +57,6 @@ access_log = Logger(namespace="nixeryd.access")
 BLOB_CHUNK_SIZE = 256 * 1024
 """Bytes read from a blob file per write to the connection."""
 
-RETRY_AFTER_SECONDS = 10
-"""What a ``429 TOOMANYREQUESTS`` response suggests in ``Retry-After``."""
-
 _GET = b"GET"
 _HEAD = b"HEAD"
 _ALLOWED_METHODS = b"GET, HEAD"
@@ -129,8 +126,6 @@ def write_error(request: Request, error: RegistryError) -> None:
     headers.setRawHeaders(_CONTENT_LENGTH, [b"%d" % (len(body),)])
     if isinstance(error, MethodNotAllowed):
         headers.setRawHeaders(b"Allow", [_ALLOWED_METHODS])
-    elif error.status == 429:
-        headers.setRawHeaders(b"Retry-After", [b"%d" % (RETRY_AFTER_SECONDS,)])
     request.write(body)
     request.finish()
 
