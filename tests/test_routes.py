@@ -7,15 +7,14 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from nixeryd.core.errors import DigestInvalid, ManifestUnknown, NameInvalid
+from nixeryd.build.names import MAX_NAME_LENGTH
 from nixeryd.registry.routes import (
-    MAX_NAME_LENGTH,
     Blob,
     ManifestByDigest,
     ManifestByTag,
     Ping,
     RouteUnknown,
     TagsList,
-    check_digest,
     check_name,
     is_tag,
     parse_v2_path,
@@ -136,13 +135,14 @@ class ReferenceTests(SynchronousTestCase):
                 self.assertFalse(is_tag(tag))
 
     def test_digests(self) -> None:
-        """Only sha256 with 64 lowercase hex characters is a valid digest."""
-        self.assertEqual(check_digest(DIGEST), DIGEST)
+        """Only sha256 with 64 lowercase hex characters is a valid blob digest."""
+        self.assertEqual(parse_v2_path(segments("a/blobs/" + DIGEST)), Blob("a", DIGEST))
         for bad in ("sha256:" + "A" * 64, "sha256:" + "a" * 63, "sha256:" + "a" * 65,
                     "sha512:" + "a" * 128, "sha256", "a" * 64, "sha256:" + "g" * 64,
                     DIGEST + "\n"):
             with self.subTest(digest=bad):
-                error = self.assertRaises(DigestInvalid, check_digest, bad)
+                error = self.assertRaises(DigestInvalid, parse_v2_path,
+                                          segments("a/blobs/" + bad))
                 self.assertEqual((error.code, error.status), ("DIGEST_INVALID", 400))
 
     def test_blob_needs_digest(self) -> None:

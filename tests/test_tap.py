@@ -25,7 +25,7 @@ from nixeryd.app.config import Config
 from nixeryd.app.tap import Options, makeService
 from nixeryd.testing.images import FakeImageService
 from nixeryd.core.threads import ThreadPoolService
-from nixeryd.registry.web import RegistrySite
+from nixeryd.registry.site import RegistrySite
 
 ENV = {"NIXERY_PKGS_PATH": "/srv/pkgs", "STORAGE_PATH": "/srv/storage"}
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

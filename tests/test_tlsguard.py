@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import ssl
-import tempfile
 import time
 from typing import Any
 
@@ -22,7 +21,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from nixeryd.testing.images import FakeImageService, write_sample_image
 from nixeryd.testing.network import RawClient, serve_locally
 from nixeryd.registry.tlsguard import PLAIN_HTTP_ANSWER, TLSGuardChannel
-from nixeryd.registry.web import make_site
+from nixeryd.registry.site import make_site
 
 
 def client_hello() -> bytes:
@@ -98,8 +97,8 @@ class RealConnectionTests(TestCase):
     """The guard over real loopback TCP."""
 
     def setUp(self) -> None:
-        self.directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, self.directory)
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
         self.images = FakeImageService()
         self.images.add_sample_image(
             "x", "latest", write_sample_image(self.directory, {"hello": b"hi\n"}))

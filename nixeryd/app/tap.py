@@ -103,7 +103,7 @@ def makeService(options: Options, reactor: Any = None,
         from nixeryd.app.wiring import make_image_service
 
         image_service_factory = make_image_service
-    from nixeryd.registry.web import make_site
+    from nixeryd.registry.site import make_site
 
     from nixeryd.core.threads import ThreadPoolService
 

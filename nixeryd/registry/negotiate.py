@@ -18,7 +18,7 @@ Parameters (including ``q``) are ignored.  This module is pure.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 from nixeryd.core.documents import Image, ManifestDocument
 from nixeryd.core.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
@@ -51,7 +51,7 @@ def _compute_wants_oci(accept_lines: Iterable[bytes]) -> bool:
     return _OCI in types and _DOCKER not in types
 
 
-def wants_oci(accept_lines: Optional[list[bytes]]) -> bool:
+def wants_oci(accept_lines: Optional[Sequence[bytes]]) -> bool:
     """
     Whether the OCI manifest should be served for these ``Accept`` lines.
 
@@ -74,7 +74,7 @@ def wants_oci(accept_lines: Optional[list[bytes]]) -> bool:
 
 
 def choose_manifest(image: Image,
-                    accept_lines: Optional[list[bytes]]) -> ManifestDocument:
+                    accept_lines: Optional[Sequence[bytes]]) -> ManifestDocument:
     """
     The manifest of ``image`` to serve for these ``Accept`` lines.
 

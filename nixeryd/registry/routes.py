@@ -19,7 +19,7 @@ from typing import Sequence, Union
 
 from attrs import frozen
 
-from nixeryd.core import digests
+from nixeryd.core.digests import check_digest
 from nixeryd.core.errors import ManifestUnknown, NameInvalid, Unsupported
 from nixeryd.build.names import MAX_NAME_LENGTH, is_valid_component, is_valid_tag
 
@@ -102,17 +102,6 @@ def is_tag(reference: str) -> bool:
     return is_valid_tag(reference)
 
 
-def check_digest(digest: str) -> str:
-    """
-    Return ``digest`` if it is ``sha256:`` and 64 lowercase hex characters.
-
-    :raises DigestInvalid: for anything else, including other algorithms,
-        which this registry never produces.
-    """
-    digests.check_digest(digest)
-    return digest
-
-
 def check_name(segments: Sequence[str]) -> str:
     """
     Join name segments with ``/`` after checking each against the grammar.
@@ -156,7 +145,8 @@ def _manifest_route(name: str, reference: str) -> Route:
     if is_tag(reference):
         return ManifestByTag(name, reference)
     if ":" in reference:
-        return ManifestByDigest(name, check_digest(reference))
+        check_digest(reference)
+        return ManifestByDigest(name, reference)
     raise ManifestUnknown(
         "invalid tag: tags are 1 to 128 characters of letters, digits,"
         " '_', '.' and '-', not starting with '.' or '-'",
@@ -191,7 +181,8 @@ def parse_v2_path(segments: Sequence[bytes]) -> Route:
         return _manifest_route(check_name(texts[:-2]), last)
     if kind == "blobs":
         name = check_name(texts[:-2])
-        return Blob(name, check_digest(last))
+        check_digest(last)
+        return Blob(name, last)
     if kind == "tags" and last == "list":
         return TagsList(check_name(texts[:-2]))
     raise RouteUnknown("unknown registry API path", None)

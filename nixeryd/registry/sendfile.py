@@ -13,7 +13,7 @@ stays free, the GIL is released during each call, and nothing of the blob
 passes through Python.
 
 Connections that are not plain TCP (TLS, tests' in-memory transports) keep
-using the ordinary producer in :mod:`nixeryd.registry.web`, and so do responses
+using the ordinary producer in :mod:`nixeryd.registry.streaming`, and so do responses
 that find every thread of the pool busy (with slow clients, say): a pool
 thread is a slot, taken for one body and given back when it ends.
 """
@@ -23,11 +23,15 @@ from __future__ import annotations
 import os
 import select
 import threading
-from typing import Any, BinaryIO, Callable, Optional
+from typing import BinaryIO, Callable, Optional, Protocol
 
 from twisted.internet import tcp
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.server import Request
+from twisted.python.failure import Failure
+
+from nixeryd.core.threads import Runner
+from nixeryd.registry.streaming import StreamedRequest
 
 log = Logger()
 
@@ -47,7 +51,30 @@ class ClientStalled(Exception):
     """The client stopped reading for longer than :data:`STALL_TIMEOUT`."""
 
 
-def sendfile_transport(request: Request) -> Optional[tcp.Connection]:
+class BufferedSocket(Protocol):
+    """
+    What a sender reads of a :class:`twisted.internet.tcp.Connection`:
+    its socket, and the Twisted write buffer that the response headers
+    must leave before the body may go out underneath it.
+    """
+
+    @property
+    def dataBuffer(self) -> bytes:
+        """Bytes Twisted has buffered for the socket."""
+
+    @property
+    def offset(self) -> int:
+        """How much of :attr:`dataBuffer` the kernel has already taken."""
+
+    @property
+    def _tempDataLen(self) -> int:
+        """The length of writes not yet joined into :attr:`dataBuffer`."""
+
+    def fileno(self) -> int:
+        """The socket's descriptor."""
+
+
+def sendfile_transport(request: StreamedRequest) -> Optional[tcp.Connection]:
     """
     The request's TCP transport if its body can be sent with ``sendfile``,
     else ``None`` (TLS, a non-TCP transport, or a Twisted whose buffer
@@ -62,7 +89,7 @@ def sendfile_transport(request: Request) -> Optional[tcp.Connection]:
     return transport
 
 
-def _drained(transport: tcp.Connection) -> bool:
+def _drained(transport: BufferedSocket) -> bool:
     """Whether Twisted has handed every buffered byte to the kernel."""
     return (not transport._tempDataLen
             and len(transport.dataBuffer) <= transport.offset)
@@ -112,14 +139,15 @@ class SendfileSender:
     :param file: the open blob, positioned at ``offset``; closed when done.
     :param offset: first byte to send.
     :param length: how many bytes.
-    :param runner: a thread pool with ``run(f, *args) -> Deferred``.
+    :param runner: the blob thread pool.
     :param clock: schedules the checks for the headers to leave.
     :param release: called once when the sender is done with its thread
         slot, whatever the outcome.
     """
 
-    def __init__(self, request: Request, transport: tcp.Connection, file: BinaryIO,
-                 offset: int, length: int, runner: Any, clock: Any,
+    def __init__(self, request: StreamedRequest, transport: BufferedSocket,
+                 file: BinaryIO, offset: int, length: int, runner: Runner,
+                 clock: IReactorTime,
                  release: Callable[[], None] = lambda: None) -> None:
         self._request = request
         self._transport = transport
@@ -136,7 +164,7 @@ class SendfileSender:
 
     def start(self) -> None:
         """Send the headers, then the body once they have left the buffer."""
-        self._request.notifyFinish().addErrback(lambda _: self._stop.set())
+        self._request.notifyFinish().addErrback(self._abandoned)
         self._request.write(b"")
         self._when_drained()
 
@@ -163,8 +191,11 @@ class SendfileSender:
             return
         d = self._runner.run(send_file_range, self._socket_fd, self._file.fileno(),
                              self._offset, self._length, self._stop)
-        d.addCallbacks(self._sent, self._failed)
-        d.addErrback(lambda f: log.failure("Finishing a blob response failed", f))
+        d.addCallbacks(self._sent, self._failed).addErrback(self._log_error)
+
+    def _abandoned(self, reason: Failure) -> None:
+        """The connection went away before the response was done."""
+        self._stop.set()
 
     def _sent(self, _: None) -> None:
         self._close()
@@ -173,14 +204,17 @@ class SendfileSender:
         if not self._stop.is_set() and request.channel is not None and not request.finished:
             request.finish()
 
-    def _failed(self, failure: Any) -> None:
+    def _failed(self, failure: Failure) -> None:
         self._close()
-        if not failure.check(OSError, ClientStalled, InterruptedError):
+        if not isinstance(failure.value, (OSError, ClientStalled, InterruptedError)):
             log.failure("Sending a blob failed", failure)
         else:
             log.info("Blob response ended early: {error}", error=str(failure.value))
         if self._request.channel is not None:
             self._request.loseConnection()
+
+    def _log_error(self, failure: Failure) -> None:
+        log.failure("Finishing a blob response failed", failure)
 
     def _close(self) -> None:
         self._file.close()

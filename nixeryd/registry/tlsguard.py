@@ -17,6 +17,9 @@ to HTTPS client") and the fallback to HTTP follows immediately.
 
 from __future__ import annotations
 
+from typing import Optional
+
+from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 
@@ -63,27 +66,30 @@ class TLSGuardChannel(HTTPChannel):
                 return
         elif self._refused:
             return
-        HTTPChannel.dataReceived(self, data)
+        HTTPChannel.dataReceived(self, data)  # type: ignore[no-untyped-call]
 
-    _host: object = None
+    _host: Optional[IAddress] = None
 
-    def getHost(self) -> object:
+    def getHost(self) -> IAddress:
         """
         The local address, asked of the socket once per connection:
         Twisted asks for it at every request, and a keep-alive client
         sends many.
         """
         if self._host is None:
-            self._host = HTTPChannel.getHost(self)
+            self._host = HTTPChannel.getHost(self)  # type: ignore[no-untyped-call]
         return self._host
 
     def _refuse_tls(self) -> None:
         """Send the plain-HTTP 400 and close the connection."""
-        peer = self.transport.getPeer()
+        transport = self.transport
+        # Data only arrives on a connected channel.
+        assert transport is not None
+        peer = transport.getPeer()
         self._log.debug(
             "Refused a TLS handshake from {client} on the plain HTTP port",
             client=getattr(peer, "host", str(peer)),
         )
-        self.setTimeout(None)
-        self.transport.write(PLAIN_HTTP_ANSWER)
-        self.transport.loseConnection()
+        self.setTimeout(None)  # type: ignore[no-untyped-call]
+        transport.write(PLAIN_HTTP_ANSWER)
+        transport.loseConnection()

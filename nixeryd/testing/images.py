@@ -1,44 +1,37 @@
 """
 Stand-ins for the image service: :class:`FakeImageService` answers the
-web layer's calls from dictionaries, records them and can hold them until
-the test releases them (:class:`HeldCall`); :func:`write_sample_image`
-writes a small but real image that clients such as skopeo can pull.
+registry's calls (it is a :class:`nixeryd.registry.imagesource.ImageSource`)
+from dictionaries, records them and can hold them until the test releases
+them (:class:`HeldCall`); :func:`write_sample_image` writes a small but
+real image that clients such as skopeo can pull.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
-import json
 import os
 import tarfile
-from typing import Any, Mapping
+from typing import Mapping
 
 from attrs import define, field, frozen
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 
+from nixeryd.build.manifest import (
+    LayerDescriptor,
+    RuntimeSettings,
+    build_documents,
+    sha256_digest,
+)
 from nixeryd.core.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
 from nixeryd.core.errors import BlobUnknown, ManifestUnknown
-from nixeryd.build.manifest import sha256_digest
-from nixeryd.core.mediatypes import (
-    DOCKER_CONFIG,
-    DOCKER_LAYER,
-    DOCKER_MANIFEST,
-    OCI_CONFIG,
-    OCI_LAYER,
-    OCI_MANIFEST,
-)
 
 
 def manifest_document(media_type: str, body: bytes) -> ManifestDocument:
     """A manifest document whose digest is computed from ``body``."""
     return ManifestDocument(media_type=media_type, body=body,
                             digest=sha256_digest(body))
-
-
-def _canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
 @frozen
@@ -84,35 +77,21 @@ def _layer_tar(files: Mapping[str, bytes]) -> bytes:
 
 def write_sample_image(directory: str, files: Mapping[str, bytes]) -> SampleImage:
     """
-    Write a one-layer image holding ``files`` as blobs under ``directory``.
+    Write a one-layer amd64 image holding ``files`` as blobs under
+    ``directory``.
 
-    The blobs are named by their hex digest.  The Docker and OCI manifests
-    refer to the same layer and config bytes.
+    The blobs are named by their hex digest.  The config and both
+    manifests are made by :func:`nixeryd.build.manifest.build_documents`,
+    as the builder makes them.
     """
     tar = _layer_tar(files)
     layer = _write_blob(directory, gzip.compress(tar, mtime=0))
-    config = _write_blob(directory, _canonical_json({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {},
-        "rootfs": {"type": "layers", "diff_ids": [sha256_digest(tar)]},
-    }))
-
-    def manifest(media_type: str, config_type: str, layer_type: str) -> ManifestDocument:
-        return manifest_document(media_type, _canonical_json({
-            "schemaVersion": 2,
-            "mediaType": media_type,
-            "config": {"mediaType": config_type, "size": config.size,
-                       "digest": config.digest},
-            "layers": [{"mediaType": layer_type, "size": layer.size,
-                        "digest": layer.digest}],
-        }))
-
-    image = Image(
-        docker=manifest(DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER),
-        oci=manifest(OCI_MANIFEST, OCI_CONFIG, OCI_LAYER),
-    )
-    return SampleImage(image=image, layer=layer, config=config)
+    documents = build_documents(
+        "amd64",
+        [LayerDescriptor(digest=layer.digest, diff_id=sha256_digest(tar), size=layer.size)],
+        RuntimeSettings(env=()))
+    config = _write_blob(directory, documents.config)
+    return SampleImage(image=documents.image, layer=layer, config=config)
 
 
 @define
@@ -123,18 +102,21 @@ class HeldCall:
     :ivar method: the name of the method called.
     :ivar arguments: its arguments.
     :ivar cancelled: whether the caller cancelled its wait.
+    :ivar cancellation: fires when the caller cancels its wait.
     """
 
     method: str
     arguments: tuple[str, ...]
     cancelled: bool = False
     deferred: Deferred[None] = field(init=False)
+    cancellation: Deferred[None] = field(init=False, factory=Deferred)
 
     def __attrs_post_init__(self) -> None:
         self.deferred = Deferred(self._cancel)
 
     def _cancel(self, deferred: Deferred[None]) -> None:
         self.cancelled = True
+        self.cancellation.callback(None)
 
     def release(self) -> None:
         """Let the call continue (unless its caller has cancelled it)."""
@@ -145,7 +127,8 @@ class HeldCall:
 class FakeImageService(Service):
     """
     An in-memory image service with the interface of
-    :class:`nixeryd.service.images.ImageService`.
+    :class:`nixeryd.service.images.ImageService`, as far as the registry
+    uses it (:class:`~nixeryd.registry.imagesource.ImageSource`).
 
     :ivar images: ``(name, tag)`` to image.
     :ivar manifests: digest to manifest (filled by :meth:`add_image`).
@@ -170,6 +153,7 @@ class FakeImageService(Service):
         self.hold = False
         self.held: list[HeldCall] = []
         self.warm: set[tuple[str, str]] = set()
+        self._held_waiters: list[tuple[int, Deferred[None]]] = []
 
     def add_image(self, name: str, tag: str, image: Image) -> None:
         """Serve ``image`` for ``name:tag`` and both its manifests by digest."""
@@ -183,11 +167,27 @@ class FakeImageService(Service):
         for blob in sample.blobs:
             self.blobs[blob.digest] = blob
 
+    def wait_for_held(self, count: int) -> Deferred[None]:
+        """A Deferred that fires once :attr:`held` holds ``count`` calls."""
+        waiter: Deferred[None] = Deferred()
+        self._held_waiters.append((count, waiter))
+        self._notify_held()
+        return waiter
+
+    def _notify_held(self) -> None:
+        waiting = self._held_waiters
+        self._held_waiters = [(count, waiter) for count, waiter in waiting
+                              if count > len(self.held)]
+        for count, waiter in waiting:
+            if count <= len(self.held):
+                waiter.callback(None)
+
     async def _enter(self, method: str, *arguments: str) -> None:
         self.calls.append((method,) + arguments)
         if self.hold:
             call = HeldCall(method, arguments)
             self.held.append(call)
+            self._notify_held()
             await call.deferred
         failure = self.failures.get(method)
         if failure is not None:

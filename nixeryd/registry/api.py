@@ -1,0 +1,168 @@
+"""
+The ``/v2`` registry API: where each request is routed to its handler.
+
+:meth:`RegistryResource.render` checks the method, turns the path into a
+route (:func:`nixeryd.registry.routes.parse_v2_path`) and dispatches on
+the route's type.  Warm manifests (:meth:`ImageSource.cached_image`) are
+answered synchronously, without a coroutine: that is the hot path.
+Everything else is a coroutine handler run by
+:func:`nixeryd.registry.rendering.render_async`, which awaits the image
+service; blobs are answered by :mod:`nixeryd.registry.blobs`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from nixeryd.core.documents import Image, ManifestDocument
+from nixeryd.registry.blobs import BlobPool, BlobResponder
+from nixeryd.registry.httpnames import (
+    API_VERSION,
+    API_VERSION_HEADER,
+    CONTENT_LENGTH,
+    CONTENT_TYPE,
+    DIGEST_HEADER,
+    GET,
+    HEAD,
+    IMMUTABLE,
+    JSON,
+)
+from nixeryd.registry.imagesource import ImageSource
+from nixeryd.registry.negotiate import choose_manifest
+from nixeryd.registry.pagination import paginate
+from nixeryd.registry.rendering import render_async
+from nixeryd.registry.responses import MethodNotAllowed, write_failure
+from nixeryd.registry.routes import (
+    Blob,
+    ManifestByDigest,
+    ManifestByTag,
+    Ping,
+    TagsList,
+    parse_v2_path,
+)
+
+_PING_BODY = b"{}"
+
+
+def _set_manifest_headers(request: Request, document: ManifestDocument) -> bytes:
+    """Set the headers of a manifest response and return its body."""
+    headers = request.responseHeaders
+    body = document.body
+    headers.setRawHeaders(CONTENT_TYPE, [document.media_type.encode("ascii")])
+    headers.setRawHeaders(CONTENT_LENGTH, [b"%d" % (len(body),)])
+    headers.setRawHeaders(DIGEST_HEADER, [document.digest.encode("ascii")])
+    return body
+
+
+def _query_value(request: Request, name: bytes) -> Optional[str]:
+    """The first value of a query parameter, or ``None``."""
+    args: dict[bytes, list[bytes]] = request.args or {}
+    values = args.get(name)
+    if not values:
+        return None
+    return values[0].decode("utf-8", "replace")
+
+
+class RegistryResource(Resource):
+    """
+    The ``/v2`` API, mounted at ``/v2`` and dispatching on the rest of the
+    path itself (names contain ``/``).
+
+    :param images: the image service.
+    :param blob_pool: threads for sending blob bodies with ``sendfile``;
+        see :class:`~nixeryd.registry.blobs.BlobResponder`.
+    :param clock: the reactor, for scheduling; the global one when not given.
+
+    :ivar blobs: answers blob requests.
+    """
+
+    isLeaf = True
+
+    def __init__(self, images: ImageSource, blob_pool: Optional[BlobPool] = None,
+                 clock: Optional[IReactorTime] = None) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._images = images
+        if clock is None:
+            from twisted.internet import reactor as global_reactor
+
+            clock = global_reactor
+        self.blobs = BlobResponder(blob_pool, clock)
+
+    def render(self, request: Request) -> bytes | int:
+        """
+        Route one request: return the body at once (warm manifests, the
+        ping) or ``NOT_DONE_YET`` when a handler or an error answers it.
+        """
+        request.responseHeaders.setRawHeaders(API_VERSION_HEADER, [API_VERSION])
+        method = request.method
+        try:
+            if method != GET and method != HEAD:
+                raise MethodNotAllowed(
+                    "this registry is read-only: only GET and HEAD are supported",
+                    {"method": method.decode("ascii", "backslashreplace")})
+            route = parse_v2_path(request.postpath or ())
+        except Exception:
+            write_failure(request, Failure())  # type: ignore[no-untyped-call]
+            return NOT_DONE_YET
+        match route:
+            case ManifestByTag():
+                image = self._images.cached_image(route.name, route.tag)
+                if image is not None:
+                    # Warm images are answered at once, without a coroutine.
+                    body = self._manifest_body(request, image)
+                    return b"" if method == HEAD else body
+                return render_async(request, self._manifest_by_tag, route)
+            case Blob():
+                return render_async(request, self._blob, route)
+            case ManifestByDigest():
+                return render_async(request, self._manifest_by_digest, route)
+            case TagsList():
+                return render_async(request, self._tags, route)
+            case Ping():
+                headers = request.responseHeaders
+                headers.setRawHeaders(CONTENT_TYPE, [JSON])
+                headers.setRawHeaders(CONTENT_LENGTH, [b"2"])
+                return b"" if method == HEAD else _PING_BODY
+
+    async def _manifest_by_tag(self, request: Request,
+                               route: ManifestByTag) -> bytes:
+        image = await self._images.image(route.name, route.tag)
+        return self._manifest_body(request, image)
+
+    def _manifest_body(self, request: Request, image: Image) -> bytes:
+        """Headers and body of the manifest the client accepts best."""
+        document = choose_manifest(
+            image, request.requestHeaders.getRawHeaders(b"accept"))
+        request.responseHeaders.setRawHeaders(b"Vary", [b"Accept"])
+        return _set_manifest_headers(request, document)
+
+    async def _manifest_by_digest(self, request: Request,
+                                  route: ManifestByDigest) -> bytes:
+        document = await self._images.manifest(route.digest)
+        body = _set_manifest_headers(request, document)
+        request.responseHeaders.setRawHeaders(b"Cache-Control", [IMMUTABLE])
+        return body
+
+    async def _tags(self, request: Request, route: TagsList) -> bytes:
+        tags = sorted(await self._images.tags(route.name))
+        page, next_query = paginate(
+            tags, _query_value(request, b"n"), _query_value(request, b"last"))
+        body = json.dumps({"name": route.name, "tags": page}).encode("utf-8")
+        headers = request.responseHeaders
+        if next_query is not None:
+            headers.setRawHeaders(b"Link", [
+                b'</v2/%s/tags/list?%s>; rel="next"'
+                % (route.name.encode("ascii"), next_query.encode("ascii"))])
+        headers.setRawHeaders(CONTENT_TYPE, [JSON])
+        headers.setRawHeaders(CONTENT_LENGTH, [b"%d" % (len(body),)])
+        return body
+
+    async def _blob(self, request: Request, route: Blob) -> Optional[bytes]:
+        blob = await self._images.blob(route.digest)
+        return self.blobs.respond(request, blob)

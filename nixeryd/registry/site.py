@@ -1,0 +1,102 @@
+"""
+The registry's web site: the resource tree (``/v2`` and the index page),
+TLS-guarded channels and one access log event per request.
+
+:func:`make_site` is what the daemon listens with.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
+
+from nixeryd.registry.api import RegistryResource
+from nixeryd.registry.blobs import BlobPool
+from nixeryd.registry.imagesource import ImageSource
+from nixeryd.registry.indexpage import IndexPage
+from nixeryd.registry.tlsguard import TLSGuardChannel
+
+access_log = Logger(namespace="nixeryd.access")
+
+
+class RootResource(Resource):
+    """
+    The site's root: ``/v2`` is the registry, ``/`` the index page, and
+    everything else a 404 page.
+
+    :ivar registry: the ``/v2`` resource.
+    """
+
+    def __init__(self, images: ImageSource, blob_pool: Optional[BlobPool] = None) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.registry = RegistryResource(images, blob_pool)
+        self.putChild(b"v2", self.registry)
+        self._index = IndexPage(200)
+        self._not_found = IndexPage(404)
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        """The index page for ``/``, the 404 page for anything else."""
+        if path == b"" and not request.postpath:
+            return self._index
+        return self._not_found
+
+    def render(self, request: Request) -> bytes:
+        """Serve the index for a request for the root itself."""
+        return self._index.render(request)
+
+
+class RegistryRequest(Request):
+    """A request that remembers when it started, for the access log."""
+
+    def __init__(self, channel: http.HTTPChannel, *args: object, **kwargs: object) -> None:
+        super().__init__(channel, *args, **kwargs)  # type: ignore[no-untyped-call]
+        self.started = time.monotonic()
+
+
+class RegistrySite(Site):
+    """
+    The registry's ``Site``: TLS-guarded channels and a structured access log.
+
+    Each finished request produces one ``twisted.logger`` event with the
+    fields ``method``, ``path``, ``status``, ``bytes``, ``duration``
+    (seconds) and ``client``.
+
+    :param resource: the root of the resource tree.
+    """
+
+    # Twisted types ``protocol`` as the factory of its HTTP/1.1-or-HTTP/2
+    # wrapper; any callable returning a channel works the same way, and this
+    # site serves plain HTTP/1.1 through the guard.
+    protocol = TLSGuardChannel  # type: ignore[assignment]
+    requestFactory = RegistryRequest
+
+    def __init__(self, resource: IResource) -> None:
+        super().__init__(resource)  # type: ignore[no-untyped-call]
+
+    def log(self, request: http.Request) -> None:
+        """Emit the access log event for a finished request."""
+        started = request.started if isinstance(request, RegistryRequest) else None
+        duration = 0.0 if started is None else round(time.monotonic() - started, 6)
+        address = request.getClientAddress()  # type: ignore[no-untyped-call]
+        access_log.info(
+            "{client} {method} {path} {status} {bytes} {duration}",
+            method=request.method.decode("ascii", "backslashreplace"),
+            path=request.uri.decode("ascii", "backslashreplace"),
+            status=request.code,
+            bytes=request.sentLength,
+            duration=duration,
+            client=getattr(address, "host", None),
+        )
+
+
+def make_site(images: ImageSource, blob_pool: Optional[BlobPool] = None) -> RegistrySite:
+    """
+    The registry site serving ``images``; blob bodies go out with
+    ``sendfile`` from ``blob_pool``'s threads when one is given.
+    """
+    return RegistrySite(RootResource(images, blob_pool))

@@ -1,0 +1,293 @@
+"""
+Tests for :mod:`nixeryd.registry.api` and :mod:`nixeryd.registry.responses`:
+the ``/v2`` ping and manifests over the fake image service, requests refused
+before it is called, and its errors as registry JSON errors.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.iweb import IResponse
+
+from nixeryd.build.manifest import sha256_digest
+from nixeryd.core.errors import BuildFailed, BuildTimedOut, NameInvalid, UnknownPackages
+from nixeryd.core.mediatypes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from nixeryd.registry.imagesource import ImageSource
+from nixeryd.testing.images import FakeImageService
+from tests.registrycases import (
+    CONTAINERD_ACCEPT,
+    SKOPEO_ACCEPT,
+    UNKNOWN_DIGEST,
+    StubRegistryTestCase,
+    content_length,
+    header,
+)
+
+
+class ImageSourceTests(SynchronousTestCase):
+    """The fake the registry is tested over is an image source."""
+
+    def test_fake_is_an_image_source(self) -> None:
+        """mypy checks that FakeImageService provides ImageSource."""
+        source: ImageSource = FakeImageService()
+        self.assertIsNone(source.cached_image("shell/git", "latest"))
+
+
+class PingTests(StubRegistryTestCase):
+    """``/v2/``."""
+
+    def test_get(self) -> None:
+        """GET /v2/ is 200 with {} as JSON and the API version header."""
+        response, body = self.fetch(b"GET", "/v2/")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(body, b"{}")
+        self.assertEqual(header(response, b"content-type"), b"application/json")
+        self.assertEqual(header(response, b"docker-distribution-api-version"),
+                         b"registry/2.0")
+
+    def test_without_slash(self) -> None:
+        """GET /v2 answers like /v2/."""
+        response, body = self.fetch(b"GET", "/v2")
+        self.assertEqual((response.code, body), (200, b"{}"))
+
+    def test_head(self) -> None:
+        """HEAD /v2/ has GET's headers and no body."""
+        response, body = self.fetch(b"HEAD", "/v2/")
+        self.assertEqual((response.code, body), (200, b""))
+        self.assertEqual(header(response, b"content-length"), b"2")
+        self.assertEqual(header(response, b"content-type"), b"application/json")
+
+
+class ManifestTests(StubRegistryTestCase):
+    """Manifests by tag and by digest."""
+
+    def assert_manifest(self, response: IResponse, body: bytes, media_type: str) -> None:
+        self.assertEqual(response.code, 200)
+        self.assertEqual(header(response, b"content-type"), media_type.encode())
+        self.assertEqual(header(response, b"docker-content-digest"),
+                         sha256_digest(body).encode())
+        self.assertEqual(content_length(response), len(body))
+        self.assertEqual(json.loads(body)["mediaType"], media_type)
+
+    def test_skopeo_accept_lines(self) -> None:
+        """Six separate Accept lines including Docker's give Docker schema 2."""
+        response, body = self.fetch(b"GET", "/v2/shell/git/manifests/latest",
+                                    {b"Accept": SKOPEO_ACCEPT})
+        self.assert_manifest(response, body, DOCKER_MANIFEST)
+        self.assertEqual(body, self.sample.image.docker.body)
+        self.assertEqual(self.images.calls, [("image", "shell/git", "latest")])
+
+    def test_warm_image_answered_at_once(self) -> None:
+        """
+        An image the service holds in memory is served without calling
+        ``image()``, with the same negotiation and headers, GET and HEAD.
+        """
+        self.images.warm.add(("shell/git", "latest"))
+        response, body = self.fetch(b"GET", "/v2/shell/git/manifests/latest",
+                                    {b"Accept": SKOPEO_ACCEPT})
+        self.assert_manifest(response, body, DOCKER_MANIFEST)
+        response, body = self.fetch(b"GET", "/v2/shell/git/manifests/latest",
+                                    {b"Accept": [OCI_MANIFEST.encode()]})
+        self.assert_manifest(response, body, OCI_MANIFEST)
+        head, head_body = self.fetch(b"HEAD", "/v2/shell/git/manifests/latest",
+                                     {b"Accept": [OCI_MANIFEST.encode()]})
+        self.assertEqual(head_body, b"")
+        for name in (b"content-type", b"docker-content-digest"):
+            self.assertEqual(header(head, name), header(response, name))
+        self.assertEqual(content_length(head), len(body))
+        self.assertEqual(self.images.calls, [])
+
+    def test_containerd_accept_line(self) -> None:
+        """containerd's single Accept line gives Docker schema 2."""
+        response, body = self.fetch(b"GET", "/v2/shell/git/manifests/latest",
+                                    {b"Accept": CONTAINERD_ACCEPT})
+        self.assert_manifest(response, body, DOCKER_MANIFEST)
+
+    def test_no_accept(self) -> None:
+        """Without Accept the Docker manifest is served."""
+        response, body = self.fetch(b"GET", "/v2/shell/git/manifests/latest")
+        self.assert_manifest(response, body, DOCKER_MANIFEST)
+
+    def test_only_oci(self) -> None:
+        """Accepting only OCI types gives the OCI manifest."""
+        response, body = self.fetch(
+            b"GET", "/v2/shell/git/manifests/latest",
+            {b"Accept": [OCI_MANIFEST.encode(), OCI_INDEX.encode()]})
+        self.assert_manifest(response, body, OCI_MANIFEST)
+        self.assertEqual(body, self.sample.image.oci.body)
+        self.assertEqual(header(response, b"vary"), b"Accept")
+
+    def test_head_equals_get(self) -> None:
+        """HEAD by tag has GET's length, digest and type, and an empty body."""
+        for accept in ([], [OCI_MANIFEST.encode()]):
+            with self.subTest(accept=accept):
+                got, got_body = self.fetch(b"GET", "/v2/shell/git/manifests/latest",
+                                           {b"Accept": accept})
+                head, head_body = self.fetch(b"HEAD", "/v2/shell/git/manifests/latest",
+                                             {b"Accept": accept})
+                self.assertEqual(head_body, b"")
+                self.assertEqual(head.code, 200)
+                for name in (b"docker-content-digest", b"content-type"):
+                    self.assertEqual(header(head, name), header(got, name))
+                self.assertEqual(content_length(head), content_length(got))
+                self.assertEqual(content_length(head), len(got_body))
+
+    def test_by_digest(self) -> None:
+        """Both manifests are served by digest with their own media type."""
+        for document in (self.sample.image.docker, self.sample.image.oci):
+            with self.subTest(media_type=document.media_type):
+                response, body = self.fetch(
+                    b"GET", "/v2/shell/git/manifests/" + document.digest,
+                    {b"Accept": [document.media_type.encode() + b", */*"]})
+                self.assert_manifest(response, body, document.media_type)
+                self.assertEqual(body, document.body)
+                head, head_body = self.fetch(
+                    b"HEAD", "/v2/shell/git/manifests/" + document.digest)
+                self.assertEqual(head_body, b"")
+                for name in (b"docker-content-digest", b"content-type"):
+                    self.assertEqual(header(head, name), header(response, name))
+                self.assertEqual(content_length(head), len(body))
+        self.assertEqual([call[0] for call in self.images.calls], ["manifest"] * 4)
+
+    def test_unknown_digest(self) -> None:
+        """An unknown manifest digest is 404 MANIFEST_UNKNOWN."""
+        response, body = self.fetch(b"GET", "/v2/shell/manifests/" + UNKNOWN_DIGEST)
+        self.assert_error(response, body, 404, "MANIFEST_UNKNOWN")
+
+    def test_unknown_digest_head(self) -> None:
+        """HEAD of an unknown manifest is 404 with an empty body."""
+        response, body = self.fetch(b"HEAD", "/v2/shell/manifests/" + UNKNOWN_DIGEST)
+        self.assertEqual((response.code, body), (404, b""))
+        self.assertEqual(header(response, b"content-type"), b"application/json")
+
+    def test_query_string(self) -> None:
+        """Query strings such as ?ns= are ignored by routing."""
+        response, body = self.fetch(
+            b"GET", "/v2/shell/git/manifests/latest?ns=docker.io&x=1")
+        self.assert_manifest(response, body, DOCKER_MANIFEST)
+        self.assertEqual(self.images.calls, [("image", "shell/git", "latest")])
+
+    def test_held_build(self) -> None:
+        """A response waits for the image service and is sent once it answers."""
+        self.images.hold = True
+        d = self.start_request(b"GET", "/v2/shell/git/manifests/latest")
+        self.agent.flush()
+        self.assertNoResult(d)
+        [held] = self.images.held
+        held.release()
+        self.agent.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 200)
+
+
+class RefusalTests(StubRegistryTestCase):
+    """Malformed requests are refused before the image service is called."""
+
+    def test_bad_names(self) -> None:
+        """Names breaking the grammar are 400 NAME_INVALID."""
+        for path in ("/v2/Shell/manifests/latest", "/v2/a..b/manifests/latest",
+                     "/v2/shell%2Fgit/manifests/latest", "/v2/%2e%2e/blobs/"
+                     + UNKNOWN_DIGEST, "/v2/a//b/tags/list",
+                     "/v2/" + "a" * 256 + "/manifests/latest"):
+            with self.subTest(path=path):
+                response, body = self.fetch(b"GET", path)
+                self.assert_error(response, body, 400, "NAME_INVALID")
+        self.assertEqual(self.images.calls, [])
+
+    def test_bad_digests(self) -> None:
+        """Malformed digests are 400 DIGEST_INVALID."""
+        for path in ("/v2/a/blobs/sha256:abc", "/v2/a/blobs/latest",
+                     "/v2/a/blobs/sha256:" + "A" * 64,
+                     "/v2/a/manifests/sha512:" + "a" * 128,
+                     "/v2/a/manifests/sha256:" + "a" * 63):
+            with self.subTest(path=path):
+                response, body = self.fetch(b"GET", path)
+                self.assert_error(response, body, 400, "DIGEST_INVALID")
+        self.assertEqual(self.images.calls, [])
+
+    def test_invalid_tag(self) -> None:
+        """A reference that is no tag or digest is 404 MANIFEST_UNKNOWN."""
+        response, body = self.fetch(b"GET", "/v2/a/manifests/-x")
+        error = self.assert_error(response, body, 404, "MANIFEST_UNKNOWN")
+        self.assertIn("invalid tag", error["message"])
+        self.assertEqual(self.images.calls, [])
+
+    def test_unknown_route(self) -> None:
+        """Paths under /v2 naming no operation are 404 UNSUPPORTED."""
+        for path in ("/v2/_catalog", "/v2/a/b", "/v2/a/tags/list/"):
+            with self.subTest(path=path):
+                response, body = self.fetch(b"GET", path)
+                self.assert_error(response, body, 404, "UNSUPPORTED")
+
+    def test_methods(self) -> None:
+        """Other methods are 405 UNSUPPORTED with Allow: GET, HEAD."""
+        for method in (b"POST", b"PUT", b"DELETE", b"PATCH"):
+            for path in ("/v2/", "/v2/shell/git/manifests/latest",
+                         "/v2/a/blobs/uploads/"):
+                with self.subTest(method=method, path=path):
+                    response, body = self.fetch(method, path)
+                    self.assert_error(response, body, 405, "UNSUPPORTED")
+                    self.assertEqual(header(response, b"allow"), b"GET, HEAD")
+        self.assertEqual(self.images.calls, [])
+
+
+class ServiceErrorTests(StubRegistryTestCase):
+    """Errors raised by the image service become registry JSON errors."""
+
+    def get_manifest_error(self, error: BaseException, status: int,
+                           code: str) -> tuple[IResponse, dict[str, Any]]:
+        self.images.failures["image"] = error
+        response, body = self.fetch(b"GET", "/v2/shell/git/manifests/latest")
+        return response, self.assert_error(response, body, status, code)
+
+    def test_unknown_packages(self) -> None:
+        """Unknown packages are 404 MANIFEST_UNKNOWN listing the packages."""
+        _, error = self.get_manifest_error(
+            UnknownPackages(["nope", "gone"]), 404, "MANIFEST_UNKNOWN")
+        self.assertEqual(error["detail"], {"packages": ["nope", "gone"]})
+        self.assertIn("nope", error["message"])
+
+    def test_build_failed(self) -> None:
+        """A failed build is 500 UNKNOWN naming the package, with the log tail."""
+        _, error = self.get_manifest_error(
+            BuildFailed("building git failed", "git-2.40", ["line 1", "error: x"]),
+            500, "UNKNOWN")
+        self.assertEqual(error["message"], "building git failed")
+        self.assertEqual(error["detail"],
+                         {"package": "git-2.40", "log": ["line 1", "error: x"]})
+
+    def test_build_timed_out(self) -> None:
+        """A timed-out build is 504."""
+        self.get_manifest_error(BuildTimedOut(600, ["slow"]), 504, "UNKNOWN")
+
+    def test_name_invalid_from_service(self) -> None:
+        """The service's own name refusal is 400 NAME_INVALID."""
+        self.get_manifest_error(NameInvalid("too many packages"), 400, "NAME_INVALID")
+
+    def test_unexpected_exception(self) -> None:
+        """Other exceptions are logged and answered with 500 UNKNOWN."""
+        _, error = self.get_manifest_error(ValueError("boom"), 500, "UNKNOWN")
+        self.assertNotIn("boom", json.dumps(error))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_unexpected_routing_exception(self) -> None:
+        """An exception before the image service is called is a logged 500 too."""
+        import nixeryd.registry.api
+
+        def broken(segments: object) -> None:
+            raise KeyError("broken")
+
+        self.patch(nixeryd.registry.api, "parse_v2_path", broken)
+        response, body = self.fetch(b"GET", "/v2/shell/git/manifests/latest")
+        self.assert_error(response, body, 500, "UNKNOWN")
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    def test_tags_name_invalid(self) -> None:
+        """A name refused by tags() is 400."""
+        self.images.failures["tags"] = NameInvalid("no")
+        response, body = self.fetch(b"GET", "/v2/shell/tags/list")
+        self.assert_error(response, body, 400, "NAME_INVALID")
+
