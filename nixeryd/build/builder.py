@@ -20,19 +20,20 @@ import time
 from typing import Any, Mapping, Sequence
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.logger import Logger
 
 from nixeryd.build.archive import (DEFAULT_COMPRESS_LEVEL, LAYER_FORMAT_VERSION,
                                    LayerBlob, write_store_layer, write_tree_layer)
 from nixeryd.build.closure import ClosureGraph, store_path_name
 from nixeryd.build.forest import Customisation, build_customisation
-from nixeryd.build.layers import DEFAULT_LAYER_BUDGET, LayerPlan, plan_layers
+from nixeryd.build.layers import LayerPlan, plan_layers
 from nixeryd.build.manifest import (BuiltDocuments, LayerDescriptor, RuntimeSettings,
                                     build_documents)
 from nixeryd.build.names import ImageRequest
 from nixeryd.build.nix import Resolution
 from nixeryd.build.nixsteps import NixSteps
+from nixeryd.core import defaults
 from nixeryd.core.documents import Image
 from nixeryd.core.sharedwork import SharedWork
 from nixeryd.core.threads import Runner
@@ -102,7 +103,7 @@ class ImageBuilder:
 
     def __init__(self, *, nix: NixSteps, storage: IStorage, runner: Runner,
                  popularity: Mapping[str, int] | None = None,
-                 layer_budget: int = DEFAULT_LAYER_BUDGET) -> None:
+                 layer_budget: int = defaults.LAYER_BUDGET) -> None:
         self._nix = nix
         self._storage = storage
         self._runner = runner
@@ -162,7 +163,7 @@ class ImageBuilder:
         customised = Deferred.fromCoroutine(self._customise(request, top_level))
         stored = [Deferred.fromCoroutine(self._store_layer(request, plan))
                   for plan in plans]
-        results = await _first_error(
+        results = await _all_or_first_error(
             gatherResults([customised] + stored, consumeErrors=True))
         custom_value, custom_layer = results[0]
         layers = tuple(results[1:]) + (custom_layer,)
@@ -221,9 +222,11 @@ class ImageBuilder:
                                        size=blob.size, comment="customisation layer")
 
 
-async def _first_error(d: Deferred[list[Any]]) -> list[Any]:
-    """Await a ``gatherResults`` and re-raise the first underlying error."""
-    from twisted.internet.defer import FirstError
+async def _all_or_first_error(d: Deferred[list[Any]]) -> list[Any]:
+    """
+    Await a ``gatherResults``: every result, or the first failure's own
+    exception (not the ``FirstError`` wrapping it).
+    """
     try:
         return await d
     except FirstError as e:

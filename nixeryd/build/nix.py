@@ -228,7 +228,7 @@ class NixRunner:
             tail = e.log_tail
         message = "cannot evaluate Nix packages: %s (removed, broken, unfree or insecure?)" % (
             ", ".join(unusable),)
-        cause = _first_error(tail)
+        cause = _first_error_message(tail)
         if cause is not None:
             message += "; %s: %s" % (unusable[0], cause)
         return BuildFailed(message, unusable[0], tail)
@@ -293,7 +293,7 @@ class NixRunner:
         except ProcessTimedOut as e:
             raise BuildTimedOut(self._timeout, e.tail) from e
         except ProcessFailed as e:
-            detail = _first_error(e.tail) or e.describe()
+            detail = _first_error_message(e.tail) or e.describe()
             raise BuildFailed("%s: %s" % (failure, detail), None, e.tail) from e
 
 
@@ -354,8 +354,8 @@ def _closure(document: Any, tail: Sequence[str]) -> dict[str, StorePathInfo]:
     return paths
 
 
-def _first_error(tail: Sequence[str]) -> str | None:
-    """The first ``error:`` line of a Nix log, without the prefix."""
+def _first_error_message(tail: Sequence[str]) -> str | None:
+    """The message of the first ``error:`` line of a Nix log, without the prefix."""
     for line in tail:
         stripped = line.strip()
         if stripped.startswith("error:"):

@@ -40,6 +40,7 @@ from nixeryd.build.manifest import manifest_from_bytes
 from nixeryd.build.names import OPTIONAL_PACKAGES, ImageRequest, parse_image_name, validate_tag
 from nixeryd.build.nixsteps import NixSteps
 from nixeryd.build.sources import PackageSource, PinnedSource
+from nixeryd.core import defaults
 from nixeryd.core.digests import check_digest
 from nixeryd.core.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
 from nixeryd.core.errors import ManifestUnknown, RegistryError
@@ -116,8 +117,9 @@ class ImageService(MultiService):
     log = Logger()
 
     def __init__(self, *, source: PackageSource, nix: NixSteps, builder: ImageBuilder,
-                 storage: IStorage, clock: IReactorTime, max_builds: int = 2,
-                 moving_ttl: float = 60.0,
+                 storage: IStorage, clock: IReactorTime,
+                 max_builds: int = defaults.MAX_BUILDS,
+                 moving_ttl: float = defaults.MOVING_TTL,
                  reference: Callable[[str, str], str] | None = None,
                  on_start: Callable[[], Deferred[None] | None] | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
