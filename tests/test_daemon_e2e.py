@@ -313,7 +313,8 @@ class GCSStorageEndToEnd(DaemonTestMixin, TestCase):
         if MISSING_REASON is not None:
             raise SkipTest(MISSING_REASON)
         require_tools("skopeo", "umoci", "chroot")
-        emulator = await start_emulator(reactor, bucket="nixeryd-e2e")
+        emulator = await start_emulator(reactor, os.path.abspath(self.mktemp()),
+                                        bucket="nixeryd-e2e")
         self.addCleanup(lambda: Deferred.fromCoroutine(emulator.stop()))
         registry = await deferToThread(
             self.daemon, "--pkgs-path", PACKAGE_SET, "--storage-backend", "gcs",

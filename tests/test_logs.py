@@ -6,6 +6,7 @@ per reactor turn, and at once where there is no running reactor.
 from __future__ import annotations
 
 import io
+from typing import Callable
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -33,8 +34,9 @@ class RunningClock(Clock):
         super().__init__()
         self.triggers: list[tuple[str, str, object]] = []
 
-    def addSystemEventTrigger(self, phase: str, event: str, f: object) -> None:
-        self.triggers.append((phase, event, f))
+    def addSystemEventTrigger(self, phase: str, eventType: str,
+                              callable: Callable[[], None]) -> None:
+        self.triggers.append((phase, eventType, callable))
 
 
 class BatchedFlushTests(SynchronousTestCase):

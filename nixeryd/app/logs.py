@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Callable, Optional, Protocol, TextIO
 
 from twisted.logger import ILogObserver, formatEvent
 from twisted.python.threadable import isInIOThread
@@ -48,7 +48,7 @@ def render_message(event: dict[str, Any]) -> str:
     text is always what Twisted's own observers would show.
     """
     log_format = event.get("log_format")
-    if log_format is not None:
+    if isinstance(log_format, str):
         try:
             return log_format.format_map(event)
         except Exception:
@@ -80,6 +80,24 @@ def event_as_json(event: dict[str, Any]) -> str:
                            for key, value in record.items()})
 
 
+class FlushReactor(Protocol):
+    """
+    What :class:`BatchedFlush` needs of the reactor: whether it runs, a
+    call at the end of the turn, and a call at shutdown.
+    """
+
+    @property
+    def running(self) -> bool:
+        """Whether the reactor runs (and is not stopping)."""
+
+    def callLater(self, delay: float, callable: Callable[[], None]) -> object:
+        """Call ``callable`` after ``delay`` seconds."""
+
+    def addSystemEventTrigger(self, phase: str, eventType: str,
+                              callable: Callable[[], None]) -> object:
+        """Call ``callable`` in ``phase`` of the system event ``eventType``."""
+
+
 class BatchedFlush:
     """
     Flushes a stream after the writes of one reactor turn, rather than
@@ -93,7 +111,7 @@ class BatchedFlush:
     :param reactor: the reactor whose turns group the writes, or ``None``.
     """
 
-    def __init__(self, stream: TextIO, reactor: Any = None) -> None:
+    def __init__(self, stream: TextIO, reactor: Optional[FlushReactor] = None) -> None:
         self._stream = stream
         self._reactor = reactor
         self._pending = False
@@ -103,7 +121,8 @@ class BatchedFlush:
     def written(self) -> None:
         """Arrange for what was just written to be flushed soon."""
         reactor = self._reactor
-        if reactor is None or not reactor.running or not isInIOThread():
+        if (reactor is None or not reactor.running
+                or not isInIOThread()):  # type: ignore[no-untyped-call]
             self._stream.flush()
             return
         if not self._pending:
@@ -135,7 +154,7 @@ class JSONLinesObserver:
     :param stream: where to write.
     """
 
-    def __init__(self, stream: TextIO, reactor: Any = None) -> None:
+    def __init__(self, stream: TextIO, reactor: Optional[FlushReactor] = None) -> None:
         self._stream = stream
         self._flush = BatchedFlush(stream, reactor)
 
@@ -162,7 +181,7 @@ class TextLinesObserver:
     :param stream: where to write.
     """
 
-    def __init__(self, stream: TextIO, reactor: Any = None) -> None:
+    def __init__(self, stream: TextIO, reactor: Optional[FlushReactor] = None) -> None:
         self._stream = stream
         self._flush = BatchedFlush(stream, reactor)
         self._second = -1
