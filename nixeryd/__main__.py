@@ -1,5 +1,6 @@
 """
-``python -m nixeryd <command>``: command-line entry points.
+``nixeryd <command>`` (also ``python -m nixeryd <command>``): the
+command-line entry points other than the daemon.
 
 ``build`` builds one image into an OCI image layout (see
 :mod:`nixeryd.app.buildcmd`).  The registry daemon runs as ``twistd nixery``.
@@ -9,13 +10,17 @@ from __future__ import annotations
 
 import sys
 
+USAGE = """\
+usage: nixeryd build [options] NAME
+       (run 'nixeryd build --help' for options;
+        the registry daemon is 'twistd nixery')
+"""
+
 
 def main(argv: list[str]) -> int:
     """Dispatch to a command; returns the exit code."""
     if not argv or argv[0] in ("-h", "--help"):
-        sys.stdout.write("usage: python -m nixeryd build [options] NAME\n"
-                         "       (run 'python -m nixeryd build --help' for options;\n"
-                         "        the registry daemon is 'twistd nixery')\n")
+        sys.stdout.write(USAGE)
         return 0 if argv else 2
     if argv[0] == "build":
         from nixeryd.app.buildcmd import main as build_main

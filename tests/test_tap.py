@@ -8,24 +8,30 @@ import io
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, AnyStr, Callable, Mapping, Optional, Sequence
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet import reactor
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.interfaces import IProcessProtocol, IProcessTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger, LogPublisher
 from twisted.plugin import getPlugins
+from twisted.python.threadpool import ThreadPool
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
 from nixeryd.app import logs
 from nixeryd.app.config import Config
 from nixeryd.app.tap import Options, makeService
+from nixeryd.app.wiring import IServiceReactor, ThreadPools, make_daemon_service
+from nixeryd.core import defaults
+from nixeryd.registry.site import RegistrySite, make_site
+from nixeryd.service.images import ImageService
+from nixeryd.storage.service import StorageService
 from nixeryd.testing.images import FakeImageService
-from nixeryd.core.threads import ThreadPoolService
-from nixeryd.registry.site import RegistrySite
 
 ENV = {"NIXERY_PKGS_PATH": "/srv/pkgs", "STORAGE_PATH": "/srv/storage"}
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,29 +76,66 @@ class OptionsTests(SynchronousTestCase):
                 self.assertIn("invalid listen endpoint", str(error))
 
 
+@implementer(IServiceReactor)
+class TreeReactor(MemoryReactorClock):
+    """
+    A memory reactor for building the service tree: it records listening
+    ports; the tree only hands it to the process and thread users, which
+    never call it before they are used.
+    """
+
+    def spawnProcess(self, processProtocol: IProcessProtocol, executable: bytes | str,
+                     args: Sequence[bytes | str],
+                     env: Optional[Mapping[AnyStr, AnyStr]] = None,
+                     path: bytes | str | None = None, uid: Optional[int] = None,
+                     gid: Optional[int] = None, usePTY: bool = False,
+                     childFDs: Optional[Mapping[int, int | str]] = None,
+                     ) -> IProcessTransport:
+        raise NotImplementedError("no processes in these tests")
+
+    def callInThread(self, callable: Callable[..., Any], *args: object,
+                     **kwargs: object) -> None:
+        raise NotImplementedError("no threads in these tests")
+
+    def callFromThread(self, callable: Callable[..., Any], *args: object,
+                       **kwargs: object) -> None:
+        raise NotImplementedError("no threads in these tests")
+
+    def getThreadPool(self) -> ThreadPool:
+        raise NotImplementedError("no threads in these tests")
+
+    def suggestThreadPoolSize(self, size: int) -> None:
+        pass
+
+
 class MakeServiceTests(SynchronousTestCase):
     """The service tree."""
 
     def test_tree(self) -> None:
         """
         The image service comes first, then the blob-sending thread pool,
-        then the site on the configured endpoint.
+        then the site on the configured endpoint; every pool is sized from
+        the configuration and the defaults.
         """
-        made: list[tuple[Config, Any]] = []
+        made: list[tuple[Config, IServiceReactor, ThreadPools]] = []
         fake = FakeImageService()
 
-        def factory(config: Config, given_reactor: Any) -> FakeImageService:
-            made.append((config, given_reactor))
+        def images(config: Config, given_reactor: IServiceReactor,
+                   pools: ThreadPools) -> FakeImageService:
+            made.append((config, given_reactor, pools))
             return fake
 
-        memory = MemoryReactor()
-        options = parsed(["--port", "8123"])
-        top = makeService(options, reactor=memory, image_service_factory=factory)
+        memory = TreeReactor()
+        options = parsed(["--port", "8123", "--threads", "3"])
+        top = make_daemon_service(options.config, memory, site=make_site, images=images)
         self.assertIsInstance(top, MultiService)
-        self.assertEqual(made, [(options.config, memory)])
-        images, blob_pool, server = list(top)
-        self.assertIs(images, fake)
-        self.assertIsInstance(blob_pool, ThreadPoolService)
+        [(config, given_reactor, pools)] = made
+        self.assertEqual((config, given_reactor), (options.config, memory))
+        self.assertEqual((pools.storage.size, pools.layers.size, pools.blobs.size),
+                         (defaults.STORAGE_THREADS, 3, defaults.BLOB_THREADS))
+        image_service, blob_pool, server = list(top)
+        self.assertIs(image_service, fake)
+        self.assertIs(blob_pool, pools.blobs)
         self.assertIsInstance(server, StreamServerEndpointService)
         top.startService()
         self.addCleanup(top.stopService)
@@ -100,6 +143,21 @@ class MakeServiceTests(SynchronousTestCase):
         [(port, factory_used, _, interface)] = memory.tcpServers
         self.assertEqual((port, interface), (8123, ""))
         self.assertIsInstance(factory_used, RegistrySite)
+
+    def test_image_service_children(self) -> None:
+        """
+        The daemon's image service holds the storage (first, so it is
+        closed last), then the storage pool, then the layer pool.
+        """
+        options = parsed(["--storage-path", os.path.abspath(self.mktemp()),
+                          "--threads", "3"])
+        top = makeService(options, reactor=TreeReactor())
+        image_service = list(top)[0]
+        self.assertIsInstance(image_service, ImageService)
+        storage, storage_pool, layer_pool = list(image_service)
+        self.assertIsInstance(storage, StorageService)
+        self.assertEqual([(pool.pool.name, pool.size) for pool in (storage_pool, layer_pool)],
+                         [("nixeryd-storage", defaults.STORAGE_THREADS), ("nixeryd-layers", 3)])
 
 
 class PluginTests(SynchronousTestCase):

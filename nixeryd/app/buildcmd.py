@@ -1,99 +1,200 @@
 """
-``python -m nixeryd build``: build one image into an OCI image layout.
+``nixeryd build``: build one image into an OCI image layout.
 
 The same image service the daemon uses, with filesystem storage at the
 output directory, so the directory is an OCI layout that skopeo and umoci
-read directly and that can be built into again (layers are reused).
+read directly and that can be built into again (layers are reused).  The
+options that say how images are built (package source, Nix options and
+timeout, layer budget, popularity data, threads) are the daemon's own
+definitions (:mod:`nixeryd.app.settings`), checked the same way; the
+command reads only its command line, never the environment.
 
 Exit codes: 0 on success (the OCI manifest digest is printed on stdout),
-2 for unknown packages or invalid input, 1 for a failed build.  Progress
-goes to stderr.
+2 for usage errors, unknown packages or invalid input, 1 for a failed
+build.  Progress goes to stderr.
 """
 
 from __future__ import annotations
 
-import argparse
+import getopt
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence, TextIO
 
+from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.logger import (FilteringLogObserver, LogLevel,
-                            LogLevelFilterPredicate, formatEvent,
-                            globalLogBeginner)
-
+from twisted.logger import (FilteringLogObserver, ILogObserver, LogEvent, LogLevel,
+                            LogLevelFilterPredicate, formatEvent, globalLogBeginner)
 from twisted.python.usage import UsageError
+from zope.interface import implementer
 
-from nixeryd.app.config import parse_nix_option
+from nixeryd.app.settings import (
+    IMAGE_SETTINGS,
+    LAYER_BUDGET,
+    NIX_TIMEOUT,
+    POPULARITY_URL,
+    SOURCES,
+    THREADS,
+    ImageOptions,
+    SourceSetting,
+    parameters,
+    read_nix_options,
+    read_source,
+)
+from nixeryd.core import defaults
 from nixeryd.core.errors import BuildFailed, RegistryError, UnknownPackages
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
-def nix_option_argument(text: str) -> tuple[str, str]:
-    """``NAME=VALUE`` → ``(NAME, VALUE)`` for argparse, as the daemon parses it."""
-    try:
-        return parse_nix_option(text)
-    except UsageError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+@frozen
+class BuildRequest:
+    """
+    One checked ``nixeryd build`` command line.
+
+    :ivar name: the image name, e.g. ``shell/git``.
+    :ivar tag: the package-set revision (git sources) and the reference
+        name in ``index.json``.
+    :ivar out: the OCI layout directory to write.
+    :ivar quiet: no progress on stderr.
+    """
+
+    name: str
+    tag: str
+    out: str
+    quiet: bool
+    source: SourceSetting
+    nix_timeout: float
+    nix_options: tuple[tuple[str, str], ...]
+    layer_budget: int
+    popularity_url: Optional[str]
+    layer_threads: int
 
 
-def argument_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m nixeryd build``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m nixeryd build",
-        description="Build the image for NAME (e.g. shell/git/htop) from Nix "
-                    "packages and write it to an OCI image layout.")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--pkgs-path", help="a local package set (imported like nixpkgs)")
-    source.add_argument("--pkgs-repo", help="a git repository holding a package set")
-    source.add_argument("--channel", help="a nixpkgs channel or commit")
-    parser.add_argument("--tag", default="latest",
-                        help="the package-set revision (git sources) and the "
-                             "reference name in index.json (default: latest)")
-    parser.add_argument("--out", required=True, help="the OCI layout directory to write")
-    parser.add_argument("--nix-option", action="append", default=[], type=nix_option_argument,
-                        metavar="NAME=VALUE", help="passed to Nix as --option NAME VALUE")
-    parser.add_argument("--nix-timeout", type=float, default=600.0,
-                        help="seconds allowed for Nix (default 600)")
-    parser.add_argument("--layer-budget", type=int, default=94,
-                        help="most store-path layers (default 94)")
-    parser.add_argument("--popularity", help="popularity data: a file or URL")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    parser.add_argument("name", help="the image name")
-    return parser
+class BuildOptions(ImageOptions):
+    """The options of ``nixeryd build``; the checked result is :attr:`request`."""
+
+    variables = False
+    synopsis = "Usage: nixeryd build [options] NAME"
+    longdesc = ("Build the image for NAME (e.g. shell/git/htop) from Nix packages"
+                " and write it to an OCI image layout; print its manifest digest."
+                " Exit codes: 0 built, 2 usage error, unknown packages or invalid"
+                " name, 1 failed build.")
+
+    optFlags = [["quiet", None, "No progress on stderr."]]
+    optParameters = parameters(IMAGE_SETTINGS, variables=False) + [
+        ["out", None, None, "The OCI layout directory to write (required)."],
+        ["tag", None, defaults.TAG,
+         "The package-set revision (git sources) and the reference name in"
+         " index.json."],
+    ]
+
+    request: BuildRequest
+
+    opt_h = ImageOptions.opt_help
+
+    def opt_version(self) -> None:
+        """Display the nixeryd version and exit."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print("nixeryd", version("nixeryd"))
+        except PackageNotFoundError:
+            print("nixeryd (not installed)")
+        sys.exit(0)
+
+    def parseOptions(self, options: Optional[Sequence[str]] = None) -> None:
+        """
+        Parse ``options`` (the process arguments when ``None``); NAME may
+        come before options as well as after them.
+        """
+        argv = list(sys.argv[1:] if options is None else options)
+        try:
+            pairs, names = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise UsageError(str(e)) from None
+        ordered: list[str] = []
+        for option, value in pairs:
+            takes_value = option.startswith("--") and option[2:] + "=" in self.longOpt
+            ordered += [option, value] if takes_value else [option]
+        super().parseOptions(ordered + ["--"] + names)  # type: ignore[no-untyped-call]
+
+    def opt_popularity(self, value: str) -> None:
+        """Same as --popularity-url."""
+        self[POPULARITY_URL.option] = value
+
+    def parseArgs(self, name: str) -> None:  # type: ignore[override]
+        """The image name."""
+        self["name"] = name
+
+    def postOptions(self) -> None:
+        """Check every option, as the daemon checks its own."""
+        given = [setting for _, setting in SOURCES if setting.given(self, None) is not None]
+        if len(given) > 1:
+            raise UsageError("give only one of %s" % (
+                ", ".join("--" + setting.option for setting in given),))
+        source = read_source(self, None)
+        if not self["out"]:
+            raise UsageError("--out is required: the OCI layout directory to write")
+        self.request = BuildRequest(
+            name=self["name"], tag=self["tag"], out=self["out"], quiet=bool(self["quiet"]),
+            source=source,
+            nix_timeout=NIX_TIMEOUT.read(self, None),
+            nix_options=read_nix_options(self, None),
+            layer_budget=LAYER_BUDGET.read(self, None),
+            popularity_url=POPULARITY_URL.given(self, None),
+            layer_threads=THREADS.read(self, None))
 
 
-def _progress_observer(stream: Any):
-    def observe(event: dict) -> None:
+def parse(argv: Sequence[str]) -> BuildRequest:
+    """
+    The checked command line.
+
+    :raises UsageError: one line saying what is wrong.
+    :raises SystemExit: for ``--help`` and ``--version``, once printed.
+    """
+    options = BuildOptions()
+    options.parseOptions(argv)
+    return options.request
+
+
+@implementer(ILogObserver)
+class ProgressObserver:
+    """Writes each event's message as a ``nixeryd: ...`` line to a stream."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __call__(self, event: LogEvent) -> None:
+        """Write one event."""
         text = formatEvent(event)
         if text:
-            stream.write("nixeryd: %s\n" % (text,))
-            stream.flush()
+            self._stream.write("nixeryd: %s\n" % (text,))
+            self._stream.flush()
+
+
+def _progress_observer(stream: TextIO) -> ILogObserver:
     return FilteringLogObserver(
-        observe, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)])
+        ProgressObserver(stream), [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)])
 
 
-async def _build(reactor: Any, options: argparse.Namespace) -> int:
-    from nixeryd.app.wiring import assemble_image_service
-    from nixeryd.build.sources import source_from_config
+async def _build(reactor: Any, request: BuildRequest) -> int:
+    from nixeryd.app.wiring import assemble_image_service, make_thread_pools
     from nixeryd.build.childenv import child_environment
     from nixeryd.storage.filesystem import FilesystemStorage
 
     env = child_environment(os.environ)
-    source = source_from_config(
-        options.channel, options.pkgs_repo,
-        options.pkgs_path and os.path.abspath(options.pkgs_path),
-        reactor=reactor, env=env)
-    os.makedirs(options.out, exist_ok=True)
+    os.makedirs(request.out, exist_ok=True)
     service = assemble_image_service(
-        reactor, source=source, storage=lambda runner: FilesystemStorage(options.out, runner),
-        nix_timeout=options.nix_timeout, nix_options=options.nix_option,
-        layer_budget=options.layer_budget, popularity=options.popularity,
+        reactor, pools=make_thread_pools(reactor, request.layer_threads),
+        source=request.source,
+        storage=lambda runner: FilesystemStorage(request.out, runner),
+        nix_timeout=request.nix_timeout, nix_options=request.nix_options,
+        layer_budget=request.layer_budget, popularity=request.popularity_url,
         reference=lambda name, tag: tag, env=env)
     service.startService()
     try:
-        image = await service.image(options.name, options.tag)
+        image = await service.image(request.name, request.tag)
     except UnknownPackages as e:
         sys.stderr.write("nixeryd: unknown packages: %s\n" % (", ".join(e.packages),))
         return EXIT_INVALID
@@ -114,11 +215,14 @@ async def _build(reactor: Any, options: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str]) -> int:
     """Run the build command; returns the exit code."""
-    options = argument_parser().parse_args(argv)
-    if options.layer_budget < 1:
-        sys.stderr.write("nixeryd: --layer-budget must be at least 1\n")
+    try:
+        request = parse(argv)
+    except UsageError as e:
+        sys.stderr.write("nixeryd: %s\n" % (e,))
         return EXIT_INVALID
-    observers = [] if options.quiet else [_progress_observer(sys.stderr)]
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_OK
+    observers = [] if request.quiet else [_progress_observer(sys.stderr)]
     globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
     from twisted.internet import task
 
@@ -126,7 +230,7 @@ def main(argv: Sequence[str]) -> int:
 
     async def run(reactor: Any) -> None:
         try:
-            result.append(await _build(reactor, options))
+            result.append(await _build(reactor, request))
         except ValueError as e:
             sys.stderr.write("nixeryd: %s\n" % (e,))
             result.append(EXIT_INVALID)

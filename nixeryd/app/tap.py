@@ -10,10 +10,9 @@ under one :class:`~twisted.application.service.MultiService`.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional
 
-from twisted.application import strports
-from twisted.application.service import IService, MultiService
+from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
@@ -36,7 +35,9 @@ from nixeryd.app.settings import (
     ImageOptions,
     parameters,
 )
-from nixeryd.core import defaults
+
+if TYPE_CHECKING:
+    from nixeryd.app.wiring import IServiceReactor
 
 
 class Options(ImageOptions):
@@ -73,48 +74,23 @@ class Options(ImageOptions):
         from twisted.internet import reactor
 
         try:
-            serverFromString(reactor, self.config.listen)
+            serverFromString(reactor, self.config.listen)  # type: ignore[no-untyped-call]
         except (ValueError, KeyError, TypeError) as error:
             raise usage.UsageError(
                 "invalid listen endpoint %r: %s" % (self.config.listen, error)
             ) from None
 
 
-ImageServiceFactory = Callable[[Config, Any], IService]
-
-
-def makeService(options: Options, reactor: Any = None,
-                image_service_factory: Optional[ImageServiceFactory] = None,
-                ) -> MultiService:
+def makeService(options: Options, reactor: Optional[IServiceReactor] = None) -> MultiService:
     """
-    The service tree: the image service, then the listening site.
+    The service tree (:func:`nixeryd.app.wiring.make_daemon_service`).
 
     :param options: parsed :class:`Options`.
     :param reactor: the reactor; the global one when not given.
-    :param image_service_factory: builds the image service from the
-        configuration and the reactor;
-        :func:`nixeryd.app.wiring.make_image_service` when not given.
     """
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
-    if image_service_factory is None:
-        from nixeryd.app.wiring import make_image_service
-
-        image_service_factory = make_image_service
+    from nixeryd.app.wiring import global_reactor, make_daemon_service, make_image_service
     from nixeryd.registry.site import make_site
 
-    from nixeryd.core.threads import ThreadPoolService
-
-    config = options.config
-    images = image_service_factory(config, reactor)
-    top = MultiService()
-    images.setServiceParent(top)
-    blob_pool = ThreadPoolService(reactor, defaults.BLOB_THREADS, name="nixeryd-blobs")
-    blob_pool.setServiceParent(top)
-    server = strports.service(config.listen, make_site(images, blob_pool),
-                              reactor=reactor)
-    server.setName("http")
-    server.setServiceParent(top)
-    return top
+    return make_daemon_service(
+        options.config, global_reactor() if reactor is None else reactor,
+        site=make_site, images=make_image_service)

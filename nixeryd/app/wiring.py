@@ -1,69 +1,154 @@
 """
-Wiring: one function that assembles an image service from settings.
+Wiring: the service tree, assembled in one place.
 
-Both the daemon (``twistd nixery``) and the one-shot build command use it,
-so they build images the same way.
+:func:`make_thread_pools` makes every thread pool, sized from the
+configuration; :func:`assemble_image_service` builds an image service and
+everything under it; :func:`make_daemon_service` puts the image service,
+the blob pool and the HTTP server under one parent.  Both the daemon
+(``twistd nixery``) and the one-shot build command use these functions, so
+they build images the same way.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Awaitable, Callable, Mapping, Optional, Sequence, TypeVar
 
+from attrs import frozen
+from twisted.application import strports
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (IProtocolFactory, IReactorCore, IReactorProcess,
+                                         IReactorTCP, IReactorThreads, IReactorTime)
 from twisted.logger import Logger
+from zope.interface import alsoProvides
 
+from nixeryd.app.config import Config
+from nixeryd.app.settings import SourceSetting
 from nixeryd.build.builder import ImageBuilder
-from nixeryd.service.images import ImageService
-from nixeryd.build.layers import DEFAULT_LAYER_BUDGET
+from nixeryd.build.childenv import child_environment
 from nixeryd.build.nix import NixRunner, default_nix_dir
 from nixeryd.build.popularity import load_popularity
-from nixeryd.build.childenv import child_environment
-from nixeryd.core.threads import ThreadPoolService
+from nixeryd.build.sources import source_from_config
+from nixeryd.core import defaults
+from nixeryd.core.threads import Runner, ThreadPoolService
+from nixeryd.service.images import ImageService
+from nixeryd.storage.interface import IStorage
+from nixeryd.storage.service import StorageService
 
 log = Logger()
 
-#: Threads for storage calls (file metadata, small reads and writes, moves).
-STORAGE_THREADS = 4
+#: A storage backend of some class (the start checks may use its own methods).
+StorageT = TypeVar("StorageT", bound=IStorage)
+#: An image service of some class (tests give a fake one).
+ImagesT = TypeVar("ImagesT", bound=Service)
+
+
+class IServiceReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorProcess,
+                      IReactorThreads):
+    """
+    What the service tree needs of the reactor: it runs Nix and git,
+    keeps time, connects (GCS, popularity data), listens, hands work to
+    threads and is stopped when the storage is unusable.
+    """
+
+
+def global_reactor() -> IServiceReactor:
+    """
+    The global reactor, declared to provide :class:`IServiceReactor` once
+    it is checked to provide every interface that one combines.
+
+    :raises TypeError: naming what it lacks.
+    """
+    from twisted.internet import reactor
+
+    bases = IServiceReactor.getBases()  # type: ignore[no-untyped-call]
+    missing = [interface.getName() for interface in bases
+               if not interface.providedBy(reactor)]
+    if missing:
+        raise TypeError("the reactor does not provide %s" % (", ".join(missing),))
+    alsoProvides(reactor, IServiceReactor)
+    return IServiceReactor(reactor)
+
+
+@frozen
+class ThreadPools:
+    """
+    Every thread pool of the service tree.
+
+    :ivar storage: storage calls (file metadata, small reads and writes,
+        moves); apart from the layer pool so that the short calls of warm
+        requests never queue behind the seconds-long tar and gzip work of a
+        cold build.
+    :ivar layers: writing layers (tar, gzip, hashing).
+    :ivar blobs: sending blob bodies with ``sendfile`` (the daemon only).
+    """
+
+    storage: ThreadPoolService
+    layers: ThreadPoolService
+    blobs: ThreadPoolService
+
+
+def make_thread_pools(reactor: IReactorThreads,
+                      layer_threads: int = defaults.LAYER_THREADS) -> ThreadPools:
+    """
+    The thread pools, sized from :mod:`nixeryd.core.defaults` and the
+    configured layer threads.  A pool starts no thread before it is
+    started and used.
+    """
+    return ThreadPools(
+        storage=ThreadPoolService(reactor, defaults.STORAGE_THREADS, name="nixeryd-storage"),
+        layers=ThreadPoolService(reactor, layer_threads, name="nixeryd-layers"),
+        blobs=ThreadPoolService(reactor, defaults.BLOB_THREADS, name="nixeryd-blobs"))
 
 
 def assemble_image_service(
-        reactor: Any, *, source: Any, storage: Callable[[Any], Any],
-        nix_timeout: float = 600.0, nix_options: Sequence[tuple[str, str]] = (),
-        max_builds: int = 2, layer_budget: int = DEFAULT_LAYER_BUDGET,
-        popularity: str | None = None, threads: int = 4,
-        moving_ttl: float = 60.0,
-        reference: Callable[[str, str], str] | None = None,
-        start_checks: Sequence[Callable[[Any], Any]] = (),
-        env: Mapping[str, str]) -> ImageService:
+        reactor: IServiceReactor, *, pools: ThreadPools, source: SourceSetting,
+        storage: Callable[[Runner], StorageT], env: Mapping[str, str],
+        nix_timeout: float = defaults.NIX_TIMEOUT,
+        nix_options: Sequence[tuple[str, str]] = (),
+        max_builds: int = defaults.MAX_BUILDS,
+        layer_budget: int = defaults.LAYER_BUDGET,
+        popularity: Optional[str] = None,
+        moving_ttl: float = defaults.MOVING_TTL,
+        reference: Optional[Callable[[str, str], str]] = None,
+        start_checks: Sequence[Callable[[StorageT], Awaitable[object]]] = (),
+        ) -> ImageService:
     """
     Build an :class:`ImageService` and everything under it.
 
-    :param source: the package source (:mod:`nixeryd.build.sources`).
-    :param storage: makes the storage backend from the thread-pool runner
-        it is to use for blocking calls.
-    :param threads: threads for writing layers (tar, gzip, hashing).
+    Its children are the storage (closed when the service stops), the
+    storage pool and the layer pool: the service stops them in reverse
+    order, once the work in flight is cancelled, so the storage is closed
+    last, when no call can be in flight.
+
+    :param pools: the thread pools (:func:`make_thread_pools`); the blob
+        pool is not used here.
+    :param source: the package source setting.
+    :param storage: makes the storage backend from the runner it is to
+        use for blocking calls.
+    :param env: the environment of Nix's and git's processes, from
+        :func:`~nixeryd.build.childenv.child_environment`.
     :param popularity: a file or URL with popularity data, loaded when the
         service starts; its absence or failure is logged, never fatal.
+    :param reference: how a built image is named in the storage's index.
     :param start_checks: called with the storage when the service starts;
         if one fails, the failure is logged and the reactor stopped (a
         storage that cannot be used is a configuration error).
-    :param env: the environment of Nix's processes, from
-        :func:`~nixeryd.build.childenv.child_environment` (the same one the
-        source's git runs with).
+    :raises ValueError: for a malformed package source.
     """
-    # Two pools, so that the short storage calls of warm requests (stat,
-    # small reads) never queue behind the seconds-long tar and gzip work
-    # of a cold build.
-    pool = ThreadPoolService(reactor, STORAGE_THREADS, name="nixeryd-storage")
-    build_pool = ThreadPoolService(reactor, threads, name="nixeryd-layers")
-    store = storage(pool)
+    chosen = {source.kind: source.location}
+    package_source = source_from_config(
+        chosen.get("channel"), chosen.get("repo"), chosen.get("path"),
+        reactor=reactor, env=env)
+    store = storage(pools.storage)
     nix = NixRunner(reactor, nix_dir=default_nix_dir(), timeout=nix_timeout,
                     options=nix_options, env=env)
-    builder = ImageBuilder(nix=nix, storage=store, runner=build_pool,
+    builder = ImageBuilder(nix=nix, storage=store, runner=pools.layers,
                            layer_budget=layer_budget)
 
     async def load_popularity_data() -> None:
-        data = await load_popularity(popularity, reactor=reactor, runner=pool)
+        data = await load_popularity(popularity, reactor=reactor, runner=pools.storage)
         builder.set_popularity(data)
         log.info("Loaded popularity data for {count} names", count=len(data))
 
@@ -80,20 +165,21 @@ def assemble_image_service(
         if popularity:
             await load_popularity_data()
 
-    def on_start() -> Any:
-        from twisted.internet.defer import Deferred
+    def on_start() -> Deferred[None]:
         return Deferred.fromCoroutine(start())
 
     service = ImageService(
-        source=source, nix=nix, builder=builder, storage=store, clock=reactor,
+        source=package_source, nix=nix, builder=builder, storage=store, clock=reactor,
         max_builds=max_builds, moving_ttl=moving_ttl, reference=reference,
         on_start=on_start)
-    pool.setServiceParent(service)
-    build_pool.setServiceParent(service)
+    StorageService(store).setServiceParent(service)  # type: ignore[no-untyped-call]
+    pools.storage.setServiceParent(service)  # type: ignore[no-untyped-call]
+    pools.layers.setServiceParent(service)  # type: ignore[no-untyped-call]
     return service
 
 
-def make_image_service(config: Any, reactor: Any) -> ImageService:
+def make_image_service(config: Config, reactor: IServiceReactor,
+                       pools: ThreadPools) -> ImageService:
     """
     The daemon's image service, from its validated
     :class:`~nixeryd.app.config.Config`.  Built images are named
@@ -103,38 +189,72 @@ def make_image_service(config: Any, reactor: Any) -> ImageService:
     """
     from twisted.python.usage import UsageError
 
-    from nixeryd.build.sources import source_from_config
-
     env = child_environment(os.environ)
-    source = source_from_config(**{config.source.kind: config.source.location},
-                                reactor=reactor, env=env)
-    checks: list[Callable[[Any], Any]] = []
+
+    def assemble(storage: Callable[[Runner], StorageT],
+                 start_checks: Sequence[Callable[[StorageT], Awaitable[object]]] = (),
+                 ) -> ImageService:
+        return assemble_image_service(
+            reactor, pools=pools, source=config.source, storage=storage, env=env,
+            nix_timeout=config.nix_timeout, nix_options=config.nix_options,
+            max_builds=config.max_builds, layer_budget=config.layer_budget,
+            popularity=config.popularity_url,
+            reference=lambda name, tag: name + ":" + tag, start_checks=start_checks)
+
     if config.storage_backend == "gcs":
-        from nixeryd.storage.gcs.storage import (GCSError, build_gcs_storage,
+        from nixeryd.storage.gcs import (GCSError, GCSStorage, build_gcs_storage,
                                          load_service_account_key)
+        bucket = config.gcs_bucket
+        assert bucket is not None, "config_from requires a bucket for gcs"
         try:
             key = (load_service_account_key(config.google_credentials)
                    if config.google_credentials else None)
         except GCSError as e:
             raise UsageError(str(e)) from None
 
-        def storage(runner: Any) -> Any:
+        def gcs_storage(runner: Runner) -> GCSStorage:
             try:
-                return build_gcs_storage(reactor, runner, config.gcs_bucket, key,
-                                         config.gcs_endpoint)
+                return build_gcs_storage(reactor, runner, bucket, key, config.gcs_endpoint)
             except GCSError as e:
                 raise UsageError(str(e)) from None
 
-        checks.append(lambda store: store.check_bucket())
-    else:
-        from nixeryd.storage.filesystem import FilesystemStorage
+        def check_bucket(store: GCSStorage) -> Deferred[None]:
+            return store.check_bucket()
 
-        def storage(runner: Any) -> Any:
-            return FilesystemStorage(config.storage_path, runner)
+        return assemble(gcs_storage, [check_bucket])
 
-    return assemble_image_service(
-        reactor, source=source, storage=storage,
-        nix_timeout=config.nix_timeout, nix_options=config.nix_options,
-        max_builds=config.max_builds, layer_budget=config.layer_budget,
-        popularity=config.popularity_url, threads=config.layer_threads,
-        reference=lambda name, tag: name + ":" + tag, start_checks=checks, env=env)
+    from nixeryd.storage.filesystem import FilesystemStorage
+
+    path = config.storage_path
+    assert path is not None, "config_from requires a path for filesystem storage"
+
+    def filesystem_storage(runner: Runner) -> FilesystemStorage:
+        return FilesystemStorage(path, runner)
+
+    return assemble(filesystem_storage)
+
+
+def make_daemon_service(
+        config: Config, reactor: IServiceReactor, *,
+        site: Callable[[ImagesT, ThreadPoolService], IProtocolFactory],
+        images: Callable[[Config, IServiceReactor, ThreadPools], ImagesT],
+        ) -> MultiService:
+    """
+    The daemon's service tree: the image service (with the storage and its
+    pools under it), the blob pool, then the HTTP server on the configured
+    endpoint.
+
+    :param site: makes the HTTP site from the image service and the blob
+        pool.
+    :param images: makes the image service (:func:`make_image_service`).
+    """
+    pools = make_thread_pools(reactor, config.layer_threads)
+    image_service = images(config, reactor, pools)
+    top = MultiService()  # type: ignore[no-untyped-call]
+    image_service.setServiceParent(top)  # type: ignore[no-untyped-call]
+    pools.blobs.setServiceParent(top)  # type: ignore[no-untyped-call]
+    server = strports.service(config.listen, site(image_service, pools.blobs),
+                              reactor=reactor)
+    server.setName("http")  # type: ignore[no-untyped-call]
+    server.setServiceParent(top)  # type: ignore[no-untyped-call]
+    return top
