@@ -12,12 +12,11 @@ import io
 import json
 import os
 import tarfile
-from typing import Any, Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from nixeryd.build import builder as builder_module
 from nixeryd.build.builder import (
     LAYER_NAMESPACE,
     BuiltImage,
@@ -26,21 +25,17 @@ from nixeryd.build.builder import (
     layer_cache_key,
     runtime_settings,
 )
+from nixeryd.build.forest import Customisation
+from nixeryd.build.names import parse_image_name
+from nixeryd.build.tarstream import TarGzipWriter
 from nixeryd.core.errors import BuildFailed
-from nixeryd.testing.nix import FakeNix, FakeStore, Symlink
+from nixeryd.core.threads import InlineRunner
+from nixeryd.storage.filesystem import FilesystemStorage
+from nixeryd.testing.nix import FakeNix
 from nixeryd.testing.runners import ManualRunner
 from nixeryd.testing.storage import MemoryStorage
-from nixeryd.build.forest import Customisation
-from nixeryd.build.names import ImageRequest, parse_image_name
-from nixeryd.build.nix import Resolution
-from nixeryd.build.sources import PinnedSource
-from nixeryd.storage.filesystem import FilesystemStorage
-from nixeryd.build.tarstream import TarGzipWriter
-from nixeryd.core.threads import InlineRunner
+from tests.buildfixtures import POPULARITY, ImageFixture
 
-SOURCE = PinnedSource("path", {"kind": "path", "path": "/pkgs"}, None)
-#: Makes the shared paths popular enough to head layers of their own.
-POPULARITY = {"libfoo-1.0": 1000, "busybox-1.0": 1000}
 _ORIGINAL_ADD_FILE = TarGzipWriter.add_file
 
 
@@ -55,57 +50,7 @@ def layer_names(data: bytes) -> list[str]:
         return tar.getnames()
 
 
-class ImageFixture:
-    """
-    A small store (busybox, a library, two tools using both) and a scripted
-    Nix that resolves ``toola``, ``toolb`` and ``toola/toolb``.
-    """
-
-    def make_store(self) -> None:
-        """Create the store paths and teach the fake Nix about them."""
-        self.store = FakeStore(os.path.abspath(self.mktemp()))
-        self.busybox = self.store.add("busybox-1.0", {
-            "bin/busybox": b"\x7fELF" + b"b" * 2000,
-            "bin/sh": Symlink("busybox"), "bin/env": Symlink("busybox")})
-        self.libfoo = self.store.add("libfoo-1.0", {"lib/libfoo.so": b"f" * 3000},
-                                     references=[self.busybox])
-        self.tool_a = self.store.add("toolA-1.0", {"bin/toolA": b"#!/bin/sh\na\n"},
-                                     references=[self.libfoo, self.busybox])
-        self.tool_b = self.store.add("toolB-1.0", {"bin/toolB": b"#!/bin/sh\nb\n"},
-                                     references=[self.libfoo, self.busybox])
-        self.nix = FakeNix()
-        for packages, paths in ((("toola",), {"toola": self.tool_a}),
-                                (("toolb",), {"toolb": self.tool_b}),
-                                (("toola", "toolb"), {"toola": self.tool_a,
-                                                      "toolb": self.tool_b})):
-            resolution = self.store.resolution(SOURCE, paths)
-            self.nix.add(packages, resolution, self.store.closure(list(paths.values())))
-
-    def resolution(self, request: ImageRequest) -> Resolution:
-        """What the fake Nix resolves the request to."""
-        d = Deferred.fromCoroutine(self.nix.resolve(SOURCE, request.packages))
-        return self.successResultOf(d)
-
-    def temp_directory(self) -> str:
-        """A new empty directory for layer files."""
-        path = os.path.abspath(self.mktemp())
-        os.makedirs(path)
-        return path
-
-    def count_store_layers(self) -> list[tuple[str, ...]]:
-        """Record the paths of every store layer written from now on."""
-        written: list[tuple[str, ...]] = []
-        original = builder_module.write_store_layer
-
-        def counting(paths: Sequence[str], directory: str, **kwargs: Any) -> Any:
-            written.append(tuple(paths))
-            return original(paths, directory, **kwargs)
-
-        self.patch(builder_module, "write_store_layer", counting)
-        return written
-
-
-class BuildTests(ImageFixture, SynchronousTestCase):
+class BuildTests(ImageFixture):
     """Building images with :class:`ImageBuilder`."""
 
     def setUp(self) -> None:
@@ -259,7 +204,7 @@ class BuildTests(ImageFixture, SynchronousTestCase):
         self.assertEqual(self.storage.calls["store_blob_file"], 0)
 
 
-class FailingLayerTests(ImageFixture, SynchronousTestCase):
+class FailingLayerTests(ImageFixture):
     """A layer whose tarball fails half-way, on filesystem storage."""
 
     def setUp(self) -> None:
@@ -304,7 +249,7 @@ class FailingLayerTests(ImageFixture, SynchronousTestCase):
         self.assertTrue(self.successResultOf(self.storage.has_blob(built.image.oci.digest)))
 
 
-class ConcurrentBuildTests(ImageFixture, SynchronousTestCase):
+class ConcurrentBuildTests(ImageFixture):
     """Builds whose blocking work is released by the test."""
 
     def setUp(self) -> None:

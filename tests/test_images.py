@@ -11,8 +11,8 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
+from zope.interface import provider
 
 from nixeryd.build.builder import ImageBuilder
 from nixeryd.core.documents import Image, RedirectBlob
@@ -24,11 +24,11 @@ from nixeryd.core.errors import (
     NameInvalid,
     UnknownPackages,
 )
+from nixeryd.core.threads import InlineRunner
+from nixeryd.service.images import ImageService
 from nixeryd.testing.nix import FakeSource
 from nixeryd.testing.storage import MemoryStorage
-from nixeryd.service.images import ImageService
-from nixeryd.core.threads import InlineRunner
-from tests.test_builder import POPULARITY, SOURCE, ImageFixture
+from tests.buildfixtures import POPULARITY, SOURCE, ImageFixture
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -75,11 +75,12 @@ class ServiceFixture(ImageFixture):
         del self.nix.build_calls[:]
         del self.source.pins[:]
 
-    def capture_log(self) -> list[dict[str, Any]]:
+    def capture_log(self) -> list[LogEvent]:
         """Events logged by the image service from now on."""
-        events: list[dict[str, Any]] = []
+        events: list[LogEvent] = []
 
-        def observe(event: dict[str, Any]) -> None:
+        @provider(ILogObserver)
+        def observe(event: LogEvent) -> None:
             if event.get("log_namespace", "").startswith("nixeryd.service.images"):
                 events.append(event)
 
@@ -88,7 +89,7 @@ class ServiceFixture(ImageFixture):
         return events
 
 
-class CoalescingTests(ServiceFixture, SynchronousTestCase):
+class CoalescingTests(ServiceFixture):
     """Identical requests share one build."""
 
     def test_concurrent_requests_one_build(self) -> None:
@@ -285,7 +286,7 @@ class CoalescingTests(ServiceFixture, SynchronousTestCase):
                             self.successResultOf(second).oci.digest)
 
 
-class CacheTests(ServiceFixture, SynchronousTestCase):
+class CacheTests(ServiceFixture):
     """The memory entries and the manifest cache in storage."""
 
     def test_pinned_restart_needs_no_nix(self) -> None:
@@ -395,7 +396,7 @@ class CacheTests(ServiceFixture, SynchronousTestCase):
                          (image.oci.digest, len(image.oci.body), image.oci.media_type))
 
 
-class ManifestTests(ServiceFixture, SynchronousTestCase):
+class ManifestTests(ServiceFixture):
     """Manifests by digest, blobs and tags."""
 
     def manifest(self, service: ImageService, digest: str) -> Deferred[Any]:
@@ -462,7 +463,7 @@ class ManifestTests(ServiceFixture, SynchronousTestCase):
         self.failureResultOf(Deferred.fromCoroutine(service.tags("a//b")), NameInvalid)
 
 
-class LifecycleTests(ServiceFixture, SynchronousTestCase):
+class LifecycleTests(ServiceFixture):
     """Starting and stopping the service."""
 
     def test_children_follow(self) -> None:
@@ -484,13 +485,13 @@ class LifecycleTests(ServiceFixture, SynchronousTestCase):
         second_stopping: Deferred[None] = Deferred()
 
         class Child(Service):
-            def __init__(self, name: str, stopped: Deferred[None] | None) -> None:
-                self.setName(name)
+            def __init__(self, label: str, stopped: Deferred[None] | None) -> None:
+                self.label = label
                 self.stopped = stopped
 
             def stopService(self) -> Deferred[None] | None:
                 super().stopService()
-                events.append(self.name)
+                events.append(self.label)
                 return self.stopped
 
         service = self.make_service()

@@ -1,8 +1,6 @@
 """
 Tests for :mod:`nixeryd.build.nix` against real Nix and the offline package set
 in ``tests/pkgs``, plus the pure parts (JSON decoding, failure reports).
-
-The helpers at the top are shared with ``tests.test_pkgsource``.
 """
 
 from __future__ import annotations
@@ -19,37 +17,15 @@ from zope.interface import provider
 
 import nixeryd.build.nix
 from nixeryd.build.closure import ClosureGraph, StorePathInfo
-from nixeryd.core.errors import BuildFailed, BuildTimedOut, UnknownPackages
 from nixeryd.build.nix import NixRunner, Resolution, ResolvedPackage, default_nix_dir
+from nixeryd.build.process import ProcessReactor, run_process
+from nixeryd.build.processresult import ProcessResult
 from nixeryd.build.sources import PinnedSource
-from nixeryd.build.childenv import child_environment
-from nixeryd.build.process import run_process
+from nixeryd.core.errors import BuildFailed, BuildTimedOut, UnknownPackages
 from tests import e2e
 from tests.e2e import PACKAGE_SET
-from tests.test_process import wait_until_gone
-
-#: Options for every Nix call: no binary cache (there is no network), and
-#: aarch64-linux builds run the host's busybox.
-NIX_OPTIONS = (("substituters", ""), ("extra-platforms", "aarch64-linux"))
-
-
-def nix_environment(test: TestCase) -> dict[str, str]:
-    """
-    An environment for Nix that shares only the store with the host: a
-    fresh HOME and cache directory (where fetchGit keeps its clones).
-    """
-    home = os.path.abspath(test.mktemp())
-    os.makedirs(home)
-    return child_environment(
-        os.environ, ["PATH", "TMPDIR", "NIX_REMOTE"], HOME=home,
-        XDG_CACHE_HOME=os.path.join(home, ".cache"))
-
-
-def nix_runner(test: TestCase, timeout: float = 60, **kwargs: Any) -> NixRunner:
-    """A runner of real Nix for ``test``."""
-    kwargs.setdefault("env", nix_environment(test))
-    return NixRunner(reactor, nix_dir=default_nix_dir(), timeout=timeout,
-                     options=NIX_OPTIONS, **kwargs)
+from tests.processes import wait_until_gone
+from tests.realnix import nix_environment, nix_runner
 
 
 def fresh_package_set(test: TestCase) -> str:
@@ -82,7 +58,8 @@ async def attribute_out_path(test: TestCase, package_set: str, attr: str,
                   "--option", "substituters", "", package_set, "-A",
                   attr + ".outPath", "--argstr", "system", system],
         env=nix_environment(test), timeout=30)
-    return json.loads(result.stdout)
+    path: str = json.loads(result.stdout)
+    return path
 
 
 def path_source(path: str = PACKAGE_SET) -> PinnedSource:
@@ -275,11 +252,11 @@ class ResolveEndToEnd(TestCase):
     async def test_diagnosis_only_on_failure(self) -> None:
         """A resolution runs Nix once; packages that throw cost exactly one more evaluation."""
         calls: list[list[str]] = []
-        real_run_process = nixeryd.build.nix.run_process
 
-        def counting(reactor: Any, argv: list[str], **kwargs: Any) -> Any:
+        def counting(reactor: ProcessReactor, argv: Sequence[str],
+                     **kwargs: Any) -> Deferred[ProcessResult]:
             calls.append(list(argv))
-            return real_run_process(reactor, argv, **kwargs)
+            return run_process(reactor, argv, **kwargs)
 
         self.patch(nixeryd.build.nix, "run_process", counting)
         await self.resolve("hello", optional=["brokenpkg"])

@@ -18,7 +18,8 @@ from nixeryd.core.errors import BuildFailed, ManifestUnknown, UnknownPackages
 from nixeryd.build.sources import (
     ChannelSource, GitSource, PackageSource, PathSource, PinnedSource,
     source_from_config)
-from tests.test_nix import PACKAGE_SET, nix_environment, nix_runner
+from tests.e2e import PACKAGE_SET
+from tests.realnix import nix_environment, nix_runner
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

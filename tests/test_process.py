@@ -19,7 +19,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import (
     ProcessDone, ProcessExitedAlready, ProcessTerminated)
 from twisted.internet.interfaces import IAddress, IProcessProtocol, IProcessTransport
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger, LogEvent, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -30,6 +30,7 @@ from nixeryd.build.lines import LineSplitter
 from nixeryd.build.process import run_process, spawn_process
 from nixeryd.build.processresult import (OutputTooLarge, ProcessFailed,
                                          ProcessResult, ProcessTimedOut)
+from tests.processes import is_alive, wait_until_gone
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
@@ -37,25 +38,6 @@ ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 def python(code: str) -> list[str]:
     """A command running ``code`` in this interpreter."""
     return [sys.executable, "-c", textwrap.dedent(code)]
-
-
-def is_alive(pid: int) -> bool:
-    """Whether ``pid`` names a process that is neither gone nor a zombie."""
-    try:
-        with open("/proc/%d/stat" % (pid,)) as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
-
-
-async def wait_until_gone(pid: int, seconds: float = 5.0) -> bool:
-    """Poll until ``pid`` is gone; whether it went within ``seconds``."""
-    for _ in range(int(seconds / 0.05)):
-        if not is_alive(pid):
-            return True
-        await deferLater(reactor, 0.05, lambda: None)
-    return not is_alive(pid)
 
 
 def line_logger(on_line: Callable[[str], object]) -> Logger:
@@ -454,7 +436,7 @@ class RealChildProcessTests(TestCase):
         self.assertEqual(len(line), 1, caught.exception.tail)
         grandchild_pid = int(line[0].split()[1])
         assert child.pid is not None
-        self.assertTrue(await wait_until_gone(child.pid))
+        self.assertFalse(is_alive(child.pid))
         self.assertTrue(await wait_until_gone(grandchild_pid))
 
     async def test_timeout_kills_grandchild(self) -> None:
@@ -481,4 +463,4 @@ class RealChildProcessTests(TestCase):
             await child.result
         await child.when_ended()
         assert child.pid is not None
-        self.assertTrue(await wait_until_gone(child.pid))
+        self.assertFalse(is_alive(child.pid))
