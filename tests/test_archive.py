@@ -1,7 +1,7 @@
 """
-Tests for :mod:`nixeryd.build.archive` and :mod:`nixeryd.build.tarstream`: layer
-tarballs written from real files and read back with ``tarfile``, ``gzip``
-and GNU tar.
+Tests for :mod:`nixeryd.build.archive`: store and tree layers written from
+real files and read back with ``tarfile``, ``gzip`` and GNU tar.  Hard
+links decided by content are tested in ``tests.test_contentlinks``.
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ import gzip
 import hashlib
 import os
 import random
-import shutil
 import stat
 import subprocess
 import sys
-import tarfile
+from typing import TYPE_CHECKING, Sequence
 
 from twisted.trial.unittest import TestCase
 
-from nixeryd.build import archive, tarstream
+from nixeryd.build import tarstream
 from nixeryd.build.archive import (
+    DEFAULT_COMPRESS_LEVEL,
     MEMBER_MTIME,
     STORE_PARENT_MODE,
     LayerBlob,
@@ -29,35 +29,14 @@ from nixeryd.build.archive import (
     write_store_layer,
     write_tree_layer,
 )
+from tests.layerfiles import (BIG_SIZE, HASH_A, PATH_A, PATH_B, file_bytes,
+                              make_tree_writable, read_content, read_members)
 
-HASH_A = "0" * 31 + "a"
-HASH_B = "1" * 31 + "b"
-PATH_A = "/nix/store/%s-alpha-1.0" % (HASH_A,)
-PATH_B = "/nix/store/%s-beta-2.0" % (HASH_B,)
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 LONG_NAME = "deeply/" * 12 + "a-file-whose-name-is-long-enough.txt"
 LONG_TARGET = "../" * 40 + "target"
-BIG_SIZE = 3 * tarstream.CHUNK_SIZE + 123
-
-
-def read_members(blob: LayerBlob) -> list[tarfile.TarInfo]:
-    """Every member of a written layer, in stream order."""
-    with tarfile.open(blob.path, "r:gz") as tar:
-        return tar.getmembers()
-
-
-def read_content(blob: LayerBlob, name: str) -> bytes:
-    """The content of one regular member of a written layer."""
-    with tarfile.open(blob.path, "r:gz") as tar:
-        extracted = tar.extractfile(name)
-        assert extracted is not None
-        return extracted.read()
-
-
-def file_bytes(path: str) -> bytes:
-    """The whole content of a file."""
-    with open(path, "rb") as source:
-        return source.read()
 
 
 class StoreLayerTests(TestCase):
@@ -74,7 +53,7 @@ class StoreLayerTests(TestCase):
         self.make_alpha()
         self.make_beta()
         os.chmod(os.path.join(self.source(PATH_A), "bin", "tool"), 0o555)
-        self.addCleanup(self.make_writable, self.root)
+        self.addCleanup(make_tree_writable, self.root)
 
     def source(self, store_path: str) -> str:
         """Where a store path lives under the temporary root."""
@@ -118,14 +97,11 @@ class StoreLayerTests(TestCase):
                     os.chmod(path, 0o444)
             os.chmod(directory, 0o555)
 
-    def make_writable(self, top: str) -> None:
-        """Let the temporary tree be removed."""
-        for directory, subdirectories, files in os.walk(top):
-            os.chmod(directory, 0o755)
-
-    def write(self, paths=(PATH_A, PATH_B), **kwargs) -> LayerBlob:
+    def write(self, paths: Sequence[str] = (PATH_A, PATH_B), *,
+              compress_level: int = DEFAULT_COMPRESS_LEVEL) -> LayerBlob:
         """Write a layer of ``paths`` from the temporary root."""
-        return write_store_layer(list(paths), self.output, root=self.root, **kwargs)
+        return write_store_layer(list(paths), self.output, root=self.root,
+                                 compress_level=compress_level)
 
     def test_byte_identical_across_runs_and_orders(self) -> None:
         """The same paths give the same gzip bytes, whatever their order."""
@@ -301,7 +277,7 @@ class StoreLayerTests(TestCase):
         target = self.mktemp()
         os.makedirs(target)
         subprocess.run(["tar", "-xzf", blob.path, "-C", target], check=True)
-        self.addCleanup(self.make_writable, target)
+        self.addCleanup(make_tree_writable, target)
         prefix = PATH_A.lstrip("/")
         extracted = os.path.join(target, prefix, "lib")
         self.assertEqual(file_bytes(os.path.join(extracted, "libbig.so.1")), self.big)
@@ -326,15 +302,15 @@ class StoreLayerTests(TestCase):
     def test_read_error_mid_stream_leaves_nothing(self) -> None:
         """A read failing after output was written removes the partial file."""
         real_readv = os.readv
-        calls = []
+        calls: list[int] = []
 
-        def failing_readv(fd, buffers):
+        def failing_readv(fd: int, buffers: Sequence[WriteableBuffer]) -> int:
             calls.append(fd)
             if len(calls) == 4:
                 raise PermissionError(13, "injected")
             return real_readv(fd, buffers)
 
-        self.patch(tarstream.os, "readv", failing_readv)
+        self.patch(os, "readv", failing_readv)
         self.assertRaises(PermissionError, self.write)
         self.assertEqual(len(calls), 4)
         self.assertEqual(os.listdir(self.output), [])
@@ -343,12 +319,12 @@ class StoreLayerTests(TestCase):
         """A file giving fewer bytes than its size fails the layer cleanly."""
         real_readv = os.readv
 
-        def short_readv(fd, buffers):
+        def short_readv(fd: int, buffers: Sequence[WriteableBuffer]) -> int:
             if os.fstat(fd).st_size == BIG_SIZE:
                 return 0
             return real_readv(fd, buffers)
 
-        self.patch(tarstream.os, "readv", short_readv)
+        self.patch(os, "readv", short_readv)
         self.assertRaises(tarstream.SourceChanged, self.write)
         self.assertEqual(os.listdir(self.output), [])
 
@@ -358,261 +334,6 @@ class StoreLayerTests(TestCase):
         self.assertRaises(ValueError, self.write, ("nix/store/relative",))
         self.assertRaises(ValueError, self.write, (PATH_A + "/../x",))
         self.assertEqual(os.listdir(self.output), [])
-
-
-def canonicalise_like_nix(top: str) -> None:
-    """
-    Give a tree the modes Nix gives a store path it registers: 0555 for
-    directories and executables, 0444 for other files.
-    """
-    for directory, subdirectories, files in os.walk(top):
-        for name in files:
-            path = os.path.join(directory, name)
-            mode = os.lstat(path).st_mode
-            if stat.S_ISREG(mode):
-                os.chmod(path, 0o555 if mode & 0o111 else 0o444)
-        os.chmod(directory, 0o555)
-
-
-def make_tree_writable(top: str) -> None:
-    """Let a read-only temporary tree be removed."""
-    for directory, subdirectories, files in os.walk(top):
-        os.chmod(directory, 0o755)
-
-
-class ContentLinkTests(TestCase):
-    """
-    :func:`write_store_layer` deciding hard links by content: files that
-    are separate on disk but equal in mode, size and content.
-    """
-
-    def setUp(self) -> None:
-        self.root = os.path.abspath(self.mktemp())
-        self.output = os.path.abspath(self.mktemp())
-        os.makedirs(self.output)
-        self.top = os.path.join(self.root, PATH_A.lstrip("/"))
-        self.prefix = PATH_A.lstrip("/")
-        self.big = random.Random(11).randbytes(BIG_SIZE)
-        self.addCleanup(make_tree_writable, self.root)
-        files = {
-            "a/same": (b"identical\n", 0o444),
-            "b/same-too": (b"identical\n", 0o444),
-            "c/same-exec": (b"identical\n", 0o555),
-            "d/other": (b"different\n", 0o444),
-            "e/big": (self.big, 0o444),
-            "f/big-copy": (self.big, 0o444),
-            "g/big-tail": (self.big[:-1] + bytes([self.big[-1] ^ 1]), 0o444),
-            "h/empty": (b"", 0o444),
-            "i/empty-too": (b"", 0o444),
-            "j/unique": (b"only one of this size\n", 0o444),
-        }
-        for name, (content, mode) in files.items():
-            path = os.path.join(self.top, name)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as out:
-                out.write(content)
-            os.chmod(path, mode)
-        for directory, subdirectories, names in os.walk(self.top):
-            os.chmod(directory, 0o555)
-
-    def members(self) -> dict[str, tarfile.TarInfo]:
-        """The members of the layer of the test path, by name."""
-        blob = write_store_layer([PATH_A], self.output, root=self.root)
-        self.blob = blob
-        return {member.name: member for member in read_members(blob)}
-
-    def test_identical_files_become_links(self) -> None:
-        """Separate files of equal mode and content become links to the first."""
-        members = self.members()
-        self.assertTrue(members[self.prefix + "/a/same"].isreg())
-        linked = members[self.prefix + "/b/same-too"]
-        self.assertTrue(linked.islnk())
-        self.assertEqual(linked.linkname, self.prefix + "/a/same")
-        self.assertEqual(linked.mode, 0o444)
-        big_copy = members[self.prefix + "/f/big-copy"]
-        self.assertTrue(big_copy.islnk())
-        self.assertEqual(big_copy.linkname, self.prefix + "/e/big")
-
-    def test_different_content_or_mode_stays_separate(self) -> None:
-        """Equal size with other content, or equal content with another mode, is a file."""
-        members = self.members()
-        for name, content in (("c/same-exec", b"identical\n"),
-                              ("d/other", b"different\n"),
-                              ("g/big-tail", None)):
-            member = members[self.prefix + "/" + name]
-            self.assertTrue(member.isreg(), name)
-            if content is not None:
-                self.assertEqual(read_content(self.blob, member.name), content)
-        self.assertEqual(members[self.prefix + "/c/same-exec"].mode, 0o555)
-        tail = read_content(self.blob, self.prefix + "/g/big-tail")
-        self.assertEqual(tail[:-1], self.big[:-1])
-        self.assertNotEqual(tail, self.big)
-
-    def test_empty_files_stay_files(self) -> None:
-        """Empty files are never turned into links."""
-        members = self.members()
-        for name in ("h/empty", "i/empty-too"):
-            member = members[self.prefix + "/" + name]
-            self.assertTrue(member.isreg(), name)
-            self.assertEqual(member.size, 0)
-
-    def test_gnu_tar_extracts_links(self) -> None:
-        """GNU tar extracts content-linked files as one inode with the right bytes."""
-        self.members()
-        target = os.path.abspath(self.mktemp())
-        os.makedirs(target)
-        self.addCleanup(make_tree_writable, target)
-        subprocess.run(["tar", "-xzf", self.blob.path, "-C", target], check=True)
-        extracted = os.path.join(target, self.prefix)
-        self.assertEqual(file_bytes(os.path.join(extracted, "f", "big-copy")),
-                         self.big)
-        self.assertEqual(os.stat(os.path.join(extracted, "e", "big")).st_ino,
-                         os.stat(os.path.join(extracted, "f", "big-copy")).st_ino)
-        self.assertNotEqual(
-            os.stat(os.path.join(extracted, "a", "same")).st_ino,
-            os.stat(os.path.join(extracted, "c", "same-exec")).st_ino)
-
-    def test_only_colliding_files_are_hashed(self) -> None:
-        """A file whose mode and size no other file shares is opened only to be written."""
-        opened: list[bytes] = []
-        real_open = archive.os.open
-
-        def counting_open(path, *args, **kwargs):
-            if isinstance(path, bytes):
-                opened.append(path)
-            return real_open(path, *args, **kwargs)
-
-        self.patch(archive.os, "open", counting_open)
-        self.members()
-        counts = {os.fsdecode(path)[len(self.top) + 1:]: opened.count(path)
-                  for path in set(opened)}
-        self.assertEqual(counts, {
-            "a/same": 2, "b/same-too": 1, "c/same-exec": 1, "d/other": 2,
-            "e/big": 2, "f/big-copy": 1, "g/big-tail": 2, "h/empty": 1,
-            "i/empty-too": 1, "j/unique": 1})
-
-    def test_disk_links_do_not_change_bytes(self) -> None:
-        """Linking identical files on disk leaves the layer bytes unchanged."""
-        separate = self.members()
-        separate_bytes = file_bytes(self.blob.path)
-        os.chmod(os.path.join(self.top, "f"), 0o755)
-        os.chmod(os.path.join(self.top, "i"), 0o755)
-        os.unlink(os.path.join(self.top, "f", "big-copy"))
-        os.link(os.path.join(self.top, "e", "big"),
-                os.path.join(self.top, "f", "big-copy"))
-        os.unlink(os.path.join(self.top, "i", "empty-too"))
-        os.link(os.path.join(self.top, "h", "empty"),
-                os.path.join(self.top, "i", "empty-too"))
-        os.chmod(os.path.join(self.top, "f"), 0o555)
-        os.chmod(os.path.join(self.top, "i"), 0o555)
-        linked = self.members()
-        self.assertEqual(file_bytes(self.blob.path), separate_bytes)
-        self.assertEqual(sorted(linked), sorted(separate))
-
-    def test_shrinking_while_hashed_leaves_nothing(self) -> None:
-        """A file ending early while it is hashed fails the layer cleanly."""
-        real_readv = archive.os.readv
-
-        def short_readv(fd, buffers):
-            if os.fstat(fd).st_size == BIG_SIZE:
-                return 0
-            return real_readv(fd, buffers)
-
-        self.patch(archive.os, "readv", short_readv)
-        self.assertRaises(tarstream.SourceChanged, write_store_layer, [PATH_A],
-                          self.output, root=self.root)
-        self.assertEqual(os.listdir(self.output), [])
-
-
-class RestoredCopyTests(TestCase):
-    """
-    The layer of a store path built by Nix, with hard links on disk, against
-    the layer of a copy restored from its NAR, which has none.
-    """
-
-    def setUp(self) -> None:
-        if shutil.which("nix-build") is None:
-            self.skipTest("nix-build is not installed")
-        packages = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pkgs")
-        built = subprocess.run(
-            ["nix-build", "--option", "substituters", "", "--no-out-link",
-             packages, "-A", "hardlinks"],
-            capture_output=True, check=True, text=True)
-        self.store_path = built.stdout.strip()
-        self.root = os.path.abspath(self.mktemp())
-        store = os.path.join(self.root, "nix", "store")
-        os.makedirs(store)
-        self.addCleanup(make_tree_writable, self.root)
-        self.copy = os.path.join(store, os.path.basename(self.store_path))
-        dump = subprocess.Popen(["nix-store", "--dump", self.store_path],
-                                stdout=subprocess.PIPE)
-        subprocess.run(["nix-store", "--restore", self.copy], stdin=dump.stdout,
-                       check=True)
-        dump.stdout.close()
-        self.assertEqual(dump.wait(), 0)
-        canonicalise_like_nix(self.copy)
-        self.output = self.mktemp()
-        os.makedirs(self.output)
-
-    def test_restored_copy_gives_same_bytes(self) -> None:
-        """A restored copy without hard links gives the built path's exact layer."""
-        data = os.path.join("share", "data")
-        built_first = os.stat(os.path.join(self.store_path, data, "first"))
-        built_second = os.stat(os.path.join(self.store_path, data, "second"))
-        copy_first = os.stat(os.path.join(self.copy, data, "first"))
-        copy_second = os.stat(os.path.join(self.copy, data, "second"))
-        self.assertEqual(built_first.st_ino, built_second.st_ino)
-        self.assertNotEqual(copy_first.st_ino, copy_second.st_ino)
-        built = write_store_layer([self.store_path], self.output)
-        restored = write_store_layer([self.store_path], self.output, root=self.root)
-        self.assertEqual(file_bytes(built.path), file_bytes(restored.path))
-        self.assertEqual((built.digest, built.diff_id, built.size),
-                         (restored.digest, restored.diff_id, restored.size))
-        members = {member.name: member for member in read_members(restored)}
-        second = members[self.store_path.lstrip("/") + "/share/data/second"]
-        self.assertTrue(second.islnk())
-        self.assertEqual(second.linkname,
-                         self.store_path.lstrip("/") + "/share/data/first")
-
-
-class RealStorePathTests(TestCase):
-    """:func:`write_store_layer` on a path built by Nix."""
-
-    def setUp(self) -> None:
-        if shutil.which("nix-build") is None:
-            self.skipTest("nix-build is not installed")
-        script = ("mkdir -p $out/d; echo hi > $out/f; ln $out/f $out/g; "
-                  "ln -s f $out/s; printf '#!/bin/sh\\n' > $out/d/x; "
-                  "chmod +x $out/d/x")
-        expression = (
-            'derivation { name = "nixeryd-archive-test"; '
-            'system = builtins.currentSystem; builder = "/bin/busybox"; '
-            'args = ["sh" "-c" "%s"]; }' % (script,))
-        built = subprocess.run(
-            ["nix-build", "--option", "substituters", "", "--no-out-link",
-             "-E", expression],
-            capture_output=True, check=True, text=True)
-        self.store_path = built.stdout.strip()
-        self.output = self.mktemp()
-        os.makedirs(self.output)
-
-    def test_store_path_layer(self) -> None:
-        """Store modes, hard links and symlinks of a real path are kept."""
-        blob = write_store_layer([self.store_path], self.output)
-        members = {member.name: member for member in read_members(blob)}
-        top = self.store_path.lstrip("/")
-        self.assertEqual(sorted(members),
-                         ["nix", "nix/store", top, top + "/d", top + "/d/x",
-                          top + "/f", top + "/g", top + "/s"])
-        self.assertEqual(members[top + "/f"].mode, 0o444)
-        self.assertEqual(members[top + "/d/x"].mode, 0o555)
-        self.assertEqual(members[top + "/d"].mode, 0o555)
-        self.assertTrue(members[top + "/g"].islnk())
-        self.assertEqual(members[top + "/g"].linkname, top + "/f")
-        self.assertEqual(members[top + "/s"].linkname, "f")
-        self.assertEqual(read_content(blob, top + "/f"), b"hi\n")
-        again = write_store_layer([self.store_path], self.output)
-        self.assertEqual(file_bytes(blob.path), file_bytes(again.path))
 
 
 class TreeLayerTests(TestCase):
@@ -681,31 +402,6 @@ class TreeLayerTests(TestCase):
                        TreeEntry("x", "dir", 0o755, content=b"y")):
             self.assertRaises(ValueError, write_tree_layer, [misfit], self.output)
         self.assertEqual(os.listdir(self.output), [])
-
-
-class HeaderTests(TestCase):
-    """The pax fallbacks of :func:`nixeryd.build.tarstream.member_header`."""
-
-    def test_pax_record_length(self) -> None:
-        """A pax record's length prefix counts the whole record."""
-        for size in (1, 5, 90, 94, 95, 96, 994, 995, 996, 5000):
-            record = tarstream._pax_record(b"path", b"p" * size)
-            length, _, _ = record.partition(b" ")
-            self.assertEqual(int(length), len(record))
-            self.assertTrue(record.endswith(b"p\n"))
-
-    def test_short_name_has_no_pax_header(self) -> None:
-        """A short ASCII member takes exactly one block."""
-        header = tarstream.member_header(b"nix/store/x", b"0", 0o444, 10)
-        self.assertEqual(len(header), tarstream.BLOCK_SIZE)
-        info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
-        self.assertEqual((info.name, info.size, info.mode), ("nix/store/x", 10, 0o444))
-
-    def test_huge_size_uses_pax(self) -> None:
-        """A size beyond eleven octal digits is carried by a pax record."""
-        header = tarstream.member_header(b"big", b"0", 0o444, 8 ** 11)
-        self.assertIn(b" size=%d\n" % (8 ** 11,), header)
-        self.assertEqual(len(header) % tarstream.BLOCK_SIZE, 0)
 
 
 class HashFileTests(TestCase):

@@ -319,8 +319,8 @@ def _write_store_members(writer: TarGzipWriter, members: list[_Member]) -> None:
     hasher = _ContentHasher()
     first_names: dict[tuple[int, int, bytes], bytes] = {}
     for member in members:
-        status = member.status
-        if status is None:
+        status, source = member.status, member.source
+        if status is None or source is None:
             writer.add_directory(member.name, STORE_PARENT_MODE)
             continue
         mode = status.st_mode
@@ -328,7 +328,7 @@ def _write_store_members(writer: TarGzipWriter, members: list[_Member]) -> None:
         if stat.S_ISDIR(mode):
             writer.add_directory(member.name, permissions)
         elif stat.S_ISLNK(mode):
-            writer.add_symlink(member.name, permissions, os.readlink(member.source))
+            writer.add_symlink(member.name, permissions, os.readlink(source))
         elif stat.S_ISREG(mode):
             shape = (permissions, status.st_size)
             if shape in colliding:
@@ -338,7 +338,7 @@ def _write_store_members(writer: TarGzipWriter, members: list[_Member]) -> None:
                     writer.add_hard_link(member.name, permissions, first)
                     continue
                 first_names[content] = member.name
-            fd = os.open(member.source, _OPEN_FLAGS)
+            fd = os.open(source, _OPEN_FLAGS)
             try:
                 writer.add_file(member.name, permissions, status.st_size, fd)
             finally:
