@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -104,7 +105,7 @@ def reference(paths: list[str]) -> tuple[float, str]:
 
 
 def assemble_in_child(layers: list[list[str]], level: int, workers: int,
-                      directory: str) -> tuple[float, dict]:
+                      directory: str) -> tuple[float, dict[str, Any]]:
     """
     Run :func:`assemble` in a fresh Python process.
 
@@ -119,7 +120,7 @@ def assemble_in_child(layers: list[list[str]], level: int, workers: int,
 
 
 def assemble(layers: list[list[str]], level: int, workers: int,
-             directory: str) -> dict:
+             directory: str) -> dict[str, Any]:
     """
     Write every layer in a thread pool, biggest first, and report the
     time, the blobs and the peak RSS of this process.
@@ -150,7 +151,7 @@ def layer_bytes(paths: list[str]) -> int:
     return total
 
 
-def verify(blobs: list[dict]) -> None:
+def verify(blobs: list[dict[str, Any]]) -> None:
     """Check each blob's digest and size against its file."""
     for blob in blobs:
         digest, size = hash_file(blob["path"])

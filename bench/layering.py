@@ -35,7 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nixeryd.build.closure import ClosureGraph, StorePathInfo
-from nixeryd.build.layers import DEFAULT_LAYER_BUDGET, plan_layers
+from nixeryd.build.layers import plan_layers
+from nixeryd.core.defaults import LAYER_BUDGET
 
 LIBRARY_COUNT = 300
 ROOT_COUNT = 40
@@ -142,7 +143,7 @@ def main() -> None:
     parser.add_argument("--paths", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--budget", type=int, default=DEFAULT_LAYER_BUDGET)
+    parser.add_argument("--budget", type=int, default=LAYER_BUDGET)
     options = parser.parse_args()
 
     graph, popularity = synthetic_closure(options.paths, options.seed)

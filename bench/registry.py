@@ -39,7 +39,7 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 BENCH_PKGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pkgs")
 
 
-def start_docker_registry(workdir: str) -> tuple[subprocess.Popen, str]:
+def start_docker_registry(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
     """docker-registry on a free loopback port, no auth, no TLS."""
     address = "127.0.0.1:%d" % (free_port(),)
     config = os.path.join(workdir, "registry.yml")
@@ -71,7 +71,10 @@ def wrk_requests_per_second(url: str, seconds: int) -> float:
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx:
         raise SystemExit("wrk saw %s failed responses from %s" % (non2xx.group(1), url))
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if rate is None:
+        raise SystemExit("wrk reported no request rate for %s:\n%s" % (url, out))
+    return float(rate.group(1))
 
 
 def download(url: str) -> tuple[int, float]:
@@ -113,7 +116,8 @@ def main() -> None:
         status, headers, body = ours.request("/v2/%s/manifests/latest" % (args.image,),
                                              headers={"Accept": DOCKER_MANIFEST})
         if status != 200:
-            raise SystemExit("nixeryd could not build %s: %s" % (args.image, body[:2000]))
+            raise SystemExit("nixeryd could not build %s: %s" % (
+                args.image, body[:2000].decode("utf-8", "replace")))
         print("cold build of %s: %.2f s" % (args.image, time.monotonic() - started))
         manifest = json.loads(body)
         digest = headers["docker-content-digest"]
@@ -142,7 +146,8 @@ def main() -> None:
                 blob_throughput(base + "/blobs/" + layer["digest"], 8, args.rounds),
             ))
         print("image %s: %d layers, largest %.1f MB; %d CPUs"
-              % (args.image, len(manifest["layers"]), layer["size"] / 1e6, os.cpu_count()))
+              % (args.image, len(manifest["layers"]), layer["size"] / 1e6,
+                 os.cpu_count() or 0))
         print("%-16s %16s %16s %16s" % ("", "manifest req/s", "blob MB/s (1)", "blob MB/s (8)"))
         for label, rps, one, eight in rows:
             print("%-16s %16.0f %16.0f %16.0f" % (label, rps, one, eight))

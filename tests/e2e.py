@@ -68,7 +68,7 @@ def child_environment(**extra: str) -> dict[str, str]:
 
 
 def run(argv: Sequence[str], *, timeout: float = 300, check: bool = True,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command to completion, capturing its output as text."""
     result = subprocess.run(list(argv), capture_output=True, text=True,
                             timeout=timeout, env=env)

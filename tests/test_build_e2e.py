@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 from twisted.trial.unittest import TestCase
 
@@ -22,7 +23,8 @@ class BuildCommandEndToEnd(TestCase):
         self.tools = require_tools("nix-build", "skopeo", "umoci", "chroot")
         self.env = child_environment()
 
-    def build(self, name: str, *extra: str, check: bool = True, out: str | None = None):
+    def build(self, name: str, *extra: str, check: bool = True,
+              out: str | None = None) -> tuple[str, subprocess.CompletedProcess[str]]:
         out = out or self.mktemp()
         result = run(build_command(name, out, *extra), env=self.env, check=check)
         return out, result

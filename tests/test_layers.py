@@ -13,7 +13,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from nixeryd.build.closure import ClosureGraph, StorePathInfo
 from nixeryd.build.layers import (
     BIG_CLOSURE_BYTES,
-    DEFAULT_LAYER_BUDGET,
     PINNED_POPULARITY,
     UNREACHABLE,
     LayerPlan,
@@ -21,6 +20,7 @@ from nixeryd.build.layers import (
     path_popularity,
     plan_layers,
 )
+from nixeryd.core.defaults import LAYER_BUDGET
 
 
 def store(name: str) -> str:
@@ -419,15 +419,15 @@ class BudgetTests(SynchronousTestCase):
         others are kept as they were, most valuable first.
         """
         unmerged = plan_layers(self.graph, self.popularity, budget=10 ** 6)
-        self.assertGreater(len(unmerged), DEFAULT_LAYER_BUDGET)
+        self.assertGreater(len(unmerged), LAYER_BUDGET)
         self.assert_partition(unmerged)
 
         layers = plan_layers(self.graph, self.popularity)
-        self.assertEqual(len(layers), DEFAULT_LAYER_BUDGET)
+        self.assertEqual(len(layers), LAYER_BUDGET)
         self.assert_partition(layers)
 
         ascending = sorted(unmerged, key=lambda layer: (layer.merge_rating, layer.paths))
-        fold = len(unmerged) - DEFAULT_LAYER_BUDGET + 1
+        fold = len(unmerged) - LAYER_BUDGET + 1
         folded, kept = ascending[:fold], ascending[fold:]
         merged = LayerPlan(
             paths=tuple(sorted(path for layer in folded for path in layer.paths)),

@@ -95,8 +95,11 @@ class SharedWorkTests(SynchronousTestCase):
         """The completion hook gets the key and outcome before the callers."""
         seen: list[tuple[str, object]] = []
         order: list[str] = []
-        shared: SharedWork[str, str] = SharedWork(
-            lambda key, outcome: (seen.append((key, outcome)), order.append("hook")))
+        def on_done(key: str, outcome: object) -> None:
+            seen.append((key, outcome))
+            order.append("hook")
+
+        shared: SharedWork[str, str] = SharedWork(on_done)
         waiter = shared.wait("k", self.start)
         waiter.addCallback(lambda _: order.append("caller"))
         self.started[0].callback("v")

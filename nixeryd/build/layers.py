@@ -44,11 +44,7 @@ from typing import Mapping, Sequence
 from attrs import frozen
 
 from nixeryd.build.closure import ClosureGraph, store_path_name
-
-#: How many store-path layers an image gets at most.  The image adds one
-#: more layer of its own (the symlink tree), which keeps it well below the
-#: 125 layers that some runtimes accept.
-DEFAULT_LAYER_BUDGET = 94
+from nixeryd.core import defaults
 
 #: A path whose closure is larger than this many bytes gets a layer of its
 #: own, so the big thing is shared by every image that needs it.
@@ -187,7 +183,7 @@ def immediate_dominators(successors: Sequence[Sequence[int]],
 
 def plan_layers(graph: ClosureGraph,
                 popularity: Mapping[str, int] | None = None,
-                budget: int = DEFAULT_LAYER_BUDGET) -> list[LayerPlan]:
+                budget: int = defaults.LAYER_BUDGET) -> list[LayerPlan]:
     """
     Group the store paths of a closure into at most ``budget`` layers.
 
