@@ -8,18 +8,17 @@ read at once instead of being buffered whole.
 
 from __future__ import annotations
 
-from typing import Any
-
 import treq
+from twisted.web.iweb import IResponse
 
 
 class BodyTooLarge(Exception):
     """A response body went over its size limit."""
 
 
-async def read_limited(response: Any, limit: int) -> bytes:
+async def read_limited(response: IResponse, limit: int) -> bytes:
     """
-    The whole body of a treq ``response``.
+    The whole body of ``response``.
 
     :raises BodyTooLarge: as soon as it exceeds ``limit`` bytes (the
         connection is then dropped rather than drained).
