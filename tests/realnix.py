@@ -13,6 +13,7 @@ from twisted.trial.unittest import TestCase
 
 from nixeryd.build.childenv import child_environment
 from nixeryd.build.nix import NixRunner, default_nix_dir
+from nixeryd.core.threads import InlineRunner
 from tests.e2e import OFFLINE_NIX_OPTIONS
 
 #: :data:`tests.e2e.OFFLINE_NIX_OPTIONS` as ``(name, value)`` pairs: no
@@ -37,6 +38,7 @@ def nix_environment(test: TestCase) -> dict[str, str]:
 def nix_runner(test: TestCase, timeout: float = 60, *,
                kill_grace: float = 5.0) -> NixRunner:
     """A runner of real Nix for ``test``."""
-    return NixRunner(reactor, nix_dir=default_nix_dir(), timeout=timeout,
+    return NixRunner(reactor, runner=InlineRunner(), nix_dir=default_nix_dir(),
+                     timeout=timeout,
                      options=NIX_OPTIONS, env=nix_environment(test),
                      kill_grace=kill_grace)

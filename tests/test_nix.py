@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, ParamSpec, Sequence, TypeVar
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
@@ -22,10 +22,14 @@ from nixeryd.build.process import ProcessReactor, run_process
 from nixeryd.build.processresult import ProcessResult
 from nixeryd.build.sources import PinnedSource
 from nixeryd.core.errors import BuildFailed, BuildTimedOut, UnknownPackages
+from nixeryd.core.threads import InlineRunner
 from tests import e2e
 from tests.e2e import PACKAGE_SET
 from tests.processes import wait_until_gone
-from tests.realnix import nix_environment, nix_runner
+from tests.realnix import NIX_OPTIONS, nix_environment, nix_runner
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def fresh_package_set(test: TestCase) -> str:
@@ -416,9 +420,26 @@ class BuildEndToEnd(TestCase):
         self.assertEqual(len(graph.paths), 2)
         self.assertTrue(os.path.isfile(hello.out_paths[0] + "/bin/hello"))
 
+    async def test_closure_decoded_by_the_runner(self) -> None:
+        """The closure report is decoded through the runner, off the reactor thread."""
+        calls: list[str] = []
+
+        class RecordingRunner:
+            def run(self, function: Callable[P, T], /,
+                    *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
+                calls.append(function.__name__)
+                return InlineRunner().run(function, *args, **kwargs)
+
+        nix = NixRunner(reactor, runner=RecordingRunner(), nix_dir=default_nix_dir(),
+                        timeout=60, options=NIX_OPTIONS, env=nix_environment(self))
+        _, graph = await self.resolve_and_build(["hello"], nix=nix)
+        self.assertEqual(len(graph.paths), 2)
+        self.assertEqual(calls, ["_reported_closure"])
+
     async def test_empty_resolution(self) -> None:
         """Nothing to build gives an empty graph without running Nix."""
-        nix = NixRunner(reactor, nix_dir="/nonexistent", timeout=1)
+        nix = NixRunner(reactor, runner=InlineRunner(), nix_dir="/nonexistent",
+                        timeout=1)
         graph = await nix.build(Resolution(path_source(), "x86_64-linux", []))
         self.assertEqual(graph, ClosureGraph((), {}))
 

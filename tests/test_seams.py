@@ -28,7 +28,8 @@ class SeamTests(SynchronousTestCase):
     def test_nix_steps(self) -> None:
         """The Nix runner and the fake Nix both do the Nix steps of an image."""
         steps: list[NixSteps] = [
-            NixRunner(reactor, nix_dir=default_nix_dir(), timeout=1.0, env={}),
+            NixRunner(reactor, runner=InlineRunner(), nix_dir=default_nix_dir(),
+                      timeout=1.0, env={}),
             FakeNix(),
         ]
         self.assertEqual(len(steps), 2)

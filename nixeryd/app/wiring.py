@@ -142,8 +142,8 @@ def assemble_image_service(
         chosen.get("channel"), chosen.get("repo"), chosen.get("path"),
         reactor=reactor, env=env)
     store = storage(pools.storage)
-    nix = NixRunner(reactor, nix_dir=default_nix_dir(), timeout=nix_timeout,
-                    options=nix_options, env=env)
+    nix = NixRunner(reactor, runner=pools.layers, nix_dir=default_nix_dir(),
+                    timeout=nix_timeout, options=nix_options, env=env)
     builder = ImageBuilder(nix=nix, storage=store, runner=pools.layers,
                            layer_budget=layer_budget)
 

@@ -32,10 +32,11 @@ from twisted.logger import Logger
 
 from nixeryd.build.closure import ClosureGraph, StorePathInfo, store_path_name
 from nixeryd.build.childenv import child_environment
-from nixeryd.build.process import ProcessReactor, run_process
+from nixeryd.build.process import DEFAULT_TAIL_LINES, ProcessReactor, run_process
 from nixeryd.build.processresult import ProcessFailed, ProcessResult, ProcessTimedOut
 from nixeryd.build.sources import PinnedSource
 from nixeryd.core.errors import BuildFailed, BuildTimedOut, UnknownPackages
+from nixeryd.core.threads import Runner
 
 #: The expression that resolves names, inside the Nix directory.
 RESOLVE_EXPRESSION = "resolve.nix"
@@ -118,6 +119,8 @@ class NixRunner:
     Runs the Nix calls of an image build.
 
     :param reactor: spawns processes and keeps time.
+    :param runner: decodes the closure report (``nix path-info`` JSON,
+        which grows with the closure) off the reactor thread.
     :param nix_dir: the directory holding the Nix expressions
         (:func:`default_nix_dir`).
     :param timeout: seconds allowed for :meth:`resolve`, and for
@@ -131,11 +134,12 @@ class NixRunner:
     :param tail_lines: log lines kept for error reports.
     """
 
-    def __init__(self, reactor: NixReactor, *, nix_dir: str, timeout: float,
-                 options: Iterable[tuple[str, str]] = (),
-                 env: Mapping[str, str] | None = None,
-                 kill_grace: float = 5.0, tail_lines: int = 100) -> None:
+    def __init__(self, reactor: NixReactor, *, runner: Runner, nix_dir: str,
+                 timeout: float, options: Iterable[tuple[str, str]] = (),
+                 env: Mapping[str, str] | None = None, kill_grace: float = 5.0,
+                 tail_lines: int = DEFAULT_TAIL_LINES) -> None:
         self._reactor = reactor
+        self._runner = runner
         self._nix_dir = nix_dir
         self._timeout = timeout
         self._option_args: list[str] = []
@@ -272,7 +276,7 @@ class NixRunner:
                  *self._option_args, *roots]
         result = await self._run(query, "path-info", image, remaining,
                                  "querying the image closure failed")
-        paths = _closure(_decode_json(result, "path-info"), result.tail)
+        paths = await self._runner.run(_reported_closure, result)
         missing = [root for root in roots if root not in paths]
         if missing:
             raise BuildFailed("Nix did not report the built paths: "
@@ -325,6 +329,11 @@ def _resolved_package(entry: Mapping[str, Any]) -> ResolvedPackage:
         requested=entry["requested"], attr=entry["attr"],
         out_paths=[outputs[name] for name in names],
         drv_path=entry["drvPath"], output_names=names)
+
+
+def _reported_closure(result: ProcessResult) -> dict[str, StorePathInfo]:
+    """The store path infos in the output of ``nix path-info --json``."""
+    return _closure(_decode_json(result, "path-info"), result.tail)
 
 
 def _closure(document: Any, tail: Sequence[str]) -> dict[str, StorePathInfo]:
