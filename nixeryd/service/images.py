@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from typing import Callable, Generic, TypeVar
+from typing import Callable, TypeVar
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import (CancelledError, Deferred, DeferredSemaphore,
@@ -72,7 +72,7 @@ def _key(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-class _LRU(OrderedDict[K, V], Generic[K, V]):
+class _LRU(OrderedDict[K, V]):
     """A dict that forgets its least recently used entries past a size."""
 
     def __init__(self, size: int) -> None:

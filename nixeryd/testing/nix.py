@@ -1,8 +1,9 @@
 """
-Stand-ins for Nix: :class:`FakeNix` answers ``resolve`` and ``build`` like
-:class:`~nixeryd.build.nix.NixRunner`, :class:`FakeSource` pins like the
-package sources, and :class:`FakeStore` makes real directories that stand
-in for store paths.
+Stand-ins for Nix: :class:`FakeNix` does the
+:class:`~nixeryd.build.nixsteps.NixSteps` (``resolve`` and ``build``) like
+:class:`~nixeryd.build.nix.NixRunner`, :class:`FakeSource` is a
+:class:`~nixeryd.build.sources.PackageSource`, and :class:`FakeStore`
+makes real directories that stand in for store paths.
 """
 
 from __future__ import annotations
