@@ -24,7 +24,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class Daemon:
@@ -44,7 +45,7 @@ class Daemon:
         self.log_path = os.path.join(workdir, "daemon-%d.log" % (self.port,))
         self.args = list(args)
         self.env = child_environment(**(env or {}))
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> "Daemon":
         """Start the daemon and wait until ``/v2/`` answers."""

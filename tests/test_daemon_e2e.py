@@ -10,7 +10,6 @@ import hashlib
 import http.client
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -28,7 +27,7 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
-class DaemonTestMixin:
+class DaemonTestCase(TestCase):
     """Starts daemons in a test and stops them in its cleanup."""
 
     def daemon(self, *args: str, storage: str | None = None) -> Daemon:
@@ -42,19 +41,19 @@ class DaemonTestMixin:
 
     def short_directory(self) -> str:
         """
-        A new directory with a short path: unix sockets and podman's run
-        root have length limits that trial's temporary paths exceed.
+        A new directory with a short path, right in trial's temporary
+        directory (the working directory of the run, removed with it):
+        unix sockets and podman's run root have length limits that the
+        paths of ``mktemp()`` exceed.
         """
-        path = tempfile.mkdtemp(prefix="nx-")
-        self.addCleanup(shutil.rmtree, path, True)
-        return path
+        return tempfile.mkdtemp(prefix="nx-", dir=os.getcwd())
 
     def nix_processes(self, daemon: Daemon, argv0: str) -> int:
         """How many times the daemon started the program ``argv0``."""
         return len(daemon.events_with(process_event="started", argv0=argv0))
 
 
-class ClientsEndToEnd(DaemonTestMixin, TestCase):
+class ClientsEndToEnd(DaemonTestCase):
     """Real registry clients pull from the daemon."""
 
     def setUp(self) -> None:
@@ -86,7 +85,9 @@ class ClientsEndToEnd(DaemonTestMixin, TestCase):
         """podman (vfs storage) pulls the image and runs its binary."""
         tools = require_tools("podman", "runc")
         state = self.short_directory()
+        # All of podman's state in the test's directory, none in /run/libpod.
         podman = [tools["podman"], "--root", state + "/root", "--runroot", state + "/run",
+                  "--tmpdir", state + "/libpod", "--events-backend", "none",
                   "--storage-driver", "vfs"]
         image = "%s/hello" % (self.registry.address,)
         run(podman + ["pull", "--tls-verify=false", image])
@@ -127,15 +128,16 @@ class ClientsEndToEnd(DaemonTestMixin, TestCase):
         self.assertIn("done", pulled.stdout)
         listed = run([tools["ctr"], "--address", socket_path, "images", "list"]).stdout
         self.assertIn(ref, listed)
-        methods = [(e.get("method"), e.get("path")) for e in self.registry.events()
-                   if e.get("method") and "/manifests/" in (e.get("path") or "")]
+        methods = [(str(e.get("method")), str(e.get("path") or ""))
+                   for e in self.registry.events()
+                   if e.get("method") and "/manifests/" in str(e.get("path") or "")]
         self.assertEqual(methods[0], ("HEAD", "/v2/toola/manifests/latest"))
         self.assertTrue(any(m == "GET" and "/manifests/sha256:" in p for m, p in methods),
                         methods)
         self.assertEqual(self.nix_processes(self.registry, "nix-build"), 1)
 
 
-class BuildSharingEndToEnd(DaemonTestMixin, TestCase):
+class BuildSharingEndToEnd(DaemonTestCase):
     """Concurrent and repeated requests share builds."""
 
     def test_sixteen_cold_requests_one_build(self) -> None:
@@ -222,13 +224,14 @@ class BuildSharingEndToEnd(DaemonTestMixin, TestCase):
         self.assertEqual(self.nix_processes(second, "nix-build"), 0)
 
 
-class ErrorsEndToEnd(DaemonTestMixin, TestCase):
+class ErrorsEndToEnd(DaemonTestCase):
     """Errors from the real daemon are registry JSON with the right codes."""
 
     def setUp(self) -> None:
         self.registry = self.daemon("--pkgs-path", PACKAGE_SET, "--nix-timeout", "3")
 
-    def error(self, path: str, method: str = "GET") -> tuple[int, dict, dict]:
+    def error(self, path: str, method: str = "GET"
+              ) -> tuple[int, dict[str, str], dict[str, Any]]:
         status, headers, body = self.registry.request(path, method)
         self.assertEqual(headers["content-type"], "application/json")
         [error] = json.loads(body)["errors"]
@@ -298,7 +301,7 @@ class ErrorsEndToEnd(DaemonTestMixin, TestCase):
         self.assertEqual(headers["content-range"], "bytes 10-99/%d" % (len(whole),))
 
 
-class GCSStorageEndToEnd(DaemonTestMixin, TestCase):
+class GCSStorageEndToEnd(DaemonTestCase):
     """The daemon on GCS storage (a real emulator), pulled by skopeo."""
 
     async def test_pull_through_redirects(self) -> None:

@@ -7,7 +7,7 @@ so listing twistd commands stays fast.
 
 from twisted.application.service import ServiceMaker
 
-nixery = ServiceMaker(
+nixery = ServiceMaker(  # type: ignore[no-untyped-call]
     "nixery",
     "nixeryd.app.tap",
     "A container registry that builds images from Nix packages on demand.",
