@@ -2,8 +2,9 @@
 ``nixeryd <command>`` (also ``python -m nixeryd <command>``): the
 command-line entry points other than the daemon.
 
-``build`` builds one image into an OCI image layout (see
-:mod:`nixeryd.app.buildcmd`).  The registry daemon runs as ``twistd nixery``.
+``serve`` runs the registry daemon (see :mod:`nixeryd.app.servecmd`;
+``twistd nixery`` is the same daemon); ``build`` builds one image into an
+OCI image layout (see :mod:`nixeryd.app.buildcmd`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import sys
 
 USAGE = """\
-usage: nixeryd build [options] NAME
-       (run 'nixeryd build --help' for options;
-        the registry daemon is 'twistd nixery')
+usage: nixeryd serve [--log-format json|text] [options]
+       nixeryd build [options] NAME
+       (run 'nixeryd serve --help' or 'nixeryd build --help' for options)
 """
 
 
@@ -22,10 +23,13 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(USAGE)
         return 0 if argv else 2
+    if argv[0] == "serve":
+        from nixeryd.app.servecmd import main as serve_main
+        return serve_main(argv[1:])
     if argv[0] == "build":
         from nixeryd.app.buildcmd import main as build_main
         return build_main(argv[1:])
-    sys.stderr.write("nixeryd: unknown command %r (expected 'build')\n" % (argv[0],))
+    sys.stderr.write("nixeryd: unknown command %r (expected 'serve' or 'build')\n" % (argv[0],))
     return 2
 
 

@@ -30,7 +30,7 @@ def free_port() -> int:
 
 class Daemon:
     """
-    One ``twistd -n nixery`` child process.
+    One ``nixeryd serve`` child process (``twistd -n nixery`` with JSON logs).
 
     :param workdir: where its log and (by default) storage go.
     :param args: extra plugin options (e.g. ``--pkgs-path``).
@@ -49,9 +49,7 @@ class Daemon:
 
     def start(self, timeout: float = 30.0) -> "Daemon":
         """Start the daemon and wait until ``/v2/`` answers."""
-        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                "--nodaemon", "--pidfile=", "--logger=nixeryd.app.logs.json_observer",
-                "nixery", "--listen", "tcp:%d:interface=127.0.0.1" % (self.port,),
+        argv = [sys.executable, "-m", "nixeryd", "serve", "--listen", "tcp:%d:interface=127.0.0.1" % (self.port,),
                 "--storage-path", self.storage]
         for option in OFFLINE_NIX_OPTIONS:
             argv += ["--nix-option", option]
