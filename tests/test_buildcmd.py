@@ -173,7 +173,7 @@ class CommandTests(SynchronousTestCase):
         """An unknown command is one line on stderr and exit code 2."""
         self.assertEqual(nixeryd_main(["serve-all"]), 2)
         self.assertEqual(self.stderr.getvalue(),
-                         "nixeryd: unknown command 'serve-all' (expected 'build')\n")
+                         "nixeryd: unknown command 'serve-all' (expected 'serve' or 'build')\n")
 
     def test_build(self) -> None:
         """``build`` runs the build command with the remaining arguments."""
