@@ -28,7 +28,7 @@ from nixeryd.core.threads import InlineRunner, ThreadPoolService
 from nixeryd.storage import filesystem
 from nixeryd.storage.filesystem import FilesystemStorage
 from nixeryd.storage.ociindex import REF_NAME
-from nixeryd.testing.storage import INVALID_DIGESTS, digest_of
+from nixeryd.testing.storage import INVALID_DIGESTS, digest_of, write_temporary
 
 
 class FilesystemLayoutTests(SynchronousTestCase):
@@ -59,11 +59,7 @@ class FilesystemLayoutTests(SynchronousTestCase):
 
     def write_temporary(self, data: bytes) -> str:
         """A new file in the storage's temp directory holding ``data``."""
-        directory = self.storage.temp_directory()
-        path = os.path.join(directory, "upload-%d" % (len(os.listdir(directory)),))
-        with open(path, "wb") as f:
-            f.write(data)
-        return path
+        return write_temporary(self.storage, data)
 
     def test_layout(self) -> None:
         """A new storage is an OCI layout: ``oci-layout``, an empty index, the blob directory."""

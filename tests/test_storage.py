@@ -15,13 +15,12 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
+import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 from zope.interface.verify import verifyObject
-
-import treq
 
 from nixeryd.core import mediatypes
 from nixeryd.core.digests import check_digest, is_valid_digest
@@ -32,7 +31,12 @@ from nixeryd.storage.filesystem import FilesystemStorage
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.ociindex import REF_NAME
 from nixeryd.storage.service import StorageService
-from nixeryd.testing.storage import INVALID_DIGESTS, MemoryStorage, digest_of
+from nixeryd.testing.storage import (
+    INVALID_DIGESTS,
+    MemoryStorage,
+    digest_of,
+    write_temporary,
+)
 from tests.gcssupport import EmulatorTestCase
 
 
@@ -78,11 +82,7 @@ class StorageContractMixin(_ContractBase):
 
     def write_temporary(self, data: bytes) -> str:
         """A new file in the storage's temp directory holding ``data``."""
-        directory = self.storage.temp_directory()
-        path = os.path.join(directory, "upload-%d" % (len(os.listdir(directory)),))
-        with open(path, "wb") as f:
-            f.write(data)
-        return path
+        return write_temporary(self.storage, data)
 
     def test_provides_interface(self) -> None:
         """The backend provides IStorage."""

@@ -14,33 +14,14 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 
 from nixeryd.build.closure import ClosureGraph, StorePathInfo
-from nixeryd.core.errors import BuildFailed, UnknownPackages
 from nixeryd.build.nix import Resolution, ResolvedPackage
 from nixeryd.build.sources import PinnedSource
+from nixeryd.core.errors import BuildFailed, UnknownPackages
+from nixeryd.testing.gates import follow
 
 T = TypeVar("T")
-
-
-def _follow(gate: Deferred[Any]) -> Deferred[None]:
-    """
-    A new Deferred that fires when ``gate`` does (with ``None``, or with
-    the gate's failure), leaving the gate's own result untouched so that
-    any number of callers can wait on one gate.
-    """
-    follower: Deferred[None] = Deferred()
-
-    def fire(result: Any) -> Any:
-        if isinstance(result, Failure):
-            follower.errback(result)
-        else:
-            follower.callback(None)
-        return result
-
-    gate.addBoth(fire)
-    return follower
 
 
 class FakeNix:
@@ -95,7 +76,7 @@ class FakeNix:
         """
         self.resolve_calls.append((source, tuple(packages), tuple(optional), system))
         if self.resolve_gate is not None:
-            await _follow(self.resolve_gate)
+            await follow(self.resolve_gate)
         if self.resolve_error is not None:
             raise self.resolve_error
         resolution = self._resolutions.get(tuple(packages))
@@ -113,7 +94,7 @@ class FakeNix:
         """
         self.build_calls.append(resolution)
         if self.build_gate is not None:
-            await _follow(self.build_gate)
+            await follow(self.build_gate)
         if self.build_error is not None:
             raise self.build_error
         closure = self._closures.get(resolution.out_paths)

@@ -14,7 +14,6 @@ from collections import Counter
 from typing import Any, Callable, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nixeryd.core.digests import check_digest
@@ -47,25 +46,6 @@ INVALID_DIGESTS = (
 def digest_of(data: bytes) -> str:
     """``sha256:<hex>`` of ``data``."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _follow(gate: Deferred[Any]) -> Deferred[None]:
-    """
-    A new Deferred that fires when ``gate`` does (with ``None``, or with
-    the gate's failure), leaving the gate's own result untouched so that
-    any number of callers can wait on one gate.
-    """
-    follower: Deferred[None] = Deferred()
-
-    def fire(result: Any) -> Any:
-        if isinstance(result, Failure):
-            follower.errback(result)
-        else:
-            follower.callback(None)
-        return result
-
-    gate.addBoth(fire)
-    return follower
 
 
 @implementer(IStorage)
@@ -223,3 +203,15 @@ class MemoryStorage:
             raise ValueError("blob stored as %s hashes to %s" % (digest, actual))
         self.blobs[digest] = data
         self.stored.append(digest)
+
+
+def write_temporary(storage: IStorage, data: bytes) -> str:
+    """
+    A new file holding ``data`` in ``storage``'s temporary directory, as
+    the builder writes a layer before handing it to ``store_blob_file``.
+    """
+    directory = storage.temp_directory()
+    path = os.path.join(directory, "upload-%d" % (len(os.listdir(directory)),))
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
