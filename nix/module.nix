@@ -36,6 +36,8 @@ let
     // optional "NIX_POPULARITY_URL" cfg.popularityUrl
     // optional "NIXERY_MAX_BUILDS" cfg.maxBuilds
     // optional "NIXERY_LAYER_BUDGET" cfg.layerBudget
+    // optional "NIXERY_KEEP_BUILDS" cfg.keepBuilds
+    // optional "NIXERY_BUILD_LOG_LINES" cfg.buildLogLines
     // lib.optionalAttrs (cfg.nixOptions != { }) {
       NIXERY_NIX_OPTIONS = lib.concatStringsSep ";"
         (lib.mapAttrsToList (name: value: "${name}=${value}") cfg.nixOptions);
@@ -146,6 +148,18 @@ in
       type = types.nullOr (types.ints.between 1 125);
       default = null;
       description = "Store-path layers per image (NIXERY_LAYER_BUDGET; the daemon's default is 94).";
+    };
+
+    keepBuilds = mkOption {
+      type = types.nullOr types.ints.unsigned;
+      default = null;
+      description = "Finished builds whose pages and logs are kept (NIXERY_KEEP_BUILDS; the daemon's default is 100).";
+    };
+
+    buildLogLines = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      description = "Nix log lines kept per build (NIXERY_BUILD_LOG_LINES; the daemon's default is 2000).";
     };
 
     nixOptions = mkOption {

@@ -140,7 +140,7 @@ class NixOSModuleTests(SynchronousTestCase):
             googleApplicationCredentials = "/run/keys/gcs.json";
             gcsEndpoint = "http://127.0.0.1:9023";
             nixTimeout = 300; popularityUrl = "/var/lib/pop.json";
-            maxBuilds = 4; layerBudget = 60;
+            maxBuilds = 4; layerBudget = 60; keepBuilds = 7; buildLogLines = 50;
             nixOptions = { substituters = ""; "max-jobs" = "2"; };
             extraArgs = [ "--threads" "8" ];
           }""" % (PACKAGE,))
@@ -157,6 +157,8 @@ class NixOSModuleTests(SynchronousTestCase):
         self.assertEqual(daemon.popularity_url, "/var/lib/pop.json")
         self.assertEqual(daemon.max_builds, 4)
         self.assertEqual(daemon.layer_budget, 60)
+        self.assertEqual(daemon.keep_builds, 7)
+        self.assertEqual(daemon.build_log_lines, 50)
         self.assertEqual(dict(daemon.nix_options), {"substituters": "", "max-jobs": "2"})
         self.assertNotIn("STORAGE_PATH", env)
         self.assertEqual(config["ports"], [5000])

@@ -18,6 +18,8 @@ from attrs import frozen
 from twisted.python.usage import UsageError
 
 from nixeryd.app.settings import (
+    BUILD_LOG_LINES,
+    KEEP_BUILDS,
     GCS_BUCKET,
     GCS_ENDPOINT,
     LAYER_BUDGET,
@@ -58,6 +60,8 @@ class Config:
         ``--option name value``; those of ``NIXERY_NIX_OPTIONS`` first,
         then ``--nix-option`` ones, which replace a setting of the same name.
     :ivar layer_threads: threads writing layers (tar, gzip, hashing).
+    :ivar keep_builds: finished builds whose pages and logs are kept.
+    :ivar build_log_lines: Nix log lines kept per build.
     """
 
     listen: str
@@ -73,6 +77,8 @@ class Config:
     layer_budget: int
     nix_options: tuple[tuple[str, str], ...]
     layer_threads: int
+    keep_builds: int = KEEP_BUILDS.default
+    build_log_lines: int = BUILD_LOG_LINES.default
 
 
 def _listen(options: Mapping[str, object], environ: Mapping[str, str]) -> str:
@@ -150,4 +156,6 @@ def config_from(options: Mapping[str, object], environ: Mapping[str, str]) -> Co
         layer_budget=layer_budget,
         nix_options=nix_options,
         layer_threads=layer_threads,
+        keep_builds=KEEP_BUILDS.read(options, environ),
+        build_log_lines=BUILD_LOG_LINES.read(options, environ),
     )

@@ -173,6 +173,12 @@ LAYER_BUDGET = Setting(
 THREADS = Setting(
     "threads", "Threads writing layers: tar, gzip and hashing", defaults.LAYER_THREADS,
     int, check=lambda n: n >= 1)
+KEEP_BUILDS = Setting(
+    "keep-builds", "Finished builds whose pages and logs are kept",
+    defaults.KEEP_BUILDS, int, "NIXERY_KEEP_BUILDS", check=lambda n: n >= 0)
+BUILD_LOG_LINES = Setting(
+    "build-log-lines", "Nix log lines kept per build (the last ones)",
+    defaults.BUILD_LOG_LINES, int, "NIXERY_BUILD_LOG_LINES", check=lambda n: n >= 1)
 NIX_OPTION: Setting[Optional[str]] = Setting(
     "nix-option",
     "A Nix setting NAME=VALUE (e.g. substituters= to build offline); repeatable",

@@ -32,6 +32,8 @@ from nixeryd.app.settings import (
     STORAGE_BACKEND,
     STORAGE_PATH,
     THREADS,
+    KEEP_BUILDS,
+    BUILD_LOG_LINES,
     ImageOptions,
     parameters,
 )
@@ -60,7 +62,7 @@ class Options(ImageOptions):
     optParameters = parameters(
         [LISTEN, PORT, CHANNEL, PKGS_REPO, PKGS_PATH, STORAGE_BACKEND, STORAGE_PATH,
          GCS_BUCKET, GCS_ENDPOINT, NIX_TIMEOUT, POPULARITY_URL, MAX_BUILDS,
-         LAYER_BUDGET, THREADS], variables=True)
+         LAYER_BUDGET, THREADS, KEEP_BUILDS, BUILD_LOG_LINES], variables=True)
 
     config: Config
 

@@ -32,6 +32,7 @@ from nixeryd.build.popularity import load_popularity
 from nixeryd.build.sources import source_from_config
 from nixeryd.core import defaults
 from nixeryd.core.threads import Runner, ThreadPoolService
+from nixeryd.service.builds import BuildHistory
 from nixeryd.service.images import ImageService
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.service import StorageService
@@ -113,6 +114,8 @@ def assemble_image_service(
         moving_ttl: float = defaults.MOVING_TTL,
         reference: Optional[Callable[[str, str], str]] = None,
         start_checks: Sequence[Callable[[StorageT], Awaitable[object]]] = (),
+        keep_builds: int = defaults.KEEP_BUILDS,
+        build_log_lines: int = defaults.BUILD_LOG_LINES,
         ) -> ImageService:
     """
     Build an :class:`ImageService` and everything under it.
@@ -135,6 +138,8 @@ def assemble_image_service(
     :param start_checks: called with the storage when the service starts;
         if one fails, the failure is logged and the reactor stopped (a
         storage that cannot be used is a configuration error).
+    :param keep_builds: finished builds whose records are kept.
+    :param build_log_lines: log lines kept per build.
     :raises ValueError: for a malformed package source.
     """
     chosen = {source.kind: source.location}
@@ -171,7 +176,8 @@ def assemble_image_service(
     service = ImageService(
         source=package_source, nix=nix, builder=builder, storage=store, clock=reactor,
         max_builds=max_builds, moving_ttl=moving_ttl, reference=reference,
-        on_start=on_start)
+        on_start=on_start,
+        builds=BuildHistory(reactor, keep_builds=keep_builds, keep_lines=build_log_lines))
     StorageService(store).setServiceParent(service)  # type: ignore[no-untyped-call]
     pools.storage.setServiceParent(service)  # type: ignore[no-untyped-call]
     pools.layers.setServiceParent(service)  # type: ignore[no-untyped-call]
@@ -199,7 +205,8 @@ def make_image_service(config: Config, reactor: IServiceReactor,
             nix_timeout=config.nix_timeout, nix_options=config.nix_options,
             max_builds=config.max_builds, layer_budget=config.layer_budget,
             popularity=config.popularity_url,
-            reference=lambda name, tag: name + ":" + tag, start_checks=start_checks)
+            reference=lambda name, tag: name + ":" + tag, start_checks=start_checks,
+            keep_builds=config.keep_builds, build_log_lines=config.build_log_lines)
 
     if config.storage_backend == "gcs":
         from nixeryd.storage.gcs import (GCSError, GCSStorage, build_gcs_storage,

@@ -33,5 +33,9 @@ BLOB_THREADS = 32
 #: Seconds a tag of a moving source (a branch, a local path) answers from
 #: memory before it is evaluated again.
 MOVING_TTL = 60.0
+#: Finished builds whose pages (and log) are kept.
+KEEP_BUILDS = 100
+#: Nix log lines kept per build (the last ones).
+BUILD_LOG_LINES = 2000
 #: The image tag when none is given.
 TAG = "latest"

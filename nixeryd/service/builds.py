@@ -25,10 +25,7 @@ from attrs import define, field, frozen
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-#: Finished builds kept for their pages (and for the index page).
-DEFAULT_KEEP_BUILDS = 100
-#: Nix log lines kept per build (the last ones).
-DEFAULT_KEEP_LINES = 2000
+from nixeryd.core import defaults
 
 _log = Logger()
 
@@ -219,8 +216,8 @@ class BuildHistory:
     :param keep_lines: how many log lines each build keeps.
     """
 
-    def __init__(self, clock: IReactorTime, keep_builds: int = DEFAULT_KEEP_BUILDS,
-                 keep_lines: int = DEFAULT_KEEP_LINES) -> None:
+    def __init__(self, clock: IReactorTime, keep_builds: int = defaults.KEEP_BUILDS,
+                 keep_lines: int = defaults.BUILD_LOG_LINES) -> None:
         self._clock = clock
         self._keep_builds = keep_builds
         self._keep_lines = keep_lines

@@ -46,6 +46,7 @@ from nixeryd.core.documents import Image, LocalBlob, ManifestDocument, RedirectB
 from nixeryd.core.errors import ManifestUnknown, RegistryError
 from nixeryd.core.sharedwork import SharedWork
 from nixeryd.storage.interface import IStorage
+from nixeryd.service.builds import BuildHistory
 
 #: Bumped whenever the same inputs would give a different manifest.
 MANIFEST_FORMAT_VERSION = "1"
@@ -108,6 +109,8 @@ class ImageService(MultiService):
         path) keeps answering from memory before it is evaluated again.
     :param reference: how a built image is named in the storage's index,
         from ``(name, tag)``; ``None`` records nothing.
+    :param builds: where build records are kept (a new history when not
+        given).
 
     Child services (the thread pools) are added with ``setServiceParent``:
     they start with this service and stop, in reverse order and one after
@@ -121,8 +124,11 @@ class ImageService(MultiService):
                  max_builds: int = defaults.MAX_BUILDS,
                  moving_ttl: float = defaults.MOVING_TTL,
                  reference: Callable[[str, str], str] | None = None,
-                 on_start: Callable[[], Deferred[None] | None] | None = None) -> None:
+                 on_start: Callable[[], Deferred[None] | None] | None = None,
+                 builds: BuildHistory | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        #: Records of the builds running and recently ended.
+        self.builds = builds if builds is not None else BuildHistory(clock)
         self._source = source
         self._nix = nix
         self._builder = builder
