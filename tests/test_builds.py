@@ -117,6 +117,15 @@ class BuildHistoryTests(SynchronousTestCase):
         self.assertIs(self.history.get(records[0].id), records[0])
         self.assertIsNone(self.history.get("nope"))
 
+    def test_watch(self) -> None:
+        """Watchers see every record started while they watch."""
+        seen: list[str] = []
+        stop = self.history.watch(lambda record: seen.append(record.image))
+        start(self.history, "one")
+        stop()
+        start(self.history, "two")
+        self.assertEqual(seen, ["one"])
+
     def test_finished_builds_bounded(self) -> None:
         """The oldest finished builds go; running builds always stay."""
         running = start(self.history, "running")

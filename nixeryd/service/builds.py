@@ -223,6 +223,21 @@ class BuildHistory:
         self._keep_lines = keep_lines
         #: Every kept record by id, oldest first.
         self._records: OrderedDict[str, BuildRecord] = OrderedDict()
+        self._watchers: list[Callable[[BuildRecord], None]] = []
+
+    def watch(self, watcher: Callable[[BuildRecord], None]) -> Callable[[], None]:
+        """
+        Call ``watcher`` with every record started from now on (to
+        subscribe to it, count it, show its progress); returns the call
+        that stops it.
+        """
+        self._watchers.append(watcher)
+
+        def unwatch() -> None:
+            if watcher in self._watchers:
+                self._watchers.remove(watcher)
+
+        return unwatch
 
     def start(self, *, image: str, tag: str, packages: tuple[str, ...], system: str,
               source: str, revision: str | None) -> BuildRecord:
@@ -236,6 +251,11 @@ class BuildHistory:
             clock=self._clock, keep_lines=self._keep_lines)
         self._records[build_id] = record
         self._forget_old()
+        for watcher in list(self._watchers):
+            try:
+                watcher(record)
+            except Exception:
+                _log.failure("Build watcher failed")
         return record
 
     def get(self, build_id: str) -> BuildRecord | None:
