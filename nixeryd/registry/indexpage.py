@@ -5,16 +5,11 @@ how to pull from it (:class:`IndexPage`).
 
 from __future__ import annotations
 
-import re
-
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from nixeryd.registry.hosts import request_host
 from nixeryd.registry.httpnames import ALLOWED_METHODS, CONTENT_LENGTH, CONTENT_TYPE, GET, HEAD
-
-_HOST = re.compile(
-    rb"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?"
-    rb"|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?\Z")
 
 _INDEX_TEXT = """\
 nixeryd: a container registry that builds images from Nix packages on demand.
@@ -55,11 +50,7 @@ class IndexPage(Resource):
             body = b"Method not allowed.\n"
         else:
             request.setResponseCode(self._status)
-            host = request.getHeader(b"host")
-            if host is None or _HOST.match(host) is None:
-                shown = "<registry host>"
-            else:
-                shown = host.decode("ascii")
+            shown = request_host(request) or "<registry host>"
             body = _INDEX_TEXT.format(host=shown).encode("utf-8")
             if self._status == 404:
                 body = b"Not found.\n\n" + body
