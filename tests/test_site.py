@@ -1,7 +1,8 @@
 """
 Tests for :mod:`nixeryd.registry.site`: the real site on a loopback port
 (streaming, keep-alive, disconnects, the access log, pipelining), with
-blob bodies sent through the reactor and with ``sendfile``.
+blob bodies sent through the reactor and with ``sendfile``, and a build's
+event stream on a real connection.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from twisted.web.http_headers import Headers
 
 from nixeryd.build.manifest import sha256_digest
 from nixeryd.registry.site import RegistrySite, make_site
+from nixeryd.service.builds import BuildHistory, BuildPhase
 from nixeryd.testing.network import RawClient, serve_locally
 from tests.registrycases import LoopbackTestCase, RecordingBlobPool, wait_until
 
@@ -151,3 +153,39 @@ class SendfileLoopbackTests(LoopbackTests):
                                   pool=self.pool)
         self.assertEqual(await response.content(), self.sample.image.docker.body)
         await wait_until(lambda: not self.blob_pool.pool.working)
+
+
+class EventStreamLoopbackTests(LoopbackTestCase):
+    """A build's page and event stream on a real connection."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.history = BuildHistory(reactor)
+        self.base = serve_locally(self, make_site(self.images, builds=self.history,
+                                                  source="path /srv/pkgs"))
+        self.port = int(self.base.rsplit(":", 1)[1])
+
+    async def test_live_lines_then_disconnect(self) -> None:
+        """
+        Lines reach the client as they are logged; a client that goes away
+        is unsubscribed from the record.
+        """
+        record = self.history.start(image="shell/hello", tag="latest", packages=("hello",),
+                                    system="x86_64-linux", source="path /srv/pkgs",
+                                    revision=None)
+        record.enter(BuildPhase.BUILDING)
+        client = RawClient(b"GET /builds/" + record.id.encode() + b"/events HTTP/1.1\r\n"
+                           b"Host: x\r\n\r\n")
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), client)
+        # The events arrive over a real socket, which fires nothing to wait
+        # for but the bytes themselves: poll for them, bounded.
+        await wait_until(lambda: b"event: state" in client.received)
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 200 "))
+        self.assertIn(b"Content-Type: text/event-stream; charset=utf-8\r\n", client.received)
+        self.assertEqual(len(record._listeners), 1)
+        record.add_log_line("a <live> line")
+        await wait_until(lambda: b"data: a <live> line" in client.received)
+        await client.disconnect()
+        await wait_until(lambda: not record._listeners)
+        record.add_log_line("nobody listens")
+        record.succeed("sha256:" + "c" * 64, "built")

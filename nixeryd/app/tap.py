@@ -85,14 +85,41 @@ class Options(ImageOptions):
 
 def makeService(options: Options, reactor: Optional[IServiceReactor] = None) -> MultiService:
     """
+    The service tree of ``twistd nixery``: :func:`build_service`, whose
+    start-up checks run when the image service starts (the port is open
+    by then) and stop the reactor if one fails.  A storage that cannot be
+    made is one line on stderr and exit code 1, before anything starts.
+    """
+    from nixeryd.app.preflight import StartupFailed
+
+    try:
+        return build_service(options, reactor)
+    except StartupFailed as e:
+        raise SystemExit("nixeryd: %s" % (e.message,)) from None
+
+
+def build_service(options: Options, reactor: Optional[IServiceReactor] = None, *,
+                  check_at_start: bool = True) -> MultiService:
+    """
     The service tree (:func:`nixeryd.app.wiring.make_daemon_service`).
 
     :param options: parsed :class:`Options`.
     :param reactor: the reactor; the global one when not given.
+    :param check_at_start: run the start-up checks when the image service
+        starts (``nixeryd serve`` runs them before, itself).
+    :raises StartupFailed: when the storage cannot be made.
     """
+    import functools
+
     from nixeryd.app.wiring import global_reactor, make_daemon_service, make_image_service
+    from nixeryd.registry.pages.index import describe_configured_source
     from nixeryd.registry.site import make_site
 
+    running = global_reactor() if reactor is None else reactor
+    source = describe_configured_source(options.config.source.kind,
+                                        options.config.source.location)
     return make_daemon_service(
-        options.config, global_reactor() if reactor is None else reactor,
-        site=make_site, images=make_image_service)
+        options.config, running,
+        site=lambda images, blobs: make_site(images, blobs, builds=images.builds,
+                                             source=source, clock=running),
+        images=functools.partial(make_image_service, check_at_start=check_at_start))

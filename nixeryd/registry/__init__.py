@@ -20,5 +20,6 @@ A request's way through, module by module:
 - :mod:`~nixeryd.registry.responses`: finishing a response, and every
   registry JSON error; :mod:`~nixeryd.registry.httpnames` holds the header
   names and values they share.
-- :mod:`~nixeryd.registry.indexpage`: the plain-text page outside ``/v2``.
+- :mod:`~nixeryd.registry.pages`: the pages outside ``/v2``: how to pull, and
+  each build's page with its live log.
 """

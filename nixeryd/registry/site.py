@@ -1,6 +1,7 @@
 """
-The registry's web site: the resource tree (``/v2`` and the index page),
-TLS-guarded channels and one access log event per request.
+The registry's web site: the resource tree (``/v2``, the front page and
+the build pages), TLS-guarded channels and one access log event per
+request.
 
 :func:`make_site` is what the daemon listens with.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import IResource, Resource
@@ -18,35 +20,51 @@ from twisted.web.server import Request, Site
 from nixeryd.registry.api import RegistryResource
 from nixeryd.registry.blobs import BlobPool
 from nixeryd.registry.imagesource import ImageSource
-from nixeryd.registry.indexpage import IndexPage
+from nixeryd.registry.pages.html import NotFoundPage
+from nixeryd.registry.pages.resources import BuildsResource, IndexResource
 from nixeryd.registry.tlsguard import TLSGuardChannel
+from nixeryd.service.builds import BuildHistory
 
 access_log = Logger(namespace="nixeryd.access")
 
 
+def _reactor_clock() -> IReactorTime:
+    from twisted.internet import reactor
+
+    return IReactorTime(reactor)
+
+
 class RootResource(Resource):
     """
-    The site's root: ``/v2`` is the registry, ``/`` the index page, and
-    everything else a 404 page.
+    The site's root: ``/v2`` is the registry, ``/`` the front page,
+    ``/builds/<id>`` a build's page, and everything else a 404 page.
 
+    :param builds: the build records the pages show; none when not given.
+    :param source: the package source, described for people.
+    :param clock: times the build pages' event streams (the global
+        reactor when not given).
     :ivar registry: the ``/v2`` resource.
     """
 
-    def __init__(self, images: ImageSource, blob_pool: Optional[BlobPool] = None) -> None:
+    def __init__(self, images: ImageSource, blob_pool: Optional[BlobPool] = None, *,
+                 builds: Optional[BuildHistory] = None, source: Optional[str] = None,
+                 clock: Optional[IReactorTime] = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.registry = RegistryResource(images, blob_pool)
         self.putChild(b"v2", self.registry)
-        self._index = IndexPage(200)
-        self._not_found = IndexPage(404)
+        self.putChild(b"builds", BuildsResource(
+            builds, clock if clock is not None else _reactor_clock()))
+        self._index = IndexResource(builds, source)
+        self._not_found = NotFoundPage()
 
     def getChild(self, path: bytes, request: Request) -> Resource:
-        """The index page for ``/``, the 404 page for anything else."""
+        """The front page for ``/``, the 404 page for anything else."""
         if path == b"" and not request.postpath:
             return self._index
         return self._not_found
 
-    def render(self, request: Request) -> bytes:
-        """Serve the index for a request for the root itself."""
+    def render(self, request: Request) -> bytes | int:
+        """Serve the front page for a request for the root itself."""
         return self._index.render(request)
 
 
@@ -94,9 +112,13 @@ class RegistrySite(Site):
         )
 
 
-def make_site(images: ImageSource, blob_pool: Optional[BlobPool] = None) -> RegistrySite:
+def make_site(images: ImageSource, blob_pool: Optional[BlobPool] = None, *,
+              builds: Optional[BuildHistory] = None, source: Optional[str] = None,
+              clock: Optional[IReactorTime] = None) -> RegistrySite:
     """
     The registry site serving ``images``; blob bodies go out with
-    ``sendfile`` from ``blob_pool``'s threads when one is given.
+    ``sendfile`` from ``blob_pool``'s threads when one is given.  The pages
+    show ``builds`` and the package ``source`` (see :class:`RootResource`).
     """
-    return RegistrySite(RootResource(images, blob_pool))
+    return RegistrySite(RootResource(images, blob_pool, builds=builds, source=source,
+                                     clock=clock))
