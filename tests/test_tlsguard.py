@@ -14,13 +14,16 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger, LogEvent, formatEvent
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from nixeryd.testing.images import FakeImageService, write_sample_image
 from nixeryd.testing.network import RawClient, serve_locally
-from nixeryd.registry.tlsguard import PLAIN_HTTP_ANSWER, TLSGuardChannel
+from nixeryd.registry.tlsguard import (PLAIN_HTTP_ANSWER, REPORTED_CLIENTS, TLSGuardChannel,
+                                      TLSGuardSite, TLSRefusals)
 from nixeryd.registry.site import make_site
 
 
@@ -36,13 +39,26 @@ def client_hello() -> bytes:
     return outgoing.read()
 
 
-def connected_channel() -> tuple[Any, StringTransport]:
-    """A channel of the registry site on an in-memory transport."""
-    site = make_site(FakeImageService())
-    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+def connected_channel(site: TLSGuardSite | None = None,
+                      client: str = "127.0.0.1") -> tuple[Any, StringTransport]:
+    """
+    A channel of the registry site (or of ``site``) on an in-memory
+    transport; the registry site counts refusals on a fake clock, so that
+    no report stays scheduled on the reactor.
+    """
+    if site is None:
+        site = make_site(FakeImageService())
+        site.tls_refusals = TLSRefusals(Clock())
+    channel = site.buildProtocol(IPv4Address("TCP", client, 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", client, 40000))
     channel.makeConnection(transport)
     return channel, transport
+
+
+def counting(interval: float = 60.0) -> tuple[TLSRefusals, Clock, list[LogEvent]]:
+    """Refusals counted on a fake clock, their log events in a list."""
+    clock, events = Clock(), []
+    return TLSRefusals(clock, interval, Logger(observer=events.append)), clock, events
 
 
 class GuardTests(SynchronousTestCase):
@@ -91,6 +107,104 @@ class GuardTests(SynchronousTestCase):
         channel.dataReceived(b"\x16garbage\r\n\r\n")
         self.assertNotEqual(transport.value(), PLAIN_HTTP_ANSWER)
         channel.connectionLost(None)
+
+
+class RefusalReportTests(SynchronousTestCase):
+    """Refused handshakes are counted and reported at most once an interval."""
+
+    def test_one_line_per_interval(self) -> None:
+        """Refusals within an interval make one line, when it ends, with their count."""
+        refusals, clock, events = counting()
+        for _ in range(3):
+            refusals.refused("10.0.0.1")
+            clock.advance(10)
+        refusals.refused("10.0.0.2")
+        self.assertEqual(events, [])
+        self.assertEqual(refusals.pending, 4)
+        clock.advance(30)
+        [event] = events
+        self.assertEqual(
+            formatEvent(event),
+            "Refused 4 TLS handshakes on the plain HTTP port in the last minute"
+            " (from 10.0.0.1, 10.0.0.2); clients fall back to plain HTTP")
+        self.assertEqual((event["count"], event["clients"]), (4, ["10.0.0.1", "10.0.0.2"]))
+        self.assertEqual(refusals.pending, 0)
+
+    def test_quiet_schedules_nothing(self) -> None:
+        """Without refusals nothing is scheduled or logged; the next one starts anew."""
+        refusals, clock, events = counting()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        refusals.refused("10.0.0.1")
+        clock.advance(60)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(600)
+        self.assertEqual(len(events), 1)
+        refusals.refused("10.0.0.1")
+        clock.advance(59)
+        self.assertEqual(len(events), 1)
+        clock.advance(1)
+        self.assertEqual(formatEvent(events[1]),
+                         "Refused 1 TLS handshake on the plain HTTP port in the last minute"
+                         " (from 10.0.0.1); clients fall back to plain HTTP")
+
+    def test_lines_an_interval_apart(self) -> None:
+        """A steady stream of refusals gives one line per interval, not one per refusal."""
+        refusals, clock, events = counting(interval=30)
+        for _ in range(300):
+            refusals.refused("10.0.0.1")
+            clock.advance(1)
+        self.assertEqual([event["count"] for event in events], [30] * 10)
+        self.assertIn("in the last 30 seconds", formatEvent(events[0]))
+
+    def test_clients_bounded(self) -> None:
+        """A report names a few distinct clients, then says there were more."""
+        refusals, clock, events = counting()
+        for n in range(REPORTED_CLIENTS + 3):
+            refusals.refused("10.0.0.%d" % (n,))
+            refusals.refused("10.0.0.%d" % (n,))
+        clock.advance(60)
+        [event] = events
+        self.assertEqual(event["clients"],
+                         ["10.0.0.%d" % (n,) for n in range(REPORTED_CLIENTS)])
+        self.assertTrue(formatEvent(event).endswith(
+            "10.0.0.%d, ...); clients fall back to plain HTTP" % (REPORTED_CLIENTS - 1,)))
+
+    def test_flush(self) -> None:
+        """Flushing reports what is pending at once and leaves no timer behind."""
+        refusals, clock, events = counting()
+        refusals.flush()
+        self.assertEqual(events, [])
+        refusals.refused("10.0.0.1")
+        refusals.flush()
+        self.assertEqual([event["count"] for event in events], [1])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_channels_count_on_their_site(self) -> None:
+        """Each refusing channel counts on its site; plain HTTP counts nothing."""
+        site = make_site(FakeImageService())
+        refusals, clock, events = counting()
+        site.tls_refusals = refusals
+        for client in ("10.0.0.1", "10.0.0.2"):
+            channel, _ = connected_channel(site, client)
+            channel.dataReceived(client_hello())
+        channel, _ = connected_channel(site)
+        channel.dataReceived(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        channel.connectionLost(None)
+        self.assertEqual(refusals.pending, 2)
+        site.stopFactory()
+        [event] = events
+        self.assertEqual(event["clients"], ["10.0.0.1", "10.0.0.2"])
+
+    def test_site_default_uses_its_reactor(self) -> None:
+        """Unless given one, a site counts on its own reactor."""
+        site = make_site(FakeImageService())
+        clock = Clock()
+        site.reactor = clock
+        channel, _ = connected_channel(site)
+        channel.dataReceived(client_hello())
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        site.stopFactory()
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class RealConnectionTests(TestCase):

@@ -15,14 +15,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request
 
 from nixeryd.registry.api import RegistryResource
 from nixeryd.registry.blobs import BlobPool
 from nixeryd.registry.imagesource import ImageSource
 from nixeryd.registry.pages.html import NotFoundPage
 from nixeryd.registry.pages.resources import BuildsResource, IndexResource
-from nixeryd.registry.tlsguard import TLSGuardChannel
+from nixeryd.registry.tlsguard import TLSGuardSite
 from nixeryd.service.builds import BuildHistory
 
 access_log = Logger(namespace="nixeryd.access")
@@ -76,7 +76,7 @@ class RegistryRequest(Request):
         self.started = time.monotonic()
 
 
-class RegistrySite(Site):
+class RegistrySite(TLSGuardSite):
     """
     The registry's ``Site``: TLS-guarded channels and a structured access log.
 
@@ -87,10 +87,6 @@ class RegistrySite(Site):
     :param resource: the root of the resource tree.
     """
 
-    # Twisted types ``protocol`` as the factory of its HTTP/1.1-or-HTTP/2
-    # wrapper; any callable returning a channel works the same way, and this
-    # site serves plain HTTP/1.1 through the guard.
-    protocol = TLSGuardChannel  # type: ignore[assignment]
     requestFactory = RegistryRequest
 
     def __init__(self, resource: IResource) -> None:

@@ -13,15 +13,22 @@ looks at the first byte of each connection and, for a handshake, answers
 at once with a plain ``400`` response and closes the connection, as other
 registries do.  The TLS client then fails fast ("server gave HTTP response
 to HTTPS client") and the fallback to HTTP follows immediately.
+
+Such refusals are routine (every podman pull makes one), so they are not
+logged one by one: :class:`TLSRefusals` counts them and logs at most one
+line per interval (a minute) saying how many there were.
+:class:`TLSGuardSite` keeps one count per site and reports what is left
+of it when the site stops listening.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
+from twisted.web.server import Site
 
 TLS_HANDSHAKE_RECORD = 0x16
 """The TLS record type of a handshake message (the first byte sent)."""
@@ -37,6 +44,78 @@ PLAIN_HTTP_ANSWER = (
 )
 """The bytes sent to a client that opens with a TLS handshake."""
 
+#: Seconds over which refusals are counted before one line reports them.
+REPORT_INTERVAL = 60.0
+
+#: Client addresses named in one report line, at most.
+REPORTED_CLIENTS = 5
+
+
+def _period(seconds: float) -> str:
+    """``minute`` for 60 seconds, else ``<n> seconds``: the report's wording."""
+    return "minute" if seconds == 60 else "%g seconds" % (seconds,)
+
+
+class TLSRefusals:
+    """
+    Counts refused TLS handshakes and logs at most one line per interval.
+
+    The first refusal after a quiet spell starts an interval; when it
+    ends, one line says how many handshakes were refused in it and from
+    which clients.  Nothing is scheduled while no refusal is pending.
+
+    :param clock: schedules the report.
+    :param interval: seconds between report lines.
+    :param logger: where the line goes.
+    """
+
+    def __init__(self, clock: IReactorTime, interval: float = REPORT_INTERVAL,
+                 logger: Optional[Logger] = None) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._log = logger if logger is not None else Logger(namespace=__name__)
+        self._count = 0
+        self._clients: dict[str, None] = {}
+        self._more_clients = False
+        self._report_call: Optional[IDelayedCall] = None
+
+    @property
+    def pending(self) -> int:
+        """Refusals counted and not yet reported."""
+        return self._count
+
+    def refused(self, client: str) -> None:
+        """Count one refused handshake from ``client``."""
+        self._count += 1
+        if client not in self._clients:
+            if len(self._clients) < REPORTED_CLIENTS:
+                self._clients[client] = None
+            else:
+                self._more_clients = True
+        if self._report_call is None:
+            self._report_call = self._clock.callLater(self._interval, self._report)
+
+    def flush(self) -> None:
+        """Report what is counted now, and schedule nothing (the site stops)."""
+        if self._report_call is not None and self._report_call.active():
+            self._report_call.cancel()
+        self._report()
+
+    def _report(self) -> None:
+        self._report_call = None
+        if not self._count:
+            return
+        count, clients, more = self._count, list(self._clients), self._more_clients
+        self._count = 0
+        self._clients = {}
+        self._more_clients = False
+        self._log.info(
+            "Refused {count} TLS handshake{s} on the plain HTTP port in the last"
+            " {period} (from {client_list}); clients fall back to plain HTTP",
+            count=count, s="" if count == 1 else "s", period=_period(self._interval),
+            clients=clients, client_list=", ".join(clients) + (", ..." if more else ""),
+            event="tls-refused")
+
 
 class TLSGuardChannel(HTTPChannel):
     """
@@ -44,10 +123,10 @@ class TLSGuardChannel(HTTPChannel):
 
     Everything else is plain :class:`~twisted.web.http.HTTPChannel`
     behaviour; the only cost on ordinary connections is one flag test per
-    received chunk.
+    received chunk.  Refusals are counted by the site's
+    :attr:`TLSGuardSite.tls_refusals`.
     """
 
-    _log = Logger()
     _first_byte_checked = False
     _refused = False
 
@@ -81,15 +160,45 @@ class TLSGuardChannel(HTTPChannel):
         return self._host
 
     def _refuse_tls(self) -> None:
-        """Send the plain-HTTP 400 and close the connection."""
+        """Send the plain-HTTP 400, close the connection and count the refusal."""
         transport = self.transport
         # Data only arrives on a connected channel.
         assert transport is not None
-        peer = transport.getPeer()
-        self._log.debug(
-            "Refused a TLS handshake from {client} on the plain HTTP port",
-            client=getattr(peer, "host", str(peer)),
-        )
         self.setTimeout(None)  # type: ignore[no-untyped-call]
         transport.write(PLAIN_HTTP_ANSWER)
         transport.loseConnection()
+        site = getattr(self, "site", None)
+        if isinstance(site, TLSGuardSite):
+            peer = transport.getPeer()
+            site.tls_refusals.refused(str(getattr(peer, "host", peer)))
+
+
+class TLSGuardSite(Site):
+    """
+    A :class:`~twisted.web.server.Site` of :class:`TLSGuardChannel`
+    channels, with the count of the handshakes they refused.
+    """
+
+    # Twisted types ``protocol`` as the factory of its HTTP/1.1-or-HTTP/2
+    # wrapper; any callable returning a channel works the same way, and this
+    # site serves plain HTTP/1.1 through the guard.
+    protocol = TLSGuardChannel  # type: ignore[assignment]
+
+    _tls_refusals: Optional[TLSRefusals] = None
+
+    @property
+    def tls_refusals(self) -> TLSRefusals:
+        """The count of refused handshakes, reported on the site's reactor."""
+        if self._tls_refusals is None:
+            self._tls_refusals = TLSRefusals(self.reactor)
+        return self._tls_refusals
+
+    @tls_refusals.setter
+    def tls_refusals(self, refusals: TLSRefusals) -> None:
+        self._tls_refusals = refusals
+
+    def stopFactory(self) -> None:
+        """Report the refusals not yet reported: the site stops listening."""
+        if self._tls_refusals is not None:
+            self._tls_refusals.flush()
+        super().stopFactory()
