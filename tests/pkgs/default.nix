@@ -173,6 +173,19 @@ let
       mkdir -p "$out"
     '' { };
 
+    # Prints a numbered line every 0.3 s for about 5 s, then succeeds: a
+    # build whose log can be watched as it grows.
+    ticker = mk "ticker-1.0" ''
+      i=1
+      while [ "$i" -le 16 ]; do
+        echo "ticker: line $i"
+        sleep 0.3
+        i=$((i + 1))
+      done
+      mkdir -p "$out"
+      echo "ticked $((i - 1)) times" > "$out/ticker"
+    '' { };
+
     noisy = mk "noisy-1.0" ''
       i=0
       line="noisy: 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789"
