@@ -54,7 +54,7 @@ class BuildPageTests(PagesTestCase):
         self.assertIn("<dt>System</dt><dd>x86_64-linux</dd>", text)
         self.assertIn("<dt>Created</dt><dd>2023-11-14 22:13:20 UTC</dd>", text)
         self.assertIn('data-events="/builds/%s/events" data-lines="2" data-finished="false"'
-                      % (record.id,), text)
+                      ' data-elapsed="3.000"' % (record.id,), text)
         self.assertIn("<script>" + SCRIPT + "</script>", text)
 
     def test_succeeded(self) -> None:

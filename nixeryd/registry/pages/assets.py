@@ -72,6 +72,19 @@ SCRIPT = r"""
       body.appendChild(tr);
     });
   }
+  // The duration grows between updates, as the server counts it.
+  var elapsed = parseFloat(root.getAttribute("data-elapsed"));
+  var since = Date.now();
+  function seconds(s) {
+    var whole = Math.floor(s);
+    function two(n) { return (n < 10 ? "0" : "") + n; }
+    if (s < 60) { return s.toFixed(1) + " s"; }
+    if (whole < 3600) { return Math.floor(whole / 60) + " min " + two(whole % 60) + " s"; }
+    return Math.floor(whole / 3600) + " h " + two(Math.floor((whole % 3600) / 60)) + " min";
+  }
+  var ticking = window.setInterval(function () {
+    text("duration", seconds(elapsed + (Date.now() - since) / 1000) + " so far");
+  }, 1000);
   function following() {
     return log.scrollTop + log.clientHeight >= log.scrollHeight - 24;
   }
@@ -96,6 +109,8 @@ SCRIPT = r"""
     phase.textContent = state.phase;
     phase.className = "phase " + state.phase;
     text("message", state.message);
+    elapsed = state.elapsed;
+    since = Date.now();
     text("duration", state.duration);
     text("finished-at", state.finished_at);
     text("digest", state.digest);
@@ -104,6 +119,7 @@ SCRIPT = r"""
     rows("layers", state.layers);
     if (state.finished) {
       root.setAttribute("data-finished", "true");
+      window.clearInterval(ticking);
       source.close();
     }
   });

@@ -76,6 +76,7 @@ def state_document(record: BuildRecord) -> dict[str, Any]:
         "finished": record.finished,
         "message": record.message,
         "duration": duration_text(record),
+        "elapsed": round(record.duration(), 3),
         "finished_at": (formats.moment(record.finished_at)
                         if record.finished_at is not None else ""),
         "digest": record.manifest_digest or "",
@@ -128,7 +129,7 @@ def build_page(record: BuildRecord) -> str:
     details = "".join("<dt>%s</dt><dd>%s</dd>\n" % (label, value) for label, value in dd)
     body = (
         '<main id="build" data-events="%(events)s" data-lines="%(lines)d"'
-        ' data-finished="%(finished)s">\n'
+        ' data-finished="%(finished)s" data-elapsed="%(elapsed).3f">\n'
         "<h1>%(name)s</h1>\n"
         '<p><span id="phase" class="phase %(phase)s">%(phase)s</span>'
         ' <span id="message">%(message)s</span></p>\n'
@@ -144,6 +145,7 @@ def build_page(record: BuildRecord) -> str:
         "events": text(path + "/events"),
         "lines": record.log_lines,
         "finished": "true" if record.finished else "false",
+        "elapsed": record.duration(),
         "name": text(name),
         "phase": text(record.phase.value),
         "message": text(record.message or ""),
@@ -151,7 +153,7 @@ def build_page(record: BuildRecord) -> str:
         "phases": _table("phases", ["Phase", "Started", "Took"], phase_rows(record),
                          frozenset({1, 2})),
         "summary": text(layer_summary(record)),
-        "layers": _table("layers", ["Layer", "Size", "", "Contents"], layer_rows(record),
+        "layers": _table("layers", ["Layer", "Size", "Stored", "Contents"], layer_rows(record),
                          frozenset({1, 2})),
         "path": text(path),
         "log": log_html(record),

@@ -71,8 +71,9 @@ def pull_section(host: str | None, secure: bool) -> str:
     image = "%s/%s" % (shown, EXAMPLE_IMAGE)
     intro = (
         "<p>Each <code>/</code>-separated part of an image name is a Nix package;"
-        " <code>shell</code> adds bash and core utilities. The tag picks the package"
-        " set's revision where the source has them (<code>latest</code> otherwise).</p>\n")
+        " <code>shell</code> adds bash and core utilities. The tag selects the package"
+        " set's revision where the source allows it (a git source: a branch, tag or"
+        " commit).</p>\n")
     if secure:
         commands = ("docker pull %(i)s\npodman pull %(i)s\n"
                     "skopeo inspect docker://%(i)s\n" % {"i": image})
