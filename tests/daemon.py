@@ -20,6 +20,52 @@ from typing import Any
 from tests.e2e import OFFLINE_NIX_OPTIONS, child_environment
 
 
+def serve_argv(*args: str) -> list[str]:
+    """The argv of ``python -m nixeryd serve`` with the offline Nix options and ``args``."""
+    argv = [sys.executable, "-m", "nixeryd", "serve"]
+    for option in OFFLINE_NIX_OPTIONS:
+        argv += ["--nix-option", option]
+    return argv + list(args)
+
+
+def serve_until_exit(*args: str, env: dict[str, str] | None = None,
+                     cwd: str | None = None,
+                     timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """
+    Run ``nixeryd serve`` with ``args`` until it exits by itself (a daemon
+    that fails a start-up check); stdout (its JSON log) and stderr as text.
+
+    :raises subprocess.TimeoutExpired: when it is still running after
+        ``timeout`` seconds (it is killed first).
+    """
+    return subprocess.run(serve_argv(*args), capture_output=True, text=True,
+                          env=child_environment(**(env or {})), cwd=cwd, timeout=timeout)
+
+
+def json_events(text: str) -> list[dict[str, Any]]:
+    """The JSON log events in ``text``, one object per line; other lines are skipped."""
+    events = []
+    for line in text.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+def serving_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """
+    The events from the start-up line on: those of the start-up checks
+    (one Nix run, a git ls-remote for a git source) come before it.
+    """
+    for index, event in enumerate(events):
+        if event.get("event") == "serving":
+            return events[index:]
+    return []
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -49,11 +95,8 @@ class Daemon:
 
     def start(self, timeout: float = 30.0) -> "Daemon":
         """Start the daemon and wait until ``/v2/`` answers."""
-        argv = [sys.executable, "-m", "nixeryd", "serve", "--listen", "tcp:%d:interface=127.0.0.1" % (self.port,),
-                "--storage-path", self.storage]
-        for option in OFFLINE_NIX_OPTIONS:
-            argv += ["--nix-option", option]
-        argv += self.args
+        argv = serve_argv("--listen", "tcp:%d:interface=127.0.0.1" % (self.port,),
+                          "--storage-path", self.storage, *self.args)
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
                                         env=self.env, cwd=self.workdir)
@@ -108,15 +151,13 @@ class Daemon:
 
     def events(self) -> list[dict[str, Any]]:
         """The daemon's log events (one JSON object per line)."""
-        events = []
-        for line in self.log_text().splitlines():
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                pass
-        return events
+        return json_events(self.log_text())
 
     def events_with(self, **fields: Any) -> list[dict[str, Any]]:
-        """The log events whose fields have the given values."""
-        return [e for e in self.events()
+        """
+        The log events whose fields have the given values, once serving:
+        those of the start-up checks (one Nix run, a git ls-remote for a
+        git source) are left out.
+        """
+        return [e for e in serving_events(self.events())
                 if all(e.get(k) == v for k, v in fields.items())]

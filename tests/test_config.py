@@ -88,6 +88,19 @@ class SourceTests(SynchronousTestCase):
             "no package source: set NIXERY_PKGS_PATH, NIXERY_PKGS_REPO or"
             " NIXERY_CHANNEL (or --pkgs-path, --pkgs-repo or --channel)")
 
+    def test_malformed(self) -> None:
+        """A channel that names no channel or commit, a URL that looks like an option."""
+        for options, expected in (
+                ({"channel": "bad channel"},
+                 "NIXERY_CHANNEL/--channel: 'bad channel' is not a nixpkgs channel name"
+                 " or commit"),
+                ({"pkgs-repo": "--upload-pack=x"},
+                 "NIXERY_PKGS_REPO/--pkgs-repo: '--upload-pack=x' is not a git"
+                 " repository URL")):
+            with self.subTest(options=options):
+                error = self.assertRaises(UsageError, build, options)
+                self.assertEqual(str(error), expected)
+
 
 class ListenTests(SynchronousTestCase):
     """The listening endpoint."""

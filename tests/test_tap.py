@@ -7,12 +7,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import sys
 from typing import Any, AnyStr, Callable, Mapping, Optional, Sequence
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet import reactor
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProcessProtocol, IProcessTransport
 from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.utils import getProcessOutputAndValue
@@ -26,7 +28,8 @@ from zope.interface import implementer
 from nixeryd.app import logs
 from nixeryd.app.config import Config
 from nixeryd.app.tap import Options, makeService
-from nixeryd.app.wiring import IServiceReactor, ThreadPools, make_daemon_service
+from nixeryd.app.wiring import (HTTPServerService, IServiceReactor, ThreadPools,
+                                global_reactor, make_daemon_service)
 from nixeryd.core import defaults
 from nixeryd.registry.site import RegistrySite, make_site
 from nixeryd.service.images import ImageService
@@ -160,6 +163,46 @@ class MakeServiceTests(SynchronousTestCase):
                          [("nixeryd-storage", defaults.STORAGE_THREADS), ("nixeryd-layers", 3)])
 
 
+    def test_storage_unusable(self) -> None:
+        """
+        For ``twistd nixery``, a storage directory that cannot be made ends
+        it with one line and exit code 1, before anything starts.
+        """
+        options = parsed(["--storage-path", "/etc/passwd"])
+        error = self.assertRaises(SystemExit, makeService, options, reactor=TreeReactor())
+        self.assertTrue(str(error.code).startswith(
+            "nixeryd: STORAGE_PATH /etc/passwd cannot be used: "), error.code)
+        self.assertNotIn("\n", str(error.code))
+
+    def test_server_listens_at_once(self) -> None:
+        """
+        The HTTP server opens its port in ``privilegedStartService``,
+        raising there when it cannot, and remembers the port it opened.
+        """
+        memory = TreeReactor()
+        options = parsed(["--listen", "tcp:8124:interface=127.0.0.1"])
+        top = make_daemon_service(options.config, memory, site=make_site,
+                                  images=lambda config, r, pools: FakeImageService())
+        server = top.getServiceNamed("http")
+        self.assertIsInstance(server, HTTPServerService)
+        self.assertIsNone(server.listening)
+        top.privilegedStartService()
+        self.assertEqual(server.listening.getHost().port, 8124)
+        self.assertEqual(memory.tcpServers[0][3], "127.0.0.1")
+
+    def test_server_cannot_listen(self) -> None:
+        """A port in use raises CannotListenError from privilegedStartService."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            options = parsed(["--listen", "tcp:%d:interface=127.0.0.1" % (port,)])
+            top = make_daemon_service(options.config, global_reactor(), site=make_site,
+                                      images=lambda config, r, pools: FakeImageService())
+            self.assertRaises(CannotListenError, top.privilegedStartService)
+        self.assertIsNone(top.getServiceNamed("http").listening)
+
+
 class PluginTests(SynchronousTestCase):
     """The twistd plugin."""
 
@@ -200,6 +243,32 @@ class TwistdTests(TestCase):
         self.assertIn(
             "filesystem storage needs a directory: set STORAGE_PATH (or --storage-path)",
             output.splitlines()[-1])
+
+
+    async def test_failed_check_stops(self) -> None:
+        """
+        A start-up check that fails when the image service starts is one
+        critical log line, and the daemon stops by itself (twistd's exit
+        code is 0 whatever happened: ``nixeryd serve`` exits 1).
+        """
+        missing = os.path.abspath(self.mktemp())
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": REPOSITORY}
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", "--logger=nixeryd.app.logs.json_observer", "nixery",
+             "--pkgs-path", missing, "--storage-path", os.path.abspath(self.mktemp()),
+             "--listen", "tcp:0:interface=127.0.0.1"],
+            env=env, path=REPOSITORY, reactor=reactor)
+        events = [json.loads(line) for line in out.decode().splitlines()]
+        [failed] = [event for event in events if event.get("event") == "startup-failed"]
+        self.assertEqual(failed["log_level"], "critical")
+        self.assertEqual(
+            failed["log_text"],
+            "Start-up check failed, stopping: NIXERY_PKGS_PATH %s does not exist; set"
+            " NIXERY_PKGS_PATH (or --pkgs-path) to a package set directory" % (missing,))
+        self.assertEqual(code, 0)
+        self.assertNotIn(b"Traceback", out + err)
 
 
 class JSONObserverTests(SynchronousTestCase):

@@ -16,9 +16,10 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import Logger, LogEvent, formatEvent
+from twisted.logger import ILogObserver, Logger, LogEvent, formatEvent
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from zope.interface import provider
 
 from nixeryd.testing.images import FakeImageService, write_sample_image
 from nixeryd.testing.network import RawClient, serve_locally
@@ -55,10 +56,20 @@ def connected_channel(site: TLSGuardSite | None = None,
     return channel, transport
 
 
+def listing_logger(events: list[LogEvent]) -> Logger:
+    """A logger appending its events to ``events``."""
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        events.append(event)
+
+    return Logger(observer=observe)
+
+
 def counting(interval: float = 60.0) -> tuple[TLSRefusals, Clock, list[LogEvent]]:
     """Refusals counted on a fake clock, their log events in a list."""
-    clock, events = Clock(), []
-    return TLSRefusals(clock, interval, Logger(observer=events.append)), clock, events
+    clock = Clock()
+    events: list[LogEvent] = []
+    return TLSRefusals(clock, interval, listing_logger(events)), clock, events
 
 
 class GuardTests(SynchronousTestCase):

@@ -93,16 +93,6 @@ class BuildOptions(ImageOptions):
 
     opt_h = ImageOptions.opt_help
 
-    def opt_version(self) -> None:
-        """Display the nixeryd version and exit."""
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            print("nixeryd", version("nixeryd"))
-        except PackageNotFoundError:
-            print("nixeryd (not installed)")
-        sys.exit(0)
-
     def parseOptions(self, options: Optional[Sequence[str]] = None) -> None:
         """
         Parse ``options`` (the process arguments when ``None``); NAME may

@@ -31,6 +31,7 @@ from nixeryd.app.settings import (
     STORAGE_BACKEND,
     STORAGE_BACKENDS,
     STORAGE_PATH,
+    SOURCES,
     THREADS,
     SourceSetting,
     read_nix_options,
@@ -110,6 +111,27 @@ def _gcs_endpoint(options: Mapping[str, object],
     return endpoint.rstrip("/")
 
 
+def _check_source(source: SourceSetting) -> None:
+    """
+    A channel must be a channel name or commit, a repository URL must not
+    look like an option: the checks the package sources make themselves.
+    """
+    from nixeryd.build.sources import ChannelSource
+
+    for kind, setting in SOURCES:
+        if kind != source.kind:
+            continue
+        if kind == "channel":
+            try:
+                ChannelSource(source.location)
+            except ValueError:
+                raise UsageError("%s: %r is not a nixpkgs channel name or commit" % (
+                    setting.label(True), source.location)) from None
+        elif kind == "repo" and source.location.startswith("-"):
+            raise UsageError("%s: %r is not a git repository URL" % (
+                setting.label(True), source.location))
+
+
 def config_from(options: Mapping[str, object], environ: Mapping[str, str]) -> Config:
     """
     Build and validate the configuration.
@@ -122,6 +144,7 @@ def config_from(options: Mapping[str, object], environ: Mapping[str, str]) -> Co
     """
     listen = _listen(options, environ)
     source = read_source(options, environ)
+    _check_source(source)
 
     backend = STORAGE_BACKEND.given(options, environ) or STORAGE_BACKEND.default
     if backend not in STORAGE_BACKENDS:

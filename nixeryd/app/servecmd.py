@@ -2,64 +2,222 @@
 ``nixeryd serve``: the registry daemon, in the foreground, as a service
 manager runs it.
 
-It is ``twistd --nodaemon --pidfile= --logger=<observer> nixery <options>``
-with the project's own log observer chosen by ``--log-format`` (one JSON
-object per line by default, for journald and log collectors; ``text`` for
-a person at a terminal), so a unit file or a container needs one installed
-program and no ``twistd`` on its PATH.  Every other argument goes to the
-``nixery`` plugin (``nixeryd serve --help`` lists them).
+It takes the options of ``twistd nixery`` (:class:`~nixeryd.app.tap.Options`)
+plus ``--log-format`` (one JSON object per line by default, for journald
+and log collectors; ``text`` for a person at a terminal), and runs:
+
+1. the options are parsed and checked: a usage or configuration error is
+   one line on stderr and exit code 2;
+2. the log observer is installed and the service tree made (a storage
+   directory that cannot be created fails here);
+3. on the reactor, the start-up checks (:mod:`nixeryd.app.preflight`:
+   package source, Nix, storage) run, then the port is opened; a failure
+   is one line on stderr and exit code 1, and where a check failed the
+   port was never opened;
+4. the service tree starts and one line says what is served
+   (:mod:`nixeryd.app.startup`);
+5. SIGTERM or SIGINT stop the tree and the reactor: exit code 0.
+
+No traceback and no usage text is printed for any of these failures.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Sequence
+from typing import Callable, Optional, Sequence, TextIO
 
-#: ``--log-format`` values and the observer factories they select.
-LOG_FORMATS = {
-    "json": "nixeryd.app.logs.json_observer",
-    "text": "nixeryd.app.logs.text_observer",
+from twisted.application.service import MultiService
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import ILogObserver, Logger, globalLogBeginner
+from twisted.python.failure import Failure
+from twisted.python.usage import UsageError
+
+from nixeryd.app import logs
+from nixeryd.app.preflight import (EXIT_FAILED, EXIT_USAGE, StartupFailed, run_checks,
+                                   setting_name)
+from nixeryd.app.settings import LISTEN, PORT
+from nixeryd.app.tap import Options
+
+#: ``--log-format`` values and the observer factories they select (with
+#: ``twistd``, ``--logger=nixeryd.app.logs.json_observer`` and so on).
+LOG_FORMATS: dict[str, Callable[[], ILogObserver]] = {
+    "json": logs.json_observer,
+    "text": logs.text_observer,
 }
 DEFAULT_LOG_FORMAT = "json"
 
-
-class ServeUsageError(Exception):
-    """A ``--log-format`` that is missing its value or names no format."""
+log = Logger()
 
 
-def twistd_argv(argv: Sequence[str]) -> list[str]:
+class ServeOptions(Options):
+    """The options of ``nixeryd serve``: the plugin's, and ``--log-format``."""
+
+    synopsis = "Usage: nixeryd serve [--log-format json|text] [options]"
+
+    optParameters = [
+        ["log-format", None, DEFAULT_LOG_FORMAT,
+         "Log lines on stdout: json (one object a line) or text."],
+    ]
+
+    def postOptions(self) -> None:
+        """Check the log format, then the daemon's configuration."""
+        if self["log-format"] not in LOG_FORMATS:
+            raise UsageError("--log-format must be json or text, not %r"
+                             % (self["log-format"],))
+        super().postOptions()
+
+    def log_observer(self) -> ILogObserver:
+        """A new observer of the chosen format."""
+        return LOG_FORMATS[self["log-format"]]()
+
+
+def parse(argv: Sequence[str], environ: Optional[dict[str, str]] = None) -> ServeOptions:
     """
-    The ``twistd`` command line that ``nixeryd serve argv`` stands for.
+    The checked command line.
 
-    :raises ServeUsageError: for a bad ``--log-format``.
+    :raises UsageError: one line saying what is wrong.
+    :raises SystemExit: for ``--help`` and ``--version``, once printed.
     """
-    log_format = DEFAULT_LOG_FORMAT
-    rest: list[str] = []
-    arguments = iter(argv)
-    for argument in arguments:
-        if argument == "--log-format":
-            value = next(arguments, None)
-            if value is None:
-                raise ServeUsageError("--log-format needs a value: json or text")
-            log_format = value
-        elif argument.startswith("--log-format="):
-            log_format = argument.partition("=")[2]
+    options = ServeOptions(environ)
+    options.parseOptions(list(argv))  # type: ignore[no-untyped-call]
+    return options
+
+
+def listen_failure(listen: str, error: CannotListenError) -> StartupFailed:
+    """The one-line failure of a port that cannot be opened."""
+    socket_error = error.socketError
+    reason = getattr(socket_error, "strerror", None) or str(socket_error)
+    return StartupFailed("cannot listen on %s: %s; set %s or %s to a free port" % (
+        listen, str(reason).lower(), setting_name(PORT), "--" + LISTEN.option))
+
+
+def address_of(port: Optional[IListeningPort]) -> Optional[str]:
+    """``host:port`` of a listening port, when it has those."""
+    if port is None:
+        return None
+    host = port.getHost()
+    if hasattr(host, "host") and hasattr(host, "port"):
+        return "%s:%d" % (host.host, host.port)
+    return str(host)
+
+
+class Serving:
+    """
+    One run of the daemon on a reactor: checks, listening, the service
+    tree, stopping; :attr:`exit_code` is the outcome.
+
+    :param reactor: the reactor (running when :meth:`start` is called).
+    :param options: the parsed options.
+    :param top: the service tree (:func:`nixeryd.app.wiring.make_daemon_service`).
+    :param stderr: where a failure is said, in one line.
+    """
+
+    def __init__(self, reactor: object, options: Options, top: MultiService,
+                 stderr: TextIO) -> None:
+        self._reactor = reactor
+        self._config = options.config
+        self._top = top
+        self._stderr = stderr
+        self._starting: Optional[Deferred[None]] = None
+        self._started = False
+        #: 0 once stopped after serving, or the failure's code.
+        self.exit_code = 0
+
+    def start(self) -> None:
+        """Check, listen and start (on the running reactor)."""
+        from nixeryd.app.wiring import IServiceReactor
+        reactor = IServiceReactor(self._reactor)
+        reactor.addSystemEventTrigger("before", "shutdown", self._stop)
+        self._starting = Deferred.fromCoroutine(self._start(reactor))
+        self._starting.addErrback(self._failed, reactor)
+
+    async def _start(self, reactor: object) -> None:
+        from nixeryd.app.startup import log_serving
+        from nixeryd.app.storages import open_storage
+        from nixeryd.app.wiring import HTTPServerService, IServiceReactor
+        from nixeryd.build.childenv import child_environment
+        from nixeryd.core.threads import ThreadPoolService
+
+        running = IServiceReactor(reactor)
+        config = self._config
+        # The checks' own thread, for file system calls and the storage
+        # probe: the tree's pools start with the tree, after the checks.
+        pool = ThreadPoolService(running, 1, name="nixeryd-checks")
+        pool.startService()
+        try:
+            checked = await run_checks(
+                config, reactor=running, env=child_environment(os.environ), runner=pool,
+                open_storage=lambda: open_storage(config, running, pool))
+        finally:
+            await pool.stopService()
+        server = self._top.getServiceNamed("http")  # type: ignore[no-untyped-call]
+        assert isinstance(server, HTTPServerService)
+        try:
+            self._top.privilegedStartService()  # type: ignore[no-untyped-call]
+        except CannotListenError as e:
+            raise listen_failure(config.listen, e) from None
+        self._started = True
+        self._top.startService()  # type: ignore[no-untyped-call]
+        log_serving(log, config, checked, address_of(server.listening))
+
+    def _failed(self, failure: Failure, reactor: object) -> None:
+        from nixeryd.app.wiring import IServiceReactor
+
+        error = failure.value
+        if isinstance(error, CancelledError):
+            return
+        if isinstance(error, StartupFailed):
+            message, self.exit_code = error.message, error.exit_code
         else:
-            rest.append(argument)
-    if log_format not in LOG_FORMATS:
-        raise ServeUsageError("--log-format must be json or text, not %r" % (log_format,))
-    return ["twistd", "--nodaemon", "--pidfile=",
-            "--logger=" + LOG_FORMATS[log_format], "nixery", *rest]
+            log.failure("Start-up failed", failure)
+            message = "start-up failed: %s" % (failure.getErrorMessage(),)
+            self.exit_code = EXIT_FAILED
+        self._stderr.write("nixeryd: %s\n" % (" ".join(message.split()),))
+        self._stderr.flush()
+        IServiceReactor(reactor).stop()
+
+    def _stop(self) -> Optional[Deferred[None]]:
+        """Before the reactor stops: cancel the start-up, or stop the tree."""
+        if self._starting is not None and not self._starting.called:
+            self._starting.cancel()
+        if self._started:
+            self._started = False
+            stopped: Deferred[None] = self._top.stopService()  # type: ignore[no-untyped-call]
+            return stopped
+        return None
+
+
+def run(options: ServeOptions, stderr: TextIO) -> int:
+    """Run the daemon until it stops; the exit code."""
+    from twisted.internet import reactor
+
+    from nixeryd.app.tap import build_service
+    from nixeryd.app.wiring import global_reactor
+
+    running = global_reactor()
+    try:
+        top = build_service(options, running, check_at_start=False)
+    except StartupFailed as e:
+        stderr.write("nixeryd: %s\n" % (e.message,))
+        return e.exit_code
+    serving = Serving(running, options, top, stderr)
+    running.callWhenRunning(serving.start)
+    reactor.run()
+    return serving.exit_code
 
 
 def main(argv: Sequence[str]) -> int:
-    """Run the daemon until it stops; returns the exit code."""
+    """``nixeryd serve``: run the daemon until it stops; returns the exit code."""
+    stderr = sys.stderr
     try:
-        sys.argv = twistd_argv(argv)
-    except ServeUsageError as e:
-        sys.stderr.write("nixeryd serve: %s\n" % (e,))
-        return 2
-    from twisted.scripts.twistd import run
-
-    run()  # type: ignore[no-untyped-call]
-    return 0
+        options = parse(argv)
+    except UsageError as e:
+        stderr.write("nixeryd: %s\n" % (e,))
+        return EXIT_USAGE
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 0
+    globalLogBeginner.beginLoggingTo([options.log_observer()])
+    return run(options, stderr)

@@ -15,6 +15,7 @@ variable.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Callable, ClassVar, Generic, Mapping, Optional, Sequence, TypeVar
 
 from attrs import frozen
@@ -307,6 +308,16 @@ class ImageOptions(usage.Options):
         super().__init__()  # type: ignore[no-untyped-call]
         self[NIX_OPTION.option] = []
         self.docs[NIX_OPTION.option] = NIX_OPTION.describe(self.variables)
+
+    def opt_version(self) -> None:
+        """Display the nixeryd version and exit."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print("nixeryd", version("nixeryd"))
+        except PackageNotFoundError:
+            print("nixeryd (not installed)")
+        sys.exit(0)
 
     def opt_nix_option(self, value: str) -> None:
         """A Nix setting NAME=VALUE (the help text comes from NIX_OPTION)."""

@@ -15,16 +15,21 @@ import os
 from typing import Awaitable, Callable, Mapping, Optional, Sequence, TypeVar
 
 from attrs import frozen
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import (IProtocolFactory, IReactorCore, IReactorProcess,
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import (IListeningPort, IProtocolFactory, IReactorCore,
+                                         IReactorProcess, IStreamServerEndpoint,
                                          IReactorTCP, IReactorThreads, IReactorTime)
 from twisted.logger import Logger
 from zope.interface import alsoProvides
 
 from nixeryd.app.config import Config
+from nixeryd.app.preflight import StartupFailed, run_checks
 from nixeryd.app.settings import SourceSetting
+from nixeryd.app.startup import log_serving
+from nixeryd.app.storages import make_storage, open_storage
 from nixeryd.build.builder import ImageBuilder
 from nixeryd.build.childenv import child_environment
 from nixeryd.build.nix import NixRunner, default_nix_dir
@@ -39,7 +44,7 @@ from nixeryd.storage.service import StorageService
 
 log = Logger()
 
-#: A storage backend of some class (the start checks may use its own methods).
+#: A storage backend of some class.
 StorageT = TypeVar("StorageT", bound=IStorage)
 #: An image service of some class (tests give a fake one).
 ImagesT = TypeVar("ImagesT", bound=Service)
@@ -113,7 +118,7 @@ def assemble_image_service(
         popularity: Optional[str] = None,
         moving_ttl: float = defaults.MOVING_TTL,
         reference: Optional[Callable[[str, str], str]] = None,
-        start_checks: Sequence[Callable[[StorageT], Awaitable[object]]] = (),
+        start_check: Optional[Callable[[], Awaitable[object]]] = None,
         keep_builds: int = defaults.KEEP_BUILDS,
         build_log_lines: int = defaults.BUILD_LOG_LINES,
         ) -> ImageService:
@@ -135,9 +140,10 @@ def assemble_image_service(
     :param popularity: a file or URL with popularity data, loaded when the
         service starts; its absence or failure is logged, never fatal.
     :param reference: how a built image is named in the storage's index.
-    :param start_checks: called with the storage when the service starts;
-        if one fails, the failure is logged and the reactor stopped (a
-        storage that cannot be used is a configuration error).
+    :param start_check: run when the service starts (its thread pools
+        started), before requests are served; if it fails with
+        :class:`~nixeryd.app.preflight.StartupFailed`, its message is logged
+        and the reactor stopped.
     :param keep_builds: finished builds whose records are kept.
     :param build_log_lines: log lines kept per build.
     :raises ValueError: for a malformed package source.
@@ -157,16 +163,18 @@ def assemble_image_service(
         builder.set_popularity(data)
         log.info("Loaded popularity data for {count} names", count=len(data))
 
-    async def check_storage() -> None:
+    async def check() -> None:
+        if start_check is None:
+            return
         try:
-            for check in start_checks:
-                await check(store)
-        except Exception as e:
-            log.critical("Storage is not usable, stopping: {error}", error=str(e))
+            await start_check()
+        except StartupFailed as e:
+            log.critical("Start-up check failed, stopping: {message}",
+                         message=e.message, event="startup-failed")
             reactor.stop()
 
     async def start() -> None:
-        await check_storage()
+        await check()
         if popularity:
             await load_popularity_data()
 
@@ -184,61 +192,65 @@ def assemble_image_service(
     return service
 
 
-def make_image_service(config: Config, reactor: IServiceReactor,
-                       pools: ThreadPools) -> ImageService:
+def make_image_service(config: Config, reactor: IServiceReactor, pools: ThreadPools, *,
+                       check_at_start: bool = True) -> ImageService:
     """
     The daemon's image service, from its validated
     :class:`~nixeryd.app.config.Config`.  Built images are named
     ``<name>:<tag>`` in the storage's index.
 
-    :raises UsageError: when the GCS key file cannot be used.
+    :param check_at_start: run the start-up checks
+        (:func:`nixeryd.app.preflight.run_checks`) when the service starts,
+        stopping the reactor if one fails (``twistd nixery``);
+        ``nixeryd serve`` runs them itself before anything starts.
+    :raises StartupFailed: when the storage cannot be made.
     """
-    from twisted.python.usage import UsageError
-
     env = child_environment(os.environ)
+    storage = make_storage(config, reactor, pools.storage)
 
-    def assemble(storage: Callable[[Runner], StorageT],
-                 start_checks: Sequence[Callable[[StorageT], Awaitable[object]]] = (),
-                 ) -> ImageService:
-        return assemble_image_service(
-            reactor, pools=pools, source=config.source, storage=storage, env=env,
-            nix_timeout=config.nix_timeout, nix_options=config.nix_options,
-            max_builds=config.max_builds, layer_budget=config.layer_budget,
-            popularity=config.popularity_url,
-            reference=lambda name, tag: name + ":" + tag, start_checks=start_checks,
-            keep_builds=config.keep_builds, build_log_lines=config.build_log_lines)
+    async def start_check() -> None:
+        checked = await run_checks(
+            config, reactor=reactor, env=env, runner=pools.storage,
+            open_storage=lambda: open_storage(config, reactor, pools.storage))
+        log_serving(log, config, checked, None)
 
-    if config.storage_backend == "gcs":
-        from nixeryd.storage.gcs import (GCSError, GCSStorage, build_gcs_storage,
-                                         load_service_account_key)
-        bucket = config.gcs_bucket
-        assert bucket is not None, "config_from requires a bucket for gcs"
-        try:
-            key = (load_service_account_key(config.google_credentials)
-                   if config.google_credentials else None)
-        except GCSError as e:
-            raise UsageError(str(e)) from None
+    return assemble_image_service(
+        reactor, pools=pools, source=config.source, storage=lambda runner: storage,
+        env=env, nix_timeout=config.nix_timeout, nix_options=config.nix_options,
+        max_builds=config.max_builds, layer_budget=config.layer_budget,
+        popularity=config.popularity_url,
+        reference=lambda name, tag: name + ":" + tag,
+        start_check=start_check if check_at_start else None,
+        keep_builds=config.keep_builds, build_log_lines=config.build_log_lines)
 
-        def gcs_storage(runner: Runner) -> GCSStorage:
-            try:
-                return build_gcs_storage(reactor, runner, bucket, key, config.gcs_endpoint)
-            except GCSError as e:
-                raise UsageError(str(e)) from None
 
-        def check_bucket(store: GCSStorage) -> Deferred[None]:
-            return store.check_bucket()
+class HTTPServerService(StreamServerEndpointService):
+    """
+    The HTTP server: listens on its endpoint when started, raising at once
+    (from ``privilegedStartService``) when it cannot, and remembers the
+    port it listens on.
 
-        return assemble(gcs_storage, [check_bucket])
+    :ivar listening: the listening port, once listening.
+    """
 
-    from nixeryd.storage.filesystem import FilesystemStorage
+    listening: Optional[IListeningPort] = None
 
-    path = config.storage_path
-    assert path is not None, "config_from requires a path for filesystem storage"
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> None:
+        super().__init__(endpoint, factory)  # type: ignore[no-untyped-call]
+        # As strports.service makes it: an endpoint that cannot listen
+        # raises from privilegedStartService instead of being logged.
+        self._raiseSynchronously = True
 
-    def filesystem_storage(runner: Runner) -> FilesystemStorage:
-        return FilesystemStorage(path, runner)
+    def privilegedStartService(self) -> None:
+        """Listen, or raise why not (e.g. ``CannotListenError``)."""
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+        waiting: Optional[Deferred[IListeningPort]] = self._waitingForPort
+        if waiting is not None:
+            waiting.addCallback(self._listening)
 
-    return assemble(filesystem_storage)
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        self.listening = port
+        return port
 
 
 def make_daemon_service(
@@ -248,20 +260,22 @@ def make_daemon_service(
         ) -> MultiService:
     """
     The daemon's service tree: the image service (with the storage and its
-    pools under it), the blob pool, then the HTTP server on the configured
+    pools under it), the blob pool, then the HTTP server
+    (:class:`HTTPServerService`, named ``http``) on the configured
     endpoint.
 
     :param site: makes the HTTP site from the image service and the blob
         pool.
     :param images: makes the image service (:func:`make_image_service`).
+    :raises StartupFailed: when the storage cannot be made.
     """
     pools = make_thread_pools(reactor, config.layer_threads)
     image_service = images(config, reactor, pools)
     top = MultiService()  # type: ignore[no-untyped-call]
     image_service.setServiceParent(top)  # type: ignore[no-untyped-call]
     pools.blobs.setServiceParent(top)  # type: ignore[no-untyped-call]
-    server = strports.service(config.listen, site(image_service, pools.blobs),
-                              reactor=reactor)
+    endpoint = serverFromString(reactor, config.listen)  # type: ignore[no-untyped-call]
+    server = HTTPServerService(endpoint, site(image_service, pools.blobs))
     server.setName("http")  # type: ignore[no-untyped-call]
     server.setServiceParent(top)  # type: ignore[no-untyped-call]
     return top

@@ -1,0 +1,113 @@
+"""
+The configured storage backend, made in one place.
+
+:func:`storage_maker` gives the call that makes the backend the
+configuration names from the runner it is to use: the service tree
+(:mod:`nixeryd.app.wiring`) makes its storage with it.  :func:`open_storage`
+makes one off the reactor thread and checks that it answers, for the
+start-up checks (:mod:`nixeryd.app.preflight`), which write a probe
+through it before the daemon opens its port.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet.interfaces import IReactorTCP
+
+from nixeryd.app.config import Config
+from nixeryd.app.preflight import EXIT_USAGE, StartupFailed, storage_words
+from nixeryd.core.threads import Runner
+from nixeryd.storage.interface import IStorage
+
+
+def unusable(config: Config, error: BaseException) -> StartupFailed:
+    """The start-up failure of a storage that could not be made."""
+    what, fix = storage_words(config)
+    reason = " ".join((str(error) or type(error).__name__).split())
+    return StartupFailed("%s cannot be used: %s; %s" % (what, reason, fix))
+
+
+def storage_maker(config: Config, reactor: IReactorTCP) -> Callable[[Runner], IStorage]:
+    """
+    The call making the configured storage from the runner of its blocking
+    calls.  The call may block: a filesystem storage creates its
+    directories.  It raises :class:`OSError` (a directory that cannot be
+    created) or :class:`~nixeryd.storage.gcs.GCSError`.
+
+    This loads the GCS service-account key file, if one is set (blocking).
+
+    :raises StartupFailed: (a usage error) when the key file cannot be
+        used.
+    """
+    if config.storage_backend == "gcs":
+        from nixeryd.storage.gcs import GCSError, build_gcs_storage, load_service_account_key
+
+        bucket = config.gcs_bucket
+        assert bucket is not None, "config_from requires a bucket for gcs"
+        try:
+            key = (load_service_account_key(config.google_credentials)
+                   if config.google_credentials else None)
+        except GCSError as e:
+            raise StartupFailed(
+                "%s; set GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
+                % (e,), EXIT_USAGE) from None
+
+        def gcs_storage(runner: Runner) -> IStorage:
+            return build_gcs_storage(reactor, runner, bucket, key, config.gcs_endpoint)
+
+        return gcs_storage
+
+    from nixeryd.storage.filesystem import FilesystemStorage
+
+    path = config.storage_path
+    assert path is not None, "config_from requires a path for filesystem storage"
+
+    def filesystem_storage(runner: Runner) -> IStorage:
+        return FilesystemStorage(path, runner)
+
+    return filesystem_storage
+
+
+def make_storage(config: Config, reactor: IReactorTCP, runner: Runner) -> IStorage:
+    """
+    The configured storage, made now (blocking: call it before the reactor
+    runs, or in a thread).
+
+    :raises StartupFailed: when it cannot be made, saying what to set.
+    """
+    maker = storage_maker(config, reactor)
+    try:
+        return maker(runner)
+    except (OSError, ValueError) as e:
+        raise unusable(config, e) from None
+    except Exception as e:
+        from nixeryd.storage.gcs import GCSError
+        if isinstance(e, GCSError):
+            raise unusable(config, e) from None
+        raise
+
+
+async def open_storage(config: Config, reactor: IReactorTCP, runner: Runner) -> IStorage:
+    """
+    The configured storage, made in ``runner``'s thread and checked to
+    answer (a GCS bucket is asked for); the caller closes it.
+
+    :raises StartupFailed: when it cannot be made or does not answer.
+    """
+    if config.storage_backend == "gcs":
+        from nixeryd.storage.gcs import GCSError, GCSStorage
+
+        maker = await runner.run(storage_maker, config, reactor)
+        try:
+            storage = maker(runner)
+        except GCSError as e:
+            raise unusable(config, e) from None
+        assert isinstance(storage, GCSStorage)
+        try:
+            await storage.check_bucket()
+        except BaseException:
+            await storage.close()
+            raise
+        return storage
+    return await runner.run(make_storage, config, reactor, runner)
