@@ -13,9 +13,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IResponse
 
 from nixeryd.build.manifest import sha256_digest
-from nixeryd.core.errors import BuildFailed, BuildTimedOut, NameInvalid, UnknownPackages
+from nixeryd.core.errors import (BuildFailed, BuildTimedOut, NameInvalid, RegistryError,
+                                  Unavailable, UnknownPackages)
 from nixeryd.core.mediatypes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from nixeryd.registry.imagesource import ImageSource
+from nixeryd.registry.responses import AddressedRequest, build_page
 from nixeryd.testing.images import FakeImageService
 from tests.registrycases import (
     CONTAINERD_ACCEPT,
@@ -250,18 +252,67 @@ class ServiceErrorTests(StubRegistryTestCase):
         self.assertEqual(error["detail"], {"packages": ["nope", "gone"]})
         self.assertIn("nope", error["message"])
 
+    def get_and_head(self, error: RegistryError, status: int, code: str
+                     ) -> dict[str, Any]:
+        """
+        The error of a GET by tag failing with ``error``; a HEAD gets the
+        same status and headers, without a body.
+        """
+        response, error_json = self.get_manifest_error(error, status, code)
+        head, head_body = self.fetch(b"HEAD", "/v2/shell/git/manifests/latest")
+        self.assertEqual((head.code, head_body), (status, b""))
+        for name in (b"content-type", b"retry-after", b"docker-distribution-api-version"):
+            self.assertEqual(header(head, name), header(response, name), name)
+        self.assertEqual(content_length(head), content_length(response))
+        return error_json
+
     def test_build_failed(self) -> None:
-        """A failed build is 500 UNKNOWN naming the package, with the log tail."""
-        _, error = self.get_manifest_error(
-            BuildFailed("building git failed", "git-2.40", ["line 1", "error: x"]),
-            500, "UNKNOWN")
-        self.assertEqual(error["message"], "building git failed")
-        self.assertEqual(error["detail"],
-                         {"package": "git-2.40", "log": ["line 1", "error: x"]})
+        """
+        A failed build is 404 MANIFEST_UNKNOWN, which every client shows: one
+        line naming the package and ending with the build page's address;
+        the detail names the build and the package, never the Nix log.
+        """
+        failed = BuildFailed("the build of package git failed (builder exited"
+                             " with status 1)", "git", ["/nix/store/x-git.drv", "error: x"])
+        failed.build_id = "3f9a0c12be41"
+        error = self.get_and_head(failed, 404, "MANIFEST_UNKNOWN")
+        self.assertEqual(error["message"],
+                         "the build of package git failed (builder exited with status 1);"
+                         " build log: http://registry.test/builds/3f9a0c12be41")
+        self.assertEqual(error["detail"], {"build": "3f9a0c12be41", "package": "git"})
+        self.assertNotIn("/nix/store", json.dumps(error))
+
+    def test_build_failed_without_build(self) -> None:
+        """An error with no build has no page address and no build in the detail."""
+        error = self.get_and_head(BuildFailed("no such thing", "git"), 404,
+                                  "MANIFEST_UNKNOWN")
+        self.assertEqual(error["message"], "no such thing")
+        self.assertEqual(error["detail"], {"package": "git"})
 
     def test_build_timed_out(self) -> None:
-        """A timed-out build is 504."""
-        self.get_manifest_error(BuildTimedOut(600, ["slow"]), 504, "UNKNOWN")
+        """A timeout is a 404 too, saying which step and which setting."""
+        timed_out = BuildTimedOut("build", 600, "package slow", "slow", ["slow"])
+        timed_out.build_id = "0123456789ab"
+        error = self.get_and_head(timed_out, 404, "MANIFEST_UNKNOWN")
+        self.assertEqual(error["message"],
+                         "the build of package slow timed out after 600 seconds"
+                         " (NIX_TIMEOUT sets the limit);"
+                         " build log: http://registry.test/builds/0123456789ab")
+        self.assertEqual(error["detail"], {"build": "0123456789ab", "package": "slow"})
+
+    def test_unavailable(self) -> None:
+        """A transient condition is 503 UNAVAILABLE with Retry-After, GET and HEAD."""
+        unavailable = Unavailable("the Nix daemon is unavailable; try again later")
+        unavailable.build_id = "0123456789ab"
+        self.get_and_head(unavailable, 503, "UNAVAILABLE")
+        response, _ = self.fetch(b"GET", "/v2/shell/git/manifests/latest")
+        self.assertEqual(header(response, b"retry-after"), b"10")
+
+    def test_one_line(self) -> None:
+        """Line breaks in a message never reach the client."""
+        error = self.get_and_head(BuildFailed("first\nsecond\r\nthird"), 404,
+                                  "MANIFEST_UNKNOWN")
+        self.assertEqual(error["message"], "first second third")
 
     def test_name_invalid_from_service(self) -> None:
         """The service's own name refusal is 400 NAME_INVALID."""
@@ -285,9 +336,48 @@ class ServiceErrorTests(StubRegistryTestCase):
         self.assert_error(response, body, 500, "UNKNOWN")
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
 
+    def test_unexpected_exception_head(self) -> None:
+        """HEAD of an unexpected exception is the same logged 500, without a body."""
+        self.images.failures["image"] = ValueError("boom")
+        get, get_body = self.fetch(b"GET", "/v2/shell/git/manifests/latest")
+        head, head_body = self.fetch(b"HEAD", "/v2/shell/git/manifests/latest")
+        self.assertEqual((get.code, head.code, head_body), (500, 500, b""))
+        self.assertEqual(content_length(head), len(get_body))
+        self.assertIsNone(header(head, b"retry-after"))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 2)
+
     def test_tags_name_invalid(self) -> None:
         """A name refused by tags() is 400."""
         self.images.failures["tags"] = NameInvalid("no")
         response, body = self.fetch(b"GET", "/v2/shell/tags/list")
         self.assert_error(response, body, 400, "NAME_INVALID")
 
+
+
+class BuildPageTests(SynchronousTestCase):
+    """The address of a build's page in error messages."""
+
+    def request(self, host: bytes | None, secure: bool = False) -> AddressedRequest:
+        class Request:
+            def getHeader(self, key: bytes) -> bytes | None:
+                return host if key.lower() == b"host" else None
+
+            def isSecure(self) -> bool:
+                return secure
+
+        return Request()
+
+    def test_plain_host(self) -> None:
+        """With a plain Host header the address is absolute, by the request's scheme."""
+        self.assertEqual(build_page(self.request(b"127.0.0.1:5000"), "3f9a0c12be41"),
+                         "http://127.0.0.1:5000/builds/3f9a0c12be41")
+        self.assertEqual(build_page(self.request(b"registry.example", True), "ab"),
+                         "https://registry.example/builds/ab")
+        self.assertEqual(build_page(self.request(b"[::1]:8080"), "ab"),
+                         "http://[::1]:8080/builds/ab")
+
+    def test_other_host(self) -> None:
+        """Without a plain Host header the address is the path alone."""
+        for host in (None, b"", b"evil.example/x?", b"a b", b"<script>", b"user@host"):
+            with self.subTest(host=host):
+                self.assertEqual(build_page(self.request(host), "ab"), "/builds/ab")

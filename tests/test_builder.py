@@ -15,6 +15,7 @@ import tarfile
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from nixeryd.build.builder import (
@@ -27,11 +28,13 @@ from nixeryd.build.builder import (
 )
 from nixeryd.build.forest import Customisation
 from nixeryd.build.names import parse_image_name
+from nixeryd.build.progress import BuildPhase, LayerSummary, human_size
 from nixeryd.build.tarstream import TarGzipWriter
 from nixeryd.core.errors import BuildFailed
 from nixeryd.core.threads import InlineRunner
 from nixeryd.storage.filesystem import FilesystemStorage
 from nixeryd.testing.nix import FakeNix
+from nixeryd.testing.progress import RecordingProgress
 from nixeryd.testing.runners import ManualRunner
 from nixeryd.testing.storage import MemoryStorage
 from tests.buildfixtures import POPULARITY, ImageFixture
@@ -59,12 +62,46 @@ class BuildTests(ImageFixture):
         self.builder = ImageBuilder(nix=self.nix, storage=self.storage,
                                     runner=InlineRunner(), popularity=POPULARITY)
 
-    def build(self, name: str, builder: ImageBuilder | None = None) -> BuiltImage:
+    def build(self, name: str, builder: ImageBuilder | None = None,
+              progress: RecordingProgress | None = None) -> BuiltImage:
         """Build ``name`` and return the result, which must be ready at once."""
         builder = builder or self.builder
         request = parse_image_name(name)
         return self.successResultOf(Deferred.fromCoroutine(
-            builder.build(request, self.resolution(request))))
+            builder.build(request, self.resolution(request), progress)))
+
+    def test_progress(self) -> None:
+        """
+        The build's progress hears of the layering phase and of every
+        layer, base first, written or reused; its logger gets the account
+        of the build and Nix's lines.
+        """
+        self.nix.build_lines = ["building '/nix/store/x-toolA-1.0.drv'..."]
+        self.build("toolb")
+        progress = RecordingProgress()
+        built = self.build("toola", progress=progress)
+        self.assertEqual(progress.phases, [BuildPhase.LAYERING])
+        self.assertEqual(progress.layers, [
+            LayerSummary(layer.digest, layer.size, layer.comment,
+                         layer.comment in ("busybox-1.0", "libfoo-1.0"))
+            for layer in built.layers])
+        self.assertEqual(sorted(layer.description for layer in progress.layers),
+                         ["busybox-1.0", "customisation layer", "libfoo-1.0", "toolA-1.0"])
+        self.assertEqual(progress.layers[-1].description, "customisation layer")
+        self.assertIs(self.nix.logs[-1], progress.log)
+        self.assertEqual(progress.lines(), ["building '/nix/store/x-toolA-1.0.drv'..."])
+        texts = [formatEvent(e) for e in progress.events]
+        self.assertEqual([text for text in texts if " layer sha256:" in text], [
+            "%s layer %s (%s): %s" % ("Reused" if reused else "Wrote", layer.digest,
+                                      human_size(layer.size), layer.comment)
+            for layer, reused in zip(built.layers, [True, True, False, False])])
+
+    def test_human_size(self) -> None:
+        """Sizes for people."""
+        self.assertEqual([human_size(n) for n in (0, 999, 1000, 4149, 999_949, 999_950,
+                                                  12_345_678, 3_200_000_000)],
+                         ["0 B", "999 B", "1.0 kB", "4.1 kB", "999.9 kB", "1.0 MB",
+                          "12.3 MB", "3.2 GB"])
 
     def test_stores_every_blob(self) -> None:
         """Every blob the manifests reference is stored, and the manifests themselves too."""
@@ -274,6 +311,23 @@ class ConcurrentBuildTests(ImageFixture):
         self.assertEqual(sorted(written), sorted([(self.busybox,), (self.libfoo,),
                                                    (self.tool_a,), (self.tool_b,)]))
         self.assertEqual(len({l.digest for l in a.layers} & {l.digest for l in b.layers}), 2)
+
+    def test_layers_reported_base_first(self) -> None:
+        """Layers written out of order are still reported base first, each once ready."""
+        written = self.count_store_layers()
+        progress = RecordingProgress()
+        request = parse_image_name("toola")
+        d = Deferred.fromCoroutine(self.builder.build(
+            request, self.resolution(request), progress))
+        while self.runner.pending:
+            # The newest work first: the top layer is written before the base.
+            function, args, kwargs, done = self.runner.pending.pop()
+            done.callback(function(*args, **kwargs))
+        built = self.successResultOf(d)
+        self.assertNotEqual([paths for paths in written],
+                            [(self.busybox,), (self.libfoo,), (self.tool_a,)])
+        self.assertEqual([layer.digest for layer in progress.layers],
+                         [layer.digest for layer in built.layers])
 
     def test_shared_failure_reaches_both(self) -> None:
         """When a shared layer fails, both images waiting on it fail."""

@@ -1,14 +1,21 @@
 """
-Tests for :mod:`nixeryd.service.builds`: build records and their history.
+Tests for :mod:`nixeryd.service.builds` (build records and their history)
+and :mod:`nixeryd.service.buildlog` (the logger feeding a record).
 """
 
 from __future__ import annotations
 
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import provider
 
+from nixeryd.build.sources import PinnedSource
+from nixeryd.core.errors import BuildFailed
+from nixeryd.service.buildlog import BuildLog
 from nixeryd.service.builds import (BuildHistory, BuildPhase, BuildRecord,
-                                    LayerSummary)
+                                    LayerSummary, describe_source)
 
 
 class Recorder:
@@ -142,3 +149,96 @@ class BuildHistoryTests(SynchronousTestCase):
         self.assertEqual([r.image for r in self.history.waiting()], ["running", "later"])
         self.assertEqual(len(list(self.history)), 4)
         self.assertEqual([r.image for r in self.history.recent(1)], ["done3"])
+
+
+class DescribeSourceTests(SynchronousTestCase):
+    """Package sources described for people."""
+
+    def test_kinds(self) -> None:
+        """A path, a git repository (without credentials) and a channel."""
+        self.assertEqual(describe_source(PinnedSource(
+            "path", {"kind": "path", "path": "/srv/pkgs"}, None)), "path /srv/pkgs")
+        git = PinnedSource("git", {"kind": "git", "fetchGit": {
+            "url": "https://user:token@git.example/pkgs.git", "rev": "a" * 40}}, "a" * 40)
+        self.assertEqual(describe_source(git), "git https://git.example/pkgs.git")
+        scp = PinnedSource("git", {"kind": "git", "fetchGit": {
+            "url": "git@git.example:pkgs.git"}}, "a" * 40)
+        self.assertEqual(describe_source(scp), "git git@git.example:pkgs.git")
+        self.assertEqual(describe_source(PinnedSource(
+            "channel", {"kind": "channel", "channel": "nixos-unstable"}, None)),
+            "channel nixos-unstable")
+        self.assertEqual(describe_source(PinnedSource("other", {}, None)), "other")
+
+
+class BuildLogTests(SynchronousTestCase):
+    """A build's logger: Nix's lines and nixeryd's account, into the record and on."""
+
+    def setUp(self) -> None:
+        self.history = BuildHistory(Clock())
+        self.record = start(self.history)
+        self.passed_on: list[LogEvent] = []
+
+        @provider(ILogObserver)
+        def observe(event: LogEvent) -> None:
+            self.passed_on.append(event)
+
+        self.observe = observe
+        self.build = BuildLog(self.record, publisher=observe)
+
+    def stderr(self, line: str) -> None:
+        """Log ``line`` as the process runner logs a child's stderr."""
+        self.build.log.info("{argv0}[{pid}] {line}", argv0="nix-build", pid=7,
+                            line=line, stream="stderr")
+
+    def test_nix_lines(self) -> None:
+        """
+        Nix's lines join the record as they are; the service log gets them
+        at DEBUG, and Nix's ``error:`` lines at WARN.
+        """
+        self.stderr("building '/nix/store/x-failing-1.0.drv'...")
+        self.stderr("error: builder for '/nix/store/x-failing-1.0.drv' failed")
+        self.assertEqual(list(self.record.log), [
+            "building '/nix/store/x-failing-1.0.drv'...",
+            "error: builder for '/nix/store/x-failing-1.0.drv' failed"])
+        self.assertEqual([e["log_level"] for e in self.passed_on],
+                         [LogLevel.debug, LogLevel.warn])
+        self.assertEqual({e["build"] for e in self.passed_on}, {self.record.id})
+        self.assertEqual(formatEvent(self.passed_on[0]),
+                         "nix-build[7] building '/nix/store/x-failing-1.0.drv'...")
+
+    def test_account(self) -> None:
+        """nixeryd's own events join the record after ``nixeryd:``, at their level."""
+        self.build.log.info("Evaluating {packages}", packages="hello, shell")
+        self.build.log.warn("Something odd")
+        self.assertEqual(list(self.record.log), ["nixeryd: Evaluating hello, shell",
+                                                 "nixeryd: Something odd"])
+        self.assertEqual([e["log_level"] for e in self.passed_on],
+                         [LogLevel.info, LogLevel.warn])
+
+    def test_outcomes(self) -> None:
+        """Failing gives the error the build's id and ends the record with its message."""
+        error = BuildFailed("the build of package hello failed", "hello")
+        self.build.failed(error)
+        self.assertEqual(error.build_id, self.record.id)
+        self.assertEqual((self.record.phase, self.record.message),
+                         (BuildPhase.FAILED, "the build of package hello failed"))
+        self.assertEqual(self.passed_on[-1]["log_level"], LogLevel.warn)
+        self.assertEqual(self.record.log[-1], "nixeryd: shell/hello:latest failed:"
+                         " the build of package hello failed")
+        other = BuildLog(start(self.history), publisher=self.observe)
+        other.succeeded("sha256:" + "d" * 64, "built in 1.0 s: 2 layers, 1.0 kB")
+        self.assertEqual((other.record.phase, other.record.manifest_digest),
+                         (BuildPhase.SUCCEEDED, "sha256:" + "d" * 64))
+        self.assertEqual(self.passed_on[-1]["log_level"], LogLevel.info)
+        cancelled = BuildLog(start(self.history), publisher=self.observe)
+        cancelled.cancelled("the registry is stopping")
+        self.assertEqual(cancelled.record.message, "cancelled: the registry is stopping")
+
+    def test_crashed(self) -> None:
+        """An unexpected failure is logged with its traceback; the record says little."""
+        try:
+            raise RuntimeError("bug")
+        except RuntimeError:
+            self.build.crashed(Failure())
+        self.assertEqual(self.record.message, "internal server error")
+        self.assertIsInstance(self.passed_on[-1]["log_failure"].value, RuntimeError)

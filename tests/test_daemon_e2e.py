@@ -246,16 +246,16 @@ class ErrorsEndToEnd(DaemonTestCase):
         self.assertEqual(self.nix_processes(self.registry, "nix-build"), 0)
 
     def test_build_failure(self) -> None:
-        """A failed build: 500 UNKNOWN naming the package, with the log tail."""
+        """A failed build: 404 MANIFEST_UNKNOWN naming the package and its build, no log."""
         status, _, error = self.error("/v2/failing/manifests/latest")
-        self.assertEqual((status, error["code"]), (500, "UNKNOWN"))
+        self.assertEqual((status, error["code"]), (404, "MANIFEST_UNKNOWN"))
         self.assertIn("failing", error["message"])
-        self.assertTrue(error["detail"]["log"])
+        self.assertEqual(sorted(error["detail"]), ["build", "package"])
 
     def test_build_timeout(self) -> None:
         """A build past the timeout is answered as a timeout, and Nix is stopped."""
         status, _, error = self.error("/v2/slow/manifests/latest")
-        self.assertEqual(status, 504)
+        self.assertEqual(status, 404)
         self.assertIn("timed out", error["message"])
 
     def test_invalid_name_never_reaches_nix(self) -> None:

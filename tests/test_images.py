@@ -15,6 +15,7 @@ from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
 from zope.interface import provider
 
 from nixeryd.build.builder import ImageBuilder
+from nixeryd.build.progress import BuildPhase, human_size
 from nixeryd.core.documents import Image, RedirectBlob
 from nixeryd.core.errors import (
     BlobUnknown,
@@ -22,9 +23,11 @@ from nixeryd.core.errors import (
     DigestInvalid,
     ManifestUnknown,
     NameInvalid,
+    Unavailable,
     UnknownPackages,
 )
 from nixeryd.core.threads import InlineRunner
+from nixeryd.service.builds import BuildRecord
 from nixeryd.service.images import ImageService
 from nixeryd.testing.nix import FakeSource
 from nixeryd.testing.storage import MemoryStorage
@@ -76,12 +79,12 @@ class ServiceFixture(ImageFixture):
         del self.source.pins[:]
 
     def capture_log(self) -> list[LogEvent]:
-        """Events logged by the image service from now on."""
+        """Events logged by the image service (and its builds) from now on."""
         events: list[LogEvent] = []
 
         @provider(ILogObserver)
         def observe(event: LogEvent) -> None:
-            if event.get("log_namespace", "").startswith("nixeryd.service.images"):
+            if event.get("log_namespace", "").startswith("nixeryd.service."):
                 events.append(event)
 
         globalLogPublisher.addObserver(observe)
@@ -153,6 +156,7 @@ class CoalescingTests(ServiceFixture):
         warnings = [e for e in events if e["log_level"] >= LogLevel.warn]
         self.assertEqual(len(warnings), 1)
         self.assertEqual(warnings[0]["error"], "the build of package toola failed")
+        self.assertEqual(warnings[0]["build"], self.nix.build_error.build_id)
 
     def test_unexpected_failure_logged_once(self) -> None:
         """An unexpected exception reaches every waiter and is logged once with its traceback."""
@@ -513,3 +517,216 @@ class LifecycleTests(ServiceFixture):
         waiting = self.image(service)
         self.successResultOf(service.stopService())
         self.failureResultOf(waiting, CancelledError)
+
+
+class BuildRecordTests(ServiceFixture):
+    """Every Nix build gets a record that follows it to its end."""
+
+    def only_record(self, service: ImageService) -> BuildRecord:
+        [record] = list(service.builds)
+        return record
+
+    def test_built(self) -> None:
+        """
+        A build goes through evaluation, build and layering, and ends with
+        the Docker manifest's digest and a line saying what was built.
+        """
+        self.source = FakeSource("git", COMMIT)
+        service = self.make_service()
+        phases: list[BuildPhase] = []
+
+        def follow(record: BuildRecord) -> None:
+            record.subscribe(PhaseRecorder(phases))
+
+        service.builds.watch(follow)
+        self.clock.advance(100)
+        self.nix.build_gate = Deferred()
+        d = self.image(service, "toolb/toola", "v1")
+        record = self.only_record(service)
+        self.assertEqual((record.image, record.tag, record.packages, record.system,
+                          record.revision),
+                         ("toolb/toola", "v1", ("toola", "toolb"), "x86_64-linux", COMMIT))
+        self.assertEqual(record.source, "git")
+        self.assertEqual(record.phase, BuildPhase.BUILDING)
+        self.clock.advance(4.25)
+        self.nix.build_gate.callback(None)
+        image = self.successResultOf(d)
+        self.assertEqual(phases, [BuildPhase.EVALUATING, BuildPhase.BUILDING]
+                         + [BuildPhase.LAYERING] * (1 + len(record.layers))
+                         + [BuildPhase.SUCCEEDED])
+        self.assertEqual(record.manifest_digest, image.docker.digest)
+        self.assertEqual([layer.digest for layer in record.layers],
+                         [layer["digest"] for layer in json.loads(image.docker.body)["layers"]])
+        self.assertEqual(record.message, "built in 4.2 s: 5 layers, %s" % (
+            human_size(record.total_layer_bytes()),))
+        self.assertIn("nixeryd: Evaluating toola, toolb for toolb/toola:v1 (git)",
+                      record.log)
+
+    def test_source_described(self) -> None:
+        """The record says where the packages come from."""
+        self.source = FakeSource("path")
+        service = self.make_service()
+        self.successResultOf(self.image(service))
+        self.assertEqual(self.only_record(service).source, "path")
+
+    def test_no_record_without_nix(self) -> None:
+        """Images served from memory or the pinned cache get no record."""
+        self.source = FakeSource("git", COMMIT)
+        service = self.make_service()
+        self.successResultOf(self.image(service))
+        self.successResultOf(self.image(service))
+        self.successResultOf(self.image(self.make_service()))
+        self.assertEqual(len(list(service.builds)), 1)
+
+    def test_same_store_paths(self) -> None:
+        """An evaluation that finds an image already stored ends the record saying so."""
+        self.successResultOf(self.image(self.make_service()))
+        service = self.make_service()
+        image = self.successResultOf(self.image(service))
+        record = self.only_record(service)
+        self.assertEqual(record.phase, BuildPhase.SUCCEEDED)
+        self.assertEqual(record.manifest_digest, image.docker.digest)
+        self.assertEqual(record.message, "the same store paths as an image already"
+                         " stored: served that image")
+        self.assertNotIn(BuildPhase.BUILDING, record.phase_started)
+
+    def test_waiting_for_a_slot(self) -> None:
+        """A build waiting for the build slot is WAITING, then goes on."""
+        service = self.make_service(max_builds=1)
+        self.nix.build_gate = Deferred()
+        first, second = self.image(service, "toola"), self.image(service, "toolb")
+        busy, waiting = list(service.builds)
+        self.assertEqual((busy.phase, waiting.phase),
+                         (BuildPhase.BUILDING, BuildPhase.WAITING))
+        self.assertEqual(service.builds.waiting(), [waiting])
+        self.assertIn("nixeryd: Waiting for a build slot", waiting.log)
+        self.nix.build_gate.callback(None)
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual(waiting.phase, BuildPhase.SUCCEEDED)
+
+    def test_nix_lines_in_the_record(self) -> None:
+        """
+        Nix's lines join the record; the service log gets them at DEBUG, and
+        Nix's ``error:`` lines at WARN, with the build's id.
+        """
+        events = self.capture_log()
+        self.nix.resolve_lines = ["evaluating"]
+        self.nix.build_lines = ["building '/nix/store/x.drv'", "error: builder failed"]
+        self.nix.build_error = BuildFailed("the build of package toola failed", "toola")
+        service = self.make_service()
+        self.failureResultOf(self.image(service), BuildFailed)
+        record = self.only_record(service)
+        nix_lines = [line for line in record.log if not line.startswith("nixeryd: ")]
+        self.assertEqual(nix_lines, ["evaluating", "building '/nix/store/x.drv'",
+                                     "error: builder failed"])
+        levels = {e["line"]: e["log_level"] for e in events if e.get("stream") == "stderr"}
+        self.assertEqual(levels, {"evaluating": LogLevel.debug,
+                                  "building '/nix/store/x.drv'": LogLevel.debug,
+                                  "error: builder failed": LogLevel.warn})
+        self.assertEqual({e["build"] for e in events if "line" in e}, {record.id})
+
+    def test_failed(self) -> None:
+        """
+        A failure ends the record with the client's message; the error
+        carries the build's id for the page's address.
+        """
+        self.nix.build_error = BuildFailed("the build of package toola failed", "toola")
+        service = self.make_service()
+        error = self.failureResultOf(self.image(service), BuildFailed).value
+        record = self.only_record(service)
+        self.assertEqual(error.build_id, record.id)
+        self.assertEqual((record.phase, record.message),
+                         (BuildPhase.FAILED, "the build of package toola failed"))
+        self.assertEqual(record.log[-1],
+                         "nixeryd: toola:latest failed: the build of package toola failed")
+
+    def test_unknown_packages(self) -> None:
+        """Unknown packages end the evaluation's record too, with its id on the error."""
+        service = self.make_service()
+        error = self.failureResultOf(self.image(service, "nosuchthing"),
+                                     UnknownPackages).value
+        record = self.only_record(service)
+        self.assertEqual((record.phase, record.message, error.build_id),
+                         (BuildPhase.FAILED, "unknown Nix packages: nosuchthing", record.id))
+
+    def test_storage_failure(self) -> None:
+        """
+        Storage failing during a build is a transient Unavailable, logged
+        with its cause (which the client and the record never see).
+        """
+        events = self.capture_log()
+        self.storage.failures["put_document"] = OSError(28, "No space left on device")
+        service = self.make_service()
+        error = self.failureResultOf(self.image(service), Unavailable).value
+        self.assertEqual((error.status, error.code, error.retry_after),
+                         (503, "UNAVAILABLE", 10))
+        self.assertEqual(error.message, "the registry cannot store images now"
+                         " (No space left on device); try again later")
+        record = self.only_record(service)
+        self.assertEqual((record.phase, error.build_id), (BuildPhase.FAILED, record.id))
+        self.assertTrue(any("No space left" in e.get("cause", "") for e in events))
+        del self.storage.failures["put_document"]
+        self.successResultOf(self.image(service))
+
+    def test_storage_failure_before_a_build(self) -> None:
+        """The pinned cache failing is Unavailable too, with no record."""
+        from nixeryd.storage.gcs.http import GCSError
+        self.source = FakeSource("git", COMMIT)
+        self.storage.failures["get_document"] = GCSError("Cloud Storage answered 503", 503)
+        service = self.make_service()
+        error = self.failureResultOf(self.image(service), Unavailable).value
+        self.assertEqual(error.message, "the registry's storage is unavailable;"
+                         " try again later")
+        self.assertIsNone(error.build_id)
+        self.assertEqual(list(service.builds), [])
+
+    def test_storage_failure_by_digest(self) -> None:
+        """Manifests and blobs by digest: storage failures are Unavailable."""
+        self.storage.failures["read_small_blob"] = OSError(5, "Input/output error")
+        self.storage.failures["blob"] = OSError(5, "Input/output error")
+        service = self.make_service()
+        for call in (service.manifest, service.blob):
+            self.failureResultOf(Deferred.fromCoroutine(call("sha256:" + "0" * 64)),
+                                 Unavailable)
+
+    def test_unexpected_failure(self) -> None:
+        """An unexpected exception ends the record plainly and is logged with its traceback."""
+        self.nix.build_error = RuntimeError("bug")
+        service = self.make_service()
+        self.failureResultOf(self.image(service), RuntimeError)
+        self.assertEqual(self.only_record(service).message, "internal server error")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_cancelled_by_stop(self) -> None:
+        """Stopping the service cancels the build's record."""
+        service = self.make_service()
+        service.startService()
+        self.nix.build_gate = Deferred()
+        waiting = self.image(service)
+        self.successResultOf(service.stopService())
+        self.failureResultOf(waiting, CancelledError)
+        record = self.only_record(service)
+        self.assertEqual((record.phase, record.message),
+                         (BuildPhase.CANCELLED, "cancelled: the registry is stopping"))
+
+    def test_cancelled_call_is_unavailable(self) -> None:
+        """A call cancelled by its own timeout, not by a stop, is a transient failure."""
+        self.nix.build_error = CancelledError()
+        service = self.make_service()
+        error = self.failureResultOf(self.image(service), Unavailable).value
+        self.assertEqual(error.message, "a call of the registry timed out; try again later")
+        self.assertEqual(self.only_record(service).phase, BuildPhase.FAILED)
+
+
+class PhaseRecorder:
+    """A build listener that writes down the phase after every change."""
+
+    def __init__(self, phases: list[BuildPhase]) -> None:
+        self.phases = phases
+
+    def log_line(self, record: BuildRecord, line: str) -> None:
+        pass
+
+    def changed(self, record: BuildRecord) -> None:
+        self.phases.append(record.phase)

@@ -11,7 +11,7 @@ from typing import Any, Callable, ParamSpec, Sequence, TypeVar
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import provider
 
@@ -21,7 +21,7 @@ from nixeryd.build.nix import NixRunner, Resolution, ResolvedPackage, default_ni
 from nixeryd.build.process import ProcessReactor, run_process
 from nixeryd.build.processresult import ProcessResult
 from nixeryd.build.sources import PinnedSource
-from nixeryd.core.errors import BuildFailed, BuildTimedOut, UnknownPackages
+from nixeryd.core.errors import BuildFailed, BuildTimedOut, Unavailable, UnknownPackages
 from nixeryd.core.threads import InlineRunner
 from tests import e2e
 from tests.e2e import PACKAGE_SET
@@ -198,8 +198,10 @@ class ResolveEndToEnd(TestCase):
             await self.resolve("broken")
         self.assertNotIsInstance(caught.exception, UnknownPackages)
         self.assertEqual(caught.exception.package, "broken")
-        self.assertEqual(caught.exception.status, 500)
-        self.assertIn("broken: this package was removed", caught.exception.message)
+        self.assertEqual((caught.exception.status, caught.exception.code),
+                         (404, "MANIFEST_UNKNOWN"))
+        self.assertEqual(caught.exception.message, "package broken cannot be evaluated:"
+                         " broken: this package was removed from the set")
         self.assertTrue(any("broken: this package was removed" in line
                             for line in caught.exception.log_tail))
 
@@ -226,7 +228,7 @@ class ResolveEndToEnd(TestCase):
             await self.resolve("brokenpkg", "removedpkg", "hello")
         error = caught.exception
         self.assertNotIsInstance(error, UnknownPackages)
-        self.assertEqual(error.status, 500)
+        self.assertEqual(error.status, 404)
         self.assertEqual(error.package, "brokenpkg")
         self.assertIn("brokenpkg, removedpkg", error.message)
         self.assertIn("marked as broken", error.message)
@@ -234,7 +236,7 @@ class ResolveEndToEnd(TestCase):
                             for line in error.log_tail), error.log_tail)
         self.assertFalse(any("removedpkg has been removed" in line
                              for line in error.log_tail), error.log_tail)
-        self.assertEqual(error.to_json()["detail"]["package"], "brokenpkg")
+        self.assertEqual(error.to_json()["detail"], {"package": "brokenpkg"})
 
     async def test_removed_alias(self) -> None:
         """A removed alias is named, as requested, with its throw text in the log tail."""
@@ -277,9 +279,96 @@ class ResolveEndToEnd(TestCase):
         with open(os.path.join(path, "default.nix"), "w") as f:
             f.write('{ system }: throw "this package set is broken"\n')
         with self.assertRaises(BuildFailed) as caught:
-            await self.nix.resolve(path_source(path), ["hello"], (), "x86_64-linux")
-        self.assertIn("this package set is broken", caught.exception.message)
-        self.assertEqual(caught.exception.status, 500)
+            await self.nix.resolve(path_source(path), ["hello"], (), "x86_64-linux",
+                                   image="hello")
+        self.assertEqual(caught.exception.message, "package hello cannot be evaluated:"
+                         " this package set is broken")
+        self.assertEqual(caught.exception.status, 404)
+
+    async def test_package_set_syntax_error(self) -> None:
+        """A package set that does not parse fails the evaluation, with Nix's message."""
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        with open(os.path.join(path, "default.nix"), "w") as f:
+            f.write("{ system }: {\n")
+        with self.assertRaises(BuildFailed) as caught:
+            await self.nix.resolve(path_source(path), ["hello"], (), "x86_64-linux",
+                                   image="shell/hello")
+        message = caught.exception.message
+        self.assertTrue(message.startswith("the evaluation of image shell/hello failed:"
+                                           " syntax error"), message)
+        self.assertEqual(caught.exception.status, 404)
+
+    async def test_unfree_package(self) -> None:
+        """An unfree package is named with nixpkgs' refusal, in one line."""
+        with self.assertRaises(BuildFailed) as caught:
+            await self.nix.resolve(path_source(), ["unfreepkg", "hello"], (),
+                                   "x86_64-linux", image="hello/unfreepkg")
+        self.assertEqual(caught.exception.message,
+                         "package unfreepkg in image hello/unfreepkg cannot be evaluated:"
+                         " Package \u2018unfreepkg-1.0\u2019 has an unfree license"
+                         " (\u2018unfree\u2019), refusing to evaluate.")
+
+    async def test_evaluation_timeout(self) -> None:
+        """An evaluation past the timeout says so, and which setting sets it."""
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        os.mkfifo(os.path.join(path, "fifo"))
+        with open(os.path.join(path, "default.nix"), "w") as f:
+            # Reading a pipe nobody writes to: an evaluation that never ends.
+            f.write("{ system }: { hello = builtins.readFile ./fifo; }\n")
+        nix = nix_runner(self, timeout=0.5, kill_grace=1)
+        with self.assertRaises(BuildTimedOut) as caught:
+            await nix.resolve(path_source(path), ["hello"], (), "x86_64-linux",
+                              image="shell/hello")
+        self.assertEqual((caught.exception.step, caught.exception.status), ("evaluation", 404))
+        self.assertEqual(caught.exception.message,
+                         "the evaluation of image shell/hello timed out after 0.5 seconds"
+                         " (NIX_TIMEOUT sets the limit)")
+
+    async def test_daemon_unavailable(self) -> None:
+        """Nix that cannot reach its daemon is a transient 503, not a build failure."""
+        env = dict(nix_environment(self),
+                   NIX_REMOTE="unix://" + os.path.abspath(self.mktemp()))
+        nix = NixRunner(reactor, runner=InlineRunner(), nix_dir=default_nix_dir(),
+                        timeout=30, options=NIX_OPTIONS, env=env)
+        with self.assertRaises(Unavailable) as caught:
+            await nix.resolve(path_source(), ["hello"], (), "x86_64-linux")
+        self.assertEqual((caught.exception.status, caught.exception.code),
+                         (503, "UNAVAILABLE"))
+        self.assertEqual(caught.exception.message,
+                         "the Nix daemon is unavailable; try again later")
+        self.assertTrue(any("cannot connect to" in line
+                            for line in caught.exception.log_tail))
+
+    async def test_nix_missing(self) -> None:
+        """A host without the Nix programs is a transient 503 too."""
+        env = dict(nix_environment(self), PATH=os.path.abspath(self.mktemp()))
+        nix = NixRunner(reactor, runner=InlineRunner(), nix_dir=default_nix_dir(),
+                        timeout=30, env=env)
+        with self.assertRaises(Unavailable) as caught:
+            await nix.resolve(path_source(), ["hello"], (), "x86_64-linux")
+        self.assertEqual(caught.exception.message, "Nix is unavailable on the registry"
+                         " (nix-instantiate cannot be run); try again later")
+
+    async def test_own_logger(self) -> None:
+        """Given a logger, every event of the step goes there and not to the global one."""
+        own: list[dict[str, Any]] = []
+        elsewhere = capture_events(self, image="own-logger")
+
+        @provider(ILogObserver)
+        def observe(event: dict[str, Any]) -> None:
+            own.append(event)
+
+        log = Logger(namespace="test", observer=observe)
+        with self.assertRaises(BuildFailed):
+            await self.nix.resolve(path_source(), ["broken"], (), "x86_64-linux",
+                                   image="own-logger", log=log)
+        self.assertEqual(elsewhere, [])
+        lines = [e["line"] for e in own if e.get("stream") == "stderr"]
+        self.assertTrue(any("broken: this package was removed" in line for line in lines),
+                        own)
+        self.assertTrue(any(e.get("process_event") == "started" for e in own))
 
     async def test_log_events(self) -> None:
         """Nix's log lines become events with the image, the phase and the line."""
@@ -347,17 +436,19 @@ class BuildEndToEnd(TestCase):
             await self.resolve_and_build(["hello", "failing"])
         error = caught.exception
         self.assertEqual(error.package, "failing")
-        self.assertIn("failing", error.message)
+        self.assertEqual(error.message, "the build of package failing failed"
+                         " (builder exited with status 1)")
         self.assertIn("failing: compiling", error.log_tail)
         self.assertIn("failing: error: this package never builds", error.log_tail)
-        self.assertEqual(error.to_json()["detail"]["package"], "failing")
+        self.assertEqual(error.to_json()["detail"], {"package": "failing"})
 
     async def test_failing_dependency(self) -> None:
         """A failing dependency is named by its derivation name."""
         with self.assertRaises(BuildFailed) as caught:
             await self.resolve_and_build(["needsFailing"])
         self.assertEqual(caught.exception.package, "failing-1.0")
-        self.assertIn("failing-1.0", caught.exception.message)
+        self.assertEqual(caught.exception.message, "the build of failing-1.0, a dependency"
+                         " of the image, failed (builder exited with status 1)")
 
     async def test_timeout_kills_builders(self) -> None:
         """A build past the timeout fails with BuildTimedOut and leaves no builder running."""
@@ -368,6 +459,10 @@ class BuildEndToEnd(TestCase):
             await self.resolve_and_build(["slow"], nix=nix, image="slow-image")
         self.assertLess(reactor.seconds() - started, 10)
         self.assertEqual(caught.exception.seconds, 2)
+        self.assertEqual(caught.exception.message,
+                         "the build of package slow in image slow-image timed out after"
+                         " 2 seconds (NIX_TIMEOUT sets the limit)")
+        self.assertEqual(caught.exception.package, "slow")
         pids = [int(e["line"].rsplit(" ", 1)[1]) for e in events
                 if e.get("line", "").startswith("slow: ") and " pid " in e["line"]]
         self.assertEqual(len(pids), 2, [e.get("line") for e in events])

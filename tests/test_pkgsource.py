@@ -14,7 +14,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from nixeryd.core.errors import BuildFailed, ManifestUnknown, UnknownPackages
+from nixeryd.core.errors import BuildFailed, ManifestUnknown, Unavailable, UnknownPackages
 from nixeryd.build.sources import (
     ChannelSource, GitSource, PackageSource, PathSource, PinnedSource,
     source_from_config)
@@ -216,12 +216,17 @@ class GitPinEndToEnd(TestCase):
                 await self.source.pin(tag)
 
     async def test_unreachable_repository(self) -> None:
-        """A repository git cannot read fails with git's message."""
-        source = GitSource("file://" + os.path.abspath(self.mktemp()), reactor,
-                           {"PATH": os.environ["PATH"]})
-        with self.assertRaises(BuildFailed) as caught:
+        """
+        A repository git cannot read is a transient 503 whose message leaves
+        out the URL; git's message is in the log tail.
+        """
+        url = "file://" + os.path.abspath(self.mktemp())
+        source = GitSource(url, reactor, {"PATH": os.environ["PATH"]})
+        with self.assertRaises(Unavailable) as caught:
             await source.pin("latest")
-        self.assertIn("cannot list the refs", caught.exception.message)
+        self.assertEqual((caught.exception.status, caught.exception.retry_after), (503, 10))
+        self.assertEqual(caught.exception.message, "cannot list the refs of the package"
+                         " repository (git exited with status 128); try again later")
         self.assertTrue(any("does not appear to be a git repository" in line
                             for line in caught.exception.log_tail))
 
@@ -263,3 +268,16 @@ class GitBuildEndToEnd(TestCase):
             await nix.resolve(await self.source.pin("latest"),
                               ["onfeature", "tagged"], [], "x86_64-linux")
         self.assertEqual(caught.exception.packages, ("onfeature", "tagged"))
+
+    async def test_unknown_commit(self) -> None:
+        """
+        A commit the repository does not have fails the evaluation, a
+        permanent 404 naming the image.
+        """
+        nix = nix_runner(self)
+        with self.assertRaises(BuildFailed) as caught:
+            await nix.resolve(await self.source.pin("f" * 40), ["tagged"], [],
+                              "x86_64-linux", image="tagged")
+        self.assertEqual(caught.exception.status, 404)
+        self.assertTrue(caught.exception.message.startswith(
+            "the evaluation of image tagged failed: "), caught.exception.message)

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, FirstError, gatherResults
@@ -33,6 +33,7 @@ from nixeryd.build.manifest import (BuiltDocuments, LayerDescriptor, RuntimeSett
 from nixeryd.build.names import ImageRequest
 from nixeryd.build.nix import Resolution
 from nixeryd.build.nixsteps import NixSteps
+from nixeryd.build.progress import BuildPhase, BuildProgress, LayerSummary, human_size
 from nixeryd.core import defaults
 from nixeryd.core.documents import Image
 from nixeryd.core.sharedwork import SharedWork
@@ -110,7 +111,8 @@ class ImageBuilder:
         self._popularity = dict(popularity or {})
         self._layer_budget = layer_budget
         self._settings_key: str | None = None
-        self._layers_in_flight: SharedWork[str, LayerDescriptor] = SharedWork()
+        #: Layer cache key → (descriptor, whether it was already stored).
+        self._layers_in_flight: SharedWork[str, tuple[LayerDescriptor, bool]] = SharedWork()
 
     def set_popularity(self, popularity: Mapping[str, int]) -> None:
         """Use new popularity data for later builds."""
@@ -128,41 +130,54 @@ class ImageBuilder:
                 self._layer_budget, hashlib.sha256(popularity).hexdigest())
         return self._settings_key
 
-    async def build(self, request: ImageRequest, resolution: Resolution) -> BuiltImage:
+    async def build(self, request: ImageRequest, resolution: Resolution,
+                    progress: BuildProgress | None = None) -> BuiltImage:
         """
         Build and store the image for a resolved request.
 
+        :param progress: told of the layering phase and of every stored
+            layer; its logger gets this builder's account and Nix's lines.
         :raises BuildFailed: when Nix fails (``BuildTimedOut`` on timeout).
+        :raises Unavailable: when Nix cannot run.
         """
         started = time.monotonic()
-        self.log.info("Building closure of {image}", image=request.name,
-                      phase="building")
+        log = progress.log if progress is not None else self.log
+        log.info("Building closure of {image}", image=request.name,
+                 phase="building")
         roots = await self._runner.run(tempfile.mkdtemp, ".gcroots",
                                        dir=self._storage.temp_directory())
         try:
-            return await self._build_rooted(request, resolution, roots, started)
+            return await self._build_rooted(request, resolution, roots, started,
+                                            progress, log)
         finally:
             await self._runner.run(shutil.rmtree, roots, True)
 
     async def _build_rooted(self, request: ImageRequest, resolution: Resolution,
-                            roots: str, started: float) -> BuiltImage:
+                            roots: str, started: float,
+                            progress: BuildProgress | None, log: Logger) -> BuiltImage:
         """Build with the closure held by garbage-collector roots in ``roots``."""
         graph: ClosureGraph = await self._nix.build(
-            resolution, image=request.name, gc_root=os.path.join(roots, "result"))
+            resolution, image=request.name, gc_root=os.path.join(roots, "result"),
+            log=progress.log if progress is not None else None)
+        if progress is not None:
+            progress.enter(BuildPhase.LAYERING)
         plans = await self._runner.run(
             plan_layers, graph, self._popularity, self._layer_budget)
-        self.log.info(
-            "Grouped {paths} store paths ({megabytes} MB) of {image} into "
+        log.info(
+            "Grouped {paths} store paths ({size}) of {image} into "
             "{layer_count} layers", image=request.name, paths=len(graph.paths),
-            megabytes=round(graph.total_size() / 1e6, 1), layer_count=len(plans),
+            size=human_size(graph.total_size()), layer_count=len(plans),
             phase="layering")
+        report = _LayerReport(self._reporter(request, progress, log))
         # Requested packages first, in their sorted order, then the optional
         # ones: the first package providing a file owns it in the forest.
         top_level = list(dict.fromkeys(
             path for package in resolution.packages for path in package.out_paths))
-        customised = Deferred.fromCoroutine(self._customise(request, top_level))
-        stored = [Deferred.fromCoroutine(self._store_layer(request, plan))
-                  for plan in plans]
+        customised = Deferred.fromCoroutine(self._customise(top_level))
+        customised.addCallback(report.stored_custom, len(plans))
+        stored = [Deferred.fromCoroutine(self._store_layer(plan)).addCallback(
+                      report.stored, index)
+                  for index, plan in enumerate(plans)]
         results = await _all_or_first_error(
             gatherResults([customised] + stored, consumeErrors=True))
         custom_value, custom_layer = results[0]
@@ -170,31 +185,48 @@ class ImageBuilder:
         documents = build_documents(request.arch.oci_arch, layers,
                                     runtime_settings(request, custom_value))
         await self._store_documents(documents)
-        self.log.info(
+        log.info(
             "Built {image}: {digest}, {layer_count} layers in {seconds} s",
             image=request.name, digest=documents.image.docker.digest,
             oci_digest=documents.image.oci.digest, layer_count=len(layers),
             seconds=round(time.monotonic() - started, 2), phase="done")
         return BuiltImage(image=documents.image, documents=documents, layers=layers)
 
+    @staticmethod
+    def _reporter(request: ImageRequest, progress: BuildProgress | None,
+                  log: Logger) -> Callable[[LayerDescriptor, bool], None]:
+        """What tells the log and ``progress`` of one stored layer."""
+        def report(layer: LayerDescriptor, reused: bool) -> None:
+            log.info("{how} layer {digest} ({size}): {content}", image=request.name,
+                     digest=layer.digest, size=human_size(layer.size),
+                     how="Reused" if reused else "Wrote", content=layer.comment,
+                     bytes=layer.size, reused=reused, phase="layer")
+            if progress is not None:
+                progress.add_layer(LayerSummary(layer.digest, layer.size,
+                                                layer.comment, reused))
+        return report
+
     async def _store_documents(self, documents: BuiltDocuments) -> None:
         await self._storage.store_blob_bytes(documents.config, documents.config_digest)
         for manifest in (documents.image.docker, documents.image.oci):
             await self._storage.store_blob_bytes(manifest.body, manifest.digest)
 
-    async def _store_layer(self, request: ImageRequest, plan: LayerPlan) -> LayerDescriptor:
-        """Reuse the cached layer for ``plan``'s paths, or write it once."""
+    async def _store_layer(self, plan: LayerPlan) -> tuple[LayerDescriptor, bool]:
+        """
+        Reuse the cached layer for ``plan``'s paths, or write it once;
+        with whether it was already stored.
+        """
         key = layer_cache_key(plan.paths)
         return await self._layers_in_flight.wait(key, lambda: Deferred.fromCoroutine(
-            self._cached_or_written(request, key, plan.paths)))
+            self._cached_or_written(key, plan.paths)))
 
-    async def _cached_or_written(self, request: ImageRequest, key: str,
-                                 paths: Sequence[str]) -> LayerDescriptor:
+    async def _cached_or_written(self, key: str, paths: Sequence[str]
+                                 ) -> tuple[LayerDescriptor, bool]:
         comment = describe_layer(paths)
         cached = await self._storage.get_document(LAYER_NAMESPACE, key)
         if cached is not None and await self._storage.has_blob(cached["digest"]):
             return LayerDescriptor(digest=cached["digest"], diff_id=cached["diff_id"],
-                                   size=cached["size"], comment=comment)
+                                   size=cached["size"], comment=comment), True
         blob: LayerBlob = await self._runner.run(
             write_store_layer, list(paths), self._storage.temp_directory())
         await self._storage.store_blob_file(blob.path, blob.digest)
@@ -202,24 +234,46 @@ class ImageBuilder:
             LAYER_NAMESPACE, key,
             {"digest": blob.digest, "diff_id": blob.diff_id, "size": blob.size,
              "paths": len(paths)})
-        self.log.info("Wrote layer {digest} ({megabytes} MB) of {image}: {content}",
-                      image=request.name, digest=blob.digest,
-                      megabytes=round(blob.size / 1e6, 2), content=comment,
-                      phase="layer")
         return LayerDescriptor(digest=blob.digest, diff_id=blob.diff_id,
-                               size=blob.size, comment=comment)
+                               size=blob.size, comment=comment), False
 
-    async def _customise(self, request: ImageRequest, top_level: list[str]
+    async def _customise(self, top_level: list[str]
                          ) -> tuple[Customisation, LayerDescriptor]:
         """Build and store the customisation layer of the image."""
         custom: Customisation = await self._runner.run(build_customisation, top_level)
         blob: LayerBlob = await self._runner.run(
             write_tree_layer, list(custom.entries), self._storage.temp_directory())
         await self._storage.store_blob_file(blob.path, blob.digest)
-        self.log.info("Wrote customisation layer {digest} of {image}",
-                      image=request.name, digest=blob.digest, phase="layer")
         return custom, LayerDescriptor(digest=blob.digest, diff_id=blob.diff_id,
                                        size=blob.size, comment="customisation layer")
+
+
+class _LayerReport:
+    """
+    Reports an image's layers base first, each as soon as it and every
+    layer below it are stored (they are written in parallel).
+
+    :param report: called with each layer and whether it was reused.
+    """
+
+    def __init__(self, report: Callable[[LayerDescriptor, bool], None]) -> None:
+        self._report = report
+        self._ready: dict[int, tuple[LayerDescriptor, bool]] = {}
+        self._next = 0
+
+    def stored(self, result: tuple[LayerDescriptor, bool], index: int) -> LayerDescriptor:
+        """Layer ``index`` is stored; passes its descriptor on."""
+        self._ready[index] = result
+        while self._next in self._ready:
+            self._report(*self._ready.pop(self._next))
+            self._next += 1
+        return result[0]
+
+    def stored_custom(self, result: tuple[Customisation, LayerDescriptor],
+                      index: int) -> tuple[Customisation, LayerDescriptor]:
+        """The customisation layer, layer ``index``, is stored."""
+        self.stored((result[1], False), index)
+        return result
 
 
 async def _all_or_first_error(d: Deferred[list[Any]]) -> list[Any]:

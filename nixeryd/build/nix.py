@@ -14,35 +14,36 @@ An image takes three Nix calls, however many store paths it has:
 
 Inputs reach Nix only as ``--argstr`` JSON arguments.  Every call runs
 through :mod:`nixeryd.build.process`: its log lines are streamed as events
-(fields ``image``, ``phase``, ``line``) and the whole process group is
+(fields ``image``, ``phase``, ``line``) to the caller's logger (a build's
+own, which keeps them in the build's log) and the whole process group is
 killed when the deadline passes or the caller cancels.  Failures become
-the registry errors of :mod:`nixeryd.core.errors`.
+the registry errors of :mod:`nixeryd.core.errors`, explained by
+:mod:`nixeryd.build.nixfailures`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from importlib import resources
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from attrs import field, frozen
 from twisted.logger import Logger
 
-from nixeryd.build.closure import ClosureGraph, StorePathInfo, store_path_name
+from nixeryd.build.closure import ClosureGraph, StorePathInfo
 from nixeryd.build.childenv import child_environment
+from nixeryd.build.nixfailures import (build_failure, closure_failure,
+                                       evaluation_failure, nix_unavailable,
+                                       unusable_packages)
 from nixeryd.build.process import DEFAULT_TAIL_LINES, ProcessReactor, run_process
-from nixeryd.build.processresult import ProcessFailed, ProcessResult, ProcessTimedOut
+from nixeryd.build.processresult import ProcessFailed, ProcessResult
 from nixeryd.build.sources import PinnedSource
-from nixeryd.core.errors import BuildFailed, BuildTimedOut, UnknownPackages
+from nixeryd.core.errors import BuildFailed, RegistryError, UnknownPackages
 from nixeryd.core.threads import Runner
 
 #: The expression that resolves names, inside the Nix directory.
 RESOLVE_EXPRESSION = "resolve.nix"
-
-#: How Nix names the derivation whose builder failed.
-_BUILDER_FAILED = re.compile(r"builder for '(/nix/store/[^']+\.drv)' failed")
 
 _log = Logger()
 
@@ -151,14 +152,17 @@ class NixRunner:
 
     async def resolve(self, source: PinnedSource, packages: Sequence[str],
                       optional: Sequence[str] = (), system: str = "x86_64-linux",
-                      *, image: str | None = None) -> Resolution:
+                      *, image: str | None = None,
+                      log: Logger | None = None) -> Resolution:
         """
         Resolve package names in the package set of ``source``.
 
         :param packages: the requested names.
         :param optional: names added when the package set has them.
         :param system: the Nix system the image is for.
-        :param image: the image name, for log events.
+        :param image: the image name, for log events and messages.
+        :param log: where this runner's events and Nix's log lines go (a
+            build's own logger); this module's logger when ``None``.
         :raises UnknownPackages: naming every requested name that is not a
             package; its ``detail["unusable"]`` lists the requested names
             whose evaluation throws.
@@ -167,14 +171,17 @@ class NixRunner:
             message names each, ``package`` is the first and the log tail
             is Nix's error for it; or evaluation failed.
         :raises BuildTimedOut: evaluation ran past the timeout.
+        :raises Unavailable: Nix cannot run (no daemon, no program).
         """
+        log = log or _log
         argv = self._resolve_argv(source, system, [
             "--argstr", "packages", _to_json(list(packages)),
             "--argstr", "optional", _to_json(list(optional)),
         ])
         started = self._reactor.seconds()
-        result = await self._run(argv, "resolve", image, self._timeout,
-                                 "evaluating the package set failed")
+        result = await self._run(
+            argv, "resolve", image, log, self._timeout,
+            lambda e: evaluation_failure(e, self._timeout, image))
         document = _decode_json(result, "evaluation")
         if not isinstance(document, dict):
             raise BuildFailed("evaluation returned unexpected JSON", None,
@@ -188,16 +195,16 @@ class NixRunner:
         if unusable:
             remaining = started + self._timeout - self._reactor.seconds()
             raise await self._explain_unusable(
-                source, system, unusable, image, max(remaining, 0.001))
+                source, system, unusable, image, log, max(remaining, 0.001))
         try:
             resolved = tuple(_resolved_package(entry)
                              for entry in document["packages"])
         except (KeyError, TypeError, AttributeError) as e:
             raise BuildFailed("evaluation returned unexpected JSON", None,
                               result.tail) from e
-        _log.info("Resolved {count} packages for {image} in {seconds} s",
-                  count=len(resolved), image=image, phase="resolve",
-                  seconds=round(self._reactor.seconds() - started, 3))
+        log.info("Resolved {count} packages for {image} in {seconds} s",
+                 count=len(resolved), image=image, phase="resolve",
+                 seconds=round(self._reactor.seconds() - started, 3))
         return Resolution(source, system, resolved)
 
     def _resolve_argv(self, source: PinnedSource, system: str,
@@ -214,7 +221,7 @@ class NixRunner:
 
     async def _explain_unusable(self, source: PinnedSource, system: str,
                                 unusable: Sequence[str], image: str | None,
-                                timeout: float) -> BuildFailed:
+                                log: Logger, timeout: float) -> BuildFailed:
         """
         The error for requested names whose evaluation throws.
 
@@ -225,34 +232,34 @@ class NixRunner:
         argv = self._resolve_argv(source, system,
                                   ["--argstr", "strict", unusable[0]])
         try:
-            result = await self._run(argv, "resolve", image, timeout,
-                                     "evaluating %s failed" % (unusable[0],))
+            result = await self._run(argv, "resolve", image, log, timeout,
+                                     lambda e: BuildFailed("", None, e.tail))
             tail = result.tail
         except BuildFailed as e:
             tail = e.log_tail
-        message = "cannot evaluate Nix packages: %s (removed, broken, unfree or insecure?)" % (
-            ", ".join(unusable),)
-        cause = _first_error_message(tail)
-        if cause is not None:
-            message += "; %s: %s" % (unusable[0], cause)
-        return BuildFailed(message, unusable[0], tail)
+        return unusable_packages(unusable, tail, image)
 
     async def build(self, resolution: Resolution, *,
                     image: str | None = None,
-                    gc_root: str | None = None) -> ClosureGraph:
+                    gc_root: str | None = None,
+                    log: Logger | None = None) -> ClosureGraph:
         """
         Realise the outputs of ``resolution`` and report their closure.
 
-        :param image: the image name, for log events.
+        :param image: the image name, for log events and messages.
         :param gc_root: a path for Nix's out-link (``result``, ``result-2``,
             ... next to it): garbage-collector roots that keep the closure
             alive while the caller packs it; the caller removes them.
             Without it the outputs are unrooted once ``nix-build`` exits.
+        :param log: where this runner's events and Nix's log lines go (a
+            build's own logger); this module's logger when ``None``.
         :returns: the closure, whose roots are the resolution's output
             paths, sorted.
         :raises BuildFailed: naming the failed package when the log does.
         :raises BuildTimedOut: realising and querying ran past the timeout.
+        :raises Unavailable: Nix cannot run (no daemon, no program).
         """
+        log = log or _log
         roots = resolution.out_paths
         if not roots:
             return ClosureGraph((), {})
@@ -261,44 +268,42 @@ class NixRunner:
         installables = list(dict.fromkeys(
             item for package in resolution.packages
             for item in package.installables()))
+        requested = {package.drv_path: package.requested
+                     for package in resolution.packages if package.drv_path}
         link = ["--out-link", gc_root] if gc_root else ["--no-out-link"]
         build = ["nix-build", *link, *self._option_args, *installables]
-        try:
-            await self._run(build, "build", image, self._timeout,
-                            "building the image failed")
-        except BuildTimedOut:
-            raise
-        except BuildFailed as e:
-            raise _explain_build_failure(e, resolution) from e
+        await self._run(build, "build", image, log, self._timeout,
+                        lambda e: build_failure(e, self._timeout, image, requested))
         remaining = max(deadline - self._reactor.seconds(), 0.001)
         query = ["nix", "--extra-experimental-features", "nix-command",
                  "path-info", "--json", "--recursive", "--closure-size",
                  *self._option_args, *roots]
-        result = await self._run(query, "path-info", image, remaining,
-                                 "querying the image closure failed")
+        result = await self._run(query, "path-info", image, log, remaining,
+                                 lambda e: closure_failure(e, self._timeout, image))
         paths = await self._runner.run(_reported_closure, result)
         missing = [root for root in roots if root not in paths]
         if missing:
             raise BuildFailed("Nix did not report the built paths: "
                               + ", ".join(missing), None, result.tail)
-        _log.info("Built {count} store paths for {image} in {seconds} s",
-                  count=len(paths), image=image, phase="build",
-                  seconds=round(self._reactor.seconds() - started, 3))
+        log.info("Built {count} store paths for {image} in {seconds} s",
+                 count=len(paths), image=image, phase="build",
+                 seconds=round(self._reactor.seconds() - started, 3))
         return ClosureGraph(roots, paths)
 
     async def _run(self, argv: list[str], phase: str, image: str | None,
-                   timeout: float, failure: str) -> ProcessResult:
-        """Run one Nix call, turning process failures into registry errors."""
+                   log: Logger, timeout: float,
+                   explain: Callable[[ProcessFailed], RegistryError]) -> ProcessResult:
+        """
+        Run one Nix call.  A failure becomes :class:`Unavailable` when Nix
+        could not work at all, else the error ``explain`` makes of it.
+        """
         try:
             return await run_process(
                 self._reactor, argv, env=self._env, timeout=timeout,
                 kill_grace=self._kill_grace, tail_lines=self._tail_lines,
-                logger=_log, log_fields={"image": image, "phase": phase})
-        except ProcessTimedOut as e:
-            raise BuildTimedOut(self._timeout, e.tail) from e
+                logger=log, log_fields={"image": image, "phase": phase})
         except ProcessFailed as e:
-            detail = _first_error_message(e.tail) or e.describe()
-            raise BuildFailed("%s: %s" % (failure, detail), None, e.tail) from e
+            raise (nix_unavailable(e) or explain(e)) from e
 
 
 def _to_json(value: Any) -> str:
@@ -361,35 +366,3 @@ def _closure(document: Any, tail: Sequence[str]) -> dict[str, StorePathInfo]:
                               tail) from e
         paths[info.path] = info
     return paths
-
-
-def _first_error_message(tail: Sequence[str]) -> str | None:
-    """The message of the first ``error:`` line of a Nix log, without the prefix."""
-    for line in tail:
-        stripped = line.strip()
-        if stripped.startswith("error:"):
-            return stripped[len("error:"):].strip()
-    return None
-
-
-def _explain_build_failure(error: BuildFailed,
-                           resolution: Resolution) -> BuildFailed:
-    """
-    Say which package failed: the requested name when the failed builder
-    is one the image asked for, else the derivation's name.
-    """
-    for line in error.log_tail:
-        match = _BUILDER_FAILED.search(line)
-        if match is None:
-            continue
-        drv_path = match.group(1)
-        for package in resolution.packages:
-            if package.drv_path == drv_path:
-                return BuildFailed(
-                    "the build of package %s failed" % (package.requested,),
-                    package.requested, error.log_tail)
-        name = store_path_name(drv_path)[:-len(".drv")]
-        return BuildFailed(
-            "the build of %s, a dependency of the image, failed" % (name,),
-            name, error.log_tail)
-    return error

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from nixeryd.build.childenv import child_environment
 from nixeryd.build.process import ProcessReactor, run_process
 from nixeryd.build.processresult import ProcessFailed, ProcessTimedOut
-from nixeryd.core.errors import BuildFailed, ManifestUnknown
+from nixeryd.core.errors import ManifestUnknown, Unavailable
 
 #: A full git commit id.
 _COMMIT = re.compile(r"[0-9a-fA-F]{40}")
@@ -170,7 +170,9 @@ class GitSource:
 
         :raises ManifestUnknown: no branch or tag has that name, or the
             repository has no default branch.
-        :raises BuildFailed: ``git ls-remote`` failed.
+        :raises Unavailable: ``git ls-remote`` failed or timed out: the
+            repository cannot be reached now (the message leaves out its
+            URL, which may hold credentials; git's lines are logged).
         """
         if _COMMIT.fullmatch(tag):
             rev = tag.lower()
@@ -211,13 +213,14 @@ class GitSource:
                 self.reactor, argv, env=env, timeout=self.timeout,
                 logger=_log, log_fields={"phase": "ls-remote"})
         except ProcessTimedOut as e:
-            raise BuildFailed(
+            raise Unavailable(
                 "listing the refs of the package repository timed out after"
-                " %g seconds" % (self.timeout,), None, e.tail) from e
+                " %g seconds; try again later" % (self.timeout,),
+                log_tail=e.tail) from e
         except ProcessFailed as e:
-            raise BuildFailed(
-                "cannot list the refs of the package repository: "
-                + e.describe(), None, e.tail) from e
+            raise Unavailable(
+                "cannot list the refs of the package repository (%s);"
+                " try again later" % (e.describe(),), log_tail=e.tail) from e
         refs = {}
         for line in result.stdout.decode("utf-8", "replace").splitlines():
             commit, _, name = line.partition("\t")

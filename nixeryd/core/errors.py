@@ -9,7 +9,14 @@ builder, storage) raise these directly.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
+
+#: Line breaks and other control characters, kept out of messages.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+#: Seconds a client is asked to wait after a transient failure.
+RETRY_AFTER = 10
 
 
 class RegistryError(Exception):
@@ -18,19 +25,45 @@ class RegistryError(Exception):
 
     :cvar code: the spec's error code, e.g. ``MANIFEST_UNKNOWN``.
     :cvar status: the HTTP status that goes with it.
+    :cvar retry_after: seconds a client should wait before trying again
+        (the ``Retry-After`` header), or ``None``.
+    :ivar build_id: the build whose page explains the error, once the image
+        service knows it; the web layer adds the page's address to the
+        message.
     """
 
     code = "UNKNOWN"
     status = 500
+    retry_after: int | None = None
 
     def __init__(self, message: str, detail: Any = None) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
+        self.build_id: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        """The error as one entry of the spec's ``errors`` list."""
-        return {"code": self.code, "message": self.message, "detail": self.detail}
+    def to_json(self, build_page: str | None = None) -> dict[str, Any]:
+        """
+        The error as one entry of the spec's ``errors`` list.
+
+        :param build_page: the address of the page of :attr:`build_id`,
+            which ends the message and is named in the detail.
+        """
+        message = self.message
+        detail = self.detail
+        if self.build_id is not None:
+            if build_page is not None:
+                message = "%s; build log: %s" % (message, build_page)
+            if detail is None:
+                detail = {"build": self.build_id}
+            elif isinstance(detail, dict):
+                detail = {"build": self.build_id, **detail}
+        return {"code": self.code, "message": one_line(message), "detail": detail}
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break and control character made a space."""
+    return _CONTROL.sub(" ", text).strip()
 
 
 class NameInvalid(RegistryError):
@@ -85,26 +118,66 @@ class Unsupported(RegistryError):
 
 class BuildFailed(RegistryError):
     """
-    Nix failed to evaluate or build the image.
+    Nix cannot give this image at this revision of the package set: a
+    package that throws when evaluated (removed, broken, unfree,
+    insecure), a failed build, a package set that does not evaluate.
 
-    :ivar package: the package (store path name or attribute) that failed,
-        when the log says so, else ``None``.
-    :ivar log_tail: the last lines of the Nix log.
+    A permanent failure of the name, so a 404 ``MANIFEST_UNKNOWN``: the one
+    error every client shows as ``manifest unknown: <message>`` (the body
+    of a 5xx is never shown).  The detail names the package only; the Nix
+    log, which holds store paths and host details, is on the build's page.
+
+    :ivar package: the package (requested name, or a dependency's
+        derivation name) that failed, when known, else ``None``.
+    :ivar log_tail: the last lines of the Nix log, for the service's own
+        reports (never sent to clients).
     """
+
+    code = "MANIFEST_UNKNOWN"
+    status = 404
 
     def __init__(self, message: str, package: str | None = None,
                  log_tail: Sequence[str] = ()) -> None:
         self.package = package
         self.log_tail = tuple(log_tail)
-        super().__init__(message, {"package": package, "log": list(self.log_tail)})
+        super().__init__(message, {"package": package} if package is not None else None)
 
 
 class BuildTimedOut(BuildFailed):
-    """Nix did not finish within the configured time."""
+    """
+    A Nix step did not finish within ``NIX_TIMEOUT``.
 
-    status = 504
+    Also a 404, like every build failure, so that clients show the message;
+    it says which step timed out and which setting sets the limit.
 
-    def __init__(self, seconds: float, log_tail: Sequence[str] = ()) -> None:
-        super().__init__(
-            "image build timed out after %g seconds" % (seconds,), None, log_tail)
+    :ivar step: ``evaluation`` or ``build``.
+    :ivar seconds: the limit that passed.
+    """
+
+    def __init__(self, step: str, seconds: float, subject: str,
+                 package: str | None = None, log_tail: Sequence[str] = ()) -> None:
+        self.step = step
         self.seconds = seconds
+        super().__init__(
+            "the %s of %s timed out after %g seconds (NIX_TIMEOUT sets the limit)"
+            % (step, subject, seconds), package, log_tail)
+
+
+class Unavailable(RegistryError):
+    """
+    A transient condition: storage unreachable or failing, the Nix daemon
+    unavailable, the package repository unreachable.  A 503 with
+    ``Retry-After``; never remembered, so the next request tries again.
+
+    :ivar log_tail: what the failing program logged, for the service's own
+        reports (never sent to clients).
+    """
+
+    code = "UNAVAILABLE"
+    status = 503
+    retry_after = RETRY_AFTER
+
+    def __init__(self, message: str, detail: Any = None,
+                 log_tail: Sequence[str] = ()) -> None:
+        self.log_tail = tuple(log_tail)
+        super().__init__(message, detail)

@@ -4,8 +4,11 @@ when an error comes too late to report, by dropping the connection.
 
 Every error a client sees from ``/v2`` is written by :func:`write_error`,
 as the distribution spec's ``{"errors": [...]}`` document with the
-error's status; :func:`write_failure` decides what to do with any
-exception a handler raised.
+error's status (and ``Retry-After`` for a transient one); the message of
+an error that belongs to a build ends with the address of the build's
+page (:func:`build_page`), since that message is all a registry client
+shows.  :func:`write_failure` decides what to do with any exception a
+handler raised.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from nixeryd.core.errors import RegistryError, Unsupported
+from nixeryd.registry.hosts import plain_host
 from nixeryd.registry.httpnames import (
     ALLOWED_METHODS,
     CONTENT_LENGTH,
@@ -27,6 +31,9 @@ from nixeryd.registry.httpnames import (
 )
 
 log = Logger()
+
+#: How long a client should wait before trying again (RFC 9110).
+RETRY_AFTER = b"Retry-After"
 
 _SUCCESS_ONLY_HEADERS = (DIGEST_HEADER, b"ETag", b"Cache-Control", b"Content-Range",
                          b"Accept-Ranges", b"Vary", b"Location")
@@ -47,6 +54,16 @@ class NamedRequest(Protocol):
     @property
     def uri(self) -> bytes:
         """The path and query as sent."""
+
+
+class AddressedRequest(Protocol):
+    """The part of a request that says how the registry was reached."""
+
+    def getHeader(self, key: bytes) -> bytes | None:
+        """A request header's value."""
+
+    def isSecure(self) -> bool:
+        """Whether the request came over TLS."""
 
 
 class RequestFields(TypedDict):
@@ -70,9 +87,25 @@ def send_body(request: Request, body: bytes) -> None:
     request.finish()  # type: ignore[no-untyped-call]
 
 
-def error_body(error: RegistryError) -> bytes:
-    """The spec's JSON error document for one error."""
-    return json.dumps({"errors": [error.to_json()]}, default=str).encode("utf-8")
+def build_page(request: AddressedRequest, build_id: str) -> str:
+    """
+    The address of a build's page, ``/builds/<id>``: absolute, with the
+    scheme the request came by and its ``Host``, when that header is a
+    plain ``host[:port]``; else the path alone.
+    """
+    path = "/builds/" + build_id
+    host = plain_host(request.getHeader(b"host"))
+    if host is None:
+        return path
+    return "%s://%s%s" % ("https" if request.isSecure() else "http", host, path)
+
+
+def error_body(error: RegistryError, page: str | None = None) -> bytes:
+    """
+    The spec's JSON error document for one error; ``page``, the address of
+    the error's build page, ends its message.
+    """
+    return json.dumps({"errors": [error.to_json(page)]}, default=str).encode("utf-8")
 
 
 def write_error(request: Request, error: RegistryError) -> None:
@@ -80,9 +113,13 @@ def write_error(request: Request, error: RegistryError) -> None:
     Answer ``request`` with ``error`` as a registry JSON error and finish it.
 
     Headers a handler may have set for a successful response are removed
-    first.
+    first.  A HEAD request gets the same status and headers, without the
+    body.
     """
-    body = error_body(error)
+    page = None
+    if error.build_id is not None:
+        page = build_page(request, error.build_id)
+    body = error_body(error, page)
     request.setResponseCode(error.status)
     headers = request.responseHeaders
     for name in _SUCCESS_ONLY_HEADERS:
@@ -91,6 +128,8 @@ def write_error(request: Request, error: RegistryError) -> None:
     headers.setRawHeaders(CONTENT_LENGTH, [b"%d" % (len(body),)])
     if isinstance(error, MethodNotAllowed):
         headers.setRawHeaders(b"Allow", [ALLOWED_METHODS])
+    if error.retry_after is not None:
+        headers.setRawHeaders(RETRY_AFTER, [b"%d" % (error.retry_after,)])
     send_body(request, body)
 
 

@@ -16,55 +16,50 @@ blocks or touches the network.
 
 from __future__ import annotations
 
-import enum
 import secrets
 from collections import OrderedDict, deque
 from typing import Callable, Iterator, Protocol
 
-from attrs import define, field, frozen
+from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from nixeryd.build.progress import BuildPhase, LayerSummary
+from nixeryd.build.sources import PinnedSource
 from nixeryd.core import defaults
+
+__all__ = ["BuildHistory", "BuildListener", "BuildPhase", "BuildRecord",
+           "LayerSummary", "describe_source"]
 
 _log = Logger()
 
 
-class BuildPhase(enum.Enum):
+def describe_source(pinned: PinnedSource) -> str:
     """
-    Where a build is.  The running phases come in this order; a build
-    ends in exactly one of the final ones.
+    A package source for people: ``path /srv/pkgs``, ``git <url>`` (any
+    credentials in the URL left out) or ``channel <name>`` (else just its
+    kind).
     """
-
-    WAITING = "waiting"        # for a free evaluation or build slot
-    EVALUATING = "evaluating"  # nix-instantiate: names → derivations
-    BUILDING = "building"      # nix-build and the closure report
-    LAYERING = "layering"      # layers grouped, written and stored
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        """Whether the build has ended."""
-        return self in (BuildPhase.SUCCEEDED, BuildPhase.FAILED, BuildPhase.CANCELLED)
+    args = pinned.nix_args
+    where: object = None
+    if pinned.kind == "path":
+        where = args.get("path")
+    elif pinned.kind == "git":
+        fetch = args.get("fetchGit")
+        url = fetch.get("url") if isinstance(fetch, dict) else None
+        where = _without_credentials(url) if isinstance(url, str) else None
+    elif pinned.kind == "channel":
+        where = args.get("channel")
+    return "%s %s" % (pinned.kind, where) if isinstance(where, str) else pinned.kind
 
 
-@frozen
-class LayerSummary:
-    """
-    One layer of a built image.
-
-    :ivar digest: the compressed layer's digest.
-    :ivar size: its compressed size in bytes.
-    :ivar description: what it holds (store path names).
-    :ivar reused: whether it was already stored (the layer cache).
-    """
-
-    digest: str
-    size: int
-    description: str
-    reused: bool
+def _without_credentials(url: str) -> str:
+    """``url`` without the user information of ``scheme://user:secret@host``."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    authority, slash, path = rest.partition("/")
+    return "%s://%s%s%s" % (scheme, authority.rpartition("@")[2], slash, path)
 
 
 class BuildListener(Protocol):

@@ -18,15 +18,19 @@ Manifest cache keys say everything that determines a manifest:
   a moving source (a branch, a local path) evaluates, then reuses the
   image, or at least every layer, already built.
 
-Both keys also hold the layering settings and a format version.
+Both keys also hold the layering settings and a format version
+(:mod:`nixeryd.service.manifestcache`).
+
+Every image that needs Nix gets a build record (:mod:`nixeryd.service.builds`)
+that follows it through its phases and keeps its log; a failure ends the
+record with the message the client gets, which the web layer ends with the
+address of the build's page.  Storage failures become the transient
+``Unavailable``; nothing is remembered of a failure.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections import OrderedDict
-from typing import Callable, TypeVar
+from typing import Callable
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import (CancelledError, Deferred, DeferredSemaphore,
@@ -36,61 +40,31 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nixeryd.build.builder import ImageBuilder
-from nixeryd.build.manifest import manifest_from_bytes
 from nixeryd.build.names import OPTIONAL_PACKAGES, ImageRequest, parse_image_name, validate_tag
 from nixeryd.build.nixsteps import NixSteps
+from nixeryd.build.progress import BuildPhase, human_size
 from nixeryd.build.sources import PackageSource, PinnedSource
 from nixeryd.core import defaults
 from nixeryd.core.digests import check_digest
 from nixeryd.core.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
-from nixeryd.core.errors import ManifestUnknown, RegistryError
+from nixeryd.core.errors import RegistryError, Unavailable
 from nixeryd.core.sharedwork import SharedWork
 from nixeryd.storage.interface import IStorage
-from nixeryd.service.builds import BuildHistory
+from nixeryd.service.buildlog import BuildLog
+from nixeryd.service.builds import BuildHistory, describe_source
+from nixeryd.service.failures import STORAGE_FAILURES
+from nixeryd.service.lru import LRU
+from nixeryd.service.manifestcache import (MANIFEST_FORMAT_VERSION, ManifestCache,
+                                           cache_key, storage_failed)
 
-#: Bumped whenever the same inputs would give a different manifest.
-MANIFEST_FORMAT_VERSION = "1"
-#: Namespace of manifest cache documents in storage.
-MANIFEST_NAMESPACE = "manifests"
-#: Largest manifest read back from storage.
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-#: How many manifests are kept in memory for requests by digest.
-MEMORY_MANIFESTS = 10_000
 #: How many (image, tag) answers and image tag lists are kept in memory.
 MEMORY_IMAGES = 10_000
 #: How many tags ``tags/list`` remembers for one name.
 MAX_TAGS_PER_NAME = 100
 
 
-K = TypeVar("K")
-V = TypeVar("V")
-
 #: An image in memory, with when it stops answering (``None``: never).
 _Entry = tuple[Image, float | None]
-
-
-def _key(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
-
-
-class _LRU(OrderedDict[K, V]):
-    """A dict that forgets its least recently used entries past a size."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self._size = size
-
-    def get_recent(self, key: K) -> V | None:
-        value = self.get(key)
-        if value is not None:
-            self.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self._size:
-            self.popitem(last=False)
 
 
 class ImageService(MultiService):
@@ -142,12 +116,15 @@ class ImageService(MultiService):
         self._ready = on_start is None
         self._ready_waiters: list[Deferred[None]] = []
         #: :meth:`_memo_key` → (image, expiry).
-        self._recent: _LRU[tuple[str, str], _Entry] = _LRU(MEMORY_IMAGES)
+        self._recent: LRU[tuple[str, str], _Entry] = LRU(MEMORY_IMAGES)
         #: ``(name as requested, tag)`` → (image, expiry): the warm path.
-        self._warm: _LRU[tuple[str, str], _Entry] = _LRU(MEMORY_IMAGES)
+        self._warm: LRU[tuple[str, str], _Entry] = LRU(MEMORY_IMAGES)
         self._in_flight: SharedWork[tuple[str, str], Image] = SharedWork()
-        self._manifests: _LRU[str, ManifestDocument] = _LRU(MEMORY_MANIFESTS)
-        self._tags: _LRU[str, set[str]] = _LRU(MEMORY_IMAGES)
+        #: Set once the service stops: work cancelled from then on is
+        #: cancelled by the stop, not by a call below timing out.
+        self._stopping = False
+        self._cache = ManifestCache(storage)
+        self._tags: LRU[str, set[str]] = LRU(MEMORY_IMAGES)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -192,6 +169,7 @@ class ImageService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)  # type: ignore[no-untyped-call]
+        self._stopping = True
         self._in_flight.cancel_all()
         return Deferred.fromCoroutine(self._stop_children())
 
@@ -213,7 +191,9 @@ class ImageService(MultiService):
         The image for ``name`` at ``tag``, built if needed.
 
         :raises RegistryError: for an invalid name or tag, unknown
-            packages, or a failed build.
+            packages, or a failed build (with the ``build_id`` of its
+            record once Nix was asked); ``Unavailable`` when storage or Nix
+            cannot be used now.
         """
         request = parse_image_name(name)
         validate_tag(tag)
@@ -239,22 +219,20 @@ class ImageService(MultiService):
 
         :raises DigestInvalid: for a malformed digest.
         :raises ManifestUnknown: when there is no such manifest.
+        :raises Unavailable: when storage cannot be used now.
         """
-        check_digest(digest)
-        document = self._manifests.get_recent(digest)
-        if document is not None:
-            return document
-        body: bytes | None = await self._storage.read_small_blob(digest, MAX_MANIFEST_BYTES)
-        document = manifest_from_bytes(body) if body is not None else None
-        if document is None or document.digest != digest:
-            raise ManifestUnknown("manifest unknown", {"digest": digest})
-        self._manifests.put(digest, document)
-        return document
+        return await self._cache.manifest(digest)
 
     async def blob(self, digest: str) -> LocalBlob | RedirectBlob:
-        """Where the blob with ``digest`` is; fails with ``BlobUnknown``."""
+        """
+        Where the blob with ``digest`` is; fails with ``BlobUnknown``, or
+        ``Unavailable`` when storage cannot be used now.
+        """
         check_digest(digest)
-        where: LocalBlob | RedirectBlob = await self._storage.blob(digest)
+        try:
+            where: LocalBlob | RedirectBlob = await self._storage.blob(digest)
+        except STORAGE_FAILURES as e:
+            raise storage_failed(e, "looking up blob " + digest, self.log) from e
         return where
 
     async def tags(self, name: str) -> list[str]:
@@ -295,64 +273,133 @@ class ImageService(MultiService):
                   tag: str) -> Deferred[Image]:
         """
         A Deferred of the caller's own for the image; starts the work if
-        nobody else has.  Cancelling it removes only this waiter.
+        nobody else has.  Cancelling it removes only this waiter.  The
+        work logs its own outcome, once however many wait for it.
         """
         def start() -> Deferred[Image]:
-            work = Deferred.fromCoroutine(self._produce(request, tag))
-            work.addErrback(self._log_failure, request.name, tag)
-            return work
+            return Deferred.fromCoroutine(self._produce(request, tag))
 
         return self._in_flight.wait(memo_key, start)
-
-    def _log_failure(self, failure: Failure, name: str, tag: str) -> Failure:
-        """Log an image's failure once, however many wait for it."""
-        error = failure.value
-        if isinstance(error, RegistryError):
-            self.log.warn("Image {image}:{tag} failed: {error}",
-                          image=name, tag=tag, error=error.message)
-        elif not isinstance(error, CancelledError):
-            self.log.failure("Image {image}:{tag} failed", failure,
-                             image=name, tag=tag)
-        return failure
 
     # -- producing an image -------------------------------------------------
 
     async def _produce(self, request: ImageRequest, tag: str) -> Image:
+        """
+        The image for a request: from the pinned manifest cache, or from a
+        build with a record of its own (see :mod:`nixeryd.service.builds`).
+        Every outcome is logged here, once however many wait for it.
+        """
         await self._until_ready()
-        pinned = await self._source.pin(tag)
-        pinned_key = None
-        if pinned.revision is not None:
-            pinned_key = _key("pinned", MANIFEST_FORMAT_VERSION, self._builder.settings_key(),
-                              pinned.kind, pinned.revision, request.key())
-            image = await self._cached(pinned_key)
-            if image is not None:
-                self.log.info("Serving {image}:{tag} from the manifest cache "
-                              "(pinned source)", image=request.name, tag=tag)
-                return self._finish(request, tag, pinned, image)
-        self.log.info("Resolving {packages} for {image}:{tag}", image=request.name,
-                      tag=tag, packages=", ".join(request.packages) or "(nothing)",
-                      system=request.arch.nix_system, phase="resolving")
+        build: BuildLog | None = None
+        try:
+            pinned = await self._source.pin(tag)
+            pinned_key = None
+            if pinned.revision is not None:
+                pinned_key = cache_key("pinned", MANIFEST_FORMAT_VERSION,
+                                  self._builder.settings_key(), pinned.kind,
+                                  pinned.revision, request.key())
+                image = await self._cache.cached(pinned_key)
+                if image is not None:
+                    self.log.info("Serving {image}:{tag} from the manifest cache "
+                                  "(pinned source)", image=request.name, tag=tag)
+                    return self._finish(request, tag, pinned, image)
+            build = self._start_build(request, tag, pinned)
+            image, outcome = await self._evaluate_and_build(build, request, tag, pinned)
+            if pinned_key is not None:
+                await self._cache.remember(pinned_key, image)
+        except CancelledError as e:
+            if not self._stopping:
+                # Only stopping cancels this work: this was a call below
+                # cancelled by its own timeout (a storage request).
+                raise self._failed(build, request, tag, e,
+                               Failure()) from e  # type: ignore[no-untyped-call]
+            if build is not None:
+                build.cancelled("the registry is stopping")
+            raise
+        except Exception as e:
+            error = self._failed(build, request, tag, e,
+                                 Failure())  # type: ignore[no-untyped-call]
+            if error is e:
+                raise
+            raise error from e
+        build.succeeded(image.docker.digest, outcome)
+        return self._finish(request, tag, pinned, image)
+
+    def _start_build(self, request: ImageRequest, tag: str,
+                     pinned: PinnedSource) -> BuildLog:
+        """A new build record, as Nix is about to be asked."""
+        return BuildLog(self.builds.start(
+            image=request.name, tag=tag, packages=request.packages,
+            system=request.arch.nix_system, source=describe_source(pinned),
+            revision=pinned.revision))
+
+    async def _evaluate_and_build(self, build: BuildLog, request: ImageRequest,
+                                  tag: str, pinned: PinnedSource) -> tuple[Image, str]:
+        """
+        Evaluate the request, then serve the image already stored for the
+        same store paths or build it: the image, and one line saying how
+        it was made.
+        """
+        log = build.log
         async with self._evaluations:
+            build.enter(BuildPhase.EVALUATING)
+            log.info("Evaluating {packages} for {image}:{tag} ({source})",
+                     image=request.name, tag=tag, source=build.record.source,
+                     packages=", ".join(request.packages) or "(nothing)",
+                     system=request.arch.nix_system, phase="resolving")
             resolution = await self._nix.resolve(
                 pinned, request.packages, OPTIONAL_PACKAGES, request.arch.nix_system,
-                image=request.name)
-        closure_key = _key("closure", MANIFEST_FORMAT_VERSION, self._builder.settings_key(),
+                image=request.name, log=log)
+        closure_key = cache_key("closure", MANIFEST_FORMAT_VERSION, self._builder.settings_key(),
                            request.arch.nix_system, request.key(),
                            *resolution.out_paths)
-        image = await self._cached(closure_key)
-        if image is None:
-            async with self._builds:
-                built = await self._builder.build(request, resolution)
-            image = built.image
-            await self._remember(closure_key, image)
-            if self._reference is not None:
-                await self._record_reference(request, tag, image)
+        image = await self._cache.cached(closure_key)
+        if image is not None:
+            return image, "the same store paths as an image already stored: served that image"
+        if self._builds.tokens == 0:
+            build.enter(BuildPhase.WAITING)
+            log.info("Waiting for a build slot", image=request.name, tag=tag)
+        async with self._builds:
+            build.enter(BuildPhase.BUILDING)
+            built = await self._builder.build(request, resolution, build)
+        image = built.image
+        await self._cache.remember(closure_key, image)
+        if self._reference is not None:
+            await self._record_reference(request, tag, image)
+        record = build.record
+        return image, "built in %.1f s: %d layers, %s" % (
+            record.duration(), len(record.layers), human_size(record.total_layer_bytes()))
+
+    def _failed(self, build: BuildLog | None, request: ImageRequest, tag: str,
+                error: BaseException, failure: Failure) -> BaseException:
+        """
+        Log a failure once and end the build's record with it.  Returns the
+        error for the waiters: a registry error as it is (with the build's
+        id), a storage failure or a timed-out call as :class:`Unavailable`,
+        anything else as it is (a 500, logged with its traceback).
+        """
+        client_error: RegistryError | None = None
+        if isinstance(error, RegistryError):
+            client_error = error
+        elif isinstance(error, CancelledError):
+            self.log.warn("A call for {image}:{tag} was cancelled by its timeout",
+                          image=request.name, tag=tag)
+            client_error = Unavailable("a call of the registry timed out; try again later")
+        elif isinstance(error, STORAGE_FAILURES):
+            client_error = storage_failed(
+                error, "producing %s:%s" % (request.name, tag), self.log)
+        if build is not None:
+            if client_error is None:
+                build.crashed(failure)
+            else:
+                build.failed(client_error)
+        elif client_error is None:
+            self.log.failure("Image {image}:{tag} failed", failure,
+                             image=request.name, tag=tag)
         else:
-            self.log.info("Serving {image}:{tag} from the manifest cache "
-                          "(same store paths)", image=request.name, tag=tag)
-        if pinned_key is not None:
-            await self._remember(pinned_key, image)
-        return self._finish(request, tag, pinned, image)
+            self.log.warn("Image {image}:{tag} failed: {error}", image=request.name,
+                          tag=tag, error=client_error.message)
+        return client_error or error
 
     async def _record_reference(self, request: ImageRequest, tag: str,
                                 image: Image) -> None:
@@ -377,29 +424,5 @@ class ImageService(MultiService):
             pinned.kind == "channel" or pinned.revision == tag)
         expires = None if immutable else self._clock.seconds() + self._moving_ttl
         self._recent.put(self._memo_key(request, tag), (image, expires))
-        for document in (image.docker, image.oci):
-            self._manifests.put(document.digest, document)
+        self._cache.keep(image)
         return image
-
-    async def _cached(self, key: str) -> Image | None:
-        """The image stored under a manifest cache key, if all of it is there."""
-        record = await self._storage.get_document(MANIFEST_NAMESPACE, key)
-        if record is None:
-            return None
-        try:
-            docker = await self.manifest(record["docker"])
-            oci = await self.manifest(record["oci"])
-        except ManifestUnknown:
-            return None
-        referenced = json.loads(docker.body)
-        for descriptor in [referenced["config"]] + referenced["layers"]:
-            if not await self._storage.has_blob(descriptor["digest"]):
-                self.log.warn("Cached image {digest} lacks blob {blob}; rebuilding",
-                              digest=docker.digest, blob=descriptor["digest"])
-                return None
-        return Image(docker=docker, oci=oci)
-
-    async def _remember(self, key: str, image: Image) -> None:
-        await self._storage.put_document(
-            MANIFEST_NAMESPACE, key,
-            {"docker": image.docker.digest, "oci": image.oci.digest})

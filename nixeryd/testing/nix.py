@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from nixeryd.build.closure import ClosureGraph, StorePathInfo
 from nixeryd.build.nix import Resolution, ResolvedPackage
@@ -22,6 +23,8 @@ from nixeryd.core.errors import BuildFailed, UnknownPackages
 from nixeryd.testing.gates import follow
 
 T = TypeVar("T")
+
+_log = Logger()
 
 
 class FakeNix:
@@ -42,6 +45,12 @@ class FakeNix:
     :ivar build_gate: when set, ``build`` waits for it.
     :ivar resolve_error: when set, ``resolve`` raises it.
     :ivar build_error: when set, ``build`` raises it.
+    :ivar resolve_lines: lines each ``resolve`` logs as Nix's stderr,
+        before its gate.
+    :ivar build_lines: lines each ``build`` logs as Nix's stderr, before
+        its gate.
+    :ivar logs: the logger given to every call (``None`` when not given),
+        in order.
     """
 
     def __init__(self) -> None:
@@ -55,6 +64,9 @@ class FakeNix:
         self.build_gate: Deferred[Any] | None = None
         self.resolve_error: BaseException | None = None
         self.build_error: BaseException | None = None
+        self.resolve_lines: list[str] = []
+        self.build_lines: list[str] = []
+        self.logs: list[Logger | None] = []
 
     def add(self, packages: Sequence[str], resolution: Resolution,
             closure: ClosureGraph) -> None:
@@ -67,7 +79,8 @@ class FakeNix:
 
     async def resolve(self, source: PinnedSource, packages: Sequence[str],
                       optional: Sequence[str] = (), system: str = "x86_64-linux",
-                      *, image: str | None = None) -> Resolution:
+                      *, image: str | None = None,
+                      log: Logger | None = None) -> Resolution:
         """
         The resolution added for ``packages``.
 
@@ -75,6 +88,7 @@ class FakeNix:
             was added.
         """
         self.resolve_calls.append((source, tuple(packages), tuple(optional), system))
+        self._emit(log, self.resolve_lines, "nix-instantiate", image, "resolve")
         if self.resolve_gate is not None:
             await follow(self.resolve_gate)
         if self.resolve_error is not None:
@@ -86,13 +100,15 @@ class FakeNix:
 
     async def build(self, resolution: Resolution, *,
                     image: str | None = None,
-                    gc_root: str | None = None) -> ClosureGraph:
+                    gc_root: str | None = None,
+                    log: Logger | None = None) -> ClosureGraph:
         """
         The closure added for ``resolution``'s output paths.
 
         :raises BuildFailed: when none was added.
         """
         self.build_calls.append(resolution)
+        self._emit(log, self.build_lines, "nix-build", image, "build")
         if self.build_gate is not None:
             await follow(self.build_gate)
         if self.build_error is not None:
@@ -102,6 +118,14 @@ class FakeNix:
             raise BuildFailed("no closure for %s" % (", ".join(resolution.out_paths),))
         self.builds_finished += 1
         return closure
+
+    def _emit(self, log: Logger | None, lines: Sequence[str], argv0: str,
+              image: str | None, phase: str) -> None:
+        """Log ``lines`` as the process runner logs a child's stderr."""
+        self.logs.append(log)
+        for line in lines:
+            (log or _log).info("{argv0}[{pid}] {line}", line=line, argv0=argv0,
+                               pid=0, stream="stderr", image=image, phase=phase)
 
 
 class FakeSource:

@@ -220,6 +220,27 @@ let
       in
       package;
 
+    # Like a nixpkgs package with an unfree license, which nixpkgs refuses
+    # to evaluate unless allowUnfree is set.
+    unfreepkg =
+      let
+        drv = mk "unfreepkg-1.0" ''
+          mkdir -p "$out"
+        '' { };
+        meta = { license = { shortName = "unfree"; free = false; }; };
+        handled =
+          if !meta.license.free
+          then throw "Package ‘unfreepkg-1.0’ has an unfree license (‘unfree’), refusing to evaluate."
+          else true;
+        package = drv // {
+          inherit meta;
+          drvPath = assert handled; drv.drvPath;
+          outPath = assert handled; drv.outPath;
+          out = package;
+        };
+      in
+      package;
+
     # Like a nixpkgs alias of a removed package.
     removedpkg = throw "removedpkg has been removed: use hello";
   };

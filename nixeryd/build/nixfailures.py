@@ -1,0 +1,187 @@
+"""
+What a failed Nix call means, in one line for the person pulling the image.
+
+The Nix runner hands every failed call here with what it knows (the image,
+the packages, the step); the answer is a registry error whose message
+names the package (and the image, when it is not just that package) and
+says what happened:
+
+- a permanent failure of the name at this revision of the package set
+  (a package that throws, a failed builder, a package set that does not
+  evaluate, a step past ``NIX_TIMEOUT``) is a
+  :class:`~nixeryd.core.errors.BuildFailed`;
+- Nix itself being unavailable (no daemon to connect to, no Nix program)
+  is a transient :class:`~nixeryd.core.errors.Unavailable`.
+
+Pure: it reads log lines and process outcomes, nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping, Sequence
+
+from nixeryd.build.closure import store_path_name
+from nixeryd.build.processresult import ProcessFailed, ProcessTimedOut
+from nixeryd.core.errors import BuildFailed, BuildTimedOut, Unavailable
+
+#: How Nix says a builder failed: the derivation, then the exit code or
+#: the signal (Nix 2.3 to 2.2x).
+_BUILDER_FAILED = re.compile(
+    r"builder for '(/nix/store/[^']+\.drv)' failed"
+    r"(?: with exit code (\d+)| due to signal (\d+))?")
+
+#: How Nix says it starts a derivation's builder.
+_BUILDING = re.compile(r"building '(/nix/store/[^']+\.drv)'")
+
+#: How Nix says it cannot reach the daemon (or lost it).
+_DAEMON_UNAVAILABLE = re.compile(
+    r"cannot connect to (?:socket|daemon) at"
+    r"|cannot open connection to remote store"
+    r"|Nix daemon disconnected unexpectedly")
+
+#: What the child wrapper of :mod:`nixeryd.build.process` writes when the
+#: program cannot be started, with exit status 127.
+_CANNOT_RUN = "cannot run "
+
+
+def first_error_message(tail: Sequence[str]) -> str | None:
+    """The message of the first ``error:`` line of a Nix log, without the prefix."""
+    for line in tail:
+        stripped = line.strip()
+        if stripped.startswith("error:"):
+            return stripped[len("error:"):].strip()
+    return None
+
+
+def image_subject(image: str | None) -> str:
+    """``image <name>``, or ``the image`` when the name is not known."""
+    return "image %s" % (image,) if image else "the image"
+
+
+def packages_subject(packages: Sequence[str], image: str | None) -> str:
+    """
+    ``package <name>`` (or ``packages <a>, <b>``), followed by ``in image
+    <name>`` unless the image is just those packages.
+    """
+    subject = ("package %s" if len(packages) == 1 else "packages %s") % (
+        ", ".join(packages),)
+    if image and image != "/".join(packages):
+        subject += " in image %s" % (image,)
+    return subject
+
+
+def nix_unavailable(failure: ProcessFailed) -> Unavailable | None:
+    """
+    The transient error for a Nix call that failed because Nix could not
+    work at all: the program is missing, or the daemon cannot be reached.
+    ``None`` for every other failure.
+    """
+    if failure.exit_code == 127 and any(
+            line.startswith(_CANNOT_RUN) for line in failure.tail):
+        return Unavailable("Nix is unavailable on the registry (%s cannot be run);"
+                           " try again later" % (failure.program,),
+                           log_tail=failure.tail)
+    if any(_DAEMON_UNAVAILABLE.search(line) for line in failure.tail):
+        return Unavailable("the Nix daemon is unavailable; try again later",
+                           log_tail=failure.tail)
+    return None
+
+
+def evaluation_failure(failure: ProcessFailed, timeout: float,
+                       image: str | None) -> BuildFailed:
+    """
+    The error for an evaluation that failed as a whole: the package set
+    does not evaluate (or cannot be fetched at that revision), a package
+    aborts it, or it ran past the timeout.
+    """
+    subject = image_subject(image)
+    if isinstance(failure, ProcessTimedOut):
+        return BuildTimedOut("evaluation", timeout, subject, None, failure.tail)
+    cause = first_error_message(failure.tail) or failure.describe()
+    return BuildFailed("the evaluation of %s failed: %s" % (subject, cause),
+                       None, failure.tail)
+
+
+def unusable_packages(packages: Sequence[str], tail: Sequence[str],
+                      image: str | None) -> BuildFailed:
+    """
+    The error for requested packages that throw when evaluated (removed
+    aliases, broken, unfree or insecure packages): names every one, with
+    Nix's own message for the first when ``tail`` (its strict evaluation)
+    has it.
+    """
+    message = "%s cannot be evaluated" % (packages_subject(packages, image),)
+    cause = first_error_message(tail)
+    if cause is None:
+        message += " (removed, broken, unfree or insecure?)"
+    elif len(packages) == 1:
+        message += ": %s" % (cause,)
+    else:
+        message += "; %s: %s" % (packages[0], cause)
+    return BuildFailed(message, packages[0], tail)
+
+
+def build_failure(failure: ProcessFailed, timeout: float, image: str | None,
+                  requested: Mapping[str, str]) -> BuildFailed:
+    """
+    The error for a failed ``nix-build``: which package failed (the
+    requested name when its own builder failed, else the dependency's
+    derivation name) and how, or which package was building when the
+    timeout passed.
+
+    :param requested: the requested name of each derivation the image
+        asked for, by derivation path.
+    """
+    if isinstance(failure, ProcessTimedOut):
+        return _build_timeout(failure, timeout, image, requested)
+    for line in failure.tail:
+        match = _BUILDER_FAILED.search(line)
+        if match is None:
+            continue
+        drv_path, exit_code, signal = match.groups()
+        if exit_code is not None:
+            how = "builder exited with status %s" % (exit_code,)
+        elif signal is not None:
+            how = "builder was killed by signal %s" % (signal,)
+        else:
+            how = "builder failed"
+        package = requested.get(drv_path)
+        if package is not None:
+            return BuildFailed("the build of %s failed (%s)" % (
+                packages_subject([package], image), how), package, failure.tail)
+        name = store_path_name(drv_path)[:-len(".drv")]
+        return BuildFailed("the build of %s, a dependency of %s, failed (%s)" % (
+            name, image_subject(image), how), name, failure.tail)
+    cause = first_error_message(failure.tail) or failure.describe()
+    return BuildFailed("the build of %s failed: %s" % (image_subject(image), cause),
+                       None, failure.tail)
+
+
+def closure_failure(failure: ProcessFailed, timeout: float,
+                    image: str | None) -> BuildFailed:
+    """The error for a failed closure report (``nix path-info``)."""
+    if isinstance(failure, ProcessTimedOut):
+        return BuildTimedOut("build", timeout, image_subject(image), None, failure.tail)
+    cause = first_error_message(failure.tail) or failure.describe()
+    return BuildFailed("querying the closure of %s failed: %s" % (
+        image_subject(image), cause), None, failure.tail)
+
+
+def _build_timeout(failure: ProcessTimedOut, timeout: float, image: str | None,
+                   requested: Mapping[str, str]) -> BuildTimedOut:
+    """A build timeout, naming the package whose builder ran last."""
+    building = None
+    for line in failure.tail:
+        match = _BUILDING.search(line)
+        if match is not None:
+            building = match.group(1)
+    if building is not None and building in requested:
+        package = requested[building]
+        return BuildTimedOut("build", timeout, packages_subject([package], image),
+                             package, failure.tail)
+    if building is not None:
+        name = store_path_name(building)[:-len(".drv")]
+        return BuildTimedOut("build", timeout, "%s (building %s)" % (
+            image_subject(image), name), name, failure.tail)
+    return BuildTimedOut("build", timeout, image_subject(image), None, failure.tail)

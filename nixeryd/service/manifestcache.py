@@ -1,0 +1,116 @@
+"""
+Manifests in storage, for the image service: every manifest served, by
+digest (the recent ones also in memory), and the manifest cache, whose
+documents name the two manifests of an image under a key that says
+everything that determines it (see :mod:`nixeryd.service.images`).
+
+Storage that fails here fails the request with
+:class:`~nixeryd.core.errors.Unavailable`, its cause logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from twisted.logger import Logger
+
+from nixeryd.build.manifest import manifest_from_bytes
+from nixeryd.core.digests import check_digest
+from nixeryd.core.documents import Image, ManifestDocument
+from nixeryd.core.errors import ManifestUnknown, Unavailable
+from nixeryd.service.failures import STORAGE_FAILURES, storage_unavailable
+from nixeryd.service.lru import LRU
+from nixeryd.storage.interface import IStorage
+
+#: Bumped whenever the same inputs would give a different manifest.
+MANIFEST_FORMAT_VERSION = "1"
+#: Namespace of manifest cache documents in storage.
+MANIFEST_NAMESPACE = "manifests"
+#: Largest manifest read back from storage.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+#: How many manifests are kept in memory for requests by digest.
+MEMORY_MANIFESTS = 10_000
+
+_log = Logger()
+
+
+def cache_key(*parts: str) -> str:
+    """
+    A manifest cache key: a hash of ``parts`` (which include
+    :data:`MANIFEST_FORMAT_VERSION`).
+    """
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def storage_failed(error: BaseException, what: str, log: Logger = _log) -> Unavailable:
+    """The transient error for a storage failure, logged with its cause."""
+    unavailable = storage_unavailable(error)
+    assert unavailable is not None
+    log.warn("Storage failed while {what}: {cause}", what=what,
+             cause=str(error) or repr(error))
+    return unavailable
+
+
+class ManifestCache:
+    """
+    Manifests by digest and images by cache key, in ``storage``.
+
+    :param storage: holds the manifests (as blobs) and the cache documents.
+    """
+
+    def __init__(self, storage: IStorage) -> None:
+        self._storage = storage
+        self._manifests: LRU[str, ManifestDocument] = LRU(MEMORY_MANIFESTS)
+
+    def keep(self, image: Image) -> None:
+        """Answer both manifests of ``image`` by digest from memory."""
+        for document in (image.docker, image.oci):
+            self._manifests.put(document.digest, document)
+
+    async def manifest(self, digest: str) -> ManifestDocument:
+        """
+        A manifest stored in this registry, by digest.
+
+        :raises DigestInvalid: for a malformed digest.
+        :raises ManifestUnknown: when there is no such manifest.
+        :raises Unavailable: when storage cannot be used now.
+        """
+        check_digest(digest)
+        document = self._manifests.get_recent(digest)
+        if document is not None:
+            return document
+        try:
+            body: bytes | None = await self._storage.read_small_blob(
+                digest, MAX_MANIFEST_BYTES)
+        except STORAGE_FAILURES as e:
+            raise storage_failed(e, "reading manifest " + digest) from e
+        document = manifest_from_bytes(body) if body is not None else None
+        if document is None or document.digest != digest:
+            raise ManifestUnknown("manifest unknown", {"digest": digest})
+        self._manifests.put(digest, document)
+        return document
+
+    async def cached(self, key: str) -> Image | None:
+        """The image stored under a cache key, if all of it is there."""
+        record = await self._storage.get_document(MANIFEST_NAMESPACE, key)
+        if record is None:
+            return None
+        try:
+            docker = await self.manifest(record["docker"])
+            oci = await self.manifest(record["oci"])
+        except ManifestUnknown:
+            return None
+        referenced = json.loads(docker.body)
+        for descriptor in [referenced["config"]] + referenced["layers"]:
+            if not await self._storage.has_blob(descriptor["digest"]):
+                _log.warn("Cached image {digest} lacks blob {blob}; rebuilding",
+                          digest=docker.digest, blob=descriptor["digest"])
+                return None
+        return Image(docker=docker, oci=oci)
+
+    async def remember(self, key: str, image: Image) -> None:
+        """Store ``image`` under a cache key."""
+        await self._storage.put_document(
+            MANIFEST_NAMESPACE, key,
+            {"docker": image.docker.digest, "oci": image.oci.digest})
