@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 from twisted.trial.unittest import TestCase
@@ -35,8 +36,15 @@ class BuildCommandEndToEnd(TestCase):
         binary runs under chroot, through the symlink layer.
         """
         out, result = self.build("hello")
-        digest = result.stdout.strip()
-        self.assertRegex(digest, r"^sha256:[0-9a-f]{64}$")
+        # stdout: the Docker manifest, as docker pull gets it; stderr names the OCI one.
+        docker_digest = result.stdout.strip()
+        self.assertRegex(docker_digest, r"^sha256:[0-9a-f]{64}$")
+        docker = json.load(open(os.path.join(out, "blobs", "sha256", docker_digest[7:])))
+        self.assertEqual(docker["mediaType"],
+                         "application/vnd.docker.distribution.manifest.v2+json")
+        found = re.search(r"the OCI manifest is (sha256:[0-9a-f]{64})", result.stderr)
+        assert found is not None, result.stderr
+        digest = found.group(1)
         index = json.load(open(os.path.join(out, "index.json")))
         [entry] = index["manifests"]
         self.assertEqual(entry["digest"], digest)
@@ -52,7 +60,7 @@ class BuildCommandEndToEnd(TestCase):
         ran = run(["chroot", rootfs, "/bin/hello"])
         self.assertEqual(ran.stdout, "Hello, world!\n")
         self.assertEqual(os.stat(os.path.join(rootfs, "tmp")).st_mode & 0o7777, 0o1777)
-        self.assertIn("Wrote layer", result.stderr)
+        self.assertIn("printed the digest of the Docker manifest", result.stderr)
 
     def test_shell_image(self) -> None:
         """

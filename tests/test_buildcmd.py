@@ -14,10 +14,13 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from nixeryd.__main__ import main as nixeryd_main
-from nixeryd.app.buildcmd import EXIT_INVALID, BuildOptions, BuildRequest, main, parse
+from nixeryd.app.buildcmd import (DOCKER_PULL_ACCEPT, EXIT_INVALID, BuildOptions, BuildRequest,
+                                  main, parse, printed_manifest)
 from nixeryd.app.settings import IMAGE_SETTINGS, SourceSetting
 from nixeryd.app.tap import Options
 from nixeryd.core import defaults
+from nixeryd.core.documents import Image, ManifestDocument
+from nixeryd.core.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
 
 #: The options every build needs.
 REQUIRED = ["--pkgs-path", "/srv/pkgs", "--out", "/srv/out"]
@@ -179,3 +182,45 @@ class CommandTests(SynchronousTestCase):
         """``build`` runs the build command with the remaining arguments."""
         self.assertEqual(nixeryd_main(["build", "--help"]), 0)
         self.assertIn("Usage: nixeryd build", self.stdout.getvalue())
+
+
+class PrintedDigestTests(SynchronousTestCase):
+    """The digest printed is the one ``docker pull`` gets from the daemon."""
+
+    def test_docker_manifest(self) -> None:
+        """Docker's Accept lines get the Docker manifest; stderr names the OCI one."""
+        docker = ManifestDocument(DOCKER_MANIFEST, b"{}", "sha256:" + "d" * 64)
+        oci = ManifestDocument(OCI_MANIFEST, b"[]", "sha256:" + "0" * 64)
+        chosen, which = printed_manifest(Image(docker=docker, oci=oci))
+        self.assertIs(chosen, docker)
+        self.assertEqual(which, "printed the digest of the Docker manifest, what `docker pull`"
+                                " gets; the OCI manifest is sha256:" + "0" * 64)
+
+    def test_accept_lines(self) -> None:
+        """``docker pull`` accepts both formats, and so gets what the daemon prefers."""
+        self.assertIn(DOCKER_MANIFEST.encode(), DOCKER_PULL_ACCEPT)
+        self.assertIn(OCI_MANIFEST.encode(), DOCKER_PULL_ACCEPT)
+
+
+class WarningsTests(SynchronousTestCase):
+    """What of the log the command shows: warnings it does not report otherwise."""
+
+    def test_shown(self) -> None:
+        from twisted.internet.task import Clock
+        from twisted.logger import Logger
+
+        from nixeryd.app.buildcmd import _warning_observer
+        from nixeryd.app.buildprogress import BuildDisplay
+
+        stream = io.StringIO()
+        log = Logger(namespace="test",
+                     observer=_warning_observer(BuildDisplay(stream, Clock())))
+        log.info("Resolved 3 packages")
+        log.warn("Popularity data from {source} is unavailable", source="/p.json")
+        log.warn("{argv0}[{pid}] {line}", argv0="nix-build", pid=1, line="error: x")
+        log.warn("{image}:{tag} failed", image="hello", tag="latest")
+        log.error("Storage failed")
+        self.assertEqual(stream.getvalue(),
+                         "nixeryd: Popularity data from /p.json is unavailable\n"
+                         "nixeryd: Storage failed\n")
+

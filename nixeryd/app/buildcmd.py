@@ -9,9 +9,12 @@ timeout, layer budget, popularity data, threads) are the daemon's own
 definitions (:mod:`nixeryd.app.settings`), checked the same way; the
 command reads only its command line, never the environment.
 
-Exit codes: 0 on success (the OCI manifest digest is printed on stdout),
-2 for usage errors, unknown packages or invalid input, 1 for a failed
-build.  Progress goes to stderr.
+Exit codes: 0 on success, 2 for usage errors, unknown packages or invalid
+input, 1 for a failed build.  On success the digest the daemon would serve
+to ``docker pull`` for this image (the Docker manifest's) is printed on
+stdout, and stderr says which manifest that is and names the other.
+Progress goes to stderr (:mod:`nixeryd.app.buildprogress`), from the
+build's record.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from typing import Any, Optional, Sequence, TextIO
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.logger import (FilteringLogObserver, ILogObserver, LogEvent, LogLevel,
-                            LogLevelFilterPredicate, formatEvent, globalLogBeginner)
+from twisted.logger import (FilteringLogObserver, ILogFilterPredicate, ILogObserver, LogEvent,
+                            LogLevel,
+                            LogLevelFilterPredicate, PredicateResult, formatEvent,
+                            globalLogBeginner)
 from twisted.python.usage import UsageError
 from zope.interface import implementer
 
@@ -41,8 +46,12 @@ from nixeryd.app.settings import (
     read_nix_options,
     read_source,
 )
+from nixeryd.app.buildprogress import BuildDisplay, human_size, layer_sizes
 from nixeryd.core import defaults
+from nixeryd.core.documents import Image, ManifestDocument
 from nixeryd.core.errors import BuildFailed, RegistryError, UnknownPackages
+from nixeryd.core.mediatypes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from nixeryd.registry.negotiate import choose_manifest
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -77,7 +86,8 @@ class BuildOptions(ImageOptions):
     variables = False
     synopsis = "Usage: nixeryd build [options] NAME"
     longdesc = ("Build the image for NAME (e.g. shell/git/htop) from Nix packages"
-                " and write it to an OCI image layout; print its manifest digest."
+                " and write it to an OCI image layout; print the digest `docker pull`"
+                " gets from the daemon for it (the Docker manifest's)."
                 " Exit codes: 0 built, 2 usage error, unknown packages or invalid"
                 " name, 1 failed build.")
 
@@ -148,27 +158,65 @@ def parse(argv: Sequence[str]) -> BuildRequest:
     return options.request
 
 
-@implementer(ILogObserver)
-class ProgressObserver:
-    """Writes each event's message as a ``nixeryd: ...`` line to a stream."""
+#: The media type of a Docker manifest list (never served: images have one
+#: architecture), which ``docker pull`` accepts too.
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
+#: The ``Accept`` header lines of ``docker pull`` asking for a manifest.
+DOCKER_PULL_ACCEPT = tuple(media_type.encode("ascii") for media_type in (
+    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST))
+
+
+def printed_manifest(image: Image) -> tuple[ManifestDocument, str]:
+    """
+    The manifest whose digest is printed: the one the daemon serves to
+    ``docker pull`` (:mod:`nixeryd.registry.negotiate`), and a phrase
+    saying which one it is and naming the other.
+    """
+    chosen = choose_manifest(image, DOCKER_PULL_ACCEPT)
+    if chosen is image.docker:
+        return chosen, ("printed the digest of the Docker manifest, what `docker pull`"
+                        " gets; the OCI manifest is %s" % (image.oci.digest,))
+    return chosen, ("printed the digest of the OCI manifest, what `docker pull` gets;"
+                    " the Docker manifest is %s" % (image.docker.digest,))
+
+
+@implementer(ILogObserver)
+class WarningObserver:
+    """Shows logged warnings and errors as lines of the display."""
+
+    def __init__(self, display: BuildDisplay) -> None:
+        self._display = display
 
     def __call__(self, event: LogEvent) -> None:
-        """Write one event."""
+        """Show one event."""
         text = formatEvent(event)
         if text:
-            self._stream.write("nixeryd: %s\n" % (text,))
-            self._stream.flush()
+            self._display.say(text)
 
 
-def _progress_observer(stream: TextIO) -> ILogObserver:
+@implementer(ILogFilterPredicate)
+class NotReportedOtherwise:
+    """
+    Leaves out the events the command reports itself: the lines of Nix and
+    git (``argv0``; the failure's log tail is printed) and those about the
+    image (``image``; its failure is printed).
+    """
+
+    def __call__(self, event: LogEvent) -> object:
+        """``no`` for such an event, else ``maybe``."""
+        if "argv0" in event or "image" in event:
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
+def _warning_observer(display: BuildDisplay) -> ILogObserver:
     return FilteringLogObserver(
-        ProgressObserver(stream), [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)])
+        WarningObserver(display), [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn),
+                                   NotReportedOtherwise()])
 
 
-async def _build(reactor: Any, request: BuildRequest) -> int:
+async def _build(reactor: Any, request: BuildRequest, display: BuildDisplay) -> int:
     from nixeryd.app.wiring import assemble_image_service, make_thread_pools
     from nixeryd.build.childenv import child_environment
     from nixeryd.storage.filesystem import FilesystemStorage
@@ -182,23 +230,34 @@ async def _build(reactor: Any, request: BuildRequest) -> int:
         nix_timeout=request.nix_timeout, nix_options=request.nix_options,
         layer_budget=request.layer_budget, popularity=request.popularity_url,
         reference=lambda name, tag: tag, env=env)
+    unfollow = display.follow(service.builds)
     service.startService()
     try:
         image = await service.image(request.name, request.tag)
     except UnknownPackages as e:
-        sys.stderr.write("nixeryd: unknown packages: %s\n" % (", ".join(e.packages),))
+        display.say("unknown packages: %s" % (", ".join(e.packages),))
         return EXIT_INVALID
     except BuildFailed as e:
-        sys.stderr.write("nixeryd: %s\n" % (e.message,))
+        display.say(e.message)
         for line in e.log_tail:
-            sys.stderr.write("  | %s\n" % (line,))
+            display.say(line, prefix="  | ")
         return EXIT_FAILED
     except RegistryError as e:
-        sys.stderr.write("nixeryd: %s\n" % (e.message,))
-        return EXIT_INVALID
+        display.say(e.message)
+        return EXIT_FAILED if e.status >= 500 else EXIT_INVALID
     finally:
+        unfollow()
         await service.stopService()
-    sys.stdout.write(image.oci.digest + "\n")
+        display.close()
+    chosen, which = printed_manifest(image)
+    if not request.quiet:
+        if display.built is None:
+            sizes = layer_sizes(image.oci)
+            display.say("%s:%s was already built in %s: %d layers (%s)" % (
+                request.name, request.tag, request.out, len(sizes), human_size(sum(sizes))))
+        display.say("%s (named %s in %s)" % (
+            which, request.tag, os.path.join(request.out, "index.json")))
+    sys.stdout.write(chosen.digest + "\n")
     sys.stdout.flush()
     return EXIT_OK
 
@@ -212,17 +271,20 @@ def main(argv: Sequence[str]) -> int:
         return EXIT_INVALID
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else EXIT_OK
-    observers = [] if request.quiet else [_progress_observer(sys.stderr)]
-    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
+    from twisted.internet import reactor as global_reactor
     from twisted.internet import task
 
+    display = BuildDisplay(sys.stderr, global_reactor,
+                           progress=not request.quiet)
+    observers = [] if request.quiet else [_warning_observer(display)]
+    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
     result = []
 
     async def run(reactor: Any) -> None:
         try:
-            result.append(await _build(reactor, request))
+            result.append(await _build(reactor, request, display))
         except ValueError as e:
-            sys.stderr.write("nixeryd: %s\n" % (e,))
+            display.say(str(e))
             result.append(EXIT_INVALID)
 
     try:
