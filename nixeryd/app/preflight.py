@@ -60,6 +60,10 @@ EXIT_USAGE = 2
 #: Seconds each check may take (git ls-remote, Nix, the storage).
 CHECK_TIMEOUT = 30.0
 
+#: Seconds a check running git or Nix may take beyond the child's own
+#: deadline (which kills it, then waits for it to end).
+CHILD_SLACK = 10.0
+
 #: Where the storage probe document goes: one fixed name, overwritten at
 #: every start, so probes never pile up.
 PROBE_NAMESPACE = "startup"
@@ -320,10 +324,15 @@ async def run_checks(config: Config, *, reactor: ProcessReactor, env: Mapping[st
     :raises StartupFailed: for the first check that failed.
     """
     what, fix = storage_words(config)
-    source: Deferred[Optional[str]] = Deferred.fromCoroutine(
+    # git and Nix have their own deadline, which says more when it passes.
+    slack = timeout + CHILD_SLACK
+    source: Deferred[Optional[str]] = Deferred.fromCoroutine(within(
+        slack, reactor, "the package source",
         check_source(config.source, reactor=reactor, env=env, runner=runner,
-                     timeout=timeout))
-    nix = Deferred.fromCoroutine(check_nix(reactor=reactor, env=env, timeout=timeout))
+                     timeout=timeout)))
+    nix = Deferred.fromCoroutine(within(
+        slack, reactor, "nix-instantiate --version",
+        check_nix(reactor=reactor, env=env, timeout=timeout)))
     storage = Deferred.fromCoroutine(within(
         timeout, reactor, what,
         check_storage(open_storage, what=what, fix=fix)))
