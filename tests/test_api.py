@@ -308,6 +308,17 @@ class ServiceErrorTests(StubRegistryTestCase):
         response, _ = self.fetch(b"GET", "/v2/shell/git/manifests/latest")
         self.assertEqual(header(response, b"retry-after"), b"10")
 
+    def test_page_after_a_sentence(self) -> None:
+        """A message ending with Nix's full stop is followed by the page's address."""
+        failed = BuildFailed("package x cannot be evaluated: Package 'x-1.0' is marked"
+                             " as broken, refusing to evaluate.", "x")
+        failed.build_id = "0123456789ab"
+        error = self.get_and_head(failed, 404, "MANIFEST_UNKNOWN")
+        self.assertEqual(error["message"],
+                         "package x cannot be evaluated: Package 'x-1.0' is marked as"
+                         " broken, refusing to evaluate; build log:"
+                         " http://registry.test/builds/0123456789ab")
+
     def test_one_line(self) -> None:
         """Line breaks in a message never reach the client."""
         error = self.get_and_head(BuildFailed("first\nsecond\r\nthird"), 404,

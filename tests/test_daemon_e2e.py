@@ -11,46 +11,20 @@ import http.client
 import json
 import os
 import subprocess
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest
 
 from tests.daemon import Daemon
-from tests.e2e import (PACKAGE_SET, fresh_package_set, require_root, require_tools,
+from tests.daemoncases import DaemonTestCase, podman_command
+from tests.e2e import (PACKAGE_SET, fresh_package_set, require_tools,
                        run)
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-class DaemonTestCase(TestCase):
-    """Starts daemons in a test and stops them in its cleanup."""
-
-    def daemon(self, *args: str, storage: str | None = None) -> Daemon:
-        require_root()
-        require_tools("nix-build")
-        workdir = os.path.abspath(self.mktemp())
-        os.makedirs(workdir)
-        daemon = Daemon(workdir, *args, storage=storage)
-        self.addCleanup(daemon.stop)
-        return daemon.start()
-
-    def short_directory(self) -> str:
-        """
-        A new directory with a short path, right in trial's temporary
-        directory (the working directory of the run, removed with it):
-        unix sockets and podman's run root have length limits that the
-        paths of ``mktemp()`` exceed.
-        """
-        return tempfile.mkdtemp(prefix="nx-", dir=os.getcwd())
-
-    def nix_processes(self, daemon: Daemon, argv0: str) -> int:
-        """How many times the daemon started the program ``argv0``."""
-        return len(daemon.events_with(process_event="started", argv0=argv0))
 
 
 class ClientsEndToEnd(DaemonTestCase):
@@ -84,11 +58,7 @@ class ClientsEndToEnd(DaemonTestCase):
     def test_podman_pull_and_run(self) -> None:
         """podman (vfs storage) pulls the image and runs its binary."""
         tools = require_tools("podman", "runc")
-        state = self.short_directory()
-        # All of podman's state in the test's directory, none in /run/libpod.
-        podman = [tools["podman"], "--root", state + "/root", "--runroot", state + "/run",
-                  "--tmpdir", state + "/libpod", "--events-backend", "none",
-                  "--storage-driver", "vfs"]
+        podman = podman_command(tools["podman"], self.short_directory())
         image = "%s/hello" % (self.registry.address,)
         run(podman + ["pull", "--tls-verify=false", image])
         ran = run(podman + ["run", "--rm", "--runtime", tools["runc"], "--network", "none",

@@ -53,7 +53,8 @@ class RegistryError(Exception):
         detail = self.detail
         if self.build_id is not None:
             if build_page is not None:
-                message = "%s; build log: %s" % (message, build_page)
+                # Nix's own sentences end with a full stop.
+                message = "%s; build log: %s" % (message.rstrip().rstrip("."), build_page)
             if detail is None:
                 detail = {"build": self.build_id}
             elif isinstance(detail, dict):
