@@ -242,3 +242,11 @@ class BuildLogTests(SynchronousTestCase):
             self.build.crashed(Failure())
         self.assertEqual(self.record.message, "internal server error")
         self.assertIsInstance(self.passed_on[-1]["log_failure"].value, RuntimeError)
+
+    def test_credentials_left_out(self) -> None:
+        """URLs' credentials stay out of the record, which anyone pulling may read."""
+        self.stderr("fetching Git repository 'https://user:s3cret@git.example/pkgs'")
+        self.build.log.info("Fetching {url}", url="https://token@git.example/pkgs")
+        self.assertEqual(list(self.record.log), [
+            "fetching Git repository 'https://git.example/pkgs'",
+            "nixeryd: Fetching https://git.example/pkgs"])

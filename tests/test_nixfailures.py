@@ -41,6 +41,14 @@ class SubjectTests(SynchronousTestCase):
                          "first")
         self.assertIsNone(first_error_message(["warning: nothing"]))
 
+    def test_credentials_left_out(self) -> None:
+        """The user information of URLs in Nix's message never reaches a client."""
+        self.assertEqual(first_error_message([
+            "error: Cannot find Git revision 'ff' in ref 'HEAD' of repository"
+            " 'https://user:s3cret@git.example/pkgs.git'! Please make sure"]),
+            "Cannot find Git revision 'ff' in ref 'HEAD' of repository"
+            " 'https://git.example/pkgs.git'! Please make sure")
+
 
 class BuildFailureTests(SynchronousTestCase):
     """``nix-build`` failures."""

@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 
 from nixeryd.build.closure import store_path_name
 from nixeryd.build.processresult import ProcessFailed, ProcessTimedOut
+from nixeryd.build.progress import without_credentials
 from nixeryd.core.errors import BuildFailed, BuildTimedOut, Unavailable
 
 #: How Nix says a builder failed: the derivation, then the exit code or
@@ -46,11 +47,15 @@ _CANNOT_RUN = "cannot run "
 
 
 def first_error_message(tail: Sequence[str]) -> str | None:
-    """The message of the first ``error:`` line of a Nix log, without the prefix."""
+    """
+    The message of the first ``error:`` line of a Nix log, without the
+    prefix, and without the credentials of any URL in it (Nix names the
+    repository it failed to fetch from).
+    """
     for line in tail:
         stripped = line.strip()
         if stripped.startswith("error:"):
-            return stripped[len("error:"):].strip()
+            return without_credentials(stripped[len("error:"):].strip())
     return None
 
 

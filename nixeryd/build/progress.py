@@ -12,6 +12,7 @@ the steps just log.
 from __future__ import annotations
 
 import enum
+import re
 from typing import Protocol
 
 from attrs import frozen
@@ -53,6 +54,19 @@ class LayerSummary:
     size: int
     description: str
     reused: bool
+
+
+#: The user information of a URL (``https://user:token@host``).
+_URL_CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]+@")
+
+
+def without_credentials(text: str) -> str:
+    """
+    ``text`` without the user information of any URL in it: what a build
+    shows people (its log, its messages) may name a package repository
+    whose URL holds a token.
+    """
+    return _URL_CREDENTIALS.sub(r"\1", text)
 
 
 def human_size(size: int) -> str:

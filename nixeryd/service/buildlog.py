@@ -9,7 +9,8 @@ events:
 
 - a line of Nix's output (``stream="stderr"``, from
   :func:`~nixeryd.build.process.run_process`) is added to the record as it
-  is, and goes on to the service log at DEBUG, or at WARN when it is one
+  is (but for the credentials of URLs: the record is shown to anyone who
+  pulls), and goes on to the service log at DEBUG, or at WARN when it is one
   of Nix's ``error:`` lines;
 - any other event is nixeryd's own account of the build (a step started,
   a layer stored, the outcome): its text is added to the record after
@@ -25,7 +26,7 @@ from twisted.logger import (ILogObserver, LogEvent, Logger, LogLevel, formatEven
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nixeryd.build.progress import BuildPhase, LayerSummary
+from nixeryd.build.progress import BuildPhase, LayerSummary, without_credentials
 from nixeryd.core.errors import RegistryError
 from nixeryd.service.builds import BuildRecord
 
@@ -46,13 +47,13 @@ class _BuildObserver:
         event = dict(event, build=self._record.id)
         line = event.get("line")
         if event.get("stream") == "stderr" and isinstance(line, str):
-            self._record.add_log_line(line)
+            self._record.add_log_line(without_credentials(line))
             event["log_level"] = (LogLevel.warn if line.lstrip().startswith("error:")
                                   else LogLevel.debug)
         else:
             text = formatEvent(event)
             if text:
-                self._record.add_log_line(ACCOUNT_PREFIX + text)
+                self._record.add_log_line(ACCOUNT_PREFIX + without_credentials(text))
         self._publisher(event)
 
 

@@ -24,7 +24,7 @@ from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from nixeryd.build.progress import BuildPhase, LayerSummary
+from nixeryd.build.progress import BuildPhase, LayerSummary, without_credentials
 from nixeryd.build.sources import PinnedSource
 from nixeryd.core import defaults
 
@@ -47,19 +47,10 @@ def describe_source(pinned: PinnedSource) -> str:
     elif pinned.kind == "git":
         fetch = args.get("fetchGit")
         url = fetch.get("url") if isinstance(fetch, dict) else None
-        where = _without_credentials(url) if isinstance(url, str) else None
+        where = without_credentials(url) if isinstance(url, str) else None
     elif pinned.kind == "channel":
         where = args.get("channel")
     return "%s %s" % (pinned.kind, where) if isinstance(where, str) else pinned.kind
-
-
-def _without_credentials(url: str) -> str:
-    """``url`` without the user information of ``scheme://user:secret@host``."""
-    scheme, separator, rest = url.partition("://")
-    if not separator:
-        return url
-    authority, slash, path = rest.partition("/")
-    return "%s://%s%s%s" % (scheme, authority.rpartition("@")[2], slash, path)
 
 
 class BuildListener(Protocol):
