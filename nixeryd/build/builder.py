@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, ParamSpec, Sequence, TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, FirstError, gatherResults
@@ -38,10 +38,21 @@ from nixeryd.core import defaults
 from nixeryd.core.documents import Image
 from nixeryd.core.sharedwork import SharedWork
 from nixeryd.core.threads import Runner
+from nixeryd.metrics.hooks import NO_INSTRUMENTS, Instruments
 from nixeryd.storage.interface import IStorage
 
 #: Namespace of layer cache documents in storage.
 LAYER_NAMESPACE = "layers"
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _timed(work: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> tuple[T, float]:
+    """``work``'s result and the seconds it took (in the thread that runs it)."""
+    started = time.monotonic()
+    result = work(*args, **kwargs)
+    return result, time.monotonic() - started
 
 
 def layer_cache_key(paths: Sequence[str]) -> str:
@@ -98,14 +109,18 @@ class ImageBuilder:
     :param runner: runs blocking work (tar, gzip, hashing, file I/O).
     :param popularity: ``{name-version: count}`` for layering.
     :param layer_budget: the most store-path layers an image may have.
+    :param instruments: told of layer cache lookups and of how long each
+        layer took to write and to store.
     """
 
     log = Logger()
 
     def __init__(self, *, nix: NixSteps, storage: IStorage, runner: Runner,
                  popularity: Mapping[str, int] | None = None,
-                 layer_budget: int = defaults.LAYER_BUDGET) -> None:
+                 layer_budget: int = defaults.LAYER_BUDGET,
+                 instruments: Instruments = NO_INSTRUMENTS) -> None:
         self._nix = nix
+        self._instruments = instruments
         self._storage = storage
         self._runner = runner
         self._popularity = dict(popularity or {})
@@ -225,11 +240,12 @@ class ImageBuilder:
         comment = describe_layer(paths)
         cached = await self._storage.get_document(LAYER_NAMESPACE, key)
         if cached is not None and await self._storage.has_blob(cached["digest"]):
+            self._instruments.layer_cache(True)
             return LayerDescriptor(digest=cached["digest"], diff_id=cached["diff_id"],
                                    size=cached["size"], comment=comment), True
-        blob: LayerBlob = await self._runner.run(
-            write_store_layer, list(paths), self._storage.temp_directory())
-        await self._storage.store_blob_file(blob.path, blob.digest)
+        self._instruments.layer_cache(False)
+        blob = await self._write(write_store_layer, list(paths))
+        await self._store_blob(blob)
         await self._storage.put_document(
             LAYER_NAMESPACE, key,
             {"digest": blob.digest, "diff_id": blob.diff_id, "size": blob.size,
@@ -241,11 +257,24 @@ class ImageBuilder:
                          ) -> tuple[Customisation, LayerDescriptor]:
         """Build and store the customisation layer of the image."""
         custom: Customisation = await self._runner.run(build_customisation, top_level)
-        blob: LayerBlob = await self._runner.run(
-            write_tree_layer, list(custom.entries), self._storage.temp_directory())
-        await self._storage.store_blob_file(blob.path, blob.digest)
+        blob = await self._write(write_tree_layer, list(custom.entries))
+        await self._store_blob(blob)
         return custom, LayerDescriptor(digest=blob.digest, diff_id=blob.diff_id,
                                        size=blob.size, comment="customisation layer")
+
+    async def _write(self, write: Callable[[Any, str], LayerBlob],
+                     content: list[Any]) -> LayerBlob:
+        """Write a layer in the thread pool, timing the work itself."""
+        blob, seconds = await self._runner.run(
+            _timed, write, content, self._storage.temp_directory())
+        self._instruments.layer_written(seconds)
+        return blob
+
+    async def _store_blob(self, blob: LayerBlob) -> None:
+        """Store a written layer, timed."""
+        started = time.monotonic()
+        await self._storage.store_blob_file(blob.path, blob.digest)
+        self._instruments.layer_stored(time.monotonic() - started)
 
 
 class _LayerReport:

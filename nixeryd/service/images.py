@@ -49,6 +49,7 @@ from nixeryd.core.digests import check_digest
 from nixeryd.core.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
 from nixeryd.core.errors import RegistryError, Unavailable
 from nixeryd.core.sharedwork import SharedWork
+from nixeryd.metrics.hooks import NO_INSTRUMENTS, Instruments
 from nixeryd.storage.interface import IStorage
 from nixeryd.service.buildlog import BuildLog
 from nixeryd.service.builds import BuildHistory, describe_source
@@ -85,6 +86,8 @@ class ImageService(MultiService):
         from ``(name, tag)``; ``None`` records nothing.
     :param builds: where build records are kept (a new history when not
         given).
+    :param instruments: told of manifest cache lookups and storage
+        failures (for the daemon's metrics).
 
     Child services (the thread pools) are added with ``setServiceParent``:
     they start with this service and stop, in reverse order and one after
@@ -99,7 +102,8 @@ class ImageService(MultiService):
                  moving_ttl: float = defaults.MOVING_TTL,
                  reference: Callable[[str, str], str] | None = None,
                  on_start: Callable[[], Deferred[None] | None] | None = None,
-                 builds: BuildHistory | None = None) -> None:
+                 builds: BuildHistory | None = None,
+                 instruments: Instruments = NO_INSTRUMENTS) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         #: Records of the builds running and recently ended.
         self.builds = builds if builds is not None else BuildHistory(clock)
@@ -123,7 +127,8 @@ class ImageService(MultiService):
         #: Set once the service stops: work cancelled from then on is
         #: cancelled by the stop, not by a call below timing out.
         self._stopping = False
-        self._cache = ManifestCache(storage)
+        self._instruments = instruments
+        self._cache = ManifestCache(storage, instruments)
         self._tags: LRU[str, set[str]] = LRU(MEMORY_IMAGES)
 
     # -- lifecycle ----------------------------------------------------------
@@ -232,6 +237,7 @@ class ImageService(MultiService):
         try:
             where: LocalBlob | RedirectBlob = await self._storage.blob(digest)
         except STORAGE_FAILURES as e:
+            self._instruments.storage_failed()
             raise storage_failed(e, "looking up blob " + digest, self.log) from e
         return where
 
@@ -384,8 +390,10 @@ class ImageService(MultiService):
         elif isinstance(error, CancelledError):
             self.log.warn("A call for {image}:{tag} was cancelled by its timeout",
                           image=request.name, tag=tag)
+            self._instruments.storage_failed()
             client_error = Unavailable("a call of the registry timed out; try again later")
         elif isinstance(error, STORAGE_FAILURES):
+            self._instruments.storage_failed()
             client_error = storage_failed(
                 error, "producing %s:%s" % (request.name, tag), self.log)
         if build is not None:

@@ -19,6 +19,7 @@ from nixeryd.build.manifest import manifest_from_bytes
 from nixeryd.core.digests import check_digest
 from nixeryd.core.documents import Image, ManifestDocument
 from nixeryd.core.errors import ManifestUnknown, Unavailable
+from nixeryd.metrics.hooks import NO_INSTRUMENTS, Instruments
 from nixeryd.service.failures import STORAGE_FAILURES, storage_unavailable
 from nixeryd.service.lru import LRU
 from nixeryd.storage.interface import IStorage
@@ -57,10 +58,12 @@ class ManifestCache:
     Manifests by digest and images by cache key, in ``storage``.
 
     :param storage: holds the manifests (as blobs) and the cache documents.
+    :param instruments: told of each cache lookup and storage failure.
     """
 
-    def __init__(self, storage: IStorage) -> None:
+    def __init__(self, storage: IStorage, instruments: Instruments = NO_INSTRUMENTS) -> None:
         self._storage = storage
+        self._instruments = instruments
         self._manifests: LRU[str, ManifestDocument] = LRU(MEMORY_MANIFESTS)
 
     def keep(self, image: Image) -> None:
@@ -84,6 +87,7 @@ class ManifestCache:
             body: bytes | None = await self._storage.read_small_blob(
                 digest, MAX_MANIFEST_BYTES)
         except STORAGE_FAILURES as e:
+            self._instruments.storage_failed()
             raise storage_failed(e, "reading manifest " + digest) from e
         document = manifest_from_bytes(body) if body is not None else None
         if document is None or document.digest != digest:
@@ -93,6 +97,11 @@ class ManifestCache:
 
     async def cached(self, key: str) -> Image | None:
         """The image stored under a cache key, if all of it is there."""
+        image = await self._lookup(key)
+        self._instruments.manifest_cache(image is not None)
+        return image
+
+    async def _lookup(self, key: str) -> Image | None:
         record = await self._storage.get_document(MANIFEST_NAMESPACE, key)
         if record is None:
             return None
