@@ -116,3 +116,85 @@ class SharedWorkTests(SynchronousTestCase):
         self.started[0].callback("v")
         self.assertEqual(self.successResultOf(waiter), "v")
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+
+class AbandonedHookTests(SynchronousTestCase):
+    """The ``on_abandoned`` hook: told when the last waiter of running work goes."""
+
+    def setUp(self) -> None:
+        self.started: list[Deferred[str]] = []
+        self.abandoned: list[str] = []
+
+        def on_abandoned(key: str, work: Deferred[str]) -> None:
+            self.abandoned.append(key)
+            work.cancel()
+
+        self.shared: SharedWork[str, str] = SharedWork(on_abandoned=on_abandoned)
+
+    def start(self) -> Deferred[str]:
+        work: Deferred[str] = Deferred()
+        self.started.append(work)
+        return work
+
+    def test_not_while_a_waiter_remains(self) -> None:
+        """One waiter of two leaving is not abandonment."""
+        first = self.shared.wait("k", self.start)
+        second = self.shared.wait("k", self.start)
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        self.assertEqual(self.abandoned, [])
+        self.started[0].callback("v")
+        self.assertEqual(self.successResultOf(second), "v")
+
+    def test_last_waiter_leaving(self) -> None:
+        """
+        The last waiter leaving calls the hook once, which may cancel the
+        work; the key is then free for new work.
+        """
+        first = self.shared.wait("k", self.start)
+        second = self.shared.wait("k", self.start)
+        first.cancel()
+        second.cancel()
+        self.assertEqual(self.abandoned, ["k"])
+        self.assertTrue(self.started[0].called)
+        self.failureResultOf(first, CancelledError)
+        self.failureResultOf(second, CancelledError)
+        self.assertNotIn("k", self.shared)
+        third = self.shared.wait("k", self.start)
+        self.assertEqual(len(self.started), 2)
+        self.started[1].callback("again")
+        self.assertEqual(self.successResultOf(third), "again")
+
+    def test_hook_may_let_work_go_on(self) -> None:
+        """A hook that does not cancel leaves the work running for later callers."""
+        shared: SharedWork[str, str] = SharedWork(
+            on_abandoned=lambda key, work: self.abandoned.append(key))
+        only = shared.wait("k", self.start)
+        only.cancel()
+        self.failureResultOf(only, CancelledError)
+        self.assertEqual(self.abandoned, ["k"])
+        self.assertIn("k", shared)
+        later = shared.wait("k", self.start)
+        self.started[0].callback("v")
+        self.assertEqual(self.successResultOf(later), "v")
+        self.assertEqual(len(self.started), 1)
+
+    def test_hook_error_is_logged(self) -> None:
+        """A failing hook is logged; the cancelled waiter still fails alone."""
+        def hook(key: str, work: Deferred[str]) -> None:
+            raise KeyError(key)
+
+        shared: SharedWork[str, str] = SharedWork(on_abandoned=hook)
+        only = shared.wait("k", self.start)
+        only.cancel()
+        self.failureResultOf(only, CancelledError)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+        self.assertNoResult(self.started[0])
+
+    def test_not_after_the_work_ended(self) -> None:
+        """Cancelling a waiter whose work has delivered calls no hook."""
+        only = self.shared.wait("k", self.start)
+        self.started[0].callback("v")
+        only.cancel()
+        self.assertEqual(self.abandoned, [])
+        self.assertEqual(self.successResultOf(only), "v")

@@ -14,8 +14,26 @@ LISTEN = "tcp:8080"
 NIX_TIMEOUT = 600.0
 #: Where images are stored: ``filesystem`` or ``gcs``.
 STORAGE_BACKEND = "filesystem"
-#: Nix builds allowed at once; as many evaluations may run beside them.
+#: Nix builds started at once (evaluations have as many slots of their
+#: own); see LONG_NIX_STEP for what long builds leave to others.
 MAX_BUILDS = 2
+#: Images in the making at once (pinned, evaluated, built, or waiting for
+#: a slot), from every client; cold requests beyond it are answered 429.
+#: 32 is sixteen times the default build slots: eight images per address
+#: (a quarter of it) covers a CI matrix pulling several new images at
+#: once, and with two evaluation slots the whole queue is evaluated within
+#: a few minutes, while a flood is refused at once instead of delaying
+#: everyone behind it.
+MAX_QUEUE = 32
+#: Seconds a permanent failure (an unknown package, a failed build) is
+#: answered from memory, without asking Nix again; a moving source's
+#: failures are kept no longer than MOVING_TTL.
+FAILURE_TTL = 300.0
+#: Seconds after which a running Nix step (an evaluation or a build) is
+#: long: it then leaves its slot to the next step, up to twice MAX_BUILDS
+#: steps of each kind at once, so slow packages delay other images by at
+#: most this long.
+LONG_NIX_STEP = 10.0
 #: Store-path layers per image (the customisation layer comes on top).
 LAYER_BUDGET = 94
 #: The most store-path layers an image may have: container runtimes

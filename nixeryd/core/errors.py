@@ -164,6 +164,25 @@ class BuildTimedOut(BuildFailed):
             % (step, subject, seconds), package, log_tail)
 
 
+class TooManyRequests(RegistryError):
+    """
+    Cold work is refused: the registry already has as many images in the
+    making as it takes (in all, or from the client's address).  A 429
+    ``TOOMANYREQUESTS`` with ``Retry-After``; clients print the message,
+    which says what is full and when to try again.
+
+    :param retry_after: seconds the client should wait before trying again.
+    """
+
+    code = "TOOMANYREQUESTS"
+    status = 429
+
+    def __init__(self, message: str, detail: Any = None, *,
+                 retry_after: int = RETRY_AFTER) -> None:
+        super().__init__(message, detail)
+        self.retry_after = retry_after
+
+
 class Unavailable(RegistryError):
     """
     A transient condition: storage unreachable or failing, the Nix daemon

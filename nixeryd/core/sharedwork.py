@@ -7,7 +7,9 @@ same access token needed by every upload.  :class:`SharedWork` starts the
 work for the first caller of a key and hands every caller, the first
 included, a Deferred of its own.  Cancelling a caller's Deferred (a client
 that went away) removes that caller only; the work goes on for the others
-and its result is still delivered to them.
+and its result is still delivered to them.  When the last caller of a key
+goes, an optional ``on_abandoned`` hook decides what becomes of the work
+(the image service cancels work nobody waits for).
 """
 
 from __future__ import annotations
@@ -33,10 +35,18 @@ class SharedWork(Generic[K, V]):
         ended, before its waiters are told; for logging or remembering the
         result.  An exception it raises is logged and does not reach the
         waiters.
+    :param on_abandoned: called with the key and the work's Deferred when
+        the last waiter of a key has cancelled its wait while the work
+        runs; it may cancel the work (which then ends as any work does).
+        Without it, the work goes on and its result is delivered to later
+        waiters of a run still in flight.  An exception it raises is
+        logged.
     """
 
-    def __init__(self, on_done: Callable[[K, V | Failure], None] | None = None) -> None:
+    def __init__(self, on_done: Callable[[K, V | Failure], None] | None = None,
+                 on_abandoned: Callable[[K, Deferred[V]], None] | None = None) -> None:
         self._on_done = on_done
+        self._on_abandoned = on_abandoned
         self._waiters: dict[K, list[Deferred[V]]] = {}
         self._work: dict[K, Deferred[V]] = {}
 
@@ -86,6 +96,12 @@ class SharedWork(Generic[K, V]):
         remaining = self._waiters.get(key)
         if remaining is not None and waiter in remaining:
             remaining.remove(waiter)
+            work = self._work.get(key)
+            if not remaining and work is not None and self._on_abandoned is not None:
+                try:
+                    self._on_abandoned(key, work)
+                except Exception:
+                    _log.failure("Shared work's abandonment hook failed")
 
     def _deliver(self, key: K, outcome: V | Failure) -> None:
         del self._work[key]

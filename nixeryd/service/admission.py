@@ -1,0 +1,141 @@
+"""
+Admission of cold work: how many images may be in the making at once, in
+all and for one client.
+
+A request whose image is not in memory starts *cold work*: the tag is
+pinned, the manifest cache asked, the names evaluated, the closure built
+and layered.  Nix is the scarce resource, and a client that asks for many
+images it does not wait for could otherwise keep it busy for everyone.
+:class:`Admission` keeps two bounds:
+
+- the **queue**: at most ``max_queue`` pieces of cold work at once, running
+  or waiting for a slot;
+- the **share of one client**: at most ``max(1, max_queue // 4)`` of them
+  started by one address (:func:`client_share`), so that one client cannot
+  fill the queue.  An IPv4 address counts as one client, an IPv6 address
+  by its ``/64`` network (what one host or one customer usually has); a
+  request without an address (a UNIX socket, the build command) is held to
+  the queue only.
+
+A request beyond either bound fails at once with
+:class:`~nixeryd.core.errors.TooManyRequests` (429 with ``Retry-After``),
+whose message says which bound is full.  A request for an image already in
+the making joins that work and is never refused: it costs no Nix call.
+
+Each admitted piece of work holds a :class:`Ticket` until it ends.  Pure
+bookkeeping on the reactor thread: nothing here blocks or keeps time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+
+from nixeryd.core.errors import TooManyRequests
+
+#: Seconds a refused client is asked to wait: about what a waiting image
+#: takes to get through evaluation to its build.
+RETRY_AFTER_FULL = 30
+
+
+def client_share(max_queue: int) -> int:
+    """The most pieces of cold work one client may have: a quarter of the queue, at least one."""
+    return max(1, max_queue // 4)
+
+
+def client_key(address: str | None) -> str | None:
+    """
+    Who a client is for its share: an IPv4 address as it is, an IPv6
+    address by its ``/64`` network (an IPv4-mapped one as its IPv4
+    address), anything else as given; ``None`` when there is no address.
+    """
+    if not address:
+        return None
+    try:
+        parsed = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return str(parsed)
+
+
+class Ticket:
+    """
+    One admitted piece of cold work, counted until :meth:`release`.
+
+    :ivar client: the client it counts for (:func:`client_key`), or ``None``.
+    """
+
+    def __init__(self, admission: Admission, client: str | None) -> None:
+        self._admission = admission
+        self.client = client
+        self._held = True
+
+    def release(self) -> None:
+        """The work has ended: it no longer counts (a second call does nothing)."""
+        if self._held:
+            self._held = False
+            self._admission._release(self)
+
+
+class Admission:
+    """
+    The bounds on cold work (see the module's docstring).
+
+    :param max_queue: pieces of cold work allowed at once, at least 1.
+    :param retry_after: seconds a refused client is asked to wait.
+    """
+
+    def __init__(self, max_queue: int, retry_after: int = RETRY_AFTER_FULL) -> None:
+        if max_queue < 1:
+            raise ValueError("max_queue must be at least 1, not %r" % (max_queue,))
+        self.max_queue = max_queue
+        self.per_client = client_share(max_queue)
+        self._retry_after = retry_after
+        self._total = 0
+        self._by_client: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        """How many pieces of cold work hold a ticket."""
+        return self._total
+
+    def of(self, address: str | None) -> int:
+        """How many pieces of cold work count for the client at ``address``."""
+        key = client_key(address)
+        return 0 if key is None else self._by_client[key]
+
+    def admit(self, address: str | None) -> Ticket:
+        """
+        A ticket for new cold work asked for by the client at ``address``.
+
+        :raises TooManyRequests: the queue, or the client's share of it, is
+            full.
+        """
+        key = client_key(address)
+        if self._total >= self.max_queue:
+            raise TooManyRequests(
+                "the registry is already making %d images, the most it takes at once;"
+                " try again in %d seconds" % (self._total, self._retry_after),
+                {"limit": self.max_queue, "for": "registry"},
+                retry_after=self._retry_after)
+        if key is not None and self._by_client[key] >= self.per_client:
+            raise TooManyRequests(
+                "%d images asked for from your address are already being made, the most"
+                " one address may have at once; try again in %d seconds when one is done"
+                % (self._by_client[key], self._retry_after),
+                {"limit": self.per_client, "for": "address"},
+                retry_after=self._retry_after)
+        self._total += 1
+        if key is not None:
+            self._by_client[key] += 1
+        return Ticket(self, key)
+
+    def _release(self, ticket: Ticket) -> None:
+        self._total -= 1
+        if ticket.client is not None:
+            self._by_client[ticket.client] -= 1
+            if self._by_client[ticket.client] <= 0:
+                del self._by_client[ticket.client]
