@@ -13,8 +13,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IResponse
 
 from nixeryd.build.manifest import sha256_digest
-from nixeryd.core.errors import (BuildFailed, BuildTimedOut, NameInvalid, RegistryError,
-                                  Unavailable, UnknownPackages)
+from nixeryd.core.errors import (BuildFailed, BuildTimedOut, ManifestUnknown, NameInvalid,
+                                  RegistryError, TooManyRequests, Unavailable,
+                                  UnknownPackages)
 from nixeryd.core.mediatypes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from nixeryd.registry.imagesource import ImageSource
 from nixeryd.registry.responses import AddressedRequest, build_page
@@ -307,6 +308,28 @@ class ServiceErrorTests(StubRegistryTestCase):
         self.get_and_head(unavailable, 503, "UNAVAILABLE")
         response, _ = self.fetch(b"GET", "/v2/shell/git/manifests/latest")
         self.assertEqual(header(response, b"retry-after"), b"10")
+
+    def test_too_many_requests(self) -> None:
+        """
+        A full queue is 429 TOOMANYREQUESTS, the message (which clients print)
+        saying what is full, and Retry-After saying when to try again; a HEAD
+        gets the same status and headers.
+        """
+        refused = TooManyRequests(
+            "the registry is already making 32 images, the most it takes at once;"
+            " try again in 30 seconds", {"limit": 32, "for": "registry"}, retry_after=30)
+        error = self.get_and_head(refused, 429, "TOOMANYREQUESTS")
+        self.assertEqual(error["message"], refused.message)
+        self.assertEqual(error["detail"], {"limit": 32, "for": "registry"})
+        response, _ = self.fetch(b"GET", "/v2/shell/git/manifests/latest")
+        self.assertEqual(header(response, b"retry-after"), b"30")
+
+    def test_client_address_for_cold_work(self) -> None:
+        """A cold request tells the image service the client's address."""
+        self.images.failures["image"] = ManifestUnknown("cold")
+        self.fetch(b"GET", "/v2/shell/git/manifests/latest")
+        self.assertEqual(len(self.images.clients), 1)
+        self.assertEqual(self.images.clients[0], "127.0.0.1")
 
     def test_page_after_a_sentence(self) -> None:
         """A message ending with Nix's full stop is followed by the page's address."""

@@ -132,16 +132,22 @@ class CoalescingTests(ServiceFixture):
         self.assertEqual(self.nix.builds_finished, 1)
 
     def test_cancel_every_waiter(self) -> None:
-        """When every waiter is gone the build still finishes and serves the next request."""
+        """
+        When every waiter is gone while Nix builds, the build is cancelled
+        (its record says why) and the next request starts again.
+        """
         service = self.make_service()
         self.nix.build_gate = Deferred()
         only = self.image(service)
         only.cancel()
         self.failureResultOf(only, CancelledError)
+        [record] = service.builds
+        self.assertEqual((record.phase, record.message),
+                         (BuildPhase.CANCELLED, "cancelled: every client went away"))
         self.nix.build_gate.callback(None)
-        self.assertEqual(self.nix.builds_finished, 1)
+        self.assertEqual(self.nix.builds_finished, 0)
         self.successResultOf(self.image(service))
-        self.assertEqual((len(self.nix.resolve_calls), len(self.nix.build_calls)), (1, 1))
+        self.assertEqual((len(self.nix.resolve_calls), len(self.nix.build_calls)), (2, 2))
 
     def test_failure_reaches_every_waiter(self) -> None:
         """A failed build fails every waiter with the same error and is logged once."""
@@ -170,10 +176,10 @@ class CoalescingTests(ServiceFixture):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_failure_not_remembered(self) -> None:
-        """After a failure the next request tries again."""
+        """After a transient failure the next request tries again."""
         service = self.make_service()
-        self.nix.build_error = BuildFailed("flaky")
-        self.failureResultOf(self.image(service), BuildFailed)
+        self.nix.build_error = Unavailable("the Nix daemon is unavailable")
+        self.failureResultOf(self.image(service), Unavailable)
         self.nix.build_error = None
         self.successResultOf(self.image(service))
         self.assertEqual(len(self.nix.build_calls), 2)

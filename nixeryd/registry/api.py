@@ -69,6 +69,16 @@ def _query_value(request: Request, name: bytes) -> Optional[str]:
     return values[0].decode("utf-8", "replace")
 
 
+def _client_address(request: Request) -> Optional[str]:
+    """
+    The peer's IP address, which cold work is counted against; ``None`` for
+    a connection without one (a UNIX socket).
+    """
+    address = request.getClientAddress()  # type: ignore[no-untyped-call]
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) else None
+
+
 class RegistryResource(Resource):
     """
     The ``/v2`` API, mounted at ``/v2`` and dispatching on the rest of the
@@ -132,7 +142,8 @@ class RegistryResource(Resource):
 
     async def _manifest_by_tag(self, request: Request,
                                route: ManifestByTag) -> bytes:
-        image = await self._images.image(route.name, route.tag)
+        image = await self._images.image(route.name, route.tag,
+                                         client=_client_address(request))
         return self._manifest_body(request, image)
 
     def _manifest_body(self, request: Request, image: Image) -> bytes:

@@ -30,8 +30,15 @@ class ImageSource(Protocol):
         from memory, else ``None``; never raises for a valid route.
         """
 
-    async def image(self, name: str, tag: str) -> Image:
-        """The image named ``name`` at ``tag``, built if needed."""
+    async def image(self, name: str, tag: str, *, client: str | None = None) -> Image:
+        """
+        The image named ``name`` at ``tag``, built if needed.
+
+        :param client: the address of the client asking, which the image
+            service counts new cold work against (its share of the queue);
+            ``None`` when unknown.
+        :raises TooManyRequests: cold work the queue has no room for.
+        """
 
     async def manifest(self, digest: str) -> ManifestDocument:
         """A manifest served before, by digest."""

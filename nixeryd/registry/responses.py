@@ -4,7 +4,8 @@ when an error comes too late to report, by dropping the connection.
 
 Every error a client sees from ``/v2`` is written by :func:`write_error`,
 as the distribution spec's ``{"errors": [...]}`` document with the
-error's status (and ``Retry-After`` for a transient one); the message of
+error's status (and ``Retry-After`` when the error says when to try again:
+a transient failure, 503, or a full queue, 429); the message of
 an error that belongs to a build ends with the address of the build's
 page (:func:`build_page`), since that message is all a registry client
 shows.  :func:`write_failure` decides what to do with any exception a
@@ -113,8 +114,10 @@ def write_error(request: Request, error: RegistryError) -> None:
     Answer ``request`` with ``error`` as a registry JSON error and finish it.
 
     Headers a handler may have set for a successful response are removed
-    first.  A HEAD request gets the same status and headers, without the
-    body.
+    first; ``Retry-After`` is set from the error's ``retry_after``
+    (:class:`~nixeryd.core.errors.Unavailable`,
+    :class:`~nixeryd.core.errors.TooManyRequests`).  A HEAD request gets
+    the same status and headers, without the body.
     """
     page = None
     if error.build_id is not None:

@@ -25,7 +25,15 @@ Every image that needs Nix gets a build record (:mod:`nixeryd.service.builds`)
 that follows it through its phases and keeps its log; a failure ends the
 record with the message the client gets, which the web layer ends with the
 address of the build's page.  Storage failures become the transient
-``Unavailable``; nothing is remembered of a failure.
+``Unavailable``.
+
+Cold work has limits (:mod:`nixeryd.service.coldwork`): new work is
+admitted within a bounded queue and a per-client share of it
+(:mod:`nixeryd.service.admission`), work nobody waits for any more is
+cancelled unless it is writing layers, evaluations and builds take
+:mod:`nixeryd.service.slots` that long steps leave to short ones, and
+permanent failures are answered from memory for a while
+(:mod:`nixeryd.service.negative`).
 """
 
 from __future__ import annotations
@@ -33,8 +41,7 @@ from __future__ import annotations
 from typing import Callable
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import (CancelledError, Deferred, DeferredSemaphore,
-                                    maybeDeferred)
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -53,6 +60,10 @@ from nixeryd.metrics.hooks import NO_INSTRUMENTS, Instruments
 from nixeryd.storage.interface import IStorage
 from nixeryd.service.buildlog import BuildLog
 from nixeryd.service.builds import BuildHistory, describe_source
+from nixeryd.service.admission import Admission
+from nixeryd.service.coldwork import ABANDONED, ColdJob, ColdWork
+from nixeryd.service.negative import FailureMemory
+from nixeryd.service.slots import NixSlots
 from nixeryd.service.failures import STORAGE_FAILURES
 from nixeryd.service.lru import LRU
 from nixeryd.service.manifestcache import (MANIFEST_FORMAT_VERSION, ManifestCache,
@@ -77,9 +88,9 @@ class ImageService(MultiService):
     :param builder: builds and stores resolved images.
     :param storage: holds the blobs and the manifest cache.
     :param clock: tells the time, for the expiry of moving tags.
-    :param max_builds: how many Nix builds may run at once; as many
+    :param max_builds: how many Nix builds may start at once; as many
         evaluations may run beside them, so that an image already built
-        never waits behind long builds.
+        never waits behind long builds (see :mod:`nixeryd.service.slots`).
     :param moving_ttl: seconds a tag of a moving source (a branch, a local
         path) keeps answering from memory before it is evaluated again.
     :param reference: how a built image is named in the storage's index,
@@ -88,6 +99,10 @@ class ImageService(MultiService):
         given).
     :param instruments: told of manifest cache lookups and storage
         failures (for the daemon's metrics).
+    :param max_queue: how many images may be in the making at once
+        (see :mod:`nixeryd.service.admission`).
+    :param failure_ttl: seconds a permanent failure is answered from
+        memory (see :mod:`nixeryd.service.negative`).
 
     Child services (the thread pools) are added with ``setServiceParent``:
     they start with this service and stop, in reverse order and one after
@@ -103,7 +118,9 @@ class ImageService(MultiService):
                  reference: Callable[[str, str], str] | None = None,
                  on_start: Callable[[], Deferred[None] | None] | None = None,
                  builds: BuildHistory | None = None,
-                 instruments: Instruments = NO_INSTRUMENTS) -> None:
+                 instruments: Instruments = NO_INSTRUMENTS,
+                 max_queue: int = defaults.MAX_QUEUE,
+                 failure_ttl: float = defaults.FAILURE_TTL) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         #: Records of the builds running and recently ended.
         self.builds = builds if builds is not None else BuildHistory(clock)
@@ -112,8 +129,8 @@ class ImageService(MultiService):
         self._builder = builder
         self._storage = storage
         self._clock = clock
-        self._builds = DeferredSemaphore(max_builds)
-        self._evaluations = DeferredSemaphore(max_builds)
+        self._builds = NixSlots(clock, max_builds)
+        self._evaluations = NixSlots(clock, max_builds)
         self._moving_ttl = moving_ttl
         self._reference = reference
         self._on_start = on_start
@@ -123,7 +140,12 @@ class ImageService(MultiService):
         self._recent: LRU[tuple[str, str], _Entry] = LRU(MEMORY_IMAGES)
         #: ``(name as requested, tag)`` → (image, expiry): the warm path.
         self._warm: LRU[tuple[str, str], _Entry] = LRU(MEMORY_IMAGES)
-        self._in_flight: SharedWork[tuple[str, str], Image] = SharedWork()
+        #: Cold work in flight: admitted, and cancelled once abandoned.
+        self.cold = ColdWork(Admission(max_queue))
+        self._in_flight: SharedWork[tuple[str, str], Image] = SharedWork(
+            on_abandoned=self.cold.abandoned)
+        #: :meth:`_memo_key` → a permanent failure, for a while.
+        self._failures = FailureMemory(clock, failure_ttl, moving_ttl)
         #: Set once the service stops: work cancelled from then on is
         #: cancelled by the stop, not by a call below timing out.
         self._stopping = False
@@ -191,14 +213,17 @@ class ImageService(MultiService):
             self._warm.pop((name, tag), None)
         return image
 
-    async def image(self, name: str, tag: str) -> Image:
+    async def image(self, name: str, tag: str, *, client: str | None = None) -> Image:
         """
         The image for ``name`` at ``tag``, built if needed.
 
+        :param client: the address of the client asking, which new cold
+            work counts against.
         :raises RegistryError: for an invalid name or tag, unknown
             packages, or a failed build (with the ``build_id`` of its
-            record once Nix was asked); ``Unavailable`` when storage or Nix
-            cannot be used now.
+            record once Nix was asked; remembered for a while);
+            ``Unavailable`` when storage or Nix cannot be used now;
+            ``TooManyRequests`` when new cold work has no room.
         """
         request = parse_image_name(name)
         validate_tag(tag)
@@ -210,7 +235,10 @@ class ImageService(MultiService):
             self._warm.put((name, tag), recent)
             return image
         self._recent.pop(memo_key, None)
-        waiter = self._wait_for(memo_key, request, tag)
+        failed = self._failures.recall(memo_key)
+        if failed is not None:
+            raise failed
+        waiter = self._wait_for(memo_key, request, tag, client)
         image = await waiter
         self._remember_tag(name, tag)
         recent = self._recent.get(memo_key)
@@ -276,28 +304,34 @@ class ImageService(MultiService):
             tags.add(tag)
 
     def _wait_for(self, memo_key: tuple[str, str], request: ImageRequest,
-                  tag: str) -> Deferred[Image]:
+                  tag: str, client: str | None) -> Deferred[Image]:
         """
         A Deferred of the caller's own for the image; starts the work if
-        nobody else has.  Cancelling it removes only this waiter.  The
-        work logs its own outcome, once however many wait for it.
+        nobody else has, when admitted (else the Deferred fails with
+        ``TooManyRequests``).  Cancelling it removes only this waiter; the
+        last waiter gone cancels the work (:mod:`nixeryd.service.coldwork`).
+        The work logs its own outcome, once however many wait for it.
         """
         def start() -> Deferred[Image]:
-            return Deferred.fromCoroutine(self._produce(request, tag))
+            job = self.cold.start(memo_key, client)
+            return self.cold.follow(job, Deferred.fromCoroutine(
+                self._produce(request, tag, job)))
 
         return self._in_flight.wait(memo_key, start)
 
     # -- producing an image -------------------------------------------------
 
-    async def _produce(self, request: ImageRequest, tag: str) -> Image:
+    async def _produce(self, request: ImageRequest, tag: str, job: ColdJob) -> Image:
         """
         The image for a request: from the pinned manifest cache, or from a
         build with a record of its own (see :mod:`nixeryd.service.builds`).
-        Every outcome is logged here, once however many wait for it.
+        Every outcome is logged here, once however many wait for it; a
+        permanent failure is remembered under ``job.key``.
         """
-        await self._until_ready()
         build: BuildLog | None = None
+        pinned: PinnedSource | None = None
         try:
+            await self._until_ready()
             pinned = await self._source.pin(tag)
             pinned_key = None
             if pinned.revision is not None:
@@ -309,11 +343,15 @@ class ImageService(MultiService):
                     self.log.info("Serving {image}:{tag} from the manifest cache "
                                   "(pinned source)", image=request.name, tag=tag)
                     return self._finish(request, tag, pinned, image)
-            build = self._start_build(request, tag, pinned)
+            build = job.build = self._start_build(request, tag, pinned)
             image, outcome = await self._evaluate_and_build(build, request, tag, pinned)
             if pinned_key is not None:
                 await self._cache.remember(pinned_key, image)
         except CancelledError as e:
+            if job.abandoned:
+                if build is not None:
+                    build.cancelled(ABANDONED)
+                raise
             if not self._stopping:
                 # Only stopping cancels this work: this was a call below
                 # cancelled by its own timeout (a storage request).
@@ -325,6 +363,8 @@ class ImageService(MultiService):
         except Exception as e:
             error = self._failed(build, request, tag, e,
                                  Failure())  # type: ignore[no-untyped-call]
+            self._failures.remember(job.key, error,
+                                    moving=pinned is None or not _immutable(pinned, tag))
             if error is e:
                 raise
             raise error from e
@@ -347,7 +387,7 @@ class ImageService(MultiService):
         it was made.
         """
         log = build.log
-        async with self._evaluations:
+        async with self._evaluations.slot():
             build.enter(BuildPhase.EVALUATING)
             log.info("Evaluating {packages} for {image}:{tag} ({source})",
                      image=request.name, tag=tag, source=build.record.source,
@@ -362,10 +402,10 @@ class ImageService(MultiService):
         image = await self._cache.cached(closure_key)
         if image is not None:
             return image, "the same store paths as an image already stored: served that image"
-        if self._builds.tokens == 0:
+        if self._builds.full():
             build.enter(BuildPhase.WAITING)
             log.info("Waiting for a build slot", image=request.name, tag=tag)
-        async with self._builds:
+        async with self._builds.slot():
             build.enter(BuildPhase.BUILDING)
             built = await self._builder.build(request, resolution, build)
         image = built.image
@@ -428,9 +468,13 @@ class ImageService(MultiService):
 
     def _finish(self, request: ImageRequest, tag: str, pinned: PinnedSource,
                 image: Image) -> Image:
-        immutable = pinned.revision is not None and (
-            pinned.kind == "channel" or pinned.revision == tag)
-        expires = None if immutable else self._clock.seconds() + self._moving_ttl
+        expires = None if _immutable(pinned, tag) else self._clock.seconds() + self._moving_ttl
         self._recent.put(self._memo_key(request, tag), (image, expires))
         self._cache.keep(image)
         return image
+
+
+def _immutable(pinned: PinnedSource, tag: str) -> bool:
+    """Whether ``tag`` always names this revision (a channel, or a commit as the tag)."""
+    return pinned.revision is not None and (
+        pinned.kind == "channel" or pinned.revision == tag)

@@ -137,6 +137,7 @@ class FakeImageService(Service):
     :ivar failures: method name to an exception that every call of that
         method raises (after being released, when calls are held).
     :ivar calls: ``(method, *arguments)`` of every call, in order.
+    :ivar clients: the client address given to every ``image`` call, in order.
     :ivar hold: when true, every call waits as a :class:`HeldCall` in
         :attr:`held` until the test releases it.
     :ivar warm: ``(name, tag)`` pairs that :meth:`cached_image` answers
@@ -150,6 +151,7 @@ class FakeImageService(Service):
         self.tag_lists: dict[str, list[str]] = {}
         self.failures: dict[str, BaseException] = {}
         self.calls: list[tuple[str, ...]] = []
+        self.clients: list[str | None] = []
         self.hold = False
         self.held: list[HeldCall] = []
         self.warm: set[tuple[str, str]] = set()
@@ -199,8 +201,12 @@ class FakeImageService(Service):
             return self.images.get((name, tag))
         return None
 
-    async def image(self, name: str, tag: str) -> Image:
-        """The image added for ``name:tag``, else ``MANIFEST_UNKNOWN``."""
+    async def image(self, name: str, tag: str, *, client: str | None = None) -> Image:
+        """
+        The image added for ``name:tag``, else ``MANIFEST_UNKNOWN``; the
+        client's address goes to :attr:`clients`.
+        """
+        self.clients.append(client)
         await self._enter("image", name, tag)
         try:
             return self.images[(name, tag)]
