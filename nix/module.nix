@@ -38,6 +38,8 @@ let
     // optional "NIXERY_LAYER_BUDGET" cfg.layerBudget
     // optional "NIXERY_KEEP_BUILDS" cfg.keepBuilds
     // optional "NIXERY_BUILD_LOG_LINES" cfg.buildLogLines
+    // optional "NIXERY_MAX_QUEUE" cfg.maxQueue
+    // optional "NIXERY_FAILURE_TTL" cfg.failureTtl
     // lib.optionalAttrs (cfg.nixOptions != { }) {
       NIXERY_NIX_OPTIONS = lib.concatStringsSep ";"
         (lib.mapAttrsToList (name: value: "${name}=${value}") cfg.nixOptions);
@@ -160,6 +162,26 @@ in
       type = types.nullOr types.ints.positive;
       default = null;
       description = "Nix log lines kept per build (NIXERY_BUILD_LOG_LINES; the daemon's default is 2000).";
+    };
+
+    maxQueue = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      description = ''
+        Images in the making at once, running or waiting; one client address
+        may have a quarter of them, and cold pulls beyond are answered 429
+        with Retry-After (NIXERY_MAX_QUEUE; the daemon's default is 32).
+      '';
+    };
+
+    failureTtl = mkOption {
+      type = types.nullOr types.ints.unsigned;
+      default = null;
+      description = ''
+        Seconds an unknown package or a failed build is answered from memory
+        without asking Nix again, 0 for never (NIXERY_FAILURE_TTL; the
+        daemon's default is 300).
+      '';
     };
 
     nixOptions = mkOption {

@@ -115,7 +115,8 @@ class NixOSModuleTests(SynchronousTestCase):
         self.assertEqual(env["NIXERY_STORAGE_BACKEND"], "filesystem")
         self.assertEqual(env["STORAGE_PATH"], "/var/lib/nixeryd/storage")
         for unset in ("NIX_TIMEOUT", "NIXERY_MAX_BUILDS", "NIXERY_LAYER_BUDGET",
-                      "NIXERY_NIX_OPTIONS", "GCS_BUCKET", "NIXERY_PKGS_PATH"):
+                      "NIXERY_NIX_OPTIONS", "GCS_BUCKET", "NIXERY_PKGS_PATH",
+                      "NIXERY_MAX_QUEUE", "NIXERY_FAILURE_TTL"):
             self.assertNotIn(unset, env)
         unit = service["serviceConfig"]
         self.assertEqual(
@@ -141,6 +142,7 @@ class NixOSModuleTests(SynchronousTestCase):
             gcsEndpoint = "http://127.0.0.1:9023";
             nixTimeout = 300; popularityUrl = "/var/lib/pop.json";
             maxBuilds = 4; layerBudget = 60; keepBuilds = 7; buildLogLines = 50;
+            maxQueue = 12; failureTtl = 0;
             nixOptions = { substituters = ""; "max-jobs" = "2"; };
             extraArgs = [ "--threads" "8" ];
           }""" % (PACKAGE,))
@@ -159,6 +161,8 @@ class NixOSModuleTests(SynchronousTestCase):
         self.assertEqual(daemon.layer_budget, 60)
         self.assertEqual(daemon.keep_builds, 7)
         self.assertEqual(daemon.build_log_lines, 50)
+        self.assertEqual(daemon.max_queue, 12)
+        self.assertEqual(daemon.failure_ttl, 0.0)
         self.assertEqual(dict(daemon.nix_options), {"substituters": "", "max-jobs": "2"})
         self.assertNotIn("STORAGE_PATH", env)
         self.assertEqual(config["ports"], [5000])
@@ -193,7 +197,9 @@ class NixOSModuleTests(SynchronousTestCase):
         """Values outside an option's type are refused by the module system."""
         for settings, option in (('layerBudget = 200;', "layerBudget"),
                                  ('storageBackend = "s4";', "storageBackend"),
-                                 ('port = 70000;', "port")):
+                                 ('port = 70000;', "port"),
+                                 ('maxQueue = 0;', "maxQueue"),
+                                 ('failureTtl = -1;', "failureTtl")):
             with self.assertRaises(EvaluationFailed) as caught:
                 self.evaluate('{ enable = true; package = %s; channel = "a"; %s }'
                               % (PACKAGE, settings))

@@ -19,12 +19,14 @@ from twisted.python.usage import UsageError
 
 from nixeryd.app.settings import (
     BUILD_LOG_LINES,
+    FAILURE_TTL,
     KEEP_BUILDS,
     GCS_BUCKET,
     GCS_ENDPOINT,
     LAYER_BUDGET,
     LISTEN,
     MAX_BUILDS,
+    MAX_QUEUE,
     NIX_TIMEOUT,
     POPULARITY_URL,
     PORT,
@@ -63,6 +65,9 @@ class Config:
     :ivar layer_threads: threads writing layers (tar, gzip, hashing).
     :ivar keep_builds: finished builds whose pages and logs are kept.
     :ivar build_log_lines: Nix log lines kept per build.
+    :ivar max_queue: images in the making at once (running or waiting);
+        one address may have a quarter of them.
+    :ivar failure_ttl: seconds a permanent failure is answered from memory.
     """
 
     listen: str
@@ -80,6 +85,8 @@ class Config:
     layer_threads: int
     keep_builds: int = KEEP_BUILDS.default
     build_log_lines: int = BUILD_LOG_LINES.default
+    max_queue: int = MAX_QUEUE.default
+    failure_ttl: float = FAILURE_TTL.default
 
 
 def _listen(options: Mapping[str, object], environ: Mapping[str, str]) -> str:
@@ -181,4 +188,6 @@ def config_from(options: Mapping[str, object], environ: Mapping[str, str]) -> Co
         layer_threads=layer_threads,
         keep_builds=KEEP_BUILDS.read(options, environ),
         build_log_lines=BUILD_LOG_LINES.read(options, environ),
+        max_queue=MAX_QUEUE.read(options, environ),
+        failure_ttl=FAILURE_TTL.read(options, environ),
     )

@@ -163,8 +163,22 @@ NIX_TIMEOUT = Setting(
 POPULARITY_URL = _text(
     "popularity-url", "File path or URL of package popularity data", "NIX_POPULARITY_URL")
 MAX_BUILDS = Setting(
-    "max-builds", "Nix builds allowed at once", defaults.MAX_BUILDS, int,
+    "max-builds",
+    "Nix builds started at once, and as many evaluations; slow ones leave"
+    " their slot after %g s, up to twice as many" % (defaults.LONG_NIX_STEP,),
+    defaults.MAX_BUILDS, int,
     "NIXERY_MAX_BUILDS", check=lambda n: n >= 1)
+MAX_QUEUE = Setting(
+    "max-queue",
+    "Images in the making at once, running or waiting; one address may have a quarter"
+    " of them, and cold requests beyond are answered 429",
+    defaults.MAX_QUEUE, int, "NIXERY_MAX_QUEUE", check=lambda n: n >= 1)
+FAILURE_TTL = Setting(
+    "failure-ttl",
+    "Seconds an unknown package or failed build is answered from memory"
+    " (a moving source's at most as long as its images); 0 remembers none",
+    defaults.FAILURE_TTL, float, "NIXERY_FAILURE_TTL",
+    check=lambda seconds: math.isfinite(seconds) and seconds >= 0, unit="seconds")
 LAYER_BUDGET = Setting(
     "layer-budget",
     "Most store-path layers an image may have, 1 to %d" % (defaults.MAX_LAYER_BUDGET,),

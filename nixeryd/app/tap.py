@@ -34,6 +34,8 @@ from nixeryd.app.settings import (
     THREADS,
     KEEP_BUILDS,
     BUILD_LOG_LINES,
+    MAX_QUEUE,
+    FAILURE_TTL,
     ImageOptions,
     parameters,
 )
@@ -62,7 +64,8 @@ class Options(ImageOptions):
     optParameters = parameters(
         [LISTEN, PORT, CHANNEL, PKGS_REPO, PKGS_PATH, STORAGE_BACKEND, STORAGE_PATH,
          GCS_BUCKET, GCS_ENDPOINT, NIX_TIMEOUT, POPULARITY_URL, MAX_BUILDS,
-         LAYER_BUDGET, THREADS, KEEP_BUILDS, BUILD_LOG_LINES], variables=True)
+         LAYER_BUDGET, THREADS, KEEP_BUILDS, BUILD_LOG_LINES, MAX_QUEUE, FAILURE_TTL],
+        variables=True)
 
     config: Config
 

@@ -121,6 +121,8 @@ def assemble_image_service(
         start_check: Optional[Callable[[], Awaitable[object]]] = None,
         keep_builds: int = defaults.KEEP_BUILDS,
         build_log_lines: int = defaults.BUILD_LOG_LINES,
+        max_queue: int = defaults.MAX_QUEUE,
+        failure_ttl: float = defaults.FAILURE_TTL,
         ) -> ImageService:
     """
     Build an :class:`ImageService` and everything under it.
@@ -146,6 +148,8 @@ def assemble_image_service(
         and the reactor stopped.
     :param keep_builds: finished builds whose records are kept.
     :param build_log_lines: log lines kept per build.
+    :param max_queue: images in the making at once, running or waiting.
+    :param failure_ttl: seconds a permanent failure is answered from memory.
     :raises ValueError: for a malformed package source.
     """
     chosen = {source.kind: source.location}
@@ -184,7 +188,7 @@ def assemble_image_service(
     service = ImageService(
         source=package_source, nix=nix, builder=builder, storage=store, clock=reactor,
         max_builds=max_builds, moving_ttl=moving_ttl, reference=reference,
-        on_start=on_start,
+        on_start=on_start, max_queue=max_queue, failure_ttl=failure_ttl,
         builds=BuildHistory(reactor, keep_builds=keep_builds, keep_lines=build_log_lines))
     StorageService(store).setServiceParent(service)  # type: ignore[no-untyped-call]
     pools.storage.setServiceParent(service)  # type: ignore[no-untyped-call]
@@ -221,7 +225,8 @@ def make_image_service(config: Config, reactor: IServiceReactor, pools: ThreadPo
         popularity=config.popularity_url,
         reference=lambda name, tag: name + ":" + tag,
         start_check=start_check if check_at_start else None,
-        keep_builds=config.keep_builds, build_log_lines=config.build_log_lines)
+        keep_builds=config.keep_builds, build_log_lines=config.build_log_lines,
+        max_queue=config.max_queue, failure_ttl=config.failure_ttl)
 
 
 class HTTPServerService(StreamServerEndpointService):
