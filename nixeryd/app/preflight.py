@@ -197,15 +197,16 @@ async def _check_repository(url: str, *, reactor: ProcessReactor, env: Mapping[s
 # -- Nix ------------------------------------------------------------------
 
 async def check_nix(*, reactor: ProcessReactor, env: Mapping[str, str],
-                    timeout: float = CHECK_TIMEOUT) -> str:
+                    timeout: float = CHECK_TIMEOUT, logger: Logger = _log) -> str:
     """
     Run ``nix-instantiate --version``; what it printed.
 
+    :param logger: where the process's events go.
     :raises StartupFailed: when it cannot be run or fails.
     """
     argv = ["nix-instantiate", "--version"]
     try:
-        result = await run_process(reactor, argv, env=env, timeout=timeout, logger=_log,
+        result = await run_process(reactor, argv, env=env, timeout=timeout, logger=logger,
                                    log_fields={"phase": "startup-check"})
     except ProcessFailed as e:
         detail = _last_line(e.tail)
@@ -255,22 +256,31 @@ async def check_storage(open_storage: Callable[[], Awaitable[IStorage]], *,
     except Exception as e:
         raise StartupFailed("%s cannot be used: %s; %s" % (what, _reason(e), fix)) from None
     try:
-        token = secrets.token_hex(8)
-        try:
-            await storage.put_document(PROBE_NAMESPACE, PROBE_KEY, {"probe": token})
-            back = await storage.get_document(PROBE_NAMESPACE, PROBE_KEY)
-        except CancelledError:
-            raise
-        except Exception as e:
-            raise StartupFailed("%s cannot be written: %s; %s" % (
-                what, _reason(e), fix)) from None
-        # Another daemon sharing the storage may have written its own probe
-        # in between: any probe read back shows that writes are kept.
-        if not (isinstance(back, dict) and "probe" in back):
-            raise StartupFailed("%s does not keep what is written to it (a probe document"
-                                " read back as %r); %s" % (what, back, fix))
+        await probe_storage(storage, what=what, fix=fix)
     finally:
         await storage.close()
+
+
+async def probe_storage(storage: IStorage, *, what: str, fix: str) -> None:
+    """
+    Write a probe document through ``storage`` and read it back.
+
+    :raises StartupFailed: when either fails.
+    """
+    token = secrets.token_hex(8)
+    try:
+        await storage.put_document(PROBE_NAMESPACE, PROBE_KEY, {"probe": token})
+        back = await storage.get_document(PROBE_NAMESPACE, PROBE_KEY)
+    except CancelledError:
+        raise
+    except Exception as e:
+        raise StartupFailed("%s cannot be written: %s; %s" % (
+            what, _reason(e), fix)) from None
+    # Another daemon sharing the storage may have written its own probe
+    # in between: any probe read back shows that writes are kept.
+    if not (isinstance(back, dict) and "probe" in back):
+        raise StartupFailed("%s does not keep what is written to it (a probe document"
+                            " read back as %r); %s" % (what, back, fix))
 
 
 def _reason(error: BaseException) -> str:

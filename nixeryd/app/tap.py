@@ -115,14 +115,19 @@ def build_service(options: Options, reactor: Optional[IServiceReactor] = None, *
     import functools
 
     from nixeryd.app.wiring import global_reactor, make_daemon_service, make_image_service
+    from nixeryd.metrics.monitoring import make_monitoring
     from nixeryd.registry.pages.index import describe_configured_source
     from nixeryd.registry.site import make_site
 
     running = global_reactor() if reactor is None else reactor
     source = describe_configured_source(options.config.source.kind,
                                         options.config.source.location)
+    monitoring = make_monitoring(running)
     return make_daemon_service(
         options.config, running,
         site=lambda images, blobs: make_site(images, blobs, builds=images.builds,
-                                             source=source, clock=running),
-        images=functools.partial(make_image_service, check_at_start=check_at_start))
+                                             source=source, clock=running,
+                                             monitoring=monitoring),
+        images=functools.partial(make_image_service, check_at_start=check_at_start,
+                                 monitoring=monitoring),
+        monitoring=monitoring)

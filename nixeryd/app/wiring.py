@@ -27,6 +27,7 @@ from zope.interface import alsoProvides
 
 from nixeryd.app.config import Config
 from nixeryd.app.preflight import StartupFailed, run_checks
+from nixeryd.app.readychecks import readiness_checks
 from nixeryd.app.settings import SourceSetting
 from nixeryd.app.startup import log_serving
 from nixeryd.app.storages import make_storage, open_storage
@@ -37,6 +38,9 @@ from nixeryd.build.popularity import load_popularity
 from nixeryd.build.sources import source_from_config
 from nixeryd.core import defaults
 from nixeryd.core.threads import Runner, ThreadPoolService
+from nixeryd.metrics.daemon import DaemonMetrics
+from nixeryd.metrics.hooks import NO_INSTRUMENTS
+from nixeryd.metrics.monitoring import Monitoring
 from nixeryd.service.builds import BuildHistory
 from nixeryd.service.images import ImageService
 from nixeryd.storage.interface import IStorage
@@ -121,6 +125,7 @@ def assemble_image_service(
         start_check: Optional[Callable[[], Awaitable[object]]] = None,
         keep_builds: int = defaults.KEEP_BUILDS,
         build_log_lines: int = defaults.BUILD_LOG_LINES,
+        metrics: Optional[DaemonMetrics] = None,
         max_queue: int = defaults.MAX_QUEUE,
         failure_ttl: float = defaults.FAILURE_TTL,
         ) -> ImageService:
@@ -148,6 +153,8 @@ def assemble_image_service(
         and the reactor stopped.
     :param keep_builds: finished builds whose records are kept.
     :param build_log_lines: log lines kept per build.
+    :param metrics: told of the image service's and the builder's work,
+        and of every build (none recorded when not given).
     :param max_queue: images in the making at once, running or waiting.
     :param failure_ttl: seconds a permanent failure is answered from memory.
     :raises ValueError: for a malformed package source.
@@ -159,8 +166,9 @@ def assemble_image_service(
     store = storage(pools.storage)
     nix = NixRunner(reactor, runner=pools.layers, nix_dir=default_nix_dir(),
                     timeout=nix_timeout, options=nix_options, env=env)
+    instruments = metrics if metrics is not None else NO_INSTRUMENTS
     builder = ImageBuilder(nix=nix, storage=store, runner=pools.layers,
-                           layer_budget=layer_budget)
+                           layer_budget=layer_budget, instruments=instruments)
 
     async def load_popularity_data() -> None:
         data = await load_popularity(popularity, reactor=reactor, runner=pools.storage)
@@ -189,7 +197,10 @@ def assemble_image_service(
         source=package_source, nix=nix, builder=builder, storage=store, clock=reactor,
         max_builds=max_builds, moving_ttl=moving_ttl, reference=reference,
         on_start=on_start, max_queue=max_queue, failure_ttl=failure_ttl,
+        instruments=instruments,
         builds=BuildHistory(reactor, keep_builds=keep_builds, keep_lines=build_log_lines))
+    if metrics is not None:
+        metrics.follow(service.builds)
     StorageService(store).setServiceParent(service)  # type: ignore[no-untyped-call]
     pools.storage.setServiceParent(service)  # type: ignore[no-untyped-call]
     pools.layers.setServiceParent(service)  # type: ignore[no-untyped-call]
@@ -197,7 +208,8 @@ def assemble_image_service(
 
 
 def make_image_service(config: Config, reactor: IServiceReactor, pools: ThreadPools, *,
-                       check_at_start: bool = True) -> ImageService:
+                       check_at_start: bool = True,
+                       monitoring: Optional[Monitoring] = None) -> ImageService:
     """
     The daemon's image service, from its validated
     :class:`~nixeryd.app.config.Config`.  Built images are named
@@ -207,6 +219,9 @@ def make_image_service(config: Config, reactor: IServiceReactor, pools: ThreadPo
         (:func:`nixeryd.app.preflight.run_checks`) when the service starts,
         stopping the reactor if one fails (``twistd nixery``);
         ``nixeryd serve`` runs them itself before anything starts.
+    :param monitoring: gets the service's metrics, and the readiness
+        checks of its package source, Nix and storage
+        (:mod:`nixeryd.app.readychecks`).
     :raises StartupFailed: when the storage cannot be made.
     """
     env = child_environment(os.environ)
@@ -218,6 +233,9 @@ def make_image_service(config: Config, reactor: IServiceReactor, pools: ThreadPo
             open_storage=lambda: open_storage(config, reactor, pools.storage))
         log_serving(log, config, checked, None)
 
+    if monitoring is not None:
+        monitoring.readiness.use(readiness_checks(
+            config, reactor=reactor, env=env, runner=pools.storage, storage=storage))
     return assemble_image_service(
         reactor, pools=pools, source=config.source, storage=lambda runner: storage,
         env=env, nix_timeout=config.nix_timeout, nix_options=config.nix_options,
@@ -225,6 +243,7 @@ def make_image_service(config: Config, reactor: IServiceReactor, pools: ThreadPo
         popularity=config.popularity_url,
         reference=lambda name, tag: name + ":" + tag,
         start_check=start_check if check_at_start else None,
+        metrics=monitoring.metrics if monitoring is not None else None,
         keep_builds=config.keep_builds, build_log_lines=config.build_log_lines,
         max_queue=config.max_queue, failure_ttl=config.failure_ttl)
 
@@ -262,22 +281,28 @@ def make_daemon_service(
         config: Config, reactor: IServiceReactor, *,
         site: Callable[[ImagesT, ThreadPoolService], IProtocolFactory],
         images: Callable[[Config, IServiceReactor, ThreadPools], ImagesT],
+        monitoring: Optional[Monitoring] = None,
         ) -> MultiService:
     """
     The daemon's service tree: the image service (with the storage and its
-    pools under it), the blob pool, then the HTTP server
+    pools under it), the readiness checks (with ``monitoring``), the blob
+    pool, then the HTTP server
     (:class:`HTTPServerService`, named ``http``) on the configured
     endpoint.
 
     :param site: makes the HTTP site from the image service and the blob
         pool.
     :param images: makes the image service (:func:`make_image_service`).
+    :param monitoring: its readiness checks run in the tree, after the
+        image service (whose pools they use) has started.
     :raises StartupFailed: when the storage cannot be made.
     """
     pools = make_thread_pools(reactor, config.layer_threads)
     image_service = images(config, reactor, pools)
     top = MultiService()  # type: ignore[no-untyped-call]
     image_service.setServiceParent(top)  # type: ignore[no-untyped-call]
+    if monitoring is not None:
+        monitoring.readiness.setServiceParent(top)  # type: ignore[no-untyped-call]
     pools.blobs.setServiceParent(top)  # type: ignore[no-untyped-call]
     endpoint = serverFromString(reactor, config.listen)  # type: ignore[no-untyped-call]
     server = HTTPServerService(endpoint, site(image_service, pools.blobs))

@@ -17,11 +17,13 @@ from twisted.web import http
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from nixeryd.metrics.daemon import DaemonMetrics
+from nixeryd.metrics.monitoring import Monitoring
 from nixeryd.registry.api import RegistryResource
 from nixeryd.registry.blobs import BlobPool
 from nixeryd.registry.imagesource import ImageSource
 from nixeryd.registry.pages.html import NotFoundPage
-from nixeryd.registry.pages.resources import BuildsResource, IndexResource
+from nixeryd.registry.pages.resources import BuildsResource, IndexResource, mount_monitoring
 from nixeryd.registry.tlsguard import TLSGuardSite
 from nixeryd.service.builds import BuildHistory
 
@@ -82,15 +84,17 @@ class RegistrySite(TLSGuardSite):
 
     Each finished request produces one ``twisted.logger`` event with the
     fields ``method``, ``path``, ``status``, ``bytes``, ``duration``
-    (seconds) and ``client``.
+    (seconds) and ``client``, and is counted in ``metrics``.
 
     :param resource: the root of the resource tree.
+    :param metrics: counts each finished request, if given.
     """
 
     requestFactory = RegistryRequest
 
-    def __init__(self, resource: IResource) -> None:
+    def __init__(self, resource: IResource, metrics: Optional[DaemonMetrics] = None) -> None:
         super().__init__(resource)  # type: ignore[no-untyped-call]
+        self._metrics = metrics
 
     def log(self, request: http.Request) -> None:
         """Emit the access log event for a finished request."""
@@ -106,15 +110,24 @@ class RegistrySite(TLSGuardSite):
             duration=duration,
             client=getattr(address, "host", None),
         )
+        if self._metrics is not None:
+            self._metrics.request_done(request.path or b"", request.method, request.code,
+                                       request.sentLength)
 
 
 def make_site(images: ImageSource, blob_pool: Optional[BlobPool] = None, *,
               builds: Optional[BuildHistory] = None, source: Optional[str] = None,
-              clock: Optional[IReactorTime] = None) -> RegistrySite:
+              clock: Optional[IReactorTime] = None,
+              monitoring: Optional[Monitoring] = None) -> RegistrySite:
     """
     The registry site serving ``images``; blob bodies go out with
     ``sendfile`` from ``blob_pool``'s threads when one is given.  The pages
     show ``builds`` and the package ``source`` (see :class:`RootResource`).
+    With ``monitoring``, requests are counted and ``/metrics``,
+    ``/healthz`` and ``/readyz`` answer.
     """
-    return RegistrySite(RootResource(images, blob_pool, builds=builds, source=source,
-                                     clock=clock))
+    root = RootResource(images, blob_pool, builds=builds, source=source, clock=clock)
+    if monitoring is None:
+        return RegistrySite(root)
+    mount_monitoring(root, monitoring)
+    return RegistrySite(root, monitoring.metrics)

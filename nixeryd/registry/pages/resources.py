@@ -1,7 +1,8 @@
 """
 The pages' resources: :class:`IndexResource` (``/``) and
 :class:`BuildsResource` (``/builds/<id>``, ``/builds/<id>/events``,
-``/builds/<id>/log``).
+``/builds/<id>/log``); :func:`mount_monitoring` adds the operators'
+``/metrics``, ``/healthz`` and ``/readyz``.
 
 Each page is rendered from records in memory on the reactor thread; the
 largest is one build's kept log, escaped once per request.
@@ -10,8 +11,11 @@ largest is one build's kept log, escaped once per request.
 from __future__ import annotations
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from nixeryd.metrics.monitoring import Monitoring
+from nixeryd.metrics.resources import HealthResource, MetricsResource, ReadyResource
 from nixeryd.registry.hosts import request_host
 from nixeryd.registry.httpnames import HEAD
 from nixeryd.registry.pages.buildpage import build_page, log_text
@@ -85,3 +89,13 @@ class BuildsResource(PageResource):
             return b""
         BuildEventStream(request, record, self._clock, start_after(request)).start()
         return NOT_DONE_YET
+
+
+def mount_monitoring(root: Resource, monitoring: Monitoring) -> None:
+    """
+    Put ``/metrics``, ``/healthz`` and ``/readyz`` under ``root`` (see
+    :mod:`nixeryd.metrics.resources`).
+    """
+    root.putChild(b"metrics", MetricsResource(monitoring.metrics))
+    root.putChild(b"healthz", HealthResource())
+    root.putChild(b"readyz", ReadyResource(monitoring.readiness))
