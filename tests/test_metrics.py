@@ -9,12 +9,14 @@ scripted Nix and a fake clock.
 from __future__ import annotations
 
 import random
-from typing import Any
+import threading
+from typing import Any, Callable, ParamSpec, TypeVar
 
 import treq
 from prometheus_client import REGISTRY
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
@@ -23,18 +25,21 @@ from twisted.web.http_headers import Headers
 from nixeryd.build.builder import ImageBuilder
 from nixeryd.core.documents import Image
 from nixeryd.core.errors import BuildFailed, Unavailable
-from nixeryd.core.threads import InlineRunner
+from nixeryd.core.threads import InlineRunner, ThreadPoolService
 from nixeryd.metrics.daemon import DaemonMetrics
 from nixeryd.metrics.monitoring import Monitoring, make_monitoring
 from nixeryd.metrics.routes import ROUTES, method_label, route_of
 from nixeryd.registry.site import RegistrySite, make_site
 from nixeryd.service.images import ImageService
 from nixeryd.testing.nix import FakeSource
-from nixeryd.testing.network import serve_locally
+from nixeryd.testing.network import RawClient, serve_locally
 from nixeryd.testing.storage import MemoryStorage
 from tests.buildfixtures import POPULARITY, ImageFixture
 from tests.metricsfixtures import Samples, parse_samples, series, value
-from tests.registrycases import LoopbackTestCase, RecordingBlobPool
+from tests.registrycases import LoopbackTestCase, RecordingBlobPool, wait_until
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 REQUESTS = "nixeryd_http_requests_total"
 BYTES = "nixeryd_http_response_bytes_total"
@@ -260,6 +265,71 @@ class SendfileSiteMetricsTests(SiteMetricsTests):
         await super().test_large_blob_and_range()
         self.assertEqual([f.__name__ for f in self.recording_pool.functions],
                          ["send_file_range"] * 2)
+
+
+class HeldBlobPool:
+    """
+    A blob pool that runs work on a real pool but hands each result back
+    only when the test releases it.
+
+    :ivar held: ``(arguments, the real result, the result handed back)``
+        of every call, in order.
+    """
+
+    def __init__(self, pool: ThreadPoolService) -> None:
+        self._pool = pool
+        self.held: list[tuple[tuple[Any, ...], Deferred[Any], Deferred[Any]]] = []
+
+    @property
+    def size(self) -> int:
+        """The real pool's size."""
+        return self._pool.size
+
+    def run(self, function: Callable[P, T], /,
+            *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
+        """Run ``function`` on the real pool; its result waits for :meth:`release`."""
+        handed: Deferred[T] = Deferred()
+        self.held.append((args, self._pool.run(function, *args, **kwargs), handed))
+        return handed
+
+    async def release(self) -> None:
+        """Hand back every result, once the work has ended."""
+        for _, done, handed in self.held:
+            try:
+                handed.callback(await done)
+            except Exception:
+                handed.errback()
+
+
+class SendfileClosedEarlyTests(LoopbackTestCase):
+    """A client that closes the connection as soon as it has the whole body."""
+
+    async def test_counted(self) -> None:
+        """
+        The response is logged and counted, with every byte, although the
+        connection was gone when the ``sendfile`` thread reported back.
+        """
+        monitoring = make_monitoring(reactor)
+        pool = HeldBlobPool(self.start_blob_pool(1))
+        base = serve_locally(self, make_site(self.images, pool, monitoring=monitoring))
+        data, digest = self.add_random_blob(300_000)
+        client = RawClient(b"GET /v2/a/blobs/" + digest.encode() + b" HTTP/1.1\r\n"
+                           b"Host: x\r\n\r\n")
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1",
+                                                 int(base.rsplit(":", 1)[1])), client)
+        # Bytes over a real socket and a pool thread fire no event to wait
+        # for: poll, bounded.
+        await wait_until(lambda: client.received.endswith(data))
+        await client.disconnect()
+        [(arguments, _, _)] = pool.held
+        stop = arguments[4]
+        assert isinstance(stop, threading.Event)
+        await wait_until(stop.is_set)
+        await pool.release()
+        samples = parse_samples(monitoring.metrics.exposition().decode("utf-8"))
+        self.assertEqual(value(samples, REQUESTS, {"route": "blob", "method": "GET",
+                                                   "status": "200"}), 1)
+        self.assertEqual(value(samples, BYTES, {"route": "blob"}), len(data))
 
 
 class ServiceMetricsFixture(ImageFixture):

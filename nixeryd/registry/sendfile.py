@@ -129,6 +129,17 @@ def send_file_range(socket_fd: int, file_fd: int, offset: int, length: int,
         waited = 0.0
 
 
+def _log_complete(request: StreamedRequest) -> None:
+    """
+    Log a response whose body went out whole although its connection is
+    gone, as ``finish`` would have (it refuses once the connection is lost).
+    """
+    site = getattr(request, "site", None)
+    log_request = getattr(site, "log", None)
+    if log_request is not None:
+        log_request(request)
+
+
 class SendfileSender:
     """
     Sends one blob body with :func:`send_file_range` and finishes the
@@ -203,6 +214,11 @@ class SendfileSender:
         request.sentLength += self._length
         if not self._stop.is_set() and request.channel is not None and not request.finished:
             request.finish()
+        elif not request.finished:
+            # The client had the whole body and closed the connection
+            # before this thread reported back: the response is complete
+            # all the same, so it goes to the access log (and the metrics).
+            _log_complete(request)
 
     def _failed(self, failure: Failure) -> None:
         self._close()
