@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import textwrap
+import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from twisted.internet import reactor
@@ -19,6 +20,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import (
     ProcessDone, ProcessExitedAlready, ProcessTerminated)
 from twisted.internet.interfaces import IAddress, IProcessProtocol, IProcessTransport
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger, LogEvent, capturedLogs
 from twisted.python.failure import Failure
@@ -27,9 +29,12 @@ from zope.interface import implementer, provider
 
 from nixeryd.build.childenv import child_environment
 from nixeryd.build.lines import LineSplitter
-from nixeryd.build.process import run_process, spawn_process
+from nixeryd.build import reaper
+from nixeryd.build.process import PIPE_DRAIN, REAPER_MARGIN, run_process, spawn_process
 from nixeryd.build.processresult import (OutputTooLarge, ProcessFailed,
                                          ProcessResult, ProcessTimedOut)
+from tests import escaping
+from tests.escaping import escaped_pid, sleeping_pid
 from tests.processes import is_alive, wait_until_gone
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -99,6 +104,7 @@ class FakeTransport:
         self.signals: list[Any] = []
         self.stdin_closed = False
         self.exited = False
+        self.pipes_closed = False
 
     def closeStdin(self) -> None:
         self.stdin_closed = True
@@ -123,7 +129,7 @@ class FakeTransport:
         raise NotImplementedError
 
     def loseConnection(self) -> None:
-        raise NotImplementedError
+        self.pipes_closed = True
 
     def write(self, data: bytes) -> None:
         raise NotImplementedError
@@ -178,13 +184,13 @@ class FakeReactorTests(SynchronousTestCase):
         return child, spawned["protocol"], spawned["transport"]
 
     def test_spawn_arguments(self) -> None:
-        """The command runs through the session wrapper, with exactly the given environment and no PTY."""
+        """The command runs under the reaper, told the grace period and our pid, with exactly the given environment and no PTY."""
         child, _, transport = self.spawn()
         spawned = self.reactor.spawned[0]
         self.assertEqual(spawned["executable"], sys.executable)
-        self.assertEqual(spawned["args"][0], sys.executable)
-        self.assertIn("os.setsid()", spawned["args"][4])
-        self.assertEqual(spawned["args"][-2:], ["nix-build", "x.nix"])
+        self.assertEqual(spawned["args"], [
+            sys.executable, "-I", "-S", os.path.abspath(reaper.__file__), "2.0", "0",
+            str(os.getpid()), "--", "nix-build", "x.nix"])
         self.assertEqual(spawned["env"], {"PATH": "/p"})
         self.assertFalse(spawned["usePTY"])
         self.assertTrue(transport.stdin_closed)
@@ -213,18 +219,59 @@ class FakeReactorTests(SynchronousTestCase):
         self.assertIn("nix-build exited with status 100", str(failure.value))
 
     def test_timeout_terminates_then_kills_group(self) -> None:
-        """At the deadline the group gets SIGTERM, then SIGKILL after the grace period."""
+        """
+        At the deadline the result fails at once and the group gets
+        SIGTERM; SIGKILL follows after the grace period and the reaper's
+        margin, for a reaper that has not ended its tree by itself.
+        """
         child, protocol, _ = self.spawn(timeout=10, kill_grace=2)
+        ended = child.when_ended()
         self.reactor.advance(9.9)
         self.assertEqual(self.group_signals, [])
+        self.assertNoResult(child.result)
         self.reactor.advance(0.1)
         self.assertEqual(self.group_signals, [(4242, signal.SIGTERM)])
-        self.reactor.advance(2)
-        self.assertEqual(self.group_signals,
-                         [(4242, signal.SIGTERM), (4242, signal.SIGKILL)])
-        protocol.processEnded(Failure(ProcessTerminated(signal=9)))
         failure = self.failureResultOf(child.result, ProcessTimedOut)
         self.assertEqual(failure.value.timeout, 10)
+        self.reactor.advance(2 + REAPER_MARGIN - 0.1)
+        self.assertEqual(self.group_signals, [(4242, signal.SIGTERM)])
+        self.reactor.advance(0.1)
+        self.assertEqual(self.group_signals,
+                         [(4242, signal.SIGTERM), (4242, signal.SIGKILL)])
+        self.assertNoResult(ended)
+        protocol.processEnded(Failure(ProcessTerminated(signal=9)))
+        self.successResultOf(ended)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_timeout_does_not_wait_for_open_pipes(self) -> None:
+        """
+        A timed-out child whose pipes stay open after it exited (held by a
+        process outside its tree) has failed already; its pipes are closed
+        on our side after the drain time, and then it has ended.
+        """
+        child, protocol, transport = self.spawn(timeout=3, kill_grace=2)
+        ended = child.when_ended()
+        self.reactor.advance(3)
+        self.failureResultOf(child.result, ProcessTimedOut)
+        self.reactor.advance(0.5)
+        protocol.processExited(Failure(ProcessTerminated(signal=15)))
+        self.reactor.advance(PIPE_DRAIN - 0.1)
+        self.assertFalse(transport.pipes_closed)
+        self.reactor.advance(0.1)
+        self.assertTrue(transport.pipes_closed)
+        self.assertNoResult(ended)
+        # Closing our ends of the pipes is what ends the process protocol.
+        protocol.processEnded(Failure(ProcessTerminated(signal=15)))
+        self.successResultOf(ended)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_exit_then_end_leaves_no_drain_timer(self) -> None:
+        """A child whose pipes close right after it exits succeeds, with no timer left."""
+        child, protocol, transport = self.spawn()
+        protocol.processExited(Failure(ProcessDone(0)))
+        protocol.processEnded(Failure(ProcessDone(0)))
+        self.successResultOf(child.result)
+        self.assertFalse(transport.pipes_closed)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_exit_during_grace_cancels_kill_timer(self) -> None:
@@ -277,6 +324,28 @@ class FakeReactorTests(SynchronousTestCase):
         self.failureResultOf(result, CancelledError)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
+    def test_run_process_timeout_waits_for_the_end(self) -> None:
+        """
+        ``run_process`` fails on timeout once the reaper has ended the tree,
+        which takes no longer than the grace period, the reaper's margin
+        and the pipes' drain time, whatever holds the pipes.
+        """
+        result = run_process(self.reactor, ["nix-build", "x.nix"], env={"PATH": "/p"},
+                             timeout=10, kill_grace=2, signal_group=self.signal_group)
+        protocol = self.reactor.spawned[-1]["protocol"]
+        self.reactor.advance(10)
+        self.assertNoResult(result)
+        self.reactor.advance(2 + REAPER_MARGIN)
+        self.assertEqual(self.group_signals,
+                         [(4242, signal.SIGTERM), (4242, signal.SIGKILL)])
+        self.assertNoResult(result)
+        protocol.processExited(Failure(ProcessTerminated(signal=9)))
+        self.reactor.advance(PIPE_DRAIN)
+        self.assertTrue(self.reactor.spawned[-1]["transport"].pipes_closed)
+        protocol.processEnded(Failure(ProcessTerminated(signal=9)))
+        self.failureResultOf(result, ProcessTimedOut)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
     def test_stdout_limit(self) -> None:
         """Stdout beyond the limit kills the child and fails with OutputTooLarge."""
         child, protocol, _ = self.spawn(max_stdout=10)
@@ -284,9 +353,10 @@ class FakeReactorTests(SynchronousTestCase):
         self.assertEqual(self.group_signals, [])
         protocol.childDataReceived(1, b"789012")
         self.assertEqual(self.group_signals, [(4242, signal.SIGTERM)])
-        protocol.processEnded(Failure(ProcessTerminated(signal=15)))
         failure = self.failureResultOf(child.result, OutputTooLarge)
         self.assertEqual(failure.value.limit, 10)
+        protocol.processEnded(Failure(ProcessTerminated(signal=15)))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_only_stderr_is_logged(self) -> None:
         """Stderr lines are logged; stdout is collected, not logged."""
@@ -393,11 +463,11 @@ class RealChildProcessTests(TestCase):
                          [b"NIX_REMOTE=daemon", b"PATH=" + ENV["PATH"].encode()])
 
     async def test_own_process_group(self) -> None:
-        """The child leads a process group of its own."""
-        code = "import os; print(os.getpid(), os.getpgid(0), os.getsid(0))"
+        """The program is a child of its reaper, in the reaper's own session and process group."""
+        code = "import os; print(os.getppid(), os.getpgid(0), os.getsid(0))"
         result = await run_process(reactor, python(code), env=ENV, timeout=20)
-        pid, pgid, sid = result.stdout.split()
-        self.assertEqual(int(pid), result.pid)
+        ppid, pgid, sid = result.stdout.split()
+        self.assertEqual(int(ppid), result.pid)
         self.assertEqual(int(pgid), result.pid)
         self.assertEqual(int(sid), result.pid)
         self.assertNotEqual(os.getpgid(0), result.pid)
@@ -464,3 +534,159 @@ class RealChildProcessTests(TestCase):
         await child.when_ended()
         assert child.pid is not None
         self.assertFalse(is_alive(child.pid))
+
+
+class _Collector(ProcessProtocol):
+    """Collects a plain child's stdout lines; fires when one starts with a word."""
+
+    def __init__(self, word: str) -> None:
+        self.lines: list[str] = []
+        self.seen: Deferred[None] = Deferred()
+        self._word = word
+        self._splitter = LineSplitter()
+
+    def outReceived(self, data: bytes) -> None:
+        for line in self._splitter.feed(data):
+            self.lines.append(line)
+            if line.startswith(self._word) and not self.seen.called:
+                self.seen.callback(None)
+
+
+#: A stand-in for the daemon: runs the escaping program as a step with no
+#: deadline and prints the step's stderr lines on its stdout.
+_DAEMON = """
+import sys
+from twisted.internet import reactor
+from twisted.logger import Logger
+from nixeryd.build.process import spawn_process
+
+def observe(event):
+    if "line" in event:
+        print(event["line"], flush=True)
+
+spawn_process(reactor, [sys.executable, %r, "sleep"], env={"PATH": %r},
+              timeout=None, kill_grace=0.5, logger=Logger(observer=observe))
+reactor.run()
+"""
+
+
+class EscapedDescendantTests(TestCase):
+    """
+    A step whose descendant made a session of its own, ignores SIGTERM and
+    keeps the step's stdout and stderr open (:mod:`tests.escaping`).
+    """
+
+    timeout = 30
+
+    def spawn_escaping(self, mode: str, **kwargs: Any
+                       ) -> tuple[Any, list[str], Deferred[None]]:
+        """The step, its stderr lines so far, and a Deferred of its ``sleeping`` line."""
+        lines: list[str] = []
+        asleep: Deferred[None] = Deferred()
+
+        def on_line(line: str) -> None:
+            lines.append(line)
+            if line.startswith("sleeping ") and not asleep.called:
+                asleep.callback(None)
+
+        child = spawn_process(reactor, [sys.executable, escaping.PROGRAM, mode],
+                              env=ENV, logger=line_logger(on_line), **kwargs)
+        return child, lines, asleep
+
+    def assert_escaped(self, lines: list[str], step_pid: int | None) -> int:
+        """The grandchild's pid, checked to be outside the step's session."""
+        pid = escaped_pid(lines)
+        assert pid is not None, lines
+        self.assertNotEqual(os.getsid(pid), step_pid)
+        return pid
+
+    async def test_timeout_fails_at_the_deadline(self) -> None:
+        """
+        The result fails at the deadline, not when the descendant lets the
+        pipes go; the tree is gone within the grace period, the
+        descendant included.
+        """
+        started = time.monotonic()
+        child, lines, asleep = self.spawn_escaping("sleep", timeout=1.0, kill_grace=0.5)
+        await asleep
+        grandchild = self.assert_escaped(lines, child.pid)
+        with self.assertRaises(ProcessTimedOut):
+            await child.result
+        # The descendant sleeps for a minute: anything close to the
+        # deadline means nobody waited for it.
+        self.assertLess(time.monotonic() - started, 1.0 + 2.0)
+        await child.when_ended()
+        self.assertLess(time.monotonic() - started, 1.0 + 0.5 + REAPER_MARGIN + 2.0)
+        # The reaper reaps its whole tree before it exits: no polling.
+        self.assertFalse(is_alive(grandchild))
+        program = sleeping_pid(lines)
+        assert program is not None
+        self.assertFalse(is_alive(program))
+
+    async def test_run_process_timeout(self) -> None:
+        """``run_process`` fails at the deadline, once the tree, the descendant included, is gone."""
+        lines: list[str] = []
+        started = time.monotonic()
+        with self.assertRaises(ProcessTimedOut):
+            await run_process(reactor, [sys.executable, escaping.PROGRAM, "sleep"],
+                              env=ENV, timeout=1.0, kill_grace=3,
+                              logger=line_logger(lines.append))
+        # The program dies of SIGTERM; the reaper kills the rest at once,
+        # without waiting for the grace period.
+        self.assertLess(time.monotonic() - started, 1.0 + 2.0)
+        grandchild = escaped_pid(lines)
+        assert grandchild is not None
+        self.assertFalse(is_alive(grandchild))
+
+    async def test_cancel_ends_the_tree(self) -> None:
+        """Cancelling a run (as the daemon's stop does) ends when the whole tree has."""
+        lines: list[str] = []
+        asleep: Deferred[None] = Deferred()
+
+        def on_line(line: str) -> None:
+            lines.append(line)
+            if line.startswith("sleeping ") and not asleep.called:
+                asleep.callback(None)
+
+        result = run_process(reactor, [sys.executable, escaping.PROGRAM, "sleep"],
+                             env=ENV, timeout=20, kill_grace=0.5,
+                             logger=line_logger(on_line))
+        await asleep
+        grandchild = escaped_pid(lines)
+        assert grandchild is not None
+        started = time.monotonic()
+        result.cancel()
+        with self.assertRaises(CancelledError):
+            await result
+        self.assertLess(time.monotonic() - started, 0.5 + REAPER_MARGIN + 2.0)
+        self.assertFalse(is_alive(grandchild))
+
+    async def test_exit_kills_what_is_left(self) -> None:
+        """A step that exits leaving a descendant succeeds at once, and the descendant is killed."""
+        started = time.monotonic()
+        child, lines, _ = self.spawn_escaping("exit", timeout=20)
+        result = await child.result
+        self.assertEqual(result.stdout, b"done\n")
+        self.assertLess(time.monotonic() - started, 10)
+        grandchild = escaped_pid(lines)
+        assert grandchild is not None
+        self.assertFalse(is_alive(grandchild))
+
+    async def test_daemon_killed(self) -> None:
+        """When the daemon is killed with SIGKILL, its steps' whole trees end too."""
+        collector = _Collector("sleeping ")
+        code = _DAEMON % (escaping.PROGRAM, ENV["PATH"])
+        env = dict(ENV, PYTHONPATH=os.pathsep.join(sys.path))
+        transport = reactor.spawnProcess(collector, sys.executable,
+                                         [sys.executable, "-c", code], env=env)
+        ended: Deferred[None] = Deferred()
+        collector.processEnded = lambda reason: ended.callback(None)  # type: ignore[method-assign]
+        await collector.seen
+        grandchild = escaped_pid(collector.lines)
+        program = sleeping_pid(collector.lines)
+        assert grandchild is not None and program is not None
+        transport.signalProcess("KILL")
+        await ended
+        # Nothing of ours is their parent any more: poll /proc, briefly.
+        self.assertTrue(await wait_until_gone(program))
+        self.assertTrue(await wait_until_gone(grandchild))

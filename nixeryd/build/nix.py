@@ -15,8 +15,10 @@ An image takes three Nix calls, however many store paths it has:
 Inputs reach Nix only as ``--argstr`` JSON arguments.  Every call runs
 through :mod:`nixeryd.build.process`: its log lines are streamed as events
 (fields ``image``, ``phase``, ``line``) to the caller's logger (a build's
-own, which keeps them in the build's log) and the whole process group is
-killed when the deadline passes or the caller cancels.  Failures become
+own, which keeps them in the build's log) and Nix's whole process tree,
+descendants that left its process group included, is ended when the
+deadline passes or the caller cancels; the call fails then, without
+waiting for a descendant that keeps Nix's output open.  Failures become
 the registry errors of :mod:`nixeryd.core.errors`, explained by
 :mod:`nixeryd.build.nixfailures`.
 """
@@ -125,8 +127,8 @@ class NixRunner:
     :param nix_dir: the directory holding the Nix expressions
         (:func:`default_nix_dir`).
     :param timeout: seconds allowed for :meth:`resolve`, and for
-        :meth:`build` (both of its calls together); when it passes, the Nix
-        process group is killed.
+        :meth:`build` (both of its calls together); when it passes, Nix's
+        process tree is ended and the call fails.
     :param options: ``(name, value)`` pairs passed to every call as
         ``--option name value``, e.g. ``("substituters", "")``.
     :param env: the environment of Nix; the allow-listed variables of the

@@ -10,12 +10,27 @@ them through ``reactor.spawnProcess`` with a
 - splits stderr into lines (:mod:`nixeryd.build.lines`) and logs each
   line, as it arrives, as a :mod:`twisted.logger` event;
 - keeps only a bounded tail of the log and a bounded stdout;
-- starts the child in its own session, hence its own process group, so a
-  timeout or a cancellation reaches every process it forked (``SIGTERM``
-  to the group, then ``SIGKILL`` after a grace period);
-- fires only once the child has exited *and* its pipes are closed, with
-  every timer cancelled, with the outcomes of
-  :mod:`nixeryd.build.processresult`.
+- runs the program under :mod:`nixeryd.build.reaper`, a child subreaper
+  in a session (hence a process group) of its own, which ends the
+  program's whole tree: members of the group, and descendants that made a
+  session of their own or double-forked away from it, all of which are
+  re-parented to the reaper rather than to init.  A timeout or a
+  cancellation sends ``SIGTERM`` to the group; the reaper passes it on to
+  every descendant and sends ``SIGKILL`` to all of them after the grace
+  period; ``SIGKILL`` to the group follows a little later, should the
+  reaper itself not have ended.  When the program exits, the reaper kills
+  whatever it left running.  When the daemon dies, even of ``SIGKILL``,
+  the reaper is told (``PR_SET_PDEATHSIG``) and ends the tree;
+- never waits for a descendant that keeps our pipes open: a child's
+  result fails at once when the deadline passes (or stdout grows too
+  large), and :func:`run_process` fails as soon as the reaper has ended
+  the tree, within the grace period plus :data:`REAPER_MARGIN`.  Otherwise
+  the result fires when the reaper has exited and the pipes are closed; a
+  pipe still open :data:`PIPE_DRAIN` seconds after the reaper has exited
+  (held by a process that escaped even the reaper) is closed on our side.
+  Outcomes are those of :mod:`nixeryd.build.processresult`, with every
+  timer cancelled by the time the child has ended
+  (:meth:`ChildProcess.when_ended`).
 
 The environment is never inherited: the caller passes it, usually built by
 :func:`~nixeryd.build.childenv.child_environment` from an allow-list.
@@ -29,7 +44,7 @@ import sys
 from collections import deque
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import (IDelayedCall, IProcessProtocol,
                                          IProcessTransport)
@@ -37,6 +52,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from nixeryd.build import reaper
 from nixeryd.build.lines import LineSplitter
 from nixeryd.build.processresult import (OutputTooLarge, ProcessFailed,
                                          ProcessResult, ProcessTimedOut)
@@ -47,23 +63,17 @@ DEFAULT_TAIL_LINES = 100
 #: Largest stdout collected, by default.
 DEFAULT_MAX_STDOUT = 64 * 1024 * 1024
 
-# Run by the child's interpreter before the real program: a new session
-# makes the child the leader of its own process group, whose id is its pid,
-# which exec keeps.  The interpreter sets LC_CTYPE itself when the locale
-# is "C" (PEP 538); the first argument says whether the caller set it, so
-# the program gets exactly the environment it was given.
-_SESSION_WRAPPER = (
-    "import os, sys\n"
-    "if sys.argv[1] == '0':\n"
-    "    os.environ.pop('LC_CTYPE', None)\n"
-    "os.setsid()\n"
-    "try:\n"
-    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
-    "except OSError as e:\n"
-    "    sys.stderr.write('cannot run %s: %s\\n' % (sys.argv[2], e))\n"
-    "    sys.stderr.flush()\n"
-    "    os._exit(127)\n"
-)
+#: Seconds between the reaper's own ``SIGKILL`` (at the end of the grace
+#: period) and ours to its whole group, for a reaper that did not end.
+REAPER_MARGIN = 2.0
+
+#: Seconds the pipes may stay open once the reaper has exited, for their
+#: last bytes; then our ends are closed.
+PIPE_DRAIN = 1.0
+
+#: The program every child runs under (run by path: ``-I -S`` leave this
+#: package off its path, and it needs only the standard library).
+REAPER = os.path.abspath(reaper.__file__)
 
 _log = Logger()
 
@@ -105,6 +115,9 @@ class _ChildProtocol(ProcessProtocol):
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self._child._data(childFD, data)
 
+    def processExited(self, reason: Failure) -> None:
+        self._child._exited()
+
     def processEnded(self, reason: Failure) -> None:
         self._child._ended(reason)
 
@@ -116,11 +129,13 @@ class ChildProcess:
     Create it with :func:`spawn_process`.  :attr:`result` fires with a
     :class:`~nixeryd.build.processresult.ProcessResult` on exit status 0,
     or fails with :class:`~nixeryd.build.processresult.ProcessFailed` (or
-    its kinds ``ProcessTimedOut`` and ``OutputTooLarge``).  Cancelling
-    :attr:`result` kills the child's process group.
+    its kinds ``ProcessTimedOut`` and ``OutputTooLarge``, at once when the
+    deadline passes or stdout grows too large).  Cancelling :attr:`result`
+    stops the child's whole tree.
 
     :ivar argv: the command.
-    :ivar pid: the child's process id, which is also its process group id.
+    :ivar pid: the process id of the child's reaper, the parent of the
+        program; also the id of its process group and session.
     :ivar result: fires once, as described above.
     """
 
@@ -147,6 +162,7 @@ class ChildProcess:
         self._transport: IProcessTransport | None = None
         self._deadline: IDelayedCall | None = None
         self._killer: IDelayedCall | None = None
+        self._drain: IDelayedCall | None = None
         self._stopping = False
         self._timed_out = False
         self._too_large = False
@@ -167,15 +183,18 @@ class ChildProcess:
 
     def terminate(self) -> None:
         """
-        Stop the child: ``SIGTERM`` to its process group now, ``SIGKILL``
-        after the grace period.  Calling it again does nothing more.
+        Stop the child: ``SIGTERM`` to its process group now, which its
+        reaper passes on to every descendant and follows with ``SIGKILL``
+        after the grace period; ``SIGKILL`` to the group
+        :data:`REAPER_MARGIN` seconds after that.  Calling it again does
+        nothing more.
         """
         if self._stopping or self._done:
             return
         self._stopping = True
         self._send(signal.SIGTERM)
         self._killer = self._reactor.callLater(
-            self._kill_grace, self._on_grace_expired)
+            self._kill_grace + REAPER_MARGIN, self._on_grace_expired)
 
     def tail(self) -> tuple[str, ...]:
         """The last lines logged so far."""
@@ -200,6 +219,16 @@ class ChildProcess:
             for line in self._stderr_lines.feed(data):
                 self._emit(line)
 
+    def _exited(self) -> None:
+        """
+        The reaper has exited, so has everything below it; the pipes close
+        as soon as their last bytes are read, unless a process that escaped
+        even the reaper holds them: after :data:`PIPE_DRAIN` seconds they
+        are closed on our side.
+        """
+        if not self._done and self._transport is not None:
+            self._drain = self._reactor.callLater(PIPE_DRAIN, self._close_pipes)
+
     def _ended(self, reason: Failure) -> None:
         self._done = True
         for line in self._stderr_lines.flush():
@@ -207,10 +236,10 @@ class ChildProcess:
         if self._stopping:
             # Members of the group that left our pipes may still run.
             self._send(signal.SIGKILL)
-        for call in (self._deadline, self._killer):
+        for call in (self._deadline, self._killer, self._drain):
             if call is not None and call.active():
                 call.cancel()
-        self._deadline = self._killer = None
+        self._deadline = self._killer = self._drain = None
         if not self.result.called:
             self._fire(reason)
         waiters, self._end_waiters = self._end_waiters, []
@@ -244,8 +273,25 @@ class ChildProcess:
             self._too_large = True
             self._stdout = []
             self.terminate()
+            self._fail_now()
             return
         self._stdout.append(data)
+
+    def _fail_now(self) -> None:
+        """
+        Fail :attr:`result` now, as the child is being stopped: the caller
+        does not wait for its tree to end, nor for the pipes to close.
+        """
+        if not self.result.called:
+            self._fire(Failure(ProcessDone(0)))  # type: ignore[no-untyped-call]
+
+    def _close_pipes(self) -> None:
+        self._drain = None
+        if self._transport is not None and not self._done:
+            self._log.warn("{argv0}[{pid}] exited but its output stays open; "
+                           "closing it", argv0=self._argv0, pid=self.pid,
+                           **self._log_fields)
+            self._transport.loseConnection()
 
     def _emit(self, line: str) -> None:
         self._tail.append(line)
@@ -259,6 +305,7 @@ class ChildProcess:
                        argv0=self._argv0, pid=self.pid, timeout=self._timeout,
                        **self._log_fields)
         self.terminate()
+        self._fail_now()
 
     def _cancel(self, result: Deferred[ProcessResult]) -> None:
         self._log.info("{argv0}[{pid}] cancelled", argv0=self._argv0,
@@ -295,13 +342,14 @@ def spawn_process(reactor: ProcessReactor, argv: Sequence[str], *,
                   signal_group: Callable[[int, int], None] = os.killpg,
                   ) -> ChildProcess:
     """
-    Start ``argv`` in a new session and return its :class:`ChildProcess`.
+    Start ``argv`` under its reaper, in a new session, and return its
+    :class:`ChildProcess`.
 
     :param reactor: spawns the child and keeps its timers.
     :param argv: the command; ``argv[0]`` is looked up in ``env["PATH"]``.
     :param env: the child's whole environment.
-    :param timeout: seconds before the child's process group is killed,
-        or ``None`` for no deadline.
+    :param timeout: seconds before the child's tree is stopped and its
+        result fails, or ``None`` for no deadline.
     :param kill_grace: seconds between ``SIGTERM`` and ``SIGKILL``.
     :param tail_lines: how many of the last lines to keep for reports.
     :param max_stdout: largest stdout accepted; more kills the child.
@@ -319,8 +367,8 @@ def spawn_process(reactor: ProcessReactor, argv: Sequence[str], *,
         tail_lines=tail_lines, max_stdout=max_stdout, logger=logger,
         log_fields=log_fields or {}, signal_group=signal_group)
     keeps_lc_ctype = "1" if "LC_CTYPE" in env else "0"
-    wrapped = [sys.executable, "-I", "-S", "-c", _SESSION_WRAPPER,
-               keeps_lc_ctype, *argv]
+    wrapped = [sys.executable, "-I", "-S", REAPER, repr(float(kill_grace)),
+               keeps_lc_ctype, str(os.getpid()), "--", *argv]
     reactor.spawnProcess(_ChildProtocol(child), sys.executable, wrapped,
                          env=dict(env), usePTY=False)
     return child
@@ -341,10 +389,15 @@ def run_process(reactor: ProcessReactor, argv: Sequence[str], *,
 
     The returned Deferred fires with a
     :class:`~nixeryd.build.processresult.ProcessResult` or fails with
-    :class:`~nixeryd.build.processresult.ProcessFailed`; cancelling it kills the child's process group
-    and fails with ``CancelledError`` once the child has ended, so that no
-    caller goes on (removing the child's files, stopping the reactor) while
-    it still runs.
+    :class:`~nixeryd.build.processresult.ProcessFailed`; cancelling it
+    stops the child's tree and fails with ``CancelledError``.  When the
+    deadline passes, stdout grows too large or the caller cancels, it fails
+    once the reaper has ended the tree: at once when the program obeys
+    ``SIGTERM`` (whatever its descendants do), and never later than the
+    grace period plus :data:`REAPER_MARGIN` and :data:`PIPE_DRAIN`, however
+    long a descendant keeps the pipes open.  So no caller goes on (starting
+    the next build in a freed slot, stopping the reactor) while the tree
+    still runs.
     """
     child = spawn_process(reactor, argv, env=env, timeout=timeout,
                           kill_grace=kill_grace, tail_lines=tail_lines,
@@ -354,7 +407,9 @@ def run_process(reactor: ProcessReactor, argv: Sequence[str], *,
     async def outcome() -> ProcessResult:
         try:
             return await child.result
-        except CancelledError:
+        except BaseException:
+            # Fired already unless the child is being stopped (a deadline,
+            # too much output, a cancellation): then bounded, see above.
             await child.when_ended()
             raise
 
