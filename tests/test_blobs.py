@@ -102,6 +102,17 @@ class BlobTests(StubRegistryTestCase):
         self.assertEqual(header(response, b"content-range"),
                          b"bytes */%d" % (len(self.data),))
 
+    def test_huge_positions(self) -> None:
+        """
+        Positions of 5,000 digits are a 416 (a start past the end) or the
+        rest of the blob (an end past it), never a 500.
+        """
+        huge = b"9" * 5000
+        response, body = self.fetch(b"GET", self.url, {b"Range": [b"bytes=" + huge + b"-"]})
+        self.assertEqual((response.code, body), (416, b""))
+        response, body = self.fetch(b"GET", self.url, {b"Range": [b"bytes=1-" + huge]})
+        self.assertEqual((response.code, body), (206, self.data[1:]))
+
     def test_head_range(self) -> None:
         """HEAD with a range has the 206 headers and no body."""
         response, body = self.fetch(b"HEAD", self.url, {b"Range": [b"bytes=0-0"]})

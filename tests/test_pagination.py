@@ -83,3 +83,7 @@ class PaginateTests(SynchronousTestCase):
         """An ``n`` of thousands of digits means every tag, not an error."""
         self.assertEqual(paginate(["a", "b"], "9" * 5000, None), (["a", "b"], None))
 
+    def test_leading_zeros(self) -> None:
+        """Leading zeros count for nothing, however many there are."""
+        self.assertEqual(paginate(["a", "b"], "0" * 5000, None), ([], None))
+        self.assertEqual(paginate(["a", "b"], "0" * 5000 + "1", None), (["a"], "n=1&last=a"))

@@ -36,6 +36,26 @@ class RangeParsingTests(SynchronousTestCase):
                 self.assertRaises(RangeNotSatisfiable, parse_range, value, size)
 
 
+    def test_positions_of_any_length(self) -> None:
+        """
+        Positions of thousands of digits are read without converting them
+        (Python refuses more than 4300): past the end of any blob, or the
+        number their leading zeros hide.
+        """
+        huge = b"9" * 5000
+        zeros = b"0" * 5000
+        self.assertRaises(RangeNotSatisfiable, parse_range, b"bytes=" + huge + b"-", 100)
+        self.assertRaises(RangeNotSatisfiable, parse_range,
+                          b"bytes=" + huge + b"-" + huge, 100)
+        self.assertEqual(parse_range(b"bytes=5-" + huge, 100), ByteRange(5, 99))
+        self.assertEqual(parse_range(b"bytes=-" + huge, 100), ByteRange(0, 99))
+        self.assertIsNone(parse_range(b"bytes=" + huge + b"-5", 100))
+        self.assertEqual(parse_range(b"bytes=" + zeros + b"7-" + zeros + b"9", 100),
+                         ByteRange(7, 9))
+        self.assertRaises(RangeNotSatisfiable, parse_range, b"bytes=-" + zeros, 100)
+        self.assertEqual(parse_range(b"bytes=%d-" % (10 ** 18 - 1,), 10 ** 18),
+                         ByteRange(10 ** 18 - 1, 10 ** 18 - 1))
+
 
 class EtagMatchingTests(SynchronousTestCase):
     """:func:`etag_matches`."""

@@ -38,8 +38,10 @@ def paginate(tags: list[str], n: Optional[str],
     if not n.isdigit() or not n.isascii():
         raise PaginationInvalid("n must be a non-negative integer", {"n": n[:50]})
     # Any n past the number of tags means "all of them"; capping the digits
-    # keeps int() cheap and within Python's conversion limit.
-    size = int(n) if len(n) <= 9 else 10 ** 9
+    # (after leading zeros) keeps int() cheap and within Python's
+    # conversion limit.
+    significant = n.lstrip("0")
+    size = int(significant or "0") if len(significant) <= 9 else 10 ** 9
     page = remaining[:size]
     if size and len(remaining) > size:
         return page, "n=%d&last=%s" % (size, quote(page[-1], safe=""))

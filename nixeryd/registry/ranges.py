@@ -3,7 +3,9 @@ Conditional and partial blob requests: ``Range`` parsing
 (:func:`parse_range`) and ``If-None-Match`` matching (:func:`etag_matches`).
 
 Pure functions of header bytes and the blob's size; what the response
-then looks like is decided in :mod:`nixeryd.registry.blobs`.
+then looks like is decided in :mod:`nixeryd.registry.blobs`.  A position
+of any length is read without converting more than 18 digits: anything
+larger is past the end of every blob.
 """
 
 from __future__ import annotations
@@ -38,6 +40,20 @@ class RangeNotSatisfiable(Exception):
 
 _RANGE = re.compile(rb"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*\Z", re.IGNORECASE)
 
+#: A byte position past the end of any blob.
+BEYOND_ANY_BLOB = 10 ** 18
+
+
+def _position(digits: bytes) -> int:
+    """
+    ASCII digits as a number, at most :data:`BEYOND_ANY_BLOB`: leading
+    zeros are dropped and longer numbers are not converted at all.
+    """
+    significant = digits.lstrip(b"0")
+    if len(significant) > 18:
+        return BEYOND_ANY_BLOB
+    return min(int(significant or b"0"), BEYOND_ANY_BLOB)
+
 
 def parse_range(header: bytes, size: int) -> Optional[ByteRange]:
     """
@@ -56,9 +72,9 @@ def parse_range(header: bytes, size: int) -> Optional[ByteRange]:
         return None
     first, last = match.group(1), match.group(2)
     if first:
-        start = int(first)
+        start = _position(first)
         if last:
-            end = int(last)
+            end = _position(last)
             if end < start:
                 return None
         else:
@@ -68,7 +84,7 @@ def parse_range(header: bytes, size: int) -> Optional[ByteRange]:
         return ByteRange(start, min(end, size - 1))
     if not last:
         return None
-    suffix = int(last)
+    suffix = _position(last)
     if suffix == 0 or size == 0:
         raise RangeNotSatisfiable()
     return ByteRange(max(0, size - suffix), size - 1)
