@@ -13,5 +13,8 @@ and health (``/healthz``, ``/readyz``).
   from the build records;
 - :mod:`~nixeryd.metrics.readiness`: the start-up checks, again in the
   background, for ``/readyz``;
-- :mod:`~nixeryd.metrics.resources`: the three resources.
+- :mod:`~nixeryd.metrics.resources`: the three resources;
+- :mod:`~nixeryd.metrics.monitoring`: one daemon's metrics and readiness,
+  made together (the wiring gives the readiness its checks:
+  :mod:`nixeryd.app.readychecks`).
 """
