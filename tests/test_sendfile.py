@@ -16,7 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
 
 from nixeryd.build.manifest import sha256_digest
-from nixeryd.registry.sendfile import STALL_TIMEOUT, SendfileSender
+from nixeryd.core.defaults import STALL_TIMEOUT
+from nixeryd.registry.sendfile import SendfileSender
 from nixeryd.registry.site import RegistrySite, RootResource
 from nixeryd.testing.network import RawClient, serve_locally
 from nixeryd.testing.runners import ManualRunner
@@ -62,9 +63,13 @@ class StuckTransport:
     dataBuffer = b"headers"
     offset = 0
     _tempDataLen = 0
+    aborted = False
 
     def fileno(self) -> int:
         raise AssertionError("a sender used the socket before the headers left")
+
+    def abortConnection(self) -> None:
+        self.aborted = True
 
 
 class SendfileDrainTests(SynchronousTestCase):
@@ -73,15 +78,17 @@ class SendfileDrainTests(SynchronousTestCase):
     def test_backs_off_then_gives_up(self) -> None:
         """
         A connection whose buffer never drains is checked ever more rarely
-        (never in a busy loop), then dropped after the stall timeout, and
-        the thread slot is released.
+        (never in a busy loop), then aborted (not closed gracefully: that
+        would wait for the buffer) after the stall timeout, and the thread
+        slot is released.
         """
         released = []
         clock = Clock()
         request = FakeStreamedRequest()
         opened = open(os.devnull, "rb")
+        transport = StuckTransport()
         sender = SendfileSender(
-            request, StuckTransport(), opened, 0, 10, runner=ManualRunner(), clock=clock,
+            request, transport, opened, 0, 10, runner=ManualRunner(), clock=clock,
             release=lambda: released.append(True))
         sender._when_drained()
         delays = []
@@ -89,7 +96,9 @@ class SendfileDrainTests(SynchronousTestCase):
             [call] = clock.getDelayedCalls()
             delays.append(call.getTime() - clock.seconds())
             clock.advance(delays[-1])
-        self.assertTrue(request.lost)
+        self.assertTrue(transport.aborted)
+        self.assertFalse(request.lost)
+        self.assertAlmostEqual(clock.seconds(), STALL_TIMEOUT)
         self.assertEqual(released, [True])
         self.assertTrue(opened.closed)
         self.assertEqual(delays[:3], [0.0, 0.001, 0.002])

@@ -44,11 +44,12 @@ def connected_channel(site: TLSGuardSite | None = None,
                       client: str = "127.0.0.1") -> tuple[Any, StringTransport]:
     """
     A channel of the registry site (or of ``site``) on an in-memory
-    transport; the registry site counts refusals on a fake clock, so that
-    no report stays scheduled on the reactor.
+    transport; the registry site counts refusals and keeps its
+    connections' deadlines on a fake clock, so that no report or deadline
+    stays scheduled on the reactor.
     """
     if site is None:
-        site = make_site(FakeImageService())
+        site = make_site(FakeImageService(), clock=Clock())
         site.tls_refusals = TLSRefusals(Clock())
     channel = site.buildProtocol(IPv4Address("TCP", client, 40000))
     transport = StringTransport(peerAddress=IPv4Address("TCP", client, 40000))
@@ -192,7 +193,7 @@ class RefusalReportTests(SynchronousTestCase):
 
     def test_channels_count_on_their_site(self) -> None:
         """Each refusing channel counts on its site; plain HTTP counts nothing."""
-        site = make_site(FakeImageService())
+        site = make_site(FakeImageService(), clock=Clock())
         refusals, clock, events = counting()
         site.tls_refusals = refusals
         for client in ("10.0.0.1", "10.0.0.2"):
@@ -213,6 +214,7 @@ class RefusalReportTests(SynchronousTestCase):
         site.reactor = clock
         channel, _ = connected_channel(site)
         channel.dataReceived(client_hello())
+        channel.connectionLost(None)
         self.assertEqual(len(clock.getDelayedCalls()), 1)
         site.stopFactory()
         self.assertEqual(clock.getDelayedCalls(), [])

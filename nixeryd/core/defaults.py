@@ -48,6 +48,26 @@ STORAGE_THREADS = 4
 #: Threads sending blob bodies with sendfile; concurrent blob downloads
 #: beyond this are streamed through the reactor instead.
 BLOB_THREADS = 32
+#: Seconds a client has to send a whole request (its head, and any body)
+#: from the moment it connects or sends the first byte of the next one;
+#: not renewed by each byte, so a client dribbling a request is dropped.
+HEAD_TIMEOUT = 10.0
+#: Seconds a kept-alive connection may wait, between requests, for the
+#: first byte of the next one.
+IDLE_TIMEOUT = 30.0
+#: Seconds a response may make no progress (its client reads nothing)
+#: before the connection is aborted and its blob file closed.
+STALL_TIMEOUT = 60.0
+#: Connections one client address may hold at once; beyond it a new
+#: connection gets a 503 and is closed at once.
+MAX_CONNECTIONS_PER_CLIENT = 64
+#: Descriptors kept out of the connection limit, for everything else the
+#: daemon opens: storage and temporary files, Nix's and git's pipes,
+#: logs, the thread pools' work.  The limit of connections in all is
+#: half of the open-file limit left after these and BLOB_THREADS (each
+#: connection may hold its socket and one blob file; each sendfile
+#: thread one more copy of a socket).
+DESCRIPTOR_RESERVE = 256
 #: Seconds a tag of a moving source (a branch, a local path) answers from
 #: memory before it is evaluated again.
 MOVING_TTL = 60.0

@@ -16,6 +16,7 @@ from typing import BinaryIO, Optional, Protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request
 
+from nixeryd.core import defaults
 from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown
 from nixeryd.core.threads import Runner
@@ -60,12 +61,17 @@ class BlobResponder:
     :ivar free_sendfile_threads: blob-pool threads not taken by a body
         being sent; when none is free, bodies are streamed through the
         reactor instead.
+    :ivar stall_timeout: seconds a ``sendfile`` body may wait for its
+        client to read before the connection is aborted (bodies streamed
+        through the reactor are aborted by their channel's stall rule,
+        :mod:`nixeryd.registry.deadlines`).
     """
 
     def __init__(self, blob_pool: Optional[BlobPool], clock: IReactorTime) -> None:
         self._blob_pool = blob_pool
         self._clock = clock
         self.free_sendfile_threads = blob_pool.size if blob_pool is not None else 0
+        self.stall_timeout = defaults.STALL_TIMEOUT
 
     def respond(self, request: Request, blob: LocalBlob | RedirectBlob) -> Optional[bytes]:
         """
@@ -146,7 +152,8 @@ class BlobResponder:
             self.free_sendfile_threads -= 1
             SendfileSender(request, transport, file, file.tell(), length,
                            self._blob_pool, self._clock,
-                           release=self._release_sendfile_thread).start()
+                           release=self._release_sendfile_thread,
+                           stall_timeout=self.stall_timeout).start()
         else:
             BlobSender(request, file, length).start()
 

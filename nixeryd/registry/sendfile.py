@@ -16,6 +16,11 @@ Connections that are not plain TCP (TLS, tests' in-memory transports) keep
 using the ordinary producer in :mod:`nixeryd.registry.streaming`, and so do responses
 that find every thread of the pool busy (with slow clients, say): a pool
 thread is a slot, taken for one body and given back when it ends.
+
+A client that reads nothing for the stall timeout (first of the headers,
+then of the body) is given up: the file is closed, the thread slot given
+back and the connection aborted, since a graceful close would wait for a
+socket buffer that never drains.
 """
 
 from __future__ import annotations
@@ -30,15 +35,15 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from nixeryd.core import defaults
 from nixeryd.core.threads import Runner
+from nixeryd.registry.deadlines import abort_connection
 from nixeryd.registry.streaming import StreamedRequest
 
 log = Logger()
 
 #: Most bytes one ``sendfile`` call is asked to move.
 SENDFILE_CHUNK = 8 * 1024 * 1024
-#: Seconds a client may leave its socket full before it is given up.
-STALL_TIMEOUT = 120.0
 #: Longest pause between two checks that the headers have left Twisted's
 #: buffer (the first checks come at once; a client that does not read
 #: is then polled ever more slowly, never in a busy loop).
@@ -48,7 +53,7 @@ _POLL_MILLISECONDS = 500
 
 
 class ClientStalled(Exception):
-    """The client stopped reading for longer than :data:`STALL_TIMEOUT`."""
+    """The client stopped reading for longer than the stall timeout."""
 
 
 class BufferedSocket(Protocol):
@@ -73,6 +78,9 @@ class BufferedSocket(Protocol):
     def fileno(self) -> int:
         """The socket's descriptor."""
 
+    def abortConnection(self) -> None:
+        """Close the connection at once, dropping what is buffered."""
+
 
 def sendfile_transport(request: StreamedRequest) -> Optional[tcp.Connection]:
     """
@@ -96,7 +104,8 @@ def _drained(transport: BufferedSocket) -> bool:
 
 
 def send_file_range(socket_fd: int, file_fd: int, offset: int, length: int,
-                    stop: threading.Event, stall_timeout: float = STALL_TIMEOUT) -> None:
+                    stop: threading.Event,
+                    stall_timeout: float = defaults.STALL_TIMEOUT) -> None:
     """
     Send ``length`` bytes of a file from ``offset`` to a non-blocking
     socket, blocking the calling thread (never the reactor's) until done.
@@ -154,12 +163,15 @@ class SendfileSender:
     :param clock: schedules the checks for the headers to leave.
     :param release: called once when the sender is done with its thread
         slot, whatever the outcome.
+    :param stall_timeout: seconds the client may read nothing, first of
+        the headers, then of the body, before the connection is aborted.
     """
 
     def __init__(self, request: StreamedRequest, transport: BufferedSocket,
                  file: BinaryIO, offset: int, length: int, runner: Runner,
                  clock: IReactorTime,
-                 release: Callable[[], None] = lambda: None) -> None:
+                 release: Callable[[], None] = lambda: None,
+                 stall_timeout: float = defaults.STALL_TIMEOUT) -> None:
         self._request = request
         self._transport = transport
         self._file = file
@@ -170,8 +182,9 @@ class SendfileSender:
         self._stop = threading.Event()
         self._socket_fd: Optional[int] = None
         self._release: Optional[Callable[[], None]] = release
+        self._stall_timeout = stall_timeout
         self._drain_delay = 0.0
-        self._drain_waited = 0.0
+        self._drain_started: Optional[float] = None
 
     def start(self) -> None:
         """Send the headers, then the body once they have left the buffer."""
@@ -184,24 +197,28 @@ class SendfileSender:
             self._close()
             return
         if not _drained(self._transport):
-            if self._drain_waited >= STALL_TIMEOUT:
+            now = self._clock.seconds()
+            if self._drain_started is None:
+                self._drain_started = now
+            if now - self._drain_started >= self._stall_timeout:
                 log.info("Gave up a blob response: the client read nothing for "
-                         "{seconds} s", seconds=STALL_TIMEOUT)
+                         "{seconds} s", seconds=self._stall_timeout)
                 self._close()
-                self._request.loseConnection()
+                abort_connection(self._transport)
                 return
-            self._drain_waited += self._drain_delay
-            self._clock.callLater(self._drain_delay, self._when_drained)
+            self._clock.callLater(
+                min(self._drain_delay, self._stall_timeout - (now - self._drain_started)),
+                self._when_drained)
             self._drain_delay = min(max(self._drain_delay * 2, 0.001), _MAX_DRAIN_DELAY)
             return
         try:
             self._socket_fd = os.dup(self._transport.fileno())
         except OSError:
             self._close()
-            self._request.loseConnection()
+            abort_connection(self._transport)
             return
         d = self._runner.run(send_file_range, self._socket_fd, self._file.fileno(),
-                             self._offset, self._length, self._stop)
+                             self._offset, self._length, self._stop, self._stall_timeout)
         d.addCallbacks(self._sent, self._failed).addErrback(self._log_error)
 
     def _abandoned(self, reason: Failure) -> None:
@@ -227,7 +244,9 @@ class SendfileSender:
         else:
             log.info("Blob response ended early: {error}", error=str(failure.value))
         if self._request.channel is not None:
-            self._request.loseConnection()
+            # Part of the body is sent, or the client reads nothing: the
+            # connection cannot be used again and must not wait to drain.
+            abort_connection(self._transport)
 
     def _log_error(self, failure: Failure) -> None:
         log.failure("Finishing a blob response failed", failure)

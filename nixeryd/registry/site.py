@@ -1,7 +1,8 @@
 """
 The registry's web site: the resource tree (``/v2``, the front page and
-the build pages), TLS-guarded channels and one access log event per
-request.
+the build pages), TLS-guarded channels with bounded connections (limits
+per client and in all, deadlines: :mod:`nixeryd.registry.connections`,
+:mod:`nixeryd.registry.deadlines`) and one access log event per request.
 
 :func:`make_site` is what the daemon listens with.
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import IResource, Resource
@@ -21,6 +23,9 @@ from nixeryd.metrics.daemon import DaemonMetrics
 from nixeryd.metrics.monitoring import Monitoring
 from nixeryd.registry.api import RegistryResource
 from nixeryd.registry.blobs import BlobPool
+from nixeryd.registry.connections import (BusyAnswer, ConnectionGuard, ConnectionLimits,
+                                          client_of)
+from nixeryd.registry.deadlines import DeadlineChannel
 from nixeryd.registry.imagesource import ImageSource
 from nixeryd.registry.pages.html import NotFoundPage
 from nixeryd.registry.pages.resources import BuildsResource, IndexResource, mount_monitoring
@@ -80,7 +85,8 @@ class RegistryRequest(Request):
 
 class RegistrySite(TLSGuardSite):
     """
-    The registry's ``Site``: TLS-guarded channels and a structured access log.
+    The registry's ``Site``: TLS-guarded channels with deadlines, as many
+    as :attr:`connections` admits, and a structured access log.
 
     Each finished request produces one ``twisted.logger`` event with the
     fields ``method``, ``path``, ``status``, ``bytes``, ``duration``
@@ -91,10 +97,62 @@ class RegistrySite(TLSGuardSite):
     """
 
     requestFactory = RegistryRequest
+    # Any callable returning a channel serves (see TLSGuardSite.protocol).
+    protocol = DeadlineChannel
+
+    _connections: Optional[ConnectionGuard] = None
 
     def __init__(self, resource: IResource, metrics: Optional[DaemonMetrics] = None) -> None:
         super().__init__(resource)  # type: ignore[no-untyped-call]
         self._metrics = metrics
+
+    @property
+    def connections(self) -> ConnectionGuard:
+        """
+        The open connections and their limits (by default those of
+        :class:`ConnectionLimits`), on the site's reactor.
+        """
+        if self._connections is None:
+            self._connections = ConnectionGuard(ConnectionLimits(), self.reactor)
+        return self._connections
+
+    def limit_connections(self, limits: ConnectionLimits,
+                          clock: Optional[IReactorTime] = None) -> None:
+        """
+        Bound connections by ``limits``, timed on ``clock`` (the site's
+        reactor when not given); blob responses sent with ``sendfile`` are
+        given up after the same stall timeout as the others.
+        """
+        if clock is not None:
+            self.reactor = clock
+        self._connections = ConnectionGuard(limits, self.reactor)
+        if isinstance(self.resource, RootResource):
+            self.resource.registry.blobs.stall_timeout = limits.stall_timeout
+
+    # A refused connection gets a plain protocol, not a channel: a listening
+    # port takes any protocol from any factory.
+    def buildProtocol(  # type: ignore[override]
+            self, addr: Optional[IAddress]) -> Optional[Protocol]:
+        """
+        A channel with deadlines for an admitted connection; for one over
+        a limit, a protocol that answers ``503`` and closes.
+        """
+        client = client_of(addr)
+        guard = self.connections
+        if not guard.admit(client):
+            return BusyAnswer()
+        channel: object = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
+        if isinstance(channel, DeadlineChannel):
+            channel.attach(guard, client, self.reactor)
+            return channel
+        guard.release(client)
+        return channel if isinstance(channel, Protocol) else None
+
+    def stopFactory(self) -> None:
+        """Report the refusals and aborts not yet reported: the site stops."""
+        if self._connections is not None:
+            self._connections.flush()
+        super().stopFactory()
 
     def log(self, request: http.Request) -> None:
         """Emit the access log event for a finished request."""
@@ -118,16 +176,21 @@ class RegistrySite(TLSGuardSite):
 def make_site(images: ImageSource, blob_pool: Optional[BlobPool] = None, *,
               builds: Optional[BuildHistory] = None, source: Optional[str] = None,
               clock: Optional[IReactorTime] = None,
-              monitoring: Optional[Monitoring] = None) -> RegistrySite:
+              monitoring: Optional[Monitoring] = None,
+              limits: Optional[ConnectionLimits] = None) -> RegistrySite:
     """
     The registry site serving ``images``; blob bodies go out with
     ``sendfile`` from ``blob_pool``'s threads when one is given.  The pages
     show ``builds`` and the package ``source`` (see :class:`RootResource`).
     With ``monitoring``, requests are counted and ``/metrics``,
-    ``/healthz`` and ``/readyz`` answer.
+    ``/healthz`` and ``/readyz`` answer.  ``limits`` bound its connections
+    (by default, :class:`~nixeryd.registry.connections.ConnectionLimits`).
     """
     root = RootResource(images, blob_pool, builds=builds, source=source, clock=clock)
     if monitoring is None:
-        return RegistrySite(root)
-    mount_monitoring(root, monitoring)
-    return RegistrySite(root, monitoring.metrics)
+        site = RegistrySite(root)
+    else:
+        mount_monitoring(root, monitoring)
+        site = RegistrySite(root, monitoring.metrics)
+    site.limit_connections(limits if limits is not None else ConnectionLimits(), clock)
+    return site

@@ -69,7 +69,9 @@ class BlobSender:
     Chunks are read and written while the connection accepts them; when
     its buffer fills, Twisted pauses the sender and resumes it once the
     buffer has drained, so no more than a chunk or two is ever in memory.
-    The file is closed when the body is complete or the client goes away.
+    The file is closed when the body is complete or the client goes away,
+    including when the channel aborts a client that stopped reading
+    (:mod:`nixeryd.registry.deadlines`): Twisted then stops the sender.
     """
 
     def __init__(self, request: StreamedRequest, file: BinaryIO, length: int,
