@@ -40,6 +40,11 @@ let
     // optional "NIXERY_BUILD_LOG_LINES" cfg.buildLogLines
     // optional "NIXERY_MAX_QUEUE" cfg.maxQueue
     // optional "NIXERY_FAILURE_TTL" cfg.failureTtl
+    // optional "NIXERY_HEAD_TIMEOUT" cfg.headTimeout
+    // optional "NIXERY_IDLE_TIMEOUT" cfg.idleTimeout
+    // optional "NIXERY_STALL_TIMEOUT" cfg.stallTimeout
+    // optional "NIXERY_MAX_CONNECTIONS_PER_CLIENT" cfg.maxConnectionsPerClient
+    // optional "NIXERY_MAX_CONNECTIONS" cfg.maxConnections
     // lib.optionalAttrs (cfg.nixOptions != { }) {
       NIXERY_NIX_OPTIONS = lib.concatStringsSep ";"
         (lib.mapAttrsToList (name: value: "${name}=${value}") cfg.nixOptions);
@@ -184,6 +189,36 @@ in
       '';
     };
 
+    headTimeout = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      description = "Seconds a client has to send a whole request (NIXERY_HEAD_TIMEOUT; the daemon's default is 10).";
+    };
+
+    idleTimeout = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      description = "Seconds a kept-alive connection waits for the next request (NIXERY_IDLE_TIMEOUT; the daemon's default is 30).";
+    };
+
+    stallTimeout = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      description = "Seconds a response may wait for its client to read before the connection is dropped (NIXERY_STALL_TIMEOUT; the daemon's default is 60).";
+    };
+
+    maxConnectionsPerClient = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      description = "Connections one client address may hold (NIXERY_MAX_CONNECTIONS_PER_CLIENT; the daemon's default is 64).";
+    };
+
+    maxConnections = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      description = "Connections from all clients, at most what the open-file limit carries (NIXERY_MAX_CONNECTIONS; by default that, 32624 with LimitNOFILE 65536).";
+    };
+
     nixOptions = mkOption {
       type = types.attrsOf types.str;
       default = { };
@@ -236,7 +271,8 @@ in
         Restart = "on-failure";
         RestartSec = "2s";
         TimeoutStopSec = "30s";
-        # Descriptors for many concurrent clients and open blob files.
+        # Descriptors for many concurrent clients and open blob files: the
+        # daemon raises its soft limit to this and allows 32624 connections.
         LimitNOFILE = 65536;
         # The daemon never needs new privileges; Nix builds go through the daemon.
         NoNewPrivileges = true;

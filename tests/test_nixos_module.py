@@ -116,7 +116,9 @@ class NixOSModuleTests(SynchronousTestCase):
         self.assertEqual(env["STORAGE_PATH"], "/var/lib/nixeryd/storage")
         for unset in ("NIX_TIMEOUT", "NIXERY_MAX_BUILDS", "NIXERY_LAYER_BUDGET",
                       "NIXERY_NIX_OPTIONS", "GCS_BUCKET", "NIXERY_PKGS_PATH",
-                      "NIXERY_MAX_QUEUE", "NIXERY_FAILURE_TTL"):
+                      "NIXERY_MAX_QUEUE", "NIXERY_FAILURE_TTL", "NIXERY_HEAD_TIMEOUT",
+                      "NIXERY_IDLE_TIMEOUT", "NIXERY_STALL_TIMEOUT",
+                      "NIXERY_MAX_CONNECTIONS_PER_CLIENT", "NIXERY_MAX_CONNECTIONS"):
             self.assertNotIn(unset, env)
         unit = service["serviceConfig"]
         self.assertEqual(
@@ -143,6 +145,8 @@ class NixOSModuleTests(SynchronousTestCase):
             nixTimeout = 300; popularityUrl = "/var/lib/pop.json";
             maxBuilds = 4; layerBudget = 60; keepBuilds = 7; buildLogLines = 50;
             maxQueue = 12; failureTtl = 0;
+            headTimeout = 5; idleTimeout = 20; stallTimeout = 30;
+            maxConnectionsPerClient = 16; maxConnections = 500;
             nixOptions = { substituters = ""; "max-jobs" = "2"; };
             extraArgs = [ "--threads" "8" ];
           }""" % (PACKAGE,))
@@ -163,6 +167,10 @@ class NixOSModuleTests(SynchronousTestCase):
         self.assertEqual(daemon.build_log_lines, 50)
         self.assertEqual(daemon.max_queue, 12)
         self.assertEqual(daemon.failure_ttl, 0.0)
+        self.assertEqual((daemon.head_timeout, daemon.idle_timeout, daemon.stall_timeout),
+                         (5.0, 20.0, 30.0))
+        self.assertEqual((daemon.max_connections_per_client, daemon.max_connections),
+                         (16, 500))
         self.assertEqual(dict(daemon.nix_options), {"substituters": "", "max-jobs": "2"})
         self.assertNotIn("STORAGE_PATH", env)
         self.assertEqual(config["ports"], [5000])

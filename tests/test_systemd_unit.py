@@ -13,6 +13,9 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from nixeryd.core.defaults import MAX_CONNECTIONS_PER_CLIENT
+from nixeryd.registry.connections import connections_for_descriptors
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNIT = os.path.join(ROOT, "systemd", "nixeryd.service")
 #: Where the unit expects the installed program.
@@ -99,6 +102,25 @@ class SystemdUnitTests(SynchronousTestCase):
             previous = line
         self.assertIn("NoNewPrivileges=yes", lines)
         self.assertIn("LimitNOFILE=65536", lines)
+
+    def test_open_files_carry_the_connections(self) -> None:
+        """
+        ``LimitNOFILE`` is one number (``nixeryd serve`` raises its soft
+        limit to the hard one anyway), the same as the NixOS module's, and
+        carries the connections its comment names.
+        """
+        [limit] = service_section()["LimitNOFILE"]
+        self.assertTrue(limit.isdigit(), limit)
+        descriptors = int(limit)
+        carried = connections_for_descriptors(descriptors)
+        # Room for 500 clients each at the per-client limit.
+        self.assertGreaterEqual(carried, 500 * MAX_CONNECTIONS_PER_CLIENT)
+        lines = read_unit().splitlines()
+        at = lines.index("LimitNOFILE=" + limit)
+        comment = " ".join(line for line in lines[at - 3:at] if line.startswith("#"))
+        self.assertIn("allows %d connections" % (carried,), comment)
+        with open(os.path.join(ROOT, "nix", "module.nix")) as f:
+            self.assertIn("LimitNOFILE = %d;" % (descriptors,), f.read())
 
     def test_parses_as_ini(self) -> None:
         """Sections are well-formed (a sanity check beside systemd's own)."""

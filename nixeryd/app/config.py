@@ -23,15 +23,20 @@ from nixeryd.app.settings import (
     KEEP_BUILDS,
     GCS_BUCKET,
     GCS_ENDPOINT,
+    HEAD_TIMEOUT,
+    IDLE_TIMEOUT,
     LAYER_BUDGET,
     LISTEN,
     MAX_BUILDS,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_CLIENT,
     MAX_QUEUE,
     NIX_TIMEOUT,
     POPULARITY_URL,
     PORT,
     STORAGE_BACKEND,
     STORAGE_BACKENDS,
+    STALL_TIMEOUT,
     STORAGE_PATH,
     SOURCES,
     THREADS,
@@ -68,6 +73,12 @@ class Config:
     :ivar max_queue: images in the making at once (running or waiting);
         one address may have a quarter of them.
     :ivar failure_ttl: seconds a permanent failure is answered from memory.
+    :ivar head_timeout: seconds a client has to send a whole request.
+    :ivar idle_timeout: seconds a kept-alive connection waits for a request.
+    :ivar stall_timeout: seconds a response may wait for its client to read.
+    :ivar max_connections_per_client: connections one address may hold.
+    :ivar max_connections: connections in all, if set; never more than
+        the open-file limit carries.
     """
 
     listen: str
@@ -87,6 +98,11 @@ class Config:
     build_log_lines: int = BUILD_LOG_LINES.default
     max_queue: int = MAX_QUEUE.default
     failure_ttl: float = FAILURE_TTL.default
+    head_timeout: float = HEAD_TIMEOUT.default
+    idle_timeout: float = IDLE_TIMEOUT.default
+    stall_timeout: float = STALL_TIMEOUT.default
+    max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT.default
+    max_connections: Optional[int] = MAX_CONNECTIONS.default
 
 
 def _listen(options: Mapping[str, object], environ: Mapping[str, str]) -> str:
@@ -190,4 +206,9 @@ def config_from(options: Mapping[str, object], environ: Mapping[str, str]) -> Co
         build_log_lines=BUILD_LOG_LINES.read(options, environ),
         max_queue=MAX_QUEUE.read(options, environ),
         failure_ttl=FAILURE_TTL.read(options, environ),
+        head_timeout=HEAD_TIMEOUT.read(options, environ),
+        idle_timeout=IDLE_TIMEOUT.read(options, environ),
+        stall_timeout=STALL_TIMEOUT.read(options, environ),
+        max_connections_per_client=MAX_CONNECTIONS_PER_CLIENT.read(options, environ),
+        max_connections=MAX_CONNECTIONS.read(options, environ),
     )

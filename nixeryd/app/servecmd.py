@@ -8,8 +8,10 @@ and log collectors; ``text`` for a person at a terminal), and runs:
 
 1. the options are parsed and checked: a usage or configuration error is
    one line on stderr and exit code 2;
-2. the log observer is installed and the service tree made (a storage
-   directory that cannot be created fails here);
+2. the log observer is installed, the soft limit of open files raised to
+   the hard limit (:func:`raise_open_file_limit`; the connection limits
+   are sized from it, and one line says both), and the service tree made
+   (a storage directory that cannot be created fails here);
 3. on the reactor, the start-up checks (:mod:`nixeryd.app.preflight`:
    package source, Nix, storage) run, then the port is opened; a failure
    is one line on stderr and exit code 1, and where a check failed the
@@ -24,6 +26,7 @@ No traceback and no usage text is printed for any of these failures.
 from __future__ import annotations
 
 import os
+import resource
 import sys
 from typing import Callable, Optional, Sequence, TextIO
 
@@ -48,6 +51,9 @@ LOG_FORMATS: dict[str, Callable[[], ILogObserver]] = {
     "text": logs.text_observer,
 }
 DEFAULT_LOG_FORMAT = "json"
+
+#: The soft limit of open files asked for when the hard limit is unlimited.
+UNLIMITED_OPEN_FILES = 1 << 20
 
 log = Logger()
 
@@ -102,6 +108,49 @@ def address_of(port: Optional[IListeningPort]) -> Optional[str]:
     if hasattr(host, "host") and hasattr(host, "port"):
         return "%s:%d" % (host.host, host.port)
     return str(host)
+
+
+def raise_open_file_limit() -> tuple[int, int, int]:
+    """
+    Raise the soft limit of open files (``RLIMIT_NOFILE``) to the hard
+    limit: each connection takes a descriptor, and the usual soft limit
+    of 1024 is a few hundred clients.  Children inherit the raised limit.
+
+    :return: the soft limit before, the soft limit now and the hard limit
+        (``-1`` for unlimited); the soft limit stays as it was if it
+        cannot be raised.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinity = resource.RLIM_INFINITY
+    if soft == infinity:
+        return (-1, -1, -1 if hard == infinity else hard)
+    target = UNLIMITED_OPEN_FILES if hard == infinity else hard
+    raised = soft
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            raised = target
+        except (ValueError, OSError):
+            pass
+    return (soft, raised, -1 if hard == infinity else hard)
+
+
+def log_connection_limits(options: Options, before: int, soft: int, hard: int) -> None:
+    """One line: the open-file limits and the connection limits they carry."""
+    from nixeryd.app.tap import connection_limits
+
+    limits = connection_limits(options.config, None if soft < 0 else soft)
+    log.info(
+        "Open files: soft limit {soft}{raised}, hard limit {hard}; connections: at most"
+        " {total} in all and {per_client} per client; deadlines: a whole request in"
+        " {head_timeout:g} s, an idle connection {idle_timeout:g} s, a stalled response"
+        " {stall_timeout:g} s",
+        soft="unlimited" if soft < 0 else soft,
+        raised="" if before == soft else " (raised from %d)" % (before,),
+        hard="unlimited" if hard < 0 else hard, before=before,
+        total=limits.total, per_client=limits.per_client,
+        head_timeout=limits.head_timeout, idle_timeout=limits.idle_timeout,
+        stall_timeout=limits.stall_timeout, event="open-files")
 
 
 class Serving:
@@ -198,6 +247,7 @@ def run(options: ServeOptions, stderr: TextIO) -> int:
     from nixeryd.app.wiring import global_reactor
 
     running = global_reactor()
+    log_connection_limits(options, *raise_open_file_limit())
     try:
         top = build_service(options, running, check_at_start=False)
     except StartupFailed as e:

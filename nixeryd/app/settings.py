@@ -194,6 +194,31 @@ KEEP_BUILDS = Setting(
 BUILD_LOG_LINES = Setting(
     "build-log-lines", "Nix log lines kept per build (the last ones)",
     defaults.BUILD_LOG_LINES, int, "NIXERY_BUILD_LOG_LINES", check=lambda n: n >= 1)
+HEAD_TIMEOUT = Setting(
+    "head-timeout",
+    "Seconds a client has to send a whole request, from connecting or from the"
+    " request's first byte; then the connection is dropped",
+    defaults.HEAD_TIMEOUT, float, "NIXERY_HEAD_TIMEOUT",
+    check=lambda seconds: math.isfinite(seconds) and seconds > 0, unit="seconds")
+IDLE_TIMEOUT = Setting(
+    "idle-timeout", "Seconds a kept-alive connection waits for the next request",
+    defaults.IDLE_TIMEOUT, float, "NIXERY_IDLE_TIMEOUT",
+    check=lambda seconds: math.isfinite(seconds) and seconds > 0, unit="seconds")
+STALL_TIMEOUT = Setting(
+    "stall-timeout",
+    "Seconds a response may wait for its client to read before the connection"
+    " is dropped",
+    defaults.STALL_TIMEOUT, float, "NIXERY_STALL_TIMEOUT",
+    check=lambda seconds: math.isfinite(seconds) and seconds > 0, unit="seconds")
+MAX_CONNECTIONS_PER_CLIENT = Setting(
+    "max-connections-per-client", "Connections one client address may hold at once",
+    defaults.MAX_CONNECTIONS_PER_CLIENT, int, "NIXERY_MAX_CONNECTIONS_PER_CLIENT",
+    check=lambda n: n >= 1)
+MAX_CONNECTIONS: Setting[Optional[int]] = Setting(
+    "max-connections",
+    "Connections at once from all clients; at most, and by default, what the"
+    " open-file limit carries (each connection counted with a blob file)",
+    None, int, "NIXERY_MAX_CONNECTIONS", check=lambda n: n is not None and n >= 1)
 NIX_OPTION: Setting[Optional[str]] = Setting(
     "nix-option",
     "A Nix setting NAME=VALUE (e.g. substituters= to build offline); repeatable",

@@ -21,14 +21,19 @@ from nixeryd.app.settings import (
     CHANNEL,
     GCS_BUCKET,
     GCS_ENDPOINT,
+    HEAD_TIMEOUT,
+    IDLE_TIMEOUT,
     LAYER_BUDGET,
     LISTEN,
     MAX_BUILDS,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_CLIENT,
     NIX_TIMEOUT,
     PKGS_PATH,
     PKGS_REPO,
     POPULARITY_URL,
     PORT,
+    STALL_TIMEOUT,
     STORAGE_BACKEND,
     STORAGE_PATH,
     THREADS,
@@ -42,6 +47,7 @@ from nixeryd.app.settings import (
 
 if TYPE_CHECKING:
     from nixeryd.app.wiring import IServiceReactor
+    from nixeryd.registry.connections import ConnectionLimits
 
 
 class Options(ImageOptions):
@@ -64,7 +70,9 @@ class Options(ImageOptions):
     optParameters = parameters(
         [LISTEN, PORT, CHANNEL, PKGS_REPO, PKGS_PATH, STORAGE_BACKEND, STORAGE_PATH,
          GCS_BUCKET, GCS_ENDPOINT, NIX_TIMEOUT, POPULARITY_URL, MAX_BUILDS,
-         LAYER_BUDGET, THREADS, KEEP_BUILDS, BUILD_LOG_LINES, MAX_QUEUE, FAILURE_TTL],
+         LAYER_BUDGET, THREADS, KEEP_BUILDS, BUILD_LOG_LINES, MAX_QUEUE, FAILURE_TTL,
+         HEAD_TIMEOUT, IDLE_TIMEOUT, STALL_TIMEOUT, MAX_CONNECTIONS_PER_CLIENT,
+         MAX_CONNECTIONS],
         variables=True)
 
     config: Config
@@ -101,6 +109,24 @@ def makeService(options: Options, reactor: Optional[IServiceReactor] = None) -> 
         raise SystemExit("nixeryd: %s" % (e.message,)) from None
 
 
+def connection_limits(config: Config, open_files: Optional[int] = None) -> ConnectionLimits:
+    """
+    The HTTP site's connection limits: the configured deadlines and
+    limits, the total never above what ``open_files`` descriptors carry
+    (the process's soft limit when not given).
+    """
+    from nixeryd.registry.connections import (ConnectionLimits, connections_for_descriptors,
+                                              open_file_limit)
+
+    carried = connections_for_descriptors(
+        open_file_limit() if open_files is None else open_files)
+    total = carried if config.max_connections is None else min(config.max_connections, carried)
+    return ConnectionLimits(
+        head_timeout=config.head_timeout, idle_timeout=config.idle_timeout,
+        stall_timeout=config.stall_timeout,
+        per_client=config.max_connections_per_client, total=total)
+
+
 def build_service(options: Options, reactor: Optional[IServiceReactor] = None, *,
                   check_at_start: bool = True) -> MultiService:
     """
@@ -123,11 +149,12 @@ def build_service(options: Options, reactor: Optional[IServiceReactor] = None, *
     source = describe_configured_source(options.config.source.kind,
                                         options.config.source.location)
     monitoring = make_monitoring(running)
+    limits = connection_limits(options.config)
     return make_daemon_service(
         options.config, running,
         site=lambda images, blobs: make_site(images, blobs, builds=images.builds,
                                              source=source, clock=running,
-                                             monitoring=monitoring),
+                                             monitoring=monitoring, limits=limits),
         images=functools.partial(make_image_service, check_at_start=check_at_start,
                                  monitoring=monitoring),
         monitoring=monitoring)
