@@ -9,9 +9,13 @@ The contract it shares with the other backends is in ``test_storage``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -19,13 +23,14 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.interfaces import IReactorThreads
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nixeryd.core import mediatypes
 from nixeryd.core.documents import LocalBlob
 from nixeryd.core.errors import DigestInvalid
 from nixeryd.core.threads import InlineRunner, ThreadPoolService
-from nixeryd.storage import filesystem
+from nixeryd.storage import tempdirs
 from nixeryd.storage.filesystem import FilesystemStorage
 from nixeryd.storage.ociindex import REF_NAME
 from nixeryd.testing.storage import INVALID_DIGESTS, digest_of, write_temporary
@@ -54,8 +59,8 @@ class FilesystemLayoutTests(SynchronousTestCase):
         return os.path.join(self.root, "blobs", "sha256", digest[len("sha256:"):])
 
     def temporaries(self) -> list[str]:
-        """What is in the temporary directory."""
-        return sorted(os.listdir(os.path.join(self.root, "nixeryd", "tmp")))
+        """What is in the storage's temporary directory."""
+        return sorted(os.listdir(self.storage.temp_directory()))
 
     def write_temporary(self, data: bytes) -> str:
         """A new file in the storage's temp directory holding ``data``."""
@@ -69,8 +74,23 @@ class FilesystemLayoutTests(SynchronousTestCase):
                                              "mediaType": mediatypes.OCI_INDEX,
                                              "manifests": []})
         self.assertTrue(os.path.isdir(os.path.join(self.root, "blobs", "sha256")))
-        self.assertEqual(self.storage.temp_directory(),
-                         os.path.join(self.root, "nixeryd", "tmp"))
+
+    def test_own_temporary_directory(self) -> None:
+        """
+        The temporary directory is the storage's own, under
+        ``nixeryd/tmp``, named with the pid, with a lock file next to it
+        that this storage holds.
+        """
+        tmp = self.storage.temp_directory()
+        self.assertEqual(os.path.dirname(tmp), os.path.join(self.root, "nixeryd", "tmp"))
+        self.assertTrue(os.path.basename(tmp).startswith("writer-%d-" % (os.getpid(),)))
+        self.assertEqual(self.temporaries(), [])
+        with open(tmp + ".lock", "rb") as lock:
+            with self.assertRaises(BlockingIOError):
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.successResultOf(self.storage.close())
+        self.assertFalse(os.path.exists(tmp))
+        self.assertFalse(os.path.exists(tmp + ".lock"))
 
     def test_reopen_keeps_content(self) -> None:
         """Opening the same directory again keeps blobs, documents and the index."""
@@ -137,17 +157,53 @@ class FilesystemLayoutTests(SynchronousTestCase):
         self.assertEqual(sorted(os.walk(self.root)), before)
         self.assertFalse(os.path.exists(os.path.join(self.root, "etc")))
 
-    def test_stale_temporaries_removed(self) -> None:
-        """At start-up old temporary files are removed and fresh ones kept."""
-        tmp = self.storage.temp_directory()
-        old, fresh = os.path.join(tmp, "old"), os.path.join(tmp, "fresh")
-        for path in (old, fresh):
+    def test_earlier_layout_leftovers_removed_when_old(self) -> None:
+        """
+        Entries written straight into ``nixeryd/tmp`` (by an earlier
+        nixeryd, which may still run) are removed once old, kept while
+        fresh; so are staging lock files, with their own shorter age.
+        """
+        tmp = os.path.join(self.root, "nixeryd", "tmp")
+        entries = {"old.layer.tmp": tempdirs.STALE_LEGACY_SECONDS,
+                   "fresh.layer.tmp": 0,
+                   ".new-old": tempdirs.STALE_STAGING_SECONDS,
+                   ".new-fresh": 0}
+        for name, age in entries.items():
+            path = os.path.join(tmp, name)
             with open(path, "wb") as f:
                 f.write(b"partial")
-        long_ago = time.time() - filesystem.STALE_TEMPORARY_SECONDS - 60
-        os.utime(old, (long_ago, long_ago))
-        FilesystemStorage(self.root, InlineRunner())
-        self.assertEqual(self.temporaries(), ["fresh"])
+            then = time.time() - age - 60 if age else time.time()
+            os.utime(path, (then, then))
+        old_roots = os.path.join(tmp, "tmpabc.gcroots")
+        os.mkdir(old_roots)
+        os.symlink("/nix/store/x", os.path.join(old_roots, "result"))
+        long_ago = time.time() - tempdirs.STALE_LEGACY_SECONDS - 60
+        os.utime(old_roots, (long_ago, long_ago))
+        again = FilesystemStorage(self.root, InlineRunner())
+        left = sorted(name for name in os.listdir(tmp) if not name.startswith("writer-"))
+        self.assertEqual(left, [".new-fresh", "fresh.layer.tmp"])
+        self.successResultOf(again.close())
+
+    def test_storages_sharing_a_directory(self) -> None:
+        """
+        A second storage on the same directory keeps the first one's files;
+        a storage closed with files left keeps no lock, and the next
+        storage to open removes them.
+        """
+        partial = os.path.join(self.storage.temp_directory(), "x.layer.tmp")
+        with open(partial, "wb") as f:
+            f.write(b"being written")
+        second = FilesystemStorage(self.root, InlineRunner())
+        self.assertNotEqual(second.temp_directory(), self.storage.temp_directory())
+        self.assertTrue(os.path.exists(partial))
+        self.successResultOf(self.storage.close())
+        self.assertTrue(os.path.exists(partial))
+        third = FilesystemStorage(self.root, InlineRunner())
+        self.assertFalse(os.path.exists(self.storage.temp_directory()))
+        self.assertTrue(os.path.isdir(second.temp_directory()))
+        for storage in (second, third):
+            self.successResultOf(storage.close())
+        self.assertEqual(os.listdir(os.path.join(self.root, "nixeryd", "tmp")), [])
 
     def test_bytes_never_partially_visible(self) -> None:
         """When the final rename fails, neither the blob nor a temporary file remains."""
@@ -255,3 +311,67 @@ class InlineRunnerTests(SynchronousTestCase):
 
         self.assertEqual(self.successResultOf(runner.run(add, 2, b=3)), 5)
         self.failureResultOf(runner.run(lambda: 1 // 0), ZeroDivisionError)
+
+
+#: A process writing to a storage: its temporary directory gets a layer
+#: file being written and a folder of GC roots, as a build's would; it says
+#: the directory on stdout, then waits to be killed.
+_WRITER = """
+import os, sys, time
+from nixeryd.core.threads import InlineRunner
+from nixeryd.storage.filesystem import FilesystemStorage
+storage = FilesystemStorage(sys.argv[1], InlineRunner())
+tmp = storage.temp_directory()
+with open(os.path.join(tmp, "tmpabcd.layer.tmp"), "wb") as f:
+    f.write(b"x" * int(sys.argv[2]))
+roots = os.path.join(tmp, "tmpefgh.gcroots")
+os.mkdir(roots)
+os.symlink("/nix/store/0000-x", os.path.join(roots, "result"))
+print(tmp, flush=True)
+time.sleep(60)
+"""
+
+
+class CrashLeftoverTests(SynchronousTestCase):
+    """Temporary files of processes killed mid-write, and of live ones."""
+
+    def writer(self, root: str, size: int) -> tuple[subprocess.Popen[str], str]:
+        """A live writer process and its temporary directory."""
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        process = subprocess.Popen([sys.executable, "-c", _WRITER, root, str(size)],
+                                   stdout=subprocess.PIPE, text=True, env=env)
+        self.addCleanup(process.wait)
+        self.addCleanup(process.kill)
+        assert process.stdout is not None
+        self.addCleanup(process.stdout.close)
+        # It says its directory once it has written everything.
+        tmp = process.stdout.readline().strip()
+        self.assertTrue(os.path.isdir(tmp), tmp)
+        return process, tmp
+
+    def test_dead_writer_leftovers_removed(self) -> None:
+        """
+        A storage that opens removes at once what a writer killed with
+        SIGKILL left (its layer file and GC roots, with its lock file), and
+        keeps what a live writer is writing.
+        """
+        root = os.path.abspath(self.mktemp())
+        killed, killed_tmp = self.writer(root, 3 * 1024 * 1024)
+        alive, alive_tmp = self.writer(root, 1024)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        self.assertEqual(sorted(os.listdir(killed_tmp)),
+                         ["tmpabcd.layer.tmp", "tmpefgh.gcroots"])
+        with capturedLogs() as events:
+            storage = FilesystemStorage(root, InlineRunner())
+        self.assertFalse(os.path.exists(killed_tmp))
+        self.assertFalse(os.path.exists(killed_tmp + tempdirs.LOCK_SUFFIX))
+        self.assertEqual(sorted(os.listdir(alive_tmp)),
+                         ["tmpabcd.layer.tmp", "tmpefgh.gcroots"])
+        self.assertTrue(os.path.exists(alive_tmp + tempdirs.LOCK_SUFFIX))
+        [removal] = [e for e in events if "entries" in e]
+        self.assertEqual(removal["entries"], [os.path.basename(killed_tmp)])
+        self.assertEqual(removal["bytes"], 3 * 1024 * 1024)
+        self.assertEqual(removal["live"], 1)
+        self.assertIsNone(alive.poll())
+        self.successResultOf(storage.close())

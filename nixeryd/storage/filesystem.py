@@ -7,24 +7,28 @@ Storage on the local filesystem, laid out as an OCI image layout.
     <root>/index.json               manifests named by reference
     <root>/blobs/sha256/<hex>       layers, configs and manifests
     <root>/nixeryd/<namespace>/<key>.json   cache documents
-    <root>/nixeryd/tmp/             files being written
+    <root>/nixeryd/tmp/writer-<pid>-<random>/   files being written by
+                                    one open storage (its temp directory)
 
 Because it is an OCI layout, skopeo and umoci read the storage directly.
-Every write goes to a temporary file in ``nixeryd/tmp`` (same filesystem),
-is flushed with fsync and renamed into place, so a crash never leaves a
-partial blob under its final name; leftover temporary files are removed at
-start-up.  No extended attributes are needed: media types are known from
-the documents that reference a blob.
+Every write goes to a temporary file in the storage's own directory under
+``nixeryd/tmp`` (same filesystem), is flushed with fsync and renamed into
+place, so a crash never leaves a partial blob under its final name.  What
+a dead process left in its directory (a layer file, Nix's GC roots) is
+removed when a storage opens, at once, while the directories of live
+processes sharing the storage are kept (:mod:`nixeryd.storage.tempdirs`).
+A write that fails (a full disk, a read-only or unwritable directory)
+removes its temporary file and raises the ``OSError``.  No extended
+attributes are needed: media types are known from the documents that
+reference a blob.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import threading
-import time
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -38,12 +42,11 @@ from nixeryd.core.threads import Runner
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.naming import check_document_name, check_reference
 from nixeryd.storage.ociindex import index_bytes, updated_index
+from nixeryd.storage.tempdirs import WriterDirectory, claim, release, sweep
 
 #: Mode of every file made visible: temporary files are created private,
 #: but the layout is meant to be read by other tools and users.
 BLOB_MODE = 0o644
-#: Age after which a temporary file is taken for a crash leftover.
-STALE_TEMPORARY_SECONDS = 6 * 3600
 
 
 def _unlink_quietly(path: str) -> None:
@@ -70,6 +73,9 @@ class FilesystemStorage:
     :param root: the storage directory; created if missing.
     :param runner: runs blocking functions (a thread pool service, or an
         inline runner for one-shot use).
+
+    Making one blocks (it claims its temporary directory and sweeps what
+    dead processes left): do it in a thread, or before the reactor runs.
     """
 
     log = Logger()
@@ -81,36 +87,32 @@ class FilesystemStorage:
         self._state = os.path.join(self.root, "nixeryd")
         self._tmp = os.path.join(self._state, "tmp")
         self._index_lock = threading.Lock()
-        self._prepare()
-
-    def _prepare(self) -> None:
-        """Create the layout and remove what a crash may have left behind."""
         for directory in (self._blobs, self._tmp):
             os.makedirs(directory, mode=0o755, exist_ok=True)
+        self._writer: WriterDirectory | None = claim(self._tmp)
+        #: This storage's own temporary directory (gone once closed).
+        self._own_tmp: str = self._writer.path
+        try:
+            self._prepare()
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self) -> None:
+        """Remove what dead processes left behind, and create the layout."""
+        swept = sweep(self._tmp, self._writer)
+        if swept.removed:
+            self.log.info(
+                "Removed {count} temporary entries ({bytes} bytes) left in "
+                "{directory} by processes that are gone; {live} other writers alive",
+                count=len(swept.removed), bytes=swept.size, directory=self._tmp,
+                live=swept.live, entries=list(swept.removed))
         layout = os.path.join(self.root, "oci-layout")
         if not os.path.exists(layout):
             self._write_atomically(layout, b'{"imageLayoutVersion":"1.0.0"}')
         index = os.path.join(self.root, "index.json")
         if not os.path.exists(index):
             self._write_atomically(index, index_bytes([]))
-        # Another instance may share this storage and be writing right
-        # now: only files untouched for a long while are crash leftovers.
-        cutoff = time.time() - STALE_TEMPORARY_SECONDS
-        stale = []
-        for name in os.listdir(self._tmp):
-            path = os.path.join(self._tmp, name)
-            try:
-                if os.lstat(path).st_mtime < cutoff:
-                    if os.path.isdir(path) and not os.path.islink(path):
-                        shutil.rmtree(path)
-                    else:
-                        os.unlink(path)
-                    stale.append(name)
-            except OSError:
-                pass
-        if stale:
-            self.log.info("Removed {count} unfinished files from {directory}",
-                          count=len(stale), directory=self._tmp)
 
     # -- helpers running on the pool ------------------------------------
 
@@ -122,7 +124,7 @@ class FilesystemStorage:
         return os.path.join(self._state, namespace, key + ".json")
 
     def _write_atomically(self, final: str, data: bytes) -> None:
-        fd, temporary = tempfile.mkstemp(dir=self._tmp)
+        fd, temporary = tempfile.mkstemp(dir=self._own_tmp)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -198,7 +200,8 @@ class FilesystemStorage:
     # -- IStorage ---------------------------------------------------------
 
     def temp_directory(self) -> str:
-        return self._tmp
+        """This storage's own directory under ``nixeryd/tmp``."""
+        return self._own_tmp
 
     def _exists(self, digest: str) -> bool:
         return os.path.exists(self._blob_path(digest))
@@ -233,5 +236,12 @@ class FilesystemStorage:
                                 media_type, size)
 
     def close(self) -> Deferred[None]:
-        """Nothing to release: every file is closed after each call."""
+        """
+        Give up the temporary directory (its lock, and the directory when
+        empty, as it is once no call is in flight): a few system calls,
+        made here because the thread pools have stopped by then.
+        """
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            release(writer)
         return succeed(None)
