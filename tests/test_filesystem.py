@@ -9,6 +9,7 @@ The contract it shares with the other backends is in ``test_storage``.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -34,6 +35,7 @@ from nixeryd.storage import tempdirs
 from nixeryd.storage.filesystem import FilesystemStorage
 from nixeryd.storage.ociindex import REF_NAME
 from nixeryd.testing.storage import INVALID_DIGESTS, digest_of, write_temporary
+from tests.tmpfs import fill, mount_tmpfs, remount
 
 
 class FilesystemLayoutTests(SynchronousTestCase):
@@ -375,3 +377,64 @@ class CrashLeftoverTests(SynchronousTestCase):
         self.assertEqual(removal["live"], 1)
         self.assertIsNone(alive.poll())
         self.successResultOf(storage.close())
+
+
+class FullOrReadOnlyStorageTests(SynchronousTestCase):
+    """A storage on a real, small tmpfs that fills up or turns read-only."""
+
+    def setUp(self) -> None:
+        self.mount = mount_tmpfs(self, "2m")
+        self.storage = FilesystemStorage(os.path.join(self.mount, "storage"), InlineRunner())
+        self.stored = b"stored before"
+        self.successResultOf(self.storage.store_blob_bytes(self.stored, digest_of(self.stored)))
+
+    def assert_nothing_partial(self, digest: str) -> None:
+        """No blob under ``digest``, and no temporary file left."""
+        self.assertFalse(self.successResultOf(self.storage.has_blob(digest)))
+        self.assertEqual(os.listdir(self.storage.temp_directory()), [])
+
+    def assert_still_served(self) -> None:
+        """What was stored before can still be read."""
+        self.assertEqual(self.successResultOf(self.storage.read_small_blob(
+            digest_of(self.stored), 100)), self.stored)
+
+    def test_full(self) -> None:
+        """
+        On a full disk, blobs, files and documents fail with ENOSPC and
+        leave nothing; what was stored is still read; once space is freed,
+        writes succeed again.
+        """
+        filler = fill(self.mount)
+        data = os.urandom(256 * 1024)
+        failure = self.failureResultOf(
+            self.storage.store_blob_bytes(data, digest_of(data)), OSError)
+        self.assertEqual(failure.value.errno, errno.ENOSPC)
+        self.assert_nothing_partial(digest_of(data))
+        failure = self.failureResultOf(
+            self.storage.put_document("layers", "k", {"x": "y" * 100_000}), OSError)
+        self.assertEqual(failure.value.errno, errno.ENOSPC)
+        self.assertIsNone(self.successResultOf(self.storage.get_document("layers", "k")))
+        self.assertEqual(os.listdir(self.storage.temp_directory()), [])
+        self.assert_still_served()
+        os.unlink(filler)
+        self.successResultOf(self.storage.store_blob_bytes(data, digest_of(data)))
+        self.assertTrue(self.successResultOf(self.storage.has_blob(digest_of(data))))
+
+    def test_read_only(self) -> None:
+        """
+        On a read-only remount, writes fail with EROFS and leave nothing;
+        reads go on; once writable again, writes succeed.
+        """
+        data = b"after the remount"
+        remount(self.mount, "ro")
+        self.addCleanup(remount, self.mount, "rw")
+        failure = self.failureResultOf(
+            self.storage.store_blob_bytes(data, digest_of(data)), OSError)
+        self.assertEqual(failure.value.errno, errno.EROFS)
+        failure = self.failureResultOf(
+            self.storage.put_document("layers", "k", {"a": 1}), OSError)
+        self.assertEqual(failure.value.errno, errno.EROFS)
+        self.assert_nothing_partial(digest_of(data))
+        self.assert_still_served()
+        remount(self.mount, "rw")
+        self.successResultOf(self.storage.store_blob_bytes(data, digest_of(data)))

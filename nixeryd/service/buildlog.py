@@ -29,6 +29,7 @@ from zope.interface import implementer
 from nixeryd.build.progress import BuildPhase, LayerSummary, without_credentials
 from nixeryd.core.errors import RegistryError
 from nixeryd.service.builds import BuildRecord
+from nixeryd.service.failures import StorageUnavailable
 
 #: What starts nixeryd's own lines in a build's log.
 ACCOUNT_PREFIX = "nixeryd: "
@@ -104,7 +105,9 @@ class BuildLog:
         """
         record = self.record
         error.build_id = record.id
-        self._log.warn("{image}:{tag} failed: {error}", image=record.image,
+        # A storage failure has its own warnings, at most one a minute.
+        level = LogLevel.info if isinstance(error, StorageUnavailable) else LogLevel.warn
+        self._log.emit(level, "{image}:{tag} failed: {error}", image=record.image,
                        tag=record.tag, error=error.message)
         record.fail(error.message)
 

@@ -20,7 +20,7 @@ from nixeryd.core.digests import check_digest
 from nixeryd.core.documents import Image, ManifestDocument
 from nixeryd.core.errors import ManifestUnknown, Unavailable
 from nixeryd.metrics.hooks import NO_INSTRUMENTS, Instruments
-from nixeryd.service.failures import STORAGE_FAILURES, storage_unavailable
+from nixeryd.service.failures import STORAGE_FAILURES, report_storage_failure
 from nixeryd.service.lru import LRU
 from nixeryd.storage.interface import IStorage
 
@@ -45,12 +45,12 @@ def cache_key(*parts: str) -> str:
 
 
 def storage_failed(error: BaseException, what: str, log: Logger = _log) -> Unavailable:
-    """The transient error for a storage failure, logged with its cause."""
-    unavailable = storage_unavailable(error)
-    assert unavailable is not None
-    log.warn("Storage failed while {what}: {cause}", what=what,
-             cause=str(error) or repr(error))
-    return unavailable
+    """
+    The transient error for a storage failure, logged with its cause (a
+    warning at most once a minute for each kind of failure:
+    :class:`~nixeryd.service.failures.StorageIncidents`).
+    """
+    return report_storage_failure(error, what, log)
 
 
 class ManifestCache:

@@ -58,8 +58,8 @@ class WriterDirectory:
 
     :ivar path: the directory for the writer's temporary files.
     :ivar lock_path: its lock file.
-    :ivar fd: the open lock file, locked (closed on exec: a child process
-        never holds the lock on the writer's behalf).
+    :ivar fd: the lock file, open for reading and locked (closed on exec:
+        a child process never holds the lock on the writer's behalf).
     """
 
     path: str
@@ -88,7 +88,15 @@ def claim(parent: str) -> WriterDirectory:
     Make a writer directory under ``parent``, locked for this process until
     :func:`release` or its end.
     """
-    fd, staging = tempfile.mkstemp(prefix=STAGING_PREFIX, dir=parent)
+    made, staging = tempfile.mkstemp(prefix=STAGING_PREFIX, dir=parent)
+    os.close(made)
+    try:
+        # Open for reading only: a file open for writing would keep the
+        # filesystem from being remounted read-only.
+        fd = os.open(staging, os.O_RDONLY)
+    except BaseException:
+        _remove(staging)
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         name = "%s%d-%s" % (WRITER_PREFIX, os.getpid(),
@@ -143,7 +151,7 @@ def sweep(parent: str, mine: WriterDirectory | None = None,
             continue
         if name.startswith(WRITER_PREFIX) and name.endswith(LOCK_SUFFIX):
             try:
-                fd = os.open(path, os.O_RDWR)
+                fd = os.open(path, os.O_RDONLY)
             except OSError:
                 continue  # Released, or swept by another process, meanwhile.
             try:
