@@ -81,6 +81,20 @@ class AdmissionTests(SynchronousTestCase):
         tickets[3].release()
         admission.admit("192.0.2.99")
 
+    def test_one_image_in_words(self) -> None:
+        """The messages count in words a person reads."""
+        admission = Admission(1)
+        admission.admit("192.0.2.1")
+        with self.assertRaises(TooManyRequests) as refused:
+            admission.admit("192.0.2.2")
+        self.assertIn("already making 1 image, the most", refused.exception.message)
+        shared = Admission(4)
+        shared.admit("192.0.2.1")
+        with self.assertRaises(TooManyRequests) as refused:
+            shared.admit("192.0.2.1")
+        self.assertIn("1 image asked for from your address is already being made",
+                      refused.exception.message)
+
     def test_no_address_only_the_queue(self) -> None:
         """Work without an address is held to the queue only."""
         admission = Admission(4)

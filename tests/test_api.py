@@ -323,6 +323,7 @@ class ServiceErrorTests(StubRegistryTestCase):
         self.assertEqual(error["detail"], {"limit": 32, "for": "registry"})
         response, _ = self.fetch(b"GET", "/v2/shell/git/manifests/latest")
         self.assertEqual(header(response, b"retry-after"), b"30")
+        self.assertEqual(response.phrase, b"Too Many Requests")
 
     def test_client_address_for_cold_work(self) -> None:
         """A cold request tells the image service the client's address."""

@@ -102,9 +102,9 @@ class AdmissionTests(LimitsFixture):
         self.assertEqual(len(refused), 98)
         errors = [self.failureResultOf(d, TooManyRequests).value for d in refused]
         self.assertEqual({(e.status, e.code, e.retry_after) for e in errors},
-                         {(429, "TOOMANYREQUESTS", 30)})
+                         {(429, "TOOMANYREQUESTS", 10)})
         self.assertIn("from your address", errors[0].message)
-        self.assertIn("try again in 30 seconds", errors[0].message)
+        self.assertIn("try again in 10 seconds", errors[0].message)
         user = self.image(service, "toola", client=USER)
         self.assertNoResult(user)
         self.nix.resolve_gate.callback(None)

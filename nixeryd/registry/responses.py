@@ -36,6 +36,9 @@ log = Logger()
 #: How long a client should wait before trying again (RFC 9110).
 RETRY_AFTER = b"Retry-After"
 
+#: Reason phrases Twisted does not know (RFC 6585).
+_REASONS = {429: b"Too Many Requests"}
+
 _SUCCESS_ONLY_HEADERS = (DIGEST_HEADER, b"ETag", b"Cache-Control", b"Content-Range",
                          b"Accept-Ranges", b"Vary", b"Location")
 """Headers a handler may have set for a successful response."""
@@ -123,7 +126,7 @@ def write_error(request: Request, error: RegistryError) -> None:
     if error.build_id is not None:
         page = build_page(request, error.build_id)
     body = error_body(error, page)
-    request.setResponseCode(error.status)
+    request.setResponseCode(error.status, _REASONS.get(error.status))
     headers = request.responseHeaders
     for name in _SUCCESS_ONLY_HEADERS:
         headers.removeHeader(name)

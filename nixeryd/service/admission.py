@@ -31,11 +31,12 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 
-from nixeryd.core.errors import TooManyRequests
+from nixeryd.core.errors import RETRY_AFTER, TooManyRequests
 
-#: Seconds a refused client is asked to wait: about what a waiting image
-#: takes to get through evaluation to its build.
-RETRY_AFTER_FULL = 30
+#: Seconds a refused client is asked to wait.  skopeo and podman wait that
+#: long and ask again, four times, before they show the message: with 10 s
+#: a pull waits about 40 s for room, then says why it failed.
+RETRY_AFTER_FULL = RETRY_AFTER
 
 
 def client_share(max_queue: int) -> int:
@@ -60,6 +61,10 @@ def client_key(address: str | None) -> str | None:
             return str(parsed.ipv4_mapped)
         return str(ipaddress.IPv6Network((parsed, 64), strict=False))
     return str(parsed)
+
+
+def _images(count: int) -> str:
+    return "1 image" if count == 1 else "%d images" % (count,)
 
 
 class Ticket:
@@ -117,15 +122,16 @@ class Admission:
         key = client_key(address)
         if self._total >= self.max_queue:
             raise TooManyRequests(
-                "the registry is already making %d images, the most it takes at once;"
-                " try again in %d seconds" % (self._total, self._retry_after),
+                "the registry is already making %s, the most it takes at once;"
+                " try again in %d seconds" % (_images(self._total), self._retry_after),
                 {"limit": self.max_queue, "for": "registry"},
                 retry_after=self._retry_after)
         if key is not None and self._by_client[key] >= self.per_client:
+            held = self._by_client[key]
             raise TooManyRequests(
-                "%d images asked for from your address are already being made, the most"
-                " one address may have at once; try again in %d seconds when one is done"
-                % (self._by_client[key], self._retry_after),
+                "%s asked for from your address %s already being made, the most one"
+                " address may have at once; try again in %d seconds when one is done"
+                % (_images(held), "is" if held == 1 else "are", self._retry_after),
                 {"limit": self.per_client, "for": "address"},
                 retry_after=self._retry_after)
         self._total += 1
