@@ -125,9 +125,10 @@ class AbandonedHookTests(SynchronousTestCase):
         self.started: list[Deferred[str]] = []
         self.abandoned: list[str] = []
 
-        def on_abandoned(key: str, work: Deferred[str]) -> None:
+        def on_abandoned(key: str, work: Deferred[str]) -> bool:
             self.abandoned.append(key)
             work.cancel()
+            return True
 
         self.shared: SharedWork[str, str] = SharedWork(on_abandoned=on_abandoned)
 
@@ -167,8 +168,11 @@ class AbandonedHookTests(SynchronousTestCase):
 
     def test_hook_may_let_work_go_on(self) -> None:
         """A hook that does not cancel leaves the work running for later callers."""
-        shared: SharedWork[str, str] = SharedWork(
-            on_abandoned=lambda key, work: self.abandoned.append(key))
+        def keep(key: str, work: Deferred[str]) -> bool:
+            self.abandoned.append(key)
+            return False
+
+        shared: SharedWork[str, str] = SharedWork(on_abandoned=keep)
         only = shared.wait("k", self.start)
         only.cancel()
         self.failureResultOf(only, CancelledError)
@@ -181,7 +185,7 @@ class AbandonedHookTests(SynchronousTestCase):
 
     def test_hook_error_is_logged(self) -> None:
         """A failing hook is logged; the cancelled waiter still fails alone."""
-        def hook(key: str, work: Deferred[str]) -> None:
+        def hook(key: str, work: Deferred[str]) -> bool:
             raise KeyError(key)
 
         shared: SharedWork[str, str] = SharedWork(on_abandoned=hook)
@@ -198,3 +202,33 @@ class AbandonedHookTests(SynchronousTestCase):
         only.cancel()
         self.assertEqual(self.abandoned, [])
         self.assertEqual(self.successResultOf(only), "v")
+
+    def test_cancelled_work_still_ending_is_not_joined(self) -> None:
+        """
+        Work that takes a while to end once cancelled (a process being
+        stopped) is not joined: a caller meanwhile starts new work, and the
+        old work's late outcome reaches nobody.
+        """
+        stopped: Deferred[None] = Deferred()
+
+        async def stop_slowly() -> str:
+            try:
+                await Deferred()
+            except CancelledError:
+                await stopped
+                raise
+            return "never"
+
+        only = self.shared.wait("k", lambda: Deferred.fromCoroutine(stop_slowly()))
+        only.cancel()
+        self.failureResultOf(only, CancelledError)
+        self.assertEqual(self.abandoned, ["k"])
+        later = self.shared.wait("k", self.start)
+        self.assertEqual(len(self.started), 1)
+        self.assertEqual(self.shared.waiters("k"), 1)
+        stopped.callback(None)
+        self.assertNoResult(later)
+        self.assertIn("k", self.shared)
+        self.started[0].callback("new")
+        self.assertEqual(self.successResultOf(later), "new")
+        self.assertNotIn("k", self.shared)

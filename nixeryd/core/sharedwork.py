@@ -37,14 +37,15 @@ class SharedWork(Generic[K, V]):
         waiters.
     :param on_abandoned: called with the key and the work's Deferred when
         the last waiter of a key has cancelled its wait while the work
-        runs; it may cancel the work (which then ends as any work does).
-        Without it, the work goes on and its result is delivered to later
-        waiters of a run still in flight.  An exception it raises is
-        logged.
+        runs.  It returns whether it cancelled the work: then the work is
+        no longer shared (a caller from now on starts it anew rather than
+        join a run that is ending, whose outcome goes to nobody); else the
+        work goes on and later callers join it.  Without the hook, or when
+        it raises (which is logged), the work goes on.
     """
 
     def __init__(self, on_done: Callable[[K, V | Failure], None] | None = None,
-                 on_abandoned: Callable[[K, Deferred[V]], None] | None = None) -> None:
+                 on_abandoned: Callable[[K, Deferred[V]], bool] | None = None) -> None:
         self._on_done = on_done
         self._on_abandoned = on_abandoned
         self._waiters: dict[K, list[Deferred[V]]] = {}
@@ -83,7 +84,7 @@ class SharedWork(Generic[K, V]):
             waiter.errback(failure)
             return waiter
         self._work[key] = work
-        work.addBoth(lambda outcome: self._deliver(key, outcome))
+        work.addBoth(lambda outcome: self._deliver(key, work, outcome))
         work.addErrback(lambda f: _log.failure("Delivering shared work failed", f))
         return waiter
 
@@ -99,13 +100,24 @@ class SharedWork(Generic[K, V]):
             work = self._work.get(key)
             if not remaining and work is not None and self._on_abandoned is not None:
                 try:
-                    self._on_abandoned(key, work)
+                    cancelled = self._on_abandoned(key, work)
                 except Exception:
                     _log.failure("Shared work's abandonment hook failed")
+                    return
+                if cancelled:
+                    self._detach(key, work)
 
-    def _deliver(self, key: K, outcome: V | Failure) -> None:
-        del self._work[key]
-        waiters = self._waiters.pop(key, [])
+    def _detach(self, key: K, work: Deferred[V]) -> None:
+        """Stop sharing ``work``: it stays in flight, but not under ``key``."""
+        if self._work.get(key) is work:
+            del self._work[key]
+            self._waiters.pop(key, None)
+
+    def _deliver(self, key: K, work: Deferred[V], outcome: V | Failure) -> None:
+        waiters: list[Deferred[V]] = []
+        if self._work.get(key) is work:
+            del self._work[key]
+            waiters = self._waiters.pop(key, [])
         if self._on_done is not None:
             try:
                 self._on_done(key, outcome)

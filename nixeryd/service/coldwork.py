@@ -96,22 +96,26 @@ class ColdWork:
 
         return work.addBoth(ended)
 
-    def abandoned(self, key: Hashable, work: Deferred[Any]) -> None:
+    def abandoned(self, key: Hashable, work: Deferred[Any]) -> bool:
         """
         Nobody waits for the work of ``key`` any more: cancel ``work``
-        unless it is nearly done (:meth:`ColdJob.nearly_done`).  The hook
-        of :class:`~nixeryd.core.sharedwork.SharedWork`.
+        unless it is nearly done (:meth:`ColdJob.nearly_done`); returns
+        whether it was cancelled.  The hook of
+        :class:`~nixeryd.core.sharedwork.SharedWork`: a request coming while
+        cancelled work ends (Nix's processes are being stopped) starts new
+        work, admitted as any.
         """
         job = self._jobs.get(key)
         if job is None:
-            return
+            return False
         if job.nearly_done():
             assert job.build is not None
             job.build.log.info("Every client went away; writing the layers goes on, "
                                "for the next pull")
-            return
+            return False
         job.abandoned = True
         work.cancel()
+        return True
 
     def _end(self, job: ColdJob) -> None:
         job.ticket.release()
