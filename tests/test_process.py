@@ -472,6 +472,24 @@ class RealChildProcessTests(TestCase):
         self.assertEqual(int(sid), result.pid)
         self.assertNotEqual(os.getpgid(0), result.pid)
 
+    async def test_killed_by_a_signal(self) -> None:
+        """A program killed by a signal is reported so, as if it had no reaper."""
+        code = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+        with self.assertRaises(ProcessFailed) as caught:
+            await run_process(reactor, python(code), env=ENV, timeout=20)
+        self.assertEqual((caught.exception.signal, caught.exception.exit_code),
+                         (signal.SIGKILL, None))
+
+    async def test_default_signal_dispositions(self) -> None:
+        """The program does not inherit the interpreter's ignored SIGPIPE and SIGXFSZ."""
+        result = await run_process(reactor, ["cat", "/proc/self/status"], env=ENV,
+                                   timeout=20)
+        [ignored] = [line.split()[1] for line in result.stdout.decode().splitlines()
+                     if line.startswith("SigIgn:")]
+        mask = int(ignored, 16)
+        for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+            self.assertFalse(mask & (1 << (signum - 1)), signum)
+
     async def test_missing_program(self) -> None:
         """A program that does not exist fails with status 127 and says why."""
         with self.assertRaises(ProcessFailed) as caught:

@@ -22,7 +22,8 @@ class ProcessResult:
     A child process that exited with status 0.
 
     :ivar argv: the command that was run.
-    :ivar pid: its process id.
+    :ivar pid: the process id of its reaper (:mod:`nixeryd.build.reaper`),
+        whose child it was.
     :ivar stdout: everything it wrote to stdout.
     :ivar tail: the last lines it logged.
     """

@@ -108,6 +108,14 @@ def descendants(pid: int, *, include_zombies: bool = False) -> list[int]:
     return found
 
 
+def _tree(me: int) -> list[int] | None:
+    """The live descendants of ``me``, or ``None`` when ``/proc`` cannot be read."""
+    try:
+        return descendants(me)
+    except OSError:
+        return None
+
+
 def _signal_all(pids: Sequence[int], signum: int) -> None:
     for pid in pids:
         try:
@@ -155,22 +163,27 @@ def supervise(program: int, grace: float) -> int:
         if stop_at is not None and not killed:
             timeout = stop_at + grace - time.monotonic()
             if timeout <= 0:
-                _signal_all(descendants(me), signal.SIGKILL)
+                _signal_all(_tree(me) or [program], signal.SIGKILL)
                 killed = True
                 timeout = None
         signum = _wait_for_signal(timeout)
         if signum in STOP_SIGNALS and stop_at is None:
             stop_at = time.monotonic()
-            _signal_all(descendants(me), signal.SIGTERM)
+            _signal_all(_tree(me) or [program], signal.SIGTERM)
     end_everything(me)
     return status
 
 
 def end_everything(me: int) -> None:
-    """Kill every descendant of ``me`` and reap them all, however they fork."""
+    """
+    Kill every descendant of ``me`` and reap them all, however they fork
+    (without ``/proc``, only reap those that have ended).
+    """
     while True:
         _reap(-1)
-        alive = descendants(me)
+        alive = _tree(me)
+        if alive is None:
+            return
         if not alive:
             try:
                 os.waitpid(-1, os.WNOHANG)
