@@ -99,6 +99,15 @@ class RequestDeadlineTests(SynchronousTestCase):
         self.assertEqual(statuses(transport.value()), [413])
         self.assertTrue(transport.disconnecting)
 
+    def test_body_of_unstated_length_refused(self) -> None:
+        """A chunked body, which could be of any length, is refused with 411."""
+        site, _ = limited_site()
+        channel, transport = connect(site)
+        channel.dataReceived(b"POST /v2/ HTTP/1.1\r\nHost: x\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n")
+        self.assertEqual(statuses(transport.value()), [411])
+        self.assertTrue(transport.disconnecting)
+
     def test_content_length_of_thousands_of_digits(self) -> None:
         """
         A Content-Length Python would refuse to convert is a 400, not an

@@ -27,9 +27,11 @@ replaces that timeout with three rules (the numbers are the site's
   one and one and a quarter stall timeouts after the kernel last took a
   byte of it.
 
-A ``Content-Length`` is checked before Twisted converts it: this registry
-takes no request bodies, so one over :data:`MAX_REQUEST_BODY` is answered
-``413`` and one of more than 18 digits ``400``.
+A request body is bounded before it is read: this registry takes none,
+so a ``Content-Length`` over :data:`MAX_REQUEST_BODY` is answered ``413``
+(one of more than 18 digits, which Twisted would fail to convert, ``400``)
+and a body of unstated length (``Transfer-Encoding: chunked``), which
+Twisted would write to a temporary file of any size, ``411``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ _CHECKS_PER_STALL = 4
 
 _TOO_LARGE = (b"HTTP/1.1 413 Content Too Large\r\n"
               b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+_LENGTH_REQUIRED = (b"HTTP/1.1 411 Length Required\r\n"
+                    b"Content-Length: 0\r\nConnection: close\r\n\r\n")
 
 _HEAD = "head"
 _IDLE = "idle"
@@ -97,6 +101,7 @@ class DeadlineChannel(TLSGuardChannel):
     _client = ""
     _clock: Optional[IReactorTime] = None
     _waiting: Optional[str] = None
+    _wait_until = 0.0
     _idle_after_drain = False
     _wait_call: Optional[IDelayedCall] = None
     _watch_call: Optional[IDelayedCall] = None
@@ -146,21 +151,29 @@ class DeadlineChannel(TLSGuardChannel):
         super().requestDone(request)  # type: ignore[no-untyped-call]
 
     def headerReceived(self, line: bytes) -> bool:
-        """Check a ``Content-Length`` before Twisted converts it."""
+        """Bound the request's body before Twisted reads it."""
         name, separator, value = line.partition(b":")
-        if separator and name.lower() == b"content-length":
-            digits = value.strip(b" \t")
-            if digits.isdigit():
-                if len(digits) > _MAX_LENGTH_DIGITS:
-                    self._respondToBadRequestAndDisconnect()  # type: ignore[no-untyped-call]
-                    return False
-                if int(digits) > MAX_REQUEST_BODY:
-                    transport = self.transport
-                    assert transport is not None
-                    transport.write(_TOO_LARGE)
-                    self.loseConnection()
-                    return False
+        if separator:
+            name = name.lower()
+            if name == b"content-length":
+                digits = value.strip(b" \t")
+                if digits.isdigit():
+                    if len(digits) > _MAX_LENGTH_DIGITS:
+                        self._respondToBadRequestAndDisconnect()  # type: ignore[no-untyped-call]
+                        return False
+                    if int(digits) > MAX_REQUEST_BODY:
+                        return self._refuse_body(_TOO_LARGE)
+            elif name == b"transfer-encoding" and value.strip(b" \t").lower() != b"identity":
+                return self._refuse_body(_LENGTH_REQUIRED)
         return bool(super().headerReceived(line))  # type: ignore[no-untyped-call]
+
+    def _refuse_body(self, answer: bytes) -> bool:
+        """Answer before reading the body, then close; false, as a bad header."""
+        transport = self.transport
+        assert transport is not None
+        transport.write(answer)
+        self.loseConnection()
+        return False
 
     def _wait(self, kind: str) -> None:
         """
@@ -176,18 +189,34 @@ class DeadlineChannel(TLSGuardChannel):
         limits = self._guard.limits
         seconds = limits.head_timeout if kind == _HEAD else limits.idle_timeout
         self._waiting = kind
-        self._wait_call = self._clock.callLater(seconds, self._wait_over)
+        self._wait_until = self._clock.seconds() + seconds
+        if self._wait_call is None:
+            self._arm(seconds)
+
+    def _arm(self, seconds: float) -> None:
+        """
+        Check the wait in ``seconds``, or sooner: never later than a
+        request deadline started now would end.  One timer serves every
+        wait of the connection, so a request costs no timer of its own.
+        """
+        assert self._clock is not None and self._guard is not None
+        self._wait_call = self._clock.callLater(
+            min(seconds, self._guard.limits.head_timeout), self._check_wait)
 
     def _stop_waiting(self) -> None:
+        """No wait: the timer, if armed, finds nothing to do when it fires."""
         self._waiting = None
         self._idle_after_drain = False
-        if self._wait_call is not None:
-            if self._wait_call.active():
-                self._wait_call.cancel()
-            self._wait_call = None
 
-    def _wait_over(self) -> None:
-        kind, self._waiting, self._wait_call = self._waiting, None, None
+    def _check_wait(self) -> None:
+        self._wait_call = None
+        if self._waiting is None or self._clock is None or self._lost:
+            return
+        remaining = self._wait_until - self._clock.seconds()
+        if remaining > 0:
+            self._arm(remaining)
+            return
+        kind, self._waiting = self._waiting, None
         if kind == _IDLE:
             self.loseConnection()
             return
@@ -277,10 +306,10 @@ class DeadlineChannel(TLSGuardChannel):
         """Stop every timer and give the connection's place back."""
         self._lost = True
         self._stop_waiting()
-        if self._watch_call is not None:
-            if self._watch_call.active():
-                self._watch_call.cancel()
-            self._watch_call = None
+        for call in (self._wait_call, self._watch_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._wait_call = self._watch_call = None
         guard, self._guard = self._guard, None
         if guard is not None:
             guard.release(self._client)
