@@ -4,7 +4,9 @@ The HTTP side: the read-only ``/v2`` registry API on Twisted Web.
 A request's way through, module by module:
 
 - :mod:`~nixeryd.registry.site`: the ``Site`` (``make_site``), its channels
-  (:mod:`~nixeryd.registry.tlsguard` refuses TLS on the plain port), the
+  (:mod:`~nixeryd.registry.tlsguard` refuses TLS on the plain port,
+  :mod:`~nixeryd.registry.deadlines` bounds every wait of a connection),
+  the connections it admits (:mod:`~nixeryd.registry.connections`), the
   access log and the root resource.
 - :mod:`~nixeryd.registry.api`: the ``/v2`` resource; routes each request
   (paths parsed by :mod:`~nixeryd.registry.routes`) to its handler.
