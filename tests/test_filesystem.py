@@ -33,7 +33,8 @@ from nixeryd.core.errors import DigestInvalid
 from nixeryd.core.threads import InlineRunner, ThreadPoolService
 from nixeryd.storage import tempdirs
 from nixeryd.storage.filesystem import FilesystemStorage
-from nixeryd.storage.ociindex import REF_NAME
+from nixeryd.storage.ociindex import REF_NAME, updated_index
+from nixeryd.testing.runners import ManualRunner
 from nixeryd.testing.storage import INVALID_DIGESTS, digest_of, write_temporary
 from tests.tmpfs import fill, mount_tmpfs, remount
 
@@ -240,6 +241,121 @@ class FilesystemLayoutTests(SynchronousTestCase):
         self.successResultOf(self.storage.put_document("manifests", "abc", {"x": [1]}))
         with open(os.path.join(self.root, "nixeryd", "manifests", "abc.json"), "rb") as f:
             self.assertEqual(json.loads(f.read()), {"x": [1]})
+
+
+class IndexUpdateTests(SynchronousTestCase):
+    """How the index is updated: gathered, reused from memory, and shared safely."""
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+
+    def names(self) -> list[str]:
+        """The references of ``index.json``, in its order."""
+        with open(os.path.join(self.root, "index.json"), "rb") as f:
+            return [m["annotations"].get(REF_NAME, "")
+                    for m in json.loads(f.read())["manifests"]]
+
+    def test_updates_during_a_write_are_gathered(self) -> None:
+        """References recorded while the index is being written are written together next."""
+        runner = ManualRunner()
+        storage = FilesystemStorage(self.root, runner)
+        recorded = [storage.record_reference(name, digest_of(name.encode()),
+                                             mediatypes.OCI_MANIFEST, 1)
+                    for name in ("c", "a", "b", "a")]
+        self.assertEqual(len(runner.pending), 1)
+        for done in recorded:
+            self.assertNoResult(done)
+        self.assertEqual(runner.run_pending(), 2)
+        for done in recorded:
+            self.successResultOf(done)
+        self.assertEqual(self.names(), ["a", "b", "c"])
+
+    def test_failed_write_fails_its_batch(self) -> None:
+        """Every update of a batch whose write fails fails; the next batch is written."""
+        runner = ManualRunner()
+        storage = FilesystemStorage(self.root, runner)
+        first = storage.record_reference("a", digest_of(b"a"), mediatypes.OCI_MANIFEST, 1)
+        second = storage.record_reference("b", digest_of(b"b"), mediatypes.OCI_MANIFEST, 1)
+        function, args, kwargs, done = runner.pending.pop(0)
+        done.errback(OSError(errno.ENOSPC, "No space left on device"))
+        self.failureResultOf(first, OSError)
+        runner.run_pending()
+        self.successResultOf(second)
+        self.assertEqual(self.names(), ["b"])
+
+    def test_other_writers_noticed(self) -> None:
+        """An index rewritten by another storage (another process) is read again, not overwritten."""
+        mine = FilesystemStorage(self.root, InlineRunner())
+        theirs = FilesystemStorage(self.root, InlineRunner())
+        self.successResultOf(mine.record_reference("a", digest_of(b"a"),
+                                                   mediatypes.OCI_MANIFEST, 1))
+        self.successResultOf(theirs.record_reference("b", digest_of(b"b"),
+                                                     mediatypes.OCI_MANIFEST, 1))
+        self.successResultOf(mine.record_reference("c", digest_of(b"c"),
+                                                   mediatypes.OCI_MANIFEST, 1))
+        self.assertEqual(self.successResultOf(theirs.prune_references([digest_of(b"a")])), 1)
+        self.successResultOf(mine.record_reference("d", digest_of(b"d"),
+                                                   mediatypes.OCI_MANIFEST, 1))
+        self.assertEqual(self.names(), ["b", "c", "d"])
+
+    def test_same_bytes_as_a_full_rewrite(self) -> None:
+        """Updates from memory write exactly what parsing and serialising the whole index would."""
+        storage = FilesystemStorage(self.root, InlineRunner())
+        index = os.path.join(self.root, "index.json")
+        current = None
+        for i in (5, 3, 9, 3, 1):
+            name, digest = "n%d" % (i,), digest_of(b"%d" % (i,))
+            self.successResultOf(storage.record_reference(
+                name, digest, mediatypes.OCI_MANIFEST, i))
+            current = updated_index(current, name, digest, mediatypes.OCI_MANIFEST, i)
+            with open(index, "rb") as f:
+                self.assertEqual(f.read(), current)
+
+    def test_lock_shared_across_processes(self) -> None:
+        """An update waits while another process holds the index lock."""
+        storage = FilesystemStorage(self.root, InlineRunner())
+        lock = os.path.join(self.root, "nixeryd", "index.lock")
+        holder = subprocess.Popen(
+            [sys.executable, "-c",
+             "import fcntl, os, sys, time\n"
+             "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT)\n"
+             "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+             "print('locked', flush=True)\n"
+             "time.sleep(0.5)\n", lock], stdout=subprocess.PIPE)
+        self.addCleanup(holder.wait)
+        assert holder.stdout is not None
+        self.assertEqual(holder.stdout.readline(), b"locked\n")
+        started = time.monotonic()
+        self.successResultOf(storage.record_reference("a", digest_of(b"a"),
+                                                      mediatypes.OCI_MANIFEST, 1))
+        self.assertGreater(time.monotonic() - started, 0.2)
+        holder.stdout.close()
+
+    def test_listing_skips_other_names(self) -> None:
+        """Files that are not blobs or documents are not listed (nor removable by name)."""
+        storage = FilesystemStorage(self.root, InlineRunner())
+        self.successResultOf(storage.store_blob_bytes(b"x", digest_of(b"x")))
+        self.successResultOf(storage.put_document("pulls", "k", {}))
+        for stray in (os.path.join("blobs", "sha256", "not-a-digest"),
+                      os.path.join("nixeryd", "pulls", "k.json.orig"),
+                      os.path.join("nixeryd", "pulls", "bad key.json")):
+            with open(os.path.join(self.root, stray), "wb") as f:
+                f.write(b"{}")
+        self.assertEqual([b.digest for b in self.successResultOf(storage.list_blobs())],
+                         [digest_of(b"x")])
+        self.assertEqual([d.key for d in self.successResultOf(storage.list_documents("pulls"))],
+                         ["k"])
+
+    def test_removal_leaves_nothing_aside(self) -> None:
+        """A removal, refused or not, leaves nothing in the temporary directory."""
+        storage = FilesystemStorage(self.root, InlineRunner())
+        self.successResultOf(storage.put_document("pulls", "k", {"day": 1}))
+        [listed] = self.successResultOf(storage.list_documents("pulls"))
+        self.successResultOf(storage.put_document("pulls", "k", {"day": 2}))
+        self.assertFalse(self.successResultOf(
+            storage.remove_document("pulls", "k", listed.version)))
+        self.assertEqual(self.successResultOf(storage.get_document("pulls", "k")), {"day": 2})
+        self.assertEqual(os.listdir(storage.temp_directory()), [])
 
 
 class ThreadedFilesystemStorageTests(TestCase):

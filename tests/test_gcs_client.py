@@ -13,7 +13,7 @@ import json
 import os
 from datetime import datetime, timezone
 from typing import Callable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import attrs
 from cryptography.hazmat.primitives import hashes
@@ -22,6 +22,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.interfaces import IConsumer, IProducer
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -37,7 +38,7 @@ from nixeryd.storage.gcs.bucket import BucketClient
 from nixeryd.storage.gcs.filebody import FileRegionProducer
 from nixeryd.storage.gcs.http import GCSError
 from nixeryd.storage.gcs.objects import (
-    blob_object_name, document_object_name, file_size_and_md5)
+    blob_object_name, document_object_name, file_size_and_md5, md5_base64)
 from nixeryd.storage.gcs.signing import ServiceAccountKey, format_timestamp, jwt_assertion
 from nixeryd.testing.network import serve_locally
 from nixeryd.testing.storage import digest_of
@@ -152,6 +153,101 @@ class ErrorStatusTests(TestCase):
         self.assertEqual(methods, [("GET", None), ("POST", ["0"]), ("GET", None),
                                    ("GET", ["7"]), ("POST", ["7"])])
         self.assertIn(b'"a:b"', self.fake.requests[-1].body)
+
+
+class ListingAndRemovalTests(TestCase):
+    """Listings page by page, and removals guarded by the version listed."""
+
+    def setUp(self) -> None:
+        self.runner = start_pool(self)
+        self.fake = FakeServer(default=(200, b"{}"))
+        self.storage = gcs_storage(self, self.runner, serve_locally(self, Site(self.fake)),
+                                   "bucket-1", signing_key=load_key())
+
+    def query(self, index: int) -> dict[str, list[str]]:
+        """The query of the request received ``index``-th."""
+        return parse_qs(urlsplit(self.fake.requests[index].uri).query)
+
+    async def test_listing_follows_pages(self) -> None:
+        """Every page of objects.list is asked for, with the token of the one before."""
+        first, second = digest_of(b"1"), digest_of(b"2")
+
+        def item(digest: str, generation: str) -> dict[str, str]:
+            return {"name": blob_object_name(digest), "size": "3", "generation": generation,
+                    "metageneration": "1", "updated": "2024-05-01T00:00:00.000Z"}
+
+        self.fake.script = [
+            (200, json.dumps({"items": [item(first, "5"), {"name": "blobs/sha256/x"}],
+                              "nextPageToken": "page-2"}).encode()),
+            (200, json.dumps({"items": [item(second, "6")]}).encode()),
+        ]
+        blobs = await self.storage.list_blobs()
+        self.assertEqual([(b.digest, b.size, b.version) for b in blobs],
+                         [(first, 3, "5/1"), (second, 3, "6/1")])
+        self.assertEqual(blobs[0].modified,
+                         datetime(2024, 5, 1, tzinfo=timezone.utc).timestamp())
+        self.assertEqual(urlsplit(self.fake.requests[0].uri).path,
+                         "/storage/v1/b/bucket-1/o")
+        self.assertEqual(self.query(0)["prefix"], ["blobs/sha256/"])
+        self.assertEqual(self.query(0)["maxResults"], ["1000"])
+        self.assertNotIn("pageToken", self.query(0))
+        self.assertEqual(self.query(1)["pageToken"], ["page-2"])
+        self.assertEqual(len(self.fake.requests), 2)
+
+    async def test_custom_time_counts(self) -> None:
+        """A blob's time is the later of its update and its custom time."""
+        self.fake.script = [(200, json.dumps({"items": [{
+            "name": blob_object_name(digest_of(b"1")), "size": "1", "generation": "1",
+            "metageneration": "2", "updated": "2024-05-01T00:00:00Z",
+            "customTime": "2024-06-01T00:00:00.000Z"}]}).encode())]
+        [blob] = await self.storage.list_blobs()
+        self.assertEqual(blob.modified, datetime(2024, 6, 1, tzinfo=timezone.utc).timestamp())
+
+    async def test_removal_guarded_by_version(self) -> None:
+        """A removal names the generation and metageneration; 412 and 404 are refusals."""
+        digest = digest_of(b"1")
+        self.fake.script = [(204, b""), (412, b"{}"), (404, b"{}")]
+        self.assertTrue(await self.storage.remove_blob(digest, "17/3"))
+        self.assertFalse(await self.storage.remove_document("pulls", "k", "18/1"))
+        self.assertFalse(await self.storage.remove_blob(digest, "17/3"))
+        self.assertEqual([r.method for r in self.fake.requests], ["DELETE"] * 3)
+        self.assertEqual(urlsplit(self.fake.requests[0].uri).path,
+                         "/storage/v1/b/bucket-1/o/" + quote(blob_object_name(digest), safe=""))
+        self.assertEqual((self.query(0)["ifGenerationMatch"],
+                          self.query(0)["ifMetagenerationMatch"]), (["17"], ["3"]))
+        self.assertIn("nixeryd%2Fpulls%2Fk.json", self.fake.requests[1].uri)
+        self.assertEqual(self.query(1)["ifGenerationMatch"], ["18"])
+
+    async def test_removal_error(self) -> None:
+        """Any other answer to a removal is an error, not a refusal."""
+        self.fake.script = [(403, b'{"error": "no storage.objects.delete"}')]
+        with self.assertRaises(GCSError) as caught:
+            await self.storage.remove_blob(digest_of(b"1"), "1/1")
+        self.assertEqual(caught.exception.status, 403)
+
+    async def test_stored_again_refreshed(self) -> None:
+        """A blob that exists is not uploaded again: its custom time is set to now."""
+        data = b"again"
+        self.fake.script = [
+            (200, json.dumps({"size": "5", "md5Hash": md5_base64(data),
+                              "generation": "1"}).encode()),
+            (200, b"{}")]
+        await self.storage.store_blob_bytes(data, digest_of(data))
+        self.assertEqual([r.method for r in self.fake.requests], ["GET", "PATCH"])
+        sent = json.loads(self.fake.requests[1].body)
+        sent_time = datetime.fromisoformat(sent["customTime"]).timestamp()
+        self.assertLess(abs(sent_time - reactor.seconds()), 60)
+
+    async def test_refresh_failure_is_not_fatal(self) -> None:
+        """A refresh the key may not make is logged; the store succeeds."""
+        data = b"again"
+        self.fake.script = [
+            (200, json.dumps({"size": "5", "md5Hash": md5_base64(data),
+                              "generation": "1"}).encode()),
+            (403, b"{}")]
+        with capturedLogs() as events:
+            await self.storage.store_blob_bytes(data, digest_of(data))
+        self.assertTrue(any("Could not refresh" in e["log_format"] for e in events))
 
 
 class FakeTokenEndpoint(Resource):

@@ -21,27 +21,39 @@ A write that fails (a full disk, a read-only or unwritable directory)
 removes its temporary file and raises the ``OSError``.  No extended
 attributes are needed: media types are known from the documents that
 reference a blob.
+
+A blob's or document's version is its inode and modification time: every
+write is a new file renamed into place.  A removal renames the entry into
+the storage's temporary directory first, then looks at what it took: if
+it is not the version listed (written again meanwhile), it is linked back
+unless a newer one already took its place.  The index is updated by
+:class:`~nixeryd.storage.indexfile.IndexFile`, updates asked for during a
+write gathered into the next (:class:`~nixeryd.storage.indexqueue.IndexQueue`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
-import threading
-from typing import Any
+from typing import Any, Collection
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nixeryd.core.digests import check_digest
+from nixeryd.core.digests import check_digest, is_valid_digest
 from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown
 from nixeryd.core.threads import Runner
+from nixeryd.storage.indexfile import IndexFile
+from nixeryd.storage.indexqueue import IndexQueue
 from nixeryd.storage.interface import IStorage
-from nixeryd.storage.naming import check_document_name, check_reference
-from nixeryd.storage.ociindex import index_bytes, updated_index
+from nixeryd.storage.listing import StoredBlob, StoredDocument
+from nixeryd.storage.naming import (check_document_name, check_namespace, check_reference,
+                                    is_document_key)
+from nixeryd.storage.ociindex import Descriptor, descriptor, index_bytes
 from nixeryd.storage.tempdirs import WriterDirectory, claim, release, sweep
 
 #: Mode of every file made visible: temporary files are created private,
@@ -55,6 +67,11 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def _version(info: os.stat_result) -> str:
+    """The version of a file: a new inode, or a new modification time, is a new version."""
+    return "%d:%d" % (info.st_ino, info.st_mtime_ns)
 
 
 def _fsync_directory(path: str) -> None:
@@ -86,7 +103,11 @@ class FilesystemStorage:
         self._blobs = os.path.join(self.root, "blobs", "sha256")
         self._state = os.path.join(self.root, "nixeryd")
         self._tmp = os.path.join(self._state, "tmp")
-        self._index_lock = threading.Lock()
+        self._index = IndexFile(os.path.join(self.root, "index.json"),
+                                os.path.join(self._state, "index.lock"),
+                                self._write_atomically)
+        self._index_queue = IndexQueue(
+            lambda batch: self._runner.run(self._index.update, batch))
         for directory in (self._blobs, self._tmp):
             os.makedirs(directory, mode=0o755, exist_ok=True)
         self._writer: WriterDirectory | None = claim(self._tmp)
@@ -187,15 +208,59 @@ class FilesystemStorage:
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         self._write_atomically(path, json.dumps(document, sort_keys=True).encode())
 
-    def _record(self, reference: str, digest: str, media_type: str, size: int) -> None:
-        check_reference(reference)
-        check_digest(digest)
-        with self._index_lock:
-            index_path = os.path.join(self.root, "index.json")
-            with open(index_path, "rb") as f:
-                current = f.read()
-            self._write_atomically(index_path, updated_index(
-                current, reference, digest, media_type, size))
+    def _list_blobs(self) -> list[StoredBlob]:
+        blobs = []
+        with os.scandir(self._blobs) as entries:
+            for entry in entries:
+                digest = "sha256:" + entry.name
+                if not is_valid_digest(digest):
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                blobs.append(StoredBlob(digest, info.st_size, info.st_mtime, _version(info)))
+        return blobs
+
+    def _list_documents(self, namespace: str) -> list[StoredDocument]:
+        check_namespace(namespace)
+        documents = []
+        try:
+            with os.scandir(os.path.join(self._state, namespace)) as entries:
+                for entry in entries:
+                    key, json_suffix = entry.name[:-5], entry.name[-5:]
+                    if json_suffix != ".json" or not is_document_key(key):
+                        continue
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    documents.append(StoredDocument(namespace, key, info.st_size,
+                                                    info.st_mtime, _version(info)))
+        except FileNotFoundError:
+            pass
+        return documents
+
+    def _remove(self, final: str, version: str) -> bool:
+        """
+        Remove ``final`` if it is still ``version``: taken aside by a rename
+        (atomic), then dropped, or put back when it was written again.
+        """
+        aside = os.path.join(self._own_tmp, "removing-" + secrets.token_hex(8))
+        try:
+            os.rename(final, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            if _version(os.stat(aside)) == version:
+                return True
+            try:
+                os.link(aside, final)
+            except FileExistsError:
+                pass  # An even newer one is in place already.
+            return False
+        finally:
+            _unlink_quietly(aside)
 
     # -- IStorage ---------------------------------------------------------
 
@@ -232,8 +297,39 @@ class FilesystemStorage:
 
     def record_reference(self, reference: str, manifest_digest: str,
                          media_type: str, size: int) -> Deferred[None]:
-        return self._runner.run(self._record, reference, manifest_digest,
-                                media_type, size)
+        try:
+            check_reference(reference)
+            check_digest(manifest_digest)
+        except Exception:
+            return fail()
+        return self._index_queue.record(
+            reference, descriptor(reference, manifest_digest, media_type, size))
+
+    def list_references(self) -> Deferred[list[Descriptor]]:
+        return self._runner.run(self._index.entries)
+
+    def prune_references(self, manifest_digests: Collection[str]) -> Deferred[int]:
+        return self._runner.run(self._index.prune, frozenset(manifest_digests))
+
+    def list_blobs(self) -> Deferred[list[StoredBlob]]:
+        return self._runner.run(self._list_blobs)
+
+    def remove_blob(self, digest: str, version: str) -> Deferred[bool]:
+        try:
+            path = self._blob_path(digest)
+        except Exception:
+            return fail()
+        return self._runner.run(self._remove, path, version)
+
+    def list_documents(self, namespace: str) -> Deferred[list[StoredDocument]]:
+        return self._runner.run(self._list_documents, namespace)
+
+    def remove_document(self, namespace: str, key: str, version: str) -> Deferred[bool]:
+        try:
+            path = self._document_path(namespace, key)
+        except Exception:
+            return fail()
+        return self._runner.run(self._remove, path, version)
 
     def close(self) -> Deferred[None]:
         """

@@ -4,12 +4,13 @@ The contract every storage backend meets.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from nixeryd.core.documents import LocalBlob, RedirectBlob
+from nixeryd.storage.listing import StoredBlob, StoredDocument
 
 
 class IStorage(Interface):
@@ -19,6 +20,11 @@ class IStorage(Interface):
     Every method that may block returns a Deferred.  Digests are
     ``sha256:<64 lowercase hex>`` and are validated by the backend before
     they are turned into a path or an object name.
+
+    The listing and removal methods serve garbage collection
+    (:mod:`nixeryd.gc`): a removal names the version it saw listed and
+    does nothing if the entry was written again since, so that a daemon
+    storing the same blob or rewriting a document meanwhile keeps it.
     """
 
     def temp_directory() -> str:
@@ -69,6 +75,39 @@ class IStorage(Interface):
         """
         Name a stored manifest in the storage's image index, so that image
         tools reading the storage directly can find it by ``reference``.
+        """
+
+    def list_references() -> Deferred[list[dict[str, Any]]]:
+        """
+        Deferred firing with every descriptor of the storage's image index
+        (``mediaType``, ``digest``, ``size``, and ``annotations`` naming
+        the reference when there is one), in the index's order.
+        """
+
+    def prune_references(manifest_digests: Collection[str]) -> Deferred[int]:
+        """
+        Remove from the image index every entry naming one of the
+        manifests (named or not); Deferred firing with how many were
+        removed.
+        """
+
+    def list_blobs() -> Deferred[list[StoredBlob]]:
+        """Deferred firing with every stored blob, in no particular order."""
+
+    def remove_blob(digest: str, version: str) -> Deferred[bool]:
+        """
+        Remove the blob if it is still the ``version`` listed; Deferred
+        firing with whether it was removed (``False`` when it is gone or
+        was written again since).
+        """
+
+    def list_documents(namespace: str) -> Deferred[list[StoredDocument]]:
+        """Deferred firing with every document of ``namespace``."""
+
+    def remove_document(namespace: str, key: str, version: str) -> Deferred[bool]:
+        """
+        Remove the document if it is still the ``version`` listed; Deferred
+        firing with whether it was removed.
         """
 
     def close() -> Deferred[None]:

@@ -27,6 +27,17 @@ def check_document_name(namespace: str, key: str) -> None:
         raise ValueError("invalid document name %r/%r" % (namespace, key))
 
 
+def check_namespace(namespace: str) -> None:
+    """:raises ValueError: for a namespace outside the grammar, or a reserved one."""
+    if not _NAMESPACE.match(namespace) or namespace in RESERVED_NAMESPACES:
+        raise ValueError("invalid document namespace %r" % (namespace,))
+
+
+def is_document_key(key: str) -> bool:
+    """Whether ``key`` is a valid document key (names found when listing are checked)."""
+    return bool(_KEY.match(key))
+
+
 def check_reference(reference: str) -> None:
     """:raises ValueError: when ``reference`` is not a valid OCI reference name."""
     if not _REFERENCE.match(reference):

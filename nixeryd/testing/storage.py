@@ -8,10 +8,12 @@ digests every backend must refuse (:data:`INVALID_DIGESTS`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import time
 from collections import Counter
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Collection, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
@@ -20,8 +22,9 @@ from nixeryd.core.digests import check_digest
 from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown
 from nixeryd.storage.interface import IStorage
-from nixeryd.storage.naming import check_document_name, check_reference
-from nixeryd.storage.ociindex import REF_NAME
+from nixeryd.storage.listing import StoredBlob, StoredDocument
+from nixeryd.storage.naming import check_document_name, check_namespace, check_reference
+from nixeryd.storage.ociindex import Descriptor, descriptor
 
 T = TypeVar("T")
 
@@ -61,41 +64,67 @@ class MemoryStorage:
 
     :param temp_directory: a real directory, where callers write layer
         files before handing them over.
+    :param now: the time blobs and documents are written at (a
+        :class:`~twisted.internet.task.Clock`'s ``seconds``).
     :ivar blobs: the stored blobs, by digest.
     :ivar documents: the stored documents, as JSON bytes, by
         ``(namespace, key)``.
     :ivar references: the recorded references, as OCI index descriptors,
         by reference.
+    :ivar written: when each blob (by digest) and document (by
+        ``(namespace, key)``) was last written, and its version:
+        ``(time, version)``; tests may age entries here.
     :ivar calls: how many times each method was called, by name.
     :ivar stored: every digest passed to a successful ``store_blob_file``
         or ``store_blob_bytes``, in order.
     :ivar failures: method name → exception; a method named here fails
         with it (after validating its arguments, and after removing the
         file given to ``store_blob_file``).
+    :ivar before: method name → a function called (with no argument) as
+        the method starts its work, to play another writer acting at that
+        moment.
     """
 
     def __init__(self, temp_directory: str,
-                 redirect_base: str = "https://blobs.invalid/") -> None:
+                 redirect_base: str = "https://blobs.invalid/",
+                 now: Callable[[], float] = time.time) -> None:
         self._temp_directory = temp_directory
         self._redirect_base = redirect_base
+        self._now = now
+        self._versions = itertools.count(1)
         self.blobs: dict[str, bytes] = {}
         self.documents: dict[tuple[str, str], bytes] = {}
         self.references: dict[str, dict[str, Any]] = {}
+        self.written: dict[object, tuple[float, str]] = {}
         self.calls: Counter[str] = Counter()
         self.stored: list[str] = []
         self.failures: dict[str, BaseException] = {}
+        self.before: dict[str, Callable[[], None]] = {}
 
     def _call(self, method: str, work: Callable[[], T]) -> Deferred[T]:
         """Count the call and turn the outcome of ``work`` into a Deferred."""
         self.calls[method] += 1
         try:
+            hook = self.before.get(method)
+            if hook is not None:
+                hook()
             return succeed(work())
         except BaseException:
             return fail()
 
+    def _stamp(self, what: object) -> None:
+        """Record that ``what`` (a digest, or a document's name) is written now."""
+        self.written[what] = (self._now(), str(next(self._versions)))
+
     def delete_blob(self, digest: str) -> None:
         """Forget a blob, as if it had been removed from the backend."""
         del self.blobs[digest]
+        self.written.pop(digest, None)
+
+    def age(self, what: object, seconds: float) -> None:
+        """Make a blob (by digest) or a document (by name) ``seconds`` older."""
+        written, version = self.written[what]
+        self.written[what] = (written - seconds, version)
 
     # -- IStorage ---------------------------------------------------------
 
@@ -172,6 +201,7 @@ class MemoryStorage:
             self._check_failure("put_document")
             self.documents[(namespace, key)] = json.dumps(
                 document, sort_keys=True).encode()
+            self._stamp((namespace, key))
         return self._call("put_document", work)
 
     def record_reference(self, reference: str, manifest_digest: str,
@@ -181,10 +211,69 @@ class MemoryStorage:
             check_reference(reference)
             check_digest(manifest_digest)
             self._check_failure("record_reference")
-            self.references[reference] = {
-                "mediaType": media_type, "digest": manifest_digest, "size": size,
-                "annotations": {REF_NAME: reference}}
+            self.references[reference] = descriptor(
+                reference, manifest_digest, media_type, size)
         return self._call("record_reference", work)
+
+    def list_references(self) -> Deferred[list[Descriptor]]:
+        """The recorded descriptors, sorted by reference."""
+        def work() -> list[Descriptor]:
+            self._check_failure("list_references")
+            return [json.loads(json.dumps(self.references[reference]))
+                    for reference in sorted(self.references)]
+        return self._call("list_references", work)
+
+    def prune_references(self, manifest_digests: Collection[str]) -> Deferred[int]:
+        """Forget the references naming one of the manifests."""
+        def work() -> int:
+            self._check_failure("prune_references")
+            pruned = [reference for reference, entry in self.references.items()
+                      if entry["digest"] in manifest_digests]
+            for reference in pruned:
+                del self.references[reference]
+            return len(pruned)
+        return self._call("prune_references", work)
+
+    def list_blobs(self) -> Deferred[list[StoredBlob]]:
+        """Every blob with its time and version."""
+        def work() -> list[StoredBlob]:
+            self._check_failure("list_blobs")
+            return [StoredBlob(digest, len(data), *self.written[digest])
+                    for digest, data in self.blobs.items()]
+        return self._call("list_blobs", work)
+
+    def remove_blob(self, digest: str, version: str) -> Deferred[bool]:
+        """Forget the blob if it is still ``version``."""
+        def work() -> bool:
+            check_digest(digest)
+            self._check_failure("remove_blob")
+            if digest not in self.blobs or self.written[digest][1] != version:
+                return False
+            self.delete_blob(digest)
+            return True
+        return self._call("remove_blob", work)
+
+    def list_documents(self, namespace: str) -> Deferred[list[StoredDocument]]:
+        """Every document of ``namespace`` with its time and version."""
+        def work() -> list[StoredDocument]:
+            check_namespace(namespace)
+            self._check_failure("list_documents")
+            return [StoredDocument(namespace, key, len(data), *self.written[(space, key)])
+                    for (space, key), data in self.documents.items() if space == namespace]
+        return self._call("list_documents", work)
+
+    def remove_document(self, namespace: str, key: str, version: str) -> Deferred[bool]:
+        """Forget the document if it is still ``version``."""
+        def work() -> bool:
+            check_document_name(namespace, key)
+            self._check_failure("remove_document")
+            name = (namespace, key)
+            if name not in self.documents or self.written[name][1] != version:
+                return False
+            del self.documents[name]
+            del self.written[name]
+            return True
+        return self._call("remove_document", work)
 
     def close(self) -> Deferred[None]:
         """Nothing to release; counted like every other call."""
@@ -202,6 +291,7 @@ class MemoryStorage:
         if actual != digest:
             raise ValueError("blob stored as %s hashes to %s" % (digest, actual))
         self.blobs[digest] = data
+        self._stamp(digest)
         self.stored.append(digest)
 
 

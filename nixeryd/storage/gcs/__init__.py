@@ -5,6 +5,8 @@ Storage in a Google Cloud Storage bucket.
   :class:`~nixeryd.storage.interface.IStorage` backend, and
   :func:`build_gcs_storage`, which assembles it from settings;
 - :mod:`~nixeryd.storage.gcs.bucket`: the JSON API on one bucket;
+- :mod:`~nixeryd.storage.gcs.index`: the image index shared by the
+  daemons using the bucket;
 - :mod:`~nixeryd.storage.gcs.objects`: object names and upload checksums;
 - :mod:`~nixeryd.storage.gcs.filebody`: upload bodies streamed from disk;
 - :mod:`~nixeryd.storage.gcs.auth`: the service-account key and access

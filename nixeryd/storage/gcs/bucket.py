@@ -42,6 +42,14 @@ RESUMABLE_GRANULARITY = 256 * 1024
 DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
 #: Bytes read from disk at a time while uploading.
 DEFAULT_READ_SIZE = 256 * 1024
+#: Objects asked for per page of a listing (the most the API gives).
+LIST_PAGE_SIZE = 1000
+#: The largest page of a listing read (an emulator may send every object
+#: in one page, each with its whole resource).
+LIST_PAGE_LIMIT = 256 * 1024 * 1024
+#: The fields of each listed object.
+LIST_FIELDS = ("items(name,size,updated,customTime,generation,metageneration),"
+               "nextPageToken")
 
 #: An object resource of the JSON API, as decoded from its answer.
 ObjectResource = dict[str, Any]
@@ -115,6 +123,10 @@ class BucketClient:
             self.endpoint, quote(self.bucket, safe=""), quote(name, safe=""))
         return url + ("?" + urlencode(query) if query else "")
 
+    def _list_url(self, **query: str) -> str:
+        return "%s/storage/v1/b/%s/o?%s" % (
+            self.endpoint, quote(self.bucket, safe=""), urlencode(query))
+
     def _upload_url(self, **query: str) -> str:
         return "%s/upload/storage/v1/b/%s/o?%s" % (
             self.endpoint, quote(self.bucket, safe=""), urlencode(query))
@@ -134,7 +146,7 @@ class BucketClient:
     async def metadata(self, name: str) -> ObjectResource | None:
         """The object's metadata, or ``None`` when it does not exist."""
         response = await self._request(
-            "GET", self._object_url(name, fields="size,md5Hash,crc32c,generation"))
+            "GET", self._object_url(name, fields="size,md5Hash,crc32c,generation,metageneration,updated,customTime"))
         if response.code == 404:
             await drain(response)
             return None
@@ -247,6 +259,63 @@ class BucketClient:
             if offset >= size:
                 raise GCSError("uploading gs://%s/%s: all %d bytes sent but the upload "
                                "did not complete" % (self.bucket, name, size))
+
+    async def list_objects(self, prefix: str,
+                           page_size: int = LIST_PAGE_SIZE) -> list[ObjectResource]:
+        """
+        Every object whose name starts with ``prefix`` (``objects.list``,
+        one page after the other), with its name, size, times and
+        generations.
+        """
+        objects: list[ObjectResource] = []
+        token: str | None = None
+        while True:
+            query = {"prefix": prefix, "maxResults": str(page_size), "fields": LIST_FIELDS}
+            if token is not None:
+                query["pageToken"] = token
+            response = await self._request("GET", self._list_url(**query))
+            if response.code != 200:
+                raise await error_for(response, "listing gs://%s/%s" % (self.bucket, prefix))
+            body = await read_limited(response, LIST_PAGE_LIMIT)
+            page: dict[str, Any] = await self._runner.run(json.loads, body)
+            objects.extend(item for item in page.get("items", []) if isinstance(item, dict))
+            token = page.get("nextPageToken") or None
+            if token is None:
+                return objects
+
+    async def delete(self, name: str, generation: str | None = None,
+                     metageneration: str | None = None) -> bool:
+        """
+        Delete the object (``objects.delete``), only if it is still
+        ``generation`` and ``metageneration`` when given; whether it was
+        deleted (``False`` when it is gone or has changed).
+        """
+        query = {}
+        if generation is not None:
+            query["ifGenerationMatch"] = generation
+        if metageneration is not None:
+            query["ifMetagenerationMatch"] = metageneration
+        response = await self._request("DELETE", self._object_url(name, **query))
+        if response.code in (200, 204):
+            await drain(response)
+            return True
+        if response.code in (404, 412):
+            await drain(response)
+            return False
+        raise await error_for(response, "deleting gs://%s/%s" % (self.bucket, name))
+
+    async def set_custom_time(self, name: str, timestamp: str) -> None:
+        """
+        Set the object's ``customTime`` (``objects.patch``); Cloud Storage
+        keeps the later of the old and the new one.
+        """
+        response = await self._request(
+            "PATCH", self._object_url(name, fields="customTime"),
+            headers={"Content-Type": "application/json"},
+            data=json.dumps({"customTime": timestamp}).encode())
+        if response.code != 200:
+            raise await error_for(response, "refreshing gs://%s/%s" % (self.bucket, name))
+        await drain(response)
 
     async def check_bucket(self) -> None:
         """

@@ -17,17 +17,60 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from datetime import datetime, timezone
 
-from nixeryd.core.digests import check_digest
-from nixeryd.storage.naming import check_document_name
+from nixeryd.core.digests import check_digest, is_valid_digest
+from nixeryd.storage.naming import check_document_name, check_namespace, is_document_key
 
 #: The image index, shared by every daemon using the bucket.
 INDEX_OBJECT = "index.json"
+#: The prefix of every blob's object name.
+BLOB_PREFIX = "blobs/sha256/"
 
 
 def blob_object_name(digest: str) -> str:
     """The object that holds the blob with ``digest`` (validated)."""
-    return "blobs/sha256/" + check_digest(digest)
+    return BLOB_PREFIX + check_digest(digest)
+
+
+def blob_digest(name: str) -> str | None:
+    """The digest of the blob an object name holds, or ``None`` for another name."""
+    digest = "sha256:" + name[len(BLOB_PREFIX):]
+    return digest if name.startswith(BLOB_PREFIX) and is_valid_digest(digest) else None
+
+
+def document_prefix(namespace: str) -> str:
+    """
+    The prefix of the objects of a document namespace.
+
+    :raises ValueError: for a namespace outside the allowed grammar.
+    """
+    check_namespace(namespace)
+    return "nixeryd/%s/" % (namespace,)
+
+
+def document_key(namespace: str, name: str) -> str | None:
+    """The key of the document an object name holds, or ``None`` for another name."""
+    prefix = document_prefix(namespace)
+    if not name.startswith(prefix) or not name.endswith(".json"):
+        return None
+    key = name[len(prefix):-len(".json")]
+    return key if is_document_key(key) else None
+
+
+def parse_time(text: str) -> float:
+    """
+    Seconds since the epoch of an RFC 3339 time as Cloud Storage writes
+    it (``2024-05-01T12:00:00.123Z``).
+
+    :raises ValueError: for anything else.
+    """
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def format_time(seconds: float) -> str:
+    """An RFC 3339 UTC time, as ``customTime`` is written."""
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def document_object_name(namespace: str, key: str) -> str:

@@ -15,10 +15,15 @@ Layer files larger than ``simple_upload_limit`` go through a resumable
 upload, streamed from disk.  A blob that already exists with the same size
 and MD5 is not uploaded again.
 
-The image index is updated by read-modify-write guarded with
-``ifGenerationMatch``, so concurrent daemons sharing the bucket retry
-instead of overwriting each other's references (emulators that ignore
-preconditions make this last-writer-wins).
+The image index is :class:`~nixeryd.storage.gcs.index.BucketIndex`.
+
+For garbage collection, objects are listed with ``objects.list`` (a page
+at a time) and deleted with ``objects.delete`` guarded by the generation
+and metageneration listed.  A blob stored again while it exists is not
+uploaded again; instead its ``customTime`` is set to now, which is its
+time for the collector's grace period and changes its metageneration (the
+builder stores a blob that exists only when it makes an image again that
+the caches had forgotten).
 """
 
 from __future__ import annotations
@@ -27,10 +32,10 @@ import json
 import os
 import tempfile
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Collection
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -44,22 +49,33 @@ from nixeryd.core.errors import BlobUnknown
 from nixeryd.core.httpbody import BodyTooLarge
 from nixeryd.core.threads import Runner
 from nixeryd.storage.gcs.auth import AccessTokenSource
-from nixeryd.storage.gcs.bucket import DEFAULT_API_ENDPOINT, BucketClient
+from nixeryd.storage.gcs.bucket import DEFAULT_API_ENDPOINT, BucketClient, ObjectResource
 from nixeryd.storage.gcs.http import GCSError, PreconditionFailed
+from nixeryd.storage.gcs.index import BucketIndex
 from nixeryd.storage.gcs.objects import (
-    INDEX_OBJECT, blob_object_name, document_object_name, file_size_and_md5, md5_base64)
+    BLOB_PREFIX, blob_digest, blob_object_name, document_key, document_object_name,
+    document_prefix, file_size_and_md5, format_time, md5_base64, parse_time)
 from nixeryd.storage.gcs.signing import (
     DEFAULT_SIGNING_ENDPOINT, ServiceAccountKey, sign_url_v4)
 from nixeryd.storage.interface import IStorage
+from nixeryd.storage.listing import StoredBlob, StoredDocument
 from nixeryd.storage.naming import check_reference
-from nixeryd.storage.ociindex import updated_index
+from nixeryd.storage.ociindex import Descriptor, descriptor
 
 DOCUMENT_LIMIT = 16 * 1024 * 1024
-INDEX_LIMIT = 64 * 1024 * 1024
-#: How many times record_reference retries after a concurrent index update.
-INDEX_ATTEMPTS = 8
 #: Files up to this size are uploaded in one request, larger ones resumably.
 DEFAULT_SIMPLE_UPLOAD_LIMIT = 5 * 1024 * 1024
+
+def modified_time(resource: ObjectResource) -> float:
+    """When an object was last written: the later of ``updated`` and ``customTime``."""
+    times = [parse_time(resource[field]) for field in ("updated", "customTime")
+             if isinstance(resource.get(field), str)]
+    return max(times, default=0.0)
+
+
+def object_version(resource: ObjectResource) -> str:
+    """An object's generation and metageneration, which a removal is guarded by."""
+    return "%s/%s" % (resource.get("generation", ""), resource.get("metageneration", ""))
 
 
 def _read_file(path: str) -> bytes:
@@ -111,7 +127,7 @@ class GCSStorage:
         os.makedirs(self._spool, mode=0o700, exist_ok=True)
         self._simple_upload_limit = simple_upload_limit
         self._url_lifetime = url_lifetime
-        self._index_lock = DeferredLock()
+        self._index = BucketIndex(runner, client)
 
     # -- blobs ------------------------------------------------------------
 
@@ -126,11 +142,25 @@ class GCSStorage:
             return True, "0"
         same_size = int(existing.get("size", -1)) == size
         if same_size and existing.get("md5Hash") in (None, md5):
+            await self._refresh(name)
             return False, ""
         self.log.warn("gs://{bucket}/{name} differs from its digest (size {stored}, "
                       "expected {size}); replacing it",
                       bucket=self.bucket, name=name, stored=existing.get("size"), size=size)
         return True, str(existing.get("generation", "0"))
+
+    async def _refresh(self, name: str) -> None:
+        """
+        Mark an object stored again as written now, so that the garbage
+        collector's grace period covers it as it covers a new one, and a
+        removal guarded by its earlier version fails.  A failure (a key
+        without ``storage.objects.update``) is logged, never raised.
+        """
+        try:
+            await self.client.set_custom_time(name, format_time(self._clock.seconds()))
+        except Exception as e:
+            self.log.warn("Could not refresh the time of gs://{bucket}/{name}, stored again:"
+                          " {error}", bucket=self.bucket, name=name, error=str(e))
 
     async def _store_file(self, path: str, digest: str) -> None:
         try:
@@ -205,43 +235,30 @@ class GCSStorage:
         data, md5 = await self._runner.run(serialise)
         await self.client.upload_bytes(name, data, md5, content_type="application/json")
 
-    async def _record(self, reference: str, digest: str, media_type: str,
-                      size: int) -> None:
-        check_reference(reference)
-        check_digest(digest)
-        async with self._index_lock:
-            for _ in range(INDEX_ATTEMPTS):
-                try:
-                    await self._update_index(reference, digest, media_type, size)
-                    return
-                except PreconditionFailed:
-                    self.log.info("gs://{bucket}/{name} changed meanwhile; retrying",
-                                  bucket=self.bucket, name=INDEX_OBJECT)
-        raise GCSError("gs://%s/%s kept changing; gave up naming %s"
-                       % (self.bucket, INDEX_OBJECT, reference))
+    # -- listing and removal ----------------------------------------------
 
-    async def _update_index(self, reference: str, digest: str, media_type: str,
-                            size: int) -> None:
-        """
-        One read-modify-write of the index, guarded by its generation: the
-        write fails with :class:`PreconditionFailed` if another writer got
-        in between (Cloud Storage checks ``ifGenerationMatch``).
-        """
-        metadata = await self.client.metadata(INDEX_OBJECT)
-        generation = "0" if metadata is None else str(metadata.get("generation", "0"))
-        current = None
-        if metadata is not None:
-            try:
-                current = await self.client.download(INDEX_OBJECT, INDEX_LIMIT, generation)
-            except BodyTooLarge:
-                raise GCSError("gs://%s/%s is larger than %d bytes"
-                               % (self.bucket, INDEX_OBJECT, INDEX_LIMIT)) from None
-            if current is None:
-                raise PreconditionFailed()
-        updated = await self._runner.run(
-            updated_index, current, reference, digest, media_type, size)
-        await self.client.upload_bytes(INDEX_OBJECT, updated, md5_base64(updated),
-                                       generation, content_type="application/json")
+    async def _list_blobs(self) -> list[StoredBlob]:
+        blobs = []
+        for resource in await self.client.list_objects(BLOB_PREFIX):
+            digest = blob_digest(str(resource.get("name", "")))
+            if digest is not None:
+                blobs.append(StoredBlob(digest, int(resource.get("size", 0)),
+                                        modified_time(resource), object_version(resource)))
+        return blobs
+
+    async def _list_documents(self, namespace: str) -> list[StoredDocument]:
+        documents = []
+        for resource in await self.client.list_objects(document_prefix(namespace)):
+            key = document_key(namespace, str(resource.get("name", "")))
+            if key is not None:
+                documents.append(StoredDocument(
+                    namespace, key, int(resource.get("size", 0)), modified_time(resource),
+                    object_version(resource)))
+        return documents
+
+    async def _remove(self, name: str, version: str) -> bool:
+        generation, _, metageneration = version.partition("/")
+        return await self.client.delete(name, generation or None, metageneration or None)
 
     # -- public -----------------------------------------------------------
 
@@ -296,8 +313,39 @@ class GCSStorage:
 
     def record_reference(self, reference: str, manifest_digest: str,
                          media_type: str, size: int) -> Deferred[None]:
-        return Deferred.fromCoroutine(
-            self._record(reference, manifest_digest, media_type, size))
+        try:
+            check_reference(reference)
+            check_digest(manifest_digest)
+        except Exception:
+            return fail()
+        return self._index.record(
+            reference, descriptor(reference, manifest_digest, media_type, size))
+
+    def list_references(self) -> Deferred[list[Descriptor]]:
+        return Deferred.fromCoroutine(self._index.entries())
+
+    def prune_references(self, manifest_digests: Collection[str]) -> Deferred[int]:
+        return Deferred.fromCoroutine(self._index.prune(frozenset(manifest_digests)))
+
+    def list_blobs(self) -> Deferred[list[StoredBlob]]:
+        return Deferred.fromCoroutine(self._list_blobs())
+
+    def remove_blob(self, digest: str, version: str) -> Deferred[bool]:
+        try:
+            name = blob_object_name(digest)
+        except Exception:
+            return fail()
+        return Deferred.fromCoroutine(self._remove(name, version))
+
+    def list_documents(self, namespace: str) -> Deferred[list[StoredDocument]]:
+        return Deferred.fromCoroutine(self._list_documents(namespace))
+
+    def remove_document(self, namespace: str, key: str, version: str) -> Deferred[bool]:
+        try:
+            name = document_object_name(namespace, key)
+        except Exception:
+            return fail()
+        return Deferred.fromCoroutine(self._remove(name, version))
 
     def close(self) -> Deferred[None]:
         """Close idle connections (when the daemon stops, and at the end of tests)."""
