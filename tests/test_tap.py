@@ -33,6 +33,7 @@ from nixeryd.app.wiring import (HTTPServerService, IServiceReactor, ThreadPools,
 from nixeryd.core import defaults
 from nixeryd.registry.site import RegistrySite, make_site
 from nixeryd.service.images import ImageService
+from nixeryd.service.pulls import PullRecorder
 from nixeryd.storage.service import StorageService
 from nixeryd.testing.images import FakeImageService
 
@@ -150,15 +151,17 @@ class MakeServiceTests(SynchronousTestCase):
     def test_image_service_children(self) -> None:
         """
         The daemon's image service holds the storage (first, so it is
-        closed last), then the storage pool, then the layer pool.
+        closed last), then the storage pool, then the layer pool, then the
+        pull recorder (stopped first, writing while the pools run).
         """
         options = parsed(["--storage-path", os.path.abspath(self.mktemp()),
                           "--threads", "3"])
         top = makeService(options, reactor=TreeReactor())
         image_service = list(top)[0]
         self.assertIsInstance(image_service, ImageService)
-        storage, storage_pool, layer_pool = list(image_service)
+        storage, storage_pool, layer_pool, pulls = list(image_service)
         self.assertIsInstance(storage, StorageService)
+        self.assertIsInstance(pulls, PullRecorder)
         self.assertEqual([(pool.pool.name, pool.size) for pool in (storage_pool, layer_pool)],
                          [("nixeryd-storage", defaults.STORAGE_THREADS), ("nixeryd-layers", 3)])
 

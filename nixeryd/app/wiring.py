@@ -43,6 +43,7 @@ from nixeryd.metrics.hooks import NO_INSTRUMENTS
 from nixeryd.metrics.monitoring import Monitoring
 from nixeryd.service.builds import BuildHistory
 from nixeryd.service.images import ImageService
+from nixeryd.service.pulls import PullRecorder
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.service import StorageService
 
@@ -128,6 +129,7 @@ def assemble_image_service(
         metrics: Optional[DaemonMetrics] = None,
         max_queue: int = defaults.MAX_QUEUE,
         failure_ttl: float = defaults.FAILURE_TTL,
+        record_pulls: bool = False,
         ) -> ImageService:
     """
     Build an :class:`ImageService` and everything under it.
@@ -157,6 +159,10 @@ def assemble_image_service(
         and of every build (none recorded when not given).
     :param max_queue: images in the making at once, running or waiting.
     :param failure_ttl: seconds a permanent failure is answered from memory.
+    :param record_pulls: record in storage when each image is pulled, for
+        the garbage collector (:mod:`nixeryd.service.pulls`; the
+        recorder is the service's last child, so it writes what it holds
+        before the pools stop).
     :raises ValueError: for a malformed package source.
     """
     chosen = {source.kind: source.location}
@@ -193,17 +199,20 @@ def assemble_image_service(
     def on_start() -> Deferred[None]:
         return Deferred.fromCoroutine(start())
 
+    pulls = PullRecorder(store, reactor) if record_pulls else None
     service = ImageService(
         source=package_source, nix=nix, builder=builder, storage=store, clock=reactor,
         max_builds=max_builds, moving_ttl=moving_ttl, reference=reference,
         on_start=on_start, max_queue=max_queue, failure_ttl=failure_ttl,
-        instruments=instruments,
+        instruments=instruments, pulls=pulls,
         builds=BuildHistory(reactor, keep_builds=keep_builds, keep_lines=build_log_lines))
     if metrics is not None:
         metrics.follow(service.builds)
     StorageService(store).setServiceParent(service)  # type: ignore[no-untyped-call]
     pools.storage.setServiceParent(service)  # type: ignore[no-untyped-call]
     pools.layers.setServiceParent(service)  # type: ignore[no-untyped-call]
+    if pulls is not None:
+        pulls.setServiceParent(service)  # type: ignore[no-untyped-call]
     return service
 
 
@@ -245,7 +254,7 @@ def make_image_service(config: Config, reactor: IServiceReactor, pools: ThreadPo
         start_check=start_check if check_at_start else None,
         metrics=monitoring.metrics if monitoring is not None else None,
         keep_builds=config.keep_builds, build_log_lines=config.build_log_lines,
-        max_queue=config.max_queue, failure_ttl=config.failure_ttl)
+        max_queue=config.max_queue, failure_ttl=config.failure_ttl, record_pulls=True)
 
 
 class HTTPServerService(StreamServerEndpointService):

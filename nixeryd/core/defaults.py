@@ -77,3 +77,15 @@ KEEP_BUILDS = 100
 BUILD_LOG_LINES = 2000
 #: The image tag when none is given.
 TAG = "latest"
+#: Seconds between two writes of the pulls recorded in memory (and at
+#: stop): a pull is in storage, for the garbage collector, at most this
+#: late.
+PULL_RECORD_INTERVAL = 60.0
+#: Seconds after which the daemon forgets, from memory, the images nobody
+#: pulled in that time: their next pull looks in storage again, where the
+#: garbage collector may have removed them (it keeps everything pulled
+#: within a day or more, twice this).
+MEMORY_SWEEP_INTERVAL = 6 * 3600.0
+#: Hours during which nothing written is removed by the garbage collector:
+#: blobs and documents of builds in progress.
+GC_GRACE_HOURS = 6.0

@@ -34,6 +34,11 @@ cancelled unless it is writing layers, evaluations and builds take
 :mod:`nixeryd.service.slots` that long steps leave to short ones, and
 permanent failures are answered from memory for a while
 (:mod:`nixeryd.service.negative`).
+
+Every manifest served is marked as pulled (:mod:`nixeryd.service.pulls`),
+and images nobody pulled for a while are forgotten from memory, so that
+the daemon never answers from memory an image the garbage collector
+removed.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ from nixeryd.service.negative import FailureMemory
 from nixeryd.service.slots import NixSlots
 from nixeryd.service.failures import STORAGE_FAILURES
 from nixeryd.service.lru import LRU
+from nixeryd.service.pulls import NotRecorded, PullRecorder, Pulls
 from nixeryd.service.manifestcache import (MANIFEST_FORMAT_VERSION, ManifestCache,
                                            cache_key, storage_failed)
 
@@ -103,6 +109,9 @@ class ImageService(MultiService):
         (see :mod:`nixeryd.service.admission`).
     :param failure_ttl: seconds a permanent failure is answered from
         memory (see :mod:`nixeryd.service.negative`).
+    :param pulls: told of every manifest served; a
+        :class:`~nixeryd.service.pulls.PullRecorder` also has the service
+        forget, now and then, the images nobody pulled meanwhile.
 
     Child services (the thread pools) are added with ``setServiceParent``:
     they start with this service and stop, in reverse order and one after
@@ -120,7 +129,8 @@ class ImageService(MultiService):
                  builds: BuildHistory | None = None,
                  instruments: Instruments = NO_INSTRUMENTS,
                  max_queue: int = defaults.MAX_QUEUE,
-                 failure_ttl: float = defaults.FAILURE_TTL) -> None:
+                 failure_ttl: float = defaults.FAILURE_TTL,
+                 pulls: Pulls | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         #: Records of the builds running and recently ended.
         self.builds = builds if builds is not None else BuildHistory(clock)
@@ -152,6 +162,9 @@ class ImageService(MultiService):
         self._instruments = instruments
         self._cache = ManifestCache(storage, instruments)
         self._tags: LRU[str, set[str]] = LRU(MEMORY_IMAGES)
+        self._pulls: Pulls = pulls if pulls is not None else NotRecorded()
+        if isinstance(pulls, PullRecorder):
+            pulls.on_sweep(self._forget_unpulled)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -211,6 +224,8 @@ class ImageService(MultiService):
         image = self._fresh(self._warm.get((name, tag)))
         if image is None:
             self._warm.pop((name, tag), None)
+            return None
+        self._pulls.pulled(image.docker.digest)
         return image
 
     async def image(self, name: str, tag: str, *, client: str | None = None) -> Image:
@@ -233,6 +248,7 @@ class ImageService(MultiService):
         if recent is not None and image is not None:
             self._remember_tag(name, tag)
             self._warm.put((name, tag), recent)
+            self._pulls.pulled(image.docker.digest)
             return image
         self._recent.pop(memo_key, None)
         failed = self._failures.recall(memo_key)
@@ -244,6 +260,7 @@ class ImageService(MultiService):
         recent = self._recent.get(memo_key)
         if recent is not None:
             self._warm.put((name, tag), recent)
+        self._pulls.pulled(image.docker.digest)
         return image
 
     async def manifest(self, digest: str) -> ManifestDocument:
@@ -254,7 +271,9 @@ class ImageService(MultiService):
         :raises ManifestUnknown: when there is no such manifest.
         :raises Unavailable: when storage cannot be used now.
         """
-        return await self._cache.manifest(digest)
+        document = await self._cache.manifest(digest)
+        self._pulls.pulled(digest)
+        return document
 
     async def blob(self, digest: str) -> LocalBlob | RedirectBlob:
         """
@@ -273,6 +292,27 @@ class ImageService(MultiService):
         """The tags known for ``name``: ``latest`` and every tag served."""
         parse_image_name(name)
         return sorted(self._tags.get(name, set()) | {"latest"})
+
+    def _forget_unpulled(self, pulled: set[str]) -> None:
+        """
+        Forget from memory the images and manifests whose digests are not
+        in ``pulled`` (nobody pulled them since the last time): their next
+        pull looks in storage, where the garbage collector may have
+        removed them.
+        """
+        kept = set(pulled)
+        forgotten = 0
+        for memory in (self._warm, self._recent):
+            for key, (image, _) in list(memory.items()):
+                if image.docker.digest in pulled or image.oci.digest in pulled:
+                    kept.update((image.docker.digest, image.oci.digest))
+                else:
+                    del memory[key]
+                    forgotten += 1
+        manifests = self._cache.forget_except(kept)
+        if forgotten or manifests:
+            self.log.info("Forgot from memory {count} images and {manifests} manifests"
+                          " nobody pulled lately", count=forgotten, manifests=manifests)
 
     def _fresh(self, entry: _Entry | None) -> Image | None:
         """The image of a memory entry ``(image, expiry)`` unless it expired."""

@@ -71,6 +71,13 @@ class ManifestCache:
         for document in (image.docker, image.oci):
             self._manifests.put(document.digest, document)
 
+    def forget_except(self, digests: set[str]) -> int:
+        """Forget from memory the manifests not in ``digests``; how many."""
+        forgotten = [digest for digest in self._manifests if digest not in digests]
+        for digest in forgotten:
+            del self._manifests[digest]
+        return len(forgotten)
+
     async def manifest(self, digest: str) -> ManifestDocument:
         """
         A manifest stored in this registry, by digest.
