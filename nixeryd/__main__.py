@@ -4,7 +4,9 @@ command-line entry points other than the daemon.
 
 ``serve`` runs the registry daemon (see :mod:`nixeryd.app.servecmd`;
 ``twistd nixery`` is the same daemon); ``build`` builds one image into an
-OCI image layout (see :mod:`nixeryd.app.buildcmd`).
+OCI image layout (see :mod:`nixeryd.app.buildcmd`); ``gc`` removes from
+the daemon's storage what is no longer wanted (see
+:mod:`nixeryd.app.gccmd`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import sys
 USAGE = """\
 usage: nixeryd serve [--log-format json|text] [options]
        nixeryd build [options] NAME
-       (run 'nixeryd serve --help' or 'nixeryd build --help' for options)
+       nixeryd gc [--keep-days N] [--grace HOURS] [--dry-run] [options]
+       (run 'nixeryd serve --help', 'nixeryd build --help' or 'nixeryd gc --help'
+       for options)
 """
 
 
@@ -29,7 +33,11 @@ def main(argv: list[str]) -> int:
     if argv[0] == "build":
         from nixeryd.app.buildcmd import main as build_main
         return build_main(argv[1:])
-    sys.stderr.write("nixeryd: unknown command %r (expected 'serve' or 'build')\n" % (argv[0],))
+    if argv[0] == "gc":
+        from nixeryd.app.gccmd import main as gc_main
+        return gc_main(argv[1:])
+    sys.stderr.write("nixeryd: unknown command %r (expected 'serve', 'build' or 'gc')\n"
+                     % (argv[0],))
     return 2
 
 

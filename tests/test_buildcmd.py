@@ -176,7 +176,8 @@ class CommandTests(SynchronousTestCase):
         """An unknown command is one line on stderr and exit code 2."""
         self.assertEqual(nixeryd_main(["serve-all"]), 2)
         self.assertEqual(self.stderr.getvalue(),
-                         "nixeryd: unknown command 'serve-all' (expected 'serve' or 'build')\n")
+                         "nixeryd: unknown command 'serve-all'"
+                         " (expected 'serve', 'build' or 'gc')\n")
 
     def test_build(self) -> None:
         """``build`` runs the build command with the remaining arguments."""

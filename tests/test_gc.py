@@ -321,9 +321,11 @@ class GCTests(SynchronousTestCase):
         """The report says what went, by kind, with bytes; a dry run says "would"."""
         self.world()
         lines = self.collect(dry_run=True).lines(verbose=True)
-        self.assertEqual(lines[0], "2 images kept (pulled or built within 10 days), 2 would be"
-                         " removed; nothing written within the last 6 hours would be")
+        self.assertEqual(lines[0], "would keep 2 images pulled or built within 10 days,"
+                         " would remove 2; nothing written in the last 6 hours would be removed")
         self.assertIn("would remove 2 manifest cache documents (", lines[1])
+        self.assertIn("would remove 0 unreferenced blobs (0 B)", lines)
+        self.assertIn("would remove 1 pull document (106 B)", lines)
         self.assertIn("would remove 2 index entries", lines)
         self.assertTrue(any(line.startswith("would remove layer sha256:") for line in lines))
         real = self.collect().lines()

@@ -47,18 +47,34 @@ from nixeryd.app.settings import (
 
 
 @frozen
-class Config:
+class StorageConfig:
     """
-    Everything the server needs to know, validated.
+    Where images are stored, validated: what the daemon and ``nixeryd gc``
+    share.
 
-    :ivar listen: a Twisted server endpoint string, e.g. ``tcp:8080``.
-    :ivar source: the package source.
     :ivar storage_backend: ``"filesystem"`` or ``"gcs"``.
     :ivar storage_path: the storage directory (filesystem backend).
     :ivar gcs_bucket: the bucket name (gcs backend).
     :ivar google_credentials: path of a service-account JSON file, if set.
     :ivar gcs_endpoint: a GCS emulator's ``http://host:port``, or ``None``
         for Google Cloud Storage itself.
+    """
+
+    storage_backend: str
+    storage_path: Optional[str]
+    gcs_bucket: Optional[str]
+    google_credentials: Optional[str]
+    gcs_endpoint: Optional[str]
+
+
+@frozen
+class Config(StorageConfig):
+    """
+    Everything the server needs to know, validated (the storage's settings
+    are those of :class:`StorageConfig`).
+
+    :ivar listen: a Twisted server endpoint string, e.g. ``tcp:8080``.
+    :ivar source: the package source.
     :ivar nix_timeout: seconds allowed for each Nix step of an image
         (evaluation, then build).
     :ivar popularity_url: a file path or URL of package popularity data.
@@ -83,11 +99,6 @@ class Config:
 
     listen: str
     source: SourceSetting
-    storage_backend: str
-    storage_path: Optional[str]
-    gcs_bucket: Optional[str]
-    google_credentials: Optional[str]
-    gcs_endpoint: Optional[str]
     nix_timeout: float
     popularity_url: Optional[str]
     max_builds: int
@@ -155,6 +166,32 @@ def _check_source(source: SourceSetting) -> None:
                 setting.label(True), source.location))
 
 
+def storage_config_from(options: Mapping[str, object],
+                        environ: Mapping[str, str]) -> StorageConfig:
+    """
+    The storage settings, from options and the environment as
+    :func:`config_from` reads them.
+
+    :raises UsageError: with one line naming the setting to fix.
+    """
+    backend = STORAGE_BACKEND.given(options, environ) or STORAGE_BACKEND.default
+    if backend not in STORAGE_BACKENDS:
+        raise UsageError(
+            "%s must be %s, not %r" % (
+                STORAGE_BACKEND.label(True), " or ".join(STORAGE_BACKENDS), backend))
+    storage_path = STORAGE_PATH.given(options, environ)
+    gcs_bucket = GCS_BUCKET.given(options, environ)
+    if backend == "filesystem" and storage_path is None:
+        raise UsageError(
+            "filesystem storage needs a directory: set STORAGE_PATH (or --storage-path)")
+    if backend == "gcs" and gcs_bucket is None:
+        raise UsageError("gcs storage needs a bucket: set GCS_BUCKET (or --gcs-bucket)")
+    return StorageConfig(
+        storage_backend=backend, storage_path=storage_path, gcs_bucket=gcs_bucket,
+        google_credentials=environ.get("GOOGLE_APPLICATION_CREDENTIALS") or None,
+        gcs_endpoint=_gcs_endpoint(options, environ))
+
+
 def config_from(options: Mapping[str, object], environ: Mapping[str, str]) -> Config:
     """
     Build and validate the configuration.
@@ -169,19 +206,7 @@ def config_from(options: Mapping[str, object], environ: Mapping[str, str]) -> Co
     source = read_source(options, environ)
     _check_source(source)
 
-    backend = STORAGE_BACKEND.given(options, environ) or STORAGE_BACKEND.default
-    if backend not in STORAGE_BACKENDS:
-        raise UsageError(
-            "%s must be %s, not %r" % (
-                STORAGE_BACKEND.label(True), " or ".join(STORAGE_BACKENDS), backend))
-    storage_path = STORAGE_PATH.given(options, environ)
-    gcs_bucket = GCS_BUCKET.given(options, environ)
-    if backend == "filesystem" and storage_path is None:
-        raise UsageError(
-            "filesystem storage needs a directory: set STORAGE_PATH (or --storage-path)")
-    if backend == "gcs" and gcs_bucket is None:
-        raise UsageError("gcs storage needs a bucket: set GCS_BUCKET (or --gcs-bucket)")
-
+    storage = storage_config_from(options, environ)
     nix_timeout = NIX_TIMEOUT.read(options, environ)
     max_builds = MAX_BUILDS.read(options, environ)
     layer_budget = LAYER_BUDGET.read(options, environ)
@@ -191,11 +216,11 @@ def config_from(options: Mapping[str, object], environ: Mapping[str, str]) -> Co
     return Config(
         listen=listen,
         source=source,
-        storage_backend=backend,
-        storage_path=storage_path,
-        gcs_bucket=gcs_bucket,
-        google_credentials=environ.get("GOOGLE_APPLICATION_CREDENTIALS") or None,
-        gcs_endpoint=_gcs_endpoint(options, environ),
+        storage_backend=storage.storage_backend,
+        storage_path=storage.storage_path,
+        gcs_bucket=storage.gcs_bucket,
+        google_credentials=storage.google_credentials,
+        gcs_endpoint=storage.gcs_endpoint,
         nix_timeout=nix_timeout,
         popularity_url=POPULARITY_URL.given(options, environ),
         max_builds=max_builds,

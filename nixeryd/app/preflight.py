@@ -33,7 +33,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from nixeryd.app.config import Config
+from nixeryd.app.config import Config, StorageConfig
 from nixeryd.app.settings import (
     GCS_BUCKET,
     GCS_ENDPOINT,
@@ -220,7 +220,7 @@ async def check_nix(*, reactor: ProcessReactor, env: Mapping[str, str],
 
 # -- the storage ----------------------------------------------------------
 
-def storage_words(config: Config) -> tuple[str, str]:
+def storage_words(config: StorageConfig) -> tuple[str, str]:
     """
     How messages name the configured storage, and what to set when it
     cannot be used.

@@ -9,7 +9,8 @@ its help text and how a value is converted and checked.  The options of
 through them, so both commands describe, check and refuse a setting the
 same way.  The daemon reads the environment as well; the build command
 reads only its command line, and its help and messages then name no
-variable.
+variable.  ``nixeryd gc`` (:mod:`nixeryd.app.gccmd`) reads the daemon's
+storage settings as the daemon does.
 """
 
 from __future__ import annotations
@@ -223,6 +224,20 @@ NIX_OPTION: Setting[Optional[str]] = Setting(
     "nix-option",
     "A Nix setting NAME=VALUE (e.g. substituters= to build offline); repeatable",
     None, str, "NIXERY_NIX_OPTIONS", variable_note=", ';'-separated")
+
+KEEP_DAYS: Setting[Optional[int]] = Setting(
+    "keep-days",
+    "Keep the images pulled or built within this many days and remove the others;"
+    " without it every image is kept and only what nothing references is removed",
+    None, int, check=lambda days: days is not None and days >= 1, unit="days, at least 1")
+GRACE = Setting(
+    "grace", "Hours within which nothing written is removed (what builds in progress write)",
+    defaults.GC_GRACE_HOURS, float,
+    check=lambda hours: math.isfinite(hours) and hours >= 0, unit="hours")
+
+#: Where images are stored: the options the daemon and ``nixeryd gc`` share.
+STORAGE_SETTINGS: tuple[Setting[Any], ...] = (
+    STORAGE_BACKEND, STORAGE_PATH, GCS_BUCKET, GCS_ENDPOINT)
 
 #: The package sources, as ``(kind, setting)`` in the order they are
 #: chosen; the kinds are the keyword arguments of

@@ -15,20 +15,20 @@ from typing import Callable
 
 from twisted.internet.interfaces import IReactorTCP
 
-from nixeryd.app.config import Config
+from nixeryd.app.config import StorageConfig
 from nixeryd.app.preflight import EXIT_USAGE, StartupFailed, storage_words
 from nixeryd.core.threads import Runner
 from nixeryd.storage.interface import IStorage
 
 
-def unusable(config: Config, error: BaseException) -> StartupFailed:
+def unusable(config: StorageConfig, error: BaseException) -> StartupFailed:
     """The start-up failure of a storage that could not be made."""
     what, fix = storage_words(config)
     reason = " ".join((str(error) or type(error).__name__).split())
     return StartupFailed("%s cannot be used: %s; %s" % (what, reason, fix))
 
 
-def storage_maker(config: Config, reactor: IReactorTCP) -> Callable[[Runner], IStorage]:
+def storage_maker(config: StorageConfig, reactor: IReactorTCP) -> Callable[[Runner], IStorage]:
     """
     The call making the configured storage from the runner of its blocking
     calls.  The call may block: a filesystem storage creates its
@@ -69,7 +69,7 @@ def storage_maker(config: Config, reactor: IReactorTCP) -> Callable[[Runner], IS
     return filesystem_storage
 
 
-def make_storage(config: Config, reactor: IReactorTCP, runner: Runner) -> IStorage:
+def make_storage(config: StorageConfig, reactor: IReactorTCP, runner: Runner) -> IStorage:
     """
     The configured storage, made now (blocking: call it before the reactor
     runs, or in a thread).
@@ -88,7 +88,7 @@ def make_storage(config: Config, reactor: IReactorTCP, runner: Runner) -> IStora
         raise
 
 
-async def open_storage(config: Config, reactor: IReactorTCP, runner: Runner) -> IStorage:
+async def open_storage(config: StorageConfig, reactor: IReactorTCP, runner: Runner) -> IStorage:
     """
     The configured storage, made in ``runner``'s thread and checked to
     answer (a GCS bucket is asked for); the caller closes it.

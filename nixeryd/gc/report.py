@@ -10,15 +10,15 @@ from attrs import Factory, define
 from nixeryd.build.progress import human_size
 from nixeryd.gc.references import CONFIG, LAYER, MANIFEST, OTHER
 
-#: How the kinds are named in the text, in its order.
+#: How the kinds are named in the text (one, many), in its order.
 KIND_NAMES = (
-    ("manifest document", "manifest cache documents"),
-    ("pull document", "pull documents"),
-    ("layer document", "layer cache documents"),
-    (MANIFEST, "manifests"),
-    (CONFIG, "configs"),
-    (LAYER, "layers"),
-    (OTHER, "blobs nothing names"),
+    ("manifest document", "manifest cache document", "manifest cache documents"),
+    ("pull document", "pull document", "pull documents"),
+    ("layer document", "layer cache document", "layer cache documents"),
+    (MANIFEST, "manifest", "manifests"),
+    (CONFIG, "config", "configs"),
+    (LAYER, "layer", "layers"),
+    (OTHER, "unreferenced blob", "unreferenced blobs"),
 )
 #: The kinds that are blobs.
 BLOB_KINDS = (MANIFEST, CONFIG, LAYER, OTHER)
@@ -81,26 +81,35 @@ class Report:
 
     def lines(self, verbose: bool = False) -> list[str]:
         """The report for people: a line a kind, then each item if ``verbose``."""
-        removed = "would remove" if self.dry_run else "removed"
-        gone = "would be removed" if self.dry_run else "removed"
+        removed, kept = ("would remove", "would keep") if self.dry_run else ("removed", "kept")
         if self.keep_days is None:
-            images = "%d images kept (no retention given)" % (self.images_kept,)
+            images = "%s %s (no --keep-days given)" % (kept, _count(self.images_kept, "image"))
         else:
-            images = "%d images kept (pulled or built within %g days), %d %s" % (
-                self.images_kept, self.keep_days, self.images_removed, gone)
-        lines = ["%s; nothing written within the last %g hours %s" % (
-            images, self.grace_hours, "would be" if self.dry_run else "is")]
-        for kind, name in KIND_NAMES:
+            images = "%s %s pulled or built within %g days, %s %d" % (
+                kept, _count(self.images_kept, "image"), self.keep_days, removed,
+                self.images_removed)
+        lines = ["%s; nothing written in the last %g hour%s %s" % (
+            images, self.grace_hours, "" if self.grace_hours == 1 else "s",
+            "would be removed" if self.dry_run else "was removed")]
+        for kind, one, many in KIND_NAMES:
             tally = self.removed.get(kind, Tally())
-            lines.append("%s %d %s (%s)" % (removed, tally.count, name, human_size(tally.size)))
-        lines.append("%s %d index entries" % (removed, self.index_entries))
+            lines.append("%s %s (%s)" % (removed, _count(tally.count, one, many),
+                                         human_size(tally.size)))
+        lines.append("%s %s" % (removed, _count(self.index_entries, "index entry",
+                                                "index entries")))
         total = self.blobs_removed()
-        lines.append("%s %s in %d blobs; kept %s in %d blobs" % (
-            removed, human_size(total.size), total.count, human_size(self.blobs_kept.size),
-            self.blobs_kept.count))
+        lines.append("%s %s in %s; %s %s in %s" % (
+            removed, human_size(total.size), _count(total.count, "blob"), kept,
+            human_size(self.blobs_kept.size), _count(self.blobs_kept.count, "blob")))
         if self.changed:
-            lines.append("kept %d entries written again during the pass" % (self.changed,))
+            lines.append("%s %s written again during the pass" % (
+                kept, _count(self.changed, "entry", "entries")))
         if verbose:
             lines.extend("%s %s %s (%s)" % (removed, kind, name, human_size(size))
                          for kind, name, size in self.items)
         return lines
+
+
+def _count(number: int, one: str, many: str | None = None) -> str:
+    """``1 image``, ``2 images``."""
+    return "%d %s" % (number, one if number == 1 else (many or one + "s"))

@@ -1,0 +1,178 @@
+"""
+``nixeryd gc``: remove from the daemon's storage the images nobody pulled
+lately and every blob nothing references.
+
+It reads the daemon's storage settings, options and environment variables
+alike (``NIXERY_STORAGE_BACKEND``, ``STORAGE_PATH``, ``GCS_BUCKET``,
+``STORAGE_EMULATOR_HOST``, ``GOOGLE_APPLICATION_CREDENTIALS``: the
+definitions of :mod:`nixeryd.app.settings`), opens the storage as the
+daemon does (:mod:`nixeryd.app.storages`), makes one pass
+(:class:`~nixeryd.gc.collector.Collector`) and prints what it removed, by
+kind, with the bytes; with ``--dry-run``, what it would remove.  It may
+run while daemons build on the same storage: nothing written within the
+grace period (``--grace``, hours) is removed.
+
+Exit codes: 0 done, 2 usage error, 1 a storage that cannot be used or a
+pass that failed (nothing is removed after the failure).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Mapping, Optional, Sequence, TextIO
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTCP, IReactorThreads, IReactorTime
+from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
+                            globalLogBeginner)
+from twisted.python import usage
+from twisted.python.usage import UsageError
+
+from nixeryd.app.config import StorageConfig, storage_config_from
+from nixeryd.app.settings import GRACE, KEEP_DAYS, STORAGE_SETTINGS, ImageOptions, parameters
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: Threads for the storage's calls.
+GC_THREADS = 4
+
+
+@frozen
+class GCRequest:
+    """
+    One checked ``nixeryd gc`` command line.
+
+    :ivar storage: the storage to collect.
+    :ivar keep_days: the retention in days, or ``None`` to keep every image.
+    :ivar grace_hours: nothing written within this many hours is removed.
+    :ivar dry_run: remove nothing, say what would be removed.
+    :ivar verbose: also name everything removed.
+    """
+
+    storage: StorageConfig
+    keep_days: Optional[int]
+    grace_hours: float
+    dry_run: bool
+    verbose: bool
+
+
+class GCOptions(usage.Options):
+    """The options of ``nixeryd gc``; the checked result is :attr:`request`."""
+
+    synopsis = "Usage: nixeryd gc [--keep-days N] [--grace HOURS] [--dry-run] [options]"
+    longdesc = ("Remove from the storage the images not pulled (nor built) within"
+                " --keep-days, and every blob no image references, except what was"
+                " written within --grace hours; print what was removed. The storage"
+                " is the daemon's, from the same options and environment variables."
+                " Exit codes: 0 done, 2 usage error, 1 storage unusable or pass failed.")
+
+    optFlags = [["dry-run", None, "Remove nothing; print what would be removed."],
+                ["verbose", "v", "Also name every blob and document removed."]]
+    optParameters = parameters(STORAGE_SETTINGS, variables=True) + parameters(
+        (KEEP_DAYS, GRACE), variables=True)
+
+    request: GCRequest
+
+    opt_version = ImageOptions.opt_version
+
+    def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
+
+    def postOptions(self) -> None:
+        """Check every option, as the daemon checks its own."""
+        keep_days = KEEP_DAYS.read(self, self._environ)
+        grace_hours = GRACE.read(self, self._environ)
+        self.request = GCRequest(
+            storage=storage_config_from(self, self._environ), keep_days=keep_days,
+            grace_hours=grace_hours, dry_run=bool(self["dry-run"]),
+            verbose=bool(self["verbose"]))
+
+
+def parse(argv: Sequence[str], environ: Optional[Mapping[str, str]] = None) -> GCRequest:
+    """
+    The checked command line.
+
+    :raises UsageError: one line saying what is wrong.
+    :raises SystemExit: for ``--help``, once printed.
+    """
+    options = GCOptions(environ)
+    options.parseOptions(list(argv))  # type: ignore[no-untyped-call]
+    return options.request
+
+
+async def collect(reactor: object, request: GCRequest, out: TextIO) -> int:
+    """
+    Open the storage, make one pass and print its report; the exit code.
+
+    :param reactor: the running reactor: threads, TCP (GCS) and time.
+    """
+    from nixeryd.app.preflight import StartupFailed
+    from nixeryd.app.storages import open_storage, unusable
+    from nixeryd.core.threads import ThreadPoolService
+    from nixeryd.gc.collector import Collector
+
+    pool = ThreadPoolService(IReactorThreads(reactor), GC_THREADS, name="nixeryd-gc")
+    pool.startService()
+    try:
+        path = request.storage.storage_path
+        if request.storage.storage_backend == "filesystem" and path is not None and not (
+                await pool.run(os.path.isdir, path)):
+            sys.stderr.write("nixeryd gc: STORAGE_PATH %s is not a directory: no storage"
+                             " to collect\n" % (path,))
+            return EXIT_FAILED
+        try:
+            storage = await open_storage(request.storage, IReactorTCP(reactor), pool)
+        except Exception as e:
+            failed = e if isinstance(e, StartupFailed) else unusable(request.storage, e)
+            sys.stderr.write("nixeryd gc: %s\n" % (" ".join(failed.message.split()),))
+            return failed.exit_code
+        try:
+            collector = Collector(storage, IReactorTime(reactor).seconds,
+                                  keep_days=request.keep_days,
+                                  grace=request.grace_hours * 3600,
+                                  dry_run=request.dry_run)
+            report = await collector.collect()
+        except Exception as e:
+            sys.stderr.write("nixeryd gc: the pass failed: %s\n"
+                             % (" ".join((str(e) or type(e).__name__).split()),))
+            return EXIT_FAILED
+        finally:
+            await storage.close()
+    finally:
+        await pool.stopService()
+    for line in report.lines(verbose=request.verbose):
+        out.write(line + "\n")
+    out.flush()
+    return EXIT_OK
+
+
+def main(argv: Sequence[str]) -> int:
+    """``nixeryd gc``: one pass; returns the exit code."""
+    try:
+        request = parse(argv)
+    except UsageError as e:
+        sys.stderr.write("nixeryd gc: %s\n" % (e,))
+        return EXIT_USAGE
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_OK
+    from twisted.internet import task
+
+    from nixeryd.app.logs import TextLinesObserver
+
+    globalLogBeginner.beginLoggingTo([FilteringLogObserver(
+        TextLinesObserver(sys.stderr),
+        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)])],
+        redirectStandardIO=False)
+    result: list[int] = []
+
+    async def run(reactor: object) -> None:
+        result.append(await collect(reactor, request, sys.stdout))
+
+    try:
+        task.react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return int(e.code) if isinstance(e.code, int) else EXIT_FAILED
+    return result[0] if result else EXIT_FAILED
