@@ -113,6 +113,13 @@ class BuildFailureTests(SynchronousTestCase):
         unknown = build_failure(ProcessTimedOut(BUILD, 30, ()), 30, "slow", {})
         self.assertEqual(unknown.message, "the build of image slow timed out after"
                          " 30 seconds (NIX_TIMEOUT sets the limit)")
+        # Nix had not yet said which builder it started: the image's own
+        # packages were being built.
+        early = build_failure(ProcessTimedOut(BUILD, 30, ()), 30, "slow", {DRV: "slow"})
+        assert isinstance(early, BuildTimedOut)
+        self.assertEqual(early.message, "the build of package slow timed out after"
+                         " 30 seconds (NIX_TIMEOUT sets the limit)")
+        self.assertEqual(early.package, "slow")
 
     def test_closure_failure(self) -> None:
         """The closure report's failures and timeouts."""
@@ -180,8 +187,33 @@ class UnavailableTests(SynchronousTestCase):
         self.assertEqual(error.message, "Nix is unavailable on the registry"
                          " (nix-build cannot be run); try again later")
 
+    def test_downloads(self) -> None:
+        """A download failing for the network or the server is transient."""
+        for line in (
+                "error: unable to download 'https://github.com/NixOS/nixpkgs/archive/"
+                "nixos-unstable.tar.gz': Couldn't resolve host name (6)",
+                "error: unable to download 'https://user:secret@git.example/x.tar.gz':"
+                " HTTP error 503",
+                "curl: (7) Failed to connect to cache.example port 443: Connection refused",
+                "fatal: unable to access 'https://git.example/pkgs.git/': Could not"
+                " resolve host: git.example",
+                "error: some substitutes for the outputs of derivation '%s' failed"
+                " (usually happens due to networking issues); try '--fallback'" % (DRV,)):
+            with self.subTest(line=line):
+                error = nix_unavailable(failed("building", line))
+                assert error is not None
+                self.assertEqual((error.status, error.code, error.retry_after),
+                                 (503, "UNAVAILABLE", 10))
+                self.assertTrue(error.message.startswith("a download for the image failed"))
+                self.assertTrue(error.message.endswith("; try again later"))
+                self.assertNotIn("secret", error.message)
+
     def test_other_failures(self) -> None:
         """A build failure, or a builder exiting 127, is not unavailability."""
         self.assertIsNone(nix_unavailable(failed(
             "error: builder for '%s' failed with exit code 127" % (DRV,))))
         self.assertIsNone(nix_unavailable(failed("cannot run x", exit_code=1)))
+        self.assertIsNone(nix_unavailable(failed(
+            "error: HTTP error 404 for https://git.example/x.tar.gz")))
+        self.assertIsNone(nix_unavailable(failed(
+            "error: attribute 'nope' missing")))

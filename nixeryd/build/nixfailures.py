@@ -10,8 +10,11 @@ says what happened:
   (a package that throws, a failed builder, a package set that does not
   evaluate, a step past ``NIX_TIMEOUT``) is a
   :class:`~nixeryd.core.errors.BuildFailed`;
-- Nix itself being unavailable (no daemon to connect to, no Nix program)
-  is a transient :class:`~nixeryd.core.errors.Unavailable`.
+- Nix itself being unavailable (no daemon to connect to, no Nix program),
+  or a download failing (the package set's archive, a substitute from a
+  binary cache, a fixed-output fetch) is a transient
+  :class:`~nixeryd.core.errors.Unavailable`: the same request can succeed
+  once the network or the server is back, so it is never remembered.
 
 Pure: it reads log lines and process outcomes, nothing else.
 """
@@ -40,6 +43,21 @@ _DAEMON_UNAVAILABLE = re.compile(
     r"cannot connect to (?:socket|daemon) at"
     r"|cannot open connection to remote store"
     r"|Nix daemon disconnected unexpectedly")
+
+#: How Nix (and the fetchers it runs) say that a download failed for a
+#: reason of the network or of the server, not of the package: curl's
+#: words for an unresolvable host, a refused or timed-out connection, a
+#: server error; git's "unable to access"; and Nix's own summary when
+#: substitutes could not be fetched.
+_DOWNLOAD_FAILED = re.compile(
+    r"unable to download '"
+    r"|Could(?:n't| not) resolve host"
+    r"|Failed to connect to"
+    r"|Connection timed out"
+    r"|Network is unreachable"
+    r"|HTTP error 5\d\d"
+    r"|fatal: unable to access '"
+    r"|failed \(usually happens due to networking issues\)")
 
 #: What the child wrapper of :mod:`nixeryd.build.process` writes when the
 #: program cannot be started, with exit status 127.
@@ -79,8 +97,9 @@ def packages_subject(packages: Sequence[str], image: str | None) -> str:
 def nix_unavailable(failure: ProcessFailed) -> Unavailable | None:
     """
     The transient error for a Nix call that failed because Nix could not
-    work at all: the program is missing, or the daemon cannot be reached.
-    ``None`` for every other failure.
+    work at all (the program is missing, the daemon cannot be reached) or
+    a download failed for a reason of the network or the server.  ``None``
+    for every other failure.
     """
     if failure.exit_code == 127 and any(
             line.startswith(_CANNOT_RUN) for line in failure.tail):
@@ -90,6 +109,10 @@ def nix_unavailable(failure: ProcessFailed) -> Unavailable | None:
     if any(_DAEMON_UNAVAILABLE.search(line) for line in failure.tail):
         return Unavailable("the Nix daemon is unavailable; try again later",
                            log_tail=failure.tail)
+    if any(_DOWNLOAD_FAILED.search(line) for line in failure.tail):
+        cause = first_error_message(failure.tail)
+        return Unavailable("a download for the image failed%s; try again later" % (
+            " (%s)" % (cause,) if cause else ""), log_tail=failure.tail)
     return None
 
 
@@ -189,4 +212,10 @@ def _build_timeout(failure: ProcessTimedOut, timeout: float, image: str | None,
         name = store_path_name(building)[:-len(".drv")]
         return BuildTimedOut("build", timeout, "%s (building %s)" % (
             image_subject(image), name), name, failure.tail)
+    if requested:
+        # The builder's start was not in the log before the deadline: the
+        # image's own packages are what was being built.
+        packages = sorted(set(requested.values()))
+        return BuildTimedOut("build", timeout, packages_subject(packages, image),
+                             packages[0] if len(packages) == 1 else None, failure.tail)
     return BuildTimedOut("build", timeout, image_subject(image), None, failure.tail)
