@@ -73,12 +73,13 @@ class BuildFailureTests(SynchronousTestCase):
                          " shell/failing failed (builder exited with status 2)")
 
     def test_signal(self) -> None:
-        """A builder killed by a signal says so."""
-        error = build_failure(failed(
-            "error: builder for '%s' failed due to signal 9 (Killed)" % (DRV,)),
-            600, "failing", {DRV: "failing"})
+        """A builder killed by a signal says so (permanent unless ``SIGKILL``)."""
+        tail = ("error: builder for '%s' failed due to signal 11 (Segmentation fault)"
+                % (DRV,),)
+        self.assertIsNone(nix_unavailable(failed(*tail)))
+        error = build_failure(failed(*tail), 600, "failing", {DRV: "failing"})
         self.assertEqual(error.message, "the build of package failing failed"
-                         " (builder was killed by signal 9)")
+                         " (builder was killed by signal 11)")
 
     def test_dependency(self) -> None:
         """A dependency's builder is named by its derivation name."""
@@ -208,6 +209,48 @@ class UnavailableTests(SynchronousTestCase):
                 self.assertTrue(error.message.endswith("; try again later"))
                 self.assertNotIn("secret", error.message)
 
+    def test_builder_killed(self) -> None:
+        """
+        A builder killed by ``SIGKILL`` (the out-of-memory killer) is
+        transient, in every Nix wording, and names the derivation.
+        """
+        for line in ("error: builder for '%s' failed due to signal 9 (Killed)" % (DEP,),
+                     "error: builder for '%s' failed due to signal 9 (Killed);" % (DEP,),
+                     "builder for '%s' failed due to signal 9" % (DEP,)):
+            with self.subTest(line=line):
+                error = nix_unavailable(failed("building '%s'..." % (DEP,), line))
+                assert error is not None
+                self.assertEqual((error.status, error.code, error.retry_after),
+                                 (503, "UNAVAILABLE", 10))
+                self.assertEqual(error.message, "the builder of libfoo-1.0 was killed"
+                                 " (signal 9: out of memory on the registry?);"
+                                 " try again later")
+                self.assertIn(line, error.log_tail)
+
+    def test_nix_killed(self) -> None:
+        """Nix itself killed by ``SIGKILL`` is transient; by its timeout it is not."""
+        error = nix_unavailable(ProcessFailed(BUILD, None, 9, ("evaluating",)))
+        assert error is not None
+        self.assertEqual(error.message, "nix-build was killed (signal 9: out of memory"
+                         " on the registry?); try again later")
+        self.assertIsNone(nix_unavailable(ProcessFailed(BUILD, None, 15, ())))
+        self.assertIsNone(nix_unavailable(ProcessTimedOut(BUILD, 30, ())))
+
+    def test_disk_full(self) -> None:
+        """A full Nix store, temporary directory or quota is transient."""
+        for line in ("error: writing to file: No space left on device",
+                     "error: creating directory '/tmp/nix-build-x.drv-0': No space"
+                     " left on device",
+                     "cp: error writing 'out/lib/libfoo.so': No space left on device",
+                     "error: writing to file: Disk quota exceeded"):
+            with self.subTest(line=line):
+                error = nix_unavailable(failed(
+                    line, "error: builder for '%s' failed with exit code 1" % (DRV,)))
+                assert error is not None
+                self.assertEqual((error.status, error.code), (503, "UNAVAILABLE"))
+                self.assertEqual(error.message, "the registry is out of disk space for"
+                                 " Nix builds; try again later")
+
     def test_other_failures(self) -> None:
         """A build failure, or a builder exiting 127, is not unavailability."""
         self.assertIsNone(nix_unavailable(failed(
@@ -217,3 +260,7 @@ class UnavailableTests(SynchronousTestCase):
             "error: HTTP error 404 for https://git.example/x.tar.gz")))
         self.assertIsNone(nix_unavailable(failed(
             "error: attribute 'nope' missing")))
+        self.assertIsNone(nix_unavailable(failed(
+            "error: builder for '%s' failed with exit code 137" % (DRV,))))
+        self.assertIsNone(nix_unavailable(failed(
+            "error: builder for '%s' failed due to signal 15 (Terminated)" % (DRV,))))

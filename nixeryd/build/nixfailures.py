@@ -11,10 +11,15 @@ says what happened:
   evaluate, a step past ``NIX_TIMEOUT``) is a
   :class:`~nixeryd.core.errors.BuildFailed`;
 - Nix itself being unavailable (no daemon to connect to, no Nix program),
-  or a download failing (the package set's archive, a substitute from a
-  binary cache, a fixed-output fetch) is a transient
-  :class:`~nixeryd.core.errors.Unavailable`: the same request can succeed
-  once the network or the server is back, so it is never remembered.
+  a download failing (the package set's archive, a substitute from a
+  binary cache, a fixed-output fetch), a builder or Nix itself killed by
+  ``SIGKILL`` (most likely the kernel's out-of-memory killer, while other
+  builds held the memory) or a disk full (the Nix store or the builders'
+  temporary directory: ``No space left on device``, or a quota) is a
+  transient :class:`~nixeryd.core.errors.Unavailable`: the same request
+  can succeed once the network, the server, the memory or the disk is
+  back, so it is never remembered.  A builder that exits with a status,
+  or is killed by another signal, stays a permanent failure.
 
 Pure: it reads log lines and process outcomes, nothing else.
 """
@@ -22,6 +27,7 @@ Pure: it reads log lines and process outcomes, nothing else.
 from __future__ import annotations
 
 import re
+import signal
 from typing import Mapping, Sequence
 
 from nixeryd.build.closure import store_path_name
@@ -58,6 +64,15 @@ _DOWNLOAD_FAILED = re.compile(
     r"|HTTP error 5\d\d"
     r"|fatal: unable to access '"
     r"|failed \(usually happens due to networking issues\)")
+
+#: How Nix says a builder was killed by ``SIGKILL``: nothing in a build
+#: sends it, the kernel's out-of-memory killer does.
+_BUILDER_KILLED = re.compile(
+    r"builder for '(/nix/store/[^']+\.drv)' failed due to signal 9\b")
+
+#: How a full disk (or an exhausted quota) shows in any line, Nix's own
+#: (``error: writing to file: No space left on device``) or a builder's.
+_DISK_FULL = re.compile(r"No space left on device|Disk quota exceeded")
 
 #: What the child wrapper of :mod:`nixeryd.build.process` writes when the
 #: program cannot be started, with exit status 127.
@@ -98,8 +113,9 @@ def nix_unavailable(failure: ProcessFailed) -> Unavailable | None:
     """
     The transient error for a Nix call that failed because Nix could not
     work at all (the program is missing, the daemon cannot be reached) or
-    a download failed for a reason of the network or the server.  ``None``
-    for every other failure.
+    a download failed for a reason of the network or the server, or the
+    registry ran out of memory (a builder, or Nix itself, killed by
+    ``SIGKILL``) or of disk space.  ``None`` for every other failure.
     """
     if failure.exit_code == 127 and any(
             line.startswith(_CANNOT_RUN) for line in failure.tail):
@@ -113,6 +129,20 @@ def nix_unavailable(failure: ProcessFailed) -> Unavailable | None:
         cause = first_error_message(failure.tail)
         return Unavailable("a download for the image failed%s; try again later" % (
             " (%s)" % (cause,) if cause else ""), log_tail=failure.tail)
+    if any(_DISK_FULL.search(line) for line in failure.tail):
+        return Unavailable("the registry is out of disk space for Nix builds;"
+                           " try again later", log_tail=failure.tail)
+    for line in failure.tail:
+        match = _BUILDER_KILLED.search(line)
+        if match is not None:
+            name = store_path_name(match.group(1))[:-len(".drv")]
+            return Unavailable("the builder of %s was killed (signal 9: out of"
+                               " memory on the registry?); try again later" % (name,),
+                               log_tail=failure.tail)
+    if failure.signal == signal.SIGKILL and not isinstance(failure, ProcessTimedOut):
+        return Unavailable("%s was killed (signal 9: out of memory on the registry?);"
+                           " try again later" % (failure.program,),
+                           log_tail=failure.tail)
     return None
 
 
