@@ -270,6 +270,8 @@ in
         CacheDirectory = "nixeryd";
         Restart = "on-failure";
         RestartSec = "2s";
+        # Exit code 2 is a configuration error: it does not heal by restarting.
+        RestartPreventExitStatus = 2;
         TimeoutStopSec = "30s";
         # Descriptors for many concurrent clients and open blob files: the
         # daemon raises its soft limit to this and allows 32624 connections.

@@ -150,6 +150,18 @@ class StorageTests(SynchronousTestCase):
         error = self.assertRaises(UsageError, build, NIXERY_STORAGE_BACKEND="gcs")
         self.assertIn("GCS_BUCKET", str(error))
 
+    def test_gcs_needs_key_or_emulator(self) -> None:
+        """
+        Real Cloud Storage needs a key file; an emulator alone is enough.
+        """
+        error = self.assertRaises(UsageError, build, NIXERY_STORAGE_BACKEND="gcs",
+                                  GCS_BUCKET="b")
+        self.assertIn("GOOGLE_APPLICATION_CREDENTIALS", str(error))
+        config = build(NIXERY_STORAGE_BACKEND="gcs", GCS_BUCKET="b",
+                       STORAGE_EMULATOR_HOST="127.0.0.1:9023")
+        self.assertEqual((config.google_credentials, config.gcs_endpoint),
+                         (None, "http://127.0.0.1:9023"))
+
     def test_unknown_backend(self) -> None:
         """Backends other than filesystem and gcs are refused."""
         self.assertRaises(UsageError, build, {"storage-backend": "s3"})

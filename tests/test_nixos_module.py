@@ -127,6 +127,9 @@ class NixOSModuleTests(SynchronousTestCase):
         self.assertEqual(unit["User"], "nixeryd")
         self.assertEqual(unit["StateDirectory"], "nixeryd")
         self.assertEqual(unit["CacheDirectory"], "nixeryd")
+        # A configuration error (exit code 2) does not heal by restarting.
+        self.assertEqual((unit["Restart"], unit["RestartPreventExitStatus"]),
+                         ("on-failure", 2))
         self.assertTrue(all(a["assertion"] for a in config["assertions"]))
         self.assertTrue(config["users"]["users"]["nixeryd"]["isSystemUser"])
         self.assertEqual(config["ports"], [])

@@ -150,6 +150,17 @@ class StartupFailuresEndToEnd(SynchronousTestCase):
             with self.subTest(args=args):
                 self.assertFails(self.serve("--pkgs-path", PACKAGE_SET, *args), 2, expected)
 
+    def test_gcs_without_key(self) -> None:
+        """
+        GCS storage with neither a key file nor an emulator is a
+        configuration error (exit code 2, which the systemd unit does not
+        restart), not a failed check.
+        """
+        result = self.serve("--pkgs-path", PACKAGE_SET, "--storage-backend", "gcs",
+                            "--gcs-bucket", "b", storage=False)
+        self.assertFails(result, 2, "GCS storage needs a service account key file",
+                         "GOOGLE_APPLICATION_CREDENTIALS")
+
     def test_usage_error_before_checks(self) -> None:
         """A missing setting is reported before any check runs (nothing is started)."""
         result = self.serve(storage=False)

@@ -13,6 +13,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from nixeryd.app.preflight import EXIT_USAGE
 from nixeryd.core.defaults import MAX_CONNECTIONS_PER_CLIENT
 from nixeryd.registry.connections import connections_for_descriptors
 
@@ -121,6 +122,19 @@ class SystemdUnitTests(SynchronousTestCase):
         self.assertIn("allows %d connections" % (carried,), comment)
         with open(os.path.join(ROOT, "nix", "module.nix")) as f:
             self.assertIn("LimitNOFILE = %d;" % (descriptors,), f.read())
+
+    def test_configuration_errors_not_restarted(self) -> None:
+        """
+        A configuration error (exit code 2) is not restarted, with a
+        comment saying why, and the NixOS module does the same.
+        """
+        self.assertEqual(service_section()["Restart"], ["on-failure"])
+        self.assertEqual(service_section()["RestartPreventExitStatus"], [str(EXIT_USAGE)])
+        lines = read_unit().splitlines()
+        at = lines.index("RestartPreventExitStatus=%d" % (EXIT_USAGE,))
+        self.assertTrue(lines[at - 1].startswith("#"), lines[at - 1])
+        with open(os.path.join(ROOT, "nix", "module.nix")) as f:
+            self.assertIn("RestartPreventExitStatus = %d;" % (EXIT_USAGE,), f.read())
 
     def test_parses_as_ini(self) -> None:
         """Sections are well-formed (a sanity check beside systemd's own)."""

@@ -186,10 +186,18 @@ def storage_config_from(options: Mapping[str, object],
             "filesystem storage needs a directory: set STORAGE_PATH (or --storage-path)")
     if backend == "gcs" and gcs_bucket is None:
         raise UsageError("gcs storage needs a bucket: set GCS_BUCKET (or --gcs-bucket)")
+    credentials = environ.get("GOOGLE_APPLICATION_CREDENTIALS") or None
+    endpoint = _gcs_endpoint(options, environ)
+    if backend == "gcs" and credentials is None and endpoint is None:
+        # Real Cloud Storage is reached with tokens from a key; only an
+        # emulator is used without one.
+        raise UsageError(
+            "GCS storage needs a service account key file: set"
+            " GOOGLE_APPLICATION_CREDENTIALS to its path (or STORAGE_EMULATOR_HOST"
+            " or --gcs-endpoint to an emulator)")
     return StorageConfig(
         storage_backend=backend, storage_path=storage_path, gcs_bucket=gcs_bucket,
-        google_credentials=environ.get("GOOGLE_APPLICATION_CREDENTIALS") or None,
-        gcs_endpoint=_gcs_endpoint(options, environ))
+        google_credentials=credentials, gcs_endpoint=endpoint)
 
 
 def config_from(options: Mapping[str, object], environ: Mapping[str, str]) -> Config:
