@@ -176,6 +176,29 @@ class BuildTests(ImageFixture):
         self.assertEqual(len(shared), 2)
         self.assertFalse(shared & new_blobs)
 
+    def test_reused_layer_refreshed(self) -> None:
+        """
+        A reused layer counts as written again: it has a new time and
+        version, so a garbage-collection removal guarded by the version
+        listed before the build leaves it.
+        """
+        first = self.build("toola")
+        for layer in first.layers:
+            self.storage.age(layer.digest, 30 * 86400)
+        listed = {blob.digest: blob for blob in self.successResultOf(self.storage.list_blobs())}
+        second = self.build("toolb")
+        shared = {layer.digest for layer in first.layers} & {
+            layer.digest for layer in second.layers}
+        self.assertEqual(len(shared), 2)
+        for digest in shared:
+            written, version = self.storage.written[digest]
+            self.assertNotEqual(version, listed[digest].version)
+            self.assertGreater(written, listed[digest].modified)
+            self.assertFalse(self.successResultOf(
+                self.storage.remove_blob(digest, listed[digest].version)))
+            self.assertIn(digest, self.storage.blobs)
+        self.assertEqual(self.storage.calls["refresh_blob"], 2)
+
     def test_layer_cache_survives_restart(self) -> None:
         """A new builder over the same storage writes no store layer for a known image."""
         first = self.build("toola")

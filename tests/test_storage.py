@@ -157,6 +157,8 @@ class StorageContractMixin(_ContractBase):
             with self.assertRaises(DigestInvalid):
                 await self.storage.blob(digest)
             with self.assertRaises(DigestInvalid):
+                await self.storage.refresh_blob(digest)
+            with self.assertRaises(DigestInvalid):
                 await self.storage.read_small_blob(digest, 10)
             with self.assertRaises(DigestInvalid):
                 await self.storage.store_blob_bytes(b"x", digest)
@@ -254,6 +256,29 @@ class StorageContractMixin(_ContractBase):
         self.assertFalse(await self.storage.remove_blob(digest, listed.version))
         self.assertEqual(await self.storage.read_small_blob(digest, 100), data)
         self.assertTrue(await self.storage.remove_blob(digest, again.version))
+
+    async def test_refreshed_blob_is_not_removed(self) -> None:
+        """
+        A blob refreshed after it was listed (a build reusing it) has a new
+        version and a time no earlier, and a removal guarded by the listed
+        version leaves it; refreshing a missing blob says it is missing.
+        """
+        data = b"reused layer"
+        digest = digest_of(data)
+        self.assertFalse(await self.storage.refresh_blob(digest))
+        self.assertFalse(await self.storage.has_blob(digest))
+        await self.storage.store_blob_bytes(data, digest)
+        [listed] = await self.storage.list_blobs()
+        self.assertTrue(await self.storage.refresh_blob(digest))
+        [again] = await self.storage.list_blobs()
+        self.assertNotEqual(again.version, listed.version)
+        self.assertGreaterEqual(again.modified, listed.modified)
+        self.assertEqual(await self.storage.read_small_blob(digest, 100), data)
+        self.check_guarded_removal()
+        self.assertFalse(await self.storage.remove_blob(digest, listed.version))
+        self.assertEqual(await self.storage.read_small_blob(digest, 100), data)
+        self.assertTrue(await self.storage.remove_blob(digest, again.version))
+        self.assertFalse(await self.storage.refresh_blob(digest))
 
     async def test_remove_blob_invalid_digest(self) -> None:
         """Removal refuses an invalid digest."""

@@ -239,7 +239,9 @@ class ImageBuilder:
                                  ) -> tuple[LayerDescriptor, bool]:
         comment = describe_layer(paths)
         cached = await self._storage.get_document(LAYER_NAMESPACE, key)
-        if cached is not None and await self._storage.has_blob(cached["digest"]):
+        # Reusing a layer counts as writing it: a garbage-collection pass
+        # that listed it before then keeps it (a new version).
+        if cached is not None and await self._storage.refresh_blob(cached["digest"]):
             self._instruments.layer_cache(True)
             return LayerDescriptor(digest=cached["digest"], diff_id=cached["diff_id"],
                                    size=cached["size"], comment=comment), True

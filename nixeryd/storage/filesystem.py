@@ -23,7 +23,8 @@ attributes are needed: media types are known from the documents that
 reference a blob.
 
 A blob's or document's version is its inode and modification time: every
-write is a new file renamed into place.  A removal renames the entry into
+write is a new file renamed into place, and a blob reused is touched
+(:meth:`FilesystemStorage.refresh_blob`).  A removal renames the entry into
 the storage's temporary directory first, then looks at what it took: if
 it is not the version listed (written again meanwhile), it is linked back
 unless a newer one already took its place.  The index is updated by
@@ -37,6 +38,7 @@ import json
 import os
 import secrets
 import tempfile
+import time
 from typing import Any, Collection
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -271,11 +273,42 @@ class FilesystemStorage:
     def _exists(self, digest: str) -> bool:
         return os.path.exists(self._blob_path(digest))
 
+    def _touch(self, digest: str) -> bool | None:
+        """
+        Set the blob's modification time to now (a new version); whether
+        it is there, or ``None`` when it is there but may not be touched
+        (another user's file).
+        """
+        path = self._blob_path(digest)
+        try:
+            before = os.stat(path).st_mtime_ns
+            # Later than the time it had, even within the clock's tick.
+            now = max(time.time_ns(), before + 1)
+            try:
+                os.utime(path, ns=(now, now))
+            except PermissionError:
+                os.utime(path)  # Needs only write access, not ownership.
+        except FileNotFoundError:
+            return False
+        except PermissionError:
+            return None if os.path.exists(path) else False
+        return True
+
     def _write_blob(self, data: bytes, digest: str) -> None:
         self._write_atomically(self._blob_path(digest), data)
 
     def has_blob(self, digest: str) -> Deferred[bool]:
         return self._runner.run(self._exists, digest)
+
+    def refresh_blob(self, digest: str) -> Deferred[bool]:
+        """A new modification time for the blob, set in the pool."""
+        def refreshed(touched: bool | None) -> bool:
+            if touched is None:
+                self.log.warn("Could not refresh the time of blob {digest}, reused:"
+                              " its file is not writable by this user", digest=digest)
+                return True
+            return touched
+        return self._runner.run(self._touch, digest).addCallback(refreshed)
 
     def store_blob_file(self, path: str, digest: str) -> Deferred[None]:
         return self._runner.run(self._move_into_place, path, digest)

@@ -37,6 +37,17 @@ class IStorage(Interface):
     def has_blob(digest: str) -> Deferred[bool]:
         """Deferred firing with whether a complete blob with ``digest`` is stored."""
 
+    def refresh_blob(digest: str) -> Deferred[bool]:
+        """
+        Mark a stored blob as written now, as storing it again would, and
+        fire with whether it is stored.  A caller that reuses a blob it
+        did not write calls this rather than :meth:`has_blob`: the blob
+        then has a new time (within the collector's grace period) and a
+        new version, so a garbage-collection pass that listed it before
+        does not remove it; ``False`` means it was removed already, and
+        must be written again.
+        """
+
     def store_blob_file(path: str, digest: str) -> Deferred[None]:
         """
         Take ownership of the complete file at ``path`` whose content has

@@ -140,6 +140,17 @@ class MemoryStorage:
             return digest in self.blobs
         return self._call("has_blob", work)
 
+    def refresh_blob(self, digest: str) -> Deferred[bool]:
+        """Give a stored blob a new time and version; whether it is stored."""
+        def work() -> bool:
+            check_digest(digest)
+            self._check_failure("refresh_blob")
+            if digest not in self.blobs:
+                return False
+            self._stamp(digest)
+            return True
+        return self._call("refresh_blob", work)
+
     def store_blob_file(self, path: str, digest: str) -> Deferred[None]:
         """Read the file into memory and remove it, whatever happens."""
         def work() -> None:

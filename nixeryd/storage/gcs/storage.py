@@ -23,7 +23,8 @@ and metageneration listed.  A blob stored again while it exists is not
 uploaded again; instead its ``customTime`` is set to now, which is its
 time for the collector's grace period and changes its metageneration (the
 builder stores a blob that exists only when it makes an image again that
-the caches had forgotten).
+the caches had forgotten).  A layer the builder reuses gets the same
+refresh (:meth:`GCSStorage.refresh_blob`).
 """
 
 from __future__ import annotations
@@ -200,6 +201,23 @@ class GCSStorage:
     async def _has_blob(self, digest: str) -> bool:
         return await self.client.metadata(blob_object_name(digest)) is not None
 
+    async def _refresh_blob(self, digest: str) -> bool:
+        """
+        Set the blob's ``customTime`` to now; whether it exists.  Without
+        the permission to update objects, its existence is looked up
+        instead (and the failure logged).
+        """
+        name = blob_object_name(digest)
+        try:
+            await self.client.set_custom_time(name, format_time(self._clock.seconds()))
+            return True
+        except GCSError as e:
+            if e.status == 404:
+                return False
+            self.log.warn("Could not refresh the time of gs://{bucket}/{name}, reused:"
+                          " {error}", bucket=self.bucket, name=name, error=str(e))
+        return await self._has_blob(digest)
+
     async def _blob(self, digest: str) -> LocalBlob | RedirectBlob:
         name = blob_object_name(digest)
         if await self.client.metadata(name) is None:
@@ -292,6 +310,9 @@ class GCSStorage:
 
     def has_blob(self, digest: str) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._has_blob(digest))
+
+    def refresh_blob(self, digest: str) -> Deferred[bool]:
+        return Deferred.fromCoroutine(self._refresh_blob(digest))
 
     def store_blob_file(self, path: str, digest: str) -> Deferred[None]:
         return Deferred.fromCoroutine(self._store_file(path, digest))
