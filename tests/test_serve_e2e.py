@@ -68,6 +68,9 @@ class StartupFailuresEndToEnd(SynchronousTestCase):
         self.assertEqual(
             line, "nixeryd: NIXERY_PKGS_PATH %s does not exist; set NIXERY_PKGS_PATH"
             " (or --pkgs-path) to a package set directory" % (missing,))
+        # The storage the service tree made is closed: no writer's
+        # temporary directory (or its lock) is left behind.
+        self.assertEqual(os.listdir(os.path.join(self.storage, "nixeryd", "tmp")), [])
 
     def test_package_path_is_a_file(self) -> None:
         """A package path that is a file, given by its variable."""

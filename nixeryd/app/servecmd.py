@@ -172,6 +172,7 @@ class Serving:
         self._stderr = stderr
         self._starting: Optional[Deferred[None]] = None
         self._started = False
+        self._closed = False
         #: 0 once stopped after serving, or the failure's code.
         self.exit_code = 0
 
@@ -229,14 +230,25 @@ class Serving:
         IServiceReactor(reactor).stop()
 
     def _stop(self) -> Optional[Deferred[None]]:
-        """Before the reactor stops: cancel the start-up, or stop the tree."""
+        """
+        Before the reactor stops: cancel the start-up, or stop the tree.
+        A tree that never started (a failed or cancelled start-up) still
+        closes its storage, which holds a temporary directory.
+        """
+        from nixeryd.app.wiring import close_unstarted_storages
+
         if self._starting is not None and not self._starting.called:
             self._starting.cancel()
         if self._started:
             self._started = False
             stopped: Deferred[None] = self._top.stopService()  # type: ignore[no-untyped-call]
             return stopped
-        return None
+        if self._closed:
+            return None
+        self._closed = True
+        closed = close_unstarted_storages(self._top)
+        closed.addErrback(lambda f: log.failure("Closing the storage failed", f))
+        return closed
 
 
 def run(options: ServeOptions, stderr: TextIO) -> int:

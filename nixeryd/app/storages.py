@@ -13,12 +13,17 @@ from __future__ import annotations
 
 from typing import Callable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTCP
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from nixeryd.app.config import StorageConfig
 from nixeryd.app.preflight import EXIT_USAGE, StartupFailed, storage_words
 from nixeryd.core.threads import Runner
 from nixeryd.storage.interface import IStorage
+
+log = Logger()
 
 
 def unusable(config: StorageConfig, error: BaseException) -> StartupFailed:
@@ -110,4 +115,27 @@ async def open_storage(config: StorageConfig, reactor: IReactorTCP, runner: Runn
             await storage.close()
             raise
         return storage
-    return await runner.run(make_storage, config, reactor, runner)
+    return await closed_when_abandoned(runner.run(make_storage, config, reactor, runner))
+
+
+def closed_when_abandoned(made: Deferred[IStorage]) -> Deferred[IStorage]:
+    """
+    The storage ``made`` gives, for a waiter that may be cancelled first:
+    a storage made after that (in its thread, which cannot be interrupted)
+    is closed, so that its temporary directory is given back.
+    """
+    waiter: Deferred[IStorage] = Deferred()
+
+    def arrived(storage: IStorage) -> None:
+        if not waiter.called:
+            waiter.callback(storage)
+            return
+        closing = storage.close()
+        closing.addErrback(lambda f: log.failure("Closing an abandoned storage failed", f))
+
+    def failed(failure: Failure) -> None:
+        if not waiter.called:
+            waiter.errback(failure)
+
+    made.addCallbacks(arrived, failed)
+    return waiter

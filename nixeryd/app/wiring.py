@@ -17,7 +17,7 @@ from typing import Awaitable, Callable, Mapping, Optional, Sequence, TypeVar
 from attrs import frozen
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (IListeningPort, IProtocolFactory, IReactorCore,
                                          IReactorProcess, IStreamServerEndpoint,
@@ -255,6 +255,26 @@ def make_image_service(config: Config, reactor: IServiceReactor, pools: ThreadPo
         metrics=monitoring.metrics if monitoring is not None else None,
         keep_builds=config.keep_builds, build_log_lines=config.build_log_lines,
         max_queue=config.max_queue, failure_ttl=config.failure_ttl, record_pulls=True)
+
+
+def close_unstarted_storages(top: Service) -> Deferred[None]:
+    """
+    Close every storage in the service tree under ``top``
+    (:class:`~nixeryd.storage.service.StorageService`), for a tree that
+    never started: a storage holds resources from its construction (a
+    filesystem storage's temporary directory), which stopping the tree
+    would have given back.
+    """
+    closing: list[Deferred[None]] = []
+    services: list[Service] = [top]
+    while services:
+        service = services.pop()
+        if isinstance(service, StorageService):
+            closing.append(service.storage.close())
+        if isinstance(service, MultiService):
+            services.extend(service)
+    done: Deferred[None] = gatherResults(closing).addCallback(lambda _: None)
+    return done
 
 
 class HTTPServerService(StreamServerEndpointService):
