@@ -708,3 +708,72 @@ class EscapedDescendantTests(TestCase):
         # Nothing of ours is their parent any more: poll /proc, briefly.
         self.assertTrue(await wait_until_gone(program))
         self.assertTrue(await wait_until_gone(grandchild))
+
+
+class WithoutPrctlTests(TestCase):
+    """
+    A reaper that cannot call ``prctl`` (switched off through
+    :data:`~nixeryd.build.reaper.NO_PRCTL`, as a seccomp filter or a
+    system other than Linux would refuse it): it says so in one line and
+    ends the step's process group.
+    """
+
+    timeout = 30
+
+    async def test_group_is_ended(self) -> None:
+        """
+        The step still succeeds, its log's first line says what is lost,
+        the switch does not reach the program, and a double-forked
+        descendant left in the group (re-parented away from the reaper,
+        which is no subreaper now) is killed when the program exits.
+        """
+        code = """
+            import os, signal, sys, time
+            if os.fork() == 0:
+                grandchild = os.fork()
+                if grandchild == 0:
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                    os.close(1); os.close(2)
+                    time.sleep(60)
+                    os._exit(0)
+                print(grandchild, flush=True)
+                os._exit(0)
+            os.wait()
+            print(sorted(os.environ), flush=True)
+        """
+        env = dict(ENV, **{reaper.NO_PRCTL: "1"})
+        result = await run_process(reactor, python(code), env=env, timeout=20)
+        self.assertEqual(result.tail[0], "reaper: prctl is unavailable (disabled by"
+                         " NIXERYD_REAPER_NO_PRCTL): the step's process group is"
+                         " ended, not its descendants that leave it, nor the step"
+                         " when the daemon is killed")
+        grandchild, environ = result.stdout.splitlines()
+        self.assertNotIn(reaper.NO_PRCTL.encode(), environ)
+        self.assertIn(b"'PATH'", environ)
+        # Re-parented away from the reaper, the grandchild is not ours to
+        # wait for: poll /proc, briefly.
+        self.assertTrue(await wait_until_gone(int(grandchild)))
+
+    async def test_orphan_in_the_group_is_found(self) -> None:
+        """Without the subreaper, the tree walk adds the members of the group."""
+        started: Deferred[None] = Deferred()
+        code = """
+            import sys, time
+            print("started", file=sys.stderr, flush=True)
+            time.sleep(60)
+        """
+        child = spawn_process(reactor, python(code), env=ENV, timeout=20,
+                              logger=line_logger(lambda line: started.callback(None)))
+        child.result.addErrback(lambda failure: None)
+        self.addCleanup(child.when_ended)
+        self.addCleanup(child.terminate)
+        await started
+        assert child.pid is not None
+        [program] = reaper.descendants(child.pid)
+        # Seen from a process it is not below, only through the group.
+        with open("/proc/sys/kernel/pid_max") as f:
+            elsewhere = int(f.read())  # No process has this id.
+        self.assertNotIn(program, reaper.descendants(elsewhere))
+        self.assertIn(program, reaper.descendants(elsewhere, group=child.pid))
+        self.assertNotIn(child.pid, reaper.descendants(child.pid, group=child.pid))
+

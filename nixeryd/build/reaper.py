@@ -24,6 +24,14 @@ pipe open and outlive both the step and the daemon.  So this program:
 - gets ``SIGTERM`` when the daemon dies (``PR_SET_PDEATHSIG``), so even a
   daemon killed with ``SIGKILL`` leaves no step running.
 
+Without ``prctl`` (a system other than Linux, or a seccomp filter that
+refuses it) this program writes one line saying so and falls back to the
+step's process group: what it kills is what is below it in ``/proc`` and
+every member of its group, wherever re-parented, and the daemon kills the
+group after the grace period as always.  A descendant that leaves the
+group and is re-parented away, or a step whose daemon was killed, is then
+not ended.
+
 The alternative, one cgroup per step, needs a delegated cgroup hierarchy
 (root, or systemd's ``Delegate=``), which neither every host nor every CI
 runner gives; a subreaper works for any user on any Linux.  A process
@@ -38,6 +46,7 @@ the path (``-I -S``).
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import resource
 import signal
@@ -52,6 +61,10 @@ PR_SET_CHILD_SUBREAPER = 36
 #: Signals that ask the step to stop.
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
+#: Set in the environment this program is given (to anything), it acts
+#: as if ``prctl`` were unavailable, for tests; never passed on.
+NO_PRCTL = "NIXERYD_REAPER_NO_PRCTL"
+
 #: Exit status when the program cannot be started (as a shell says).
 CANNOT_RUN = 127
 
@@ -65,14 +78,18 @@ _WAITED = frozenset(STOP_SIGNALS | {signal.SIGCHLD})
 
 def _prctl(option: int, value: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(ctypes.c_int(option), ctypes.c_ulong(value),
+    try:
+        prctl = libc.prctl
+    except AttributeError:
+        raise OSError(errno.ENOSYS, "the C library has no prctl") from None
+    if prctl(ctypes.c_int(option), ctypes.c_ulong(value),
                   ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
         number = ctypes.get_errno()
         raise OSError(number, os.strerror(number))
 
 
-def _parent_ids() -> dict[int, tuple[int, str]]:
-    """``pid → (ppid, state)`` of every process in ``/proc``."""
+def _parent_ids() -> dict[int, tuple[int, str, int]]:
+    """``pid → (ppid, state, pgid)`` of every process in ``/proc``."""
     found = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -82,36 +99,53 @@ def _parent_ids() -> dict[int, tuple[int, str]]:
                 stat = f.read()
         except OSError:
             continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
         fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) >= 2:
-            found[int(name)] = (int(fields[1]), fields[0].decode("ascii", "replace"))
+        if len(fields) >= 3:
+            found[int(name)] = (int(fields[1]), fields[0].decode("ascii", "replace"),
+                                int(fields[2]))
     return found
 
 
-def descendants(pid: int, *, include_zombies: bool = False) -> list[int]:
+def descendants(pid: int, *, include_zombies: bool = False,
+                group: int | None = None) -> list[int]:
     """
     Every process below ``pid``, found through the parent ids in
-    ``/proc`` (zombies, which no signal reaches, only when asked).
+    ``/proc`` (zombies, which no signal reaches, only when asked), and
+    every other member of process group ``group`` when one is given.
     """
     table = _parent_ids()
     children: dict[int, list[int]] = {}
-    for child, (parent, _) in table.items():
+    for child, (parent, _, _) in table.items():
         children.setdefault(parent, []).append(child)
     found = []
+    seen = {pid}
     pending = list(children.get(pid, ()))
+    if group is not None:
+        pending.extend(p for p, (_, _, pgid) in table.items() if pgid == group)
     while pending:
         current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
         if include_zombies or table[current][1] not in ("Z", "X"):
             found.append(current)
         pending.extend(children.get(current, ()))
     return found
 
 
+#: The process group whose members are ended with the step's tree, when
+#: ``prctl`` is unavailable (see the module docstring); else ``None``.
+_fallback_group: int | None = None
+
+
 def _tree(me: int) -> list[int] | None:
-    """The live descendants of ``me``, or ``None`` when ``/proc`` cannot be read."""
+    """
+    The live descendants of ``me`` (and the members of the fallback
+    group), or ``None`` when ``/proc`` cannot be read.
+    """
     try:
-        return descendants(me)
+        return descendants(me, group=_fallback_group)
     except OSError:
         return None
 
@@ -227,6 +261,23 @@ def _start(argv: Sequence[str]) -> int:
         os._exit(CANNOT_RUN)
 
 
+def _fall_back(error: OSError) -> None:
+    """
+    Without ``prctl``: say so in one line, and end the members of our own
+    process group with the tree (only when we lead it, so never the
+    daemon's).
+    """
+    global _fallback_group
+    me = os.getpid()
+    if os.getpgrp() == me:
+        _fallback_group = me
+    sys.stderr.write(
+        "reaper: prctl is unavailable (%s): the step's process group is ended,"
+        " not its descendants that leave it, nor the step when the daemon is"
+        " killed\n" % (error.strerror or error,))
+    sys.stderr.flush()
+
+
 def main(args: Sequence[str]) -> None:
     """``GRACE LC_CTYPE_SET PARENT_PID -- ARGV...``, see the module docstring."""
     grace, keeps_lc_ctype, parent, separator, *argv = args
@@ -243,8 +294,14 @@ def main(args: Sequence[str]) -> None:
         os.setsid()
     except PermissionError:
         pass  # Already a session leader.
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    disabled = os.environ.pop(NO_PRCTL, None) is not None
+    try:
+        if disabled:
+            raise OSError(errno.ENOSYS, "disabled by %s" % (NO_PRCTL,))
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError as e:
+        _fall_back(e)
     if os.getppid() != int(parent):
         # The daemon died before the line above: nothing to run for.
         os._exit(128 + signal.SIGTERM)
