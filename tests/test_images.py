@@ -397,6 +397,61 @@ class CacheTests(ServiceFixture):
         self.assertEqual(again, built)
         self.assertIn(layer, self.storage.blobs)
 
+    def own_layer(self, service: ImageService) -> tuple[Image, str]:
+        """``toola`` built by ``service``, and a layer ``toolb`` does not share."""
+        image = self.successResultOf(self.image(service, "toola"))
+        other = self.successResultOf(self.image(service, "toolb"))
+        layers = lambda i: {l["digest"] for l in json.loads(i.docker.body)["layers"]}
+        own = sorted(layers(image) - layers(other))
+        self.assertTrue(own)
+        return image, own[0]
+
+    def test_blob_gone_forgets_image(self) -> None:
+        """
+        A blob of an image held in memory found gone (``BLOB_UNKNOWN``, the
+        garbage collector having removed it) has that image forgotten, with
+        every name and tag it answered: its next pull builds again what is
+        missing; images not naming the blob stay.
+        """
+        self.source = FakeSource("git", COMMIT)
+        service = self.make_service()
+        image, layer = self.own_layer(service)
+        self.successResultOf(self.image(service, "toola", "v1"))
+        other = self.successResultOf(self.image(service, "toolb"))
+        self.storage.delete_blob(layer)
+        self.assertEqual(service.cached_image("toola", "latest"), image)
+        events = self.capture_log()
+        self.failureResultOf(Deferred.fromCoroutine(service.blob(layer)), BlobUnknown)
+        self.assertIsNone(service.cached_image("toola", "latest"))
+        self.assertIsNone(service.cached_image("toola", "v1"))
+        self.assertEqual(service.cached_image("toolb", "latest"), other)
+        self.assertIn(layer, [e.get("blob") for e in events])
+        self.forget_calls()
+        self.assertEqual(self.successResultOf(self.image(service, "toola")), image)
+        self.assertEqual(len(self.nix.build_calls), 1)
+        self.assertIn(layer, self.storage.blobs)
+        # Unknown digests that no image names forget nothing.
+        self.failureResultOf(Deferred.fromCoroutine(service.blob("sha256:" + "0" * 64)),
+                             BlobUnknown)
+        self.assertEqual(service.cached_image("toola", "latest"), image)
+
+    def test_lookup_finding_blob_gone_forgets_image(self) -> None:
+        """
+        A manifest cache lookup that finds a blob of the image gone has the
+        image forgotten under its other names and tags still in memory.
+        """
+        self.source = FakeSource("git", COMMIT)
+        service = self.make_service(moving_ttl=1.0)
+        image, layer = self.own_layer(service)
+        self.clock.advance(0.5)
+        self.assertEqual(self.successResultOf(self.image(service, "toola", "v1")), image)
+        self.clock.advance(0.6)
+        self.assertEqual(service.cached_image("toola", "v1"), image)
+        self.storage.delete_blob(layer)
+        self.assertEqual(self.successResultOf(self.image(service, "toola")), image)
+        self.assertIn(layer, self.storage.blobs)
+        self.assertIsNone(service.cached_image("toola", "v1"))
+
     def test_reference_recorded(self) -> None:
         """A built image is named in the storage's index by the reference function."""
         service = self.make_service(reference=lambda name, tag: name + ":" + tag)

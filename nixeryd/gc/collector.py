@@ -28,11 +28,16 @@ manifests (:mod:`nixeryd.service.manifestcache`).  A pass:
    listed.
 
 Nothing written within the grace period is removed, so a daemon building
-on the same storage keeps what it writes; a blob a daemon stores again
-gets a new time (and version) on every backend.  What a pass cannot see
-is a build that reuses a layer of an image it removes, read from a layer
-cache document just before the pass removed it: that image then lacks the
-layer, and is built again when the daemon next looks it up in storage.
+on the same storage keeps what it writes; a blob a daemon stores again,
+or a layer a build reuses (:meth:`~nixeryd.storage.interface.IStorage.refresh_blob`),
+gets a new time and version on every backend, so the guarded removal of
+step 5 leaves it, and a layer already removed is written again by the
+build.  What a pass cannot protect is an image a daemon found in the
+manifest cache just before the pass removed its blobs: that daemon holds
+in memory an image whose blob is gone.  Its first pull of that blob is
+answered ``BLOB_UNKNOWN``, and the daemon then forgets the image
+(:mod:`nixeryd.service.images`), so the next pull looks in storage and
+builds again what is missing.
 """
 
 from __future__ import annotations

@@ -37,8 +37,11 @@ permanent failures are answered from memory for a while
 
 Every manifest served is marked as pulled (:mod:`nixeryd.service.pulls`),
 and images nobody pulled for a while are forgotten from memory, so that
-the daemon never answers from memory an image the garbage collector
-removed.
+the daemon rarely answers from memory an image the garbage collector
+removed.  When it does, the first blob found gone (``BLOB_UNKNOWN`` to a
+client, or a manifest cache lookup) has every image in memory naming it
+forgotten, so that the next pull looks in storage and builds again what
+is missing.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from nixeryd.build.sources import PackageSource, PinnedSource
 from nixeryd.core import defaults
 from nixeryd.core.digests import check_digest
 from nixeryd.core.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
-from nixeryd.core.errors import RegistryError, Unavailable
+from nixeryd.core.errors import BlobUnknown, RegistryError, Unavailable
 from nixeryd.core.sharedwork import SharedWork
 from nixeryd.metrics.hooks import NO_INSTRUMENTS, Instruments
 from nixeryd.storage.interface import IStorage
@@ -160,7 +163,7 @@ class ImageService(MultiService):
         #: cancelled by the stop, not by a call below timing out.
         self._stopping = False
         self._instruments = instruments
-        self._cache = ManifestCache(storage, instruments)
+        self._cache = ManifestCache(storage, instruments, on_broken=self._forget_broken)
         self._tags: LRU[str, set[str]] = LRU(MEMORY_IMAGES)
         self._pulls: Pulls = pulls if pulls is not None else NotRecorded()
         if isinstance(pulls, PullRecorder):
@@ -283,6 +286,9 @@ class ImageService(MultiService):
         check_digest(digest)
         try:
             where: LocalBlob | RedirectBlob = await self._storage.blob(digest)
+        except BlobUnknown:
+            self._forget_broken(self._cache.images_using(digest), digest)
+            raise
         except STORAGE_FAILURES as e:
             self._instruments.storage_failed()
             raise storage_failed(e, "looking up blob " + digest, self.log) from e
@@ -313,6 +319,27 @@ class ImageService(MultiService):
         if forgotten or manifests:
             self.log.info("Forgot from memory {count} images and {manifests} manifests"
                           " nobody pulled lately", count=forgotten, manifests=manifests)
+
+    def _forget_broken(self, images: set[str], blob: str | None = None) -> None:
+        """
+        Forget from memory the images with these Docker manifest digests:
+        storage lacks a blob of theirs (``blob`` when known), so their next
+        pull looks in storage, and builds again what is missing.
+        """
+        if not images:
+            return
+        manifests = set(images)
+        forgotten = 0
+        for memory in (self._warm, self._recent):
+            for key, (image, _) in list(memory.items()):
+                if image.docker.digest in images:
+                    del memory[key]
+                    manifests.add(image.oci.digest)
+                    forgotten += 1
+        self._cache.forget(manifests)
+        self.log.warn("Storage lacks {blob} of images held in memory (removed by garbage"
+                      " collection?): forgot {count} of their names and tags",
+                      blob=blob or "a blob", count=forgotten, images=sorted(images))
 
     def _fresh(self, entry: _Entry | None) -> Image | None:
         """The image of a memory entry ``(image, expiry)`` unless it expired."""

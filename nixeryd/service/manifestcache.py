@@ -6,12 +6,18 @@ everything that determines it (see :mod:`nixeryd.service.images`).
 
 Storage that fails here fails the request with
 :class:`~nixeryd.core.errors.Unavailable`, its cause logged.
+
+The images in memory are indexed by the blobs they name
+(:meth:`ManifestCache.images_using`), so that an image whose blob is found
+gone (removed by the garbage collector while a daemon held the image in
+memory) can be forgotten and looked up or built again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from typing import Callable
 
 from twisted.logger import Logger
 
@@ -32,6 +38,9 @@ MANIFEST_NAMESPACE = "manifests"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 #: How many manifests are kept in memory for requests by digest.
 MEMORY_MANIFESTS = 10_000
+#: How many blobs of images in memory are indexed (their images found
+#: when one of them is gone).
+MEMORY_BLOB_USERS = 100_000
 
 _log = Logger()
 
@@ -59,17 +68,44 @@ class ManifestCache:
 
     :param storage: holds the manifests (as blobs) and the cache documents.
     :param instruments: told of each cache lookup and storage failure.
+    :param on_broken: called with the Docker manifest digests of images
+        found lacking a blob in storage, for their owner to forget them.
     """
 
-    def __init__(self, storage: IStorage, instruments: Instruments = NO_INSTRUMENTS) -> None:
+    def __init__(self, storage: IStorage, instruments: Instruments = NO_INSTRUMENTS,
+                 on_broken: Callable[[set[str]], None] | None = None) -> None:
         self._storage = storage
         self._instruments = instruments
+        self._on_broken = on_broken
         self._manifests: LRU[str, ManifestDocument] = LRU(MEMORY_MANIFESTS)
+        #: Blob digest → Docker manifest digests of the images kept that name it.
+        self._blob_users: LRU[str, set[str]] = LRU(MEMORY_BLOB_USERS)
 
     def keep(self, image: Image) -> None:
-        """Answer both manifests of ``image`` by digest from memory."""
+        """
+        Answer both manifests of ``image`` by digest from memory, and index
+        the blobs they name (a few kilobytes of JSON, parsed here).
+        """
         for document in (image.docker, image.oci):
             self._manifests.put(document.digest, document)
+            for blob in _blobs_named(document):
+                users = self._blob_users.get_recent(blob)
+                if users is None:
+                    self._blob_users.put(blob, {image.docker.digest})
+                else:
+                    users.add(image.docker.digest)
+
+    def images_using(self, blob: str) -> set[str]:
+        """
+        The Docker manifest digests of the images kept in memory that name
+        ``blob`` (forgotten from the index: the caller forgets the images).
+        """
+        return self._blob_users.pop(blob, None) or set()
+
+    def forget(self, digests: set[str]) -> None:
+        """Forget from memory the manifests with these digests."""
+        for digest in digests:
+            self._manifests.pop(digest, None)
 
     def forget_except(self, digests: set[str]) -> int:
         """Forget from memory the manifests not in ``digests``; how many."""
@@ -122,6 +158,8 @@ class ManifestCache:
             if not await self._storage.has_blob(descriptor["digest"]):
                 _log.warn("Cached image {digest} lacks blob {blob}; rebuilding",
                           digest=docker.digest, blob=descriptor["digest"])
+                if self._on_broken is not None:
+                    self._on_broken({docker.digest})
                 return None
         return Image(docker=docker, oci=oci)
 
@@ -130,3 +168,12 @@ class ManifestCache:
         await self._storage.put_document(
             MANIFEST_NAMESPACE, key,
             {"docker": image.docker.digest, "oci": image.oci.digest})
+
+
+def _blobs_named(document: ManifestDocument) -> list[str]:
+    """The config and layer digests a manifest of this registry names."""
+    try:
+        parsed = json.loads(document.body)
+        return [str(d["digest"]) for d in [parsed["config"]] + list(parsed["layers"])]
+    except (ValueError, KeyError, TypeError):
+        return []
