@@ -23,8 +23,9 @@ from zope.interface import provider
 
 from nixeryd.testing.images import FakeImageService, write_sample_image
 from nixeryd.testing.network import RawClient, serve_locally
-from nixeryd.registry.tlsguard import (PLAIN_HTTP_ANSWER, REPORTED_CLIENTS, TLSGuardChannel,
-                                      TLSGuardSite, TLSRefusals)
+from nixeryd.registry.floodreport import REPORTED_CLIENTS
+from nixeryd.registry.tlsguard import (PLAIN_HTTP_ANSWER, TLSGuardChannel, TLSGuardSite,
+                                      TLSRefusals)
 from nixeryd.registry.site import make_site
 
 

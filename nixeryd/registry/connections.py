@@ -21,18 +21,12 @@ import resource
 from typing import Optional
 
 from attrs import field, frozen
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from nixeryd.core import defaults
-
-#: Seconds over which refusals and aborts are counted before one line
-#: reports them.
-REPORT_INTERVAL = 60.0
-
-#: Client addresses named in one report line, at most.
-REPORTED_CLIENTS = 5
+from nixeryd.registry.floodreport import REPORT_INTERVAL, Flood, FloodReport
 
 _BUSY_TEXT = b"Too many connections; try again shortly.\n"
 
@@ -129,10 +123,7 @@ class ConnectionGuard:
         self._log = logger if logger is not None else Logger(namespace=__name__)
         self._by_client: dict[str, int] = {}
         self._open = 0
-        self._reasons: dict[str, int] = {}
-        self._clients: dict[str, None] = {}
-        self._more_clients = False
-        self._report_call: Optional[IDelayedCall] = None
+        self._refusals = FloodReport(clock, self._report, interval)
 
     @property
     def open(self) -> int:
@@ -146,7 +137,7 @@ class ConnectionGuard:
     @property
     def pending(self) -> int:
         """Refusals and aborts counted and not yet reported."""
-        return sum(self._reasons.values())
+        return self._refusals.pending
 
     def admit(self, client: str) -> bool:
         """
@@ -175,36 +166,18 @@ class ConnectionGuard:
 
     def note(self, client: str, reason: str) -> None:
         """Count one connection refused or aborted for ``reason``."""
-        self._reasons[reason] = self._reasons.get(reason, 0) + 1
-        if client not in self._clients:
-            if len(self._clients) < REPORTED_CLIENTS:
-                self._clients[client] = None
-            else:
-                self._more_clients = True
-        if self._report_call is None:
-            self._report_call = self._clock.callLater(self._interval, self._report)
+        self._refusals.note(client, reason)
 
     def flush(self) -> None:
         """Report what is counted now and schedule nothing (the site stops)."""
-        if self._report_call is not None and self._report_call.active():
-            self._report_call.cancel()
-        self._report()
+        self._refusals.flush()
 
-    def _report(self) -> None:
-        self._report_call = None
-        if not self._reasons:
-            return
-        reasons, clients, more = self._reasons, list(self._clients), self._more_clients
-        self._reasons = {}
-        self._clients = {}
-        self._more_clients = False
-        count = sum(reasons.values())
-        period = "minute" if self._interval == 60 else "%g seconds" % (self._interval,)
+    def _report(self, flood: Flood) -> None:
+        count = flood.count
         self._log.info(
             "{count} connection{s} refused or aborted in the last {period}: {reason_list}"
             " (from {client_list})",
-            count=count, s="" if count == 1 else "s", period=period,
-            reasons=reasons, clients=clients,
-            reason_list="; ".join("%d %s" % (n, reason) for reason, n in reasons.items()),
-            client_list=", ".join(clients) + (", ..." if more else ""),
-            event="connections-refused")
+            count=count, s="" if count == 1 else "s", period=flood.period,
+            reasons=flood.reasons, clients=flood.clients,
+            reason_list="; ".join("%d %s" % (n, reason) for reason, n in flood.reasons.items()),
+            client_list=flood.client_list, event="connections-refused")

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
+
+from nixeryd.registry.floodreport import REPORT_INTERVAL, Flood, FloodReport
 
 TLS_HANDSHAKE_RECORD = 0x16
 """The TLS record type of a handshake message (the first byte sent)."""
@@ -43,18 +45,6 @@ PLAIN_HTTP_ANSWER = (
     b"\r\n%s" % (len(_EXPLANATION), _EXPLANATION)
 )
 """The bytes sent to a client that opens with a TLS handshake."""
-
-#: Seconds over which refusals are counted before one line reports them.
-REPORT_INTERVAL = 60.0
-
-#: Client addresses named in one report line, at most.
-REPORTED_CLIENTS = 5
-
-
-def _period(seconds: float) -> str:
-    """``minute`` for 60 seconds, else ``<n> seconds``: the report's wording."""
-    return "minute" if seconds == 60 else "%g seconds" % (seconds,)
-
 
 class TLSRefusals:
     """
@@ -71,50 +61,29 @@ class TLSRefusals:
 
     def __init__(self, clock: IReactorTime, interval: float = REPORT_INTERVAL,
                  logger: Optional[Logger] = None) -> None:
-        self._clock = clock
-        self._interval = interval
         self._log = logger if logger is not None else Logger(namespace=__name__)
-        self._count = 0
-        self._clients: dict[str, None] = {}
-        self._more_clients = False
-        self._report_call: Optional[IDelayedCall] = None
+        self._refusals = FloodReport(clock, self._report, interval)
 
     @property
     def pending(self) -> int:
         """Refusals counted and not yet reported."""
-        return self._count
+        return self._refusals.pending
 
     def refused(self, client: str) -> None:
         """Count one refused handshake from ``client``."""
-        self._count += 1
-        if client not in self._clients:
-            if len(self._clients) < REPORTED_CLIENTS:
-                self._clients[client] = None
-            else:
-                self._more_clients = True
-        if self._report_call is None:
-            self._report_call = self._clock.callLater(self._interval, self._report)
+        self._refusals.note(client)
 
     def flush(self) -> None:
         """Report what is counted now, and schedule nothing (the site stops)."""
-        if self._report_call is not None and self._report_call.active():
-            self._report_call.cancel()
-        self._report()
+        self._refusals.flush()
 
-    def _report(self) -> None:
-        self._report_call = None
-        if not self._count:
-            return
-        count, clients, more = self._count, list(self._clients), self._more_clients
-        self._count = 0
-        self._clients = {}
-        self._more_clients = False
+    def _report(self, flood: Flood) -> None:
+        count = flood.count
         self._log.info(
             "Refused {count} TLS handshake{s} on the plain HTTP port in the last"
             " {period} (from {client_list}); clients fall back to plain HTTP",
-            count=count, s="" if count == 1 else "s", period=_period(self._interval),
-            clients=clients, client_list=", ".join(clients) + (", ..." if more else ""),
-            event="tls-refused")
+            count=count, s="" if count == 1 else "s", period=flood.period,
+            clients=flood.clients, client_list=flood.client_list, event="tls-refused")
 
 
 class TLSGuardChannel(HTTPChannel):
