@@ -62,6 +62,25 @@ class AdmissionTests(SynchronousTestCase):
         self.assertIsInstance(again, DeadlineChannel)
         self.assertEqual(site.connections.open_from("10.0.0.1"), LIMITS.per_client)
 
+    def test_per_client_limit_ipv6_network(self) -> None:
+        """
+        IPv6 clients are counted by their /64, as admission counts them:
+        other addresses in the same network share the limit, another
+        network does not; an IPv4-mapped address is its IPv4 address.
+        """
+        site, _ = limited_site()
+        for n in range(LIMITS.per_client):
+            channel, _ = connect(site, "2001:db8::%x" % (n + 1,))
+            self.assertIsInstance(channel, DeadlineChannel)
+        refused, _ = connect(site, "2001:db8::ffff")
+        self.assertIsInstance(refused, BusyAnswer)
+        self.assertEqual(site.connections.open_from("2001:db8::/64"), LIMITS.per_client)
+        other, _ = connect(site, "2001:db8:0:1::1")
+        self.assertIsInstance(other, DeadlineChannel)
+        mapped, _ = connect(site, "::ffff:10.0.0.9")
+        self.assertIsInstance(mapped, DeadlineChannel)
+        self.assertEqual(site.connections.open_from("10.0.0.9"), 1)
+
     def test_total_limit(self) -> None:
         """Beyond the total, every client is refused until one leaves."""
         site, _ = limited_site()

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from nixeryd.core import defaults
 from nixeryd.registry.floodreport import REPORT_INTERVAL, Flood, FloodReport
+from nixeryd.service.admission import client_key
 
 _BUSY_TEXT = b"Too many connections; try again shortly.\n"
 
@@ -82,9 +83,17 @@ class ConnectionLimits:
 
 
 def client_of(address: Optional[IAddress]) -> str:
-    """The key a connection is counted under: its peer's host."""
+    """
+    The key a connection is counted under: its peer's host as admission
+    counts clients (:func:`~nixeryd.service.admission.client_key`: an
+    IPv6 address by its ``/64``, which one host or customer usually has
+    whole), so that a client cannot pass the limit by rotating addresses
+    within it.
+    """
     host = getattr(address, "host", None)
-    return str(host) if host is not None else str(address)
+    if host is None:
+        return str(address)
+    return client_key(str(host)) or str(host)
 
 
 class BusyAnswer(Protocol):
