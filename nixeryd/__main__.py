@@ -11,6 +11,8 @@ the daemon's storage what is no longer wanted (see
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 USAGE = """\
@@ -42,8 +44,22 @@ def main(argv: list[str]) -> int:
 
 
 def entry_point() -> None:
-    """The ``nixeryd`` console script."""
-    sys.exit(main(sys.argv[1:]))
+    """
+    The ``nixeryd`` console script.  A reader that goes away early
+    (``nixeryd gc --help | head``) ends it quietly, as with other
+    command-line programs: no traceback, exit code 141 (SIGPIPE).
+    """
+    try:
+        code = main(sys.argv[1:])
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so
+        # that the closed pipe is not reported a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        sys.exit(128 + signal.SIGPIPE)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from nixeryd.core.errors import (BuildFailed, BuildTimedOut, ManifestUnknown, Na
                                   UnknownPackages)
 from nixeryd.core.mediatypes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from nixeryd.registry.imagesource import ImageSource
-from nixeryd.registry.responses import AddressedRequest, build_page
+from nixeryd.registry.responses import AddressedRequest, build_page_url
 from nixeryd.testing.images import FakeImageService
 from tests.registrycases import (
     CONTAINERD_ACCEPT,
@@ -404,15 +404,15 @@ class BuildPageTests(SynchronousTestCase):
 
     def test_plain_host(self) -> None:
         """With a plain Host header the address is absolute, by the request's scheme."""
-        self.assertEqual(build_page(self.request(b"127.0.0.1:5000"), "3f9a0c12be41"),
+        self.assertEqual(build_page_url(self.request(b"127.0.0.1:5000"), "3f9a0c12be41"),
                          "http://127.0.0.1:5000/builds/3f9a0c12be41")
-        self.assertEqual(build_page(self.request(b"registry.example", True), "ab"),
+        self.assertEqual(build_page_url(self.request(b"registry.example", True), "ab"),
                          "https://registry.example/builds/ab")
-        self.assertEqual(build_page(self.request(b"[::1]:8080"), "ab"),
+        self.assertEqual(build_page_url(self.request(b"[::1]:8080"), "ab"),
                          "http://[::1]:8080/builds/ab")
 
     def test_other_host(self) -> None:
         """Without a plain Host header the address is the path alone."""
         for host in (None, b"", b"evil.example/x?", b"a b", b"<script>", b"user@host"):
             with self.subTest(host=host):
-                self.assertEqual(build_page(self.request(host), "ab"), "/builds/ab")
+                self.assertEqual(build_page_url(self.request(host), "ab"), "/builds/ab")

@@ -7,7 +7,7 @@ as the distribution spec's ``{"errors": [...]}`` document with the
 error's status (and ``Retry-After`` when the error says when to try again:
 a transient failure, 503, or a full queue, 429); the message of
 an error that belongs to a build ends with the address of the build's
-page (:func:`build_page`), since that message is all a registry client
+page (:func:`build_page_url`), since that message is all a registry client
 shows.  :func:`write_failure` decides what to do with any exception a
 handler raised.
 """
@@ -91,7 +91,7 @@ def send_body(request: Request, body: bytes) -> None:
     request.finish()  # type: ignore[no-untyped-call]
 
 
-def build_page(request: AddressedRequest, build_id: str) -> str:
+def build_page_url(request: AddressedRequest, build_id: str) -> str:
     """
     The address of a build's page, ``/builds/<id>``: absolute, with the
     scheme the request came by and its ``Host``, when that header is a
@@ -124,7 +124,7 @@ def write_error(request: Request, error: RegistryError) -> None:
     """
     page = None
     if error.build_id is not None:
-        page = build_page(request, error.build_id)
+        page = build_page_url(request, error.build_id)
     body = error_body(error, page)
     request.setResponseCode(error.status, _REASONS.get(error.status))
     headers = request.responseHeaders

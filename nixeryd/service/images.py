@@ -57,6 +57,7 @@ from twisted.python.failure import Failure
 from nixeryd.build.builder import ImageBuilder
 from nixeryd.build.names import OPTIONAL_PACKAGES, ImageRequest, parse_image_name, validate_tag
 from nixeryd.build.nixsteps import NixSteps
+from nixeryd.build.process import PIPE_DRAIN, REAPER_MARGIN
 from nixeryd.build.progress import BuildPhase, human_size
 from nixeryd.build.sources import PackageSource, PinnedSource
 from nixeryd.core import defaults
@@ -82,6 +83,20 @@ from nixeryd.service.manifestcache import (MANIFEST_FORMAT_VERSION, ManifestCach
 MEMORY_IMAGES = 10_000
 #: How many tags ``tags/list`` remembers for one name.
 MAX_TAGS_PER_NAME = 100
+
+
+#: Seconds a stop waits for the work it cancelled to end (Nix's process
+#: trees stopped: their grace period, which is 5 s by default, and the
+#: margins of :mod:`nixeryd.build.process`; then each build's clean-up,
+#: its garbage-collector roots removed) before the thread pools stop
+#: regardless.
+STOP_WAIT = 5.0 + REAPER_MARGIN + PIPE_DRAIN + 5.0
+
+
+def _fire(waiter: Deferred[bool], value: bool) -> None:
+    """Fire ``waiter`` with ``value`` unless it has fired."""
+    if not waiter.called:
+        waiter.callback(value)
 
 
 #: An image in memory, with when it stops answering (``None``: never).
@@ -157,6 +172,10 @@ class ImageService(MultiService):
         self.cold = ColdWork(Admission(max_queue))
         self._in_flight: SharedWork[tuple[str, str], Image] = SharedWork(
             on_abandoned=self.cold.abandoned)
+        #: Every piece of work running, shared or no longer (cancelled,
+        #: ending): what a stop cancels and waits for.
+        self._running: set[Deferred[Image]] = set()
+        self._idle_waiters: list[Deferred[bool]] = []
         #: :meth:`_memo_key` → a permanent failure, for a while.
         self._failures = FailureMemory(clock, failure_ttl, moving_ttl)
         #: Set once the service stops: work cancelled from then on is
@@ -211,10 +230,46 @@ class ImageService(MultiService):
             await maybeDeferred(child.stopService)
 
     def stopService(self) -> Deferred[None]:
+        """
+        Cancel the work in flight, wait for it to end (for at most
+        :data:`STOP_WAIT` seconds: Nix's processes stopped, each build's
+        clean-up done, which needs the thread pools), then stop the
+        children.
+        """
         Service.stopService(self)  # type: ignore[no-untyped-call]
         self._stopping = True
         self._in_flight.cancel_all()
-        return Deferred.fromCoroutine(self._stop_children())
+        for work in list(self._running):
+            work.cancel()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self._running:
+            count = len(self._running)
+            idle: Deferred[bool] = Deferred()
+            self._idle_waiters.append(idle)
+            timer = self._clock.callLater(STOP_WAIT, _fire, idle, False)
+            if await idle:
+                timer.cancel()
+            else:
+                self.log.warn("{count} of {total} cancelled builds did not end within"
+                              " {seconds} s; stopping regardless", count=len(self._running),
+                              total=count, seconds=STOP_WAIT)
+        await self._stop_children()
+
+    def _track(self, work: Deferred[Image]) -> Deferred[Image]:
+        """Count ``work`` among the running until it ends; returns it."""
+        def ended(outcome: object) -> object:
+            self._running.discard(work)
+            if not self._running:
+                waiters, self._idle_waiters = self._idle_waiters, []
+                for waiter in waiters:
+                    _fire(waiter, True)
+            return outcome
+
+        self._running.add(work)
+        work.addBoth(ended)
+        return work
 
     # -- the web layer's calls ----------------------------------------------
 
@@ -297,7 +352,7 @@ class ImageService(MultiService):
     async def tags(self, name: str) -> list[str]:
         """The tags known for ``name``: ``latest`` and every tag served."""
         parse_image_name(name)
-        return sorted(self._tags.get(name, set()) | {"latest"})
+        return sorted(self._tags.get(name, set()) | {defaults.TAG})
 
     def _forget_unpulled(self, pulled: set[str]) -> None:
         """
@@ -381,8 +436,8 @@ class ImageService(MultiService):
         """
         def start() -> Deferred[Image]:
             job = self.cold.start(memo_key, client)
-            return self.cold.follow(job, Deferred.fromCoroutine(
-                self._produce(request, tag, job)))
+            return self._track(self.cold.follow(job, Deferred.fromCoroutine(
+                self._produce(request, tag, job))))
 
         return self._in_flight.wait(memo_key, start)
 
