@@ -6,6 +6,7 @@ a fake package source, in-memory storage and a fake clock.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from twisted.application.service import Service
@@ -28,7 +29,7 @@ from nixeryd.core.errors import (
 )
 from nixeryd.core.threads import InlineRunner
 from nixeryd.service.builds import BuildRecord
-from nixeryd.service.images import ImageService
+from nixeryd.service.images import STOP_WAIT, ImageService
 from nixeryd.testing.nix import FakeSource
 from nixeryd.testing.storage import MemoryStorage
 from tests.buildfixtures import POPULARITY, SOURCE, ImageFixture
@@ -578,6 +579,90 @@ class LifecycleTests(ServiceFixture):
         waiting = self.image(service)
         self.successResultOf(service.stopService())
         self.failureResultOf(waiting, CancelledError)
+
+    def slow_to_stop(self) -> Deferred[None]:
+        """
+        Make the fake Nix's builds, once cancelled, end only when the
+        returned Deferred fires (as a real build's process tree ends after
+        its grace period).
+        """
+        tree_ended: Deferred[None] = Deferred()
+        fake_build = self.nix.build
+
+        async def build(resolution: Any, **kwargs: Any) -> Any:
+            try:
+                return await fake_build(resolution, **kwargs)
+            except CancelledError:
+                await tree_ended
+                raise
+
+        self.nix.build = build  # type: ignore[method-assign]
+        return tree_ended
+
+    def gc_roots(self) -> list[str]:
+        """The builds' garbage-collector root directories left in storage."""
+        return [name for name in os.listdir(self.storage.temp_directory())
+                if name.endswith(".gcroots")]
+
+    def test_stop_waits_for_cancelled_builds(self) -> None:
+        """
+        The stop waits for the builds it cancelled to end, so that their
+        clean-up (the GC roots removed, in a thread pool) runs before the
+        children (the pools) stop.
+        """
+        tree_ended = self.slow_to_stop()
+        child = RecordingService()
+        service = self.make_service()
+        child.setServiceParent(service)
+        service.startService()
+        self.nix.build_gate = Deferred()
+        waiting = self.image(service)
+        self.assertEqual(len(self.gc_roots()), 1)
+        stopping = service.stopService()
+        self.clock.advance(STOP_WAIT - 1)
+        self.assertNoResult(stopping)
+        self.assertEqual(child.events, ["start"])
+        self.assertEqual(len(self.gc_roots()), 1)
+        tree_ended.callback(None)
+        self.successResultOf(stopping)
+        self.assertEqual(child.events, ["start", "stop"])
+        self.assertEqual(self.gc_roots(), [])
+        self.failureResultOf(waiting, CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop_wait_is_bounded(self) -> None:
+        """Work that does not end within ``STOP_WAIT`` is left; the children stop."""
+        tree_ended = self.slow_to_stop()
+        events = self.capture_log()
+        child = RecordingService()
+        service = self.make_service()
+        child.setServiceParent(service)
+        service.startService()
+        self.nix.build_gate = Deferred()
+        waiting = self.image(service)
+        stopping = service.stopService()
+        self.clock.advance(STOP_WAIT)
+        self.successResultOf(stopping)
+        self.assertEqual(child.events, ["start", "stop"])
+        self.assertTrue(any("did not end within" in e.get("log_format", "")
+                            and e.get("count") == 1 for e in events))
+        tree_ended.callback(None)
+        self.failureResultOf(waiting, CancelledError)
+
+    def test_stop_waits_for_abandoned_work(self) -> None:
+        """Work cancelled because nobody waits, still ending, is waited for too."""
+        tree_ended = self.slow_to_stop()
+        service = self.make_service()
+        service.startService()
+        self.nix.build_gate = Deferred()
+        waiting = self.image(service)
+        waiting.cancel()
+        self.failureResultOf(waiting, CancelledError)
+        stopping = service.stopService()
+        self.assertNoResult(stopping)
+        tree_ended.callback(None)
+        self.successResultOf(stopping)
+        self.assertEqual(self.gc_roots(), [])
 
 
 class BuildRecordTests(ServiceFixture):

@@ -240,7 +240,11 @@ class ImageService(MultiService):
         self._stopping = True
         self._in_flight.cancel_all()
         for work in list(self._running):
-            work.cancel()
+            # Work no longer shared was cancelled when abandoned; cancelling
+            # it again would cut short its ending (the wait for Nix's
+            # process tree to stop).
+            if not work.called:
+                work.cancel()
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
