@@ -236,11 +236,11 @@ class GCSEmulatorTests(EmulatorTestCase):
         self.assertEqual(await response.content(), data)
 
     async def test_spool_directory(self) -> None:
-        """The temporary directory is the configured local spool, created at start."""
+        """The temporary directory is the storage's own in the configured spool, created at start."""
         spool = self.mktemp()
         storage = self.emulator_storage(spool_directory=spool)
-        self.assertEqual(storage.temp_directory(), os.path.abspath(spool))
-        self.assertTrue(os.path.isdir(spool))
+        self.assertEqual(os.path.dirname(storage.temp_directory()), os.path.abspath(spool))
+        self.assertTrue(os.path.isdir(storage.temp_directory()))
 
 
 class BuildTests(EmulatorTestCase):

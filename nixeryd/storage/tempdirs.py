@@ -26,6 +26,11 @@ that died in those few microseconds.  Any other entry was written by an
 earlier nixeryd straight into ``<tmp>``; such a writer cannot be told
 dead from alive, so its entries are removed only when older than
 :data:`STALE_LEGACY_SECONDS`.
+
+The same layout serves the GCS backend's local spool, which by default
+is one directory under ``$TMPDIR`` shared by every user's daemons
+(:func:`shared_directory`: sticky and writable by all, like ``/tmp``);
+there a sweep judges only the entries of its own user.
 """
 
 from __future__ import annotations
@@ -83,6 +88,30 @@ class Swept:
     live: int
 
 
+def shared_directory(path: str) -> None:
+    """
+    Make ``path`` a directory every user may keep writer directories in:
+    sticky and writable by all (mode 1777, as ``/tmp``), when this user
+    creates or owns it.
+
+    :raises OSError: when it is not a directory of its own (a symbolic
+        link), or others may write to it without the sticky bit (they
+        could then rename a writer's directory away).
+    """
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError("%s is not a directory" % (path,))
+    if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) != 0o1777:
+        os.chmod(path, 0o1777)
+    elif info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        raise PermissionError("%s may be written by other users but is not sticky"
+                              % (path,))
+
+
 def claim(parent: str) -> WriterDirectory:
     """
     Make a writer directory under ``parent``, locked for this process until
@@ -116,6 +145,25 @@ def claim(parent: str) -> WriterDirectory:
     return WriterDirectory(path, lock_path, fd)
 
 
+def claim_swept(parent: str, shared: bool) -> tuple[WriterDirectory, Swept]:
+    """
+    A writer directory under ``parent`` (created if missing: private, or
+    a :func:`shared_directory` when ``shared``), and what :func:`sweep`
+    removed there (in a shared directory, only this user's entries).
+    """
+    if shared:
+        shared_directory(parent)
+    else:
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    writer = claim(parent)
+    try:
+        swept = sweep(parent, writer, owner=os.getuid() if shared else None)
+    except BaseException:
+        release(writer)
+        raise
+    return writer, swept
+
+
 def release(writer: WriterDirectory) -> None:
     """
     Give up a writer directory: its lock file and, when empty, the
@@ -134,11 +182,14 @@ def release(writer: WriterDirectory) -> None:
 
 
 def sweep(parent: str, mine: WriterDirectory | None = None,
-          now: float | None = None) -> Swept:
+          now: float | None = None, owner: int | None = None) -> Swept:
     """
     Remove from ``parent`` what dead writers left (see the module
     docstring), leaving ``mine`` alone.  Entries that cannot be removed are
     skipped.
+
+    :param owner: judge only the entries of this user id (a directory
+        shared by several users); ``None`` judges every entry.
     """
     now = time.time() if now is None else now
     names = set(os.listdir(parent))
@@ -149,9 +200,16 @@ def sweep(parent: str, mine: WriterDirectory | None = None,
         path = os.path.join(parent, name)
         if mine is not None and path in (mine.path, mine.lock_path):
             continue
+        if owner is not None:
+            try:
+                if os.lstat(path).st_uid != owner:
+                    continue
+            except OSError:
+                continue
         if name.startswith(WRITER_PREFIX) and name.endswith(LOCK_SUFFIX):
             try:
-                fd = os.open(path, os.O_RDONLY)
+                # Never a symbolic link, and never waiting on a FIFO.
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             except OSError:
                 continue  # Released, or swept by another process, meanwhile.
             try:

@@ -17,6 +17,12 @@ and MD5 is not uploaded again.
 
 The image index is :class:`~nixeryd.storage.gcs.index.BucketIndex`.
 
+Layer files and Nix's out-links wait in a local spool, in a directory of
+this storage's own (:mod:`nixeryd.storage.tempdirs`); what dead daemons
+left there is removed when a storage opens.  The default spool,
+``$TMPDIR/nixeryd-spool``, is shared by every user (sticky, like
+``/tmp``), each sweeping only its own leftovers.
+
 For garbage collection, objects are listed with ``objects.list`` (a page
 at a time) and deleted with ``objects.delete`` guarded by the generation
 and metageneration listed.  A blob stored again while it exists is not
@@ -62,6 +68,7 @@ from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
 from nixeryd.storage.naming import check_reference
 from nixeryd.storage.ociindex import Descriptor, descriptor
+from nixeryd.storage.tempdirs import WriterDirectory, claim_swept, release
 
 DOCUMENT_LIMIT = 16 * 1024 * 1024
 #: Files up to this size are uploaded in one request, larger ones resumably.
@@ -103,10 +110,15 @@ class GCSStorage:
         ``None`` (emulators only) blob URLs are plain, unsigned ones.
     :param signing_endpoint: the host signed URLs point to (defaults to the
         client's endpoint); path style, so emulators serve them too.
-    :param spool_directory: where layer files wait for their upload.
+    :param spool_directory: where layer files wait for their upload, in
+        a directory of this storage's own; by default
+        ``$TMPDIR/nixeryd-spool``, shared with other users.
     :param simple_upload_limit: files up to this size are uploaded in a
         single request.
     :param url_lifetime: seconds a signed blob URL stays valid.
+
+    Making one blocks (it claims its spool directory and sweeps what dead
+    processes left): do it in a thread, or before the reactor runs.
     """
 
     log = Logger()
@@ -123,12 +135,25 @@ class GCSStorage:
         self.bucket = client.bucket
         self._signing_key = signing_key
         self._signing_endpoint = (signing_endpoint or client.endpoint).rstrip("/")
-        self._spool = os.path.abspath(spool_directory or os.path.join(
+        self._writer: WriterDirectory | None = None
+        #: Where every writer's directory is.
+        self.spool_root = os.path.abspath(spool_directory or os.path.join(
             tempfile.gettempdir(), "nixeryd-spool"))
-        os.makedirs(self._spool, mode=0o700, exist_ok=True)
+        self._spool = self._claim_spool(shared=spool_directory is None)
         self._simple_upload_limit = simple_upload_limit
         self._url_lifetime = url_lifetime
         self._index = BucketIndex(runner, client)
+
+    def _claim_spool(self, shared: bool) -> str:
+        """This storage's directory in the spool; what dead writers left removed."""
+        self._writer, swept = claim_swept(self.spool_root, shared)
+        if swept.removed:
+            self.log.info(
+                "Removed {count} spool entries ({bytes} bytes) left in {directory} by"
+                " processes that are gone; {live} other writers alive",
+                count=len(swept.removed), bytes=swept.size, directory=self.spool_root,
+                live=swept.live, entries=list(swept.removed))
+        return self._writer.path
 
     # -- blobs ------------------------------------------------------------
 
@@ -369,7 +394,13 @@ class GCSStorage:
         return Deferred.fromCoroutine(self._remove(name, version))
 
     def close(self) -> Deferred[None]:
-        """Close idle connections (when the daemon stops, and at the end of tests)."""
+        """
+        Give up the spool directory (a few system calls) and close idle
+        connections (when the daemon stops, and at the end of tests).
+        """
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            release(writer)
         return self.client.close()
 
 
