@@ -35,7 +35,8 @@ class BucketIndex:
     """
     The index object of ``client``'s bucket.
 
-    :param runner: where the index is parsed and serialised.
+    :param runner: where the index is parsed, serialised and hashed (it
+        may be tens of megabytes).
     """
 
     log = Logger()
@@ -86,8 +87,8 @@ class BucketIndex:
             current = await self._read(generation)
             if current is None:
                 raise PreconditionFailed()
-        updated = await self._runner.run(change, current)
-        await self._client.upload_bytes(INDEX_OBJECT, updated, md5_base64(updated),
+        updated, md5 = await self._runner.run(_changed_with_md5, change, current)
+        await self._client.upload_bytes(INDEX_OBJECT, updated, md5,
                                         generation, content_type="application/json")
 
     async def prune(self, digests: frozenset[str]) -> int:
@@ -107,3 +108,9 @@ class BucketIndex:
         current = await self._read()
         return await self._runner.run(index_entries, current)
 
+
+def _changed_with_md5(change: Callable[[bytes | None], bytes],
+                      current: bytes | None) -> tuple[bytes, str]:
+    """The index changed, and the MD5 its upload is guarded by (in the runner)."""
+    updated = change(current)
+    return updated, md5_base64(updated)
