@@ -94,7 +94,7 @@ class GCSCollectionTests(EmulatorTestCase):
         stray = await self.blob(b"stray")
         kept = await self.image("kept", [b"layer"])
         result = await deferToThread(run, [
-            sys.executable, "-m", "nixeryd", "gc", "--grace", "0"],
+            sys.executable, "-m", "nixeryd", "gc", "--grace", "0", "--unsafe-grace"],
             env=child_environment(NIXERY_STORAGE_BACKEND="gcs",
                                   GCS_BUCKET=self.emulator.bucket,
                                   STORAGE_EMULATOR_HOST=self.emulator.endpoint))

@@ -16,7 +16,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nixeryd.__main__ import main as nixeryd_main
-from nixeryd.app.gccmd import EXIT_FAILED, EXIT_OK, EXIT_USAGE, collect, parse
+from nixeryd.app.gccmd import EXIT_FAILED, EXIT_OK, EXIT_USAGE, MIN_GRACE_HOURS, collect, parse
 from nixeryd.core import defaults
 
 
@@ -30,11 +30,24 @@ class ParseTests(SynchronousTestCase):
                          ("filesystem", "/srv/images"))
         self.assertEqual((request.keep_days, request.grace_hours, request.dry_run),
                          (None, defaults.GC_GRACE_HOURS, False))
-        request = parse(["--storage-path", "/other", "--keep-days", "30", "--grace", "0.5",
+        request = parse(["--storage-path", "/other", "--keep-days", "30", "--grace", "1.5",
                          "--dry-run", "-v"], {"STORAGE_PATH": "/srv/images"})
         self.assertEqual((request.storage.storage_path, request.keep_days,
                           request.grace_hours, request.dry_run, request.verbose),
-                         ("/other", 30, 0.5, True, True))
+                         ("/other", 30, 1.5, True, True))
+
+    def test_short_grace_needs_unsafe_grace(self) -> None:
+        """
+        A grace period under an hour, which would remove the layers of
+        builds in progress, is refused unless ``--unsafe-grace`` is given.
+        """
+        environ = {"STORAGE_PATH": "/s"}
+        for grace in ("0", "0.99"):
+            error = self.assertRaises(UsageError, parse, ["--grace", grace], environ)
+            self.assertIn("--unsafe-grace", str(error))
+            self.assertEqual(parse(["--grace", grace, "--unsafe-grace"], environ).grace_hours,
+                             float(grace))
+        self.assertEqual(parse(["--grace", "1"], environ).grace_hours, MIN_GRACE_HOURS)
 
     def test_gcs(self) -> None:
         """A bucket and an emulator come from the same variables as the daemon's."""

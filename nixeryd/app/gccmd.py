@@ -10,7 +10,11 @@ daemon does (:mod:`nixeryd.app.storages`), makes one pass
 (:class:`~nixeryd.gc.collector.Collector`) and prints what it removed, by
 kind, with the bytes; with ``--dry-run``, what it would remove.  It may
 run while daemons build on the same storage: nothing written within the
-grace period (``--grace``, hours) is removed.
+grace period (``--grace``, hours) is removed.  A grace period shorter
+than :data:`MIN_GRACE_HOURS` is refused unless ``--unsafe-grace`` says
+that no daemon builds on the storage: a build's layers are referenced by
+nothing until its manifest is written at its very end, and a shorter
+period would remove the layers of builds in progress.
 
 Exit codes: 0 done, 2 usage error, 1 a storage that cannot be used or a
 pass that failed (nothing is removed after the failure).
@@ -36,6 +40,11 @@ from nixeryd.app.settings import GRACE, KEEP_DAYS, STORAGE_SETTINGS, ImageOption
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: Threads for the storage's calls.
 GC_THREADS = 4
+#: The shortest grace period accepted without ``--unsafe-grace``, in
+#: hours: longer than a build takes from its first layer to its manifest
+#: (Nix steps are bounded by ``NIX_TIMEOUT``, ten minutes by
+#: default, then layers are written and stored).
+MIN_GRACE_HOURS = 1.0
 
 
 @frozen
@@ -65,9 +74,15 @@ class GCOptions(usage.Options):
                 " --keep-days, and every blob no image references, except what was"
                 " written within --grace hours; print what was removed. The storage"
                 " is the daemon's, from the same options and environment variables."
-                " Exit codes: 0 done, 2 usage error, 1 storage unusable or pass failed.")
+                " --grace below %g hour is refused without --unsafe-grace: the layers"
+                " of a build in progress are referenced by nothing until its manifest"
+                " is written, at its end." % (MIN_GRACE_HOURS,)
+                + " Exit codes: 0 done, 2 usage error, 1 storage unusable or pass failed.")
 
     optFlags = [["dry-run", None, "Remove nothing; print what would be removed."],
+                ["unsafe-grace", None,
+                 "Accept a --grace below %g hour: only when no daemon builds on the"
+                 " storage during the pass." % (MIN_GRACE_HOURS,)],
                 ["verbose", "v", "Also name every blob and document removed."]]
     optParameters = parameters(STORAGE_SETTINGS, variables=True) + parameters(
         (KEEP_DAYS, GRACE), variables=True)
@@ -84,6 +99,11 @@ class GCOptions(usage.Options):
         """Check every option, as the daemon checks its own."""
         keep_days = KEEP_DAYS.read(self, self._environ)
         grace_hours = GRACE.read(self, self._environ)
+        if grace_hours < MIN_GRACE_HOURS and not self["unsafe-grace"]:
+            raise UsageError(
+                "--grace %g is shorter than %g hour, which removes the layers of builds"
+                " in progress; add --unsafe-grace if no daemon builds on this storage"
+                % (grace_hours, MIN_GRACE_HOURS))
         self.request = GCRequest(
             storage=storage_config_from(self, self._environ), keep_days=keep_days,
             grace_hours=grace_hours, dry_run=bool(self["dry-run"]),
