@@ -53,7 +53,7 @@ from nixeryd.storage.indexfile import IndexFile
 from nixeryd.storage.indexqueue import IndexQueue
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
-from nixeryd.storage.naming import (check_document_name, check_namespace, check_reference,
+from nixeryd.storage.naming import (check_document_name, check_index_entry, check_namespace,
                                     is_document_key)
 from nixeryd.storage.ociindex import Descriptor, descriptor, index_bytes
 from nixeryd.storage.tempdirs import WriterDirectory, claim, release, sweep
@@ -331,8 +331,7 @@ class FilesystemStorage:
     def record_reference(self, reference: str, manifest_digest: str,
                          media_type: str, size: int) -> Deferred[None]:
         try:
-            check_reference(reference)
-            check_digest(manifest_digest)
+            check_index_entry(reference, manifest_digest)
         except Exception:
             return fail()
         return self._index_queue.record(

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+from nixeryd.core.digests import check_digest
+
 _KEY = re.compile(r"[A-Za-z0-9._-]{1,200}\Z")
 _NAMESPACE = re.compile(r"[a-z][a-z0-9-]{0,40}\Z")
 #: What ``org.opencontainers.image.ref.name`` may hold (image-spec grammar).
@@ -42,3 +44,14 @@ def check_reference(reference: str) -> None:
     """:raises ValueError: when ``reference`` is not a valid OCI reference name."""
     if not _REFERENCE.match(reference):
         raise ValueError("invalid image reference %r" % (reference,))
+
+
+def check_index_entry(reference: str, manifest_digest: str) -> None:
+    """
+    What every backend checks before naming a manifest in its index.
+
+    :raises ValueError: for an invalid reference.
+    :raises DigestInvalid: for an invalid manifest digest.
+    """
+    check_reference(reference)
+    check_digest(manifest_digest)

@@ -23,7 +23,7 @@ from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
-from nixeryd.storage.naming import check_document_name, check_namespace, check_reference
+from nixeryd.storage.naming import check_document_name, check_index_entry, check_namespace
 from nixeryd.storage.ociindex import Descriptor, descriptor
 
 T = TypeVar("T")
@@ -219,8 +219,7 @@ class MemoryStorage:
                          media_type: str, size: int) -> Deferred[None]:
         """Name a manifest, replacing an earlier one of the same name."""
         def work() -> None:
-            check_reference(reference)
-            check_digest(manifest_digest)
+            check_index_entry(reference, manifest_digest)
             self._check_failure("record_reference")
             self.references[reference] = descriptor(
                 reference, manifest_digest, media_type, size)

@@ -50,7 +50,6 @@ from zope.interface import implementer
 
 from treq.client import HTTPClient
 
-from nixeryd.core.digests import check_digest
 from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown
 from nixeryd.core.httpbody import BodyTooLarge
@@ -66,7 +65,7 @@ from nixeryd.storage.gcs.signing import (
     DEFAULT_SIGNING_ENDPOINT, ServiceAccountKey, sign_url_v4)
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
-from nixeryd.storage.naming import check_reference
+from nixeryd.storage.naming import check_index_entry
 from nixeryd.storage.ociindex import Descriptor, descriptor
 from nixeryd.storage.tempdirs import WriterDirectory, claim_swept, release
 
@@ -360,8 +359,7 @@ class GCSStorage:
     def record_reference(self, reference: str, manifest_digest: str,
                          media_type: str, size: int) -> Deferred[None]:
         try:
-            check_reference(reference)
-            check_digest(manifest_digest)
+            check_index_entry(reference, manifest_digest)
         except Exception:
             return fail()
         return self._index.record(
