@@ -28,7 +28,8 @@ from nixeryd.build.builder import (
 )
 from nixeryd.build.forest import Customisation
 from nixeryd.build.names import parse_image_name
-from nixeryd.build.progress import BuildPhase, LayerSummary, human_size
+from nixeryd.build.progress import BuildPhase, LayerSummary
+from nixeryd.core.text import human_size
 from nixeryd.build.tarstream import TarGzipWriter
 from nixeryd.core.errors import BuildFailed
 from nixeryd.core.threads import InlineRunner

@@ -12,7 +12,8 @@ import json
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from nixeryd.app.buildprogress import BuildDisplay, human_size, layer_sizes
+from nixeryd.app.buildprogress import BuildDisplay, layer_sizes
+from nixeryd.core.text import human_size
 from nixeryd.core.documents import ManifestDocument
 from nixeryd.service.builds import BuildHistory, BuildPhase, BuildRecord, LayerSummary
 from tests.e2e import build_command, child_environment, require_root, require_tools, run

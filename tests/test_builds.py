@@ -15,7 +15,7 @@ from nixeryd.build.sources import PinnedSource
 from nixeryd.core.errors import BuildFailed
 from nixeryd.service.buildlog import BuildLog
 from nixeryd.service.builds import (BuildHistory, BuildPhase, BuildRecord,
-                                    LayerSummary, describe_source)
+                                    LayerSummary, describe_pinned_source)
 
 
 class Recorder:
@@ -156,18 +156,18 @@ class DescribeSourceTests(SynchronousTestCase):
 
     def test_kinds(self) -> None:
         """A path, a git repository (without credentials) and a channel."""
-        self.assertEqual(describe_source(PinnedSource(
+        self.assertEqual(describe_pinned_source(PinnedSource(
             "path", {"kind": "path", "path": "/srv/pkgs"}, None)), "path /srv/pkgs")
         git = PinnedSource("git", {"kind": "git", "fetchGit": {
             "url": "https://user:token@git.example/pkgs.git", "rev": "a" * 40}}, "a" * 40)
-        self.assertEqual(describe_source(git), "git https://git.example/pkgs.git")
+        self.assertEqual(describe_pinned_source(git), "git https://git.example/pkgs.git")
         scp = PinnedSource("git", {"kind": "git", "fetchGit": {
             "url": "git@git.example:pkgs.git"}}, "a" * 40)
-        self.assertEqual(describe_source(scp), "git git@git.example:pkgs.git")
-        self.assertEqual(describe_source(PinnedSource(
+        self.assertEqual(describe_pinned_source(scp), "git git@git.example:pkgs.git")
+        self.assertEqual(describe_pinned_source(PinnedSource(
             "channel", {"kind": "channel", "channel": "nixos-unstable"}, None)),
             "channel nixos-unstable")
-        self.assertEqual(describe_source(PinnedSource("other", {}, None)), "other")
+        self.assertEqual(describe_pinned_source(PinnedSource("other", {}, None)), "other")
 
 
 class BuildLogTests(SynchronousTestCase):

@@ -16,7 +16,8 @@ from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
 from zope.interface import provider
 
 from nixeryd.build.builder import ImageBuilder
-from nixeryd.build.progress import BuildPhase, human_size
+from nixeryd.build.progress import BuildPhase
+from nixeryd.core.text import human_size
 from nixeryd.core.documents import Image, RedirectBlob
 from nixeryd.core.errors import (
     BlobUnknown,

@@ -9,9 +9,7 @@ from __future__ import annotations
 import html
 import re
 
-from twisted.trial.unittest import SynchronousTestCase
 
-from nixeryd.registry.pages.index import describe_configured_source
 from nixeryd.service.builds import BuildPhase
 from tests.pagefixtures import PagesTestCase
 from tests.registrycases import header
@@ -168,7 +166,7 @@ class BuildListTests(PagesTestCase):
         self.assertIn("the build of failing-1.0 failed", recent)
         row = recent[recent.index(ended.id):].split("</tr>")[0]
         self.assertEqual(re.findall(r"<td>([^<]*)</td>", row)[:3],
-                         ["5.0 s", "2", "3.0 MiB"])
+                         ["5.0 s", "2", "3.1 MB"])
         self.assertIn('<span class="phase succeeded">succeeded</span>', row)
         for record in (waiting, ended):
             self.assertNotIn(record.id, running_table)
@@ -188,18 +186,3 @@ class BuildListTests(PagesTestCase):
         self.assertNotIn(b"<img", body)
         self.assertNotIn(b"<i>t", body)
         self.assertIn(b"&lt;script&gt;alert(1)&lt;/script&gt;:&lt;i&gt;t&lt;/i&gt;", body)
-
-
-class DescribeSourceTests(SynchronousTestCase):
-    """The configured source, as people read it."""
-
-    def test_kinds(self) -> None:
-        """Each kind by its name; git URLs without their user information."""
-        self.assertEqual(describe_configured_source("path", "/srv/pkgs"), "path /srv/pkgs")
-        self.assertEqual(describe_configured_source("channel", "nixos-unstable"),
-                         "channel nixos-unstable")
-        self.assertEqual(describe_configured_source(
-            "repo", "https://user:secret@example.test/pkgs.git"),
-            "git https://example.test/pkgs.git")
-        self.assertEqual(describe_configured_source("repo", "git@example.test:pkgs.git"),
-                         "git git@example.test:pkgs.git")

@@ -69,10 +69,10 @@ class BuildPageTests(PagesTestCase):
         self.assertEqual(element_text(body, "duration"), "5.0 s")
         self.assertEqual(element_text(body, "finished-at"), "2023-11-14 22:13:25 UTC")
         self.assertEqual(element_text(body, "layer-summary"),
-                         "2 layers, 3.0 MiB in all; 1 reused (3.0 MiB).")
+                         "2 layers, 3.1 MB in all; 1 reused (3.1 MB).")
         layers = element_text(body, "layers")
-        self.assertIn("sha256:aaaaaaaaaaaa3.0 MiBreusedhello-1.0", layers)
-        self.assertIn("sha256:bbbbbbbbbbbb2.0 KiBbuiltcustomisation layer", layers)
+        self.assertIn("sha256:aaaaaaaaaaaa3.1 MBreusedhello-1.0", layers)
+        self.assertIn("sha256:bbbbbbbbbbbb2.0 kBbuiltcustomisation layer", layers)
         self.assertIn("waiting+0.0 s1.5 s", element_text(body, "phases"))
         self.assertNotIn("<script>", text)
         self.assertIn('data-finished="true"', text)
@@ -193,7 +193,7 @@ class StateTests(PagesTestCase):
         self.assertTrue(state["finished"])
         self.assertEqual(state["duration"], "5.0 s")
         self.assertEqual(state["layers"][1],
-                         ["sha256:bbbbbbbbbbbb", "2.0 KiB", "built", "customisation layer"])
+                         ["sha256:bbbbbbbbbbbb", "2.0 kB", "built", "customisation layer"])
 
     def test_phase_rows(self) -> None:
         """Each phase entered, when it started and how long it took; the last has no length."""
@@ -213,8 +213,8 @@ class FormatTests(SynchronousTestCase):
 
     def test_size(self) -> None:
         """Bytes, then binary units with one decimal."""
-        self.assertEqual([formats.size(n) for n in [0, 1023, 1024, 1536, 5 * 1024 ** 3]],
-                         ["0 B", "1023 B", "1.0 KiB", "1.5 KiB", "5.0 GiB"])
+        self.assertEqual([formats.size(n) for n in [0, 999, 1000, 1536, 5 * 10 ** 9]],
+                         ["0 B", "999 B", "1.0 kB", "1.5 kB", "5.0 GB"])
 
     def test_seconds(self) -> None:
         """Seconds, minutes, hours."""

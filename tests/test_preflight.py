@@ -27,7 +27,6 @@ from nixeryd.app.preflight import (
     check_nix,
     check_source,
     check_storage,
-    public_location,
     run_checks,
     within,
 )
@@ -54,22 +53,6 @@ def fake_nix(directory: str, script: str = 'echo "nix-instantiate (Nix) 2.99"') 
 def program_env(path: str) -> dict[str, str]:
     """The environment of a child with ``path`` as its PATH."""
     return {"PATH": path, "HOME": os.environ.get("HOME", "/")}
-
-
-class PublicLocationTests(SynchronousTestCase):
-    """:func:`public_location`."""
-
-    def test_user_dropped(self) -> None:
-        """The user part of a URL is left out; everything else stays."""
-        for given, shown in (
-                ("https://token@host/x.git", "https://host/x.git"),
-                ("https://user:pass@host:8443/a/b?c", "https://host:8443/a/b?c"),
-                ("https://host/x.git", "https://host/x.git"),
-                ("file:///srv/pkgs", "file:///srv/pkgs"),
-                ("git@github.com:o/r.git", "git@github.com:o/r.git"),
-                ("/srv/pkgs", "/srv/pkgs")):
-            with self.subTest(given=given):
-                self.assertEqual(public_location(given), shown)
 
 
 class PathSourceTests(SynchronousTestCase):

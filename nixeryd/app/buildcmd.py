@@ -22,7 +22,7 @@ from __future__ import annotations
 import getopt
 import os
 import sys
-from typing import Any, Optional, Sequence, TextIO
+from typing import Any, Optional, Sequence
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
@@ -46,7 +46,8 @@ from nixeryd.app.settings import (
     read_nix_options,
     read_source,
 )
-from nixeryd.app.buildprogress import BuildDisplay, human_size, layer_sizes
+from nixeryd.app.buildprogress import BuildDisplay, layer_sizes
+from nixeryd.core.text import human_size
 from nixeryd.core import defaults
 from nixeryd.core.documents import Image, ManifestDocument
 from nixeryd.core.errors import BuildFailed, RegistryError, UnknownPackages

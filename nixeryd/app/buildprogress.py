@@ -24,6 +24,7 @@ from twisted.internet.task import LoopingCall
 
 from nixeryd.core.documents import ManifestDocument
 from nixeryd.service.builds import BuildHistory, BuildPhase, BuildRecord
+from nixeryd.core.text import human_size
 
 #: The running steps, in order, as the lines name them.
 STEPS = (
@@ -41,16 +42,6 @@ TICK = 1.0
 DEFAULT_COLUMNS = 80
 #: Packages named in the line that starts a build, at most.
 NAMED_PACKAGES = 4
-
-
-def human_size(size: int) -> str:
-    """A byte count for people: ``512 B``, ``4.1 kB``, ``12.3 MB``, ``1.2 GB``."""
-    if size < 1000:
-        return "%d B" % (size,)
-    for unit, scale in (("kB", 1e3), ("MB", 1e6)):
-        if size < scale * 999.95:
-            return "%.1f %s" % (size / scale, unit)
-    return "%.1f GB" % (size / 1e9,)
 
 
 def layer_sizes(manifest: ManifestDocument) -> list[int]:

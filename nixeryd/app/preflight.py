@@ -49,6 +49,7 @@ from nixeryd.build.sources import LATEST, ChannelSource, GitSource
 from nixeryd.core.errors import ManifestUnknown, RegistryError
 from nixeryd.core.threads import Runner
 from nixeryd.storage.interface import IStorage
+from nixeryd.core.text import without_credentials
 
 T = TypeVar("T")
 
@@ -108,20 +109,6 @@ def setting_name(setting: Setting[Any]) -> str:
     return "%s (or --%s)" % (setting.variable, setting.option)
 
 
-def public_location(location: str) -> str:
-    """
-    ``location`` without the user part of a URL (``https://token@host/x``
-    becomes ``https://host/x``), for logs and messages: a credential in a
-    repository URL is not to be shown.
-    """
-    scheme, sep, rest = location.partition("://")
-    if not sep:
-        return location
-    authority, slash, path = rest.partition("/")
-    host = authority.rpartition("@")[2]
-    return scheme + sep + host + slash + path
-
-
 def _last_line(lines: tuple[str, ...]) -> str:
     """
     The line of a process's log that says what went wrong: the first
@@ -176,7 +163,7 @@ async def check_source(source: SourceSetting, *, reactor: ProcessReactor,
 
 async def _check_repository(url: str, *, reactor: ProcessReactor, env: Mapping[str, str],
                             timeout: float) -> Optional[str]:
-    shown = public_location(url)
+    shown = without_credentials(url)
     fix = "set %s to a git repository nixeryd can reach" % (setting_name(PKGS_REPO),)
     repository = GitSource(url, reactor, env, timeout)
     try:

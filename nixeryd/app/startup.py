@@ -15,16 +15,12 @@ from typing import Optional
 from twisted.logger import Logger
 
 from nixeryd.app.config import Config
-from nixeryd.app.preflight import Checked, public_location
-
-#: How the source kinds of the configuration read in the line.
-_SOURCE_WORDS = {"path": "path", "repo": "git", "channel": "channel"}
-
+from nixeryd.app.preflight import Checked
+from nixeryd.core.text import describe_source_setting
 
 def describe_source(config: Config, revision: Optional[str]) -> str:
     """``git https://host/pkgs.git at 1a2b3c4d5e6f`` and the like."""
-    text = "%s %s" % (_SOURCE_WORDS.get(config.source.kind, config.source.kind),
-                      public_location(config.source.location))
+    text = describe_source_setting(config.source.kind, config.source.location)
     if revision is not None and revision != config.source.location:
         text += " at %s" % (revision[:12],)
     return text

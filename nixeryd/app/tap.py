@@ -142,11 +142,11 @@ def build_service(options: Options, reactor: Optional[IServiceReactor] = None, *
 
     from nixeryd.app.wiring import global_reactor, make_daemon_service, make_image_service
     from nixeryd.metrics.monitoring import make_monitoring
-    from nixeryd.registry.pages.index import describe_configured_source
+    from nixeryd.core.text import describe_source_setting
     from nixeryd.registry.site import make_site
 
     running = global_reactor() if reactor is None else reactor
-    source = describe_configured_source(options.config.source.kind,
+    source = describe_source_setting(options.config.source.kind,
                                         options.config.source.location)
     monitoring = make_monitoring(running)
     limits = connection_limits(options.config)

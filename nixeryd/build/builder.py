@@ -33,7 +33,8 @@ from nixeryd.build.manifest import (BuiltDocuments, LayerDescriptor, RuntimeSett
 from nixeryd.build.names import ImageRequest
 from nixeryd.build.nix import Resolution
 from nixeryd.build.nixsteps import NixSteps
-from nixeryd.build.progress import BuildPhase, BuildProgress, LayerSummary, human_size
+from nixeryd.build.progress import BuildPhase, BuildProgress, LayerSummary
+from nixeryd.core.text import human_size
 from nixeryd.core import defaults
 from nixeryd.core.documents import Image
 from nixeryd.core.sharedwork import SharedWork

@@ -32,7 +32,7 @@ from typing import Mapping, Sequence
 
 from nixeryd.build.closure import store_path_name
 from nixeryd.build.processresult import ProcessFailed, ProcessTimedOut
-from nixeryd.build.progress import without_credentials
+from nixeryd.core.text import without_credentials
 from nixeryd.core.errors import BuildFailed, BuildTimedOut, Unavailable
 
 #: How Nix says a builder failed: the derivation, then the exit code or

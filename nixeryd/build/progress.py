@@ -12,7 +12,6 @@ the steps just log.
 from __future__ import annotations
 
 import enum
-import re
 from typing import Protocol
 
 from attrs import frozen
@@ -54,29 +53,6 @@ class LayerSummary:
     size: int
     description: str
     reused: bool
-
-
-#: The user information of a URL (``https://user:token@host``).
-_URL_CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]+@")
-
-
-def without_credentials(text: str) -> str:
-    """
-    ``text`` without the user information of any URL in it: what a build
-    shows people (its log, its messages) may name a package repository
-    whose URL holds a token.
-    """
-    return _URL_CREDENTIALS.sub(r"\1", text)
-
-
-def human_size(size: int) -> str:
-    """A byte count for people: ``512 B``, ``4.1 kB``, ``12.3 MB``, ``1.2 GB``."""
-    if size < 1000:
-        return "%d B" % (size,)
-    for unit, scale in (("kB", 1e3), ("MB", 1e6)):
-        if size < scale * 999.95:
-            return "%.1f %s" % (size / scale, unit)
-    return "%.1f GB" % (size / 1e9,)
 
 
 class BuildProgress(Protocol):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from attrs import Factory, define
 
-from nixeryd.build.progress import human_size
+from nixeryd.core.text import human_size
 from nixeryd.gc.references import CONFIG, LAYER, MANIFEST, OTHER
 
 #: How the kinds are named in the text (one, many), in its order.

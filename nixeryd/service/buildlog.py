@@ -26,7 +26,8 @@ from twisted.logger import (ILogObserver, LogEvent, Logger, LogLevel, formatEven
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nixeryd.build.progress import BuildPhase, LayerSummary, without_credentials
+from nixeryd.build.progress import BuildPhase, LayerSummary
+from nixeryd.core.text import without_credentials
 from nixeryd.core.errors import RegistryError
 from nixeryd.service.builds import BuildRecord
 from nixeryd.service.failures import StorageUnavailable

@@ -24,17 +24,18 @@ from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from nixeryd.build.progress import BuildPhase, LayerSummary, without_credentials
+from nixeryd.build.progress import BuildPhase, LayerSummary
+from nixeryd.core.text import without_credentials
 from nixeryd.build.sources import PinnedSource
 from nixeryd.core import defaults
 
 __all__ = ["BuildHistory", "BuildListener", "BuildPhase", "BuildRecord",
-           "LayerSummary", "describe_source"]
+           "LayerSummary", "describe_pinned_source"]
 
 _log = Logger()
 
 
-def describe_source(pinned: PinnedSource) -> str:
+def describe_pinned_source(pinned: PinnedSource) -> str:
     """
     A package source for people: ``path /srv/pkgs``, ``git <url>`` (any
     credentials in the URL left out) or ``channel <name>`` (else just its

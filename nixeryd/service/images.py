@@ -58,7 +58,8 @@ from nixeryd.build.builder import ImageBuilder
 from nixeryd.build.names import OPTIONAL_PACKAGES, ImageRequest, parse_image_name, validate_tag
 from nixeryd.build.nixsteps import NixSteps
 from nixeryd.build.process import PIPE_DRAIN, REAPER_MARGIN
-from nixeryd.build.progress import BuildPhase, human_size
+from nixeryd.build.progress import BuildPhase
+from nixeryd.core.text import human_size
 from nixeryd.build.sources import PackageSource, PinnedSource
 from nixeryd.core import defaults
 from nixeryd.core.digests import check_digest
@@ -68,7 +69,7 @@ from nixeryd.core.sharedwork import SharedWork
 from nixeryd.metrics.hooks import NO_INSTRUMENTS, Instruments
 from nixeryd.storage.interface import IStorage
 from nixeryd.service.buildlog import BuildLog
-from nixeryd.service.builds import BuildHistory, describe_source
+from nixeryd.service.builds import BuildHistory, describe_pinned_source
 from nixeryd.service.admission import Admission
 from nixeryd.service.coldwork import ABANDONED, ColdJob, ColdWork
 from nixeryd.service.negative import FailureMemory
@@ -502,7 +503,7 @@ class ImageService(MultiService):
         """A new build record, as Nix is about to be asked."""
         return BuildLog(self.builds.start(
             image=request.name, tag=tag, packages=request.packages,
-            system=request.arch.nix_system, source=describe_source(pinned),
+            system=request.arch.nix_system, source=describe_pinned_source(pinned),
             revision=pinned.revision))
 
     async def _evaluate_and_build(self, build: BuildLog, request: ImageRequest,

@@ -1,5 +1,5 @@
 """
-Numbers and times as people read them on the pages: sizes in KiB and MiB,
+Numbers and times as people read them on the pages: sizes in kB and MB,
 durations in seconds or minutes, moments in UTC.
 
 Pure functions of their arguments, so the server-rendered page and the
@@ -10,19 +10,11 @@ from __future__ import annotations
 
 import time
 
-_UNITS = ("KiB", "MiB", "GiB", "TiB")
-
+from nixeryd.core.text import human_size
 
 def size(n: int) -> str:
-    """``n`` bytes: ``512 B``, ``1.5 KiB``, ``23.4 MiB``."""
-    if n < 1024:
-        return "%d B" % (n,)
-    value = float(n)
-    for unit in _UNITS:
-        value /= 1024
-        if value < 1024 or unit == _UNITS[-1]:
-            return "%.1f %s" % (value, unit)
-    raise AssertionError("unreachable")
+    """``n`` bytes as everything else shows them (:func:`~nixeryd.core.text.human_size`)."""
+    return human_size(n)
 
 
 def seconds(s: float) -> str:

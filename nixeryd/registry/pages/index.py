@@ -27,27 +27,6 @@ EXAMPLE_IMAGE = "shell/hello"
 UNKNOWN_HOST = "<registry host>"
 
 
-#: How each kind of configured source is named for people, as build
-#: records name them.
-_SOURCE_KINDS = {"channel": "channel", "repo": "git", "path": "path"}
-
-
-def describe_configured_source(kind: str, location: str) -> str:
-    """
-    The configured package source for people: ``channel <name>``, ``git
-    <url>`` (without the user information of ``scheme://user:secret@host``)
-    or ``path <directory>``.
-
-    :param kind: ``"channel"``, ``"repo"`` or ``"path"``, as configured.
-    """
-    if kind == "repo":
-        scheme, separator, rest = location.partition("://")
-        if separator:
-            authority, slash, path = rest.partition("/")
-            location = "%s://%s%s%s" % (scheme, authority.rpartition("@")[2], slash, path)
-    return "%s %s" % (_SOURCE_KINDS.get(kind, kind), location)
-
-
 @frozen
 class IndexFacts:
     """
