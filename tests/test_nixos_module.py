@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from typing import Any
@@ -219,3 +220,25 @@ class NixOSModuleTests(SynchronousTestCase):
 
 class EvaluationFailed(Exception):
     """nix-instantiate refused the expression; the message is its stderr."""
+
+
+class ModuleDefaultsTests(SynchronousTestCase):
+    """
+    The module leaves unset options to the daemon and says the daemon's
+    default in their descriptions: those must be the daemon's real
+    defaults (read without Nix, so this runs everywhere).
+    """
+
+    def test_stated_defaults_are_the_daemons(self) -> None:
+        from nixeryd.app import settings
+
+        with open(MODULE) as f:
+            text = " ".join(f.read().split())
+        stated = re.findall(r"\(([A-Z_]+); the daemon's default is ([0-9.]+)\)", text)
+        self.assertGreaterEqual(len(stated), 10)
+        by_variable = {setting.variable: setting for setting in vars(settings).values()
+                       if isinstance(setting, settings.Setting) and setting.variable}
+        for variable, value in stated:
+            with self.subTest(variable=variable):
+                self.assertIn(variable, by_variable)
+                self.assertEqual(float(value), float(by_variable[variable].default))
