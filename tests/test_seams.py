@@ -2,8 +2,10 @@
 The seams of the build side: the real classes and the test doubles meet
 the same Protocols, so that tests exercise what the daemon runs.
 
-What matters here is checked by mypy: each object is assigned to a
-variable typed as the Protocol.  The assertions only make the test run.
+Checked twice: by mypy, which sees each object assigned to a variable
+typed as the Protocol, and at run time, where every member the Protocol
+declares must be there (so a renamed method fails here too, without
+mypy).
 """
 
 from __future__ import annotations
@@ -11,6 +13,13 @@ from __future__ import annotations
 from twisted.internet import reactor
 from twisted.internet.interfaces import IReactorThreads
 from twisted.trial.unittest import SynchronousTestCase
+
+def protocol_members(protocol: type) -> set[str]:
+    """The names a Protocol declares (methods, properties, attributes)."""
+    names = {name for name in vars(protocol) if not name.startswith("_")}
+    names |= {name for name in getattr(protocol, "__annotations__", {})
+              if not name.startswith("_")}
+    return names
 
 from nixeryd.build.nix import NixRunner, default_nix_dir
 from nixeryd.build.nixsteps import NixSteps
@@ -25,6 +34,15 @@ from nixeryd.testing.runners import ManualRunner
 class SeamTests(SynchronousTestCase):
     """Real and fake implementations of each seam."""
 
+    def assert_provide(self, protocol: type, implementations: list[object]) -> None:
+        """Every implementation has every member ``protocol`` declares."""
+        members = protocol_members(protocol)
+        self.assertTrue(members, protocol)
+        for implementation in implementations:
+            for name in members:
+                with self.subTest(implementation=type(implementation).__name__, name=name):
+                    self.assertTrue(hasattr(implementation, name))
+
     def test_nix_steps(self) -> None:
         """The Nix runner and the fake Nix both do the Nix steps of an image."""
         steps: list[NixSteps] = [
@@ -32,7 +50,8 @@ class SeamTests(SynchronousTestCase):
                       timeout=1.0, env={}),
             FakeNix(),
         ]
-        self.assertEqual(len(steps), 2)
+        self.assertEqual(protocol_members(NixSteps), {"resolve", "build"})
+        self.assert_provide(NixSteps, list(steps))
 
     def test_package_sources(self) -> None:
         """Every source, and the fake one, pins tags and says whether tags choose."""
@@ -43,15 +62,17 @@ class SeamTests(SynchronousTestCase):
         ]
         self.assertEqual([source.tag_selects_revision for source in sources],
                          [False, False, True, False, True])
+        self.assert_provide(PackageSource, list(sources))
 
     def test_runners(self) -> None:
         """The thread pool, the inline runner and the manual runner are runners."""
         runners: list[Runner] = [
             ThreadPoolService(IReactorThreads(reactor), 1), InlineRunner(),
             ManualRunner()]
-        self.assertEqual(len(runners), 3)
+        self.assertEqual(protocol_members(Runner), {"run"})
+        self.assert_provide(Runner, list(runners))
 
     def test_process_reactor(self) -> None:
         """The reactor can run children (spawn them and time them)."""
         spawner: ProcessReactor = reactor
-        self.assertIs(spawner, reactor)
+        self.assert_provide(ProcessReactor, [spawner])
