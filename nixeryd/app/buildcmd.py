@@ -53,6 +53,7 @@ from nixeryd.core.documents import Image, ManifestDocument
 from nixeryd.core.errors import BuildFailed, RegistryError, UnknownPackages
 from nixeryd.core.mediatypes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from nixeryd.registry.negotiate import choose_manifest
+from nixeryd.app.commandline import parse_or_exit_code
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -265,13 +266,9 @@ async def _build(reactor: Any, request: BuildRequest, display: BuildDisplay) -> 
 
 def main(argv: Sequence[str]) -> int:
     """Run the build command; returns the exit code."""
-    try:
-        request = parse(argv)
-    except UsageError as e:
-        sys.stderr.write("nixeryd: %s\n" % (e,))
-        return EXIT_INVALID
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else EXIT_OK
+    request = parse_or_exit_code(parse, argv, "nixeryd")
+    if isinstance(request, int):
+        return request
     from twisted.internet import reactor as global_reactor
     from twisted.internet import task
 

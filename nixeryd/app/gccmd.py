@@ -36,6 +36,7 @@ from twisted.python.usage import UsageError
 
 from nixeryd.app.config import StorageConfig, storage_config_from
 from nixeryd.app.settings import GRACE, KEEP_DAYS, STORAGE_SETTINGS, ImageOptions, parameters
+from nixeryd.app.commandline import parse_or_exit_code
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: Threads for the storage's calls.
@@ -170,13 +171,9 @@ async def collect(reactor: object, request: GCRequest, out: TextIO) -> int:
 
 def main(argv: Sequence[str]) -> int:
     """``nixeryd gc``: one pass; returns the exit code."""
-    try:
-        request = parse(argv)
-    except UsageError as e:
-        sys.stderr.write("nixeryd gc: %s\n" % (e,))
-        return EXIT_USAGE
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else EXIT_OK
+    request = parse_or_exit_code(parse, argv, "nixeryd gc")
+    if isinstance(request, int):
+        return request
     from twisted.internet import task
 
     from nixeryd.app.logs import TextLinesObserver
