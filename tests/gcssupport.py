@@ -19,6 +19,7 @@ from treq.client import HTTPClient
 from nixeryd.core.threads import Runner, ThreadPoolService
 from nixeryd.storage.gcs.auth import AccessTokenSource
 from nixeryd.storage.gcs.bucket import DEFAULT_CHUNK_SIZE, DEFAULT_READ_SIZE, BucketClient
+from nixeryd.storage.gcs.retry import NO_RETRY, Retrier
 from nixeryd.storage.gcs.signing import ServiceAccountKey
 from nixeryd.storage.gcs.storage import DEFAULT_SIMPLE_UPLOAD_LIMIT, GCSStorage
 from tests.gcsemulator import MISSING_REASON, GCSEmulator, start_emulator
@@ -47,15 +48,18 @@ def gcs_storage(case: TestCase, runner: Runner, endpoint: str, bucket: str, *,
                 token_source: AccessTokenSource | None = None,
                 spool_directory: str | None = None,
                 chunk_size: int = DEFAULT_CHUNK_SIZE, read_size: int = DEFAULT_READ_SIZE,
-                simple_upload_limit: int = DEFAULT_SIMPLE_UPLOAD_LIMIT) -> GCSStorage:
+                simple_upload_limit: int = DEFAULT_SIMPLE_UPLOAD_LIMIT,
+                retrier: Retrier | None = None) -> GCSStorage:
     """
     A GCS storage on ``endpoint`` (an emulator or a fake server), with a
-    new connection per request as emulators need, closed when the test ends.
+    new connection per request as emulators need, closed when the test ends;
+    requests are tried once unless ``retrier`` says otherwise.
     """
     pool = HTTPConnectionPool(reactor, persistent=False)
     client = BucketClient(reactor, runner, HTTPClient(Agent(reactor, pool=pool)), pool,
                           bucket, endpoint=endpoint, token_source=token_source,
-                          chunk_size=chunk_size, read_size=read_size)
+                          chunk_size=chunk_size, read_size=read_size,
+                          retrier=retrier or Retrier(reactor, NO_RETRY))
     storage = GCSStorage(reactor, runner, client, signing_key=signing_key,
                          spool_directory=spool_directory or case.mktemp(),
                          simple_upload_limit=simple_upload_limit)

@@ -89,3 +89,14 @@ MEMORY_SWEEP_INTERVAL = 6 * 3600.0
 #: Hours during which nothing written is removed by the garbage collector:
 #: blobs and documents of builds in progress.
 GC_GRACE_HOURS = 6.0
+#: Seconds before the first retry of a transient Cloud Storage failure
+#: (408, 429, 5xx, a lost connection); each next wait doubles, up to
+#: GCS_RETRY_CAP, and is drawn at random below that bound (full jitter).
+GCS_RETRY_INITIAL = 0.5
+#: Factor between the bounds of two successive waits.
+GCS_RETRY_MULTIPLIER = 2.0
+#: The longest wait between two attempts, in seconds.
+GCS_RETRY_CAP = 16.0
+#: Seconds after the first attempt beyond which a request is no longer
+#: retried: its last failure stands (and becomes 503 UNAVAILABLE).
+GCS_RETRY_DEADLINE = 60.0

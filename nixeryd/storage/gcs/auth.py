@@ -14,6 +14,7 @@ import json
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.web.iweb import IResponse
 
 from treq.client import HTTPClient
 
@@ -21,6 +22,7 @@ from nixeryd.core.httpbody import BodyTooLarge
 from nixeryd.core.sharedwork import SharedWork
 from nixeryd.core.threads import Runner
 from nixeryd.storage.gcs.http import GCSError, cancel_after, drain, error_for
+from nixeryd.storage.gcs.retry import Retrier
 from nixeryd.storage.gcs.signing import JWT_BEARER_GRANT, ServiceAccountKey, jwt_assertion
 
 
@@ -51,18 +53,22 @@ class AccessTokenSource:
     :param http: the treq client to post with.
     :param margin: seconds before expiry at which a token is renewed.
     :param timeout: seconds a token request may take.
+    :param retrier: retries token requests after transient failures; by
+        default with the default policy on ``clock``.
     """
 
     log = Logger()
 
     def __init__(self, clock: IReactorTime, runner: Runner, key: ServiceAccountKey,
-                 http: HTTPClient, margin: float = 300, timeout: float = 60) -> None:
+                 http: HTTPClient, margin: float = 300, timeout: float = 60,
+                 retrier: Retrier | None = None) -> None:
         self._clock = clock
         self._runner = runner
         self._key = key
         self._http = http
         self._margin = margin
         self._timeout = timeout
+        self._retrier = retrier if retrier is not None else Retrier(clock)
         self._token: str | None = None
         self._expires = 0.0
         self._refreshing: SharedWork[str, str] = SharedWork()
@@ -77,10 +83,17 @@ class AccessTokenSource:
     async def _refresh(self) -> str:
         now = self._clock.seconds()
         assertion = await self._runner.run(jwt_assertion, self._key, issued_at=int(now))
-        response = await cancel_after(self._http.post(
-            self._key.token_uri,
-            data={"grant_type": JWT_BEARER_GRANT, "assertion": assertion},
-            allow_redirects=False), self._timeout, self._clock)
+
+        async def send() -> IResponse:
+            response = await cancel_after(self._http.post(
+                self._key.token_uri,
+                data={"grant_type": JWT_BEARER_GRANT, "assertion": assertion},
+                allow_redirects=False), self._timeout, self._clock)
+            return response
+
+        # Asking for a token changes nothing: always safe to repeat.
+        response = await self._retrier.request(
+            send, method="POST", target=self._key.token_uri, safe=True, log=self.log)
         if response.code != 200:
             raise await error_for(response, "fetching an access token from "
                                   + self._key.token_uri)

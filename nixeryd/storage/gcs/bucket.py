@@ -9,6 +9,10 @@ names the MD5 of its content, and may be guarded by a generation
 precondition (``ifGenerationMatch``), which Cloud Storage answers with 412
 (:class:`~nixeryd.storage.gcs.http.PreconditionFailed`) when it no longer
 holds.
+
+Requests that are safe to repeat (reads, listings, guarded uploads and
+deletions) are sent again after transient failures
+(:mod:`nixeryd.storage.gcs.retry`); the others are tried once.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from nixeryd.storage.gcs.auth import AccessTokenSource
 from nixeryd.storage.gcs.filebody import FileRegionProducer
 from nixeryd.storage.gcs.http import (
     GCSError, PreconditionFailed, cancel_after, drain, error_for)
+from nixeryd.storage.gcs.retry import Retrier
 
 #: The JSON API of real Cloud Storage.
 DEFAULT_API_ENDPOINT = "https://storage.googleapis.com"
@@ -93,6 +98,8 @@ class BucketClient:
     :param read_size: bytes read from disk at a time while uploading.
     :param request_timeout: seconds a request may take until its answer
         begins.
+    :param retrier: retries safe requests; by default with the default
+        policy on ``clock``.
     """
 
     log = Logger()
@@ -103,7 +110,8 @@ class BucketClient:
                  token_source: AccessTokenSource | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE,
                  read_size: int = DEFAULT_READ_SIZE,
-                 request_timeout: float = 300) -> None:
+                 request_timeout: float = 300,
+                 retrier: Retrier | None = None) -> None:
         if chunk_size <= 0 or chunk_size % RESUMABLE_GRANULARITY:
             raise ValueError("chunk_size must be a positive multiple of %d"
                              % (RESUMABLE_GRANULARITY,))
@@ -117,6 +125,7 @@ class BucketClient:
         self._chunk_size = chunk_size
         self._read_size = read_size
         self._timeout = request_timeout
+        self._retrier = retrier if retrier is not None else Retrier(clock)
 
     def _object_url(self, name: str, **query: str) -> str:
         url = "%s/storage/v1/b/%s/o/%s" % (
@@ -131,22 +140,35 @@ class BucketClient:
         return "%s/upload/storage/v1/b/%s/o?%s" % (
             self.endpoint, quote(self.bucket, safe=""), urlencode(query))
 
-    async def _request(self, method: str, url: str, *,
+    async def _request(self, method: str, url: str, *, target: str, safe: bool,
                        headers: dict[str, str] | None = None,
                        data: bytes | IBodyProducer | None = None) -> IResponse:
-        all_headers: dict[bytes | str, bytes | str] = {}
-        all_headers.update(headers or {})
-        if self._tokens is not None:
-            all_headers["Authorization"] = "Bearer " + await self._tokens.token()
-        response = await cancel_after(self._http.request(
-            method, url, headers=all_headers, data=data, allow_redirects=False),
-            self._timeout, self._clock)
-        return response
+        """
+        Send a request; again after a transient failure when ``safe`` (a
+        body to send again must then be ``bytes``).
+        """
+        async def send() -> IResponse:
+            all_headers: dict[bytes | str, bytes | str] = {}
+            all_headers.update(headers or {})
+            if self._tokens is not None:
+                all_headers["Authorization"] = "Bearer " + await self._tokens.token()
+            response = await cancel_after(self._http.request(
+                method, url, headers=all_headers, data=data, allow_redirects=False),
+                self._timeout, self._clock)
+            return response
+
+        return await self._retrier.request(
+            send, method=method, target=target, safe=safe and not IBodyProducer.providedBy(data),
+            log=self.log)
+
+    def _gs(self, name: str) -> str:
+        return "gs://%s/%s" % (self.bucket, name)
 
     async def metadata(self, name: str) -> ObjectResource | None:
         """The object's metadata, or ``None`` when it does not exist."""
         response = await self._request(
-            "GET", self._object_url(name, fields="size,md5Hash,crc32c,generation,metageneration,updated,customTime"))
+            "GET", self._object_url(name, fields="size,md5Hash,crc32c,generation,metageneration,updated,customTime"),
+            target=self._gs(name), safe=True)
         if response.code == 404:
             await drain(response)
             return None
@@ -166,7 +188,8 @@ class BucketClient:
         query = {"alt": "media"}
         if generation is not None:
             query["ifGenerationMatch"] = generation
-        response = await self._request("GET", self._object_url(name, **query))
+        response = await self._request("GET", self._object_url(name, **query),
+                                       target=self._gs(name), safe=True)
         if response.code == 404:
             await drain(response)
             return None
@@ -200,6 +223,9 @@ class BucketClient:
         """
         Upload ``data`` in one multipart request; with ``generation``, only
         if the object's generation is still that (``"0"``: still absent).
+
+        Only a guarded upload is retried; its 412 may then mean that an
+        earlier attempt was stored, which the caller checks.
         """
         body, multipart_type = multipart_body(
             {"name": name, "md5Hash": md5, "contentType": content_type}, data)
@@ -207,7 +233,8 @@ class BucketClient:
         if generation is not None:
             query["ifGenerationMatch"] = generation
         response = await self._request(
-            "POST", self._upload_url(**query),
+            "POST", self._upload_url(**query), target=self._gs(name),
+            safe=generation is not None,
             headers={"Content-Type": multipart_type}, data=body)
         return await self._finish_upload(response, name, len(data), md5)
 
@@ -222,6 +249,7 @@ class BucketClient:
         response = await self._request(
             "POST", self._upload_url(uploadType="resumable", name=name,
                                      ifGenerationMatch=generation),
+            target=self._gs(name), safe=True,
             headers={"Content-Type": "application/json; charset=UTF-8",
                      "X-Upload-Content-Type": "application/octet-stream",
                      "X-Upload-Content-Length": str(size)},
@@ -244,7 +272,7 @@ class BucketClient:
             producer = FileRegionProducer(self._runner, path, offset, end - offset,
                                           self._read_size)
             response = await self._request(
-                "PUT", session,
+                "PUT", session, target=self._gs(name), safe=False,
                 headers={"Content-Range": "bytes %d-%d/%d" % (offset, end - 1, size),
                          "Content-Type": "application/octet-stream"},
                 data=producer)
@@ -273,7 +301,8 @@ class BucketClient:
             query = {"prefix": prefix, "maxResults": str(page_size), "fields": LIST_FIELDS}
             if token is not None:
                 query["pageToken"] = token
-            response = await self._request("GET", self._list_url(**query))
+            response = await self._request("GET", self._list_url(**query),
+                                           target=self._gs(prefix + "*"), safe=True)
             if response.code != 200:
                 raise await error_for(response, "listing gs://%s/%s" % (self.bucket, prefix))
             body = await read_limited(response, LIST_PAGE_LIMIT)
@@ -295,7 +324,8 @@ class BucketClient:
             query["ifGenerationMatch"] = generation
         if metageneration is not None:
             query["ifMetagenerationMatch"] = metageneration
-        response = await self._request("DELETE", self._object_url(name, **query))
+        response = await self._request("DELETE", self._object_url(name, **query),
+                                       target=self._gs(name), safe=generation is not None)
         if response.code in (200, 204):
             await drain(response)
             return True
@@ -311,6 +341,7 @@ class BucketClient:
         """
         response = await self._request(
             "PATCH", self._object_url(name, fields="customTime"),
+            target=self._gs(name), safe=False,
             headers={"Content-Type": "application/json"},
             data=json.dumps({"customTime": timestamp}).encode())
         if response.code != 200:
@@ -325,7 +356,9 @@ class BucketClient:
         """
         url = "%s/storage/v1/b/%s?fields=name" % (self.endpoint, quote(self.bucket, safe=""))
         try:
-            response = await self._request("GET", url)
+            # Tried once: at start-up, a failure is reported at once.
+            response = await self._request("GET", url, target="gs://" + self.bucket,
+                                           safe=False)
         except GCSError:
             raise
         except Exception as e:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
@@ -35,6 +35,10 @@ class GCSError(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class RequestTimedOut(GCSError):
+    """A request got no answer within its timeout (and was dropped)."""
 
 
 class PreconditionFailed(Exception):
@@ -61,13 +65,17 @@ async def error_for(response: IResponse, what: str) -> GCSError:
 def cancel_after(request: Deferred[T], seconds: float, clock: IReactorTime) -> Deferred[T]:
     """
     ``request``, cancelled if it has not fired within ``seconds`` (an HTTP
-    request: cancelling it drops the connection).
+    request: cancelling it drops the connection), then failing with
+    :class:`RequestTimedOut`.
     """
     timer = clock.callLater(seconds, request.cancel)
 
     def stop_timer(result: T | Failure) -> T | Failure:
         if timer.active():
             timer.cancel()
+        elif isinstance(result, Failure) and isinstance(result.value, CancelledError):
+            return Failure(  # type: ignore[no-untyped-call]
+                RequestTimedOut("no answer within %g s" % (seconds,)))
         return result
 
     request.addBoth(stop_timer)
