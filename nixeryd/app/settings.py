@@ -35,6 +35,11 @@ def _anything(value: object) -> bool:
     return True
 
 
+def _positive_seconds(seconds: float) -> bool:
+    """A duration that must pass: finite and more than zero."""
+    return math.isfinite(seconds) and seconds > 0
+
+
 def _shown(value: object) -> str:
     """A default as the help shows it: ``600``, not ``600.0``."""
     return format(value, "g") if isinstance(value, float) else str(value)
@@ -160,7 +165,7 @@ GCS_ENDPOINT = _text(
 NIX_TIMEOUT = Setting(
     "nix-timeout", "Seconds allowed for each Nix step of an image, evaluation then build",
     defaults.NIX_TIMEOUT, float, "NIX_TIMEOUT",
-    check=lambda seconds: math.isfinite(seconds) and seconds > 0, unit="seconds")
+    check=_positive_seconds, unit="seconds")
 POPULARITY_URL = _text(
     "popularity-url", "File path or URL of package popularity data", "NIX_POPULARITY_URL")
 MAX_BUILDS = Setting(
@@ -200,17 +205,17 @@ HEAD_TIMEOUT = Setting(
     "Seconds a client has to send a whole request, from connecting or from the"
     " request's first byte; then the connection is dropped",
     defaults.HEAD_TIMEOUT, float, "NIXERY_HEAD_TIMEOUT",
-    check=lambda seconds: math.isfinite(seconds) and seconds > 0, unit="seconds")
+    check=_positive_seconds, unit="seconds")
 IDLE_TIMEOUT = Setting(
     "idle-timeout", "Seconds a kept-alive connection waits for the next request",
     defaults.IDLE_TIMEOUT, float, "NIXERY_IDLE_TIMEOUT",
-    check=lambda seconds: math.isfinite(seconds) and seconds > 0, unit="seconds")
+    check=_positive_seconds, unit="seconds")
 STALL_TIMEOUT = Setting(
     "stall-timeout",
     "Seconds a response may wait for its client to read before the connection"
     " is dropped",
     defaults.STALL_TIMEOUT, float, "NIXERY_STALL_TIMEOUT",
-    check=lambda seconds: math.isfinite(seconds) and seconds > 0, unit="seconds")
+    check=_positive_seconds, unit="seconds")
 MAX_CONNECTIONS_PER_CLIENT = Setting(
     "max-connections-per-client", "Connections one client address may hold at once",
     defaults.MAX_CONNECTIONS_PER_CLIENT, int, "NIXERY_MAX_CONNECTIONS_PER_CLIENT",
