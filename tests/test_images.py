@@ -572,15 +572,6 @@ class LifecycleTests(ServiceFixture):
         self.assertEqual(events, ["second", "first"])
         self.successResultOf(stopping)
 
-    def test_stop_cancels_builds(self) -> None:
-        """Stopping the service cancels builds in progress and fails their waiters."""
-        service = self.make_service()
-        service.startService()
-        self.nix.build_gate = Deferred()
-        waiting = self.image(service)
-        self.successResultOf(service.stopService())
-        self.failureResultOf(waiting, CancelledError)
-
     def slow_to_stop(self) -> Deferred[None]:
         """
         Make the fake Nix's builds, once cancelled, end only when the
@@ -846,7 +837,7 @@ class BuildRecordTests(ServiceFixture):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_cancelled_by_stop(self) -> None:
-        """Stopping the service cancels the build's record."""
+        """Stopping the service cancels builds in progress, fails their waiters and cancels their records."""
         service = self.make_service()
         service.startService()
         self.nix.build_gate = Deferred()
