@@ -29,6 +29,7 @@ from nixeryd.registry.deadlines import DeadlineChannel
 from nixeryd.registry.imagesource import ImageSource
 from nixeryd.registry.pages.html import NotFoundPage
 from nixeryd.registry.pages.resources import BuildsResource, IndexResource, mount_monitoring
+from nixeryd.registry.responses import request_fields
 from nixeryd.registry.tlsguard import TLSGuardSite
 from nixeryd.service.builds import BuildHistory
 
@@ -161,8 +162,7 @@ class RegistrySite(TLSGuardSite):
         address = request.getClientAddress()  # type: ignore[no-untyped-call]
         access_log.info(
             "{client} {method} {path} {status} {bytes} {duration}",
-            method=request.method.decode("ascii", "backslashreplace"),
-            path=request.uri.decode("ascii", "backslashreplace"),
+            **request_fields(request),
             status=request.code,
             bytes=request.sentLength,
             duration=duration,
