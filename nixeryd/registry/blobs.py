@@ -105,17 +105,16 @@ class BlobResponder:
                 except RangeNotSatisfiable:
                     unsatisfiable = True
 
+        length = selected.length if selected is not None else size
         file: Optional[BinaryIO] = None
-        if request.method == GET and not not_modified and not unsatisfiable:
-            length = selected.length if selected is not None else size
-            if length:
-                try:
-                    file = open(blob.path, "rb")
-                except FileNotFoundError:
-                    raise BlobUnknown("blob unknown to registry",
-                                      {"digest": blob.digest}) from None
-                if selected is not None:
-                    file.seek(selected.start)
+        if request.method == GET and not not_modified and not unsatisfiable and length:
+            try:
+                file = open(blob.path, "rb")
+            except FileNotFoundError:
+                raise BlobUnknown("blob unknown to registry",
+                                  {"digest": blob.digest}) from None
+            if selected is not None:
+                file.seek(selected.start)
 
         headers = request.responseHeaders
         headers.setRawHeaders(DIGEST_HEADER, [digest])
@@ -135,9 +134,6 @@ class BlobResponder:
             request.setResponseCode(206)
             headers.setRawHeaders(b"Content-Range", [
                 b"bytes %d-%d/%d" % (selected.start, selected.end, size)])
-            length = selected.length
-        else:
-            length = size
         headers.setRawHeaders(CONTENT_LENGTH, [b"%d" % (length,)])
         if file is None:
             return b""
