@@ -11,8 +11,7 @@ that must never be echoed, so it is refused here, in one place.
 from __future__ import annotations
 
 import re
-
-from twisted.web.server import Request
+from typing import Protocol
 
 _PLAIN_HOST = re.compile(
     rb"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?"
@@ -29,6 +28,13 @@ def plain_host(value: bytes | None) -> str | None:
     return value.decode("ascii")
 
 
-def request_host(request: Request) -> str | None:
+class HeaderSource(Protocol):
+    """The part of a request the host is read from."""
+
+    def getHeader(self, key: bytes) -> bytes | None:
+        """A request header's value."""
+
+
+def request_host(request: HeaderSource) -> str | None:
     """The request's ``Host`` header when it is plain (:func:`plain_host`)."""
     return plain_host(request.getHeader(b"host"))

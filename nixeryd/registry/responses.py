@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from nixeryd.core.errors import RegistryError, Unsupported
-from nixeryd.registry.hosts import plain_host
+from nixeryd.registry.hosts import request_host
 from nixeryd.registry.httpnames import (
     ALLOWED_METHODS,
     CONTENT_LENGTH,
@@ -98,7 +98,7 @@ def build_page_url(request: AddressedRequest, build_id: str) -> str:
     plain ``host[:port]``; else the path alone.
     """
     path = "/builds/" + build_id
-    host = plain_host(request.getHeader(b"host"))
+    host = request_host(request)
     if host is None:
         return path
     return "%s://%s%s" % ("https" if request.isSecure() else "http", host, path)

@@ -12,6 +12,7 @@ import time
 
 from nixeryd.core.text import human_size
 
+
 def size(n: int) -> str:
     """``n`` bytes as everything else shows them (:func:`~nixeryd.core.text.human_size`)."""
     return human_size(n)
