@@ -17,6 +17,7 @@ from typing import Mapping, Optional
 from attrs import frozen
 from twisted.python.usage import UsageError
 
+from nixeryd.app.privateconfig import PrivateConfig, private_config_from
 from nixeryd.app.settings import (
     BUILD_LOG_LINES,
     FAILURE_TTL,
@@ -114,6 +115,8 @@ class Config(StorageConfig):
     stall_timeout: float = STALL_TIMEOUT.default
     max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT.default
     max_connections: Optional[int] = MAX_CONNECTIONS.default
+    #: Authentication, tokens, rules, TLS, cold builds per client.
+    private: PrivateConfig = PrivateConfig()
 
 
 def _listen(options: Mapping[str, object], environ: Mapping[str, str]) -> str:
@@ -244,4 +247,5 @@ def config_from(options: Mapping[str, object], environ: Mapping[str, str]) -> Co
         stall_timeout=STALL_TIMEOUT.read(options, environ),
         max_connections_per_client=MAX_CONNECTIONS_PER_CLIENT.read(options, environ),
         max_connections=MAX_CONNECTIONS.read(options, environ),
+        private=private_config_from(options, environ),
     )

@@ -225,6 +225,53 @@ MAX_CONNECTIONS: Setting[Optional[int]] = Setting(
     "Connections at once from all clients; at most, and by default, what the"
     " open-file limit carries (each connection counted with a blob file)",
     None, int, "NIXERY_MAX_CONNECTIONS", check=lambda n: n is not None and n >= 1)
+# -- private instances: authentication, tokens, TLS, limits per client ---------
+HTPASSWD = _text(
+    "htpasswd",
+    "htpasswd file of bcrypt hashes (htpasswd -B): pulls need a user name and password",
+    "NIXERY_HTPASSWD")
+AUTH_RULES = _text(
+    "auth-rules", "TOML rules file: which users may pull which packages",
+    "NIXERY_AUTH_RULES")
+TOKEN_KEY = _text(
+    "token-key",
+    "PEM private key (RSA or EC P-256) signing the tokens of nixeryd's own /token"
+    " endpoint; turns on the token flow (needs --htpasswd)", "NIXERY_TOKEN_KEY")
+TOKEN_PUBLIC_KEY = _text(
+    "token-public-key",
+    "PEM public key or certificate of an external token service whose tokens"
+    " are accepted; turns on the token flow (needs --token-realm)",
+    "NIXERY_TOKEN_PUBLIC_KEY")
+TOKEN_REALM = _text(
+    "token-realm",
+    "URL of the token service clients are sent to (default: this registry's /token)",
+    "NIXERY_TOKEN_REALM")
+TOKEN_SERVICE = Setting(
+    "token-service", "Service name of the tokens (challenges' service, tokens' aud)",
+    defaults.TOKEN_SERVICE, str, "NIXERY_TOKEN_SERVICE", check=bool)
+TOKEN_ISSUER = Setting(
+    "token-issuer", "Issuer of the tokens (their iss)", defaults.TOKEN_ISSUER, str,
+    "NIXERY_TOKEN_ISSUER", check=bool)
+TOKEN_TTL = Setting(
+    "token-ttl", "Seconds a token of nixeryd's own /token endpoint lasts",
+    defaults.TOKEN_TTL, float, "NIXERY_TOKEN_TTL",
+    check=lambda seconds: math.isfinite(seconds) and seconds >= 1, unit="seconds")
+TLS_CERT = _text(
+    "tls-cert",
+    "PEM certificate (then intermediates) to serve HTTPS with; read again on SIGHUP",
+    "NIXERY_TLS_CERT")
+TLS_KEY = _text("tls-key", "PEM private key of --tls-cert", "NIXERY_TLS_KEY")
+COLD_PER_MINUTE = Setting(
+    "cold-per-minute",
+    "Cold builds one user (or address, unauthenticated) may start per minute; 0 for no"
+    " bound", defaults.COLD_PER_MINUTE, int, "NIXERY_COLD_PER_MINUTE",
+    check=lambda n: n >= 0)
+
+#: The settings of private instances, in the order the help lists them.
+PRIVATE_SETTINGS: tuple[Setting[Any], ...] = (
+    HTPASSWD, AUTH_RULES, TOKEN_KEY, TOKEN_PUBLIC_KEY, TOKEN_REALM, TOKEN_SERVICE,
+    TOKEN_ISSUER, TOKEN_TTL, TLS_CERT, TLS_KEY, COLD_PER_MINUTE)
+
 NIX_OPTION: Setting[Optional[str]] = Setting(
     "nix-option",
     "A Nix setting NAME=VALUE (e.g. substituters= to build offline); repeatable",

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from nixeryd.app.config import Config
 from nixeryd.app.preflight import Checked
+from nixeryd.app.privateconfig import describe_access
 from nixeryd.core.text import describe_source_setting
 
 def describe_source(config: Config, revision: Optional[str]) -> str:
@@ -47,13 +48,16 @@ def log_serving(log: Logger, config: Config, checked: Checked,
     :param address: the address the port listens on (``host:port``), or
         ``None`` when only the configured endpoint is known.
     """
+    access = describe_access(config.private)
     log.info(
-        "Serving on {address}: packages from {source}; storage {storage};"
+        "Serving on {address}{access_note}: packages from {source}; storage {storage};"
         " {max_builds} Nix build{builds_s} at once, Nix timeout {nix_timeout:g} s a step,"
         " {layer_budget} layers an image (+1); {nix_version}",
         event="serving",
         address=address if address is not None else config.listen,
         listen=config.listen,
+        access=access,
+        access_note="" if access is None else " (%s)" % (access,),
         source=describe_source(config, checked.revision),
         source_kind=config.source.kind,
         revision=checked.revision,

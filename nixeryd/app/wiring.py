@@ -130,6 +130,7 @@ def assemble_image_service(
         max_queue: int = defaults.MAX_QUEUE,
         failure_ttl: float = defaults.FAILURE_TTL,
         record_pulls: bool = False,
+        cold_per_minute: int = 0,
         ) -> ImageService:
     """
     Build an :class:`ImageService` and everything under it.
@@ -204,7 +205,7 @@ def assemble_image_service(
         source=package_source, nix=nix, builder=builder, storage=store, clock=reactor,
         max_builds=max_builds, moving_ttl=moving_ttl, reference=reference,
         on_start=on_start, max_queue=max_queue, failure_ttl=failure_ttl,
-        instruments=instruments, pulls=pulls,
+        instruments=instruments, pulls=pulls, cold_per_minute=cold_per_minute,
         builds=BuildHistory(reactor, keep_builds=keep_builds, keep_lines=build_log_lines))
     if metrics is not None:
         metrics.follow(service.builds)
@@ -254,7 +255,8 @@ def make_image_service(config: Config, reactor: IServiceReactor, pools: ThreadPo
         start_check=start_check if check_at_start else None,
         metrics=monitoring.metrics if monitoring is not None else None,
         keep_builds=config.keep_builds, build_log_lines=config.build_log_lines,
-        max_queue=config.max_queue, failure_ttl=config.failure_ttl, record_pulls=True)
+        max_queue=config.max_queue, failure_ttl=config.failure_ttl, record_pulls=True,
+        cold_per_minute=config.private.cold_per_minute)
 
 
 def close_unstarted_storages(top: Service) -> Deferred[None]:

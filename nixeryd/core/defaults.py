@@ -100,3 +100,16 @@ GCS_RETRY_CAP = 16.0
 #: Seconds after the first attempt beyond which a request is no longer
 #: retried: its last failure stands (and becomes 503 UNAVAILABLE).
 GCS_RETRY_DEADLINE = 60.0
+
+# -- private instances: authentication, tokens, TLS, limits per client ---------
+#: The token service name (the ``service`` of challenges, tokens' ``aud``).
+TOKEN_SERVICE = "nixeryd"
+#: The issuer of nixeryd's own tokens (their ``iss``).
+TOKEN_ISSUER = "nixeryd"
+#: Seconds a token of nixeryd's own token endpoint lasts.
+TOKEN_TTL = 300.0
+#: Threads checking passwords (bcrypt) and tokens.
+AUTH_THREADS = 2
+#: Cold builds one user (or, unauthenticated, one address) may start per
+#: minute; requests beyond are answered 429 with Retry-After.
+COLD_PER_MINUTE = 60

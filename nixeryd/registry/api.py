@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from nixeryd.auth.gate import AuthGate
 from nixeryd.core.documents import Image, ManifestDocument
 from nixeryd.registry.blobs import BlobPool, BlobResponder
 from nixeryd.registry.httpnames import (
@@ -43,6 +44,7 @@ from nixeryd.registry.routes import (
     ManifestByDigest,
     ManifestByTag,
     Ping,
+    Route,
     TagsList,
     parse_v2_path,
 )
@@ -88,6 +90,9 @@ class RegistryResource(Resource):
     :param blob_pool: threads for sending blob bodies with ``sendfile``;
         see :class:`~nixeryd.registry.blobs.BlobResponder`.
     :param clock: the reactor, for scheduling; the global one when not given.
+    :param gate: when authentication is on, what every request passes
+        first (:mod:`nixeryd.auth.gate`); cold work then counts against
+        the user rather than the address.
 
     :ivar blobs: answers blob requests.
     """
@@ -95,9 +100,11 @@ class RegistryResource(Resource):
     isLeaf = True
 
     def __init__(self, images: ImageSource, blob_pool: Optional[BlobPool] = None,
-                 clock: Optional[IReactorTime] = None) -> None:
+                 clock: Optional[IReactorTime] = None, *,
+                 gate: Optional[AuthGate] = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._images = images
+        self._gate = gate
         if clock is None:
             from twisted.internet import reactor as global_reactor
 
@@ -120,6 +127,20 @@ class RegistryResource(Resource):
         except Exception:
             write_failure(request, Failure())  # type: ignore[no-untyped-call]
             return NOT_DONE_YET
+        if self._gate is not None:
+            try:
+                identity = self._gate.admitted_now(request, route)
+            except Exception:
+                write_failure(request, Failure())  # type: ignore[no-untyped-call]
+                return NOT_DONE_YET
+            if identity is None:
+                return render_async(request, self._admitted, route)
+            return self._route(request, route, identity.client)
+        return self._route(request, route, _client_address(request))
+
+    def _route(self, request: Request, route: Route, client: Optional[str]) -> bytes | int:
+        """Answer an admitted request; ``client`` is who cold work counts against."""
+        method = request.method
         match route:
             case ManifestByTag():
                 image = self._images.cached_image(route.name, route.tag)
@@ -127,7 +148,7 @@ class RegistryResource(Resource):
                     # Warm images are answered at once, without a coroutine.
                     body = self._manifest_body(request, image)
                     return b"" if method == HEAD else body
-                return render_async(request, self._manifest_by_tag, route)
+                return render_async(request, self._manifest_by_tag, route, client)
             case Blob():
                 return render_async(request, self._blob, route)
             case ManifestByDigest():
@@ -135,15 +156,28 @@ class RegistryResource(Resource):
             case TagsList():
                 return render_async(request, self._tags, route)
             case Ping():
-                headers = request.responseHeaders
-                headers.setRawHeaders(CONTENT_TYPE, [JSON])
-                headers.setRawHeaders(CONTENT_LENGTH, [b"2"])
-                return b"" if method == HEAD else _PING_BODY
+                body = self._ping(request)
+                return b"" if method == HEAD else body
 
-    async def _manifest_by_tag(self, request: Request,
-                               route: ManifestByTag) -> bytes:
-        image = await self._images.image(route.name, route.tag,
-                                         client=_client_address(request))
+    async def _admitted(self, request: Request, route: Route) -> Optional[bytes]:
+        """
+        Admit a request through the gate (which may need threads), then
+        answer it as :meth:`_route` does (a body, or a handler of its own).
+        """
+        assert self._gate is not None
+        identity = await self._gate.admit(request, route)
+        answer = self._route(request, route, identity.client)
+        return answer if isinstance(answer, bytes) else None
+
+    def _ping(self, request: Request) -> bytes:
+        headers = request.responseHeaders
+        headers.setRawHeaders(CONTENT_TYPE, [JSON])
+        headers.setRawHeaders(CONTENT_LENGTH, [b"2"])
+        return _PING_BODY
+
+    async def _manifest_by_tag(self, request: Request, route: ManifestByTag,
+                               client: Optional[str]) -> bytes:
+        image = await self._images.image(route.name, route.tag, client=client)
         return self._manifest_body(request, image)
 
     def _manifest_body(self, request: Request, image: Image) -> bytes:

@@ -19,6 +19,7 @@ from twisted.web import http
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from nixeryd.auth.assemble import Auth
 from nixeryd.metrics.daemon import DaemonMetrics
 from nixeryd.metrics.monitoring import Monitoring
 from nixeryd.registry.api import RegistryResource
@@ -51,15 +52,20 @@ class RootResource(Resource):
     :param source: the package source, described for people.
     :param clock: times the build pages' event streams (the global
         reactor when not given).
+    :param auth: the gate of ``/v2`` and the ``/token`` endpoint, when
+        authentication is on (:mod:`nixeryd.auth`).
     :ivar registry: the ``/v2`` resource.
     """
 
     def __init__(self, images: ImageSource, blob_pool: Optional[BlobPool] = None, *,
                  builds: Optional[BuildHistory] = None, source: Optional[str] = None,
-                 clock: Optional[IReactorTime] = None) -> None:
+                 clock: Optional[IReactorTime] = None, auth: Optional[Auth] = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.registry = RegistryResource(images, blob_pool)
+        self.registry = RegistryResource(images, blob_pool,
+                                         gate=auth.gate if auth is not None else None)
         self.putChild(b"v2", self.registry)
+        if auth is not None and auth.token_endpoint is not None:
+            self.putChild(b"token", auth.token_endpoint)
         self.putChild(b"builds", BuildsResource(
             builds, clock if clock is not None else _reactor_clock()))
         self._index = IndexResource(builds, source)
@@ -177,7 +183,8 @@ def make_site(images: ImageSource, blob_pool: Optional[BlobPool] = None, *,
               builds: Optional[BuildHistory] = None, source: Optional[str] = None,
               clock: Optional[IReactorTime] = None,
               monitoring: Optional[Monitoring] = None,
-              limits: Optional[ConnectionLimits] = None) -> RegistrySite:
+              limits: Optional[ConnectionLimits] = None,
+              auth: Optional[Auth] = None) -> RegistrySite:
     """
     The registry site serving ``images``; blob bodies go out with
     ``sendfile`` from ``blob_pool``'s threads when one is given.  The pages
@@ -185,8 +192,10 @@ def make_site(images: ImageSource, blob_pool: Optional[BlobPool] = None, *,
     With ``monitoring``, requests are counted and ``/metrics``,
     ``/healthz`` and ``/readyz`` answer.  ``limits`` bound its connections
     (by default, :class:`~nixeryd.registry.connections.ConnectionLimits`).
+    ``auth`` guards ``/v2`` and serves ``/token`` (see :class:`RootResource`).
     """
-    root = RootResource(images, blob_pool, builds=builds, source=source, clock=clock)
+    root = RootResource(images, blob_pool, builds=builds, source=source, clock=clock,
+                        auth=auth)
     if monitoring is None:
         site = RegistrySite(root)
     else:

@@ -17,26 +17,43 @@ images it does not wait for could otherwise keep it busy for everyone.
   request without an address (a UNIX socket, the build command) is held to
   the queue only.
 
-A request beyond either bound fails at once with
+A third bound, when set, limits the **rate**: at most ``per_minute`` pieces
+of cold work started by one client in any minute (a user, when the
+request is authenticated: :func:`client_key` keeps ``user:<name>`` as it
+is; else the address), so that a client cannot keep Nix busy with a
+stream of new images even one at a time.
+
+A request beyond any bound fails at once with
 :class:`~nixeryd.core.errors.TooManyRequests` (429 with ``Retry-After``),
 whose message says which bound is full.  A request for an image already in
 the making joins that work and is never refused: it costs no Nix call.
 
 Each admitted piece of work holds a :class:`Ticket` until it ends.  Pure
-bookkeeping on the reactor thread: nothing here blocks or keeps time.
+bookkeeping on the reactor thread: nothing here blocks; the rate is
+timed on an injected clock.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
+import math
+from collections import Counter, deque
+
+from twisted.internet.interfaces import IReactorTime
 
 from nixeryd.core.errors import RETRY_AFTER, TooManyRequests
+from nixeryd.service.lru import LRU
 
 #: Seconds a refused client is asked to wait.  skopeo and podman wait that
 #: long and ask again, four times, before they show the message: with 10 s
 #: a pull waits about 40 s for room, then says why it failed.
 RETRY_AFTER_FULL = RETRY_AFTER
+#: The window of the rate bound, in seconds.
+RATE_WINDOW = 60.0
+#: Clients whose recent starts are remembered for the rate bound.
+RATE_CLIENTS = 100_000
+#: How a user's key for the rate and share starts.
+USER_PREFIX = "user:"
 
 
 def client_share(max_queue: int) -> int:
@@ -92,11 +109,20 @@ class Admission:
 
     :param max_queue: pieces of cold work allowed at once, at least 1.
     :param retry_after: seconds a refused client is asked to wait.
+    :param per_minute: pieces of cold work one client may start in any
+        minute; 0 for no bound.
+    :param clock: times the rate bound (needed with ``per_minute``).
     """
 
-    def __init__(self, max_queue: int, retry_after: int = RETRY_AFTER_FULL) -> None:
+    def __init__(self, max_queue: int, retry_after: int = RETRY_AFTER_FULL, *,
+                 per_minute: int = 0, clock: IReactorTime | None = None) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1, not %r" % (max_queue,))
+        if per_minute and clock is None:
+            raise ValueError("a rate bound needs a clock")
+        self.per_minute = per_minute
+        self._clock = clock
+        self._starts: LRU[str, deque[float]] = LRU(RATE_CLIENTS)
         self.max_queue = max_queue
         self.per_client = client_share(max_queue)
         self._retry_after = retry_after
@@ -134,10 +160,38 @@ class Admission:
                 % (_images(held), "is" if held == 1 else "are", self._retry_after),
                 {"limit": self.per_client, "for": "address"},
                 retry_after=self._retry_after)
+        if key is not None:
+            self._count_start(key)
         self._total += 1
         if key is not None:
             self._by_client[key] += 1
         return Ticket(self, key)
+
+    def _count_start(self, key: str) -> None:
+        """
+        Count a start of ``key``'s within the rate bound.
+
+        :raises TooManyRequests: ``key`` started as many in the last minute.
+        """
+        if not self.per_minute or self._clock is None:
+            return
+        now = self._clock.seconds()
+        starts = self._starts.get_recent(key)
+        if starts is None:
+            starts = deque()
+            self._starts.put(key, starts)
+        while starts and starts[0] <= now - RATE_WINDOW:
+            starts.popleft()
+        if len(starts) >= self.per_minute:
+            wait = max(1, math.ceil(starts[0] + RATE_WINDOW - now))
+            who = ("user " + key[len(USER_PREFIX):] if key.startswith(USER_PREFIX)
+                   else "your address")
+            raise TooManyRequests(
+                "%s started %s not yet built in the last minute, the most one client"
+                " may start; try again in %d seconds"
+                % (who, _images(len(starts)), wait),
+                {"limit": self.per_minute, "for": "rate"}, retry_after=wait)
+        starts.append(now)
 
     def _release(self, ticket: Ticket) -> None:
         self._total -= 1

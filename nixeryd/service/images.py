@@ -131,6 +131,8 @@ class ImageService(MultiService):
     :param pulls: told of every manifest served; a
         :class:`~nixeryd.service.pulls.PullRecorder` also has the service
         forget, now and then, the images nobody pulled meanwhile.
+    :param cold_per_minute: cold work one client may start per minute
+        (0: no bound; see :mod:`nixeryd.service.admission`).
 
     Child services (the thread pools) are added with ``setServiceParent``:
     they start with this service and stop, in reverse order and one after
@@ -149,7 +151,8 @@ class ImageService(MultiService):
                  instruments: Instruments = NO_INSTRUMENTS,
                  max_queue: int = defaults.MAX_QUEUE,
                  failure_ttl: float = defaults.FAILURE_TTL,
-                 pulls: Pulls | None = None) -> None:
+                 pulls: Pulls | None = None,
+                 cold_per_minute: int = 0) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         #: Records of the builds running and recently ended.
         self.builds = builds if builds is not None else BuildHistory(clock)
@@ -170,7 +173,7 @@ class ImageService(MultiService):
         #: ``(name as requested, tag)`` → (image, expiry): the warm path.
         self._warm: LRU[tuple[str, str], _Entry] = LRU(MEMORY_IMAGES)
         #: Cold work in flight: admitted, and cancelled once abandoned.
-        self.cold = ColdWork(Admission(max_queue))
+        self.cold = ColdWork(Admission(max_queue, per_minute=cold_per_minute, clock=clock))
         self._in_flight: SharedWork[tuple[str, str], Image] = SharedWork(
             on_abandoned=self.cold.abandoned)
         #: Every piece of work running, shared or no longer (cancelled,
