@@ -1,0 +1,90 @@
+"""
+Tests for the rate bound of :mod:`nixeryd.service.admission`: cold work
+one client (a user, or an address) may start per minute, and its setting.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from nixeryd.app.config import config_from
+from nixeryd.core import defaults
+from nixeryd.core.errors import TooManyRequests
+from nixeryd.service.admission import Admission
+
+BASE_ENV = {"NIXERY_PKGS_PATH": "/srv/pkgs", "STORAGE_PATH": "/srv/storage"}
+
+
+class RateTests(SynchronousTestCase):
+    """At most ``per_minute`` starts per client in any minute."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.admission = Admission(100, per_minute=3, clock=self.clock)
+
+    def test_bound(self) -> None:
+        """The fourth start within a minute is a 429 whose wait ends the window."""
+        for _ in range(3):
+            self.admission.admit("192.0.2.7").release()
+            self.clock.advance(10)
+        with self.assertRaises(TooManyRequests) as raised:
+            self.admission.admit("192.0.2.7")
+        error = raised.exception
+        self.assertEqual((error.status, error.code), (429, "TOOMANYREQUESTS"))
+        self.assertEqual(error.retry_after, 30)
+        self.assertEqual(error.message, "your address started 3 images not yet built in the"
+                         " last minute, the most one client may start; try again in 30"
+                         " seconds")
+        self.clock.advance(30)
+        self.admission.admit("192.0.2.7")
+
+    def test_per_client(self) -> None:
+        """Another address, and a user, have bounds of their own."""
+        for _ in range(3):
+            self.admission.admit("192.0.2.7").release()
+        self.admission.admit("192.0.2.8")
+        for _ in range(3):
+            self.admission.admit("user:alice").release()
+        with self.assertRaises(TooManyRequests) as raised:
+            self.admission.admit("user:alice")
+        self.assertTrue(raised.exception.message.startswith("user alice started 3 images"))
+
+    def test_refusal_not_counted(self) -> None:
+        """A request refused by the queue does not use up the client's rate."""
+        admission = Admission(1, per_minute=2, clock=self.clock)
+        held = admission.admit("192.0.2.7")
+        for _ in range(5):
+            with self.assertRaises(TooManyRequests) as raised:
+                admission.admit("192.0.2.9")
+            self.assertEqual(raised.exception.detail["for"], "registry")
+        held.release()
+        admission.admit("192.0.2.9").release()
+        admission.admit("192.0.2.9").release()
+
+    def test_off(self) -> None:
+        """0 is no bound."""
+        admission = Admission(100)
+        for _ in range(50):
+            admission.admit("192.0.2.7").release()
+
+    def test_no_clock(self) -> None:
+        with self.assertRaises(ValueError):
+            Admission(10, per_minute=1)
+
+
+class SettingTests(SynchronousTestCase):
+    """``NIXERY_COLD_PER_MINUTE`` / ``--cold-per-minute``."""
+
+    def test_default_and_given(self) -> None:
+        self.assertEqual(config_from({}, BASE_ENV).private.cold_per_minute,
+                         defaults.COLD_PER_MINUTE)
+        self.assertEqual(config_from({}, {**BASE_ENV, "NIXERY_COLD_PER_MINUTE": "0"}
+                                     ).private.cold_per_minute, 0)
+        self.assertEqual(config_from({"cold-per-minute": "5"}, BASE_ENV
+                                     ).private.cold_per_minute, 5)
+
+    def test_out_of_range(self) -> None:
+        with self.assertRaises(UsageError):
+            config_from({"cold-per-minute": "-1"}, BASE_ENV)
