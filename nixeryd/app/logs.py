@@ -16,6 +16,10 @@ as its traceback text in ``log_failure``.
 Unlike Twisted's own JSON observer, which is built to round-trip events
 between Twisted processes, this one writes plain values that a person or a
 log pipeline can read, and it is cheap enough to log every request.
+
+Both leave out of every line what may be a secret
+(:func:`~nixeryd.core.text.without_secrets`): credentials, tokens, signed
+URLs' signatures, whatever field or message they came in.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from typing import Any, Callable, Optional, Protocol, TextIO
 from twisted.logger import ILogObserver, formatEvent
 from twisted.python.threadable import isInIOThread
 from zope.interface import implementer
+
+from nixeryd.core.text import without_secrets
 
 _INTERNAL_KEYS = frozenset({
     "log_logger", "log_source", "log_level", "log_failure", "log_format",
@@ -160,7 +166,7 @@ class JSONLinesObserver:
 
     def __call__(self, event: dict[str, Any]) -> None:
         """Write one event."""
-        self._stream.write(event_as_json(event) + "\n")
+        self._stream.write(without_secrets(event_as_json(event)) + "\n")
         self._flush.written()
 
 
@@ -207,7 +213,7 @@ class TextLinesObserver:
                 text += "\t" + failure.getTraceback().rstrip("\n").replace("\n", "\n\t") + "\n"
             except Exception:
                 text += "\t%r\n" % (failure,)
-        self._stream.write(text)
+        self._stream.write(without_secrets(text))
         self._flush.written()
 
 
