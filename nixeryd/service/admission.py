@@ -17,11 +17,15 @@ images it does not wait for could otherwise keep it busy for everyone.
   request without an address (a UNIX socket, the build command) is held to
   the queue only.
 
-A third bound, when set, limits the **rate**: at most ``per_minute`` pieces
-of cold work started by one client in any minute (a user, when the
-request is authenticated: :func:`client_key` keeps ``user:<name>`` as it
-is; else the address), so that a client cannot keep Nix busy with a
-stream of new images even one at a time.
+A third bound, when set, limits the **rate**: at most ``per_minute``
+builds started by one client in any minute (a user, when the request is
+authenticated: :func:`client_key` keeps ``user:<name>`` as it is; else
+the address), so that a client cannot keep Nix busy with a stream of new
+images even one at a time.  A build counts from when Nix is asked
+(:meth:`Ticket.building`: the image has a build record); cold work answered
+from the manifest cache costs no Nix call and counts for nothing.  Work
+admitted but not yet building counts too while it waits, so that a burst
+of requests cannot pass the bound before any of them has started.
 
 A request beyond any bound fails at once with
 :class:`~nixeryd.core.errors.TooManyRequests` (429 with ``Retry-After``),
@@ -84,6 +88,10 @@ def _images(count: int) -> str:
     return "1 image" if count == 1 else "%d images" % (count,)
 
 
+def _builds(count: int) -> str:
+    return "1 build" if count == 1 else "%d builds" % (count,)
+
+
 class Ticket:
     """
     One admitted piece of cold work, counted until :meth:`release`.
@@ -95,6 +103,14 @@ class Ticket:
         self._admission = admission
         self.client = client
         self._held = True
+        #: Whether the work has asked Nix (counted in the client's rate).
+        self.built = False
+
+    def building(self) -> None:
+        """The work asks Nix now: count it in its client's rate (once)."""
+        if self._held and not self.built:
+            self.built = True
+            self._admission._building(self)
 
     def release(self) -> None:
         """The work has ended: it no longer counts (a second call does nothing)."""
@@ -109,8 +125,8 @@ class Admission:
 
     :param max_queue: pieces of cold work allowed at once, at least 1.
     :param retry_after: seconds a refused client is asked to wait.
-    :param per_minute: pieces of cold work one client may start in any
-        minute; 0 for no bound.
+    :param per_minute: builds one client may start in any minute; 0 for
+        no bound.
     :param clock: times the rate bound (needed with ``per_minute``).
     """
 
@@ -123,6 +139,8 @@ class Admission:
         self.per_minute = per_minute
         self._clock = clock
         self._starts: LRU[str, deque[float]] = LRU(RATE_CLIENTS)
+        #: Work of each client admitted and not yet building.
+        self._unbuilt: Counter[str] = Counter()
         self.max_queue = max_queue
         self.per_client = client_share(max_queue)
         self._retry_after = retry_after
@@ -161,20 +179,16 @@ class Admission:
                 {"limit": self.per_client, "for": "address"},
                 retry_after=self._retry_after)
         if key is not None:
-            self._count_start(key)
+            self._check_rate(key)
         self._total += 1
         if key is not None:
             self._by_client[key] += 1
+            self._unbuilt[key] += 1
         return Ticket(self, key)
 
-    def _count_start(self, key: str) -> None:
-        """
-        Count a start of ``key``'s within the rate bound.
-
-        :raises TooManyRequests: ``key`` started as many in the last minute.
-        """
-        if not self.per_minute or self._clock is None:
-            return
+    def _recent_starts(self, key: str) -> deque[float]:
+        """The times of ``key``'s builds started within the last minute."""
+        assert self._clock is not None
         now = self._clock.seconds()
         starts = self._starts.get_recent(key)
         if starts is None:
@@ -182,19 +196,44 @@ class Admission:
             self._starts.put(key, starts)
         while starts and starts[0] <= now - RATE_WINDOW:
             starts.popleft()
-        if len(starts) >= self.per_minute:
-            wait = max(1, math.ceil(starts[0] + RATE_WINDOW - now))
+        return starts
+
+    def _check_rate(self, key: str) -> None:
+        """
+        :raises TooManyRequests: ``key`` started as many builds in the last
+            minute (counting its work admitted and not yet building).
+        """
+        if not self.per_minute or self._clock is None:
+            return
+        starts = self._recent_starts(key)
+        if len(starts) + self._unbuilt[key] >= self.per_minute:
+            now = self._clock.seconds()
+            wait = (max(1, math.ceil(starts[0] + RATE_WINDOW - now)) if starts
+                    else self._retry_after)
             who = ("user " + key[len(USER_PREFIX):] if key.startswith(USER_PREFIX)
                    else "your address")
             raise TooManyRequests(
-                "%s started %s not yet built in the last minute, the most one client"
-                " may start; try again in %d seconds"
-                % (who, _images(len(starts)), wait),
+                "%s started %s in the last minute, the most one client may start;"
+                " try again in %d seconds"
+                % (who, _builds(len(starts) + self._unbuilt[key]), wait),
                 {"limit": self.per_minute, "for": "rate"}, retry_after=wait)
-        starts.append(now)
+
+    def _building(self, ticket: Ticket) -> None:
+        key = ticket.client
+        if key is None:
+            return
+        self._unbuilt[key] -= 1
+        if self._unbuilt[key] <= 0:
+            del self._unbuilt[key]
+        if self.per_minute and self._clock is not None:
+            self._recent_starts(key).append(self._clock.seconds())
 
     def _release(self, ticket: Ticket) -> None:
         self._total -= 1
+        if ticket.client is not None and not ticket.built:
+            self._unbuilt[ticket.client] -= 1
+            if self._unbuilt[ticket.client] <= 0:
+                del self._unbuilt[ticket.client]
         if ticket.client is not None:
             self._by_client[ticket.client] -= 1
             if self._by_client[ticket.client] <= 0:

@@ -474,6 +474,7 @@ class ImageService(MultiService):
                                   "(pinned source)", image=request.name, tag=tag)
                     return self._finish(request, tag, pinned, image)
             build = job.build = self._start_build(request, tag, pinned)
+            job.ticket.building()
             image, outcome = await self._evaluate_and_build(build, request, tag, pinned)
             if pinned_key is not None:
                 await self._cache.remember(pinned_key, image)
