@@ -147,3 +147,13 @@ class ServiceRateTests(ServiceFixture):
         self.successResultOf(self.image_for(service, "toolb", "192.0.2.7"))
         self.successResultOf(self.image_for(service, "toola/toolb", "192.0.2.7"))
         self.failureResultOf(self.image_for(service, "hello", "192.0.2.7"), TooManyRequests)
+
+    def test_evaluated_again_not_counted(self) -> None:
+        """A moving source's image evaluated again when it expires is no build."""
+        service = self.make_service(cold_per_minute=1, moving_ttl=10)
+        self.successResultOf(self.image_for(service, "toola", "192.0.2.7"))
+        for _ in range(3):
+            self.clock.advance(11)
+            self.successResultOf(self.image_for(service, "toola", "192.0.2.7"))
+        self.assertEqual(len(self.nix.resolve_calls), 4)
+        self.failureResultOf(self.image_for(service, "toolb", "192.0.2.7"), TooManyRequests)

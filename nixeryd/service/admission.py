@@ -21,9 +21,11 @@ A third bound, when set, limits the **rate**: at most ``per_minute``
 builds started by one client in any minute (a user, when the request is
 authenticated: :func:`client_key` keeps ``user:<name>`` as it is; else
 the address), so that a client cannot keep Nix busy with a stream of new
-images even one at a time.  A build counts from when Nix is asked
-(:meth:`Ticket.building`: the image has a build record); cold work answered
-from the manifest cache costs no Nix call and counts for nothing.  Work
+images even one at a time.  A build counts from when it starts
+(:meth:`Ticket.building`: evaluation found no stored image for the store
+paths); cold work answered from the manifest cache, or evaluated again to
+serve an image already stored (a moving source's, after its minute),
+counts for nothing.  Work
 admitted but not yet building counts too while it waits, so that a burst
 of requests cannot pass the bound before any of them has started.
 
@@ -103,11 +105,11 @@ class Ticket:
         self._admission = admission
         self.client = client
         self._held = True
-        #: Whether the work has asked Nix (counted in the client's rate).
+        #: Whether the work builds (counted in the client's rate).
         self.built = False
 
     def building(self) -> None:
-        """The work asks Nix now: count it in its client's rate (once)."""
+        """The work starts a build now: count it in its client's rate (once)."""
         if self._held and not self.built:
             self.built = True
             self._admission._building(self)

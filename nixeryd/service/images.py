@@ -474,8 +474,8 @@ class ImageService(MultiService):
                                   "(pinned source)", image=request.name, tag=tag)
                     return self._finish(request, tag, pinned, image)
             build = job.build = self._start_build(request, tag, pinned)
-            job.ticket.building()
-            image, outcome = await self._evaluate_and_build(build, request, tag, pinned)
+            image, outcome = await self._evaluate_and_build(
+                build, request, tag, pinned, on_build=job.ticket.building)
             if pinned_key is not None:
                 await self._cache.remember(pinned_key, image)
         except CancelledError as e:
@@ -511,11 +511,13 @@ class ImageService(MultiService):
             revision=pinned.revision))
 
     async def _evaluate_and_build(self, build: BuildLog, request: ImageRequest,
-                                  tag: str, pinned: PinnedSource) -> tuple[Image, str]:
+                                  tag: str, pinned: PinnedSource, *,
+                                  on_build: Callable[[], None] = lambda: None,
+                                  ) -> tuple[Image, str]:
         """
         Evaluate the request, then serve the image already stored for the
-        same store paths or build it: the image, and one line saying how
-        it was made.
+        same store paths or build it (``on_build`` called first, for the
+        client's rate): the image, and one line saying how it was made.
         """
         log = build.log
         async with self._evaluations.slot():
@@ -533,6 +535,7 @@ class ImageService(MultiService):
         image = await self._cache.cached(closure_key)
         if image is not None:
             return image, "the same store paths as an image already stored: served that image"
+        on_build()
         if self._builds.full():
             build.enter(BuildPhase.WAITING)
             log.info("Waiting for a build slot", image=request.name, tag=tag)
