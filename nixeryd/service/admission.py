@@ -21,13 +21,11 @@ A third bound, when set, limits the **rate**: at most ``per_minute``
 builds started by one client in any minute (a user, when the request is
 authenticated: :func:`client_key` keeps ``user:<name>`` as it is; else
 the address), so that a client cannot keep Nix busy with a stream of new
-images even one at a time.  A build counts from when it starts
-(:meth:`Ticket.building`: evaluation found no stored image for the store
-paths); cold work answered from the manifest cache, or evaluated again to
-serve an image already stored (a moving source's, after its minute),
-counts for nothing.  Work
-admitted but not yet building counts too while it waits, so that a burst
-of requests cannot pass the bound before any of them has started.
+images even one at a time.  The bound is checked, and a build counted,
+when the build starts (:meth:`Ticket.building`: evaluation found no image
+stored for the store paths); cold work answered from the manifest cache,
+or evaluated again to serve an image already stored (a moving source's,
+after its minute), is never refused by it and counts for nothing.
 
 A request beyond any bound fails at once with
 :class:`~nixeryd.core.errors.TooManyRequests` (429 with ``Retry-After``),
@@ -109,10 +107,15 @@ class Ticket:
         self.built = False
 
     def building(self) -> None:
-        """The work starts a build now: count it in its client's rate (once)."""
+        """
+        The work starts a build now: count it in its client's rate (once).
+
+        :raises TooManyRequests: the client started as many builds in the
+            last minute as the rate allows.
+        """
         if self._held and not self.built:
-            self.built = True
             self._admission._building(self)
+            self.built = True
 
     def release(self) -> None:
         """The work has ended: it no longer counts (a second call does nothing)."""
@@ -141,8 +144,6 @@ class Admission:
         self.per_minute = per_minute
         self._clock = clock
         self._starts: LRU[str, deque[float]] = LRU(RATE_CLIENTS)
-        #: Work of each client admitted and not yet building.
-        self._unbuilt: Counter[str] = Counter()
         self.max_queue = max_queue
         self.per_client = client_share(max_queue)
         self._retry_after = retry_after
@@ -180,12 +181,9 @@ class Admission:
                 % (_images(held), "is" if held == 1 else "are", self._retry_after),
                 {"limit": self.per_client, "for": "address"},
                 retry_after=self._retry_after)
-        if key is not None:
-            self._check_rate(key)
         self._total += 1
         if key is not None:
             self._by_client[key] += 1
-            self._unbuilt[key] += 1
         return Ticket(self, key)
 
     def _recent_starts(self, key: str) -> deque[float]:
@@ -200,42 +198,29 @@ class Admission:
             starts.popleft()
         return starts
 
-    def _check_rate(self, key: str) -> None:
+    def _building(self, ticket: Ticket) -> None:
         """
-        :raises TooManyRequests: ``key`` started as many builds in the last
-            minute (counting its work admitted and not yet building).
+        Count a build of the ticket's client, within the rate bound.
+
+        :raises TooManyRequests: the client started as many in the last minute.
         """
-        if not self.per_minute or self._clock is None:
+        key = ticket.client
+        if key is None or not self.per_minute or self._clock is None:
             return
         starts = self._recent_starts(key)
-        if len(starts) + self._unbuilt[key] >= self.per_minute:
-            now = self._clock.seconds()
-            wait = (max(1, math.ceil(starts[0] + RATE_WINDOW - now)) if starts
-                    else self._retry_after)
+        now = self._clock.seconds()
+        if len(starts) >= self.per_minute:
+            wait = max(1, math.ceil(starts[0] + RATE_WINDOW - now))
             who = ("user " + key[len(USER_PREFIX):] if key.startswith(USER_PREFIX)
                    else "your address")
             raise TooManyRequests(
                 "%s started %s in the last minute, the most one client may start;"
-                " try again in %d seconds"
-                % (who, _builds(len(starts) + self._unbuilt[key]), wait),
+                " try again in %d seconds" % (who, _builds(len(starts)), wait),
                 {"limit": self.per_minute, "for": "rate"}, retry_after=wait)
-
-    def _building(self, ticket: Ticket) -> None:
-        key = ticket.client
-        if key is None:
-            return
-        self._unbuilt[key] -= 1
-        if self._unbuilt[key] <= 0:
-            del self._unbuilt[key]
-        if self.per_minute and self._clock is not None:
-            self._recent_starts(key).append(self._clock.seconds())
+        starts.append(now)
 
     def _release(self, ticket: Ticket) -> None:
         self._total -= 1
-        if ticket.client is not None and not ticket.built:
-            self._unbuilt[ticket.client] -= 1
-            if self._unbuilt[ticket.client] <= 0:
-                del self._unbuilt[ticket.client]
         if ticket.client is not None:
             self._by_client[ticket.client] -= 1
             if self._by_client[ticket.client] <= 0:
