@@ -45,6 +45,18 @@ let
     // optional "NIXERY_STALL_TIMEOUT" cfg.stallTimeout
     // optional "NIXERY_MAX_CONNECTIONS_PER_CLIENT" cfg.maxConnectionsPerClient
     // optional "NIXERY_MAX_CONNECTIONS" cfg.maxConnections
+    # Private instances: authentication, tokens, rules, TLS, builds per client.
+    // optional "NIXERY_HTPASSWD" cfg.htpasswd
+    // optional "NIXERY_AUTH_RULES" cfg.authRules
+    // optional "NIXERY_TOKEN_KEY" cfg.tokenKey
+    // optional "NIXERY_TOKEN_PUBLIC_KEY" cfg.tokenPublicKey
+    // optional "NIXERY_TOKEN_REALM" cfg.tokenRealm
+    // optional "NIXERY_TOKEN_SERVICE" cfg.tokenService
+    // optional "NIXERY_TOKEN_ISSUER" cfg.tokenIssuer
+    // optional "NIXERY_TOKEN_TTL" cfg.tokenTtl
+    // optional "NIXERY_TLS_CERT" cfg.tlsCert
+    // optional "NIXERY_TLS_KEY" cfg.tlsKey
+    // optional "NIXERY_COLD_PER_MINUTE" cfg.coldPerMinute
     // lib.optionalAttrs (cfg.nixOptions != { }) {
       NIXERY_NIX_OPTIONS = lib.concatStringsSep ";"
         (lib.mapAttrsToList (name: value: "${name}=${value}") cfg.nixOptions);
@@ -189,6 +201,75 @@ in
       '';
     };
 
+    # Private instances (README.md, "Private instances"): every file is
+    # read by the service's user; give paths outside the Nix store for
+    # secrets (keys, htpasswd).
+    htpasswd = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "htpasswd file of bcrypt hashes (htpasswd -B); pulls need a user name and password (NIXERY_HTPASSWD).";
+    };
+
+    authRules = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "TOML rules file: which users may pull which packages (NIXERY_AUTH_RULES).";
+    };
+
+    tokenKey = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "PEM private key (RSA or EC P-256) signing the tokens of the daemon's /token endpoint; turns on the token flow (NIXERY_TOKEN_KEY).";
+    };
+
+    tokenPublicKey = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "PEM public key or certificate of an external token service (NIXERY_TOKEN_PUBLIC_KEY; needs tokenRealm).";
+    };
+
+    tokenRealm = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "URL of the token service clients are sent to (NIXERY_TOKEN_REALM; the daemon's default is its own /token).";
+    };
+
+    tokenService = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Service name (audience) of the tokens (NIXERY_TOKEN_SERVICE; the daemon's default is nixeryd).";
+    };
+
+    tokenIssuer = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Issuer of the tokens (NIXERY_TOKEN_ISSUER; the daemon's default is nixeryd).";
+    };
+
+    tokenTtl = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      description = "Seconds a token of the daemon's /token lasts (NIXERY_TOKEN_TTL; the daemon's default is 300).";
+    };
+
+    tlsCert = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "PEM certificate (then intermediates) to serve HTTPS with; read again on reload (NIXERY_TLS_CERT).";
+    };
+
+    tlsKey = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "PEM private key of tlsCert (NIXERY_TLS_KEY).";
+    };
+
+    coldPerMinute = mkOption {
+      type = types.nullOr types.ints.unsigned;
+      default = null;
+      description = "Builds one user (or address) may start per minute, 0 for no bound (NIXERY_COLD_PER_MINUTE; the daemon's default is 60).";
+    };
+
     headTimeout = mkOption {
       type = types.nullOr types.ints.positive;
       default = null;
@@ -244,6 +325,10 @@ in
         assertion = cfg.storageBackend != "gcs" || cfg.gcsBucket != null;
         message = "services.nixeryd: gcs storage needs gcsBucket.";
       }
+      {
+        assertion = (cfg.tlsCert == null) == (cfg.tlsKey == null);
+        message = "services.nixeryd: TLS needs both tlsCert and tlsKey.";
+      }
     ];
 
     users.users.nixeryd = {
@@ -264,6 +349,8 @@ in
       inherit environment;
       serviceConfig = {
         ExecStart = lib.escapeShellArgs ([ "${cfg.package}/bin/nixeryd" "serve" ] ++ cfg.extraArgs);
+        # SIGHUP reads the TLS certificate and key again, without dropping connections.
+        ExecReload = "/run/current-system/sw/bin/kill -HUP $MAINPID";
         User = "nixeryd";
         Group = "nixeryd";
         StateDirectory = "nixeryd";

@@ -21,6 +21,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from nixeryd.app.config import config_from
+from nixeryd.app.privateconfig import PrivateConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULE = os.path.join(ROOT, "nix", "module.nix")
@@ -181,6 +182,26 @@ class NixOSModuleTests(SynchronousTestCase):
         self.assertTrue(config["service"]["serviceConfig"]["ExecStart"].endswith(
             "/bin/nixeryd serve --threads 8"))
 
+    def test_private_options(self) -> None:
+        """The options of private instances reach the daemon; reload is SIGHUP."""
+        config = self.evaluate("""{
+            enable = true; package = %s; pkgsPath = "/srv/pkgs";
+            htpasswd = "/etc/nixeryd/htpasswd"; authRules = "/etc/nixeryd/rules.toml";
+            tokenKey = "/etc/nixeryd/token.key"; tokenPublicKey = "/etc/nixeryd/auth.pem";
+            tokenRealm = "https://auth.example/token"; tokenService = "registry";
+            tokenIssuer = "auth"; tokenTtl = 600;
+            tlsCert = "/etc/nixeryd/tls.crt"; tlsKey = "/etc/nixeryd/tls.key";
+            coldPerMinute = 10;
+          }""" % (PACKAGE,))
+        private = config_from({}, config["service"]["environment"]).private
+        self.assertEqual(private, PrivateConfig(
+            htpasswd="/etc/nixeryd/htpasswd", rules="/etc/nixeryd/rules.toml",
+            token_key="/etc/nixeryd/token.key", token_public_key="/etc/nixeryd/auth.pem",
+            token_realm="https://auth.example/token", token_service="registry",
+            token_issuer="auth", token_ttl=600.0, tls_cert="/etc/nixeryd/tls.crt",
+            tls_key="/etc/nixeryd/tls.key", cold_per_minute=10))
+        self.assertIn("-HUP", config["service"]["serviceConfig"]["ExecReload"])
+
     def test_filesystem_storage_configures_the_daemon(self) -> None:
         """The default storage directory is what the daemon is told."""
         config = self.evaluate('{ enable = true; package = %s; pkgsPath = "/srv/pkgs"; }'
@@ -242,3 +263,4 @@ class ModuleDefaultsTests(SynchronousTestCase):
             with self.subTest(variable=variable):
                 self.assertIn(variable, by_variable)
                 self.assertEqual(float(value), float(by_variable[variable].default))
+
