@@ -37,6 +37,13 @@ class Auth:
     token_endpoint: TokenResource | None
 
 
+def _reason(error: OSError | ValueError) -> str:
+    """Why a file cannot be used, in a few words."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    return str(error)
+
+
 def _read(path: str, what: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -57,17 +64,23 @@ def make_auth(config: PrivateConfig, images: ImageSource, *, runner: Runner,
         return None
     htpasswd = None
     rules = None
-    try:
-        if config.htpasswd is not None:
-            htpasswd = Htpasswd(config.htpasswd, runner=runner, clock=clock)
-        if config.rules is not None:
-            watched: WatchedFile[Rules] = WatchedFile(
-                config.rules, read_rules, runner=runner, clock=clock, what="rules file")
+    if config.htpasswd is not None:
+        path = config.htpasswd
+        try:
+            htpasswd = Htpasswd(path, runner=runner, clock=clock)
+        except (OSError, ValueError) as e:
+            raise AuthSetupFailed("the htpasswd file %s cannot be used: %s"
+                                  % (path, _reason(e))) from None
+    if config.rules is not None:
+        path = config.rules
+        watched: WatchedFile[Rules] = WatchedFile(
+            path, read_rules, runner=runner, clock=clock, what="rules file")
+        try:
             watched.load_now()
-            rules = watched
-    except (OSError, ValueError) as e:
-        raise AuthSetupFailed(str(e) if isinstance(e, ValueError) else "cannot read %s: %s"
-                              % (e.filename, e.strerror)) from None
+        except (OSError, ValueError) as e:
+            raise AuthSetupFailed("the rules file %s cannot be used: %s"
+                                  % (path, _reason(e))) from None
+        rules = watched
     tokens = None
     endpoint = None
     if config.tokens:
