@@ -220,6 +220,7 @@ class AuthGate:
         identity = self._known_identity(request, route)
         if identity is None:
             return None
+        note_user(request, identity)
         self._authorise(request, route, identity)
         return identity
 
@@ -236,11 +237,27 @@ class AuthGate:
             identity = await self._identity(request, route)
         except InvalidToken as e:
             raise self._unauthorized(request, route, str(e), "invalid_token") from None
+        note_user(request, identity)
         self._authorise(request, route, identity)
         if isinstance(route, (ManifestByDigest, Blob)):
             await self._contents.check(route.name, route.digest,
                                        blob=isinstance(route, Blob), client=identity.client)
         return identity
+
+
+#: The request attribute that names the authenticated user, for the access log.
+_USER_ATTRIBUTE = "nixeryd_user"
+
+
+def note_user(request: Request, identity: Identity) -> None:
+    """Remember on ``request`` who made it (never their credentials)."""
+    setattr(request, _USER_ATTRIBUTE, identity.user)
+
+
+def user_of(request: object) -> str | None:
+    """The user :func:`note_user` noted on ``request``, if any."""
+    user = getattr(request, _USER_ATTRIBUTE, None)
+    return user if isinstance(user, str) else None
 
 
 def _tag_of(route: Route) -> str | None:

@@ -20,6 +20,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from nixeryd.auth.assemble import Auth
+from nixeryd.auth.gate import user_of
 from nixeryd.metrics.daemon import DaemonMetrics
 from nixeryd.metrics.monitoring import Monitoring
 from nixeryd.registry.api import RegistryResource
@@ -97,7 +98,8 @@ class RegistrySite(TLSGuardSite):
 
     Each finished request produces one ``twisted.logger`` event with the
     fields ``method``, ``path``, ``status``, ``bytes``, ``duration``
-    (seconds) and ``client``, and is counted in ``metrics``.
+    (seconds), ``client`` and ``user`` (the authenticated user, or
+    ``None``), and is counted in ``metrics``.
 
     :param resource: the root of the resource tree.
     :param metrics: counts each finished request, if given.
@@ -173,6 +175,7 @@ class RegistrySite(TLSGuardSite):
             bytes=request.sentLength,
             duration=duration,
             client=getattr(address, "host", None),
+            user=user_of(request),
         )
         if self._metrics is not None:
             self._metrics.request_done(request.path or b"", request.method, request.code,
