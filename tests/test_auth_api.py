@@ -27,6 +27,7 @@ from nixeryd.auth.scopes import pull_scope
 from nixeryd.auth.tokens import TokenSigner, load_private_key
 from nixeryd.core.threads import InlineRunner
 from nixeryd.registry.site import RootResource
+from nixeryd.service.builds import BuildHistory
 from nixeryd.testing.images import FakeImageService, write_sample_image
 from tests.authfixtures import USERS, ec_key_pem, htpasswd_text, public_pem, write_file
 from tests.registrycases import BASE, header, make_directory
@@ -385,3 +386,76 @@ class SetupTests(AuthRegistryTestCase):
     def test_off(self) -> None:
         self.assertIsNone(make_auth(PrivateConfig(), self.images, runner=InlineRunner(),
                                     clock=self.clock))
+
+
+class PagesTests(AuthRegistryTestCase):
+    """The pages of a private instance, for its users only."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.history = BuildHistory(self.clock)
+        self.hello_build = self.history.start(
+            image="hello", tag="latest", packages=("hello",), system="x86_64-linux",
+            source="path /srv/pkgs", revision=None)
+        self.secret_build = self.history.start(
+            image="secret", tag="latest", packages=("secret",), system="x86_64-linux",
+            source="path /srv/pkgs", revision=None)
+
+    def serve_pages(self, config: PrivateConfig) -> None:
+        auth = make_auth(config, self.images, runner=InlineRunner(), clock=self.clock)
+        self.agent = RequestTraversalAgent(RootResource(
+            self.images, auth=auth, builds=self.history, source="path /srv/pkgs",
+            clock=self.clock))
+
+    def test_log_in_asked(self) -> None:
+        """Without credentials, or with wrong ones, a 401 with the Basic challenge."""
+        self.serve_pages(PrivateConfig(htpasswd=self.htpasswd, rules=self.rules))
+        for path in ("/", "/builds/" + self.hello_build.id):
+            for authorization in (None, basic("bob", "nope")):
+                response, body = self.fetch(b"GET", path, authorization)
+                self.assertEqual(response.code, 401, path)
+                self.assertEqual(header(response, b"www-authenticate"),
+                                 b'Basic realm="nixeryd", charset="UTF-8"')
+                self.assertNotIn(b"secret", body)
+
+    def test_index_lists_builds_to_who_sees_every_one(self) -> None:
+        self.serve_pages(PrivateConfig(htpasswd=self.htpasswd, rules=self.rules))
+        response, body = self.fetch(b"GET", "/", basic("alice", "wonderland"))
+        self.assertEqual(response.code, 200)
+        self.assertIn(self.secret_build.id.encode(), body)
+        response, body = self.fetch(b"GET", "/", basic("bob", "builder"))
+        self.assertEqual(response.code, 200)
+        self.assertNotIn(self.secret_build.id.encode(), body)
+        self.assertNotIn(self.hello_build.id.encode(), body)
+
+    def test_build_page_for_who_may_pull_its_image(self) -> None:
+        self.serve_pages(PrivateConfig(htpasswd=self.htpasswd, rules=self.rules))
+        bob = basic("bob", "builder")
+        self.assertEqual(self.fetch(b"GET", "/builds/" + self.hello_build.id, bob)[0].code,
+                         200)
+        for path in ("", "/log", "/events"):
+            response, body = self.fetch(b"GET", "/builds/" + self.secret_build.id + path, bob)
+            self.assertEqual(response.code, 403, path)
+            self.assertIn(b"user bob may not pull secret", body)
+        self.assertEqual(self.fetch(b"GET", "/builds/" + self.secret_build.id + "/log",
+                                    basic("alice", "wonderland"))[0].code, 200)
+
+    def test_without_rules_every_user_sees_everything(self) -> None:
+        self.serve_pages(PrivateConfig(htpasswd=self.htpasswd))
+        response, body = self.fetch(b"GET", "/", basic("bob", "builder"))
+        self.assertIn(self.secret_build.id.encode(), body)
+
+    def test_no_users_of_its_own(self) -> None:
+        """Tokens of an external service only: the pages are closed."""
+        public = write_file(self.directory, "service.pub", public_pem(self.key_pem))
+        self.serve_pages(PrivateConfig(token_public_key=public, token_realm="https://a/t"))
+        response, body = self.fetch(b"GET", "/")
+        self.assertEqual(response.code, 403)
+        self.assertNotIn(self.secret_build.id.encode(), body)
+
+    def test_anonymous_instance_pages_open(self) -> None:
+        self.agent = RequestTraversalAgent(RootResource(
+            self.images, builds=self.history, source="path /srv/pkgs", clock=self.clock))
+        response, body = self.fetch(b"GET", "/")
+        self.assertEqual(response.code, 200)
+        self.assertIn(self.secret_build.id.encode(), body)

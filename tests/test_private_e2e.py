@@ -160,14 +160,18 @@ class PrivateTestCase(DaemonTestCase):
         secrets = list(USERS.values()) + self.tokens + list(more)
         for user, password in USERS.items():
             secrets.append(base64.b64encode(("%s:%s" % (user, password)).encode()).decode())
+        # The pages as alice, whom the rules allow everything, sees them.
+        alice = {"Authorization": "Basic " + base64.b64encode(
+            ("alice:" + USERS["alice"]).encode()).decode()}
         for registry in registries:
             texts = {"log": registry.log_text()}
-            status, _, page = registry.request("/")
+            status, _, page = registry.request("/", headers=alice)
             texts["/"] = page.decode()
             for build in set(e["build"] for e in registry.events() if e.get("build")):
-                texts["/builds/" + build] = registry.request("/builds/" + build)[2].decode()
-                texts["/builds/%s/log" % build] = registry.request(
-                    "/builds/%s/log" % build)[2].decode()
+                for path in ("/builds/" + build, "/builds/%s/log" % (build,)):
+                    status, _, page = registry.request(path, headers=alice)
+                    self.assertIn(status, (200, 403), path)
+                    texts[path] = page.decode()
             for where, text in texts.items():
                 for secret in secrets:
                     self.assertNotIn(secret, text, "a secret in %s" % (where,))

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import Resource
 
 from nixeryd.app.privateconfig import PrivateConfig
 from nixeryd.auth.gate import AuthGate, TokenSettings
 from nixeryd.auth.htpasswd import Htpasswd
 from nixeryd.auth.membership import NameContents
+from nixeryd.auth.pages import PageAccess, guard_pages
 from nixeryd.auth.rules import Rules, read_rules
 from nixeryd.auth.tokenresource import TokenResource
 from nixeryd.auth.tokens import (TokenSigner, TokenVerifier, load_private_key,
@@ -20,6 +22,7 @@ from nixeryd.auth.verdicts import Verdicts
 from nixeryd.auth.watchedfile import WatchedFile
 from nixeryd.core.threads import Runner
 from nixeryd.registry.imagesource import ImageSource
+from nixeryd.service.builds import BuildHistory
 
 
 class AuthSetupFailed(Exception):
@@ -31,10 +34,21 @@ class Auth:
     """
     :ivar gate: what every ``/v2`` request passes.
     :ivar token_endpoint: nixeryd's own ``/token``, when it signs tokens.
+    :ivar htpasswd: the users, if the instance has its own.
+    :ivar rules: the rules file, if any.
     """
 
     gate: AuthGate
     token_endpoint: TokenResource | None
+    htpasswd: Htpasswd | None = None
+    rules: WatchedFile[Rules] | None = None
+
+    def guard_pages(self, builds: BuildHistory | None, index: Resource,
+                    index_without_builds: Resource,
+                    build_pages: Resource) -> tuple[Resource, Resource]:
+        """The front page and ``/builds/`` for users only (:mod:`nixeryd.auth.pages`)."""
+        return guard_pages(PageAccess(self.htpasswd, self.rules, builds), index,
+                           index_without_builds, build_pages)
 
 
 def _reason(error: OSError | ValueError) -> str:
@@ -111,4 +125,4 @@ def make_auth(config: PrivateConfig, images: ImageSource, *, runner: Runner,
     gate = AuthGate(htpasswd=htpasswd if tokens is None else None, tokens=tokens,
                     rules=rules, contents=NameContents(images), runner=runner,
                     verdicts=Verdicts(clock))
-    return Auth(gate, endpoint)
+    return Auth(gate, endpoint, htpasswd, rules)

@@ -134,6 +134,10 @@ class Rules:
     def _of(self, user: str) -> list[Rule]:
         return [rule for rule in self.rules if user in rule.users or "*" in rule.users]
 
+    def allows_everything(self, user: str) -> bool:
+        """Whether a rule allows ``user`` every package at every tag."""
+        return any("*" in rule.packages and not rule.pinned for rule in self._of(user))
+
     def allows_name(self, user: str, name: str) -> bool:
         """Whether ``user`` may pull ``name`` at some reference (token grants)."""
         packages = name.lower().split("/")

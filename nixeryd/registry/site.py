@@ -53,8 +53,8 @@ class RootResource(Resource):
     :param source: the package source, described for people.
     :param clock: times the build pages' event streams (the global
         reactor when not given).
-    :param auth: the gate of ``/v2`` and the ``/token`` endpoint, when
-        authentication is on (:mod:`nixeryd.auth`).
+    :param auth: the gate of ``/v2``, the ``/token`` endpoint and the
+        pages' guard, when authentication is on (:mod:`nixeryd.auth`).
     :ivar registry: the ``/v2`` resource.
     """
 
@@ -67,9 +67,14 @@ class RootResource(Resource):
         self.putChild(b"v2", self.registry)
         if auth is not None and auth.token_endpoint is not None:
             self.putChild(b"token", auth.token_endpoint)
-        self.putChild(b"builds", BuildsResource(
-            builds, clock if clock is not None else _reactor_clock()))
-        self._index = IndexResource(builds, source)
+        build_pages: Resource = BuildsResource(
+            builds, clock if clock is not None else _reactor_clock())
+        index: Resource = IndexResource(builds, source)
+        if auth is not None:
+            index, build_pages = auth.guard_pages(builds, index, IndexResource(None, source),
+                                                  build_pages)
+        self.putChild(b"builds", build_pages)
+        self._index = index
         self._not_found = NotFoundPage()
 
     def getChild(self, path: bytes, request: Request) -> Resource:
@@ -80,7 +85,8 @@ class RootResource(Resource):
 
     def render(self, request: Request) -> bytes | int:
         """Serve the front page for a request for the root itself."""
-        return self._index.render(request)
+        page: bytes | int = self._index.render(request)  # type: ignore[no-untyped-call]
+        return page
 
 
 class RegistryRequest(Request):
