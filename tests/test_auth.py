@@ -176,6 +176,16 @@ class HtpasswdTests(SynchronousTestCase):
         self.check("alice", "wonderland")
         self.assertTrue(self.users.known(credentials))
 
+    def test_due_file_needs_a_check(self) -> None:
+        """Kept verdicts answer at once only while the file needs no look."""
+        credentials = BasicCredentials("alice", "wonderland")
+        self.check("alice", "wonderland")
+        self.assertTrue(self.users.known(credentials))
+        self.clock.advance(CHECK_INTERVAL)
+        self.assertIsNone(self.users.known(credentials))
+        self.check("alice", "wonderland")
+        self.assertTrue(self.users.known(credentials))
+
     def test_file_read_again_when_changed(self) -> None:
         """A password changed in the file holds from the next look at it on."""
         self.assertTrue(self.check("bob", "builder"))
@@ -372,3 +382,4 @@ class WatchedFileTests(SynchronousTestCase):
         self.assertEqual((self.successResultOf(first), self.successResultOf(second)),
                          ("two!", "two!"))
         self.assertEqual(runner.ran.count("_stamp"), 1)
+

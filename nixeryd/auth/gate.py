@@ -217,6 +217,8 @@ class AuthGate:
         """
         if isinstance(route, (ManifestByDigest, Blob)):
             return None
+        if self._rules is not None and self._rules.due():
+            return None
         identity = self._known_identity(request, route)
         if identity is None:
             return None

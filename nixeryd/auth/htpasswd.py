@@ -101,9 +101,12 @@ class Htpasswd:
                                   hashed.decode("ascii", "replace"))
 
     def known(self, credentials: BasicCredentials) -> bool | None:
-        """The verdict on ``credentials`` if one is kept, else ``None`` (no file look)."""
+        """
+        The verdict on ``credentials`` if one is kept and the file is not
+        due for a look (:meth:`check` then looks first), else ``None``.
+        """
         users = self._file.loaded()
-        if users is None:
+        if users is None or self._file.due():
             return None
         kept = self._verdicts.known(self._key(credentials, users))
         return None if kept is None else kept[0]

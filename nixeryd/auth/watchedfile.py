@@ -65,6 +65,10 @@ class WatchedFile(Generic[T]):
         self._checked = self._clock.seconds()
         return self._value
 
+    def due(self) -> bool:
+        """Whether :meth:`current` would look at the file now."""
+        return self._clock.seconds() - self._checked >= CHECK_INTERVAL
+
     def loaded(self) -> T | None:
         """The contents last read, without looking at the file."""
         return self._value
@@ -74,7 +78,7 @@ class WatchedFile(Generic[T]):
         The contents, read again first when the file changed (looked at
         once per :data:`CHECK_INTERVAL`; concurrent callers share the look).
         """
-        if self._clock.seconds() - self._checked >= CHECK_INTERVAL:
+        if self.due():
             if self._checking is None:
                 checking = Deferred.fromCoroutine(self._refresh())
                 self._checking = checking
