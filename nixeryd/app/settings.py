@@ -263,8 +263,8 @@ TLS_CERT = _text(
 TLS_KEY = _text("tls-key", "PEM private key of --tls-cert", "NIXERY_TLS_KEY")
 COLD_PER_MINUTE = Setting(
     "cold-per-minute",
-    "Cold builds one user (or address, unauthenticated) may start per minute; 0 for no"
-    " bound", defaults.COLD_PER_MINUTE, int, "NIXERY_COLD_PER_MINUTE",
+    "Builds one user (or address, unauthenticated) may start per minute, answered 429"
+    " beyond; 0 for no bound", defaults.COLD_PER_MINUTE, int, "NIXERY_COLD_PER_MINUTE",
     check=lambda n: n >= 0)
 
 #: The settings of private instances, in the order the help lists them.

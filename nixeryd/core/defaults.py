@@ -110,6 +110,6 @@ TOKEN_ISSUER = "nixeryd"
 TOKEN_TTL = 300.0
 #: Threads checking passwords (bcrypt) and tokens.
 AUTH_THREADS = 2
-#: Cold builds one user (or, unauthenticated, one address) may start per
-#: minute; requests beyond are answered 429 with Retry-After.
+#: Builds one user (or, unauthenticated, one address) may start per
+#: minute; a build beyond is answered 429 with Retry-After.
 COLD_PER_MINUTE = 60
