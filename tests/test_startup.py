@@ -71,7 +71,8 @@ class LineTests(SynchronousTestCase):
         self.assertEqual(
             render_message(event),
             "Serving on 127.0.0.1:8080: packages from git https://h/pkgs.git at"
-            " 0123456789ab; storage filesystem /var/lib/nixeryd; 1 Nix build at once,"
+            " 0123456789ab for linux/amd64; storage filesystem /var/lib/nixeryd;"
+            " 1 Nix build at once,"
             " Nix timeout 90.5 s a step, 20 layers an image (+1);"
             " nix-instantiate (Nix) 2.18.1")
         self.assertEqual(event["log_level"].name, "info")

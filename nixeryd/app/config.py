@@ -17,6 +17,8 @@ from typing import Mapping, Optional
 from attrs import frozen
 from twisted.python.usage import UsageError
 
+from nixeryd.build.platforms import Architecture, host_architecture
+
 from nixeryd.app.settings import (
     BUILD_LOG_LINES,
     FAILURE_TTL,
@@ -33,6 +35,7 @@ from nixeryd.app.settings import (
     MAX_QUEUE,
     NIX_TIMEOUT,
     POPULARITY_URL,
+    PLATFORMS,
     PORT,
     STORAGE_BACKEND,
     STORAGE_BACKENDS,
@@ -95,6 +98,7 @@ class Config(StorageConfig):
     :ivar max_connections_per_client: connections one address may hold.
     :ivar max_connections: connections in all, if set; never more than
         the open-file limit carries.
+    :ivar platforms: the platforms a name is built for, the default first.
     """
 
     listen: str
@@ -114,6 +118,7 @@ class Config(StorageConfig):
     stall_timeout: float = STALL_TIMEOUT.default
     max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT.default
     max_connections: Optional[int] = MAX_CONNECTIONS.default
+    platforms: tuple[Architecture, ...] = (host_architecture(),)
 
 
 def _listen(options: Mapping[str, object], environ: Mapping[str, str]) -> str:
@@ -244,4 +249,5 @@ def config_from(options: Mapping[str, object], environ: Mapping[str, str]) -> Co
         stall_timeout=STALL_TIMEOUT.read(options, environ),
         max_connections_per_client=MAX_CONNECTIONS_PER_CLIENT.read(options, environ),
         max_connections=MAX_CONNECTIONS.read(options, environ),
+        platforms=PLATFORMS.read(options, environ) or (host_architecture(),),
     )

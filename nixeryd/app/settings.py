@@ -23,6 +23,7 @@ from attrs import frozen
 from twisted.python import usage
 from twisted.python.usage import UsageError
 
+from nixeryd.build.platforms import Architecture, parse_platforms
 from nixeryd.core import defaults
 
 T = TypeVar("T")
@@ -229,6 +230,12 @@ NIX_OPTION: Setting[Optional[str]] = Setting(
     "nix-option",
     "A Nix setting NAME=VALUE (e.g. substituters= to build offline); repeatable",
     None, str, "NIXERY_NIX_OPTIONS", variable_note=", ';'-separated")
+PLATFORMS: Setting[Optional[tuple[Architecture, ...]]] = Setting(
+    "platforms",
+    "Platforms a name is built for, the default first, e.g. linux/amd64,linux/arm64:"
+    " with several, a pull by tag gets an image index (default this machine's platform)",
+    None if defaults.PLATFORMS is None else parse_platforms(defaults.PLATFORMS),
+    parse_platforms, "NIXERY_PLATFORMS", unit="os/architecture[/variant], comma-separated")
 
 KEEP_DAYS: Setting[Optional[int]] = Setting(
     "keep-days",

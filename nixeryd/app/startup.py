@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from nixeryd.app.config import Config
 from nixeryd.app.preflight import Checked
+from nixeryd.build.platforms import describe as describe_platforms
 from nixeryd.core.text import describe_source_setting
 
 def describe_source(config: Config, revision: Optional[str]) -> str:
@@ -48,7 +49,7 @@ def log_serving(log: Logger, config: Config, checked: Checked,
         ``None`` when only the configured endpoint is known.
     """
     log.info(
-        "Serving on {address}: packages from {source}; storage {storage};"
+        "Serving on {address}: packages from {source} for {platforms}; storage {storage};"
         " {max_builds} Nix build{builds_s} at once, Nix timeout {nix_timeout:g} s a step,"
         " {layer_budget} layers an image (+1); {nix_version}",
         event="serving",
@@ -56,6 +57,7 @@ def log_serving(log: Logger, config: Config, checked: Checked,
         listen=config.listen,
         source=describe_source(config, checked.revision),
         source_kind=config.source.kind,
+        platforms=describe_platforms(config.platforms),
         revision=checked.revision,
         storage=describe_storage(config),
         storage_backend=config.storage_backend,

@@ -41,6 +41,7 @@ from nixeryd.app.settings import (
     BUILD_LOG_LINES,
     MAX_QUEUE,
     FAILURE_TTL,
+    PLATFORMS,
     ImageOptions,
     parameters,
 )
@@ -72,7 +73,7 @@ class Options(ImageOptions):
          GCS_BUCKET, GCS_ENDPOINT, NIX_TIMEOUT, POPULARITY_URL, MAX_BUILDS,
          LAYER_BUDGET, THREADS, KEEP_BUILDS, BUILD_LOG_LINES, MAX_QUEUE, FAILURE_TTL,
          HEAD_TIMEOUT, IDLE_TIMEOUT, STALL_TIMEOUT, MAX_CONNECTIONS_PER_CLIENT,
-         MAX_CONNECTIONS],
+         MAX_CONNECTIONS, PLATFORMS],
         variables=True)
 
     config: Config

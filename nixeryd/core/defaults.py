@@ -29,6 +29,9 @@ MAX_QUEUE = 32
 #: answered from memory, without asking Nix again; a moving source's
 #: failures are kept no longer than MOVING_TTL.
 FAILURE_TTL = 300.0
+#: The platforms images are built for, the default first (e.g.
+#: ``linux/amd64,linux/arm64``); ``None``: this machine's platform alone.
+PLATFORMS: str | None = None
 #: Seconds after which a running Nix step (an evaluation or a build) is
 #: long: it then leaves its slot to the next step, up to twice MAX_BUILDS
 #: steps of each kind at once, so slow packages delay other images by at
