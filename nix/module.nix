@@ -45,6 +45,9 @@ let
     // optional "NIXERY_STALL_TIMEOUT" cfg.stallTimeout
     // optional "NIXERY_MAX_CONNECTIONS_PER_CLIENT" cfg.maxConnectionsPerClient
     // optional "NIXERY_MAX_CONNECTIONS" cfg.maxConnections
+    // lib.optionalAttrs (cfg.platforms != [ ]) {
+      NIXERY_PLATFORMS = lib.concatStringsSep "," cfg.platforms;
+    }
     // lib.optionalAttrs (cfg.nixOptions != { }) {
       NIXERY_NIX_OPTIONS = lib.concatStringsSep ";"
         (lib.mapAttrsToList (name: value: "${name}=${value}") cfg.nixOptions);
@@ -167,6 +170,18 @@ in
       type = types.nullOr types.ints.positive;
       default = null;
       description = "Nix log lines kept per build (NIXERY_BUILD_LOG_LINES; the daemon's default is 2000).";
+    };
+
+    platforms = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "linux/amd64" "linux/arm64" ];
+      description = ''
+        Platforms a name is built for, the default first; with several, a
+        pull by tag gets an image index (NIXERY_PLATFORMS; the daemon's
+        default is the machine's own platform).  Nix must be able to build
+        for each: see nixOptions (builders, extra-platforms, substituters).
+      '';
     };
 
     maxQueue = mkOption {
