@@ -401,11 +401,17 @@ class ImageService(MultiService):
             await self._record_reference(request, tag, index.oci)
 
     def _mark_pulled(self, image: Image) -> None:
-        """Tell the pull records of the manifest served, and of an index."""
+        """
+        Tell the pull records of the manifest served; for an index, of it
+        and of every platform's image, which the garbage collector then
+        keeps with it.
+        """
         self._pulls.pulled(image.docker.digest)
         if image.index is not None:
             self._pulls.pulled(image.index.docker.digest)
             self._pulls.pulled(image.index.oci.digest)
+            for platform_image in image.index.images[1:]:
+                self._pulls.pulled(platform_image.docker.digest)
 
     async def manifest(self, digest: str) -> ManifestDocument:
         """
