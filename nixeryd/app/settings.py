@@ -23,7 +23,7 @@ from attrs import frozen
 from twisted.python import usage
 from twisted.python.usage import UsageError
 
-from nixeryd.build.platforms import Architecture, parse_platforms
+from nixeryd.build.platforms import Architecture, known_platforms, parse_platforms
 from nixeryd.core import defaults
 
 T = TypeVar("T")
@@ -235,7 +235,8 @@ PLATFORMS: Setting[Optional[tuple[Architecture, ...]]] = Setting(
     "Platforms a name is built for, the default first, e.g. linux/amd64,linux/arm64:"
     " with several, a pull by tag gets an image index (default this machine's platform)",
     None if defaults.PLATFORMS is None else parse_platforms(defaults.PLATFORMS),
-    parse_platforms, "NIXERY_PLATFORMS", unit="os/architecture[/variant], comma-separated")
+    parse_platforms, "NIXERY_PLATFORMS",
+    unit="comma-separated, of " + ", ".join(known_platforms()))
 
 KEEP_DAYS: Setting[Optional[int]] = Setting(
     "keep-days",
