@@ -189,3 +189,22 @@ class PlatformsEndToEnd(DaemonTestCase):
             self.assertIn("cannot be built for aarch64-linux: this registry builds for"
                           " x86_64-linux only; the registry's operator can add a remote"
                           " builder for aarch64-linux", failed.stderr)
+
+    def test_digests_stable_across_instances(self) -> None:
+        """
+        Another daemon, with a storage of its own and the platforms named
+        in the other order, serves the same index, byte for byte; so does
+        this one after a restart.
+        """
+        raw = run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                   "docker://" + self.reference("toolb")]).stdout
+        other = self.daemon("--pkgs-path", PACKAGE_SET,
+                            "--platforms", "linux/arm64,linux/amd64")
+        again = run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                     "docker://%s/toolb" % (other.address,)]).stdout
+        self.assertEqual(again, raw)
+        self.registry.stop()
+        self.registry.start()
+        restarted = run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                         "docker://" + self.reference("toolb")]).stdout
+        self.assertEqual(restarted, raw)
