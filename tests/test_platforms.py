@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -21,6 +21,7 @@ from nixeryd.build.manifest import (LayerDescriptor, RuntimeSettings, build_docu
 from nixeryd.build.names import is_referrers_tag, parse_image_name
 from nixeryd.build.platforms import (AMD64, ARM64, ARMV7, host_architecture,
                                      parse_platform, parse_platforms)
+from nixeryd.build.progress import BuildPhase
 from nixeryd.core.documents import Image
 from nixeryd.core.errors import BuildFailed, ManifestUnknown
 from nixeryd.core.mediatypes import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX,
@@ -253,6 +254,19 @@ class ServiceIndexTests(ServiceFixture):
         self.assertIsNone(arm.index)
         self.assertEqual(arm, image.index.images[1])
         self.assertEqual(len(self.nix.build_calls), builds)
+
+    def test_client_gone_cancels_every_platform(self) -> None:
+        """A client gone while both platforms build cancels both builds."""
+        service = self.make_service()
+        self.nix.build_gate = Deferred()
+        only = self.image(service, "toola")
+        only.cancel()
+        self.failureResultOf(only, CancelledError)
+        self.assertEqual({(record.system, record.phase) for record in service.builds},
+                         {("x86_64-linux", BuildPhase.CANCELLED),
+                          ("aarch64-linux", BuildPhase.CANCELLED)})
+        self.nix.build_gate.callback(None)
+        self.assertEqual(self.nix.builds_finished, 0)
 
     def test_build_limit(self) -> None:
         """With one build slot, the second platform's build waits for the first."""
