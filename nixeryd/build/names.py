@@ -14,10 +14,11 @@ import re
 
 from attrs import frozen
 
-from nixeryd.build.platforms import AMD64, ARM64, Architecture
+# Re-exported: the platforms are named here since before build.platforms.
+from nixeryd.build.platforms import AMD64 as AMD64
+from nixeryd.build.platforms import ARM64 as ARM64
+from nixeryd.build.platforms import Architecture as Architecture
 from nixeryd.core.errors import ManifestUnknown, NameInvalid
-
-__all__ = ["AMD64", "ARM64", "Architecture", "ImageRequest", "parse_image_name"]
 
 #: The distribution spec's repository name grammar, one path component.
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")

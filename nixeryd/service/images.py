@@ -58,8 +58,8 @@ from twisted.python.failure import Failure
 
 from nixeryd.build.builder import ImageBuilder
 from nixeryd.build.manifest import build_index
-from nixeryd.build.platforms import Architecture, host_architecture
 from nixeryd.build.names import OPTIONAL_PACKAGES, ImageRequest, parse_image_name, validate_tag
+from nixeryd.build.platforms import Architecture, host_architecture
 from nixeryd.build.nixsteps import NixSteps
 from nixeryd.build.process import PIPE_DRAIN, REAPER_MARGIN
 from nixeryd.build.progress import BuildPhase
@@ -67,7 +67,7 @@ from nixeryd.core.text import human_size
 from nixeryd.build.sources import PackageSource, PinnedSource
 from nixeryd.core import defaults
 from nixeryd.core.digests import check_digest
-from nixeryd.core.documents import Image, ImageIndex, LocalBlob, ManifestDocument, RedirectBlob
+from nixeryd.core.documents import Image, LocalBlob, ManifestDocument, RedirectBlob
 from nixeryd.core.errors import BlobUnknown, RegistryError, Unavailable
 from nixeryd.core.sharedwork import SharedWork
 from nixeryd.metrics.hooks import NO_INSTRUMENTS, Instruments
@@ -410,7 +410,7 @@ class ImageService(MultiService):
         if image.index is not None:
             self._pulls.pulled(image.index.docker.digest)
             self._pulls.pulled(image.index.oci.digest)
-            for platform_image in image.index.images[1:]:
+            for platform_image in image.index.images:
                 self._pulls.pulled(platform_image.docker.digest)
 
     async def manifest(self, digest: str) -> ManifestDocument:
