@@ -4,9 +4,9 @@ Parsing of request paths under ``/v2``.
 Registry names contain ``/``, so a path is read from the right: the last
 two segments say what is asked for (``manifests``/reference,
 ``blobs``/digest, ``tags``/``list``, ``referrers``/digest) and everything
-before them is the image name.  Names, tags and digests are checked against the distribution
-spec's grammar here, before anything is looked up, so that storage and the
-image builder only ever see well-formed input.
+before them is the image name.  Names, tags and digests are checked
+against the distribution spec's grammar here, before anything is looked
+up, so that storage and the image builder only ever see well-formed input.
 
 This module is pure: it takes the already split and percent-decoded path
 segments that Twisted gives a resource (``request.postpath``) and returns
