@@ -459,8 +459,9 @@ class S3Client:
             error = S3Error("the bucket %s does not exist (at %s)"
                             % (target, self.address.base_url), 404, error.code)
         elif response.code in (401, 403):
-            error = S3Error("the credentials (%s) may not use %s: %s"
-                            % (self.credentials.description, target, error),
+            reason = str(error).partition("S3 answered ")[2]
+            error = S3Error("S3 refused the credentials (%s) for %s: %s"
+                            % (self.credentials.description, target, reason),
                             response.code, error.code)
         raise error
 
