@@ -106,7 +106,11 @@ class RcloneS3:
     def uploads(self) -> Deferred[list[dict[str, Any]]]:
         """The multipart uploads in progress, as botocore lists them."""
         def listing() -> list[dict[str, Any]]:
-            answer = self.botocore().list_multipart_uploads(Bucket=self.bucket)
+            client = self.botocore()
+            try:
+                answer = client.list_multipart_uploads(Bucket=self.bucket)
+            except client.exceptions.NoSuchUpload:
+                return []  # rclone's answer when there are none
             uploads: list[dict[str, Any]] = answer.get("Uploads", [])
             return uploads
         return deferToThread(listing)

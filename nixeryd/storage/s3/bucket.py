@@ -347,7 +347,10 @@ class S3Client:
             "GET", None, target=self._s3(prefix + "*"), safe=True,
             query=[("uploads", ""), ("prefix", prefix)])
         if response.code != 200:
-            raise await error_for(response, "listing the uploads of " + self._s3(prefix))
+            error = await error_for(response, "listing the uploads of " + self._s3(prefix))
+            if error.code == "NoSuchUpload":
+                return []  # rclone's answer when there are none
+            raise error
         root = parse_xml(await read_limited(response, LIST_PAGE_LIMIT))
         return [Upload(child_text(item, "Key"), child_text(item, "UploadId"),
                        child_text(item, "Initiated"))
