@@ -226,6 +226,21 @@ class ChainTests(TestCase):
             "GET /latest/meta-data/iam/security-credentials/nixeryd-role"])
 
 
+    async def test_no_instance_metadata(self) -> None:
+        """Where nothing answers for instance metadata, the error says what to set."""
+        from tests.daemon import free_port
+
+        endpoint = "http://127.0.0.1:%d" % (free_port(),)
+        source = find({"HOME": self.home, "AWS_EC2_METADATA_SERVICE_ENDPOINT": endpoint})
+        with self.assertRaises(S3Error) as caught:
+            await source.credentials()
+        self.assertIn("no AWS credentials in the environment or the shared files, and the"
+                      " instance metadata service gives none (cannot reach %s/latest/api/token"
+                      % (endpoint,), str(caught.exception))
+        self.assertIn("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+                      str(caught.exception))
+
+
 class RefreshTests(SynchronousTestCase):
     """Temporary credentials are renewed before they expire, by one fetch."""
 

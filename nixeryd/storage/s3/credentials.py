@@ -37,7 +37,7 @@ from nixeryd.core.httpbody import BodyTooLarge
 from nixeryd.core.sharedwork import SharedWork
 from nixeryd.core.threads import Runner
 from nixeryd.storage.gcs.http import cancel_after, drain
-from nixeryd.storage.gcs.retry import Retrier
+from nixeryd.storage.gcs.retry import Retrier, RetryPolicy
 from nixeryd.storage.s3.http import S3Error, error_for
 from nixeryd.storage.s3.signing import Credentials
 
@@ -49,7 +49,11 @@ IMDS_ENDPOINT = "http://169.254.169.254"
 IMDS_TOKEN_TTL = 21600
 #: Seconds a metadata request may take (the service answers at once where
 #: it exists; elsewhere nothing answers at all).
-METADATA_TIMEOUT = 5.0
+METADATA_TIMEOUT = 2.0
+#: How metadata requests are retried: briefly, so that a daemon started
+#: where there is no metadata service says so well within its start-up
+#: check's deadline.
+METADATA_RETRY = RetryPolicy(initial=0.2, cap=1.0, deadline=6.0)
 #: The variables read (the process environment is read once, at start).
 VARIABLES = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
@@ -157,7 +161,7 @@ class MetadataFetcher:
         self._runner = runner
         self._http = http
         self._timeout = timeout
-        self._retrier = retrier if retrier is not None else Retrier(clock)
+        self._retrier = retrier if retrier is not None else Retrier(clock, METADATA_RETRY)
 
     async def request(self, method: str, url: str, headers: dict[str, str]) -> bytes:
         """The body of a 200 answer; :class:`S3Error` for any other."""
@@ -195,9 +199,16 @@ class MetadataFetcher:
     async def instance(self, endpoint: str) -> Credentials:
         """Credentials of the instance's role, from IMDSv2."""
         base = endpoint.rstrip("/")
-        token = (await self.request(
-            "PUT", base + "/latest/api/token",
-            {"X-aws-ec2-metadata-token-ttl-seconds": str(IMDS_TOKEN_TTL)})).decode().strip()
+        try:
+            token = (await self.request(
+                "PUT", base + "/latest/api/token",
+                {"X-aws-ec2-metadata-token-ttl-seconds": str(IMDS_TOKEN_TTL)}
+            )).decode().strip()
+        except S3Error as e:
+            raise S3Error(
+                "no AWS credentials in the environment or the shared files, and the"
+                " instance metadata service gives none (%s); set AWS_ACCESS_KEY_ID and"
+                " AWS_SECRET_ACCESS_KEY, or AWS_PROFILE" % (e,), e.status, e.code) from None
         headers = {"X-aws-ec2-metadata-token": token}
         listing = base + "/latest/meta-data/iam/security-credentials/"
         roles = (await self.request("GET", listing, headers)).decode().split()
