@@ -206,7 +206,7 @@ class S3ConfigTests(SynchronousTestCase):
                                 ({"AWS_DEFAULT_REGION": "x", "AWS_REGION": "eu-north-1"},
                                  "eu-north-1"),
                                 ({"AWS_REGION": "x", "S3_REGION": "sa-east-1"}, "sa-east-1")):
-            config = build(NIXERY_STORAGE_BACKEND="s3", S3_BUCKET="b", **environ)
+            config = build(None, NIXERY_STORAGE_BACKEND="s3", S3_BUCKET="b", **environ)
             assert config.s3 is not None
             self.assertEqual(config.s3.region, region)
 
