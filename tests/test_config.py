@@ -220,6 +220,8 @@ class S3ConfigTests(SynchronousTestCase):
                  "S3_ENDPOINT/--s3-endpoint must be an http(s) URL"),
                 ({"S3_BUCKET": "b", "S3_ENDPOINT": "http://h:port"},
                  "S3_ENDPOINT/--s3-endpoint must be an http(s) URL"),
+                ({"S3_BUCKET": "b", "S3_ENDPOINT": "http://h:9000/s3"},
+                 "S3_ENDPOINT/--s3-endpoint must be scheme://host[:port], without a path"),
                 ({"S3_BUCKET": "b", "S3_URL_LIFETIME": "604801"},
                  "S3_URL_LIFETIME/--s3-url-lifetime (seconds): '604801' is out of range"),
                 ({"S3_BUCKET": "b", "S3_PUBLIC_URL": "ftp://x"},

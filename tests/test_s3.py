@@ -23,7 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from nixeryd.core.documents import RedirectBlob
-from nixeryd.storage.gcs.retry import Retrier, RetryPolicy
+from nixeryd.storage.gcs.retry import NO_RETRY, Retrier, RetryPolicy
 from nixeryd.storage.s3.bucket import BucketAddress, aws_endpoint
 from nixeryd.storage.s3.http import S3Error
 from nixeryd.storage.s3.objects import Part, plan_upload
@@ -230,6 +230,15 @@ class S3BackendTests(RcloneTestCase):
         self.assertIn("DELETE", [method for method, uri in proxy.seen if "uploadId=" in uri])
         self.assertEqual(await self.server.uploads(), [])
         self.assertFalse(await storage.has_blob(digest_of(data)))
+
+    async def test_head_errors_are_not_absence(self) -> None:
+        """A HEAD answered anything but 200 or 404 is an error, never a missing blob."""
+        storage, _ = await self.proxied_storage(
+            lambda request, attempt: request.method == b"HEAD", Retrier(reactor, NO_RETRY))
+        for call in (storage.has_blob, storage.blob):
+            with self.assertRaises(S3Error) as caught:
+                await call(digest_of(b"any blob"))
+            self.assertEqual(caught.exception.status, 503)
 
     async def test_stale_uploads_aborted(self) -> None:
         """Uploads of blobs older than the limit are aborted at the check; younger ones stay."""

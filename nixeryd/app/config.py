@@ -179,8 +179,11 @@ def _gcs_endpoint(options: Mapping[str, object],
     return endpoint.rstrip("/")
 
 
-def _http_url(text: str, label: str) -> str:
-    """``text`` if it is an http(s) URL with a host (without a trailing ``/``)."""
+def _http_url(text: str, label: str, path: bool = True) -> str:
+    """
+    ``text`` if it is an http(s) URL with a host (without a trailing
+    ``/``), and without a path unless ``path``.
+    """
     from urllib.parse import urlsplit
 
     parts = urlsplit(text)
@@ -190,6 +193,9 @@ def _http_url(text: str, label: str) -> str:
         parts = parts._replace(netloc="")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError("%s must be an http(s) URL, not %r" % (label, text))
+    if not path and (parts.path.strip("/") or parts.query or parts.fragment):
+        raise UsageError("%s must be scheme://host[:port], without a path, not %r"
+                         % (label, text))
     return text.rstrip("/")
 
 
@@ -205,7 +211,7 @@ def _s3_config(options: Mapping[str, object], environ: Mapping[str, str]) -> S3C
         raise UsageError("s3 storage needs a bucket: set S3_BUCKET (or --s3-bucket)")
     endpoint = S3_ENDPOINT.given(options, environ)
     if endpoint is not None:
-        endpoint = _http_url(endpoint, S3_ENDPOINT.label(True))
+        endpoint = _http_url(endpoint, S3_ENDPOINT.label(True), path=False)
     public_url = S3_PUBLIC_URL.given(options, environ)
     if public_url is not None:
         public_url = _http_url(public_url, S3_PUBLIC_URL.label(True))
