@@ -188,6 +188,19 @@ class ChainTests(TestCase):
         await source.credentials()
         self.assertEqual(endpoint.requests, 1)
 
+    def test_container_full_uri_in_clear(self) -> None:
+        """A full URI over plain HTTP to anything but the agents or loopback is refused."""
+        for url in ("http://203.0.113.9/creds", "ftp://127.0.0.1/creds", "http:///x"):
+            error = self.assertRaises(NoCredentials, find, {
+                "HOME": self.home, "AWS_CONTAINER_CREDENTIALS_FULL_URI": url})
+            self.assertIn("must be https, or http to the container agent or loopback",
+                          str(error))
+        for url in ("https://creds.example/x", "http://169.254.170.23/v1/credentials",
+                    "http://[::1]:8080/c", "http://127.0.0.2/c"):
+            self.assertIsInstance(find({"HOME": self.home,
+                                        "AWS_CONTAINER_CREDENTIALS_FULL_URI": url}),
+                                  RefreshingCredentials)
+
     async def test_container_relative_uri_and_token_file(self) -> None:
         """The relative URI on the container host, the token read from its file."""
         endpoint = CredentialEndpoint("from-file")

@@ -43,6 +43,10 @@ from nixeryd.storage.s3.signing import Credentials
 
 #: The host of ``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI``.
 CONTAINER_HOST = "http://169.254.170.2"
+#: The hosts ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` may name over plain
+#: HTTP (as AWS's SDKs allow): the ECS and EKS agents, and loopback.
+PLAIN_HTTP_CONTAINER_HOSTS = frozenset({"169.254.170.2", "169.254.170.23", "fd00:ec2::23",
+                                        "localhost"})
 #: The instance metadata service.
 IMDS_ENDPOINT = "http://169.254.169.254"
 #: Seconds an IMDSv2 session token is asked for.
@@ -218,6 +222,33 @@ class MetadataFetcher:
                                      listing + roles[0])
 
 
+def check_container_uri(url: str) -> str:
+    """
+    ``url`` if credentials may be fetched from it: over HTTPS, or over
+    plain HTTP from the container agents or loopback only, so that the
+    authorization token never crosses a network in clear.
+
+    :raises NoCredentials: otherwise.
+    """
+    from ipaddress import ip_address
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return url
+    if parts.scheme == "http":
+        if host in PLAIN_HTTP_CONTAINER_HOSTS:
+            return url
+        try:
+            if ip_address(host).is_loopback:
+                return url
+        except ValueError:
+            pass
+    raise NoCredentials("AWS_CONTAINER_CREDENTIALS_FULL_URI %s must be https, or http to"
+                        " the container agent or loopback" % (url,))
+
+
 def _read_text(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()
@@ -305,7 +336,8 @@ def find_credentials(environ: Mapping[str, str], clock: IReactorTime, runner: Ru
     relative, full = (get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
                       get("AWS_CONTAINER_CREDENTIALS_FULL_URI"))
     if relative is not None or full is not None:
-        url = container_host.rstrip("/") + relative if relative is not None else str(full)
+        url = (container_host.rstrip("/") + relative if relative is not None
+               else check_container_uri(str(full)))
         token, token_file = (get("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
                              get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"))
         return RefreshingCredentials(
