@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest
 
-from tests.daemon import Daemon, json_events, serve_until_exit
+from tests.daemon import Daemon, free_port, json_events, serve_until_exit
 from tests.daemoncases import DaemonTestCase, podman_command
 from tests.e2e import PACKAGE_SET, fresh_package_set, require_root, require_tools, run
 from tests.rclones3 import ACCESS_KEY, MISSING_REASON, SECRET_KEY, RcloneS3, start_rclone
@@ -180,6 +180,22 @@ class S3StorageEndToEnd(DaemonTestCase):
         self.assertNotIn("Traceback", result.stdout + result.stderr)
         self.assertFalse(any("starting on" in str(e.get("log_text", ""))
                              for e in json_events(result.stdout)))
+
+    def test_unreachable_endpoint_is_a_failed_check(self) -> None:
+        """An endpoint nothing answers on is a failed check (exit code 1, restarted)."""
+        require_tools("nix-instantiate")
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        endpoint = "http://127.0.0.1:%d" % (free_port(),)
+        result = serve_until_exit(
+            "--listen", "tcp:0:interface=127.0.0.1", "--pkgs-path", PACKAGE_SET,
+            "--storage-backend", "s3", "--s3-bucket", "b", "--s3-endpoint", endpoint,
+            env=aws_environment(), cwd=workdir)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        [line] = result.stderr.splitlines()
+        self.assertTrue(line.startswith(
+            "nixeryd: S3 bucket s3://b at %s cannot be used: cannot reach S3 at %s to check"
+            " s3://b: " % (endpoint, endpoint)), line)
 
     def test_no_credentials_is_a_usage_error(self) -> None:
         """Without any credentials (and instance metadata disabled): exit code 2."""
