@@ -46,6 +46,15 @@ class DescribeTests(SynchronousTestCase):
                      GOOGLE_APPLICATION_CREDENTIALS="/etc/nixeryd/key.json")
         self.assertEqual(describe_storage(gcs),
                          "gcs gs://imgs at http://127.0.0.1:9023 (key /etc/nixeryd/key.json)")
+        s3 = config(NIXERY_PKGS_PATH="/p", NIXERY_STORAGE_BACKEND="s3", S3_BUCKET="imgs",
+                    AWS_ACCESS_KEY_ID="AKIA", AWS_SECRET_ACCESS_KEY="s3cret")
+        self.assertEqual(describe_storage(s3),
+                         "s3 s3://imgs at AWS (region us-east-1, virtual style)")
+        s3 = config(NIXERY_PKGS_PATH="/p", NIXERY_STORAGE_BACKEND="s3", S3_BUCKET="imgs",
+                    S3_ENDPOINT="http://127.0.0.1:9000", S3_PUBLIC_URL="https://cdn.example")
+        self.assertEqual(describe_storage(s3),
+                         "s3 s3://imgs at http://127.0.0.1:9000 (region us-east-1, path style,"
+                         " public at https://cdn.example)")
 
 
 class LineTests(SynchronousTestCase):

@@ -28,7 +28,10 @@ def describe_source(config: Config, revision: Optional[str]) -> str:
 
 
 def describe_storage(config: Config) -> str:
-    """``filesystem /var/lib/nixeryd`` or ``gcs gs://bucket`` with endpoint and key path."""
+    """
+    ``filesystem /var/lib/nixeryd``, ``gcs gs://bucket`` with endpoint and
+    key path, or ``s3 s3://bucket`` with endpoint, region and style.
+    """
     if config.storage_backend == "gcs":
         text = "gcs gs://%s" % (config.gcs_bucket,)
         if config.gcs_endpoint is not None:
@@ -36,6 +39,11 @@ def describe_storage(config: Config) -> str:
         if config.google_credentials is not None:
             text += " (key %s)" % (config.google_credentials,)
         return text
+    if config.storage_backend == "s3" and config.s3 is not None:
+        s3 = config.s3
+        return "s3 s3://%s at %s (region %s, %s style%s)" % (
+            s3.bucket, s3.endpoint or "AWS", s3.region, s3.addressing_style,
+            ", public at %s" % (s3.public_url,) if s3.public_url else "")
     return "filesystem %s" % (config.storage_path,)
 
 
