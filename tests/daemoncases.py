@@ -43,8 +43,8 @@ class DaemonTestCase(TestCase):
 
     def containerd(self) -> str:
         """
-        Start a containerd of this test's own (stopped in its cleanup),
-        its state in a short directory; the address of its socket.
+        Start a containerd of the test's own (state in a short directory,
+        stopped in the cleanup); the address of its socket, for ``ctr``.
         """
         tools = require_tools("containerd", "ctr")
         state = self.short_directory()

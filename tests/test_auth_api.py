@@ -25,6 +25,9 @@ from nixeryd.app.privateconfig import PrivateConfig
 from nixeryd.auth.assemble import Auth, AuthSetupFailed, make_auth
 from nixeryd.auth.scopes import pull_scope
 from nixeryd.auth.tokens import TokenSigner, load_private_key
+from nixeryd.build.manifest import build_index
+from nixeryd.build.platforms import AMD64, ARM64
+from nixeryd.core.documents import Image
 from nixeryd.core.threads import InlineRunner
 from nixeryd.registry.site import RootResource
 from nixeryd.service.builds import BuildHistory
@@ -202,6 +205,25 @@ class BasicTests(AuthRegistryTestCase):
         response, body = self.fetch(b"GET", "/v2/secret/manifests/" + digest,
                                     basic("alice", "wonderland"))
         self.assertEqual(response.code, 200)
+
+    def test_index_of_platforms(self) -> None:
+        """Under a name whose image is an index: the index, each platform's manifests and layers."""
+        arm = write_sample_image(make_directory(self), {"bin/hello": b"arm hello\n"})
+        index = build_index([(AMD64, self.hello.image), (ARM64, arm.image)])
+        self.images.add_image("hello", "latest",
+                              Image(self.hello.image.docker, self.hello.image.oci, index))
+        for document in (index.docker, index.oci, arm.image.docker, arm.image.oci):
+            self.images.manifests[document.digest] = document
+        for blob in arm.blobs:
+            self.images.blobs[blob.digest] = blob
+        bob = basic("bob", "builder")
+        for kind, digest in (("manifests", index.oci.digest), ("manifests", index.docker.digest),
+                             ("manifests", arm.image.oci.digest), ("blobs", arm.blobs[1].digest)):
+            response, body = self.fetch(b"GET", "/v2/hello/%s/%s" % (kind, digest), bob)
+            self.assertEqual(response.code, 200, (kind, digest, body))
+        response, body = self.fetch(b"GET", "/v2/secret/blobs/" + arm.blobs[1].digest,
+                                    basic("alice", "wonderland"))
+        self.error(response, body, 404, "BLOB_UNKNOWN")
 
     def test_cold_membership_resolves_the_name(self) -> None:
         """With nothing in memory, the name is resolved at its tags to find the digest."""

@@ -71,22 +71,17 @@ class NameContents:
             self._names.put(name, digests)
         return digests
 
-    async def _learn(self, name: str, image: Image) -> None:
-        """Note every digest ``image`` (and an index's manifests) names, under ``name``."""
+    def _learn(self, name: str, image: Image) -> None:
+        """
+        Note under ``name`` every digest ``image`` refers to: its manifests
+        (an index's, and each platform's), configs and layers.
+        """
         digests = self._digests(name)
-        pending = [image.docker, image.oci]
-        while pending and len(digests) < DIGESTS_PER_NAME:
-            document = pending.pop()
-            if document.digest in digests:
-                continue
+        for document in image.documents():
+            if len(digests) >= DIGESTS_PER_NAME:
+                return
             digests.add(document.digest)
-            for digest in _named_by(document):
-                if digest in digests:
-                    continue
-                if document.media_type.endswith(("index.v1+json", "list.v2+json")):
-                    pending.append(await self._images.manifest(digest))
-                else:
-                    digests.add(digest)
+            digests.update(_named_by(document))
 
     def knows(self, name: str, digest: str) -> bool:
         """Whether ``digest`` is known to belong to ``name`` (memory only)."""
@@ -115,7 +110,7 @@ class NameContents:
                     image = await self._images.image(name, tag, client=client)
                 except ManifestUnknown:
                     continue
-            await self._learn(name, image)
+            self._learn(name, image)
             if self.knows(name, digest):
                 return
         if blob:
