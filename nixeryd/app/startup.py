@@ -59,8 +59,8 @@ def log_serving(log: Logger, config: Config, checked: Checked,
     """
     access = describe_access(config.private)
     log.info(
-        "Serving on {address}{access_note}: packages from {source} for {platforms}; storage {storage};"
-        " {max_builds} Nix build{builds_s} at once, Nix timeout {nix_timeout:g} s a step,"
+        "Serving on {address}{access_note}: packages from {source} for {platforms};"
+        " storage {storage}; {max_builds} Nix build{builds_s} at once, Nix timeout {nix_timeout:g} s a step,"
         " {layer_budget} layers an image (+1); {nix_version}",
         event="serving",
         address=address if address is not None else config.listen,
