@@ -17,7 +17,7 @@ from typing import Mapping, Optional
 from attrs import field, frozen
 from twisted.python.usage import UsageError
 
-from nixeryd.app.privateconfig import PrivateConfig, private_config_from
+from nixeryd.app.privateconfig import PrivateConfig, check_tls_listen, private_config_from
 from nixeryd.build.platforms import Architecture, host_architecture
 
 from nixeryd.app.settings import (
@@ -338,6 +338,6 @@ def config_from(options: Mapping[str, object], environ: Mapping[str, str]) -> Co
         stall_timeout=STALL_TIMEOUT.read(options, environ),
         max_connections_per_client=MAX_CONNECTIONS_PER_CLIENT.read(options, environ),
         max_connections=MAX_CONNECTIONS.read(options, environ),
-        private=private_config_from(options, environ),
+        private=check_tls_listen(private_config_from(options, environ), listen),
         platforms=PLATFORMS.read(options, environ) or (host_architecture(),),
     )

@@ -108,6 +108,20 @@ def private_config_from(options: Mapping[str, object],
     return config
 
 
+def check_tls_listen(config: PrivateConfig, listen: str) -> PrivateConfig:
+    """
+    ``config``, unless it would speak TLS twice: ``--tls-cert`` wraps the
+    endpoint in TLS itself, so the endpoint must be a plain one (``tcp:``,
+    ``unix:``), not ``ssl:``.
+
+    :raises UsageError: saying which to drop.
+    """
+    if config.tls_cert is not None and listen.lower().startswith(("ssl:", "tls:")):
+        raise UsageError("--listen %s already speaks TLS: with %s give a plain tcp: endpoint"
+                         " (or drop %s)" % (listen, TLS_CERT.label(True), TLS_CERT.label(True)))
+    return config
+
+
 def describe_access(config: PrivateConfig) -> str | None:
     """
     How clients reach a private instance, for the start-up line:
