@@ -28,9 +28,10 @@ from nixeryd.core.threads import Runner
 
 #: The prefixes of bcrypt hashes.
 BCRYPT_PREFIXES = ("$2y$", "$2b$", "$2a$")
-#: What an unknown user's password is checked against, so that an
-#: unknown user takes as long as a known one (no user names learnt by
-#: timing).
+#: What an unknown user's password is checked against when the file has
+#: no user (else it is a user's hash, of the cost the file uses), so that
+#: an unknown user takes as long as a known one: no user names learnt by
+#: timing.
 _NOBODY = b"$2b$10$SSv/cCSO9elKWRqDgXkFTO5I1VHwY/adNRifzvoxBxgOgIFo/7ATS"
 #: Longest password checked: bcrypt reads 72 bytes, and refuses more.
 MAX_PASSWORD_BYTES = 72
@@ -117,7 +118,7 @@ class Htpasswd:
         hashed = users.get(credentials.user)
 
         def verify() -> Deferred[tuple[bool, float | None]]:
-            against = _NOBODY if hashed is None else hashed
+            against = hashed if hashed is not None else next(iter(users.values()), _NOBODY)
             return self._runner.run(_matches, credentials.password, against).addCallback(
                 lambda ok: (ok and hashed is not None, None))
 
