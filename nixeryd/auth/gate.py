@@ -95,11 +95,12 @@ class AuthGate:
     :param rules: the rules file, if any.
     :param contents: what each name refers to.
     :param runner: runs the cryptography.
+    :param verdicts: where token verdicts are kept (claims, or why not).
     """
 
     def __init__(self, *, htpasswd: Htpasswd | None, tokens: TokenSettings | None,
                  rules: WatchedFile[Rules] | None, contents: NameContents,
-                 runner: Runner, verdicts: Verdicts[TokenClaims | None]) -> None:
+                 runner: Runner, verdicts: Verdicts[TokenClaims | str]) -> None:
         if htpasswd is None and tokens is None:
             raise ValueError("an auth gate needs an htpasswd file or token settings")
         self._htpasswd = htpasswd
@@ -144,7 +145,7 @@ class AuthGate:
                 return Identity(credentials.user)
         elif self._tokens is not None and isinstance(credentials, BearerToken):
             kept = self._token_verdicts.known(self._token_verdicts.key(credentials.token))
-            if kept is not None and kept[0] is not None:
+            if kept is not None and isinstance(kept[0], TokenClaims):
                 return Identity(kept[0].subject, kept[0].access)
         return None
 
@@ -167,24 +168,27 @@ class AuthGate:
         return Identity(claims.subject, claims.access)
 
     async def _verify(self, token: str) -> TokenClaims:
+        """
+        The claims of a valid token, checked in the runner (concurrent
+        checks of one token share the run); a valid token's verdict is
+        kept until it expires, an invalid one's not at all.
+        """
         assert self._tokens is not None
         verifier = self._tokens.verifier
-        failure: list[str] = []
 
-        def check() -> Deferred[tuple[TokenClaims | None, float | None]]:
-            def run() -> tuple[TokenClaims | None, float | None]:
+        def check() -> Deferred[tuple[TokenClaims | str, float | None]]:
+            def run() -> tuple[TokenClaims | str, float | None]:
                 try:
                     claims = verifier.verify(token)
                 except InvalidToken as e:
-                    failure.append(str(e))
-                    return (None, 0.0)
+                    return (str(e), 0.0)
                 return (claims, claims.expires)
             return self._runner.run(run)
 
-        claims = await self._token_verdicts.decide(self._token_verdicts.key(token), check)
-        if claims is None:
-            raise InvalidToken(failure[0] if failure else "the token is not valid")
-        return claims
+        verdict = await self._token_verdicts.decide(self._token_verdicts.key(token), check)
+        if isinstance(verdict, str):
+            raise InvalidToken(verdict)
+        return verdict
 
     # -- may they -----------------------------------------------------------
 
