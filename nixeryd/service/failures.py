@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
 from nixeryd.core.errors import Unavailable
+from nixeryd.storage.gcs.circuit import CircuitOpen
 from nixeryd.storage.gcs.http import GCSError
 
 #: Exceptions that mean the storage cannot be used now: Cloud Storage's
@@ -63,6 +64,12 @@ def storage_unavailable(error: BaseException) -> StorageUnavailable | None:
         reason = error.strerror or type(error).__name__
         return StorageUnavailable(
             "the registry cannot store images now (%s); try again later" % (reason,))
+    if isinstance(error, CircuitOpen):
+        unavailable = StorageUnavailable(
+            "the registry's storage is unavailable; try again in %d seconds"
+            % (error.retry_after,))
+        unavailable.retry_after = error.retry_after
+        return unavailable
     if isinstance(error, STORAGE_FAILURES):
         return StorageUnavailable("the registry's storage is unavailable; try again later")
     return None
