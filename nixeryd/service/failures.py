@@ -26,7 +26,8 @@ from typing import Callable
 from twisted.internet.error import ConnectError, ConnectionLost
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.logger import Logger
-from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.client import (
+    RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived)
 
 from nixeryd.core.errors import Unavailable
 from nixeryd.storage.gcs.circuit import CircuitOpen
@@ -36,7 +37,7 @@ from nixeryd.storage.gcs.http import GCSError
 #: errors, the network below it, and the filesystem's.
 STORAGE_FAILURES: tuple[type[BaseException], ...] = (
     GCSError, OSError, ConnectError, ConnectionLost, ConnectTimeout,
-    ResponseFailed, ResponseNeverReceived)
+    ResponseFailed, ResponseNeverReceived, RequestTransmissionFailed)
 
 #: Shortest time between two warnings about one kind of storage failure,
 #: in seconds.

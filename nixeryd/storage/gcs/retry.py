@@ -28,7 +28,8 @@ from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.client import (
+    RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived)
 from twisted.web.iweb import IResponse
 
 from nixeryd.core import defaults
@@ -43,7 +44,7 @@ TRANSIENT_STATUSES = frozenset({408, 429})
 #: Exceptions of a request that may succeed when sent again.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectError, ConnectionLost, ConnectTimeout, ResponseFailed,
-    ResponseNeverReceived, RequestTimedOut)
+    ResponseNeverReceived, RequestTransmissionFailed, RequestTimedOut)
 
 #: The reasons a retry is counted under.
 REASON_TIMEOUT = "timeout"
