@@ -105,6 +105,16 @@ class Circuit:
                       event="gcs-circuit-probe")
         return self._probe
 
+    def check(self) -> None:
+        """
+        Before waiting to retry: give up at once while the circuit is open.
+
+        :raises CircuitOpen: when it is open (no probe is due).
+        """
+        if self.state == OPEN and self._clock.seconds() < self._until:
+            self.refused += 1
+            raise CircuitOpen("%s is failing" % (self._target,), self.retry_after())
+
     def retry_after(self) -> int:
         """Whole seconds until the next probe (at least 1)."""
         return max(1, math.ceil(self._until - self._clock.seconds()))

@@ -10,7 +10,8 @@ The retries stop at a total deadline; the last failure then stands (an
 answer is returned to the caller, which turns it into a
 :class:`~nixeryd.storage.gcs.http.GCSError`; an exception is raised).
 
-Each retry is one log line and one count for the daemon's metrics
+A ``Retry-After`` in a 429 or 503 is honoured, up to the longest wait of
+the policy.  Each retry is one log line and one count for the daemon's metrics
 (:class:`RetryObserver`, by reason and method).  Every attempt also goes
 through the outage circuit (:mod:`nixeryd.storage.gcs.circuit`), when
 there is one: while it is open no attempt is made and
@@ -77,6 +78,15 @@ def error_reason(error: BaseException) -> str:
     return REASON_CONNECTION
 
 
+def retry_after(response: IResponse) -> float:
+    """The seconds an answer's ``Retry-After`` asks to wait (0 without one, or a date)."""
+    values = response.headers.getRawHeaders(b"retry-after") or []
+    try:
+        return max(0.0, float(values[0])) if values else 0.0
+    except ValueError:
+        return 0.0
+
+
 def outage_status(code: int) -> bool:
     """Whether an answer says Cloud Storage is failing (not merely busy: 429 is not)."""
     return code == 408 or code >= 500
@@ -134,14 +144,20 @@ class Attempts:
         self._started = self._retrier.clock.seconds()
         self._retry = 0
 
-    def next_delay(self) -> float | None:
+    def next_delay(self, at_least: float = 0) -> float | None:
         """
-        The wait before the next attempt, or ``None`` when that attempt
-        would start after the deadline.
+        The wait before the next attempt (``at_least`` when the server
+        asked for that, up to the policy's cap), or ``None`` when that
+        attempt would start after the deadline.
+
+        :raises CircuitOpen: at once while the circuit is open.
         """
         retrier = self._retrier
+        if retrier.circuit is not None:
+            retrier.circuit.check()
         self._retry += 1
-        delay = retrier.policy.bound(self._retry) * retrier.jitter()
+        delay = max(retrier.policy.bound(self._retry) * retrier.jitter(),
+                    min(at_least, retrier.policy.cap))
         if retrier.clock.seconds() + delay - self._started > retrier.policy.deadline:
             return None
         return delay
@@ -266,7 +282,7 @@ class Retrier:
                 if not safe or not await attempts.retry(error_reason(e), repr(e), error=e):
                     raise
                 continue
-            delay = attempts.next_delay()
+            delay = attempts.next_delay(retry_after(response))
             if delay is None:
                 return await read(response)
             try:
