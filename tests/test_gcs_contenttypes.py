@@ -1,0 +1,73 @@
+"""
+The content type each object is stored with, on both emulators: cache
+documents and the index as ``application/json``, blobs (small ones in one
+multipart request, large ones resumably) as ``application/octet-stream``.
+
+gcp-storage-emulator (like Cloud Storage) reads the ``contentType`` of
+the multipart metadata; fake-gcs-server reads the media part's
+``Content-Type`` header only.  The storage sets both.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+
+from nixeryd.storage.gcs.objects import blob_object_name
+from nixeryd.storage.ociindex import REF_NAME
+from nixeryd.testing.storage import digest_of
+from tests.gcsemulator import FAKE_GCS_MISSING_REASON, start_fake_gcs_server
+from tests.gcssupport import EmulatorTestCase, start_pool
+
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+
+class ContentTypeTests(EmulatorTestCase):
+    """On gcp-storage-emulator."""
+
+    async def content_type(self, name: str) -> str | None:
+        resource = await self.emulator.object_resource(name)
+        assert resource is not None, name
+        content_type: str | None = resource.get("contentType")
+        return content_type
+
+    async def test_documents_are_json(self) -> None:
+        """A cache document and the index are application/json."""
+        storage = self.emulator_storage(signed=False)
+        await storage.put_document("manifests", "k1", {"a": 1})
+        data = b"manifest"
+        await storage.store_blob_bytes(data, digest_of(data))
+        await storage.record_reference("a:b", digest_of(data), MANIFEST_TYPE, len(data))
+        self.assertEqual(await self.content_type("nixeryd/manifests/k1.json"),
+                         "application/json")
+        self.assertEqual(await self.content_type("index.json"), "application/json")
+        self.assertIn(REF_NAME, (await self.emulator.download("index.json") or b"").decode())
+
+    async def test_blobs_are_octet_stream(self) -> None:
+        """A small blob (multipart) and a large one (resumable): application/octet-stream."""
+        storage = self.emulator_storage(signed=False, simple_upload_limit=1024,
+                                        chunk_size=256 * 1024)
+        small = b"small blob"
+        await storage.store_blob_bytes(small, digest_of(small))
+        large = os.urandom(300 * 1024)
+        path = os.path.join(storage.temp_directory(), "layer")
+        with open(path, "wb") as f:
+            f.write(large)
+        await storage.store_blob_file(path, digest_of(large))
+        for data in (small, large):
+            self.assertEqual(await self.content_type(blob_object_name(digest_of(data))),
+                             "application/octet-stream")
+
+
+class FakeGCSContentTypeTests(ContentTypeTests):
+    """The same on fake-gcs-server."""
+
+    skip = FAKE_GCS_MISSING_REASON
+
+    async def _start(self) -> None:
+        self.runner = start_pool(self)
+        self.emulator = await start_fake_gcs_server(reactor, self.mktemp())
+        self.addCleanup(lambda: Deferred.fromCoroutine(self.emulator.stop()))
+        self.started()
