@@ -24,6 +24,7 @@ from twisted.web.server import Request, Site
 from treq.client import HTTPClient
 
 from nixeryd.core.threads import InlineRunner
+from nixeryd.metrics.daemon import DaemonMetrics
 from nixeryd.service.failures import storage_unavailable
 from nixeryd.storage.gcs.bucket import BucketClient
 from nixeryd.storage.gcs.http import GCSError, RequestTimedOut, cancel_after
@@ -222,6 +223,26 @@ class RetryReportTests(SynchronousTestCase):
             call, method="GET", target="gs://b/o", safe=True))
         self.assertEqual(self.successResultOf(result).code, 503)
         self.assertEqual(self.counts.retries, [])
+
+
+class RetryMetricTests(SynchronousTestCase):
+    """The daemon's metrics count retries by reason and method, every series from zero."""
+
+    def test_counted(self) -> None:
+        metrics = DaemonMetrics()
+        before = metrics.exposition().decode()
+        self.assertIn('nixeryd_gcs_retries_total{method="PUT",reason="connection"} 0.0', before)
+        clock = Clock()
+        attempts = Retrier(clock, NO_RETRY, observer=metrics).attempts("PUT", "gs://b/o")
+        waited = Deferred.fromCoroutine(attempts.wait(0, "connection", "a lost connection"))
+        clock.advance(0)
+        self.successResultOf(waited)
+        metrics.gcs_retry("server_error", "GET")
+        metrics.gcs_retry("unknown", "GET")
+        after = metrics.exposition().decode()
+        self.assertIn('nixeryd_gcs_retries_total{method="PUT",reason="connection"} 1.0', after)
+        self.assertIn('nixeryd_gcs_retries_total{method="GET",reason="server_error"} 1.0', after)
+        self.assertNotIn('reason="unknown"', after)
 
 
 class CircuitTests(SynchronousTestCase):
