@@ -1,11 +1,15 @@
 """
-The content type each object is stored with, on both emulators: cache
-documents and the index as ``application/json``, blobs (small ones in one
-multipart request, large ones resumably) as ``application/octet-stream``.
+What the GCS storage does the same on both emulators:
 
-gcp-storage-emulator (like Cloud Storage) reads the ``contentType`` of
-the multipart metadata; fake-gcs-server reads the media part's
-``Content-Type`` header only.  The storage sets both.
+- the content type each object is stored with: cache documents and the
+  index as ``application/json``, blobs (small ones in one multipart
+  request, large ones resumably) as ``application/octet-stream``.
+  gcp-storage-emulator (like Cloud Storage) reads the ``contentType`` of
+  the multipart metadata; fake-gcs-server reads the media part's
+  ``Content-Type`` header only.  The storage sets both.
+- documents written again under generation preconditions (which only
+  fake-gcs-server enforces): a changed document replaces the old one, an
+  unchanged one is kept.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from tests.gcssupport import EmulatorTestCase, start_pool
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 
 
-class ContentTypeTests(EmulatorTestCase):
+class EmulatorAgreementTests(EmulatorTestCase):
     """On gcp-storage-emulator."""
 
     async def content_type(self, name: str) -> str | None:
@@ -45,6 +49,19 @@ class ContentTypeTests(EmulatorTestCase):
         self.assertEqual(await self.content_type("index.json"), "application/json")
         self.assertIn(REF_NAME, (await self.emulator.download("index.json") or b"").decode())
 
+    async def test_documents_replaced(self) -> None:
+        """A document written again with other content replaces it; the same content is kept."""
+        storage = self.emulator_storage(signed=False)
+        await storage.put_document("pins", "k", {"v": 1})
+        await storage.put_document("pins", "k", {"v": 2})
+        self.assertEqual(await storage.get_document("pins", "k"), {"v": 2})
+        before = await self.emulator.object_resource("nixeryd/pins/k.json")
+        await storage.put_document("pins", "k", {"v": 2})
+        after = await self.emulator.object_resource("nixeryd/pins/k.json")
+        assert before is not None and after is not None
+        self.assertEqual((await storage.get_document("pins", "k"), after["md5Hash"]),
+                         ({"v": 2}, before["md5Hash"]))
+
     async def test_blobs_are_octet_stream(self) -> None:
         """A small blob (multipart) and a large one (resumable): application/octet-stream."""
         storage = self.emulator_storage(signed=False, simple_upload_limit=1024,
@@ -61,7 +78,7 @@ class ContentTypeTests(EmulatorTestCase):
                              "application/octet-stream")
 
 
-class FakeGCSContentTypeTests(ContentTypeTests):
+class FakeGCSAgreementTests(EmulatorAgreementTests):
     """The same on fake-gcs-server."""
 
     skip = FAKE_GCS_MISSING_REASON
