@@ -276,9 +276,13 @@ class _Relay(Protocol):
         if isinstance(self.fault, CutResponse):
             room = self.fault.after - self.response_body
             if len(data) >= room:
+                # The head and the first bytes reach the client, then the
+                # connection ends: a body shorter than announced.
                 self.transport.write(data[:room])
                 self.proxy.cuts += 1
-                self.abort()
+                self.done = True
+                self.transport.loseConnection()
+                self.close_upstream()
                 return
         self.response_body += len(data)
         self.transport.write(data)

@@ -30,6 +30,9 @@ _log = Logger()
 class GCSOutageEndToEnd(DaemonTestCase):
     """The emulator down and back, with the daemon's own retry and circuit settings."""
 
+    #: Real Nix builds, and pulls that may wait out retries, on a loaded machine.
+    timeout = 300
+
     async def test_outage_and_recovery(self) -> None:
         """
         While the emulator is down: the warm manifest is served (200),
