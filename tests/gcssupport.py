@@ -77,6 +77,8 @@ class EmulatorTestCase(TestCase):
     """
 
     skip = MISSING_REASON
+    #: Run fake-gcs-server instead of gcp-storage-emulator.
+    fake_gcs = False
     runner: ThreadPoolService
     emulator: GCSEmulator
 
@@ -87,7 +89,8 @@ class EmulatorTestCase(TestCase):
 
     async def _start(self) -> None:
         self.runner = start_pool(self)
-        self.emulator = await start_emulator(reactor, self.mktemp())
+        start = start_fake_gcs_server if self.fake_gcs else start_emulator
+        self.emulator = await start(reactor, self.mktemp())
         self.addCleanup(lambda: Deferred.fromCoroutine(self.emulator.stop()))
         self.started()
 
@@ -109,30 +112,19 @@ class EmulatorTestCase(TestCase):
 QUICK_RETRIES = RetryPolicy(initial=0.05, multiplier=2, cap=0.2, deadline=10)
 
 
-class ProxiedEmulatorTestCase(TestCase):
+class ProxiedEmulatorTestCase(EmulatorTestCase):
     """
     Runs a fresh emulator for each test behind a fault-injecting proxy
     (``proxy``, :mod:`tests.faultproxy`); :meth:`proxied_storage` makes
-    storages that reach the emulator through it.  fake-gcs-server with
-    ``fake_gcs = True``, gcp-storage-emulator otherwise.
+    storages that reach the emulator through it.
     """
 
-    skip = MISSING_REASON
-    fake_gcs = False
     #: Whether the proxy answers resumable status queries itself.
     judge_status = False
-    runner: ThreadPoolService
-    emulator: GCSEmulator
     proxy: FaultProxy
 
-    def setUp(self) -> Deferred[None]:  # type: ignore[override]
-        return Deferred.fromCoroutine(self._start())
-
     async def _start(self) -> None:
-        self.runner = start_pool(self)
-        start = start_fake_gcs_server if self.fake_gcs else start_emulator
-        self.emulator = await start(reactor, self.mktemp())
-        self.addCleanup(lambda: Deferred.fromCoroutine(self.emulator.stop()))
+        await super()._start()
         port = int(self.emulator.endpoint.rsplit(":", 1)[1])
         self.proxy = FaultProxy(reactor, ("127.0.0.1", port), judge_status=self.judge_status)
         self.proxy.start()

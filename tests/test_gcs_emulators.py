@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 
 from nixeryd.storage.gcs.objects import blob_object_name
 from nixeryd.storage.ociindex import REF_NAME
 from nixeryd.testing.storage import digest_of
-from tests.gcsemulator import FAKE_GCS_MISSING_REASON, start_fake_gcs_server
-from tests.gcssupport import EmulatorTestCase, start_pool
+from tests.gcsemulator import FAKE_GCS_MISSING_REASON
+from tests.gcssupport import EmulatorTestCase
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 
@@ -82,9 +80,4 @@ class FakeGCSAgreementTests(EmulatorAgreementTests):
     """The same on fake-gcs-server."""
 
     skip = FAKE_GCS_MISSING_REASON
-
-    async def _start(self) -> None:
-        self.runner = start_pool(self)
-        self.emulator = await start_fake_gcs_server(reactor, self.mktemp())
-        self.addCleanup(lambda: Deferred.fromCoroutine(self.emulator.stop()))
-        self.started()
+    fake_gcs = True

@@ -300,8 +300,8 @@ class CircuitTests(SynchronousTestCase):
         self.assertEqual(self.circuit.state, OPEN)
         return script
 
-    def test_probe_closes(self) -> None:
-        """After open_for, one request probes; while it runs others fail; its success closes."""
+    def probing(self) -> tuple[Deferred[IResponse], Deferred[IResponse]]:
+        """Open the circuit, let open_for pass, start a probe: its answer to give, its result."""
         self.open()
         self.clock.advance(10)
         pending: Deferred[IResponse] = Deferred()
@@ -309,8 +309,12 @@ class CircuitTests(SynchronousTestCase):
         async def slow() -> IResponse:
             return await pending
 
-        probing = Deferred.fromCoroutine(self.retrier.request(
+        return pending, Deferred.fromCoroutine(self.retrier.request(
             slow, method="GET", target="gs://b/o", safe=True))
+
+    def test_probe_closes(self) -> None:
+        """After open_for, one request probes; while it runs others fail; its success closes."""
+        pending, probing = self.probing()
         self.assertEqual(self.circuit.state, HALF_OPEN)
         self.failureResultOf(self.start(Script(200)), CircuitOpen)
         response: IResponse = EmptyResponse(404)  # type: ignore[assignment]
@@ -329,15 +333,7 @@ class CircuitTests(SynchronousTestCase):
 
     def test_cancelled_probe_lets_another_probe(self) -> None:
         """A probe cancelled by its client does not hold the circuit half-open."""
-        self.open()
-        self.clock.advance(10)
-        pending: Deferred[IResponse] = Deferred()
-
-        async def hanging() -> IResponse:
-            return await pending
-
-        probing = Deferred.fromCoroutine(self.retrier.request(
-            hanging, method="GET", target="gs://b/o", safe=True))
+        _, probing = self.probing()
         probing.cancel()
         self.failureResultOf(probing, CancelledError)
         self.assertEqual(self.successResultOf(self.start(Script(200))).code, 200)
