@@ -189,6 +189,7 @@ class _Relay(Protocol):
             self.buffer = b""
             self.head = parse_head(head_bytes[:-len(HEADER_END)])
             self.proxy.requests.append(self.head)
+            self.proxy.arrivals.append(self.proxy.reactor.seconds())  # type: ignore[attr-defined]
             self.fault = self.proxy.fault_for(self.head)
             if not isinstance(self.fault, Answer):
                 self.proxy.connect_upstream(self)
@@ -311,6 +312,7 @@ class FaultProxy:
 
     :ivar upload_bytes: request body bytes relayed to upload URLs.
     :ivar requests: every request head seen, in order.
+    :ivar arrivals: when each of them came (the reactor's seconds).
     :ivar cuts: connections cut by a rule.
     :ivar judge_status: answer resumable status queries from the 308s
         relayed, instead of relaying them.
@@ -324,6 +326,7 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.relays: set[_Relay] = set()
         self.requests: list[RequestHead] = []
+        self.arrivals: list[float] = []
         self.upload_bytes = 0
         self.cuts = 0
         #: upload_id → the ``Range`` of the last 308 relayed for it.

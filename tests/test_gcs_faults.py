@@ -96,14 +96,20 @@ class PullFaultTests(ProxiedEmulatorTestCase, ImageFixture):
 
     async def test_throttled_with_retry_after(self) -> None:
         """
-        Uploads answered 429 with Retry-After: 1: waited for (up to the
-        policy's longest wait, 0.2 s here), then the pull succeeds.
+        A blob upload answered 429 with Retry-After: 1 is sent again only
+        after the wait asked for (up to the policy's longest wait, 0.2 s
+        here, where the backoff alone would wait at most 0.05 s); the pull
+        succeeds.
         """
-        self.proxy.add(uploads_to(""), Answer(429, {"Retry-After": "1"}), times=2)
-        started = reactor.seconds()
+        throttled = self.proxy.add(uploads_to("blobs/"), Answer(429, {"Retry-After": "1"}))
         await self.assert_pulled(self.service())
-        self.assertEqual(self.proxy.rules[0].times, 0)
-        self.assertGreaterEqual(reactor.seconds() - started, 0.2)
+        self.assertEqual(throttled.times, 0)
+        [first] = [index for index, head in enumerate(self.proxy.requests)
+                   if throttled.matches(head)][:1]
+        name = self.proxy.requests[first].query("name")
+        retry = next(index for index in range(first + 1, len(self.proxy.requests))
+                     if self.proxy.requests[index].query("name") == name)
+        self.assertGreaterEqual(self.proxy.arrivals[retry] - self.proxy.arrivals[first], 0.2)
 
     async def test_uploads_cut(self) -> None:
         """A blob's and a document's multipart uploads cut after 100 bytes: sent again."""
