@@ -10,9 +10,12 @@ precondition (``ifGenerationMatch``), which Cloud Storage answers with 412
 (:class:`~nixeryd.storage.gcs.http.PreconditionFailed`) when it no longer
 holds.
 
-Requests that are safe to repeat (reads, listings, guarded uploads and
-deletions) are sent again after transient failures
-(:mod:`nixeryd.storage.gcs.retry`); the others are tried once.
+Requests that are safe to repeat (reads, a body cut short included;
+listings; uploads and deletions guarded by a generation; ``customTime``
+patches) are sent again after transient failures
+(:mod:`nixeryd.storage.gcs.retry`); the others are tried once.  A
+resumable upload whose chunk fails asks its session how much it holds and
+goes on from there (:meth:`BucketClient.upload_file`).
 """
 
 from __future__ import annotations
