@@ -6,7 +6,8 @@ emulator, and on the requests a rule matches it can instead
 - answer by itself (a burst of 503, a 429 with ``Retry-After``),
 - cut the connection after a number of request body bytes (an upload
   lost in the middle) or response body bytes (a download lost in the
-  middle),
+  middle), or before the answer to a request relayed whole (an answer
+  lost),
 
 and it can refuse every connection (the emulator down) and accept them
 again.  It counts the request body bytes relayed to upload URLs, which
@@ -93,7 +94,12 @@ class CutResponse:
     after: int
 
 
-Fault = Answer | CutRequest | CutResponse
+@define(frozen=True)
+class DropResponse:
+    """Relay the whole request, then cut the connection before any of the answer."""
+
+
+Fault = Answer | CutRequest | CutResponse | DropResponse
 
 
 @define
@@ -273,6 +279,10 @@ class _Relay(Protocol):
             head, data = (self.response_head[:end + len(HEADER_END)],
                           self.response_head[end + len(HEADER_END):])
             self.proxy.saw_response(self.head, head)
+            if isinstance(self.fault, DropResponse):
+                self.proxy.cuts += 1
+                self.abort()
+                return
             self.transport.write(head)
         if isinstance(self.fault, CutResponse):
             room = self.fault.after - self.response_body

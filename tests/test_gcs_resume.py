@@ -20,7 +20,7 @@ from twisted.logger import Logger, capturedLogs
 
 from nixeryd.storage.gcs import GCSStorage
 from nixeryd.storage.gcs.objects import blob_object_name
-from tests.faultproxy import Answer, CutRequest, chunk_at, status_queries
+from tests.faultproxy import Answer, CutRequest, DropResponse, chunk_at, status_queries
 from tests.gcsemulator import FAKE_GCS_MISSING_REASON
 from tests.gcssupport import ProxiedEmulatorTestCase
 
@@ -87,6 +87,18 @@ class ResumeTests(ProxiedEmulatorTestCase):
         await self.assert_stored(kept, digest)
         self.assertLessEqual(self.proxy.upload_bytes, self.size + CHUNK)
         self.assertEqual(len([r for r in self.proxy.requests if r.is_status_query]), 1)
+
+    async def test_final_answer_lost(self) -> None:
+        """
+        The answer to the last chunk is lost: the object is complete, so
+        the upload ends without sending it all again.
+        """
+        last = (self.size // CHUNK) * CHUNK
+        self.proxy.add(chunk_at(last), DropResponse())
+        kept, digest = await self.store(self.storage(), self.size)
+        await self.assert_stored(kept, digest)
+        self.assertEqual(self.proxy.cuts, 1)
+        self.assertLess(self.proxy.upload_bytes, self.size + CHUNK)
 
     async def test_session_gone_starts_over(self) -> None:
         """A session that answers 404 after a cut: a new session from byte 0, stored whole."""

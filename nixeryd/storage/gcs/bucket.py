@@ -40,7 +40,7 @@ from nixeryd.storage.gcs.filebody import FileRegionProducer
 from nixeryd.storage.gcs.http import (
     GCSError, PreconditionFailed, cancel_after, drain, error_for, read_complete)
 from nixeryd.storage.gcs.retry import (
-    TRANSIENT_ERRORS, Retrier, error_reason, status_reason, transient_status)
+    TRANSIENT_ERRORS, Attempts, Retrier, error_reason, status_reason, transient_status)
 
 #: The JSON API of real Cloud Storage.
 DEFAULT_API_ENDPOINT = "https://storage.googleapis.com"
@@ -48,6 +48,10 @@ DEFAULT_API_ENDPOINT = "https://storage.googleapis.com"
 RESUMABLE_GRANULARITY = 256 * 1024
 #: Bytes per resumable-upload request.
 DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
+#: Answers that say a resumable-upload session no longer exists.
+SESSION_GONE = frozenset({404, 410})
+#: New sessions a resumable upload may start after its session is gone.
+SESSION_RESTARTS = 3
 #: Bytes read from disk at a time while uploading.
 DEFAULT_READ_SIZE = 256 * 1024
 #: Objects asked for per page of a listing (the most the API gives).
@@ -290,20 +294,17 @@ class BucketClient:
         attempts = self._retrier.attempts("PUT", target, self.log)
         session = await self._start_session(name, size, md5, generation)
         offset = 0
+        restarts = 0
         while True:
             end = min(offset + self._chunk_size, size)
             producer = FileRegionProducer(self._runner, path, offset, end - offset,
                                           self._read_size)
-            error: BaseException | None = None
-            status: int | None = None
+            gone: int | None = None
             try:
                 response = await self._retrier.attempt(self._sender(
                     "PUT", session, data=producer,
                     headers={"Content-Range": "bytes %d-%d/%d" % (offset, end - 1, size),
                              "Content-Type": "application/octet-stream"}))
-            except TRANSIENT_ERRORS as e:
-                error = e
-            else:
                 self.log.debug("Sent bytes {first}-{last} of {size} for gs://{bucket}/{name}",
                                first=offset, last=end - 1, size=size, bucket=self.bucket,
                                name=name, pieces=producer.pieces_read,
@@ -313,44 +314,66 @@ class BucketClient:
                     offset = self._next_offset(response, offset, size, name)
                     attempts.restart()
                     continue
-                if not transient_status(response.code):
+                if response.code in SESSION_GONE:
+                    await drain(response)
+                    gone = response.code
+                elif not transient_status(response.code):
+                    # The answer of the last chunk (its body may be lost too).
                     return await self._finish_upload(response, name, size, md5)
-                status = response.code
+                else:
+                    await drain(response)
+                    await self._retry_chunk(attempts, name, status=response.code)
+            except TRANSIENT_ERRORS as e:
+                await self._retry_chunk(attempts, name, error=e)
+            if gone is None:
+                response = await self._request(
+                    "PUT", session, target=target, safe=True,
+                    headers={"Content-Range": "bytes */%d" % (size,)})
+                if response.code == 308:
+                    await drain(response)
+                    held = resume_offset(response)
+                    self.log.info("Resuming the upload of gs://{bucket}/{name} at byte"
+                                  " {offset} of {size} (this chunk began at {chunk})",
+                                  bucket=self.bucket, name=name, offset=held, size=size,
+                                  chunk=offset, event="gcs-upload-resumed")
+                    offset = self._next_offset(response, offset, size, name, held)
+                    continue
+                if response.code not in SESSION_GONE:
+                    return await self._finish_upload(response, name, size, md5)
                 await drain(response)
-            if error is not None:
-                reason, outcome = error_reason(error), repr(error)
-            else:
-                assert status is not None
-                reason, outcome = status_reason(status), "HTTP %d" % (status,)
-            if not await attempts.retry(reason, outcome, error=error):
-                if error is not None or status is None:
-                    raise error or GCSError("uploading gs://%s/%s failed" % (self.bucket, name))
-                raise GCSError("uploading gs://%s/%s: Cloud Storage answered HTTP %d until"
-                               " the retries' deadline" % (self.bucket, name, status), status)
-            response = await self._request(
-                "PUT", session, target=target, safe=True,
-                headers={"Content-Range": "bytes */%d" % (size,)})
-            if response.code in (404, 410):
-                await drain(response)
-                existing = await self.metadata(name)
-                if (existing is not None and existing.get("md5Hash") == md5
-                        and int(existing.get("size", -1)) == size):
-                    return existing
-                self.log.warn("The upload session of gs://{bucket}/{name} is gone (HTTP"
-                              " {status}); starting over", bucket=self.bucket, name=name,
-                              status=response.code, event="gcs-upload-restarted")
-                session = await self._start_session(name, size, md5, generation)
-                offset = 0
-            elif response.code == 308:
-                await drain(response)
-                held = resume_offset(response)
-                self.log.info("Resuming the upload of gs://{bucket}/{name} at byte {offset}"
-                              " of {size} (this chunk began at {chunk})", bucket=self.bucket,
-                              name=name, offset=held, size=size, chunk=offset,
-                              event="gcs-upload-resumed")
-                offset = self._next_offset(response, offset, size, name, held)
-            else:
-                return await self._finish_upload(response, name, size, md5)
+                gone = response.code
+            # The session is gone: it may have completed the object first.
+            existing = await self.metadata(name)
+            if (existing is not None and existing.get("md5Hash") == md5
+                    and int(existing.get("size", -1)) == size):
+                return existing
+            restarts += 1
+            if restarts > SESSION_RESTARTS:
+                raise GCSError("uploading gs://%s/%s: the upload session was gone %d times"
+                               % (self.bucket, name, restarts), gone)
+            self.log.warn("The upload session of gs://{bucket}/{name} is gone (HTTP"
+                          " {status}); starting over", bucket=self.bucket, name=name,
+                          status=gone, event="gcs-upload-restarted")
+            session = await self._start_session(name, size, md5, generation)
+            offset = 0
+
+    async def _retry_chunk(self, attempts: Attempts, name: str, *, status: int | None = None,
+                           error: BaseException | None = None) -> None:
+        """
+        Wait before asking the session where it stands, after a chunk failed
+        transiently with ``status`` or ``error``.
+
+        :raises: the error, or a :class:`GCSError` for the status, once the
+            retries' deadline has passed.
+        """
+        if error is not None:
+            if not await attempts.retry(error_reason(error), repr(error), error=error):
+                raise error
+            return
+        assert status is not None
+        if not await attempts.retry(status_reason(status), "HTTP %d" % (status,)):
+            raise GCSError("uploading gs://%s/%s: Cloud Storage answered HTTP %d until"
+                           " the retries' deadline" % (self.bucket, name, status), status)
 
     def _next_offset(self, response: IResponse, offset: int, size: int, name: str,
                      held: int | None = None) -> int:
