@@ -21,6 +21,7 @@ from nixeryd.app.settings import (
     CHANNEL,
     GCS_BUCKET,
     GCS_ENDPOINT,
+    S3_SETTINGS,
     HEAD_TIMEOUT,
     IDLE_TIMEOUT,
     LAYER_BUDGET,
@@ -41,6 +42,7 @@ from nixeryd.app.settings import (
     BUILD_LOG_LINES,
     MAX_QUEUE,
     FAILURE_TTL,
+    PLATFORMS,
     ImageOptions,
     parameters,
 )
@@ -69,10 +71,10 @@ class Options(ImageOptions):
 
     optParameters = parameters(
         [LISTEN, PORT, CHANNEL, PKGS_REPO, PKGS_PATH, STORAGE_BACKEND, STORAGE_PATH,
-         GCS_BUCKET, GCS_ENDPOINT, NIX_TIMEOUT, POPULARITY_URL, MAX_BUILDS,
+         GCS_BUCKET, GCS_ENDPOINT, *S3_SETTINGS, NIX_TIMEOUT, POPULARITY_URL, MAX_BUILDS,
          LAYER_BUDGET, THREADS, KEEP_BUILDS, BUILD_LOG_LINES, MAX_QUEUE, FAILURE_TTL,
          HEAD_TIMEOUT, IDLE_TIMEOUT, STALL_TIMEOUT, MAX_CONNECTIONS_PER_CLIENT,
-         MAX_CONNECTIONS],
+         MAX_CONNECTIONS, PLATFORMS],
         variables=True)
 
     config: Config
