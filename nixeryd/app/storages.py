@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from nixeryd.app.config import StorageConfig
 from nixeryd.app.preflight import EXIT_FAILED, EXIT_USAGE, StartupFailed, storage_words
 from nixeryd.core.threads import Runner
+from nixeryd.storage.gcs.retry import NO_OBSERVER, RetryObserver
 from nixeryd.storage.interface import IStorage
 
 log = Logger()
@@ -47,7 +48,8 @@ def s3_unusable(config: StorageConfig, error: BaseException) -> StartupFailed:
     return unusable(config, error, EXIT_USAGE if wrong_key else EXIT_FAILED)
 
 
-def storage_maker(config: StorageConfig, reactor: IReactorTCP) -> Callable[[Runner], IStorage]:
+def storage_maker(config: StorageConfig, reactor: IReactorTCP, *,
+                  retry_observer: RetryObserver = NO_OBSERVER) -> Callable[[Runner], IStorage]:
     """
     The call making the configured storage from the runner of its blocking
     calls.  The call may block: a filesystem storage creates its
@@ -56,6 +58,7 @@ def storage_maker(config: StorageConfig, reactor: IReactorTCP) -> Callable[[Runn
     :class:`~nixeryd.storage.s3.S3Error` (no credentials found).
 
     This loads the GCS service-account key file, if one is set (blocking).
+    ``retry_observer`` is told of GCS requests retried (the daemon's metrics).
 
     :raises StartupFailed: (a usage error) when the key file cannot be
         used.
@@ -74,7 +77,8 @@ def storage_maker(config: StorageConfig, reactor: IReactorTCP) -> Callable[[Runn
                 % (e,), EXIT_USAGE) from None
 
         def gcs_storage(runner: Runner) -> IStorage:
-            return build_gcs_storage(reactor, runner, bucket, key, config.gcs_endpoint)
+            return build_gcs_storage(reactor, runner, bucket, key, config.gcs_endpoint,
+                                     retry_observer=retry_observer)
 
         return gcs_storage
 
@@ -104,14 +108,15 @@ def storage_maker(config: StorageConfig, reactor: IReactorTCP) -> Callable[[Runn
     return filesystem_storage
 
 
-def make_storage(config: StorageConfig, reactor: IReactorTCP, runner: Runner) -> IStorage:
+def make_storage(config: StorageConfig, reactor: IReactorTCP, runner: Runner, *,
+                 retry_observer: RetryObserver = NO_OBSERVER) -> IStorage:
     """
     The configured storage, made now (blocking: call it before the reactor
-    runs, or in a thread).
+    runs, or in a thread); GCS retries are told to ``retry_observer``.
 
     :raises StartupFailed: when it cannot be made, saying what to set.
     """
-    maker = storage_maker(config, reactor)
+    maker = storage_maker(config, reactor, retry_observer=retry_observer)
     try:
         return maker(runner)
     except (OSError, ValueError) as e:

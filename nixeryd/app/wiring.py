@@ -42,6 +42,7 @@ from nixeryd.core.threads import Runner, ThreadPoolService
 from nixeryd.metrics.daemon import DaemonMetrics
 from nixeryd.metrics.hooks import NO_INSTRUMENTS
 from nixeryd.metrics.monitoring import Monitoring
+from nixeryd.storage.gcs.retry import NO_OBSERVER
 from nixeryd.service.builds import BuildHistory
 from nixeryd.service.images import ImageService
 from nixeryd.service.pulls import PullRecorder
@@ -240,7 +241,8 @@ def make_image_service(config: Config, reactor: IServiceReactor, pools: ThreadPo
     :raises StartupFailed: when the storage cannot be made.
     """
     env = child_environment(os.environ)
-    storage = make_storage(config, reactor, pools.storage)
+    storage = make_storage(config, reactor, pools.storage, retry_observer=(
+        monitoring.metrics if monitoring is not None else NO_OBSERVER))
 
     async def start_check() -> None:
         checked = await run_checks(

@@ -103,6 +103,13 @@ GCS_RETRY_CAP = 16.0
 #: Seconds after the first attempt beyond which a request is no longer
 #: retried: its last failure stands (and becomes 503 UNAVAILABLE).
 GCS_RETRY_DEADLINE = 60.0
+#: Consecutive Cloud Storage failures (5xx, 408, lost connections) that,
+#: lasting GCS_CIRCUIT_SUSTAINED seconds without a success, open the outage
+#: circuit: requests then fail at once (503 with Retry-After).
+GCS_CIRCUIT_FAILURES = 5
+GCS_CIRCUIT_SUSTAINED = 5.0
+#: Seconds the circuit stays open before one request probes Cloud Storage.
+GCS_CIRCUIT_OPEN = 10.0
 #: The region an S3 bucket is signed for when neither S3_REGION nor
 #: AWS_REGION says (AWS's own default).
 S3_REGION = "us-east-1"

@@ -14,7 +14,11 @@ Storage in a Google Cloud Storage bucket.
 - :mod:`~nixeryd.storage.gcs.signing`: V4 signed URLs and JWT assertions
   (pure computation);
 - :mod:`~nixeryd.storage.gcs.http`: :class:`GCSError` and what every
-  request shares.
+  request shares;
+- :mod:`~nixeryd.storage.gcs.retry`: requests sent again after transient
+  failures, with backoff and a deadline;
+- :mod:`~nixeryd.storage.gcs.circuit`: the outage circuit, which fails
+  requests at once during a sustained outage.
 """
 
 from __future__ import annotations

@@ -56,11 +56,13 @@ from nixeryd.core.httpbody import BodyTooLarge
 from nixeryd.core.threads import Runner
 from nixeryd.storage.gcs.auth import AccessTokenSource
 from nixeryd.storage.gcs.bucket import DEFAULT_API_ENDPOINT, BucketClient, ObjectResource
+from nixeryd.storage.gcs.circuit import Circuit
 from nixeryd.storage.gcs.http import GCSError, PreconditionFailed
 from nixeryd.storage.gcs.index import BucketIndex
 from nixeryd.storage.gcs.objects import (
     BLOB_PREFIX, blob_digest, blob_object_name, document_key, document_object_name,
     document_prefix, file_size_and_md5, format_time, md5_base64, parse_time)
+from nixeryd.storage.gcs.retry import NO_OBSERVER, Retrier, RetryObserver
 from nixeryd.storage.gcs.signing import (
     DEFAULT_SIGNING_ENDPOINT, ServiceAccountKey, sign_url_v4)
 from nixeryd.storage.interface import IStorage
@@ -70,6 +72,9 @@ from nixeryd.storage.ociindex import Descriptor, descriptor
 from nixeryd.storage.tempdirs import WriterDirectory, claim_swept, release
 
 DOCUMENT_LIMIT = 16 * 1024 * 1024
+#: Writes of a document tried, each over the generation the previous one
+#: found, before giving up (other writers keep replacing it).
+GUARDED_WRITE_TRIES = 5
 #: Files up to this size are uploaded in one request, larger ones resumably.
 DEFAULT_SIMPLE_UPLOAD_LIMIT = 5 * 1024 * 1024
 
@@ -275,7 +280,34 @@ class GCSStorage:
             return data, md5_base64(data)
 
         data, md5 = await self._runner.run(serialise)
-        await self.client.upload_bytes(name, data, md5, content_type="application/json")
+        await self._write_guarded(name, data, md5, "application/json")
+
+    async def _write_guarded(self, name: str, data: bytes, md5: str,
+                             content_type: str) -> None:
+        """
+        Write an object that may exist, each write guarded by a generation
+        precondition so that it is safe to send again: first as a new
+        object, then over the generation found.  An object found with
+        this very content is kept (and refreshed, as a blob stored again).
+        """
+        generation = "0"
+        for _ in range(GUARDED_WRITE_TRIES):
+            try:
+                await self.client.upload_bytes(name, data, md5, generation,
+                                               content_type=content_type)
+                return
+            except PreconditionFailed:
+                existing = await self.client.metadata(name)
+            if existing is None:
+                generation = "0"
+            elif (existing.get("md5Hash") == md5
+                  and int(existing.get("size", -1)) == len(data)):
+                await self._refresh(name)
+                return
+            else:
+                generation = str(existing.get("generation", "0"))
+        raise GCSError("gs://%s/%s changed under every one of %d writes"
+                       % (self.bucket, name, GUARDED_WRITE_TRIES))
 
     # -- listing and removal ----------------------------------------------
 
@@ -406,7 +438,9 @@ def build_gcs_storage(
         reactor: IReactorTCP, runner: Runner, bucket: str, key: ServiceAccountKey | None,
         endpoint: str | None = None, *, signing_endpoint: str | None = None,
         spool_directory: str | None = None,
-        persistent_connections: bool | None = None) -> GCSStorage:
+        persistent_connections: bool | None = None,
+        retry_observer: RetryObserver = NO_OBSERVER,
+        circuit: Circuit | None = None) -> GCSStorage:
     """
     The GCS storage for a loaded service-account ``key`` (``None`` only
     with an emulator ``endpoint``), not yet checked: call
@@ -422,6 +456,9 @@ def build_gcs_storage(
     :param persistent_connections: keep connections open between requests;
         by default on for Cloud Storage, off for emulators (some close the
         connection after each answer without announcing it).
+    :param retry_observer: told of each retry (the daemon's metrics).
+    :param circuit: the outage circuit of every request (bucket and
+        tokens alike); a new one with the defaults when not given.
     :raises GCSError: when real Cloud Storage is asked for without a key.
     """
     if key is None and endpoint is None:
@@ -433,11 +470,15 @@ def build_gcs_storage(
     pool = HTTPConnectionPool(  # type: ignore[no-untyped-call]
         reactor, persistent=persistent_connections)
     http = HTTPClient(Agent(reactor, pool=pool))  # type: ignore[no-untyped-call]
+    retrier = Retrier(clock, observer=retry_observer,
+                      circuit=circuit if circuit is not None else Circuit(
+                          clock, target="gs://" + bucket))
     tokens = None
     if endpoint is None and key is not None:
-        tokens = AccessTokenSource(clock, runner, key, http)
+        tokens = AccessTokenSource(clock, runner, key, http, retrier=retrier)
     client = BucketClient(clock, runner, http, pool, bucket,
-                          endpoint=endpoint or DEFAULT_API_ENDPOINT, token_source=tokens)
+                          endpoint=endpoint or DEFAULT_API_ENDPOINT, token_source=tokens,
+                          retrier=retrier)
     return GCSStorage(
         clock, runner, client, signing_key=key,
         signing_endpoint=signing_endpoint or endpoint or DEFAULT_SIGNING_ENDPOINT,
