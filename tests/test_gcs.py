@@ -217,7 +217,7 @@ class GCSEmulatorTests(EmulatorTestCase):
         expected = generate_signed_url_v4(
             credentials, "/%s/%s" % (self.emulator.bucket, name), expiration=300,
             api_access_endpoint=self.emulator.endpoint, method="GET",
-            headers={"Host": "127.0.0.1"}, _request_timestamp=query["X-Goog-Date"])
+            _request_timestamp=query["X-Goog-Date"])
         self.assertEqual(blob.url, expected)
 
         response = await treq.get(blob.url, pool=HTTPConnectionPool(reactor, persistent=False))
