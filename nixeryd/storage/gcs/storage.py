@@ -31,6 +31,14 @@ time for the collector's grace period and changes its metageneration (the
 builder stores a blob that exists only when it makes an image again that
 the caches had forgotten).  A layer the builder reuses gets the same
 refresh (:meth:`GCSStorage.refresh_blob`).
+
+Before a cache reuses a blob it is checked
+(:meth:`GCSStorage.check_blob`): the object's ``md5Hash`` against the MD5
+it was uploaded with (recorded in the cache documents, or known to this
+process), once per blob and process
+(:class:`~nixeryd.storage.gcs.checksums.ObjectChecksums`); a blob request
+compares the metadata it fetches anyway, and a damaged object is never
+redirected to (:mod:`nixeryd.storage.integrity`).
 """
 
 from __future__ import annotations
@@ -53,9 +61,11 @@ from treq.client import HTTPClient
 from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown
 from nixeryd.core.httpbody import BodyTooLarge
+from nixeryd.core.sharedwork import SharedWork
 from nixeryd.core.threads import Runner
 from nixeryd.storage.gcs.auth import AccessTokenSource
 from nixeryd.storage.gcs.bucket import DEFAULT_API_ENDPOINT, BucketClient, ObjectResource
+from nixeryd.storage.gcs.checksums import ObjectChecksums
 from nixeryd.storage.gcs.http import GCSError, PreconditionFailed
 from nixeryd.storage.gcs.index import BucketIndex
 from nixeryd.storage.gcs.objects import (
@@ -63,6 +73,7 @@ from nixeryd.storage.gcs.objects import (
     document_prefix, file_size_and_md5, format_time, md5_base64, parse_time)
 from nixeryd.storage.gcs.signing import (
     DEFAULT_SIGNING_ENDPOINT, ServiceAccountKey, sign_url_v4)
+from nixeryd.storage.integrity import BlobCheck, BlobCorrupt
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
 from nixeryd.storage.naming import check_index_entry
@@ -142,6 +153,8 @@ class GCSStorage:
         self._simple_upload_limit = simple_upload_limit
         self._url_lifetime = url_lifetime
         self._index = BucketIndex(runner, client)
+        self._checksums = ObjectChecksums()
+        self._checking: SharedWork[tuple[str, str | None], BlobCheck] = SharedWork()
 
     def _claim_spool(self, shared: bool) -> str:
         """This storage's directory in the spool; what dead writers left removed."""
@@ -168,6 +181,7 @@ class GCSStorage:
         same_size = int(existing.get("size", -1)) == size
         if same_size and existing.get("md5Hash") in (None, md5):
             await self._refresh(name)
+            self._written(name, md5)
             return False, ""
         self.log.warn("gs://{bucket}/{name} differs from its digest (size {stored}, "
                       "expected {size}); replacing it",
@@ -200,6 +214,7 @@ class GCSStorage:
                     await self.client.upload_bytes(name, data, md5, generation)
                 else:
                     await self.client.upload_file(name, path, size, md5, generation)
+                self._written(name, md5)
             except PreconditionFailed:
                 await self._check_concurrent_upload(name, size, md5)
         finally:
@@ -212,6 +227,7 @@ class GCSStorage:
         if needed:
             try:
                 await self.client.upload_bytes(name, data, md5, generation)
+                self._written(name, md5)
             except PreconditionFailed:
                 await self._check_concurrent_upload(name, len(data), md5)
 
@@ -221,6 +237,27 @@ class GCSStorage:
         if needed:
             raise GCSError("gs://%s/%s changed during the upload and does not match"
                            % (self.bucket, name))
+
+    def _written(self, name: str, md5: str) -> None:
+        """The object ``name`` holds its blob, whose MD5 is ``md5``."""
+        digest = blob_digest(name)
+        if digest is not None:
+            self._checksums.written(digest, md5)
+
+    async def _check_blob(self, digest: str, checksum: str | None) -> BlobCheck:
+        md5 = self._checksums.expected(digest, checksum)
+        confirmed = self._checksums.confirmed(digest, md5)
+        if confirmed is not None:
+            return confirmed
+        return await self._checking.wait((digest, md5), lambda: Deferred.fromCoroutine(
+            self._ask_checksum(digest, md5)))
+
+    async def _ask_checksum(self, digest: str, md5: str | None) -> BlobCheck:
+        """One metadata request, judged against ``md5``."""
+        name = blob_object_name(digest)
+        resource = await self.client.metadata(name)
+        return self._checksums.judge(digest, md5, resource,
+                                     "gs://%s/%s" % (self.bucket, name))
 
     async def _has_blob(self, digest: str) -> bool:
         return await self.client.metadata(blob_object_name(digest)) is not None
@@ -244,8 +281,12 @@ class GCSStorage:
 
     async def _blob(self, digest: str) -> LocalBlob | RedirectBlob:
         name = blob_object_name(digest)
-        if await self.client.metadata(name) is None:
+        resource = await self.client.metadata(name)
+        if resource is None:
+            self._checksums.forget(digest)
             raise BlobUnknown("blob unknown to registry", {"digest": digest})
+        if self._checksums.contradicts(digest, resource, "gs://%s/%s" % (self.bucket, name)):
+            raise BlobCorrupt("blob damaged in storage", {"digest": digest})
         return RedirectBlob(url=await self.signed_url(name), digest=digest)
 
     async def _read_small(self, digest: str, limit: int) -> bytes | None:
@@ -337,6 +378,13 @@ class GCSStorage:
 
     def refresh_blob(self, digest: str) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._refresh_blob(digest))
+
+    def check_blob(self, digest: str, checksum: str | None = None) -> Deferred[BlobCheck]:
+        try:
+            blob_object_name(digest)
+        except Exception:
+            return fail()
+        return Deferred.fromCoroutine(self._check_blob(digest, checksum))
 
     def store_blob_file(self, path: str, digest: str) -> Deferred[None]:
         return Deferred.fromCoroutine(self._store_file(path, digest))
