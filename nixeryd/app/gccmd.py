@@ -27,20 +27,18 @@ import sys
 from typing import Mapping, Optional, Sequence, TextIO
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTCP, IReactorThreads, IReactorTime
-from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
-                            globalLogBeginner)
+from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 from twisted.python.usage import UsageError
 
 from nixeryd.app.config import StorageConfig, storage_config_from
 from nixeryd.app.settings import GRACE, KEEP_DAYS, STORAGE_SETTINGS, ImageOptions, parameters
-from nixeryd.app.commandline import parse_or_exit_code
+from nixeryd.app.commandline import EXIT_USAGE, parse_or_exit_code
+from nixeryd.app.storagecmd import EXIT_FAILED, EXIT_OK, on_storage, react
+from nixeryd.core.threads import Runner
+from nixeryd.storage.interface import IStorage
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-#: Threads for the storage's calls.
-GC_THREADS = 4
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "GCRequest", "collect", "main", "parse"]
 #: The shortest grace period accepted without ``--unsafe-grace``, in
 #: hours: longer than a build takes from its first layer to its manifest
 #: (Nix steps are bounded by ``NIX_TIMEOUT``, ten minutes by
@@ -129,26 +127,9 @@ async def collect(reactor: object, request: GCRequest, out: TextIO) -> int:
 
     :param reactor: the running reactor: threads, TCP (GCS) and time.
     """
-    from nixeryd.app.preflight import StartupFailed
-    from nixeryd.app.storages import open_storage, unusable
-    from nixeryd.core.threads import ThreadPoolService
     from nixeryd.gc.collector import Collector
 
-    pool = ThreadPoolService(IReactorThreads(reactor), GC_THREADS, name="nixeryd-gc")
-    pool.startService()
-    try:
-        path = request.storage.storage_path
-        if request.storage.storage_backend == "filesystem" and path is not None and not (
-                await pool.run(os.path.isdir, path)):
-            sys.stderr.write("nixeryd gc: STORAGE_PATH %s is not a directory: no storage"
-                             " to collect\n" % (path,))
-            return EXIT_FAILED
-        try:
-            storage = await open_storage(request.storage, IReactorTCP(reactor), pool)
-        except Exception as e:
-            failed = e if isinstance(e, StartupFailed) else unusable(request.storage, e)
-            sys.stderr.write("nixeryd gc: %s\n" % (" ".join(failed.message.split()),))
-            return failed.exit_code
+    async def work(storage: IStorage, runner: Runner) -> int:
         try:
             collector = Collector(storage, IReactorTime(reactor).seconds,
                                   keep_days=request.keep_days,
@@ -159,14 +140,12 @@ async def collect(reactor: object, request: GCRequest, out: TextIO) -> int:
             sys.stderr.write("nixeryd gc: the pass failed: %s\n"
                              % (" ".join((str(e) or type(e).__name__).split()),))
             return EXIT_FAILED
-        finally:
-            await storage.close()
-    finally:
-        await pool.stopService()
-    for line in report.lines(verbose=request.verbose):
-        out.write(line + "\n")
-    out.flush()
-    return EXIT_OK
+        for line in report.lines(verbose=request.verbose):
+            out.write(line + "\n")
+        out.flush()
+        return EXIT_OK
+
+    return await on_storage(reactor, request.storage, "nixeryd gc", work, "collect")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -174,22 +153,4 @@ def main(argv: Sequence[str]) -> int:
     request = parse_or_exit_code(parse, argv, "nixeryd gc")
     if isinstance(request, int):
         return request
-    from twisted.internet import task
-
-    from nixeryd.app.logs import TextLinesObserver
-
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(
-        TextLinesObserver(sys.stderr),
-        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)])],
-        redirectStandardIO=False)
-    result: list[int] = []
-
-    async def run(reactor: object) -> None:
-        result.append(await collect(reactor, request, sys.stdout))
-
-    try:
-        task.react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
-    except SystemExit as e:
-        if e.code not in (0, None):
-            return int(e.code) if isinstance(e.code, int) else EXIT_FAILED
-    return result[0] if result else EXIT_FAILED
+    return react(lambda reactor: collect(reactor, request, sys.stdout))

@@ -66,10 +66,15 @@ class BlobCheck:
         and pass to the next check (``None`` for a backend that checks
         the content against the digest itself); for a damaged one, what
         the bytes should have had.
+    :ivar compared: whether the bytes were compared with something that
+        vouches for them (the digest, a recorded checksum); ``False`` when
+        nothing was recorded and what is stored was taken as it is (its
+        checksum is recorded from then on).
     """
 
     state: BlobState
     checksum: str | None = None
+    compared: bool = True
 
     @property
     def intact(self) -> bool:

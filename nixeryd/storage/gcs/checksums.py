@@ -93,7 +93,8 @@ class ObjectChecksums:
         observed = resource.get("md5Hash")
         if not isinstance(observed, str):
             # No MD5 to compare (a composite object, never written here).
-            return BlobCheck(BlobState.INTACT)
+            return BlobCheck(BlobState.INTACT, compared=False)
+        compared = md5 is not None
         if md5 is None:
             md5 = observed
         if observed != md5:
@@ -102,7 +103,7 @@ class ObjectChecksums:
                           object=where, observed=observed, md5=md5, digest=digest)
             return BlobCheck(BlobState.CORRUPT, md5_checksum(md5))
         self._known.put(digest, (md5, True))
-        return BlobCheck(BlobState.INTACT, md5_checksum(md5))
+        return BlobCheck(BlobState.INTACT, md5_checksum(md5), compared=compared)
 
     def contradicts(self, digest: str, resource: ObjectResource, where: str) -> bool:
         """
