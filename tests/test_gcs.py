@@ -288,11 +288,18 @@ class BuildErrorTests(TestCase):
     def setUp(self) -> None:
         self.runner = start_pool(self)
 
-    def test_no_key_for_real_gcs(self) -> None:
-        """Real Cloud Storage without a key file is refused with the variable to set."""
-        error = self.assertRaises(GCSError, build_gcs_storage, reactor, self.runner,
-                                  "bucket", None)
-        self.assertIn("GOOGLE_APPLICATION_CREDENTIALS", str(error))
+    async def test_no_credentials_for_real_gcs(self) -> None:
+        """
+        Real Cloud Storage without a key file and without a metadata server
+        answering is refused, when first used, with what to set.
+        """
+        storage = build_gcs_storage(reactor, self.runner, "bucket", None,
+                                    metadata_host="127.0.0.1:%d" % (free_port(),))
+        self.addCleanup(storage.close)
+        with self.assertRaises(GCSError) as caught:
+            await storage.check_bucket()
+        self.assertIn("no credentials", str(caught.exception))
+        self.assertIn("GOOGLE_APPLICATION_CREDENTIALS", str(caught.exception))
 
     def test_unreadable_key(self) -> None:
         """A key path that cannot be read, or is not a key, is reported with its path."""

@@ -32,7 +32,8 @@ from twisted.python import usage
 from twisted.python.usage import UsageError
 
 from nixeryd.app.config import StorageConfig, storage_config_from
-from nixeryd.app.settings import GRACE, KEEP_DAYS, STORAGE_SETTINGS, ImageOptions, parameters
+from nixeryd.app.settings import (GRACE, KEEP_DAYS, STORAGE_SETTINGS, ImageOptions, flags,
+                                  parameters)
 from nixeryd.app.commandline import EXIT_USAGE, parse_or_exit_code
 from nixeryd.app.storagecmd import EXIT_FAILED, EXIT_OK, on_storage, react
 from nixeryd.core.threads import Runner
@@ -82,7 +83,8 @@ class GCOptions(usage.Options):
                 ["unsafe-grace", None,
                  "Accept a --grace below %g hour: only when no daemon builds on the"
                  " storage during the pass." % (MIN_GRACE_HOURS,)],
-                ["verbose", "v", "Also name every blob and document removed."]]
+                ["verbose", "v", "Also name every blob and document removed."]] + flags(
+                    STORAGE_SETTINGS, variables=True)
     optParameters = parameters(STORAGE_SETTINGS, variables=True) + parameters(
         (KEEP_DAYS, GRACE), variables=True)
 

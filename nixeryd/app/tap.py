@@ -20,6 +20,7 @@ from nixeryd.app.config import Config, config_from
 from nixeryd.app.settings import (
     CHANNEL,
     GCS_BUCKET,
+    GCS_CREDENTIAL_SETTINGS,
     GCS_ENDPOINT,
     HEAD_TIMEOUT,
     IDLE_TIMEOUT,
@@ -42,6 +43,7 @@ from nixeryd.app.settings import (
     MAX_QUEUE,
     FAILURE_TTL,
     ImageOptions,
+    flags,
     parameters,
 )
 
@@ -72,8 +74,9 @@ class Options(ImageOptions):
          GCS_BUCKET, GCS_ENDPOINT, NIX_TIMEOUT, POPULARITY_URL, MAX_BUILDS,
          LAYER_BUDGET, THREADS, KEEP_BUILDS, BUILD_LOG_LINES, MAX_QUEUE, FAILURE_TTL,
          HEAD_TIMEOUT, IDLE_TIMEOUT, STALL_TIMEOUT, MAX_CONNECTIONS_PER_CLIENT,
-         MAX_CONNECTIONS],
+         MAX_CONNECTIONS, *GCS_CREDENTIAL_SETTINGS],
         variables=True)
+    optFlags = flags(GCS_CREDENTIAL_SETTINGS, variables=True)
 
     config: Config
 

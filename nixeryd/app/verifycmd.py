@@ -23,7 +23,7 @@ from twisted.python import usage
 
 from nixeryd.app.commandline import EXIT_USAGE, parse_or_exit_code
 from nixeryd.app.config import StorageConfig, storage_config_from
-from nixeryd.app.settings import STORAGE_SETTINGS, ImageOptions, parameters
+from nixeryd.app.settings import STORAGE_SETTINGS, ImageOptions, flags, parameters
 from nixeryd.app.storagecmd import EXIT_FAILED, EXIT_OK, on_storage, react
 from nixeryd.core.threads import Runner
 from nixeryd.storage.interface import IStorage
@@ -63,7 +63,8 @@ class VerifyOptions(usage.Options):
                 " 2 usage error, 1 storage unusable or pass failed.")
 
     optFlags = [["repair", None, "Remove the damaged blobs (rebuilt on their next pull)."],
-                ["verbose", "v", "Also name every blob that could not be checked."]]
+                ["verbose", "v", "Also name every blob that could not be checked."]] + flags(
+                    STORAGE_SETTINGS, variables=True)
     optParameters = parameters(STORAGE_SETTINGS, variables=True)
 
     request: VerifyRequest

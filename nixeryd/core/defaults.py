@@ -100,3 +100,13 @@ GCS_RETRY_CAP = 16.0
 #: Seconds after the first attempt beyond which a request is no longer
 #: retried: its last failure stands (and becomes 503 UNAVAILABLE).
 GCS_RETRY_DEADLINE = 60.0
+#: Where the GCE/GKE metadata server answers (``host[:port]``), which gives
+#: tokens (and the signing account) without a key file, as Google's client
+#: libraries find it; ``GCE_METADATA_HOST`` names another.
+GCE_METADATA_HOST = "metadata.google.internal"
+#: The IAM Credentials API, which signs blob URLs with the key Google holds
+#: for a service account (``signBlob``) when no key file is given.
+GCS_IAM_ENDPOINT = "https://iamcredentials.googleapis.com"
+#: The part of a signed blob URL's lifetime during which it is handed out
+#: again (signing through IAM is a request per URL).
+GCS_SIGNED_URL_REUSE = 0.5

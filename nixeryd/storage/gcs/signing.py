@@ -213,16 +213,58 @@ def _path_style_resource(bucket: str, object_name: str | None) -> str:
     return resource
 
 
+@frozen
+class UnsignedUrl:
+    """
+    A V4 URL before its signature: what a signer (a local key, or the IAM
+    Credentials ``signBlob`` API) signs, and the URL the signature ends.
+
+    :ivar url: the URL without ``X-Goog-Signature``.
+    :ivar canonical_request: the canonical request that was hashed.
+    :ivar string_to_sign: the text to sign with RSA PKCS#1 v1.5 and SHA-256.
+    """
+
+    url: str
+    canonical_request: str
+    string_to_sign: str
+
+    def signed(self, signature: bytes) -> SignedUrl:
+        """The URL carrying ``signature`` (raw bytes, written in hexadecimal)."""
+        return SignedUrl(url=self.url + "&X-Goog-Signature=" + signature.hex(),
+                         canonical_request=self.canonical_request,
+                         string_to_sign=self.string_to_sign)
+
+
 def sign_url_v4(key: ServiceAccountKey, *, bucket: str, object_name: str | None,
                 method: str, expiration: int, timestamp: datetime,
                 endpoint: str = DEFAULT_SIGNING_ENDPOINT,
                 headers: HeaderInput | None = None,
                 query_parameters: Mapping[str, object] | None = None) -> SignedUrl:
     """
-    Sign a request for an object (or, with ``object_name=None``, for the
-    bucket itself).
+    Sign a request for an object with a local key (see
+    :func:`unsigned_url_v4` for the parameters).
 
     :param key: the service account whose key signs.
+    """
+    unsigned = unsigned_url_v4(
+        key.client_email, bucket=bucket, object_name=object_name, method=method,
+        expiration=expiration, timestamp=timestamp, endpoint=endpoint, headers=headers,
+        query_parameters=query_parameters)
+    return unsigned.signed(rsa_sha256_sign(key.private_key,
+                                           unsigned.string_to_sign.encode("ascii")))
+
+
+def unsigned_url_v4(client_email: str, *, bucket: str, object_name: str | None,
+                    method: str, expiration: int, timestamp: datetime,
+                    endpoint: str = DEFAULT_SIGNING_ENDPOINT,
+                    headers: HeaderInput | None = None,
+                    query_parameters: Mapping[str, object] | None = None) -> UnsignedUrl:
+    """
+    Prepare a request for an object (or, with ``object_name=None``, for
+    the bucket itself) for its signature.
+
+    :param client_email: the service account that signs, named in the
+        credential.
     :param method: the HTTP method the URL is valid for (``GET``, ``HEAD``,
         ``PUT``, ...); ``RESUMABLE`` signs ``POST`` with
         ``x-goog-resumable: start``, which starts a resumable upload.
@@ -258,7 +300,7 @@ def sign_url_v4(key: ServiceAccountKey, *, bucket: str, object_name: str | None,
     query: dict[str, object] = dict(query_parameters or {})
     query.update({
         "X-Goog-Algorithm": ALGORITHM,
-        "X-Goog-Credential": key.client_email + "/" + scope,
+        "X-Goog-Credential": client_email + "/" + scope,
         "X-Goog-Date": request_time,
         "X-Goog-Expires": int(expiration),
         "X-Goog-SignedHeaders": signed_names,
@@ -279,11 +321,8 @@ def sign_url_v4(key: ServiceAccountKey, *, bucket: str, object_name: str | None,
         scope,
         hashlib.sha256(canonical_request.encode("ascii")).hexdigest(),
     ])
-    signature = rsa_sha256_sign(key.private_key, string_to_sign.encode("ascii")).hex()
-    return SignedUrl(
-        url=base + resource + "?" + query_string + "&X-Goog-Signature=" + signature,
-        canonical_request=canonical_request,
-        string_to_sign=string_to_sign)
+    return UnsignedUrl(url=base + resource + "?" + query_string,
+                       canonical_request=canonical_request, string_to_sign=string_to_sign)
 
 
 def _b64url(data: bytes) -> str:

@@ -46,7 +46,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
 from typing import Any, Collection
 from urllib.parse import quote
 
@@ -63,16 +62,18 @@ from nixeryd.core.errors import BlobUnknown
 from nixeryd.core.httpbody import BodyTooLarge
 from nixeryd.core.sharedwork import SharedWork
 from nixeryd.core.threads import Runner
-from nixeryd.storage.gcs.auth import AccessTokenSource
+from nixeryd.core import defaults
+from nixeryd.storage.gcs.auth import AccessTokenSource, TokenSource
 from nixeryd.storage.gcs.bucket import DEFAULT_API_ENDPOINT, BucketClient, ObjectResource
 from nixeryd.storage.gcs.checksums import ObjectChecksums
+from nixeryd.storage.gcs.metadata import MetadataServer
+from nixeryd.storage.gcs.signers import IAMSigner, KeySigner, Signer, SignedUrls
 from nixeryd.storage.gcs.http import GCSError, PreconditionFailed
 from nixeryd.storage.gcs.index import BucketIndex
 from nixeryd.storage.gcs.objects import (
     BLOB_PREFIX, blob_digest, blob_object_name, document_key, document_object_name,
     document_prefix, file_size_and_md5, format_time, md5_base64, parse_time)
-from nixeryd.storage.gcs.signing import (
-    DEFAULT_SIGNING_ENDPOINT, ServiceAccountKey, sign_url_v4)
+from nixeryd.storage.gcs.signing import DEFAULT_SIGNING_ENDPOINT, ServiceAccountKey
 from nixeryd.storage.integrity import BlobCheck, BlobCorrupt
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
@@ -116,8 +117,10 @@ class GCSStorage:
     :param clock: the time signed URLs are valid from.
     :param runner: runs blocking work (hashing, file reads, signing).
     :param client: the JSON API on the bucket.
-    :param signing_key: the service-account key that signs blob URLs; with
-        ``None`` (emulators only) blob URLs are plain, unsigned ones.
+    :param signing_key: the service-account key that signs blob URLs
+        (unless ``signer`` is given); with neither, blob URLs are plain,
+        unsigned ones (emulators, public buckets).
+    :param signer: who signs blob URLs (:mod:`nixeryd.storage.gcs.signers`).
     :param signing_endpoint: the host signed URLs point to (defaults to the
         client's endpoint); path style, so emulators serve them too.
     :param spool_directory: where layer files wait for their upload, in
@@ -135,6 +138,7 @@ class GCSStorage:
 
     def __init__(self, clock: IReactorTime, runner: Runner, client: BucketClient, *,
                  signing_key: ServiceAccountKey | None,
+                 signer: Signer | None = None,
                  signing_endpoint: str | None = None,
                  spool_directory: str | None = None,
                  simple_upload_limit: int = DEFAULT_SIMPLE_UPLOAD_LIMIT,
@@ -143,7 +147,9 @@ class GCSStorage:
         self._runner = runner
         self.client = client
         self.bucket = client.bucket
-        self._signing_key = signing_key
+        if signer is None and signing_key is not None:
+            signer = KeySigner(signing_key, runner)
+        self._urls = None if signer is None else SignedUrls(signer, clock, url_lifetime)
         self._signing_endpoint = (signing_endpoint or client.endpoint).rstrip("/")
         self._writer: WriterDirectory | None = None
         #: Where every writer's directory is.
@@ -151,7 +157,6 @@ class GCSStorage:
             tempfile.gettempdir(), "nixeryd-spool"))
         self._spool = self._claim_spool(shared=spool_directory is None)
         self._simple_upload_limit = simple_upload_limit
-        self._url_lifetime = url_lifetime
         self._index = BucketIndex(runner, client)
         self._checksums = ObjectChecksums()
         self._checking: SharedWork[tuple[str, str | None], BlobCheck] = SharedWork()
@@ -347,19 +352,14 @@ class GCSStorage:
 
     async def signed_url(self, name: str, method: str = "GET") -> str:
         """
-        A URL to the object, valid for ``url_lifetime`` seconds; signed in
-        the thread pool when there is a key, plain otherwise.
+        A URL to the object, valid for ``url_lifetime`` seconds (one signed
+        recently enough is handed out again); plain without a signer.
         """
-        key = self._signing_key
-        if key is None:
+        if self._urls is None:
             return "%s/%s/%s" % (self._signing_endpoint, self.bucket,
                                  quote(name, safe="/~"))
-        timestamp = datetime.fromtimestamp(self._clock.seconds(), timezone.utc)
-        signed = await self._runner.run(
-            lambda: sign_url_v4(key, bucket=self.bucket, object_name=name,
-                                method=method, expiration=self._url_lifetime,
-                                timestamp=timestamp, endpoint=self._signing_endpoint))
-        return signed.url
+        return await self._urls.url(bucket=self.bucket, object_name=name, method=method,
+                                    endpoint=self._signing_endpoint)
 
     def check_bucket(self) -> Deferred[None]:
         """
@@ -454,39 +454,58 @@ def build_gcs_storage(
         reactor: IReactorTCP, runner: Runner, bucket: str, key: ServiceAccountKey | None,
         endpoint: str | None = None, *, signing_endpoint: str | None = None,
         spool_directory: str | None = None,
-        persistent_connections: bool | None = None) -> GCSStorage:
+        persistent_connections: bool | None = None,
+        public: bool = False, metadata_host: str | None = None,
+        signing_account: str | None = None,
+        iam_endpoint: str = defaults.GCS_IAM_ENDPOINT) -> GCSStorage:
     """
-    The GCS storage for a loaded service-account ``key`` (``None`` only
-    with an emulator ``endpoint``), not yet checked: call
-    :meth:`GCSStorage.check_bucket` before relying on it, and
-    :meth:`GCSStorage.close` when done.
+    The GCS storage with the credentials Google's libraries would find,
+    not yet checked: call :meth:`GCSStorage.check_bucket` before relying on
+    it (it obtains the first token), and :meth:`GCSStorage.close` when done.
+
+    * With a service-account ``key``: its tokens (real Cloud Storage), and
+      it signs blob URLs.
+    * Without, on real Cloud Storage (or wherever ``metadata_host`` is
+      given): tokens from the metadata server, and blob URLs signed through
+      IAM ``signBlob`` for ``signing_account`` (by default the metadata
+      server's default account).
+    * Without, on an emulator: anonymous requests, plain blob URLs.
 
     :param reactor: connects to Cloud Storage; also its clock.
     :param endpoint: an emulator's ``http://host:port``; ``None`` for real
-        Cloud Storage, which is then used with access tokens from ``key``.
+        Cloud Storage.
     :param signing_endpoint: the host signed blob URLs point to, when it
         differs from ``endpoint``.
     :param spool_directory: where layer files wait for their upload.
     :param persistent_connections: keep connections open between requests;
         by default on for Cloud Storage, off for emulators (some close the
         connection after each answer without announcing it).
-    :raises GCSError: when real Cloud Storage is asked for without a key.
+    :param public: blob URLs are plain, unsigned ones (a public bucket).
+    :param metadata_host: the metadata server's ``host[:port]``; given, it
+        is used even with an emulator.
+    :param signing_account: the account that signs through IAM.
+    :param iam_endpoint: the IAM Credentials API.
     """
-    if key is None and endpoint is None:
-        raise GCSError("GCS storage needs a service account key file: set "
-                       "GOOGLE_APPLICATION_CREDENTIALS to its path")
     if persistent_connections is None:
         persistent_connections = endpoint is None
     clock = IReactorTime(reactor)
     pool = HTTPConnectionPool(  # type: ignore[no-untyped-call]
         reactor, persistent=persistent_connections)
     http = HTTPClient(Agent(reactor, pool=pool))  # type: ignore[no-untyped-call]
-    tokens = None
-    if endpoint is None and key is not None:
-        tokens = AccessTokenSource(clock, runner, key, http)
+    tokens: TokenSource | None = None
+    signer: Signer | None = None
+    if key is not None:
+        if endpoint is None:
+            tokens = AccessTokenSource(clock, runner, key, http)
+        signer = KeySigner(key, runner)
+    elif endpoint is None or metadata_host is not None:
+        metadata = MetadataServer(clock, http, metadata_host or defaults.GCE_METADATA_HOST)
+        tokens = metadata
+        signer = IAMSigner(clock, http, metadata, signing_account or metadata.email,
+                           iam_endpoint)
     client = BucketClient(clock, runner, http, pool, bucket,
                           endpoint=endpoint or DEFAULT_API_ENDPOINT, token_source=tokens)
     return GCSStorage(
-        clock, runner, client, signing_key=key,
+        clock, runner, client, signing_key=None, signer=None if public else signer,
         signing_endpoint=signing_endpoint or endpoint or DEFAULT_SIGNING_ENDPOINT,
         spool_directory=spool_directory)
