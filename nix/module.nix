@@ -32,6 +32,8 @@ let
     // optional "GCS_BUCKET" cfg.gcsBucket
     // optional "GOOGLE_APPLICATION_CREDENTIALS" cfg.googleApplicationCredentials
     // optional "STORAGE_EMULATOR_HOST" cfg.gcsEndpoint
+    // lib.optionalAttrs cfg.gcsPublic { GCS_PUBLIC = "1"; }
+    // optional "GCS_SIGNING_ACCOUNT" cfg.gcsSigningAccount
     // optional "NIX_TIMEOUT" cfg.nixTimeout
     // optional "NIX_POPULARITY_URL" cfg.popularityUrl
     // optional "NIXERY_MAX_BUILDS" cfg.maxBuilds
@@ -131,6 +133,22 @@ in
       type = types.nullOr types.str;
       default = null;
       description = "A GCS emulator's URL instead of Cloud Storage (STORAGE_EMULATOR_HOST).";
+    };
+
+    gcsPublic = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Redirect blob requests to plain, unsigned URLs of a public bucket (GCS_PUBLIC).";
+    };
+
+    gcsSigningAccount = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = ''
+        Without a key file, the service account that signs blob URLs through
+        IAM signBlob (GCS_SIGNING_ACCOUNT; by default the metadata server's
+        default account).
+      '';
     };
 
     nixTimeout = mkOption {
