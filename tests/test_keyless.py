@@ -9,6 +9,9 @@ plain URLs; signed URLs reused for part of their lifetime.
 from __future__ import annotations
 
 import base64
+import http.client
+import json
+import os
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -19,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SkipTest
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from treq.client import HTTPClient
@@ -29,6 +34,9 @@ from nixeryd.storage.gcs.signers import IAMSigner, SignedUrls
 from nixeryd.storage.gcs.signing import unsigned_url_v4
 from nixeryd.storage.gcs.storage import GCSStorage, build_gcs_storage
 from nixeryd.testing.storage import digest_of
+from tests.daemon import Daemon
+from tests.daemoncases import DaemonTestCase
+from tests.e2e import PACKAGE_SET, require_root, require_tools, run
 from tests.fakegoogle import DEFAULT_ACCOUNT, FakeGoogle, serve_fake_google
 from tests.gcssupport import EmulatorTestCase, load_key
 
@@ -174,3 +182,64 @@ class KeylessTests(EmulatorTestCase):
         self.assertEqual(base64.b64encode(self.google.signed[-1].signature).decode()[:8],
                          base64.b64encode(bytes.fromhex(
                              query_of(second)["X-Goog-Signature"])).decode()[:8])
+
+
+class KeylessDaemonEndToEnd(DaemonTestCase):
+    """
+    The daemon without a key file, told where the fake metadata server and
+    IAM API are (``GCE_METADATA_HOST``, ``GCS_IAM_ENDPOINT``), on the
+    emulator: skopeo follows its redirects, whose signatures ``signBlob``
+    made.
+    """
+
+    async def test_pull_through_iam_signed_redirects(self) -> None:
+        from tests.gcsemulator import MISSING_REASON, start_emulator
+        if MISSING_REASON is not None:
+            raise SkipTest(MISSING_REASON)
+        require_root()
+        require_tools("skopeo", "nix-build")
+        emulator = await start_emulator(reactor, os.path.abspath(self.mktemp()),
+                                        bucket="nixeryd-keyless")
+        self.addCleanup(lambda: Deferred.fromCoroutine(emulator.stop()))
+        google, metadata_host, iam_endpoint, port = await serve_fake_google(
+            reactor, load_key())
+        self.addCleanup(port.stopListening)
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        registry = Daemon(workdir, "--pkgs-path", PACKAGE_SET, "--storage-backend", "gcs",
+                          "--gcs-bucket", "nixeryd-keyless", "--gcs-endpoint",
+                          emulator.endpoint,
+                          env={"GCE_METADATA_HOST": metadata_host,
+                               "GCS_IAM_ENDPOINT": iam_endpoint})
+        self.addCleanup(registry.stop)
+        await deferToThread(registry.start)
+        status, _, body = await deferToThread(registry.request,
+                                              "/v2/hello/manifests/latest")
+        self.assertEqual(status, 200, body)
+        layer = json.loads(body)["layers"][0]["digest"]
+        location = await deferToThread(redirect_location, registry, layer)
+        self.assertIsNotNone(location)
+        assert location is not None
+        signatures = {call.signature.hex() for call in google.signed}
+        self.assertIn(query_of(location)["X-Goog-Signature"], signatures)
+        self.assertTrue(query_of(location)["X-Goog-Credential"].startswith(DEFAULT_ACCOUNT))
+        layout = os.path.abspath(self.mktemp())
+        await deferToThread(run, [
+            "skopeo", "copy", "--src-tls-verify=false",
+            "docker://%s/hello" % (registry.address,), "oci:%s:img" % (layout,)])
+        self.assertEqual({call.account for call in google.signed}, {DEFAULT_ACCOUNT})
+        self.assertTrue(google.tokens)
+        self.assertEqual(google.refused, [])
+
+
+def redirect_location(registry: Daemon, digest: str) -> str | None:
+    """Where the daemon redirects a blob GET (not followed)."""
+    connection = http.client.HTTPConnection(registry.address, timeout=30)
+    try:
+        connection.request("GET", "/v2/hello/blobs/" + digest)
+        response = connection.getresponse()
+        response.read()
+        location: str | None = response.getheader("Location")
+        return location
+    finally:
+        connection.close()
