@@ -175,7 +175,7 @@ class ManifestCache:
             if check.checksum is not None:
                 checksums[blob] = check.checksum
         image = Image(docker=docker, oci=oci)
-        if checksums and record.get(CHECKSUMS_FIELD) != checksums:
+        if any(recorded_checksum(record, blob) is None for blob in checksums):
             # Written before checksums were kept: keep the ones vouched for.
             await self._storage.put_document(MANIFEST_NAMESPACE, key,
                                              dict(record, **{CHECKSUMS_FIELD: checksums}))
