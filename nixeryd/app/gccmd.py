@@ -35,7 +35,7 @@ from nixeryd.app.config import StorageConfig, storage_config_from
 from nixeryd.app.settings import (GRACE, KEEP_DAYS, STORAGE_SETTINGS, ImageOptions, flags,
                                   parameters)
 from nixeryd.app.commandline import EXIT_USAGE, parse_or_exit_code
-from nixeryd.app.storagecmd import EXIT_FAILED, EXIT_OK, on_storage, react
+from nixeryd.app.storagecmd import EXIT_FAILED, EXIT_OK, parse_with, react, report_pass
 from nixeryd.core.threads import Runner
 from nixeryd.storage.interface import IStorage
 
@@ -112,15 +112,8 @@ class GCOptions(usage.Options):
 
 
 def parse(argv: Sequence[str], environ: Optional[Mapping[str, str]] = None) -> GCRequest:
-    """
-    The checked command line.
-
-    :raises UsageError: one line saying what is wrong.
-    :raises SystemExit: for ``--help``, once printed.
-    """
-    options = GCOptions(environ)
-    options.parseOptions(list(argv))  # type: ignore[no-untyped-call]
-    return options.request
+    """The checked command line (:func:`~nixeryd.app.storagecmd.parse_with`)."""
+    return parse_with(GCOptions(environ), argv)
 
 
 async def collect(reactor: object, request: GCRequest, out: TextIO) -> int:
@@ -130,24 +123,16 @@ async def collect(reactor: object, request: GCRequest, out: TextIO) -> int:
     :param reactor: the running reactor: threads, TCP (GCS) and time.
     """
     from nixeryd.gc.collector import Collector
+    from nixeryd.gc.report import Report
 
-    async def work(storage: IStorage, runner: Runner) -> int:
-        try:
-            collector = Collector(storage, IReactorTime(reactor).seconds,
-                                  keep_days=request.keep_days,
-                                  grace=request.grace_hours * 3600,
-                                  dry_run=request.dry_run)
-            report = await collector.collect()
-        except Exception as e:
-            sys.stderr.write("nixeryd gc: the pass failed: %s\n"
-                             % (" ".join((str(e) or type(e).__name__).split()),))
-            return EXIT_FAILED
-        for line in report.lines(verbose=request.verbose):
-            out.write(line + "\n")
-        out.flush()
-        return EXIT_OK
+    async def make(storage: IStorage, runner: Runner) -> Report:
+        return await Collector(storage, IReactorTime(reactor).seconds,
+                               keep_days=request.keep_days,
+                               grace=request.grace_hours * 3600,
+                               dry_run=request.dry_run).collect()
 
-    return await on_storage(reactor, request.storage, "nixeryd gc", work, "collect")
+    return await report_pass(reactor, request.storage, "nixeryd gc", "collect", make, out,
+                             verbose=request.verbose)
 
 
 def main(argv: Sequence[str]) -> int:

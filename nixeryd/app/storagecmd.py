@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol, Sequence, TextIO, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTCP, IReactorThreads
@@ -24,6 +24,62 @@ from nixeryd.storage.interface import IStorage
 EXIT_OK, EXIT_FAILED = 0, 1
 #: Threads for the storage's calls.
 STORAGE_COMMAND_THREADS = 4
+
+T = TypeVar("T")
+
+
+class Report(Protocol):
+    """What a pass over a storage found, for people."""
+
+    def lines(self, verbose: bool = False) -> list[str]:
+        """The report's lines."""
+
+
+R = TypeVar("R", bound=Report)
+
+
+class CheckedOptions(Protocol[T]):
+    """Command-line options whose checked result is ``request``."""
+
+    request: T
+
+    def parseOptions(self, options: list[str]) -> None:
+        """Parse and check the command line."""
+
+
+def parse_with(options: CheckedOptions[T], argv: Sequence[str]) -> T:
+    """
+    The checked command line.
+
+    :raises UsageError: one line saying what is wrong.
+    :raises SystemExit: for ``--help``, once printed.
+    """
+    options.parseOptions(list(argv))
+    return options.request
+
+
+async def report_pass(reactor: object, config: StorageConfig, command: str, purpose: str,
+                      make: Callable[[IStorage, Runner], Awaitable[R]], out: TextIO, *,
+                      verbose: bool, exit_code: Callable[[R], int] = lambda _: EXIT_OK
+                      ) -> int:
+    """
+    Open the storage, make one pass (``make``) and print its report; the
+    exit code (``exit_code`` of the report, :data:`EXIT_FAILED` after one
+    line on stderr when the pass fails).
+    """
+    async def work(storage: IStorage, runner: Runner) -> int:
+        try:
+            report = await make(storage, runner)
+        except Exception as e:
+            sys.stderr.write("%s: the pass failed: %s\n"
+                             % (command, " ".join((str(e) or type(e).__name__).split())))
+            return EXIT_FAILED
+        for line in report.lines(verbose=verbose):
+            out.write(line + "\n")
+        out.flush()
+        return exit_code(report)
+
+    return await on_storage(reactor, config, command, work, purpose)
 
 
 async def on_storage(reactor: object, config: StorageConfig, command: str,

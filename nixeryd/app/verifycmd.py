@@ -24,7 +24,7 @@ from twisted.python import usage
 from nixeryd.app.commandline import EXIT_USAGE, parse_or_exit_code
 from nixeryd.app.config import StorageConfig, storage_config_from
 from nixeryd.app.settings import STORAGE_SETTINGS, ImageOptions, flags, parameters
-from nixeryd.app.storagecmd import EXIT_FAILED, EXIT_OK, on_storage, react
+from nixeryd.app.storagecmd import EXIT_FAILED, EXIT_OK, parse_with, react, report_pass
 from nixeryd.core.threads import Runner
 from nixeryd.storage.interface import IStorage
 
@@ -83,15 +83,8 @@ class VerifyOptions(usage.Options):
 
 
 def parse(argv: Sequence[str], environ: Optional[Mapping[str, str]] = None) -> VerifyRequest:
-    """
-    The checked command line.
-
-    :raises UsageError: one line saying what is wrong.
-    :raises SystemExit: for ``--help``, once printed.
-    """
-    options = VerifyOptions(environ)
-    options.parseOptions(list(argv))  # type: ignore[no-untyped-call]
-    return options.request
+    """The checked command line (:func:`~nixeryd.app.storagecmd.parse_with`)."""
+    return parse_with(VerifyOptions(environ), argv)
 
 
 async def verify(reactor: object, request: VerifyRequest, out: TextIO) -> int:
@@ -100,21 +93,15 @@ async def verify(reactor: object, request: VerifyRequest, out: TextIO) -> int:
 
     :param reactor: the running reactor: threads, TCP (GCS) and time.
     """
-    from nixeryd.gc.verifier import Verifier
+    from nixeryd.gc.verifier import Verifier, VerifyReport
 
-    async def work(storage: IStorage, runner: Runner) -> int:
-        try:
-            report = await Verifier(storage, runner, repair=request.repair).verify()
-        except Exception as e:
-            sys.stderr.write("nixeryd verify: the pass failed: %s\n"
-                             % (" ".join((str(e) or type(e).__name__).split()),))
-            return EXIT_FAILED
-        for line in report.lines(verbose=request.verbose):
-            out.write(line + "\n")
-        out.flush()
-        return EXIT_DAMAGED if report.damage_left else EXIT_OK
+    async def make(storage: IStorage, runner: Runner) -> VerifyReport:
+        return await Verifier(storage, runner, repair=request.repair).verify()
 
-    return await on_storage(reactor, request.storage, "nixeryd verify", work, "verify")
+    return await report_pass(
+        reactor, request.storage, "nixeryd verify", "verify", make, out,
+        verbose=request.verbose,
+        exit_code=lambda report: EXIT_DAMAGED if report.damage_left else EXIT_OK)
 
 
 def main(argv: Sequence[str]) -> int:
