@@ -16,6 +16,7 @@ import json
 import os
 import tracemalloc
 from datetime import datetime, timezone
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from twisted.internet import reactor
@@ -280,6 +281,41 @@ class BuildTests(EmulatorTestCase):
         with self.assertRaises(GCSError) as caught:
             await storage.check_bucket()
         self.assertIn("gs://no-such-bucket does not exist", str(caught.exception))
+
+
+class ChecksumRequestTests(EmulatorTestCase):
+    """What checking a blob costs on Cloud Storage."""
+
+    async def test_one_metadata_request_per_blob_and_process(self) -> None:
+        """
+        The storage that wrote a blob checks it without a request; another
+        one (a restart) asks once and then remembers; the checksum is the
+        object's MD5.
+        """
+        writer = self.emulator_storage()
+        data = os.urandom(5000)
+        digest = digest_of(data)
+        await writer.store_blob_bytes(data, digest)
+        asked: list[str] = []
+
+        def counting(storage: GCSStorage) -> None:
+            original = storage.client.metadata
+
+            async def metadata(name: str) -> Any:
+                asked.append(name)
+                return await original(name)
+
+            storage.client.metadata = metadata  # type: ignore[method-assign]
+
+        counting(writer)
+        checksum = (await writer.check_blob(digest)).checksum
+        self.assertEqual(checksum, "md5:" + md5_base64(data))
+        self.assertEqual(asked, [])
+        restarted = self.emulator_storage()
+        counting(restarted)
+        for _ in range(3):
+            self.assertTrue((await restarted.check_blob(digest, checksum)).intact)
+        self.assertEqual(asked, [blob_object_name(digest)])
 
 
 class BuildErrorTests(TestCase):
