@@ -32,6 +32,14 @@ let
     // optional "GCS_BUCKET" cfg.gcsBucket
     // optional "GOOGLE_APPLICATION_CREDENTIALS" cfg.googleApplicationCredentials
     // optional "STORAGE_EMULATOR_HOST" cfg.gcsEndpoint
+    // optional "S3_BUCKET" cfg.s3Bucket
+    // optional "S3_ENDPOINT" cfg.s3Endpoint
+    // optional "S3_REGION" cfg.s3Region
+    // optional "S3_ADDRESSING_STYLE" cfg.s3AddressingStyle
+    // optional "S3_URL_LIFETIME" cfg.s3UrlLifetime
+    // optional "S3_PUBLIC_URL" cfg.s3PublicUrl
+    // optional "AWS_SHARED_CREDENTIALS_FILE" cfg.awsSharedCredentialsFile
+    // optional "AWS_PROFILE" cfg.awsProfile
     // lib.optionalAttrs cfg.gcsPublic { GCS_PUBLIC = "1"; }
     // optional "GCS_SIGNING_ACCOUNT" cfg.gcsSigningAccount
     // optional "NIX_TIMEOUT" cfg.nixTimeout
@@ -47,6 +55,9 @@ let
     // optional "NIXERY_STALL_TIMEOUT" cfg.stallTimeout
     // optional "NIXERY_MAX_CONNECTIONS_PER_CLIENT" cfg.maxConnectionsPerClient
     // optional "NIXERY_MAX_CONNECTIONS" cfg.maxConnections
+    // lib.optionalAttrs (cfg.platforms != [ ]) {
+      NIXERY_PLATFORMS = lib.concatStringsSep "," cfg.platforms;
+    }
     // lib.optionalAttrs (cfg.nixOptions != { }) {
       NIXERY_NIX_OPTIONS = lib.concatStringsSep ";"
         (lib.mapAttrsToList (name: value: "${name}=${value}") cfg.nixOptions);
@@ -102,7 +113,7 @@ in
     };
 
     storageBackend = mkOption {
-      type = types.enum [ "filesystem" "gcs" ];
+      type = types.enum [ "filesystem" "gcs" "s3" ];
       default = "filesystem";
       description = "Where images are stored (NIXERY_STORAGE_BACKEND).";
     };
@@ -133,6 +144,59 @@ in
       type = types.nullOr types.str;
       default = null;
       description = "A GCS emulator's URL instead of Cloud Storage (STORAGE_EMULATOR_HOST).";
+    };
+
+    s3Bucket = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Bucket of s3 storage (S3_BUCKET).";
+    };
+
+    s3Endpoint = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "An S3-compatible server's URL (MinIO, Ceph, R2...); null for AWS S3 (S3_ENDPOINT).";
+    };
+
+    s3Region = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Region requests to the bucket are signed for (S3_REGION; the daemon's default is us-east-1).";
+    };
+
+    s3AddressingStyle = mkOption {
+      type = types.nullOr (types.enum [ "path" "virtual" ]);
+      default = null;
+      description = "path or virtual (S3_ADDRESSING_STYLE; virtual on AWS, path with s3Endpoint by default).";
+    };
+
+    s3UrlLifetime = mkOption {
+      type = types.nullOr (types.ints.between 1 604800);
+      default = null;
+      description = "Seconds a presigned blob URL is valid (S3_URL_LIFETIME; the daemon's default is 300).";
+    };
+
+    s3PublicUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Where the bucket's objects are readable without credentials; blobs are redirected there unsigned (S3_PUBLIC_URL).";
+    };
+
+    awsSharedCredentialsFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = ''
+        Path of an AWS shared credentials file for s3 storage
+        (AWS_SHARED_CREDENTIALS_FILE). A path, so that the key never enters
+        the Nix store; without it, credentials come from the instance or
+        container metadata.
+      '';
+    };
+
+    awsProfile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Profile of the shared credentials file (AWS_PROFILE; default).";
     };
 
     gcsPublic = mkOption {
@@ -185,6 +249,18 @@ in
       type = types.nullOr types.ints.positive;
       default = null;
       description = "Nix log lines kept per build (NIXERY_BUILD_LOG_LINES; the daemon's default is 2000).";
+    };
+
+    platforms = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "linux/amd64" "linux/arm64" ];
+      description = ''
+        Platforms a name is built for, the default first; with several, a
+        pull by tag gets an image index (NIXERY_PLATFORMS; the daemon's
+        default is the machine's own platform).  Nix must be able to build
+        for each: see nixOptions (builders, extra-platforms, substituters).
+      '';
     };
 
     maxQueue = mkOption {
@@ -261,6 +337,10 @@ in
       {
         assertion = cfg.storageBackend != "gcs" || cfg.gcsBucket != null;
         message = "services.nixeryd: gcs storage needs gcsBucket.";
+      }
+      {
+        assertion = cfg.storageBackend != "s3" || cfg.s3Bucket != null;
+        message = "services.nixeryd: s3 storage needs s3Bucket.";
       }
     ];
 

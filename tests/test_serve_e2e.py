@@ -201,7 +201,8 @@ class StartupLineEndToEnd(SynchronousTestCase):
             (daemon.address, "path " + PACKAGE_SET, "filesystem " + daemon.storage, 3,
              90.0, 50, None))
         self.assertTrue(event["log_text"].startswith(
-            "Serving on %s: packages from path %s; storage filesystem %s; 3 Nix builds"
+            "Serving on %s: packages from path %s for linux/amd64; storage filesystem %s;"
+            " 3 Nix builds"
             " at once, Nix timeout 90 s a step, 50 layers an image (+1); " % (
                 daemon.address, PACKAGE_SET, daemon.storage)), event["log_text"])
         self.assertIn("Nix", event["nix_version"])

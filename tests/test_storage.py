@@ -3,7 +3,8 @@ The storage contract, run on every :class:`IStorage` backend: the
 in-memory test double (:class:`~nixeryd.testing.storage.MemoryStorage`),
 :class:`~nixeryd.storage.filesystem.FilesystemStorage` and
 :class:`~nixeryd.storage.gcs.storage.GCSStorage` on a Cloud Storage
-emulator; plus digest validation and what the test double adds.
+emulator and :class:`~nixeryd.storage.s3.storage.S3Storage` on ``rclone
+serve s3``; plus digest validation and what the test double adds.
 
 What only one backend promises is tested with that backend
 (``test_filesystem``, ``test_gcs``).
@@ -40,6 +41,7 @@ from nixeryd.testing.storage import (
     write_temporary,
 )
 from tests.gcssupport import EmulatorTestCase
+from tests.rclones3 import RcloneTestCase, s3_storage
 
 
 class DigestTests(SynchronousTestCase):
@@ -500,6 +502,36 @@ class GCSStorageContractTests(EmulatorTestCase, StorageContractMixin):
 
     def reopened(self) -> IStorage:
         return self.emulator_storage()
+
+
+class S3StorageContractTests(RcloneTestCase, StorageContractMixin):
+    """
+    The contract on :class:`~nixeryd.storage.s3.storage.S3Storage`, on
+    ``rclone serve s3`` (which checks every signature, presigned URLs
+    included).
+    """
+
+    def started(self) -> None:
+        self.storage = s3_storage(self, self.runner, self.server)
+
+    async def fetch(self, blob: LocalBlob | RedirectBlob) -> bytes:
+        assert isinstance(blob, RedirectBlob)
+        self.assertIn("X-Amz-Signature=", blob.url)
+        response = await treq.get(blob.url, pool=HTTPConnectionPool(reactor, persistent=False))
+        body: bytes = await response.content()
+        self.assertEqual(response.code, 200, body)
+        return body
+
+    async def recorded_references(self) -> dict[str, dict[str, Any]]:
+        with open(self.server.path("index.json"), "rb") as f:
+            return index_references(f.read())
+
+    async def damage(self, digest: str, data: bytes) -> None:
+        with open(self.server.path("blobs/sha256/" + digest.split(":")[1]), "r+b") as f:
+            f.write(data)
+
+    def reopened(self) -> IStorage:
+        return s3_storage(self, self.runner, self.server)
 
 
 class MemoryStorageTests(TestCase):

@@ -23,12 +23,13 @@ from attrs import frozen
 from twisted.python import usage
 from twisted.python.usage import UsageError
 
+from nixeryd.build.platforms import Architecture, known_platforms, parse_platforms
 from nixeryd.core import defaults
 
 T = TypeVar("T")
 
 #: The storage backends the daemon knows.
-STORAGE_BACKENDS = ("filesystem", "gcs")
+STORAGE_BACKENDS = ("filesystem", "gcs", "s3")
 
 
 def _anything(value: object) -> bool:
@@ -177,6 +178,33 @@ GCS_BUCKET = _text("gcs-bucket", "Bucket for gcs storage", "GCS_BUCKET")
 GCS_ENDPOINT = _text(
     "gcs-endpoint", "GCS emulator URL, e.g. http://127.0.0.1:9023",
     "STORAGE_EMULATOR_HOST")
+#: How an S3 bucket may be addressed.
+S3_ADDRESSING_STYLES = ("path", "virtual")
+S3_BUCKET = _text("s3-bucket", "Bucket for s3 storage", "S3_BUCKET")
+S3_ENDPOINT = _text(
+    "s3-endpoint",
+    "URL of an S3-compatible server (MinIO, Ceph, R2...), e.g. http://127.0.0.1:9000;"
+    " unset for AWS S3", "S3_ENDPOINT")
+S3_REGION = Setting(
+    "s3-region", "Region requests to the bucket are signed for (else AWS_REGION)",
+    defaults.S3_REGION, str, "S3_REGION")
+S3_ADDRESSING_STYLE: Setting[Optional[str]] = Setting(
+    "s3-addressing-style",
+    "path (<endpoint>/<bucket>) or virtual (<bucket>.<endpoint host>); virtual on AWS,"
+    " path with S3_ENDPOINT by default",
+    None, str, "S3_ADDRESSING_STYLE", check=lambda style: style in S3_ADDRESSING_STYLES,
+    unit="path or virtual")
+S3_URL_LIFETIME = Setting(
+    "s3-url-lifetime", "Seconds a presigned blob URL is valid, 1 to 604800",
+    defaults.S3_URL_LIFETIME, int, "S3_URL_LIFETIME",
+    check=lambda seconds: 1 <= seconds <= 604800, unit="seconds")
+S3_PUBLIC_URL = _text(
+    "s3-public-url",
+    "Base URL where the bucket's objects are readable without credentials (a public"
+    " bucket, a CDN); blobs are then redirected there unsigned", "S3_PUBLIC_URL")
+#: The settings of s3 storage.
+S3_SETTINGS: tuple[Setting[Any], ...] = (
+    S3_BUCKET, S3_ENDPOINT, S3_REGION, S3_ADDRESSING_STYLE, S3_URL_LIFETIME, S3_PUBLIC_URL)
 NIX_TIMEOUT = Setting(
     "nix-timeout", "Seconds allowed for each Nix step of an image, evaluation then build",
     defaults.NIX_TIMEOUT, float, "NIX_TIMEOUT",
@@ -244,6 +272,13 @@ NIX_OPTION: Setting[Optional[str]] = Setting(
     "nix-option",
     "A Nix setting NAME=VALUE (e.g. substituters= to build offline); repeatable",
     None, str, "NIXERY_NIX_OPTIONS", variable_note=", ';'-separated")
+PLATFORMS: Setting[Optional[tuple[Architecture, ...]]] = Setting(
+    "platforms",
+    "Platforms a name is built for, the default first, e.g. linux/amd64,linux/arm64:"
+    " with several, a pull by tag gets an image index (default this machine's platform)",
+    None if defaults.PLATFORMS is None else parse_platforms(defaults.PLATFORMS),
+    parse_platforms, "NIXERY_PLATFORMS",
+    unit="comma-separated, of " + ", ".join(known_platforms()))
 
 KEEP_DAYS: Setting[Optional[int]] = Setting(
     "keep-days",
@@ -278,7 +313,8 @@ GCS_CREDENTIAL_SETTINGS: tuple[Setting[Any], ...] = (
 
 #: Where images are stored: the options the daemon and ``nixeryd gc`` share.
 STORAGE_SETTINGS: tuple[Setting[Any], ...] = (
-    STORAGE_BACKEND, STORAGE_PATH, GCS_BUCKET, GCS_ENDPOINT) + GCS_CREDENTIAL_SETTINGS
+    STORAGE_BACKEND, STORAGE_PATH, GCS_BUCKET, GCS_ENDPOINT, *GCS_CREDENTIAL_SETTINGS,
+    *S3_SETTINGS)
 
 #: The package sources, as ``(kind, setting)`` in the order they are
 #: chosen; the kinds are the keyword arguments of

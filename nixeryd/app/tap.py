@@ -22,6 +22,7 @@ from nixeryd.app.settings import (
     GCS_BUCKET,
     GCS_CREDENTIAL_SETTINGS,
     GCS_ENDPOINT,
+    S3_SETTINGS,
     HEAD_TIMEOUT,
     IDLE_TIMEOUT,
     LAYER_BUDGET,
@@ -42,6 +43,7 @@ from nixeryd.app.settings import (
     BUILD_LOG_LINES,
     MAX_QUEUE,
     FAILURE_TTL,
+    PLATFORMS,
     ImageOptions,
     flags,
     parameters,
@@ -71,10 +73,10 @@ class Options(ImageOptions):
 
     optParameters = parameters(
         [LISTEN, PORT, CHANNEL, PKGS_REPO, PKGS_PATH, STORAGE_BACKEND, STORAGE_PATH,
-         GCS_BUCKET, GCS_ENDPOINT, NIX_TIMEOUT, POPULARITY_URL, MAX_BUILDS,
+         GCS_BUCKET, GCS_ENDPOINT, *S3_SETTINGS, NIX_TIMEOUT, POPULARITY_URL, MAX_BUILDS,
          LAYER_BUDGET, THREADS, KEEP_BUILDS, BUILD_LOG_LINES, MAX_QUEUE, FAILURE_TTL,
          HEAD_TIMEOUT, IDLE_TIMEOUT, STALL_TIMEOUT, MAX_CONNECTIONS_PER_CLIENT,
-         MAX_CONNECTIONS, *GCS_CREDENTIAL_SETTINGS],
+         MAX_CONNECTIONS, PLATFORMS, *GCS_CREDENTIAL_SETTINGS],
         variables=True)
     optFlags = flags(GCS_CREDENTIAL_SETTINGS, variables=True)
 

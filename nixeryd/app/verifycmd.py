@@ -55,8 +55,8 @@ class VerifyOptions(usage.Options):
 
     synopsis = "Usage: nixeryd verify [--repair] [options]"
     longdesc = ("Check every blob of the storage against its digest: small blobs are read"
-                " and hashed, layers hashed on the filesystem or, on GCS, their MD5"
-                " compared with the checksum the cache documents record. Print what is"
+                " and hashed, layers hashed on the filesystem or, on GCS and S3, their MD5"
+                " or ETag compared with the checksum the cache documents record. Print what is"
                 " damaged; with --repair, remove it so that the next pull builds it again."
                 " The storage is the daemon's, from the same options and environment"
                 " variables. Exit codes: 0 nothing damaged left, 3 damaged blobs left,"

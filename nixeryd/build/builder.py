@@ -204,7 +204,8 @@ class ImageBuilder:
         custom_value, custom_layer = results[0]
         layers = tuple(results[1:]) + (custom_layer,)
         documents = build_documents(request.arch.oci_arch, layers,
-                                    runtime_settings(request, custom_value))
+                                    runtime_settings(request, custom_value),
+                                    request.arch.variant)
         await self._store_documents(documents)
         log.info(
             "Built {image}: {digest}, {layer_count} layers in {seconds} s",

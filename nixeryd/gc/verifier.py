@@ -8,10 +8,11 @@ Each blob is checked as cheaply as it can be and still be sure:
   hashed, whatever the backend;
 * a larger one is checked by the backend
   (:meth:`~nixeryd.storage.interface.IStorage.check_blob`): hashed on the
-  filesystem; on Cloud Storage, its ``md5Hash`` compared with the checksum
-  the layer and manifest cache documents record.  A blob on Cloud Storage
-  for which no document records one (written before checksums were kept,
-  or not a layer of this registry) is reported as not checked.
+  filesystem; in a bucket, its ``md5Hash`` (Cloud Storage) or ETag (S3)
+  compared with the checksum the layer and manifest cache documents
+  record.  A blob in a bucket for which no document records one (written
+  before checksums were kept, or not a layer of this registry) is
+  reported as not checked.
 
 With ``repair``, a damaged blob is removed, guarded by the version
 listed (one written again meanwhile, repaired already, stays): the next

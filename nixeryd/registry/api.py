@@ -20,7 +20,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from nixeryd.build.manifest import canonical_json
 from nixeryd.core.documents import Image, ManifestDocument
+from nixeryd.core.mediatypes import OCI_INDEX
 from nixeryd.registry.blobs import BlobPool, BlobResponder
 from nixeryd.registry.httpnames import (
     API_VERSION,
@@ -43,11 +45,15 @@ from nixeryd.registry.routes import (
     ManifestByDigest,
     ManifestByTag,
     Ping,
+    Referrers,
     TagsList,
     parse_v2_path,
 )
 
 _PING_BODY = b"{}"
+#: The referrers of any manifest: none, since nothing can be pushed here.
+_NO_REFERRERS = canonical_json(
+    {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
 
 
 def _set_manifest_headers(request: Request, document: ManifestDocument) -> bytes:
@@ -134,6 +140,8 @@ class RegistryResource(Resource):
                 return render_async(request, self._manifest_by_digest, route)
             case TagsList():
                 return render_async(request, self._tags, route)
+            case Referrers():
+                return self._referrers(request)
             case Ping():
                 headers = request.responseHeaders
                 headers.setRawHeaders(CONTENT_TYPE, [JSON])
@@ -173,6 +181,20 @@ class RegistryResource(Resource):
         headers.setRawHeaders(CONTENT_TYPE, [JSON])
         headers.setRawHeaders(CONTENT_LENGTH, [b"%d" % (len(body),)])
         return body
+
+    def _referrers(self, request: Request) -> bytes:
+        """
+        The referrers API: an empty image index, whatever the subject
+        (the spec forbids a 404 from a registry that has the API).  With
+        an ``artifactType`` filter, the empty list is the filtered list
+        too, and the response says the filter was applied.
+        """
+        headers = request.responseHeaders
+        headers.setRawHeaders(CONTENT_TYPE, [OCI_INDEX.encode("ascii")])
+        headers.setRawHeaders(CONTENT_LENGTH, [b"%d" % (len(_NO_REFERRERS),)])
+        if _query_value(request, b"artifactType") is not None:
+            headers.setRawHeaders(b"OCI-Filters-Applied", [b"artifactType"])
+        return b"" if request.method == HEAD else _NO_REFERRERS
 
     async def _blob(self, request: Request, route: Blob) -> Optional[bytes]:
         blob = await self._images.blob(route.digest)

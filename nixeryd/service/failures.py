@@ -30,11 +30,12 @@ from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
 from nixeryd.core.errors import Unavailable
 from nixeryd.storage.gcs.http import GCSError
+from nixeryd.storage.s3.http import S3Error
 
 #: Exceptions that mean the storage cannot be used now: Cloud Storage's
-#: errors, the network below it, and the filesystem's.
+#: and S3's errors, the network below them, and the filesystem's.
 STORAGE_FAILURES: tuple[type[BaseException], ...] = (
-    GCSError, OSError, ConnectError, ConnectionLost, ConnectTimeout,
+    GCSError, S3Error, OSError, ConnectError, ConnectionLost, ConnectTimeout,
     ResponseFailed, ResponseNeverReceived)
 
 #: Shortest time between two warnings about one kind of storage failure,

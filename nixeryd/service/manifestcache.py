@@ -90,8 +90,16 @@ class ManifestCache:
     def keep(self, image: Image) -> None:
         """
         Answer both manifests of ``image`` by digest from memory, and index
-        the blobs they name (a few kilobytes of JSON, parsed here).
+        the blobs they name (a few kilobytes of JSON, parsed here).  For an
+        image with several platforms: its index documents, and each
+        platform's image (whose blobs are indexed under its own digest).
         """
+        if image.index is not None:
+            for document in (image.index.docker, image.index.oci):
+                self._manifests.put(document.digest, document)
+            for platform_image in image.index.images:
+                self.keep(platform_image)
+            return
         for document in (image.docker, image.oci):
             self._manifests.put(document.digest, document)
             for blob in _blobs_named(document):
@@ -107,6 +115,10 @@ class ManifestCache:
         ``blob`` (forgotten from the index: the caller forgets the images).
         """
         return self._blob_users.pop(blob, None) or set()
+
+    def holds(self, digest: str) -> bool:
+        """Whether the manifest with ``digest`` is in memory."""
+        return self._manifests.get_recent(digest) is not None
 
     def forget(self, digests: set[str]) -> None:
         """Forget from memory the manifests with these digests."""

@@ -15,8 +15,6 @@ Storage in a Google Cloud Storage bucket.
   metadata server, without a key file;
 - :mod:`~nixeryd.storage.gcs.signers`: who signs blob URLs (a key, IAM
   ``signBlob``) and signed URLs reused for part of their lifetime;
-- :mod:`~nixeryd.storage.gcs.checksums`: the MD5 each blob object must
-  have, for the integrity checks;
 - :mod:`~nixeryd.storage.gcs.signing`: V4 signed URLs and JWT assertions
   (pure computation);
 - :mod:`~nixeryd.storage.gcs.http`: :class:`GCSError` and what every

@@ -36,7 +36,7 @@ Before a cache reuses a blob it is checked
 (:meth:`GCSStorage.check_blob`): the object's ``md5Hash`` against the MD5
 it was uploaded with (recorded in the cache documents, or known to this
 process), once per blob and process
-(:class:`~nixeryd.storage.gcs.checksums.ObjectChecksums`); a blob request
+(:class:`~nixeryd.storage.checksums.ObjectChecksums`); a blob request
 compares the metadata it fetches anyway, and a damaged object is never
 redirected to (:mod:`nixeryd.storage.integrity`).
 """
@@ -65,7 +65,6 @@ from nixeryd.core.threads import Runner
 from nixeryd.core import defaults
 from nixeryd.storage.gcs.auth import AccessTokenSource, TokenSource
 from nixeryd.storage.gcs.bucket import DEFAULT_API_ENDPOINT, BucketClient, ObjectResource
-from nixeryd.storage.gcs.checksums import ObjectChecksums
 from nixeryd.storage.gcs.metadata import MetadataServer
 from nixeryd.storage.gcs.signers import IAMSigner, KeySigner, Signer, SignedUrls
 from nixeryd.storage.gcs.http import GCSError, PreconditionFailed
@@ -74,6 +73,7 @@ from nixeryd.storage.gcs.objects import (
     BLOB_PREFIX, blob_digest, blob_object_name, document_key, document_object_name,
     document_prefix, file_size_and_md5, format_time, md5_base64, parse_time)
 from nixeryd.storage.gcs.signing import DEFAULT_SIGNING_ENDPOINT, ServiceAccountKey
+from nixeryd.storage.checksums import Fingerprints, ObjectChecksums
 from nixeryd.storage.integrity import BlobCheck, BlobCorrupt
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
@@ -95,6 +95,12 @@ def modified_time(resource: ObjectResource) -> float:
 def object_version(resource: ObjectResource) -> str:
     """An object's generation and metageneration, which a removal is guarded by."""
     return "%s/%s" % (resource.get("generation", ""), resource.get("metageneration", ""))
+
+
+def _md5_of(resource: ObjectResource | None) -> str | None:
+    """An object's ``md5Hash``, if it has one (composite objects do not)."""
+    md5 = resource.get("md5Hash") if resource is not None else None
+    return md5 if isinstance(md5, str) else None
 
 
 def _read_file(path: str) -> bytes:
@@ -158,8 +164,8 @@ class GCSStorage:
         self._spool = self._claim_spool(shared=spool_directory is None)
         self._simple_upload_limit = simple_upload_limit
         self._index = BucketIndex(runner, client)
-        self._checksums = ObjectChecksums()
-        self._checking: SharedWork[tuple[str, str | None], BlobCheck] = SharedWork()
+        self._checksums = ObjectChecksums("md5")
+        self._checking: SharedWork[tuple[str, Fingerprints | None], BlobCheck] = SharedWork()
 
     def _claim_spool(self, shared: bool) -> str:
         """This storage's directory in the spool; what dead writers left removed."""
@@ -247,7 +253,7 @@ class GCSStorage:
         """The object ``name`` holds its blob, whose MD5 is ``md5``."""
         digest = blob_digest(name)
         if digest is not None:
-            self._checksums.written(digest, md5)
+            self._checksums.written(digest, frozenset({md5}))
 
     async def _check_blob(self, digest: str, checksum: str | None) -> BlobCheck:
         md5 = self._checksums.expected(digest, checksum)
@@ -257,11 +263,11 @@ class GCSStorage:
         return await self._checking.wait((digest, md5), lambda: Deferred.fromCoroutine(
             self._ask_checksum(digest, md5)))
 
-    async def _ask_checksum(self, digest: str, md5: str | None) -> BlobCheck:
+    async def _ask_checksum(self, digest: str, md5: Fingerprints | None) -> BlobCheck:
         """One metadata request, judged against ``md5``."""
         name = blob_object_name(digest)
         resource = await self.client.metadata(name)
-        return self._checksums.judge(digest, md5, resource,
+        return self._checksums.judge(digest, md5, resource is not None, _md5_of(resource),
                                      "gs://%s/%s" % (self.bucket, name))
 
     async def _has_blob(self, digest: str) -> bool:
@@ -290,7 +296,8 @@ class GCSStorage:
         if resource is None:
             self._checksums.forget(digest)
             raise BlobUnknown("blob unknown to registry", {"digest": digest})
-        if self._checksums.contradicts(digest, resource, "gs://%s/%s" % (self.bucket, name)):
+        if self._checksums.contradicts(digest, _md5_of(resource),
+                                       "gs://%s/%s" % (self.bucket, name)):
             raise BlobCorrupt("blob damaged in storage", {"digest": digest})
         return RedirectBlob(url=await self.signed_url(name), digest=digest)
 
