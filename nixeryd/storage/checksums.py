@@ -21,10 +21,12 @@ refreshes an object's time, may turn one into the other).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Awaitable, Callable
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from nixeryd.core.sharedwork import SharedWork
 from nixeryd.service.lru import LRU
 from nixeryd.storage.integrity import MISSING, BlobCheck, BlobState
 
@@ -32,6 +34,8 @@ from nixeryd.storage.integrity import MISSING, BlobCheck, BlobState
 REMEMBERED_BLOBS = 100_000
 
 Fingerprints = frozenset[str]
+#: Looks an object up: whether it exists, and its fingerprint (if any).
+Look = Callable[[], Awaitable[tuple[bool, "str | None"]]]
 
 
 def _always(observed: str) -> bool:
@@ -62,6 +66,26 @@ class ObjectChecksums:
         self._comparable = comparable
         self._first_use = first_use
         self._known: LRU[str, tuple[Fingerprints, bool]] = LRU(size)
+        self._asking: SharedWork[tuple[str, Fingerprints | None], BlobCheck] = SharedWork()
+
+    async def check(self, digest: str, checksum: str | None, look: Look,
+                    where: str) -> BlobCheck:
+        """
+        The check of a blob against ``checksum`` (or what is known here):
+        from memory when the object was seen right in this process, else
+        with one ``look`` (shared by concurrent callers).
+        """
+        expected = self.expected(digest, checksum)
+        confirmed = self.confirmed(digest, expected)
+        if confirmed is not None:
+            return confirmed
+        return await self._asking.wait((digest, expected), lambda: Deferred.fromCoroutine(
+            self._ask(digest, expected, look, where)))
+
+    async def _ask(self, digest: str, expected: Fingerprints | None, look: Look,
+                   where: str) -> BlobCheck:
+        exists, observed = await look()
+        return self.judge(digest, expected, exists, observed, where)
 
     def checksum(self, fingerprints: Fingerprints) -> str:
         """The checksum to record for these fingerprints."""

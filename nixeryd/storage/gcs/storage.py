@@ -60,7 +60,6 @@ from treq.client import HTTPClient
 from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown
 from nixeryd.core.httpbody import BodyTooLarge
-from nixeryd.core.sharedwork import SharedWork
 from nixeryd.core.threads import Runner
 from nixeryd.core import defaults
 from nixeryd.storage.gcs.auth import AccessTokenSource, TokenSource
@@ -73,7 +72,7 @@ from nixeryd.storage.gcs.objects import (
     BLOB_PREFIX, blob_digest, blob_object_name, document_key, document_object_name,
     document_prefix, file_size_and_md5, format_time, md5_base64, parse_time)
 from nixeryd.storage.gcs.signing import DEFAULT_SIGNING_ENDPOINT, ServiceAccountKey
-from nixeryd.storage.checksums import Fingerprints, ObjectChecksums
+from nixeryd.storage.checksums import ObjectChecksums
 from nixeryd.storage.integrity import BlobCheck, BlobCorrupt
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
@@ -165,7 +164,6 @@ class GCSStorage:
         self._simple_upload_limit = simple_upload_limit
         self._index = BucketIndex(runner, client)
         self._checksums = ObjectChecksums("md5")
-        self._checking: SharedWork[tuple[str, Fingerprints | None], BlobCheck] = SharedWork()
 
     def _claim_spool(self, shared: bool) -> str:
         """This storage's directory in the spool; what dead writers left removed."""
@@ -256,19 +254,14 @@ class GCSStorage:
             self._checksums.written(digest, frozenset({md5}))
 
     async def _check_blob(self, digest: str, checksum: str | None) -> BlobCheck:
-        md5 = self._checksums.expected(digest, checksum)
-        confirmed = self._checksums.confirmed(digest, md5)
-        if confirmed is not None:
-            return confirmed
-        return await self._checking.wait((digest, md5), lambda: Deferred.fromCoroutine(
-            self._ask_checksum(digest, md5)))
-
-    async def _ask_checksum(self, digest: str, md5: Fingerprints | None) -> BlobCheck:
-        """One metadata request, judged against ``md5``."""
         name = blob_object_name(digest)
-        resource = await self.client.metadata(name)
-        return self._checksums.judge(digest, md5, resource is not None, _md5_of(resource),
-                                     "gs://%s/%s" % (self.bucket, name))
+
+        async def look() -> tuple[bool, str | None]:
+            resource = await self.client.metadata(name)
+            return resource is not None, _md5_of(resource)
+
+        return await self._checksums.check(digest, checksum, look,
+                                           "gs://%s/%s" % (self.bucket, name))
 
     async def _has_blob(self, digest: str) -> bool:
         return await self.client.metadata(blob_object_name(digest)) is not None

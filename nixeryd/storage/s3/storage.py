@@ -56,7 +56,6 @@ from treq.client import HTTPClient
 from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown
 from nixeryd.core.httpbody import BodyTooLarge
-from nixeryd.core.sharedwork import SharedWork
 from nixeryd.core.threads import Runner
 from nixeryd.storage.canonical import uri_encode_path
 from nixeryd.storage.gcs.objects import (
@@ -179,7 +178,6 @@ class S3Storage:
         # (a refresh, a copy onto itself, may turn a multipart ETag into one).
         self._checksums = ObjectChecksums("etag", comparable=_content_etag,
                                           first_use=_plain_md5)
-        self._checking: SharedWork[tuple[str, Fingerprints | None], BlobCheck] = SharedWork()
 
     def _s3(self, key: str) -> str:
         return "s3://%s/%s" % (self.bucket, key)
@@ -278,19 +276,13 @@ class S3Storage:
             self._checksums.written(digest, etags)
 
     async def _check_blob(self, digest: str, checksum: str | None) -> BlobCheck:
-        etags = self._checksums.expected(digest, checksum)
-        confirmed = self._checksums.confirmed(digest, etags)
-        if confirmed is not None:
-            return confirmed
-        return await self._checking.wait((digest, etags), lambda: Deferred.fromCoroutine(
-            self._ask_checksum(digest, etags)))
-
-    async def _ask_checksum(self, digest: str, etags: Fingerprints | None) -> BlobCheck:
-        """One HEAD, judged against ``etags``."""
         key = blob_object_name(digest)
-        found = await self.client.head(key)
-        return self._checksums.judge(digest, etags, found is not None,
-                                     found.etag if found is not None else None, self._s3(key))
+
+        async def look() -> tuple[bool, str | None]:
+            found = await self.client.head(key)
+            return found is not None, found.etag if found is not None else None
+
+        return await self._checksums.check(digest, checksum, look, self._s3(key))
 
     async def _has_blob(self, digest: str) -> bool:
         return await self.client.head(blob_object_name(digest)) is not None
