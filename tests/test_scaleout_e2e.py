@@ -8,6 +8,8 @@ is pulled by skopeo from every daemon, with the same digests everywhere.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 
@@ -50,6 +52,22 @@ class ThreeDaemonsEndToEnd(DaemonTestCase):
             if time.monotonic() > ends:
                 raise AssertionError("no build started:\n" + registry.log_text())
             time.sleep(0.1)
+
+    def split_pull(self, registries: tuple[Daemon, ...], image: str) -> None:
+        """
+        The manifest from one daemon, the config and each layer from the
+        next ones in turn (redirects followed), every digest checked.
+        """
+        status, _, body = registries[0].request("/v2/%s/manifests/latest" % (image,))
+        self.assertEqual(status, 200, body)
+        manifest = json.loads(body)
+        blobs = [manifest["config"]] + manifest["layers"]
+        for index, descriptor in enumerate(blobs):
+            registry = registries[1 + index % (len(registries) - 1)]
+            status, _, data = registry.request("/v2/%s/blobs/%s" % (image, descriptor["digest"]))
+            self.assertEqual(status, 200)
+            self.assertEqual("sha256:" + hashlib.sha256(data).hexdigest(), descriptor["digest"])
+            self.assertEqual(len(data), descriptor["size"])
 
     async def test_three_daemons_one_bucket(self) -> None:
         from twisted.internet import reactor
@@ -107,6 +125,8 @@ class ThreeDaemonsEndToEnd(DaemonTestCase):
             await gatherResults([deferToThread(self.pull, registry, image)
                                  for registry in registries])
         self.assertEqual([self.builds(registry) for registry in registries], [3, 1, 0])
+        # No stickiness: one pull's requests spread over the daemons.
+        await deferToThread(self.split_pull, registries, "toolb")
         for registry in registries:
             self.assertNotIn("damaged", registry.log_text())
             self.assertNotIn("Traceback", registry.log_text())
