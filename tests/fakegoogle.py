@@ -50,7 +50,8 @@ class FakeGoogle:
     :ivar lifetime: the ``expires_in`` of each token handed out.
     :ivar tokens: the tokens handed out, in order.
     :ivar signed: every ``signBlob`` call.
-    :ivar refused: requests refused (no ``Metadata-Flavor``, a bad token).
+    :ivar refused: requests refused (no ``Metadata-Flavor``, a bad token,
+        a forbidden account).
     """
 
     key: ServiceAccountKey
@@ -59,6 +60,9 @@ class FakeGoogle:
     emails_asked: int = 0
     signed: list[SignCall] = Factory(list)
     refused: list[str] = Factory(list)
+    #: Accounts ``signBlob`` refuses to sign for (403, as for a caller
+    #: without ``iam.serviceAccounts.signBlob`` on them).
+    forbidden: set[str] = Factory(set)
 
 
 class _Metadata(Resource):
@@ -106,6 +110,12 @@ class _IAM(Resource):
             self.state.refused.append("signBlob with token %r" % (token,))
             request.setResponseCode(401)
             return b'{"error": {"code": 401}}'
+        if account in self.state.forbidden:
+            self.state.refused.append("signBlob for %s" % (account,))
+            request.setResponseCode(403)
+            return json.dumps({"error": {"code": 403, "message": "Permission"
+                               " 'iam.serviceAccounts.signBlob' denied on resource (or it may"
+                               " not exist).", "status": "PERMISSION_DENIED"}}).encode()
         assert request.content is not None
         body: Any = json.loads(request.content.read())
         payload = base64.b64decode(body["payload"])

@@ -29,6 +29,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from treq.client import HTTPClient
 
 from nixeryd.core.documents import RedirectBlob
+from nixeryd.storage.gcs.http import GCSError
 from nixeryd.storage.gcs.metadata import MetadataServer
 from nixeryd.storage.gcs.signers import IAMSigner, SignedUrls
 from nixeryd.storage.gcs.signing import unsigned_url_v4
@@ -121,6 +122,20 @@ class KeylessTests(EmulatorTestCase):
         self.assertEqual([call.account for call in self.google.signed], [account])
         self.assertTrue(query_of(blob.url)["X-Goog-Credential"].startswith(account + "/"))
         self.assertEqual(self.google.emails_asked, 0)
+
+    async def test_account_that_may_not_sign_fails_the_check(self) -> None:
+        """
+        A signing account the caller may not sign for is found by the
+        start-up check (one URL signed), with IAM's reason.
+        """
+        account = "no-grant@test-project.iam.gserviceaccount.com"
+        self.google.forbidden.add(account)
+        storage = self.keyless_storage(signing_account=account)
+        with self.assertRaises(GCSError) as caught:
+            await storage.check_bucket()
+        self.assertIn("iam.serviceAccounts.signBlob", str(caught.exception))
+        self.assertIn(account, str(caught.exception))
+        await self.keyless_storage().check_bucket()
 
     async def test_public_bucket_unsigned(self) -> None:
         """``--gcs-public`` gives plain URLs: nothing is signed."""

@@ -81,6 +81,8 @@ from nixeryd.storage.ociindex import Descriptor, descriptor
 from nixeryd.storage.tempdirs import WriterDirectory, claim_swept, release
 
 DOCUMENT_LIMIT = 16 * 1024 * 1024
+#: The object a URL is signed for at start-up, to find a signer that cannot sign.
+SIGNING_PROBE = "nixeryd/startup/signing-probe"
 #: Files up to this size are uploaded in one request, larger ones resumably.
 DEFAULT_SIMPLE_UPLOAD_LIMIT = 5 * 1024 * 1024
 
@@ -363,10 +365,17 @@ class GCSStorage:
 
     def check_bucket(self) -> Deferred[None]:
         """
-        Make sure the bucket exists and the credentials may use it; fails
-        with :class:`GCSError` and an explanation otherwise.
+        Make sure the bucket exists, the credentials may use it and blob
+        URLs can be signed (through IAM, the account may sign); fails with
+        :class:`GCSError` and an explanation otherwise.
         """
-        return Deferred.fromCoroutine(self.client.check_bucket())
+        return Deferred.fromCoroutine(self._check_bucket())
+
+    async def _check_bucket(self) -> None:
+        await self.client.check_bucket()
+        if self._urls is not None:
+            await self._urls.url(bucket=self.bucket, object_name=SIGNING_PROBE,
+                                 method="GET", endpoint=self._signing_endpoint)
 
     # -- IStorage ---------------------------------------------------------
 
