@@ -40,6 +40,8 @@ let
     // optional "S3_PUBLIC_URL" cfg.s3PublicUrl
     // optional "AWS_SHARED_CREDENTIALS_FILE" cfg.awsSharedCredentialsFile
     // optional "AWS_PROFILE" cfg.awsProfile
+    // lib.optionalAttrs cfg.gcsPublic { GCS_PUBLIC = "1"; }
+    // optional "GCS_SIGNING_ACCOUNT" cfg.gcsSigningAccount
     // optional "NIX_TIMEOUT" cfg.nixTimeout
     // optional "NIX_POPULARITY_URL" cfg.popularityUrl
     // optional "NIXERY_MAX_BUILDS" cfg.maxBuilds
@@ -207,6 +209,22 @@ in
       type = types.nullOr types.str;
       default = null;
       description = "Profile of the shared credentials file (AWS_PROFILE; default).";
+    };
+
+    gcsPublic = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Redirect blob requests to plain, unsigned URLs of a public bucket (GCS_PUBLIC).";
+    };
+
+    gcsSigningAccount = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = ''
+        Without a key file, the service account that signs blob URLs through
+        IAM signBlob (GCS_SIGNING_ACCOUNT; by default the metadata server's
+        default account).
+      '';
     };
 
     nixTimeout = mkOption {

@@ -33,6 +33,8 @@ class DefaultsTests(SynchronousTestCase):
             listen="tcp:8080", source=SourceSetting("path", "/srv/pkgs"),
             storage_backend="filesystem", storage_path="/srv/storage",
             gcs_bucket=None, google_credentials=None, gcs_endpoint=None,
+            gcs_public=False, gcs_signing_account=None, gce_metadata_host=None,
+            gcs_iam_endpoint="https://iamcredentials.googleapis.com",
             nix_timeout=600.0,
             popularity_url=None, max_builds=2, layer_budget=94, nix_options=(),
             layer_threads=4))
@@ -150,17 +152,39 @@ class StorageTests(SynchronousTestCase):
         error = self.assertRaises(UsageError, build, NIXERY_STORAGE_BACKEND="gcs")
         self.assertIn("GCS_BUCKET", str(error))
 
-    def test_gcs_needs_key_or_emulator(self) -> None:
+    def test_gcs_without_key(self) -> None:
         """
-        Real Cloud Storage needs a key file; an emulator alone is enough.
+        Real Cloud Storage without a key file is configured (the metadata
+        server gives its credentials, checked at start-up); an emulator
+        alone is enough too.
         """
-        error = self.assertRaises(UsageError, build, NIXERY_STORAGE_BACKEND="gcs",
-                                  GCS_BUCKET="b")
-        self.assertIn("GOOGLE_APPLICATION_CREDENTIALS", str(error))
+        config = build(NIXERY_STORAGE_BACKEND="gcs", GCS_BUCKET="b")
+        self.assertEqual((config.google_credentials, config.gcs_endpoint,
+                          config.gce_metadata_host, config.gcs_public), (None, None, None, False))
         config = build(NIXERY_STORAGE_BACKEND="gcs", GCS_BUCKET="b",
                        STORAGE_EMULATOR_HOST="127.0.0.1:9023")
         self.assertEqual((config.google_credentials, config.gcs_endpoint),
                          (None, "http://127.0.0.1:9023"))
+
+    def test_gcs_keyless_settings(self) -> None:
+        """
+        The public flag, the signing account, the metadata server and the
+        IAM endpoint come from options or their variables.
+        """
+        config = build(NIXERY_STORAGE_BACKEND="gcs", GCS_BUCKET="b", GCS_PUBLIC="yes",
+                       GCS_SIGNING_ACCOUNT="signer@p.iam.gserviceaccount.com",
+                       GCE_METADATA_HOST="127.0.0.1:8999",
+                       GCS_IAM_ENDPOINT="http://127.0.0.1:9000")
+        self.assertEqual((config.gcs_public, config.gcs_signing_account,
+                          config.gce_metadata_host, config.gcs_iam_endpoint),
+                         (True, "signer@p.iam.gserviceaccount.com", "127.0.0.1:8999",
+                          "http://127.0.0.1:9000"))
+        self.assertTrue(build({"gcs-public": 1}, NIXERY_STORAGE_BACKEND="gcs",
+                              GCS_BUCKET="b").gcs_public)
+        self.assertFalse(build(NIXERY_STORAGE_BACKEND="gcs", GCS_BUCKET="b",
+                               GCS_PUBLIC="0").gcs_public)
+        self.assertRaises(UsageError, build, NIXERY_STORAGE_BACKEND="gcs", GCS_BUCKET="b",
+                          GCS_PUBLIC="maybe")
 
     def test_unknown_backend(self) -> None:
         """Backends other than filesystem, gcs and s3 are refused."""

@@ -26,6 +26,10 @@ from nixeryd.app.settings import (
     KEEP_BUILDS,
     GCS_BUCKET,
     GCS_ENDPOINT,
+    GCS_IAM_ENDPOINT,
+    GCS_PUBLIC,
+    GCS_SIGNING_ACCOUNT,
+    GCE_METADATA_HOST,
     HEAD_TIMEOUT,
     IDLE_TIMEOUT,
     LAYER_BUDGET,
@@ -95,6 +99,13 @@ class StorageConfig:
     :ivar gcs_endpoint: a GCS emulator's ``http://host:port``, or ``None``
         for Google Cloud Storage itself.
     :ivar s3: the bucket (s3 backend).
+    :ivar gcs_public: blob URLs are plain, unsigned ones (a public bucket).
+    :ivar gcs_signing_account: the account that signs blob URLs through
+        IAM without a key file, or ``None`` for the metadata server's.
+    :ivar gce_metadata_host: the metadata server's ``host[:port]``, or
+        ``None`` when not given (then the default one, on Cloud Storage
+        itself only).
+    :ivar gcs_iam_endpoint: the IAM Credentials API.
     """
 
     storage_backend: str
@@ -103,6 +114,10 @@ class StorageConfig:
     google_credentials: Optional[str]
     gcs_endpoint: Optional[str]
     s3: Optional[S3Config] = field(default=None, kw_only=True)
+    gcs_public: bool = field(default=False, kw_only=True)
+    gcs_signing_account: Optional[str] = field(default=None, kw_only=True)
+    gce_metadata_host: Optional[str] = field(default=None, kw_only=True)
+    gcs_iam_endpoint: str = field(default=GCS_IAM_ENDPOINT.default, kw_only=True)
 
 
 @frozen
@@ -280,17 +295,16 @@ def storage_config_from(options: Mapping[str, object],
         raise UsageError("gcs storage needs a bucket: set GCS_BUCKET (or --gcs-bucket)")
     credentials = environ.get("GOOGLE_APPLICATION_CREDENTIALS") or None
     endpoint = _gcs_endpoint(options, environ)
-    if backend == "gcs" and credentials is None and endpoint is None:
-        # Real Cloud Storage is reached with tokens from a key; only an
-        # emulator is used without one.
-        raise UsageError(
-            "GCS storage needs a service account key file: set"
-            " GOOGLE_APPLICATION_CREDENTIALS to its path (or STORAGE_EMULATOR_HOST"
-            " or --gcs-endpoint to an emulator)")
+    # Without a key file, real Cloud Storage is reached with the metadata
+    # server's tokens; the start-up checks say what to set when there is none.
     return StorageConfig(
         storage_backend=backend, storage_path=storage_path, gcs_bucket=gcs_bucket,
         google_credentials=credentials, gcs_endpoint=endpoint,
-        s3=_s3_config(options, environ) if backend == "s3" else None)
+        s3=_s3_config(options, environ) if backend == "s3" else None,
+        gcs_public=GCS_PUBLIC.read(options, environ),
+        gcs_signing_account=GCS_SIGNING_ACCOUNT.given(options, environ),
+        gce_metadata_host=GCE_METADATA_HOST.given(options, environ),
+        gcs_iam_endpoint=GCS_IAM_ENDPOINT.read(options, environ))
 
 
 def config_from(options: Mapping[str, object], environ: Mapping[str, str]) -> Config:
@@ -323,6 +337,10 @@ def config_from(options: Mapping[str, object], environ: Mapping[str, str]) -> Co
         google_credentials=storage.google_credentials,
         gcs_endpoint=storage.gcs_endpoint,
         s3=storage.s3,
+        gcs_public=storage.gcs_public,
+        gcs_signing_account=storage.gcs_signing_account,
+        gce_metadata_host=storage.gce_metadata_host,
+        gcs_iam_endpoint=storage.gcs_iam_endpoint,
         nix_timeout=nix_timeout,
         popularity_url=POPULARITY_URL.given(options, environ),
         max_builds=max_builds,

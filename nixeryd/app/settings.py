@@ -41,6 +41,16 @@ def _positive_seconds(seconds: float) -> bool:
     return math.isfinite(seconds) and seconds > 0
 
 
+def _boolean(text: str) -> bool:
+    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
 def _shown(value: object) -> str:
     """A default as the help shows it: ``600``, not ``600.0``."""
     return format(value, "g") if isinstance(value, float) else str(value)
@@ -61,6 +71,8 @@ class Setting(Generic[T]):
     :ivar check: whether a converted value is in range.
     :ivar unit: said after the name in messages, e.g. ``seconds``.
     :ivar variable_note: said after the variable in help texts.
+    :ivar flag: an option without a value (``optFlags``: :func:`flags`);
+        given, it reads as ``"1"``; its variable takes a boolean.
     """
 
     option: str
@@ -71,6 +83,7 @@ class Setting(Generic[T]):
     check: Callable[[T], bool] = _anything
     unit: str = ""
     variable_note: str = ""
+    flag: bool = False
 
     def describe(self, variables: bool) -> str:
         """
@@ -78,7 +91,7 @@ class Setting(Generic[T]):
         the environment) its variable.
         """
         text = self.help
-        if self.default is not None:
+        if self.default is not None and not self.flag:
             text += " (default %s)" % (_shown(self.default),)
         if variables and self.variable is not None:
             text += " [%s%s]" % (self.variable, self.variable_note)
@@ -108,6 +121,8 @@ class Setting(Generic[T]):
             reads only its command line.
         """
         value = options.get(self.option)
+        if self.flag:
+            value = "1" if value else None
         if value is not None and value != "":
             return str(value)
         if environ is not None and self.variable is not None:
@@ -322,9 +337,31 @@ GRACE = Setting(
     defaults.GC_GRACE_HOURS, float,
     check=lambda hours: math.isfinite(hours) and hours >= 0, unit="hours")
 
+# Cloud Storage without a key file: the metadata server's tokens, URLs
+# signed through IAM or not at all.
+GCS_PUBLIC = Setting(
+    "gcs-public", "Redirect blob requests to plain, unsigned URLs of a public bucket"
+    " (readable by allUsers) instead of signed ones", False, _boolean, "GCS_PUBLIC",
+    flag=True)
+GCS_SIGNING_ACCOUNT = _text(
+    "gcs-signing-account", "Service account that signs blob URLs through IAM signBlob"
+    " when there is no key file (by default the metadata server's default account)",
+    "GCS_SIGNING_ACCOUNT")
+GCE_METADATA_HOST = Setting(
+    "gce-metadata-host", "Metadata server (host[:port]) giving tokens when there is no"
+    " key file; given, it is used with an emulator too", defaults.GCE_METADATA_HOST, str,
+    "GCE_METADATA_HOST")
+GCS_IAM_ENDPOINT = Setting(
+    "gcs-iam-endpoint", "IAM Credentials API that signs blob URLs without a key file",
+    defaults.GCS_IAM_ENDPOINT, str, "GCS_IAM_ENDPOINT")
+#: The credentials of Cloud Storage beside a key file.
+GCS_CREDENTIAL_SETTINGS: tuple[Setting[Any], ...] = (
+    GCS_PUBLIC, GCS_SIGNING_ACCOUNT, GCE_METADATA_HOST, GCS_IAM_ENDPOINT)
+
 #: Where images are stored: the options the daemon and ``nixeryd gc`` share.
 STORAGE_SETTINGS: tuple[Setting[Any], ...] = (
-    STORAGE_BACKEND, STORAGE_PATH, GCS_BUCKET, GCS_ENDPOINT, *S3_SETTINGS)
+    STORAGE_BACKEND, STORAGE_PATH, GCS_BUCKET, GCS_ENDPOINT, *GCS_CREDENTIAL_SETTINGS,
+    *S3_SETTINGS)
 
 #: The package sources, as ``(kind, setting)`` in the order they are
 #: chosen; the kinds are the keyword arguments of
@@ -428,8 +465,14 @@ def read_nix_options(options: Mapping[str, object],
 
 
 def parameters(settings: Sequence[Setting[Any]], variables: bool) -> list[list[Any]]:
-    """The ``optParameters`` of ``settings``."""
-    return [setting.parameter(variables) for setting in settings]
+    """The ``optParameters`` of ``settings`` (flags left out: :func:`flags`)."""
+    return [setting.parameter(variables) for setting in settings if not setting.flag]
+
+
+def flags(settings: Sequence[Setting[Any]], variables: bool) -> list[list[Any]]:
+    """The ``optFlags`` of the flags among ``settings``."""
+    return [[setting.option, None, setting.describe(variables)]
+            for setting in settings if setting.flag]
 
 
 class ImageOptions(usage.Options):

@@ -77,8 +77,11 @@ def storage_maker(config: StorageConfig, reactor: IReactorTCP, *,
                 % (e,), EXIT_USAGE) from None
 
         def gcs_storage(runner: Runner) -> IStorage:
-            return build_gcs_storage(reactor, runner, bucket, key, config.gcs_endpoint,
-                                     retry_observer=retry_observer)
+            return build_gcs_storage(
+                reactor, runner, bucket, key, config.gcs_endpoint,
+                public=config.gcs_public, metadata_host=config.gce_metadata_host,
+                signing_account=config.gcs_signing_account,
+                iam_endpoint=config.gcs_iam_endpoint, retry_observer=retry_observer)
 
         return gcs_storage
 
@@ -140,6 +143,7 @@ async def open_storage(config: StorageConfig, reactor: IReactorTCP, runner: Runn
     """
     if config.storage_backend == "gcs":
         from nixeryd.storage.gcs import GCSError, GCSStorage
+        from nixeryd.storage.gcs.metadata import NoCredentials
 
         maker = await runner.run(storage_maker, config, reactor)
         try:
@@ -149,6 +153,11 @@ async def open_storage(config: StorageConfig, reactor: IReactorTCP, runner: Runn
         assert isinstance(storage, GCSStorage)
         try:
             await storage.check_bucket()
+        except NoCredentials as e:
+            # Nothing to retry: a setting to give (exit code 2).
+            await storage.close()
+            raise StartupFailed("%s cannot be used: %s" % (storage_words(config)[0], e),
+                                EXIT_USAGE) from None
         except BaseException:
             await storage.close()
             raise

@@ -20,6 +20,7 @@ from nixeryd.app.config import Config, config_from
 from nixeryd.app.settings import (
     CHANNEL,
     GCS_BUCKET,
+    GCS_CREDENTIAL_SETTINGS,
     GCS_ENDPOINT,
     S3_SETTINGS,
     HEAD_TIMEOUT,
@@ -45,6 +46,7 @@ from nixeryd.app.settings import (
     PRIVATE_SETTINGS,
     PLATFORMS,
     ImageOptions,
+    flags,
     parameters,
 )
 
@@ -81,8 +83,9 @@ class Options(ImageOptions):
          GCS_BUCKET, GCS_ENDPOINT, *S3_SETTINGS, NIX_TIMEOUT, POPULARITY_URL, MAX_BUILDS,
          LAYER_BUDGET, THREADS, KEEP_BUILDS, BUILD_LOG_LINES, MAX_QUEUE, FAILURE_TTL,
          HEAD_TIMEOUT, IDLE_TIMEOUT, STALL_TIMEOUT, MAX_CONNECTIONS_PER_CLIENT,
-         MAX_CONNECTIONS, PLATFORMS, *PRIVATE_SETTINGS],
+         MAX_CONNECTIONS, PLATFORMS, *GCS_CREDENTIAL_SETTINGS, *PRIVATE_SETTINGS],
         variables=True)
+    optFlags = flags(GCS_CREDENTIAL_SETTINGS, variables=True)
 
     config: Config
 

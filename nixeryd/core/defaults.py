@@ -117,6 +117,16 @@ S3_REGION = "us-east-1"
 #: follow the redirect and download a large layer's first byte, short
 #: enough that a URL passed on soon stops working (as GCS's signed URLs).
 S3_URL_LIFETIME = 300
+#: Where the GCE/GKE metadata server answers (``host[:port]``), which gives
+#: tokens (and the signing account) without a key file, as Google's client
+#: libraries find it; ``GCE_METADATA_HOST`` names another.
+GCE_METADATA_HOST = "metadata.google.internal"
+#: The IAM Credentials API, which signs blob URLs with the key Google holds
+#: for a service account (``signBlob``) when no key file is given.
+GCS_IAM_ENDPOINT = "https://iamcredentials.googleapis.com"
+#: The part of a signed blob URL's lifetime during which it is handed out
+#: again (signing through IAM is a request per URL).
+GCS_SIGNED_URL_REUSE = 0.5
 
 # -- private instances: authentication, tokens, TLS, limits per client ---------
 #: The token service name (the ``service`` of challenges, tokens' ``aud``).

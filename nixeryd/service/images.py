@@ -41,7 +41,8 @@ the daemon rarely answers from memory an image the garbage collector
 removed.  When it does, the first blob found gone (``BLOB_UNKNOWN`` to a
 client, or a manifest cache lookup) has every image in memory naming it
 forgotten, so that the next pull looks in storage and builds again what
-is missing.
+is missing.  A blob found damaged by a blob request has those images made
+again before it is answered (:mod:`nixeryd.service.repairs`).
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ from nixeryd.service.slots import NixSlots
 from nixeryd.service.failures import STORAGE_FAILURES
 from nixeryd.service.lru import LRU
 from nixeryd.service.pulls import NotRecorded, PullRecorder, Pulls
+from nixeryd.service.repairs import BlobRepairs
+from nixeryd.storage.integrity import BlobCorrupt
 from nixeryd.service.manifestcache import (MANIFEST_FORMAT_VERSION, ManifestCache,
                                            cache_key, storage_failed)
 
@@ -200,6 +203,7 @@ class ImageService(MultiService):
         self._stopping = False
         self._instruments = instruments
         self._cache = ManifestCache(storage, instruments, on_broken=self._forget_broken)
+        self._repairs = BlobRepairs(self._locate_blob, self._forget_users, self.image)
         self._tags: LRU[str, set[str]] = LRU(MEMORY_IMAGES)
         self._pulls: Pulls = pulls if pulls is not None else NotRecorded()
         if isinstance(pulls, PullRecorder):
@@ -430,12 +434,19 @@ class ImageService(MultiService):
 
     async def blob(self, digest: str) -> LocalBlob | RedirectBlob:
         """
-        Where the blob with ``digest`` is; fails with ``BlobUnknown``, or
-        ``Unavailable`` when storage cannot be used now.
+        Where the blob with ``digest`` is, made again first if storage
+        holds it damaged; fails with ``BlobUnknown``, or ``Unavailable``
+        when storage cannot be used now.
         """
         check_digest(digest)
+        return await self._repairs.blob(digest)
+
+    async def _locate_blob(self, digest: str) -> LocalBlob | RedirectBlob:
+        """Where the blob is, in storage; :class:`BlobCorrupt` when damaged."""
         try:
             where: LocalBlob | RedirectBlob = await self._storage.blob(digest)
+        except BlobCorrupt:
+            raise
         except BlobUnknown:
             self._forget_broken(self._cache.images_using(digest), digest)
             raise
@@ -471,7 +482,19 @@ class ImageService(MultiService):
             self.log.info("Forgot from memory {count} images and {manifests} manifests"
                           " nobody pulled lately", count=forgotten, manifests=manifests)
 
-    def _forget_broken(self, images: set[str], blob: str | None = None) -> None:
+    def _forget_users(self, blob: str) -> list[tuple[str, str]]:
+        """
+        Forget from memory the images naming a damaged ``blob``; the names
+        and tags they were asked for by, to make them again.
+        """
+        images = self._cache.images_using(blob)
+        names = sorted(key for key, (image, _) in self._warm.items()
+                       if image.docker.digest in images)
+        self._forget_broken(images, blob, "holds a damaged")
+        return names
+
+    def _forget_broken(self, images: set[str], blob: str | None = None,
+                       how: str = "lacks") -> None:
         """
         Forget from memory the images with these Docker manifest digests:
         storage lacks a blob of theirs (``blob`` when known), so their next
@@ -488,9 +511,10 @@ class ImageService(MultiService):
                     manifests.update(document.digest for document in image.documents())
                     forgotten += 1
         self._cache.forget(manifests)
-        self.log.warn("Storage lacks {blob} of images held in memory (removed by garbage"
-                      " collection?): forgot {count} of their names and tags",
-                      blob=blob or "a blob", count=forgotten, images=sorted(images))
+        self.log.warn("Storage {how} {blob} of images held in memory{why}: forgot {count}"
+                      " of their names and tags", how=how, blob=blob or "a blob",
+                      why=" (removed by garbage collection?)" if how == "lacks" else "",
+                      count=forgotten, images=sorted(images))
 
     def _fresh(self, entry: _Entry | None) -> Image | None:
         """The image of a memory entry ``(image, expiry)`` unless it expired."""

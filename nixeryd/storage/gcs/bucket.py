@@ -35,7 +35,7 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from treq.client import HTTPClient
 
 from nixeryd.core.threads import Runner
-from nixeryd.storage.gcs.auth import AccessTokenSource
+from nixeryd.storage.gcs.auth import TokenSource
 from nixeryd.storage.gcs.filebody import FileRegionProducer
 from nixeryd.storage.gcs.http import (
     GCSError, PreconditionFailed, cancel_after, drain, error_for, read_complete)
@@ -126,7 +126,7 @@ class BucketClient:
     def __init__(self, clock: IReactorTime, runner: Runner, http: HTTPClient,
                  pool: HTTPConnectionPool, bucket: str, *,
                  endpoint: str = DEFAULT_API_ENDPOINT,
-                 token_source: AccessTokenSource | None = None,
+                 token_source: TokenSource | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE,
                  read_size: int = DEFAULT_READ_SIZE,
                  request_timeout: float = 300,

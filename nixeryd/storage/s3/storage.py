@@ -26,10 +26,19 @@ that exists, or reusing it, copies it onto itself with a new
 servers backed by rclone take the time from that field.  A removal looks
 the object up in a listing first and deletes it only if it is still the
 version listed, with ``If-Match`` on its ETag where the server checks it.
+
+Before a cache reuses a blob it is checked (:meth:`S3Storage.check_blob`):
+the object's ETag against those the blob may show (its MD5, or its
+multipart form), recorded in the cache documents or known to this
+process, once per blob and process
+(:class:`~nixeryd.storage.checksums.ObjectChecksums`); a blob request
+compares the ETag its HEAD fetches anyway, and a damaged object is never
+redirected to (:mod:`nixeryd.storage.integrity`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -52,6 +61,8 @@ from nixeryd.storage.canonical import uri_encode_path
 from nixeryd.storage.gcs.objects import (
     BLOB_PREFIX, blob_digest, blob_object_name, document_key, document_object_name,
     document_prefix)
+from nixeryd.storage.checksums import Fingerprints, ObjectChecksums
+from nixeryd.storage.integrity import BlobCheck, BlobCorrupt
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
 from nixeryd.storage.naming import check_index_entry
@@ -73,6 +84,20 @@ DEFAULT_PART_SIZE = 16 * 1024 * 1024
 STALE_UPLOAD_SECONDS = 24 * 3600.0
 
 _PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")
+#: An ETag that says what the content is: an MD5, or a multipart upload's.
+_CONTENT_ETAG = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")
+
+
+def _content_etag(etag: str) -> bool:
+    return _CONTENT_ETAG.fullmatch(etag) is not None
+
+
+def _plain_md5(etag: str) -> bool:
+    return _PLAIN_MD5.fullmatch(etag) is not None
+
+
+def _md5_hex(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
 
 
 def object_version(found: ObjectInfo) -> str:
@@ -149,6 +174,10 @@ class S3Storage:
                 live=swept.live, entries=list(swept.removed))
         self._spool = self._writer.path
         self._index = S3Index(runner, client)
+        # Taken as the blob's when nothing was recorded: a plain MD5 only
+        # (a refresh, a copy onto itself, may turn a multipart ETag into one).
+        self._checksums = ObjectChecksums("etag", comparable=_content_etag,
+                                          first_use=_plain_md5)
 
     def _s3(self, key: str) -> str:
         return "s3://%s/%s" % (self.bucket, key)
@@ -178,6 +207,7 @@ class S3Storage:
             return True
         if _same_content(existing, plan):
             await self._refresh_quietly(key)
+            self._written(key, plan.etags())
             return False
         self.log.warn("{target} differs from its digest (size {stored}, ETag {etag},"
                       " expected {size}); replacing it", target=self._s3(key),
@@ -195,6 +225,7 @@ class S3Storage:
                 await self._upload_multipart(key, path, plan)
             else:
                 await self.client.put_file(key, path, plan.parts[0])
+            self._written(key, plan.etags())
         finally:
             await self._runner.run(_remove_quietly, path)
 
@@ -229,11 +260,29 @@ class S3Storage:
 
     async def _store_bytes(self, data: bytes, digest: str) -> None:
         key = blob_object_name(digest)
+        md5 = await self._runner.run(_md5_hex, data)
         existing = await self.client.head(key)
-        if existing is not None and existing.size == len(data):
+        if existing is not None and existing.size == len(data) and (
+                existing.etag == md5 or not _plain_md5(existing.etag)):
             await self._refresh_quietly(key)
-            return
-        await self.client.put_bytes(key, data)
+        else:
+            await self.client.put_bytes(key, data)
+        self._written(key, frozenset({md5}))
+
+    def _written(self, key: str, etags: Fingerprints) -> None:
+        """The object ``key`` holds its blob, which shows one of ``etags``."""
+        digest = blob_digest(key)
+        if digest is not None:
+            self._checksums.written(digest, etags)
+
+    async def _check_blob(self, digest: str, checksum: str | None) -> BlobCheck:
+        key = blob_object_name(digest)
+
+        async def look() -> tuple[bool, str | None]:
+            found = await self.client.head(key)
+            return found is not None, found.etag if found is not None else None
+
+        return await self._checksums.check(digest, checksum, look, self._s3(key))
 
     async def _has_blob(self, digest: str) -> bool:
         return await self.client.head(blob_object_name(digest)) is not None
@@ -253,8 +302,12 @@ class S3Storage:
 
     async def _blob(self, digest: str) -> LocalBlob | RedirectBlob:
         key = blob_object_name(digest)
-        if await self.client.head(key) is None:
+        found = await self.client.head(key)
+        if found is None:
+            self._checksums.forget(digest)
             raise BlobUnknown("blob unknown to registry", {"digest": digest})
+        if self._checksums.contradicts(digest, found.etag, self._s3(key)):
+            raise BlobCorrupt("blob damaged in storage", {"digest": digest})
         return RedirectBlob(url=await self.blob_url(key), digest=digest)
 
     async def _read_small(self, digest: str, limit: int) -> bytes | None:
@@ -375,6 +428,13 @@ class S3Storage:
 
     def refresh_blob(self, digest: str) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._refresh_blob(digest))
+
+    def check_blob(self, digest: str, checksum: str | None = None) -> Deferred[BlobCheck]:
+        try:
+            blob_object_name(digest)
+        except Exception:
+            return fail()
+        return Deferred.fromCoroutine(self._check_blob(digest, checksum))
 
     def store_blob_file(self, path: str, digest: str) -> Deferred[None]:
         return Deferred.fromCoroutine(self._store_file(path, digest))
