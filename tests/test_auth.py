@@ -262,6 +262,9 @@ class RulesTests(SynchronousTestCase):
         with self.assertRaises(Denied) as raised:
             self.rules.check("carol", "hello", "latest")
         self.assertIn("only at a pinned revision", raised.exception.message)
+        self.assertFalse(self.rules.allows_unpinned("carol", "hello"))
+        self.assertTrue(self.rules.allows_unpinned("bob", "hello"))
+        self.assertFalse(self.rules.allows_unpinned("bob", "secret"))
 
     def test_unknown_user(self) -> None:
         with self.assertRaises(Denied) as raised:
