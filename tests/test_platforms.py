@@ -170,6 +170,11 @@ class IndexNegotiationTests(SynchronousTestCase):
             (CONTAINERD_ACCEPT, self.index.docker),
             ([OCI_MANIFEST.encode(), OCI_INDEX.encode()], self.index.oci),
             ([OCI_INDEX.encode() + b", " + DOCKER_MANIFEST.encode()], self.index.oci),
+            # A type weighted q=0 is refused: no manifest list, no index.
+            ([DOCKER_LIST.encode() + b";q=0, " + OCI_INDEX.encode() + b", "
+              + DOCKER_MANIFEST.encode()], self.index.oci),
+            ([DOCKER_LIST.encode() + b";q=0", OCI_INDEX.encode() + b"; q=0.0",
+              DOCKER_MANIFEST.encode()], self.image.docker),
             ([DOCKER_MANIFEST.encode()], self.image.docker),
             ([OCI_MANIFEST.encode()], self.image.oci),
             (None, self.image.docker),
