@@ -291,6 +291,27 @@ class ServiceIndexTests(ServiceFixture):
         failure = self.failureResultOf(self.image(service, "toola"), BuildFailed)
         self.assertIn("toola", failure.value.message)
 
+    def test_client_without_index(self) -> None:
+        """
+        A client that takes no index gets the default platform's image,
+        built alone; a client taking the index then builds the other
+        platform only, and its answer serves both kinds of client warm.
+        """
+        service = self.make_service()
+        image = self.successResultOf(Deferred.fromCoroutine(
+            service.image("toola", "latest", index=False)))
+        self.assertIsNone(image.index)
+        self.assertEqual([call[3] for call in self.nix.resolve_calls], ["x86_64-linux"])
+        self.assertEqual(service.cached_image("toola", "latest", index=False), image)
+        self.assertIsNone(service.cached_image("toola", "latest"))
+        whole = self.successResultOf(self.image(service, "toola"))
+        assert whole.index is not None
+        self.assertEqual(whole.index.images[0], image)
+        self.assertEqual([call[3] for call in self.nix.resolve_calls],
+                         ["x86_64-linux", "aarch64-linux"])
+        self.assertEqual(service.cached_image("toola", "latest"), whole)
+        self.assertEqual(service.cached_image("toola", "latest", index=False), whole)
+
     def test_single_platform_default(self) -> None:
         """One platform: no index, as before platforms could be chosen."""
         service = self.make_service(platforms=(AMD64,))
@@ -374,6 +395,10 @@ class IndexServedTests(StubRegistryTestCase):
         response, _ = self.fetch(b"GET", "/v2/multi/manifests/latest",
                                  {b"Accept": [DOCKER_MANIFEST.encode()]})
         self.assertEqual(header(response, b"docker-content-digest"), amd.docker.digest.encode())
+        # Whether each client takes an index is passed on, warm and cold.
+        self.images.warm.add(("multi", "latest"))
+        self.fetch(b"GET", "/v2/multi/manifests/latest", {b"Accept": [OCI_MANIFEST.encode()]})
+        self.assertEqual(self.images.index_wanted, [True, True, False, False, False])
 
 
 class UnknownTagTests(SynchronousTestCase):

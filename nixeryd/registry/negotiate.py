@@ -119,6 +119,16 @@ def preference(accept_lines: Optional[Sequence[bytes]]) -> Preference:
     return answer
 
 
+def accepts_index(accept_lines: Optional[Sequence[bytes]]) -> bool:
+    """
+    Whether these ``Accept`` lines take a Docker manifest list or an OCI
+    image index: otherwise a reference of several platforms is answered
+    with the default platform's manifest, and only that image is needed.
+    """
+    return preference(accept_lines) in (Preference.DOCKER_LIST, Preference.OCI_INDEX,
+                                        Preference.OCI_INDEX_DOCKER)
+
+
 def wants_oci(accept_lines: Optional[Sequence[bytes]]) -> bool:
     """Whether the OCI manifest, not the Docker one, should be served."""
     return preference(accept_lines) in (Preference.OCI, Preference.OCI_INDEX)
