@@ -312,6 +312,20 @@ class ServiceIndexTests(ServiceFixture):
         self.assertEqual(service.cached_image("toola", "latest"), whole)
         self.assertEqual(service.cached_image("toola", "latest", index=False), whole)
 
+    def test_damaged_blob_of_another_platform_made_again(self) -> None:
+        """
+        A blob of the arm64 image of a warm index, found damaged, has the
+        index made again and is answered repaired, not as unknown.
+        """
+        service = self.make_service()
+        image = self.successResultOf(self.image(service, "toola"))
+        assert image.index is not None
+        config = json.loads(image.index.images[1].oci.body)["config"]["digest"]
+        good = self.storage.blobs[config]
+        self.storage.damage_blob(config, bytes(b ^ 0xFF for b in good))
+        where = self.successResultOf(Deferred.fromCoroutine(service.blob(config)))
+        self.assertEqual((where.digest, self.storage.blobs[config]), (config, good))
+
     def test_single_platform_default(self) -> None:
         """One platform: no index, as before platforms could be chosen."""
         service = self.make_service(platforms=(AMD64,))
