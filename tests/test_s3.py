@@ -273,6 +273,18 @@ class S3BackendTests(RcloneTestCase):
         await storage.store_blob_file(self.write(storage, data), digest_of(data))
         self.assertEqual(await storage.read_small_blob(digest_of(data), 2000), data)
 
+    async def test_different_object_of_same_size_replaced(self) -> None:
+        """
+        A blob stored from memory replaces an object of the same size under
+        its name that is not that blob (its ETag is another MD5).
+        """
+        storage = self.storage()
+        data = b"the manifest"
+        key = "blobs/sha256/" + digest_of(data)[7:]
+        await storage.client.put_bytes(key, b"X" * len(data))
+        await storage.store_blob_bytes(data, digest_of(data))
+        self.assertEqual(await storage.read_small_blob(digest_of(data), 2000), data)
+
     async def test_public_bucket(self) -> None:
         """With a public URL, blobs are redirected to plain URLs under it, which serve them."""
         public = await start_rclone(reactor, os.path.abspath(self.mktemp()),
