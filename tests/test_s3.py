@@ -24,7 +24,8 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from nixeryd.core.documents import RedirectBlob
 from nixeryd.storage.gcs.retry import NO_RETRY, Retrier, RetryPolicy
-from nixeryd.storage.s3.bucket import BucketAddress, aws_endpoint
+from nixeryd.storage.s3.bucket import (
+    BucketAddress, aws_endpoint, check_bucket_name, default_addressing_style)
 from nixeryd.storage.s3.http import S3Error
 from nixeryd.storage.s3.objects import Part, plan_upload
 from nixeryd.storage.s3.storage import S3Storage
@@ -319,6 +320,20 @@ class AddressingTests(SynchronousTestCase):
         self.assertEqual(address.path(None), "/")
         self.assertEqual(BucketAddress.of("https://minio.example:443", "b", "virtual").host,
                          "b.minio.example")
+
+    def test_default_style(self) -> None:
+        """Virtual on AWS for a name that is one DNS label; path otherwise, and off AWS."""
+        self.assertEqual(default_addressing_style(None, "images-2"), "virtual")
+        for bucket in ("images.example.com", "Images", "old_images"):
+            self.assertEqual(default_addressing_style(None, bucket), "path", bucket)
+        self.assertEqual(default_addressing_style("http://127.0.0.1:9000", "images"), "path")
+
+    def test_bucket_names(self) -> None:
+        """Letters, digits, dots, hyphens and underscores: what a path holds unencoded."""
+        for bucket in ("images", "images.example.com", "Old_Images", "a1"):
+            self.assertEqual(check_bucket_name(bucket), bucket)
+        for bucket in ("", "a/b", "a b", "-images", "ü", "x" * 256):
+            self.assertRaises(ValueError, check_bucket_name, bucket)
 
     def test_unknown_style(self) -> None:
         """Only path and virtual."""
