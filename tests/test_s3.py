@@ -286,6 +286,15 @@ class S3BackendTests(RcloneTestCase):
         await storage.store_blob_bytes(data, digest_of(data))
         self.assertEqual(await storage.read_small_blob(digest_of(data), 2000), data)
 
+    async def test_listing_in_pages(self) -> None:
+        """A listing longer than a page follows its continuation tokens to the end."""
+        client = s3_client(self, self.runner, self.server)
+        keys = ["blobs/sha256/%064x" % (number,) for number in range(7)]
+        for key in keys + ["index.json"]:
+            await client.put_bytes(key, b"x")
+        listed = await client.list_objects("blobs/sha256/", page_size=2)
+        self.assertEqual([found.key for found in listed], keys)
+
     async def test_public_bucket(self) -> None:
         """With a public URL, blobs are redirected to plain URLs under it, which serve them."""
         public = await start_rclone(reactor, os.path.abspath(self.mktemp()),
