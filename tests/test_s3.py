@@ -14,24 +14,33 @@ from typing import Any, Callable
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import HTTPConnectionPool
+from twisted.web.client import URI, Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
+
+from treq.client import HTTPClient
 
 from nixeryd.core.documents import RedirectBlob
 from nixeryd.storage.gcs.retry import NO_RETRY, Retrier, RetryPolicy
 from nixeryd.storage.s3.bucket import (
-    BucketAddress, aws_endpoint, check_bucket_name, default_addressing_style)
+    BucketAddress, S3Client, aws_endpoint, check_bucket_name, default_addressing_style)
+from nixeryd.storage.s3.credentials import StaticCredentials
 from nixeryd.storage.s3.http import S3Error
 from nixeryd.storage.s3.objects import Part, plan_upload
+from nixeryd.storage.s3.signing import Credentials
 from nixeryd.storage.s3.storage import S3Storage
 from nixeryd.testing.network import serve_locally
 from nixeryd.testing.storage import digest_of
-from tests.rclones3 import RcloneTestCase, s3_client, s3_storage, start_rclone
+from tests.rclones3 import (
+    ACCESS_KEY, REGION, SECRET_KEY, RcloneTestCase, s3_client, s3_storage, start_rclone)
 
 MIB = 1024 * 1024
 
@@ -308,6 +317,57 @@ class S3BackendTests(RcloneTestCase):
         self.assertEqual(blob.url, "%s/%s/blobs/sha256/%s" % (
             public.endpoint, public.bucket, digest_of(data)[7:]))
         self.assertEqual(await get(blob.url), (200, data))
+
+
+@implementer(IAgentEndpointFactory)
+class ConnectTo:
+    """Connects every request to one loopback port, whatever its URL's host."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        return TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+
+
+class VirtualHostedTests(RcloneTestCase):
+    """Virtual-hosted style against a server that reads the bucket from the Host header."""
+
+    async def test_virtual_hosted_requests_and_urls(self) -> None:
+        """
+        Requests and presigned URLs naming the bucket in the host (names
+        resolved to loopback here) are accepted, awkward keys included.
+        """
+        server = await start_rclone(reactor, os.path.abspath(self.mktemp()),
+                                    self.server.bucket, root=self.server.root,
+                                    virtual_hosts=True)
+        self.addCleanup(lambda: Deferred.fromCoroutine(server.stop()))
+        port = int(server.endpoint.rsplit(":", 1)[1])
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        http = HTTPClient(Agent.usingEndpointFactory(reactor, ConnectTo(port), pool=pool))
+        address = BucketAddress.of("http://s3.test:%d" % (port,), server.bucket, "virtual")
+        self.assertEqual(address.host, "%s.s3.test:%d" % (server.bucket, port))
+
+        def client_with(secret: str) -> S3Client:
+            return S3Client(reactor, self.runner, http, pool, server.bucket, address=address,
+                            region=REGION, credentials=StaticCredentials(
+                                Credentials(ACCESS_KEY, secret), "the test key"),
+                            retrier=Retrier(reactor, NO_RETRY))
+
+        client = client_with(SECRET_KEY)
+        self.addCleanup(client.close)
+        await client.check_bucket()
+        key = "a b/c+d=e"
+        await client.put_bytes(key, b"virtually hosted")
+        self.assertTrue(os.path.exists(server.path(key)))
+        self.assertEqual([found.key for found in await client.list_objects("a ")], [key])
+        url = await client.presign(key, 60)
+        self.assertTrue(url.startswith("http://%s/a%%20b/c%%2Bd%%3De?" % (address.host,)), url)
+        response = await http.get(url)
+        self.assertEqual((response.code, await response.content()), (200, b"virtually hosted"))
+        with self.assertRaises(S3Error) as caught:
+            await client_with("wrong").check_bucket()
+        self.assertEqual(caught.exception.code, "SignatureDoesNotMatch")
 
 
 class AddressingTests(SynchronousTestCase):
