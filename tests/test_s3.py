@@ -55,7 +55,8 @@ async def get(url: str) -> tuple[int, bytes]:
 class FlakyProxy(Resource):
     """
     Forwards requests to an S3 server unchanged (``Host`` included, so
-    signatures hold), except those ``fails`` picks, answered 503 SlowDown.
+    signatures hold), except those ``fails`` picks, answered 503 SlowDown,
+    and those ``holds`` picks, never answered.
 
     :ivar seen: ``(method, uri)`` of every request, forwarded or not.
     """
@@ -67,11 +68,17 @@ class FlakyProxy(Resource):
         self.backend = backend
         self.fails = fails
         self.seen: list[tuple[str, str]] = []
+        #: Picks the requests left without an answer.
+        self.holds: Callable[[Request, int], bool] = lambda request, attempt: False
+        self.held: list[Request] = []
 
     def render(self, request: Request) -> Any:
         method = request.method.decode()
         uri = request.uri.decode()
         self.seen.append((method, uri))
+        if self.holds(request, 1):
+            self.held.append(request)  # never answered
+            return NOT_DONE_YET
         if self.fails(request, sum(1 for seen in self.seen if seen == (method, uri))):
             request.setResponseCode(503)
             return b"<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"
@@ -239,6 +246,28 @@ class S3BackendTests(RcloneTestCase):
         self.assertFalse(os.path.exists(path))
         self.assertIn("DELETE", [method for method, uri in proxy.seen if "uploadId=" in uri])
         self.assertEqual(await self.server.uploads(), [])
+        self.assertFalse(await storage.has_blob(digest_of(data)))
+
+    async def test_cancelled_upload_aborted(self) -> None:
+        """
+        A store cancelled while a part is on its way (its build abandoned)
+        aborts the upload: no parts stay behind, no blob appears.
+        """
+        storage, proxy = await self.proxied_storage(lambda request, attempt: False,
+                                                    Retrier(reactor, NO_RETRY))
+        proxy.holds = part_request(2)
+        data = os.urandom(10 * MIB + 1)
+        path = self.write(storage, data)
+        storing = storage.store_blob_file(path, digest_of(data))
+        while not proxy.held:
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(await self.server.uploads()), 1)
+        storing.cancel()
+        with self.assertRaises(Exception):
+            await storing  # once the upload is aborted
+        self.assertIn("DELETE", [method for method, uri in proxy.seen if "uploadId=" in uri])
+        self.assertEqual(await self.server.uploads(), [])
+        self.assertFalse(os.path.exists(path))
         self.assertFalse(await storage.has_blob(digest_of(data)))
 
     async def test_head_errors_are_not_absence(self) -> None:
