@@ -309,7 +309,7 @@ class S3Storage:
             raise BlobUnknown("blob unknown to registry", {"digest": digest})
         if self._checksums.contradicts(digest, found.etag, self._s3(key)):
             raise BlobCorrupt("blob damaged in storage", {"digest": digest})
-        return RedirectBlob(url=await self.blob_url(key), digest=digest)
+        return RedirectBlob(url=await self.blob_url(key), digest=digest, size=found.size)
 
     async def _read_small(self, digest: str, limit: int) -> bytes | None:
         try:
