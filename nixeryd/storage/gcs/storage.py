@@ -530,8 +530,8 @@ def build_gcs_storage(
     :param iam_endpoint: the IAM Credentials API.
     :param retry_observer: told of each retry (the daemon's metrics).
     :param circuit: the outage circuit of the bucket's requests and of
-        IAM signing (not of tokens, fetched inside a bucket request, whose
-        failures count as that request's; nor of the metadata server,
+        IAM signing (not of the key's tokens, fetched inside a bucket
+        request, which have one of their own; nor of the metadata server,
         which keeps its own short retries); a new one with the defaults
         when not given.
     """
@@ -548,10 +548,11 @@ def build_gcs_storage(
     signer: Signer | None = None
     if key is not None:
         if endpoint is None:
-            # Outside the circuit: a token is fetched inside a bucket
-            # request, so the circuit's probe would refuse its own token.
-            tokens = AccessTokenSource(clock, runner, key, http,
-                                       retrier=Retrier(clock, observer=retry_observer))
+            # A circuit of its own: a token is fetched inside a bucket
+            # request, so the bucket's probe would refuse its own token.
+            tokens = AccessTokenSource(clock, runner, key, http, retrier=Retrier(
+                clock, observer=retry_observer,
+                circuit=Circuit(clock, target=key.token_uri)))
         signer = KeySigner(key, runner)
     elif endpoint is None or metadata_host is not None:
         metadata = MetadataServer(clock, http, metadata_host or defaults.GCE_METADATA_HOST)
