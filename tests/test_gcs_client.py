@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.interfaces import IConsumer, IProducer
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -35,10 +35,12 @@ from nixeryd.core.errors import DigestInvalid
 from nixeryd.core.threads import InlineRunner
 from nixeryd.storage.gcs.auth import AccessTokenSource
 from nixeryd.storage.gcs.bucket import BucketClient
+from nixeryd.storage.gcs.circuit import CLOSED, OPEN, Circuit, CircuitOpen
 from nixeryd.storage.gcs.filebody import FileRegionProducer
 from nixeryd.storage.gcs.http import GCSError
 from nixeryd.storage.gcs.objects import (
     blob_object_name, document_object_name, file_size_and_md5, md5_base64)
+from nixeryd.storage.gcs.storage import build_gcs_storage
 from nixeryd.storage.gcs.signing import ServiceAccountKey, format_timestamp, jwt_assertion
 from nixeryd.testing.network import serve_locally
 from nixeryd.testing.storage import digest_of
@@ -259,6 +261,8 @@ class FakeTokenEndpoint(Resource):
         super().__init__()
         self.key = key
         self.issued = 0
+        #: The ``expires_in`` of the tokens issued.
+        self.lifetime = 3600
 
     def render_POST(self, request: Request) -> bytes:
         assert request.content is not None
@@ -272,7 +276,7 @@ class FakeTokenEndpoint(Resource):
         self.issued += 1
         request.setHeader(b"content-type", b"application/json")
         return json.dumps({"access_token": "token-%d" % (self.issued,),
-                           "expires_in": 3600, "token_type": "Bearer"}).encode()
+                           "expires_in": self.lifetime, "token_type": "Bearer"}).encode()
 
 
 class AccessTokenTests(TestCase):
@@ -321,6 +325,32 @@ class AccessTokenTests(TestCase):
         self.assertIsNone(await storage.get_document("ns", "k"))
         self.assertEqual([r.headers["authorization"] for r in fake.requests],
                          ["Bearer token-1"] * 2)
+
+    async def test_token_renewed_while_circuit_probes(self) -> None:
+        """
+        A token due for renewal when the outage circuit lets its probe go
+        is fetched: the probe gets through and closes the circuit (the
+        token request is no second request refused by the circuit the
+        probe holds, which would keep it open for good).
+        """
+        # Renewed 3 s after it is issued (five minutes before it expires).
+        self.endpoint.lifetime = 303
+        fake = FakeServer(default=(404, b"{}"))
+        fake.script = [(503, b"{}")] * 2
+        circuit = Circuit(reactor, failures=2, sustained=0, open_for=0.2)
+        storage = build_gcs_storage(reactor, self.runner, "bucket-1", self.key,
+                                    spool_directory=self.mktemp(), circuit=circuit)
+        self.addCleanup(storage.close)
+        # Real Cloud Storage's wiring (tokens from the key), on a loopback server.
+        storage.client.endpoint = serve_locally(self, Site(fake))
+        with self.assertRaises(CircuitOpen):
+            await storage.has_blob(digest_of(b"a"))
+        self.assertEqual(circuit.state, OPEN)
+        await deferLater(reactor, 3.1)
+        self.assertFalse(await storage.has_blob(digest_of(b"a")))
+        self.assertEqual(circuit.state, CLOSED)
+        self.assertEqual([r.headers["authorization"] for r in fake.requests],
+                         ["Bearer token-1", "Bearer token-1", "Bearer token-2"])
 
 
 @implementer(IConsumer)

@@ -410,6 +410,54 @@ class BucketClientRetryTests(TestCase):
         self.assertEqual(server.methods, ["DELETE"])
 
 
+class StuckSession(Resource):
+    """
+    A resumable upload whose session takes each chunk but never holds a
+    byte more: every chunk is answered 308 without a ``Range``.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks = 0
+
+    def render_POST(self, request: Request) -> bytes:
+        request.setHeader(b"location", b"http://%s/session" % (
+            request.getRequestHostname() + b":%d" % (request.getHost().port,)))
+        return b"{}"
+
+    def render_PUT(self, request: Request) -> bytes:
+        self.chunks += 1
+        request.setResponseCode(308)
+        return b""
+
+
+class ResumableProgressTests(TestCase):
+    """A resumable upload that makes no progress ends at the retries' deadline."""
+
+    timeout = 30
+
+    async def test_no_progress_ends(self) -> None:
+        """Chunks answered 308 with nothing held: retried with waits, then an error."""
+        server = StuckSession()
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        client = BucketClient(
+            reactor, InlineRunner(), HTTPClient(Agent(reactor, pool=pool)), pool, "bucket",
+            endpoint=serve_locally(self, Site(server)), chunk_size=256 * 1024,
+            retrier=Retrier(reactor, RetryPolicy(initial=0.05, cap=0.1, deadline=0.5)))
+        self.addCleanup(client.close)
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"x" * 600_000)
+        with capturedLogs() as events:
+            with self.assertRaises(GCSError):
+                await client.upload_file("blob", path, 600_000, "md5", "0")
+        retries = [e for e in events if e.get("event") == "gcs-retry"]
+        self.assertGreater(len(retries), 0)
+        self.assertEqual(server.chunks, len(retries) + 1)
+
+
 class TimeoutTests(SynchronousTestCase):
     """A request without an answer in time fails as a retried, transient failure."""
 

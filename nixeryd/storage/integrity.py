@@ -25,8 +25,12 @@ to do it every time a blob is reused:
   process and file version (inode, size, modification time); it needs no
   recorded checksum, the digest is one.
 
-A damaged blob is never served: ``blob`` fails with :class:`BlobCorrupt`
-and the image service builds again what uses it, which overwrites it.
+A blob found damaged is never served: ``blob`` fails with
+:class:`BlobCorrupt` and the image service builds again what uses it,
+which overwrites it.  A bucket's blob that this process has neither
+written nor checked has no MD5 to compare with (no cache document names
+it by digest alone), so its blob request is redirected unchecked; the
+client checks the digest.
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ from nixeryd.storage.gcs.filebody import FileRegionProducer
 from nixeryd.storage.gcs.http import (
     GCSError, PreconditionFailed, cancel_after, drain, error_for, read_complete)
 from nixeryd.storage.gcs.retry import (
-    TRANSIENT_ERRORS, Attempts, Retrier, error_reason, status_reason, transient_status)
+    REASON_SERVER_ERROR, TRANSIENT_ERRORS, Attempts, Retrier, error_reason, status_reason,
+    transient_status)
 
 #: The JSON API of real Cloud Storage.
 DEFAULT_API_ENDPOINT = "https://storage.googleapis.com"
@@ -311,8 +312,16 @@ class BucketClient:
                                largest_piece=producer.largest_piece)
                 if response.code == 308:
                     await drain(response)
-                    offset = self._next_offset(response, offset, size, name)
-                    attempts.restart()
+                    held = self._next_offset(response, offset, size, name)
+                    if held > offset:
+                        attempts.restart()
+                    elif not await attempts.retry(
+                            REASON_SERVER_ERROR, "a chunk of which the session holds"
+                            " nothing (HTTP 308 at byte %d)" % (held,)):
+                        raise GCSError("uploading gs://%s/%s: the session holds no byte"
+                                       " past %d until the retries' deadline"
+                                       % (self.bucket, name, held), 308)
+                    offset = held
                     continue
                 if response.code in SESSION_GONE:
                     await drain(response)

@@ -530,9 +530,11 @@ def build_gcs_storage(
     :param signing_account: the account that signs through IAM.
     :param iam_endpoint: the IAM Credentials API.
     :param retry_observer: told of each retry (the daemon's metrics).
-    :param circuit: the outage circuit of every request (bucket, tokens
-        and IAM signing alike; not the metadata server, which keeps its
-        own short retries); a new one with the defaults when not given.
+    :param circuit: the outage circuit of the bucket's requests and of
+        IAM signing (not of the key's tokens, fetched inside a bucket
+        request, which have one of their own; nor of the metadata server,
+        which keeps its own short retries); a new one with the defaults
+        when not given.
     """
     if persistent_connections is None:
         persistent_connections = endpoint is None
@@ -547,7 +549,11 @@ def build_gcs_storage(
     signer: Signer | None = None
     if key is not None:
         if endpoint is None:
-            tokens = AccessTokenSource(clock, runner, key, http, retrier=retrier)
+            # A circuit of its own: a token is fetched inside a bucket
+            # request, so the bucket's probe would refuse its own token.
+            tokens = AccessTokenSource(clock, runner, key, http, retrier=Retrier(
+                clock, observer=retry_observer,
+                circuit=Circuit(clock, target=key.token_uri)))
         signer = KeySigner(key, runner)
     elif endpoint is None or metadata_host is not None:
         metadata = MetadataServer(clock, http, metadata_host or defaults.GCE_METADATA_HOST)
