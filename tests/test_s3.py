@@ -23,9 +23,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from nixeryd.core.documents import RedirectBlob
-from nixeryd.storage.gcs.retry import NO_RETRY, Retrier, RetryPolicy
+from nixeryd.storage.retry import NO_RETRY, Retrier, RetryPolicy
 from nixeryd.storage.s3.bucket import BucketAddress, aws_endpoint
-from nixeryd.storage.s3.http import S3Error
+from nixeryd.storage.s3.http import BACKEND, S3Error
 from nixeryd.storage.s3.objects import Part, plan_upload
 from nixeryd.storage.s3.storage import S3Storage
 from nixeryd.testing.network import serve_locally
@@ -206,7 +206,7 @@ class S3BackendTests(RcloneTestCase):
         """A part answered 503 once is sent again (read again from disk), and the upload ends."""
         storage, proxy = await self.proxied_storage(
             lambda request, attempt: part_request(2)(request, attempt) and attempt == 1,
-            Retrier(reactor, RetryPolicy(initial=0.05, cap=0.1, deadline=5)))
+            Retrier(reactor, RetryPolicy(initial=0.05, cap=0.1, deadline=5), backend=BACKEND))
         data = os.urandom(10 * MIB + 1)
         await storage.store_blob_file(self.write(storage, data), digest_of(data))
         parts = [uri for method, uri in proxy.seen if method == "PUT" and "partNumber=2" in uri]
@@ -220,7 +220,7 @@ class S3BackendTests(RcloneTestCase):
     async def test_failed_upload_aborted(self) -> None:
         """A part that keeps failing fails the store, and the upload is aborted."""
         storage, proxy = await self.proxied_storage(part_request(2), Retrier(
-            reactor, RetryPolicy(initial=0.05, cap=0.1, deadline=0.3)))
+            reactor, RetryPolicy(initial=0.05, cap=0.1, deadline=0.3), backend=BACKEND))
         data = os.urandom(10 * MIB + 1)
         path = self.write(storage, data)
         with self.assertRaises(S3Error) as caught:
@@ -234,7 +234,7 @@ class S3BackendTests(RcloneTestCase):
     async def test_head_errors_are_not_absence(self) -> None:
         """A HEAD answered anything but 200 or 404 is an error, never a missing blob."""
         storage, _ = await self.proxied_storage(
-            lambda request, attempt: request.method == b"HEAD", Retrier(reactor, NO_RETRY))
+            lambda request, attempt: request.method == b"HEAD", Retrier(reactor, NO_RETRY, backend=BACKEND))
         for call in (storage.has_blob, storage.blob):
             with self.assertRaises(S3Error) as caught:
                 await call(digest_of(b"any blob"))

@@ -1,11 +1,11 @@
 """
-What every request to Cloud Storage (or to its token endpoint) shares:
-the error raised for an unexpected answer, the body limit for answers that
-are only looked at for their status, and the request timeout.
+What every request to a cloud storage service (Cloud Storage, S3, or
+their token and credential endpoints) shares: the body limit for answers
+that are only looked at for their status, bodies read whole, and the
+request timeout.
 
-Only a 404 means "missing" to the callers; any other unexpected status
-(403 for missing permissions, 5xx, ...) becomes a :class:`GCSError`, so
-that a misconfigured bucket never looks empty.
+Each backend turns unexpected answers into its own error
+(:mod:`nixeryd.storage.gcs.http`, :mod:`nixeryd.storage.s3.http`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from nixeryd.core.httpbody import BodyTooLarge, read_limited
+from nixeryd.core.httpbody import read_limited
+from nixeryd.storage.errors import StorageServiceError
 
 #: How much of an error body (or of a small JSON answer) is read.
 ERROR_BODY_LIMIT = 64 * 1024
@@ -26,24 +27,8 @@ ERROR_BODY_LIMIT = 64 * 1024
 T = TypeVar("T")
 
 
-class GCSError(Exception):
-    """
-    Cloud Storage (or its token endpoint) answered something unexpected.
-
-    :ivar status: the HTTP status, or ``None`` for a failure without one.
-    """
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class RequestTimedOut(GCSError):
+class RequestTimedOut(StorageServiceError):
     """A request got no answer within its timeout (and was dropped)."""
-
-
-class PreconditionFailed(Exception):
-    """A generation precondition did not hold (HTTP 412)."""
 
 
 async def drain(response: IResponse) -> bytes:
@@ -64,18 +49,6 @@ async def read_complete(response: IResponse, limit: int) -> bytes:
         raise ConnectionLost("the body ended after %d of its %d bytes"
                              % (len(body), response.length))
     return body
-
-
-async def error_for(response: IResponse, what: str) -> GCSError:
-    """A :class:`GCSError` describing an unexpected answer (body drained)."""
-    try:
-        detail = (await drain(response)).decode("utf-8", "replace").strip()
-    except BodyTooLarge:
-        detail = "(long body)"
-    message = "%s: Cloud Storage answered HTTP %d" % (what, response.code)
-    if detail:
-        message += ": " + detail[:500]
-    return GCSError(message, response.code)
 
 
 def cancel_after(request: Deferred[T], seconds: float, clock: IReactorTime) -> Deferred[T]:
