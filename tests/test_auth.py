@@ -7,6 +7,9 @@ verdicts, the rules file, tokens, and files read again when they change.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import json
 import os
 import time
 
@@ -259,6 +262,9 @@ class RulesTests(SynchronousTestCase):
         with self.assertRaises(Denied) as raised:
             self.rules.check("carol", "hello", "latest")
         self.assertIn("only at a pinned revision", raised.exception.message)
+        self.assertFalse(self.rules.allows_unpinned("carol", "hello"))
+        self.assertTrue(self.rules.allows_unpinned("bob", "hello"))
+        self.assertFalse(self.rules.allows_unpinned("bob", "secret"))
 
     def test_unknown_user(self) -> None:
         with self.assertRaises(Denied) as raised:
@@ -341,6 +347,33 @@ class TokenTests(SynchronousTestCase):
             with self.assertRaises(InvalidToken) as raised:
                 verifier.verify(token)
             self.assertIn(message, str(raised.exception))
+
+    def test_keys_of_both_kinds(self) -> None:
+        """
+        A verifier with an RSA and an EC key (its own and an external
+        service's, or a rotation) checks the tokens of either, whichever
+        key comes first.
+        """
+        rsa_signer = TokenSigner(load_private_key(rsa_key_pem()), issuer="iss",
+                                 service="svc", ttl=60, clock=self.clock)
+        keys = [rsa_signer.public_key(), self.signer.public_key()]
+        for ordered in (keys, keys[::-1]):
+            verifier = TokenVerifier(ordered, issuer="iss", service="svc", clock=self.clock)
+            for signer in (rsa_signer, self.signer):
+                token, _, _ = signer.issue("alice", [])
+                self.assertEqual(verifier.verify(token).subject, "alice")
+
+    def test_hs256_with_the_public_key(self) -> None:
+        """A token signed HS256 with the public key's PEM as secret proves nothing."""
+        public = self.signer.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+        payload = base64.urlsafe_b64encode(json.dumps(
+            {"iss": "iss", "aud": "svc", "sub": "x", "exp": 2e9}).encode()).rstrip(b"=")
+        signature = base64.urlsafe_b64encode(hmac.new(
+            public, header + b"." + payload, hashlib.sha256).digest()).rstrip(b"=")
+        with self.assertRaises(InvalidToken):
+            self.verifier.verify((header + b"." + payload + b"." + signature).decode())
 
     def test_garbage_and_none_algorithm(self) -> None:
         """Garbage, and an unsigned token claiming alg none, prove nothing."""

@@ -238,6 +238,67 @@ class BasicTests(AuthRegistryTestCase):
         self.assertEqual(self.fetch(b"GET", "/token")[0].code, 404)
 
 
+PINNED_RULES = """
+[[rule]]
+users = ["alice"]
+packages = ["*"]
+
+[[rule]]
+users = ["bob"]
+packages = ["hello"]
+pinned = true
+"""
+
+#: A pinned revision of the package source, as a tag.
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class PinnedTests(AuthRegistryTestCase):
+    """A user the rules allow a name only at pinned revisions, by tag and by digest."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.pinned = write_sample_image(make_directory(self), {"bin/hello": b"pinned\n"})
+        self.images.add_sample_image("hello", COMMIT, self.pinned)
+        self.images.tag_lists = {"hello": ["latest", COMMIT]}
+        write_file(self.directory, "rules.toml", PINNED_RULES)
+        self.serve(PrivateConfig(htpasswd=self.htpasswd, rules=self.rules))
+        self.bob = basic("bob", "builder")
+
+    def unpinned_only(self) -> list[tuple[str, str]]:
+        """What only ``hello:latest`` refers to: its manifests, config and layers."""
+        pinned = {blob.digest for blob in self.pinned.blobs}
+        return ([("manifests", self.hello.image.docker.digest),
+                 ("manifests", self.hello.image.oci.digest)]
+                + [("blobs", blob.digest) for blob in self.hello.blobs
+                   if blob.digest not in pinned])
+
+    def test_by_tag(self) -> None:
+        response, body = self.fetch(b"GET", "/v2/hello/manifests/latest", self.bob)
+        self.error(response, body, 403, "DENIED")
+        response, body = self.fetch(b"GET", "/v2/hello/manifests/" + COMMIT, self.bob)
+        self.assertEqual(response.code, 200, body)
+
+    def test_by_digest_only_what_pinned_tags_refer_to(self) -> None:
+        """
+        The content of ``latest`` is not served by digest to who may not
+        pull ``latest``, even once another user's pull made it known; the
+        pinned image's is.
+        """
+        alice = basic("alice", "wonderland")
+        for kind, digest in self.unpinned_only():
+            response, body = self.fetch(b"GET", "/v2/hello/%s/%s" % (kind, digest), alice)
+            self.assertEqual(response.code, 200, body)
+        for kind, digest in self.unpinned_only():
+            response, body = self.fetch(b"GET", "/v2/hello/%s/%s" % (kind, digest), self.bob)
+            self.error(response, body, 404,
+                       "BLOB_UNKNOWN" if kind == "blobs" else "MANIFEST_UNKNOWN")
+        for kind, digest in ([("manifests", self.pinned.image.oci.digest)]
+                             + [("blobs", blob.digest) for blob in self.pinned.blobs]):
+            response, body = self.fetch(b"GET", "/v2/hello/%s/%s" % (kind, digest), self.bob)
+            self.assertEqual(response.code, 200, body)
+
+
 class TokenTests(AuthRegistryTestCase):
     """``--token-key``: nixeryd's own token endpoint and bearer tokens."""
 

@@ -345,3 +345,20 @@ class TokenEndToEnd(PrivateTestCase):
         self.podman_login_pull(registry)
         self.ctr_pull(registry)
         self.assert_no_secrets(issuer, registry)
+
+
+class ReloadWithoutTLS(DaemonTestCase):
+    """``systemctl reload`` (SIGHUP) of a daemon without TLS."""
+
+    def test_sighup_keeps_serving(self) -> None:
+        """SIGHUP's default action would end the daemon: it is logged, and serving goes on."""
+        registry = self.daemon("--pkgs-path", PACKAGE_SET)
+        assert registry.process is not None
+        registry.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while not registry.events_with(event="reload-nothing"):
+            self.assertIsNone(registry.process.poll(), registry.log_text())
+            self.assertLess(time.monotonic(), deadline, registry.log_text())
+            time.sleep(0.1)
+        status, _, body = registry.request("/healthz")
+        self.assertEqual((status, body), (200, b"ok\n"))

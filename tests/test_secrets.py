@@ -76,6 +76,27 @@ class ObserverTests(SynchronousTestCase):
         for line in written.splitlines():
             json.loads(line)
 
+    def test_json_stays_json(self) -> None:
+        """
+        A secret followed by a quote or holding a backslash (a request's
+        path is the client's to choose) is hidden, and every line stays
+        one JSON object with the fields it had.
+        """
+        stream = io.StringIO()
+        observer = JSONLinesObserver(stream)
+        paths = ['/v2/?token=ab"x', '/v2/token=ab\\"user":"admin', "/x?password=se\\cret&y=1"]
+        for path in paths:
+            observer({"log_format": "GET {path}", "path": path, "user": None,
+                      "log_level": LogLevel.info, "log_namespace": "test", "log_time": 0.0})
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        self.assertEqual(len(lines), len(paths))
+        for line in lines:
+            self.assertIsNone(line["user"])
+            self.assertIn("(hidden)", line["path"])
+            self.assertEqual(line["log_text"], "GET " + line["path"])
+        for secret in ("ab", "se\\cret", "cret"):
+            self.assertNotIn(secret, stream.getvalue())
+
     def test_text(self) -> None:
         stream = io.StringIO()
         observer = TextLinesObserver(stream)

@@ -62,8 +62,23 @@ def render_message(event: dict[str, Any]) -> str:
     return formatEvent(event)
 
 
+def _without_secrets(value: Any) -> Any:
+    """``value`` with :func:`without_secrets` applied to every string it holds."""
+    if isinstance(value, str):
+        return without_secrets(value)
+    if isinstance(value, dict):
+        return {_without_secrets(key): _without_secrets(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_secrets(item) for item in value]
+    return value
+
+
 def event_as_json(event: dict[str, Any]) -> str:
-    """One event as a JSON object on one line (without the newline)."""
+    """
+    One event as a JSON object on one line (without the newline), with
+    what may be a secret left out of each value before it is encoded (on
+    the encoded line, a filter could cut an escape in two and break it).
+    """
     record: dict[str, Any] = {}
     skipped = _LEGACY_KEYS if event.get("log_namespace") == "log_legacy" else _INTERNAL_KEYS
     for key, value in event.items():
@@ -80,10 +95,11 @@ def event_as_json(event: dict[str, Any]) -> str:
         except Exception:
             record["log_failure"] = repr(failure)
     try:
-        return json.dumps(record, default=repr)
+        return json.dumps(_without_secrets(record), default=repr)
     except (TypeError, ValueError):
-        return json.dumps({key: value if isinstance(value, _PLAIN) else repr(value)
-                           for key, value in record.items()})
+        return json.dumps(_without_secrets(
+            {key: value if isinstance(value, _PLAIN) else repr(value)
+             for key, value in record.items()}))
 
 
 class FlushReactor(Protocol):
@@ -166,7 +182,7 @@ class JSONLinesObserver:
 
     def __call__(self, event: dict[str, Any]) -> None:
         """Write one event."""
-        self._stream.write(without_secrets(event_as_json(event)) + "\n")
+        self._stream.write(event_as_json(event) + "\n")
         self._flush.written()
 
 

@@ -224,11 +224,14 @@ class PrivateServices:
         return site if self.tls is None else tls_factory(self.tls, site)
 
     def add_to(self, top: MultiService) -> None:
-        """Add the pool (when authentication is on) and the TLS reload to ``top``."""
+        """
+        Add the pool (when authentication or TLS is on) and the ``SIGHUP``
+        handler to ``top``: it reads TLS files again, and without TLS keeps
+        ``systemctl reload`` from ending the daemon.
+        """
         from nixeryd.registry.tls import TLSReloadService
 
         if self._config.authenticated or self.tls is not None:
             self.pool.setServiceParent(top)  # type: ignore[no-untyped-call]
-        if self.tls is not None:
-            reload = TLSReloadService(self.tls, self.pool, self._reactor)
-            reload.setServiceParent(top)  # type: ignore[no-untyped-call]
+        reload = TLSReloadService(self.tls, self.pool, self._reactor)
+        reload.setServiceParent(top)  # type: ignore[no-untyped-call]

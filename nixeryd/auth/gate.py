@@ -246,8 +246,12 @@ class AuthGate:
         note_user(request, identity)
         self._authorise(request, route, identity)
         if isinstance(route, (ManifestByDigest, Blob)):
+            rules = self._rules.loaded() if self._rules is not None else None
+            pinned_only = rules is not None and not rules.allows_unpinned(identity.user,
+                                                                          route.name)
             await self._contents.check(route.name, route.digest,
-                                       blob=isinstance(route, Blob), client=identity.client)
+                                       blob=isinstance(route, Blob), client=identity.client,
+                                       pinned_only=pinned_only)
         return identity
 
 

@@ -18,12 +18,17 @@ memory when warm, else from the manifest cache or a build, as a pull by
 tag would.  So a client that pulls by tag and then fetches blobs costs
 nothing more, and a pull by digest after a restart still works for the
 digests of the name's known tags.
+
+For a user the rules allow a name only at pinned revisions, only the
+images of its pinned tags count: the content of ``latest`` is not theirs
+by digest when ``latest`` is not theirs by tag.
 """
 
 from __future__ import annotations
 
 import json
 
+from nixeryd.auth.rules import is_pinned
 from nixeryd.core.documents import Image, ManifestDocument
 from nixeryd.core.errors import BlobUnknown, ManifestUnknown
 from nixeryd.registry.imagesource import ImageSource
@@ -62,34 +67,41 @@ class NameContents:
 
     def __init__(self, images: ImageSource) -> None:
         self._images = images
-        self._names: LRU[str, set[str]] = LRU(MEMORY_NAMES)
+        #: name → digest → whether an image of a pinned tag refers to it.
+        self._names: LRU[str, dict[str, bool]] = LRU(MEMORY_NAMES)
 
-    def _digests(self, name: str) -> set[str]:
+    def _digests(self, name: str) -> dict[str, bool]:
         digests = self._names.get_recent(name)
         if digests is None:
-            digests = set()
+            digests = {}
             self._names.put(name, digests)
         return digests
 
-    def _learn(self, name: str, image: Image) -> None:
+    def _learn(self, name: str, tag: str, image: Image) -> None:
         """
-        Note under ``name`` every digest ``image`` refers to: its manifests
-        (an index's, and each platform's), configs and layers.
+        Note under ``name`` every digest ``image`` (of ``tag``) refers to:
+        its manifests (an index's, and each platform's), configs and layers.
         """
         digests = self._digests(name)
+        pinned = is_pinned(tag)
         for document in image.documents():
-            if len(digests) >= DIGESTS_PER_NAME:
-                return
-            digests.add(document.digest)
-            digests.update(_named_by(document))
+            for digest in (document.digest, *_named_by(document)):
+                if digest not in digests and len(digests) >= DIGESTS_PER_NAME:
+                    return
+                digests[digest] = digests.get(digest, False) or pinned
 
-    def knows(self, name: str, digest: str) -> bool:
-        """Whether ``digest`` is known to belong to ``name`` (memory only)."""
+    def knows(self, name: str, digest: str, *, pinned_only: bool = False) -> bool:
+        """
+        Whether ``digest`` is known to belong to ``name`` (memory only); with
+        ``pinned_only``, to an image of one of its pinned tags.
+        """
         digests = self._names.get_recent(name)
-        return digests is not None and digest in digests
+        if digests is None or digest not in digests:
+            return False
+        return digests[digest] or not pinned_only
 
     async def check(self, name: str, digest: str, *, blob: bool,
-                    client: str | None) -> None:
+                    client: str | None, pinned_only: bool = False) -> None:
         """
         Nothing when an image of ``name`` refers to ``digest``.
 
@@ -97,21 +109,25 @@ class NameContents:
             decides the error.
         :param client: who asks, for the image service's admission of
             cold work the lookup may start.
+        :param pinned_only: only the images of pinned tags count (the
+            rules allow the asker no other tag of the name).
         :raises BlobUnknown: or :class:`ManifestUnknown`, when no image of
             the name refers to it; failures of the lookup (429, 503) as
             they are.
         """
-        if self.knows(name, digest):
+        if self.knows(name, digest, pinned_only=pinned_only):
             return
         for tag in await self._images.tags(name):
+            if pinned_only and not is_pinned(tag):
+                continue
             image = self._images.cached_image(name, tag)
             if image is None:
                 try:
                     image = await self._images.image(name, tag, client=client)
                 except ManifestUnknown:
                     continue
-            self._learn(name, image)
-            if self.knows(name, digest):
+            self._learn(name, tag, image)
+            if self.knows(name, digest, pinned_only=pinned_only):
                 return
         if blob:
             raise BlobUnknown("blob unknown to repository %s" % (name,),

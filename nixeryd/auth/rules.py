@@ -19,7 +19,8 @@ An image name is a list of packages (``shell/hello``).  A user may pull
 it when one rule that names the user (directly, through a group, or by
 ``"*"``) allows every package of the name and, if the rule says
 ``pinned = true``, the tag is a 40-hex commit.  Content by digest counts
-as pinned.  Patterns are matched case-insensitively against each path
+as pinned when an image of a pinned tag of the name refers to it
+(:mod:`nixeryd.auth.membership`).  Patterns are matched case-insensitively against each path
 component as written in the name (``python3packages.pyyaml``,
 ``shell``, ``arm64``).  Nothing else is allowed: a user no rule names may
 pull nothing.  Pure, apart from :func:`read_rules`.
@@ -142,6 +143,12 @@ class Rules:
         """Whether ``user`` may pull ``name`` at some reference (token grants)."""
         packages = name.lower().split("/")
         return any(rule.blocked(packages) is None for rule in self._of(user))
+
+    def allows_unpinned(self, user: str, name: str) -> bool:
+        """Whether a rule allows ``user`` ``name`` at any tag, not only pinned ones."""
+        packages = name.lower().split("/")
+        return any(rule.blocked(packages) is None and not rule.pinned
+                   for rule in self._of(user))
 
     def check(self, user: str, name: str, tag: str | None) -> None:
         """

@@ -173,7 +173,9 @@ class TokenVerifier:
                              "verify_exp": False, "verify_nbf": False,
                              "verify_iat": False})
                 break
-            except jwt.InvalidSignatureError:
+            except (jwt.InvalidSignatureError, jwt.InvalidAlgorithmError):
+                # Signed by another key, or for another kind of key (an
+                # ES256 token met by an RSA key first): try the next key.
                 continue
             except jwt.InvalidAudienceError:
                 raise InvalidToken("the token is for another service, not %s"

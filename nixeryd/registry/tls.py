@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 from OpenSSL import SSL, crypto
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (IOpenSSLContextFactory, IProtocolFactory,
                                          IReactorFromThreads)
 from twisted.internet.ssl import (AcceptableCiphers, Certificate, CertificateOptions,
@@ -130,9 +130,14 @@ class TLSReloadService(Service):
     While running, ``SIGHUP`` reads the certificate and key again
     (:meth:`ReloadingContextFactory.reload`); the handler it replaced is
     put back when it stops.
+
+    Without TLS (``context`` is ``None``) ``SIGHUP`` is only logged: its
+    default action would end the daemon at once, and ``systemctl reload``
+    (the unit's and the NixOS module's ``ExecReload``) sends it whatever
+    the configuration.
     """
 
-    def __init__(self, context: ReloadingContextFactory, runner: Runner,
+    def __init__(self, context: Optional[ReloadingContextFactory], runner: Runner,
                  reactor: IReactorFromThreads) -> None:
         self._context = context
         self._runner = runner
@@ -150,6 +155,11 @@ class TLSReloadService(Service):
             log.failure("Reloading the TLS certificate failed", failure)
             return False
 
+        if self._context is None:
+            log.info("SIGHUP: nothing to read again (no TLS certificate); the htpasswd and"
+                     " rules files are read again by themselves when they change",
+                     event="reload-nothing")
+            return succeed(False)
         done = Deferred.fromCoroutine(self._context.reload(self._runner))
         done.addErrback(failed)
         self.reloads.append(done)

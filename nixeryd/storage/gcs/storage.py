@@ -301,7 +301,8 @@ class GCSStorage:
         if self._checksums.contradicts(digest, _md5_of(resource),
                                        "gs://%s/%s" % (self.bucket, name)):
             raise BlobCorrupt("blob damaged in storage", {"digest": digest})
-        return RedirectBlob(url=await self.signed_url(name), digest=digest)
+        return RedirectBlob(url=await self.signed_url(name), digest=digest,
+                            size=int(resource["size"]))
 
     async def _read_small(self, digest: str, limit: int) -> bytes | None:
         try:
