@@ -17,12 +17,17 @@ from nixeryd.build.archive import LayerBlob, write_store_layer
 from nixeryd.build.names import ImageRequest
 from nixeryd.build.nix import Resolution
 from nixeryd.build.sources import PinnedSource
+from nixeryd.core.documents import Image
 from nixeryd.testing.nix import FakeNix, FakeStore, Symlink
 
 #: The package set every resolution of the fixture comes from.
 SOURCE = PinnedSource("path", {"kind": "path", "path": "/pkgs"}, None)
 #: Makes the shared paths popular enough to head layers of their own.
 POPULARITY = {"libfoo-1.0": 1000, "busybox-1.0": 1000}
+
+#: What a pull ended with: the image, or the status, code and Retry-After
+#: the client got.
+Outcome = Image | tuple[int, str, int | None]
 
 
 class ImageFixture(SynchronousTestCase):
@@ -50,6 +55,14 @@ class ImageFixture(SynchronousTestCase):
                                                       "toolb": self.tool_b})):
             resolution = self.store.resolution(SOURCE, paths)
             self.nix.add(packages, resolution, self.store.closure(list(paths.values())))
+
+    def assert_unavailable(self, outcome: Outcome, longest_wait: int) -> None:
+        """``outcome`` is 503 UNAVAILABLE, with a Retry-After of at most ``longest_wait``."""
+        assert isinstance(outcome, tuple), outcome
+        status, code, retry_after = outcome
+        self.assertEqual((status, code), (503, "UNAVAILABLE"))
+        assert retry_after is not None
+        self.assertLessEqual(retry_after, longest_wait)
 
     def resolution(self, request: ImageRequest) -> Resolution:
         """What the fake Nix resolves the request to."""

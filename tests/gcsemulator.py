@@ -33,7 +33,7 @@ from twisted.web.http_headers import Headers
 
 from treq.client import HTTPClient
 
-from nixeryd.storage.gcs.http import cancel_after
+from nixeryd.storage.httpcalls import cancel_after
 from tests.daemon import free_port
 
 #: Why emulator tests cannot run, or ``None`` when they can.

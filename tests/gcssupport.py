@@ -20,9 +20,10 @@ from treq.client import HTTPClient
 from nixeryd.core.threads import Runner, ThreadPoolService
 from nixeryd.storage.gcs.auth import AccessTokenSource
 from nixeryd.storage.gcs.bucket import DEFAULT_CHUNK_SIZE, DEFAULT_READ_SIZE, BucketClient
-from nixeryd.storage.gcs.circuit import Circuit
-from nixeryd.storage.gcs.retry import NO_OBSERVER, NO_RETRY, Retrier, RetryObserver, RetryPolicy
+from nixeryd.storage.circuit import Circuit
+from nixeryd.storage.retry import NO_OBSERVER, NO_RETRY, Retrier, RetryObserver, RetryPolicy
 from nixeryd.storage.gcs.signing import ServiceAccountKey
+from nixeryd.storage.gcs.http import BACKEND
 from nixeryd.storage.gcs.storage import DEFAULT_SIMPLE_UPLOAD_LIMIT, GCSStorage
 from tests.faultproxy import FaultProxy
 from tests.gcsemulator import MISSING_REASON, GCSEmulator, start_emulator, start_fake_gcs_server
@@ -62,7 +63,7 @@ def gcs_storage(case: TestCase, runner: Runner, endpoint: str, bucket: str, *,
     client = BucketClient(reactor, runner, HTTPClient(Agent(reactor, pool=pool)), pool,
                           bucket, endpoint=endpoint, token_source=token_source,
                           chunk_size=chunk_size, read_size=read_size,
-                          retrier=retrier or Retrier(reactor, NO_RETRY))
+                          retrier=retrier or Retrier(reactor, NO_RETRY, backend=BACKEND))
     storage = GCSStorage(reactor, runner, client, signing_key=signing_key,
                          spool_directory=spool_directory or case.mktemp(),
                          simple_upload_limit=simple_upload_limit)
@@ -139,5 +140,5 @@ class ProxiedEmulatorTestCase(EmulatorTestCase):
         return gcs_storage(self, self.runner, self.proxy.endpoint, self.emulator.bucket,
                            signing_key=None, chunk_size=chunk_size,
                            simple_upload_limit=simple_upload_limit,
-                           retrier=Retrier(reactor, policy, observer=observer,
-                                           circuit=circuit))
+                           retrier=Retrier(reactor, policy, backend=BACKEND,
+                                           observer=observer, circuit=circuit))

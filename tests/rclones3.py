@@ -28,9 +28,10 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from treq.client import HTTPClient
 
 from nixeryd.core.threads import Runner
-from nixeryd.storage.gcs.http import cancel_after
-from nixeryd.storage.gcs.retry import NO_RETRY, Retrier
+from nixeryd.storage.httpcalls import cancel_after
+from nixeryd.storage.retry import NO_RETRY, Retrier
 from nixeryd.storage.s3.bucket import BucketAddress, S3Client
+from nixeryd.storage.s3.http import BACKEND
 from nixeryd.storage.s3.credentials import CredentialSource, StaticCredentials
 from nixeryd.storage.s3.signing import Credentials
 from nixeryd.storage.s3.storage import (
@@ -183,7 +184,7 @@ def s3_client(case: TestCase, runner: Runner, server: RcloneS3, *,
         address=BucketAddress.of(server.endpoint, server.bucket, "path"), region=REGION,
         credentials=credentials or StaticCredentials(Credentials(ACCESS_KEY, secret),
                                                      "the test key"),
-        retrier=retrier or Retrier(reactor, NO_RETRY))
+        retrier=retrier or Retrier(reactor, NO_RETRY, backend=BACKEND))
     case.addCleanup(client.close)
     return client
 

@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThread
 from nixeryd.core import mediatypes
 from nixeryd.gc.collector import Collector
 from nixeryd.service.pulls import DAY, day_of, pull_document
-from nixeryd.storage.gcs.objects import blob_object_name
+from nixeryd.storage.objectnames import blob_object_name
 from nixeryd.storage.interface import IStorage
 from nixeryd.testing.storage import digest_of
 from tests.e2e import child_environment, run

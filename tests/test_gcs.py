@@ -29,7 +29,8 @@ import treq
 
 from nixeryd.core.documents import RedirectBlob
 from nixeryd.storage.gcs import GCSError, GCSStorage, build_gcs_storage, load_service_account_key
-from nixeryd.storage.gcs.objects import blob_object_name, md5_base64
+from nixeryd.storage.gcs.objects import md5_base64
+from nixeryd.storage.objectnames import blob_object_name
 from nixeryd.storage.gcs.signing import ServiceAccountKey
 from nixeryd.storage.ociindex import REF_NAME
 from nixeryd.testing.storage import digest_of

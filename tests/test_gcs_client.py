@@ -35,12 +35,13 @@ from nixeryd.core.errors import DigestInvalid
 from nixeryd.core.threads import InlineRunner
 from nixeryd.storage.gcs.auth import AccessTokenSource
 from nixeryd.storage.gcs.bucket import BucketClient
-from nixeryd.storage.gcs.circuit import CLOSED, OPEN, Circuit, CircuitOpen
-from nixeryd.storage.gcs.filebody import FileRegionProducer
+from nixeryd.storage.circuit import CLOSED, OPEN, Circuit, CircuitOpen
+from nixeryd.storage.errors import StorageServiceError
+from nixeryd.storage.filebody import FileRegionProducer
 from nixeryd.storage.gcs.http import GCSError
-from nixeryd.storage.gcs.objects import (
-    blob_object_name, document_object_name, file_size_and_md5, md5_base64)
+from nixeryd.storage.gcs.objects import file_size_and_md5, md5_base64
 from nixeryd.storage.gcs.storage import build_gcs_storage
+from nixeryd.storage.objectnames import blob_object_name, document_object_name
 from nixeryd.storage.gcs.signing import ServiceAccountKey, format_timestamp, jwt_assertion
 from nixeryd.testing.network import serve_locally
 from nixeryd.testing.storage import digest_of
@@ -337,7 +338,7 @@ class AccessTokenTests(TestCase):
         self.endpoint.lifetime = 303
         fake = FakeServer(default=(404, b"{}"))
         fake.script = [(503, b"{}")] * 2
-        circuit = Circuit(reactor, failures=2, sustained=0, open_for=0.2)
+        circuit = Circuit(reactor, backend="gcs", failures=2, sustained=0, open_for=0.2)
         storage = build_gcs_storage(reactor, self.runner, "bucket-1", self.key,
                                     spool_directory=self.mktemp(), circuit=circuit)
         self.addCleanup(storage.close)
@@ -427,7 +428,7 @@ class FileRegionProducerTests(TestCase):
     async def test_short_file_fails(self) -> None:
         """A file shorter than the announced region fails the body instead of hanging."""
         producer = FileRegionProducer(self.runner, self.path, 90_000, 20_000)
-        with self.assertRaises(GCSError):
+        with self.assertRaises(StorageServiceError):
             await producer.startProducing(RecordingConsumer())
 
 

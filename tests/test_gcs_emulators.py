@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 
 
-from nixeryd.storage.gcs.objects import blob_object_name
+from nixeryd.storage.objectnames import blob_object_name
 from nixeryd.storage.ociindex import REF_NAME
 from nixeryd.testing.storage import digest_of
 from tests.gcsemulator import FAKE_GCS_MISSING_REASON

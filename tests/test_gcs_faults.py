@@ -23,19 +23,17 @@ from nixeryd.core.documents import Image
 from nixeryd.core.errors import RegistryError
 from nixeryd.service.images import ImageService
 from nixeryd.storage.gcs import GCSStorage
-from nixeryd.storage.gcs.circuit import CLOSED, Circuit
-from nixeryd.storage.gcs.objects import blob_object_name
+from nixeryd.storage.gcs.http import BACKEND
+from nixeryd.storage.circuit import CLOSED, Circuit
+from nixeryd.storage.objectnames import blob_object_name
 from nixeryd.testing.nix import FakeSource
-from tests.buildfixtures import POPULARITY, ImageFixture
+from tests.buildfixtures import POPULARITY, ImageFixture, Outcome
 from tests.faultproxy import (
     Answer, CutRequest, CutResponse, RequestHead, any_request, method_is, uploads_to)
 from tests.gcssupport import ProxiedEmulatorTestCase
 
 _log = Logger()
 
-#: What a pull ended with: the image, or the status, code and Retry-After
-#: the client got.
-Outcome = Image | tuple[int, str, int | None]
 
 
 def downloads(head: RequestHead) -> bool:
@@ -45,7 +43,7 @@ def downloads(head: RequestHead) -> bool:
 
 def outage_circuit() -> Circuit:
     """A circuit that opens soon (3 failures over 0.3 s) and probes after 1 s."""
-    return Circuit(reactor, failures=3, sustained=0.3, open_for=1)
+    return Circuit(reactor, backend=BACKEND, failures=3, sustained=0.3, open_for=1)
 
 
 class PullFaultTests(ProxiedEmulatorTestCase, ImageFixture):
@@ -154,11 +152,7 @@ class PullFaultTests(ProxiedEmulatorTestCase, ImageFixture):
             self.assertEqual(service.cached_image("toola", "latest"), warm)
             self.assertEqual(await service.image("toola", "latest"), warm)
         for outcome in (first, second):
-            assert isinstance(outcome, tuple), outcome
-            status, code, retry_after = outcome
-            self.assertEqual((status, code), (503, "UNAVAILABLE"))
-            assert retry_after is not None
-            self.assertLessEqual(retry_after, 1)
+            self.assert_unavailable(outcome, 1)
         self.assertGreater(circuit.refused, refused)
         self.assertEqual([e for e in events if e["log_level"] == LogLevel.critical
                           or "log_failure" in e], [])

@@ -78,10 +78,10 @@ class GCSOutageEndToEnd(DaemonTestCase):
         self.assertIn("503", inspected.stderr)
         _, _, metrics = await deferToThread(registry.request, "/metrics")
         retries = [line for line in metrics.decode().splitlines()
-                   if line.startswith("nixeryd_gcs_retries_total{")
+                   if line.startswith('nixeryd_storage_retries_total{backend="gcs",')
                    and 'reason="connection"' in line and not line.endswith(" 0.0")]
         self.assertNotEqual(retries, [])
-        self.assertEqual(len(registry.events_with(event="gcs-circuit-open")), 1)
+        self.assertEqual(len(registry.events_with(event="storage-circuit-open")), 1)
         self.assertNotIn("Traceback", registry.log_text())
 
         proxy.up()
@@ -93,4 +93,4 @@ class GCSOutageEndToEnd(DaemonTestCase):
                 break
             await deferLater(reactor, float(headers.get("retry-after", "1")))
         self.assertEqual(status, 200, body)
-        self.assertEqual(len(registry.events_with(event="gcs-circuit-closed")), 1)
+        self.assertEqual(len(registry.events_with(event="storage-circuit-closed")), 1)

@@ -14,7 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from nixeryd.core import mediatypes
 from nixeryd.storage.gcs import index
 from nixeryd.storage.gcs.bucket import BucketClient
-from nixeryd.storage.gcs.objects import INDEX_OBJECT, md5_base64
+from nixeryd.storage.gcs.objects import md5_base64
+from nixeryd.storage.objectnames import INDEX_OBJECT
 from nixeryd.storage.ociindex import descriptor
 
 T = TypeVar("T")

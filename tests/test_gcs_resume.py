@@ -19,7 +19,7 @@ import os
 from twisted.logger import Logger, capturedLogs
 
 from nixeryd.storage.gcs import GCSStorage
-from nixeryd.storage.gcs.objects import blob_object_name
+from nixeryd.storage.objectnames import blob_object_name
 from tests.faultproxy import Answer, CutRequest, DropResponse, chunk_at, status_queries
 from tests.gcsemulator import FAKE_GCS_MISSING_REASON
 from tests.gcssupport import ProxiedEmulatorTestCase

@@ -27,9 +27,11 @@ from nixeryd.core.threads import InlineRunner
 from nixeryd.metrics.daemon import DaemonMetrics
 from nixeryd.service.failures import storage_unavailable
 from nixeryd.storage.gcs.bucket import BucketClient
-from nixeryd.storage.gcs.http import GCSError, RequestTimedOut, cancel_after
-from nixeryd.storage.gcs.circuit import CLOSED, HALF_OPEN, OPEN, Circuit, CircuitOpen
-from nixeryd.storage.gcs.retry import NO_RETRY, Retrier, RetryPolicy
+from nixeryd.storage.gcs.http import GCSError
+from nixeryd.storage.httpcalls import RequestTimedOut, cancel_after
+from nixeryd.storage.errors import StorageServiceError
+from nixeryd.storage.circuit import CLOSED, HALF_OPEN, OPEN, Circuit, CircuitOpen
+from nixeryd.storage.retry import NO_RETRY, Retrier, RetryPolicy
 from nixeryd.testing.network import serve_locally
 
 POLICY = RetryPolicy(initial=0.5, multiplier=2, cap=16, deadline=60)
@@ -74,7 +76,7 @@ class RetrierTests(SynchronousTestCase):
 
     def start(self, send: Callable[[], Deferred[IResponse]], *,
               safe: bool = True) -> Deferred[IResponse]:
-        retrier = Retrier(self.clock, POLICY, jitter=lambda: self.jitter)
+        retrier = Retrier(self.clock, POLICY, jitter=lambda: self.jitter, backend="gcs")
 
         async def call() -> IResponse:
             return await send()
@@ -165,8 +167,10 @@ class Counts:
 
     def __init__(self) -> None:
         self.retries: list[tuple[str, str]] = []
+        self.backends: set[str] = set()
 
-    def gcs_retry(self, reason: str, method: str) -> None:
+    def storage_retry(self, backend: str, reason: str, method: str) -> None:
+        self.backends.add(backend)
         self.retries.append((reason, method))
 
 
@@ -176,7 +180,8 @@ class RetryReportTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.counts = Counts()
-        self.retrier = Retrier(self.clock, POLICY, jitter=lambda: 0.0, observer=self.counts)
+        self.retrier = Retrier(self.clock, POLICY, jitter=lambda: 0.0, backend="gcs",
+                               observer=self.counts)
 
     def start(self, script: Callable[[], Deferred[IResponse]],
               method: str = "GET") -> Deferred[IResponse]:
@@ -195,6 +200,7 @@ class RetryReportTests(SynchronousTestCase):
         self.assertEqual(self.counts.retries, [
             ("server_error", "PUT"), ("throttled", "PUT"), ("timeout", "PUT"),
             ("connection", "PUT"), ("timeout", "PUT")])
+        self.assertEqual(self.counts.backends, {"gcs"})
 
     def test_retry_after_honoured(self) -> None:
         """A 429 asking for 3 s is sent again after 3 s, not before (even with no jitter)."""
@@ -214,7 +220,7 @@ class RetryReportTests(SynchronousTestCase):
 
     def test_not_counted_when_not_retried(self) -> None:
         """A failure after the deadline is not a retry: nothing counted for it."""
-        retrier = Retrier(self.clock, NO_RETRY, observer=self.counts)
+        retrier = Retrier(self.clock, NO_RETRY, backend="gcs", observer=self.counts)
 
         async def call() -> IResponse:
             return await Script(503)()
@@ -226,23 +232,39 @@ class RetryReportTests(SynchronousTestCase):
 
 
 class RetryMetricTests(SynchronousTestCase):
-    """The daemon's metrics count retries by reason and method, every series from zero."""
+    """
+    The daemon's metrics count retries by backend, reason and method, every
+    series from zero; the log line names the backend.
+    """
 
     def test_counted(self) -> None:
         metrics = DaemonMetrics()
         before = metrics.exposition().decode()
-        self.assertIn('nixeryd_gcs_retries_total{method="PUT",reason="connection"} 0.0', before)
+        self.assertIn('nixeryd_storage_retries_total{backend="gcs",method="PUT",'
+                      'reason="connection"} 0.0', before)
+        self.assertIn('nixeryd_storage_retries_total{backend="s3",method="HEAD",'
+                      'reason="timeout"} 0.0', before)
         clock = Clock()
-        attempts = Retrier(clock, NO_RETRY, observer=metrics).attempts("PUT", "gs://b/o")
-        waited = Deferred.fromCoroutine(attempts.wait(0, "connection", "a lost connection"))
-        clock.advance(0)
-        self.successResultOf(waited)
-        metrics.gcs_retry("server_error", "GET")
-        metrics.gcs_retry("unknown", "GET")
+        attempts = Retrier(clock, NO_RETRY, backend="gcs", observer=metrics).attempts(
+            "PUT", "gs://b/o")
+        with capturedLogs() as events:
+            waited = Deferred.fromCoroutine(attempts.wait(0, "connection", "a lost connection"))
+            clock.advance(0)
+            self.successResultOf(waited)
+        metrics.storage_retry("s3", "server_error", "GET")
+        metrics.storage_retry("s3", "unknown", "GET")
+        metrics.storage_retry("azure", "timeout", "GET")
         after = metrics.exposition().decode()
-        self.assertIn('nixeryd_gcs_retries_total{method="PUT",reason="connection"} 1.0', after)
-        self.assertIn('nixeryd_gcs_retries_total{method="GET",reason="server_error"} 1.0', after)
+        self.assertIn('nixeryd_storage_retries_total{backend="gcs",method="PUT",'
+                      'reason="connection"} 1.0', after)
+        self.assertIn('nixeryd_storage_retries_total{backend="s3",method="GET",'
+                      'reason="server_error"} 1.0', after)
+        self.assertIn('nixeryd_storage_retries_total{backend="gcs",method="GET",'
+                      'reason="server_error"} 0.0', after)
         self.assertNotIn('reason="unknown"', after)
+        self.assertNotIn('backend="azure"', after)
+        self.assertEqual([(e["event"], e["backend"]) for e in events],
+                         [("storage-retry", "gcs")])
 
 
 class CircuitTests(SynchronousTestCase):
@@ -250,8 +272,10 @@ class CircuitTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.circuit = Circuit(self.clock, failures=3, sustained=5, open_for=10)
-        self.retrier = Retrier(self.clock, POLICY, jitter=lambda: 1.0, circuit=self.circuit)
+        self.circuit = Circuit(self.clock, backend="gcs", failures=3, sustained=5,
+                               open_for=10)
+        self.retrier = Retrier(self.clock, POLICY, jitter=lambda: 1.0, backend="gcs",
+                               circuit=self.circuit)
 
     def start(self, script: Script) -> Deferred[IResponse]:
         async def call() -> IResponse:
@@ -280,7 +304,7 @@ class CircuitTests(SynchronousTestCase):
             self.clock.pump([0.5, 1, 2, 4])
         error = self.failureResultOf(first, CircuitOpen).value
         self.assertEqual(self.circuit.state, OPEN)
-        self.assertEqual(len([e for e in events if e.get("event") == "gcs-circuit-open"]), 1)
+        self.assertEqual(len([e for e in events if e.get("event") == "storage-circuit-open"]), 1)
         sent = script.calls
         self.clock.advance(3)
         second = self.failureResultOf(self.start(script), CircuitOpen).value
@@ -368,7 +392,8 @@ class BucketClientRetryTests(TestCase):
         client = BucketClient(
             reactor, InlineRunner(), HTTPClient(Agent(reactor, pool=pool)), pool, "bucket",
             endpoint=serve_locally(self, Site(server)),
-            retrier=Retrier(reactor, RetryPolicy(initial=0.01, cap=0.02, deadline=1)))
+            retrier=Retrier(reactor, RetryPolicy(initial=0.01, cap=0.02, deadline=1),
+                            backend="gcs"))
         self.addCleanup(client.close)
         return client
 
@@ -445,7 +470,8 @@ class ResumableProgressTests(TestCase):
         client = BucketClient(
             reactor, InlineRunner(), HTTPClient(Agent(reactor, pool=pool)), pool, "bucket",
             endpoint=serve_locally(self, Site(server)), chunk_size=256 * 1024,
-            retrier=Retrier(reactor, RetryPolicy(initial=0.05, cap=0.1, deadline=0.5)))
+            retrier=Retrier(reactor, RetryPolicy(initial=0.05, cap=0.1, deadline=0.5),
+                            backend="gcs"))
         self.addCleanup(client.close)
         path = self.mktemp()
         with open(path, "wb") as f:
@@ -466,7 +492,8 @@ class TimeoutTests(SynchronousTestCase):
         clock = Clock()
         timed = cancel_after(Deferred[int](), 5, clock)
         clock.advance(5)
-        self.assertIsInstance(self.failureResultOf(timed, RequestTimedOut).value, GCSError)
+        self.assertIsInstance(self.failureResultOf(timed, RequestTimedOut).value,
+                              StorageServiceError)
         cancelled = cancel_after(Deferred[int](), 5, clock)
         cancelled.cancel()
         self.failureResultOf(cancelled, CancelledError)

@@ -29,11 +29,11 @@ from zope.interface import implementer
 from treq.client import HTTPClient
 
 from nixeryd.core.documents import RedirectBlob
-from nixeryd.storage.gcs.retry import NO_RETRY, Retrier, RetryPolicy
+from nixeryd.storage.retry import NO_RETRY, Retrier, RetryPolicy
 from nixeryd.storage.s3.bucket import (
     BucketAddress, S3Client, aws_endpoint, check_bucket_name, default_addressing_style)
 from nixeryd.storage.s3.credentials import StaticCredentials
-from nixeryd.storage.s3.http import S3Error
+from nixeryd.storage.s3.http import BACKEND, S3Error
 from nixeryd.storage.s3.objects import Part, plan_upload
 from nixeryd.storage.s3.signing import Credentials
 from nixeryd.storage.s3.storage import S3Storage
@@ -223,7 +223,7 @@ class S3BackendTests(RcloneTestCase):
         """A part answered 503 once is sent again (read again from disk), and the upload ends."""
         storage, proxy = await self.proxied_storage(
             lambda request, attempt: part_request(2)(request, attempt) and attempt == 1,
-            Retrier(reactor, RetryPolicy(initial=0.05, cap=0.1, deadline=5)))
+            Retrier(reactor, RetryPolicy(initial=0.05, cap=0.1, deadline=5), backend=BACKEND))
         data = os.urandom(10 * MIB + 1)
         await storage.store_blob_file(self.write(storage, data), digest_of(data))
         parts = [uri for method, uri in proxy.seen if method == "PUT" and "partNumber=2" in uri]
@@ -237,7 +237,7 @@ class S3BackendTests(RcloneTestCase):
     async def test_failed_upload_aborted(self) -> None:
         """A part that keeps failing fails the store, and the upload is aborted."""
         storage, proxy = await self.proxied_storage(part_request(2), Retrier(
-            reactor, RetryPolicy(initial=0.05, cap=0.1, deadline=0.3)))
+            reactor, RetryPolicy(initial=0.05, cap=0.1, deadline=0.3), backend=BACKEND))
         data = os.urandom(10 * MIB + 1)
         path = self.write(storage, data)
         with self.assertRaises(S3Error) as caught:
@@ -253,8 +253,8 @@ class S3BackendTests(RcloneTestCase):
         A store cancelled while a part is on its way (its build abandoned)
         aborts the upload: no parts stay behind, no blob appears.
         """
-        storage, proxy = await self.proxied_storage(lambda request, attempt: False,
-                                                    Retrier(reactor, NO_RETRY))
+        storage, proxy = await self.proxied_storage(
+            lambda request, attempt: False, Retrier(reactor, NO_RETRY, backend=BACKEND))
         proxy.holds = part_request(2)
         data = os.urandom(10 * MIB + 1)
         path = self.write(storage, data)
@@ -273,7 +273,7 @@ class S3BackendTests(RcloneTestCase):
     async def test_head_errors_are_not_absence(self) -> None:
         """A HEAD answered anything but 200 or 404 is an error, never a missing blob."""
         storage, _ = await self.proxied_storage(
-            lambda request, attempt: request.method == b"HEAD", Retrier(reactor, NO_RETRY))
+            lambda request, attempt: request.method == b"HEAD", Retrier(reactor, NO_RETRY, backend=BACKEND))
         for call in (storage.has_blob, storage.blob):
             with self.assertRaises(S3Error) as caught:
                 await call(digest_of(b"any blob"))
@@ -381,7 +381,7 @@ class VirtualHostedTests(RcloneTestCase):
             return S3Client(reactor, self.runner, http, pool, server.bucket, address=address,
                             region=REGION, credentials=StaticCredentials(
                                 Credentials(ACCESS_KEY, secret), "the test key"),
-                            retrier=Retrier(reactor, NO_RETRY))
+                            retrier=Retrier(reactor, NO_RETRY, backend=BACKEND))
 
         client = client_with(SECRET_KEY)
         self.addCleanup(client.close)

@@ -22,11 +22,11 @@ from twisted.web.server import Request, Site
 from treq.client import HTTPClient
 
 from nixeryd.core.threads import InlineRunner
-from nixeryd.storage.gcs.retry import NO_RETRY, Retrier
+from nixeryd.storage.retry import NO_RETRY, Retrier
 from nixeryd.storage.s3.credentials import (
     MetadataFetcher, NoCredentials, RefreshingCredentials, StaticCredentials,
     find_credentials)
-from nixeryd.storage.s3.http import S3Error
+from nixeryd.storage.s3.http import BACKEND, S3Error
 from nixeryd.storage.s3.signing import Credentials
 from nixeryd.testing.network import serve_locally
 from nixeryd.testing.storage import digest_of
@@ -220,7 +220,7 @@ class ChainTests(TestCase):
         """A refusal of the endpoint is an S3Error saying where."""
         url = serve_locally(self, Site(CredentialEndpoint("right"))) + "/c"
         fetcher = MetadataFetcher(reactor, InlineRunner(), http_client(),
-                                  retrier=Retrier(reactor, NO_RETRY))
+                                  retrier=Retrier(reactor, NO_RETRY, backend=BACKEND))
         with self.assertRaises(S3Error) as caught:
             await fetcher.container(url, "wrong", None)
         self.assertIn("fetching AWS credentials from %s: S3 answered HTTP 401" % (url,),

@@ -18,7 +18,10 @@ from nixeryd.service.builds import BuildHistory
 from nixeryd.service.failures import (StorageIncidents, StorageUnavailable,
                                       failure_kind, report_storage_failure,
                                       storage_unavailable)
+from nixeryd.storage.circuit import CircuitOpen
 from nixeryd.storage.gcs.http import GCSError
+from nixeryd.storage.httpcalls import RequestTimedOut
+from nixeryd.storage.s3.http import S3Error
 
 
 def os_error(number: int, path: str = "/srv/nixery/nixeryd/tmp/x.layer.tmp") -> OSError:
@@ -42,10 +45,22 @@ class StorageUnavailableTests(SynchronousTestCase):
             self.assertNotIn("/srv", error.message)
 
     def test_other_storage_errors(self) -> None:
-        """Cloud Storage's errors are unavailability too, in words that name no bucket."""
-        error = storage_unavailable(GCSError("bucket b: 500", 500))
+        """
+        Cloud Storage's and S3's errors, and those both share (a timeout),
+        are unavailability too, in words that name no bucket.
+        """
+        for failure in (GCSError("bucket b: 500", 500), S3Error("s3://b/k: 500", 500, "x"),
+                        RequestTimedOut("no answer within 300 s")):
+            error = storage_unavailable(failure)
+            assert error is not None
+            self.assertEqual(error.message,
+                             "the registry's storage is unavailable; try again later")
+
+    def test_circuit_open(self) -> None:
+        """An open circuit, of either backend: 503 with the Retry-After it gives."""
+        error = storage_unavailable(CircuitOpen("s3://b is failing", 7))
         assert error is not None
-        self.assertEqual(error.message, "the registry's storage is unavailable; try again later")
+        self.assertEqual((error.status, error.code, error.retry_after), (503, "UNAVAILABLE", 7))
 
     def test_not_storage(self) -> None:
         """Other exceptions are not storage failures."""

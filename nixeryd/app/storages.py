@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from nixeryd.app.config import StorageConfig
 from nixeryd.app.preflight import EXIT_FAILED, EXIT_USAGE, StartupFailed, storage_words
 from nixeryd.core.threads import Runner
-from nixeryd.storage.gcs.retry import NO_OBSERVER, RetryObserver
+from nixeryd.storage.retry import NO_OBSERVER, RetryObserver
 from nixeryd.storage.interface import IStorage
 
 log = Logger()
@@ -58,7 +58,8 @@ def storage_maker(config: StorageConfig, reactor: IReactorTCP, *,
     :class:`~nixeryd.storage.s3.S3Error` (no credentials found).
 
     This loads the GCS service-account key file, if one is set (blocking).
-    ``retry_observer`` is told of GCS requests retried (the daemon's metrics).
+    ``retry_observer`` is told of GCS and S3 requests retried (the daemon's
+    metrics); each bucket has its outage circuit.
 
     :raises StartupFailed: (a usage error) when the key file cannot be
         used.
@@ -96,7 +97,7 @@ def storage_maker(config: StorageConfig, reactor: IReactorTCP, *,
                 reactor, runner, s3.bucket, region=s3.region,
                 environ=dict(s3.aws_environment), endpoint=s3.endpoint,
                 addressing_style=s3.addressing_style, url_lifetime=s3.url_lifetime,
-                public_url=s3.public_url)
+                public_url=s3.public_url, retry_observer=retry_observer)
 
         return s3_storage
 
@@ -115,7 +116,7 @@ def make_storage(config: StorageConfig, reactor: IReactorTCP, runner: Runner, *,
                  retry_observer: RetryObserver = NO_OBSERVER) -> IStorage:
     """
     The configured storage, made now (blocking: call it before the reactor
-    runs, or in a thread); GCS retries are told to ``retry_observer``.
+    runs, or in a thread); GCS and S3 retries are told to ``retry_observer``.
 
     :raises StartupFailed: when it cannot be made, saying what to set.
     """

@@ -42,7 +42,7 @@ from nixeryd.core.threads import Runner, ThreadPoolService
 from nixeryd.metrics.daemon import DaemonMetrics
 from nixeryd.metrics.hooks import NO_INSTRUMENTS
 from nixeryd.metrics.monitoring import Monitoring
-from nixeryd.storage.gcs.retry import NO_OBSERVER
+from nixeryd.storage.retry import NO_OBSERVER
 from nixeryd.service.builds import BuildHistory
 from nixeryd.service.images import ImageService
 from nixeryd.service.pulls import PullRecorder

@@ -92,24 +92,24 @@ MEMORY_SWEEP_INTERVAL = 6 * 3600.0
 #: Hours during which nothing written is removed by the garbage collector:
 #: blobs and documents of builds in progress.
 GC_GRACE_HOURS = 6.0
-#: Seconds before the first retry of a transient Cloud Storage failure
-#: (408, 429, 5xx, a lost connection); each next wait doubles, up to
-#: GCS_RETRY_CAP, and is drawn at random below that bound (full jitter).
-GCS_RETRY_INITIAL = 0.5
+#: Seconds before the first retry of a transient cloud storage failure
+#: (GCS or S3: 408, 429, 5xx, a lost connection); each next wait doubles, up to
+#: STORAGE_RETRY_CAP, and is drawn at random below that bound (full jitter).
+STORAGE_RETRY_INITIAL = 0.5
 #: Factor between the bounds of two successive waits.
-GCS_RETRY_MULTIPLIER = 2.0
+STORAGE_RETRY_MULTIPLIER = 2.0
 #: The longest wait between two attempts, in seconds.
-GCS_RETRY_CAP = 16.0
+STORAGE_RETRY_CAP = 16.0
 #: Seconds after the first attempt beyond which a request is no longer
 #: retried: its last failure stands (and becomes 503 UNAVAILABLE).
-GCS_RETRY_DEADLINE = 60.0
-#: Consecutive Cloud Storage failures (5xx, 408, lost connections) that,
-#: lasting GCS_CIRCUIT_SUSTAINED seconds without a success, open the outage
+STORAGE_RETRY_DEADLINE = 60.0
+#: Consecutive failures of a bucket (5xx, 408, lost connections) that,
+#: lasting STORAGE_CIRCUIT_SUSTAINED seconds without a success, open the outage
 #: circuit: requests then fail at once (503 with Retry-After).
-GCS_CIRCUIT_FAILURES = 5
-GCS_CIRCUIT_SUSTAINED = 5.0
-#: Seconds the circuit stays open before one request probes Cloud Storage.
-GCS_CIRCUIT_OPEN = 10.0
+STORAGE_CIRCUIT_FAILURES = 5
+STORAGE_CIRCUIT_SUSTAINED = 5.0
+#: Seconds the circuit stays open before one request probes the bucket.
+STORAGE_CIRCUIT_OPEN = 10.0
 #: The region an S3 bucket is signed for when neither S3_REGION nor
 #: AWS_REGION says (AWS's own default).
 S3_REGION = "us-east-1"

@@ -30,14 +30,14 @@ from twisted.web.client import (
     RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived)
 
 from nixeryd.core.errors import Unavailable
-from nixeryd.storage.gcs.circuit import CircuitOpen
-from nixeryd.storage.gcs.http import GCSError
-from nixeryd.storage.s3.http import S3Error
+from nixeryd.storage.circuit import CircuitOpen
+from nixeryd.storage.errors import StorageServiceError
 
-#: Exceptions that mean the storage cannot be used now: Cloud Storage's
-#: and S3's errors, the network below them, and the filesystem's.
+#: Exceptions that mean the storage cannot be used now: a cloud storage
+#: service's errors (Cloud Storage's, S3's), the network below them, and
+#: the filesystem's.
 STORAGE_FAILURES: tuple[type[BaseException], ...] = (
-    GCSError, S3Error, OSError, ConnectError, ConnectionLost, ConnectTimeout,
+    StorageServiceError, OSError, ConnectError, ConnectionLost, ConnectTimeout,
     ResponseFailed, ResponseNeverReceived, RequestTransmissionFailed)
 
 #: Shortest time between two warnings about one kind of storage failure,

@@ -7,8 +7,8 @@ Storage in a Google Cloud Storage bucket.
 - :mod:`~nixeryd.storage.gcs.bucket`: the JSON API on one bucket;
 - :mod:`~nixeryd.storage.gcs.index`: the image index shared by the
   daemons using the bucket;
-- :mod:`~nixeryd.storage.gcs.objects`: object names and upload checksums;
-- :mod:`~nixeryd.storage.gcs.filebody`: upload bodies streamed from disk;
+- :mod:`~nixeryd.storage.gcs.objects`: upload checksums and object times
+  (the names are :mod:`nixeryd.storage.objectnames`);
 - :mod:`~nixeryd.storage.gcs.auth`: the service-account key and access
   tokens;
 - :mod:`~nixeryd.storage.gcs.metadata`: tokens and the account from the
@@ -17,12 +17,15 @@ Storage in a Google Cloud Storage bucket.
   ``signBlob``) and signed URLs reused for part of their lifetime;
 - :mod:`~nixeryd.storage.gcs.signing`: V4 signed URLs and JWT assertions
   (pure computation);
-- :mod:`~nixeryd.storage.gcs.http`: :class:`GCSError` and what every
-  request shares;
-- :mod:`~nixeryd.storage.gcs.retry`: requests sent again after transient
-  failures, with backoff and a deadline;
-- :mod:`~nixeryd.storage.gcs.circuit`: the outage circuit, which fails
-  requests at once during a sustained outage.
+- :mod:`~nixeryd.storage.gcs.http`: :class:`GCSError` and the answers
+  of Cloud Storage.
+
+What both cloud backends share is in :mod:`nixeryd.storage`: the retries
+(:mod:`~nixeryd.storage.retry`), the outage circuit
+(:mod:`~nixeryd.storage.circuit`), timeouts and bodies
+(:mod:`~nixeryd.storage.httpcalls`), upload bodies streamed from disk
+(:mod:`~nixeryd.storage.filebody`) and object names
+(:mod:`~nixeryd.storage.objectnames`).
 """
 
 from __future__ import annotations

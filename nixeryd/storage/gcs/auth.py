@@ -25,8 +25,9 @@ from treq.client import HTTPClient
 from nixeryd.core.httpbody import BodyTooLarge
 from nixeryd.core.sharedwork import SharedWork
 from nixeryd.core.threads import Runner
-from nixeryd.storage.gcs.http import GCSError, cancel_after, drain, error_for
-from nixeryd.storage.gcs.retry import Retrier
+from nixeryd.storage.gcs.http import BACKEND, GCSError, error_for
+from nixeryd.storage.httpcalls import cancel_after, drain
+from nixeryd.storage.retry import Retrier
 from nixeryd.storage.gcs.signing import JWT_BEARER_GRANT, ServiceAccountKey, jwt_assertion
 
 
@@ -127,7 +128,7 @@ class AccessTokenSource(CachedTokens):
         self._key = key
         self._http = http
         self._timeout = timeout
-        self._retrier = retrier if retrier is not None else Retrier(clock)
+        self._retrier = retrier if retrier is not None else Retrier(clock, backend=BACKEND)
 
     async def fetch(self) -> tuple[str, float]:
         now = self._clock.seconds()

@@ -4,7 +4,7 @@ uploads, with treq on the reactor.
 
 Small bodies go up in one multipart request; larger files go through a
 resumable upload, in chunks streamed from disk
-(:class:`~nixeryd.storage.gcs.filebody.FileRegionProducer`).  Every upload
+(:class:`~nixeryd.storage.filebody.FileRegionProducer`).  Every upload
 names the MD5 of its content, and may be guarded by a generation
 precondition (``ifGenerationMatch``), which Cloud Storage answers with 412
 (:class:`~nixeryd.storage.gcs.http.PreconditionFailed`) when it no longer
@@ -13,7 +13,7 @@ holds.
 Requests that are safe to repeat (reads, a body cut short included;
 listings; uploads and deletions guarded by a generation; ``customTime``
 patches) are sent again after transient failures
-(:mod:`nixeryd.storage.gcs.retry`); the others are tried once.  A
+(:mod:`nixeryd.storage.retry`); the others are tried once.  A
 resumable upload whose chunk fails asks its session how much it holds and
 goes on from there (:meth:`BucketClient.upload_file`).
 """
@@ -36,10 +36,11 @@ from treq.client import HTTPClient
 
 from nixeryd.core.threads import Runner
 from nixeryd.storage.gcs.auth import TokenSource
-from nixeryd.storage.gcs.filebody import FileRegionProducer
-from nixeryd.storage.gcs.http import (
-    GCSError, PreconditionFailed, cancel_after, drain, error_for, read_complete)
-from nixeryd.storage.gcs.retry import (
+from nixeryd.storage.errors import StorageServiceError
+from nixeryd.storage.filebody import FileRegionProducer
+from nixeryd.storage.gcs.http import BACKEND, GCSError, PreconditionFailed, error_for
+from nixeryd.storage.httpcalls import cancel_after, drain, read_complete
+from nixeryd.storage.retry import (
     REASON_SERVER_ERROR, TRANSIENT_ERRORS, Attempts, Retrier, error_reason, status_reason,
     transient_status)
 
@@ -145,7 +146,7 @@ class BucketClient:
         self._chunk_size = chunk_size
         self._read_size = read_size
         self._timeout = request_timeout
-        self._retrier = retrier if retrier is not None else Retrier(clock)
+        self._retrier = retrier if retrier is not None else Retrier(clock, backend=BACKEND)
 
     def _object_url(self, name: str, **query: str) -> str:
         url = "%s/storage/v1/b/%s/o/%s" % (
@@ -495,7 +496,7 @@ class BucketClient:
             # Tried once: at start-up, a failure is reported at once.
             response = await self._request("GET", url, target="gs://" + self.bucket,
                                            safe=False)
-        except GCSError:
+        except StorageServiceError:
             raise
         except Exception as e:
             raise GCSError("cannot reach Cloud Storage at %s to check gs://%s: %s"

@@ -20,7 +20,8 @@ from nixeryd.core.httpbody import BodyTooLarge
 from nixeryd.core.threads import Runner
 from nixeryd.storage.gcs.bucket import BucketClient
 from nixeryd.storage.gcs.http import GCSError, PreconditionFailed
-from nixeryd.storage.gcs.objects import INDEX_OBJECT, md5_base64
+from nixeryd.storage.gcs.objects import md5_base64
+from nixeryd.storage.objectnames import INDEX_OBJECT
 from nixeryd.storage.indexqueue import IndexQueue
 from nixeryd.storage.ociindex import (Descriptor, index_entries, with_references,
                                       without_manifests)

@@ -22,8 +22,9 @@ from nixeryd.core import defaults
 from nixeryd.core.httpbody import BodyTooLarge
 from nixeryd.core.sharedwork import SharedWork
 from nixeryd.storage.gcs.auth import CachedTokens, parse_token_answer
-from nixeryd.storage.gcs.http import GCSError, cancel_after, drain
-from nixeryd.storage.gcs.retry import Retrier, RetryPolicy
+from nixeryd.storage.gcs.http import BACKEND, GCSError
+from nixeryd.storage.httpcalls import cancel_after, drain
+from nixeryd.storage.retry import Retrier, RetryPolicy
 
 #: The path of the default service account's entries.
 ACCOUNT_PATH = "/computeMetadata/v1/instance/service-accounts/default/"
@@ -64,7 +65,7 @@ class MetadataServer(CachedTokens):
         super().__init__(clock, margin)
         self._http = http
         self.root = metadata_root(host)
-        self._retrier = retrier if retrier is not None else Retrier(clock, METADATA_RETRY)
+        self._retrier = retrier if retrier is not None else Retrier(clock, METADATA_RETRY, backend=BACKEND)
         self._email: str | None = None
         self._asking: SharedWork[str, str] = SharedWork()
 

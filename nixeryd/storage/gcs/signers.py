@@ -39,8 +39,9 @@ from nixeryd.core.sharedwork import SharedWork
 from nixeryd.core.threads import Runner
 from nixeryd.service.lru import LRU
 from nixeryd.storage.gcs.auth import TokenSource
-from nixeryd.storage.gcs.http import GCSError, cancel_after, drain, error_for
-from nixeryd.storage.gcs.retry import Retrier
+from nixeryd.storage.gcs.http import BACKEND, GCSError, error_for
+from nixeryd.storage.httpcalls import cancel_after, drain
+from nixeryd.storage.retry import Retrier
 from nixeryd.storage.gcs.signing import ServiceAccountKey, sign_url_v4, unsigned_url_v4
 
 #: How many signed URLs are kept for reuse.
@@ -102,7 +103,7 @@ class IAMSigner:
         self._account = account
         self._endpoint = endpoint.rstrip("/")
         self._timeout = timeout
-        self._retrier = retrier if retrier is not None else Retrier(clock)
+        self._retrier = retrier if retrier is not None else Retrier(clock, backend=BACKEND)
 
     async def account(self) -> str:
         """The signing account's e-mail."""

@@ -1,6 +1,6 @@
 """
 Storage in a Google Cloud Storage bucket (object names in
-:mod:`nixeryd.storage.gcs.objects`).
+:mod:`nixeryd.storage.objectnames`).
 
 Registry clients download blobs from the bucket itself: :meth:`GCSStorage.blob`
 answers with a V4 signed URL, valid for a few minutes, to an object it has
@@ -64,15 +64,17 @@ from nixeryd.core.threads import Runner
 from nixeryd.core import defaults
 from nixeryd.storage.gcs.auth import AccessTokenSource, TokenSource
 from nixeryd.storage.gcs.bucket import DEFAULT_API_ENDPOINT, BucketClient, ObjectResource
-from nixeryd.storage.gcs.circuit import Circuit
+from nixeryd.storage.circuit import Circuit
+from nixeryd.storage.errors import StorageServiceError
 from nixeryd.storage.gcs.metadata import MetadataServer
 from nixeryd.storage.gcs.signers import IAMSigner, KeySigner, Signer, SignedUrls
-from nixeryd.storage.gcs.http import GCSError, PreconditionFailed
+from nixeryd.storage.gcs.http import BACKEND, GCSError, PreconditionFailed
 from nixeryd.storage.gcs.index import BucketIndex
-from nixeryd.storage.gcs.objects import (
+from nixeryd.storage.gcs.objects import file_size_and_md5, format_time, md5_base64, parse_time
+from nixeryd.storage.objectnames import (
     BLOB_PREFIX, blob_digest, blob_object_name, document_key, document_object_name,
-    document_prefix, file_size_and_md5, format_time, md5_base64, parse_time)
-from nixeryd.storage.gcs.retry import NO_OBSERVER, Retrier, RetryObserver
+    document_prefix)
+from nixeryd.storage.retry import NO_OBSERVER, Retrier, RetryObserver
 from nixeryd.storage.gcs.signing import DEFAULT_SIGNING_ENDPOINT, ServiceAccountKey
 from nixeryd.storage.checksums import ObjectChecksums
 from nixeryd.storage.integrity import BlobCheck, BlobCorrupt
@@ -283,7 +285,7 @@ class GCSStorage:
         try:
             await self.client.set_custom_time(name, format_time(self._clock.seconds()))
             return True
-        except GCSError as e:
+        except StorageServiceError as e:
             if e.status == 404:
                 return False
             self.log.warn("Could not refresh the time of gs://{bucket}/{name}, reused:"
@@ -542,9 +544,9 @@ def build_gcs_storage(
     pool = HTTPConnectionPool(  # type: ignore[no-untyped-call]
         reactor, persistent=persistent_connections)
     http = HTTPClient(Agent(reactor, pool=pool))  # type: ignore[no-untyped-call]
-    retrier = Retrier(clock, observer=retry_observer,
+    retrier = Retrier(clock, backend=BACKEND, observer=retry_observer,
                       circuit=circuit if circuit is not None else Circuit(
-                          clock, target="gs://" + bucket))
+                          clock, backend=BACKEND, target="gs://" + bucket))
     tokens: TokenSource | None = None
     signer: Signer | None = None
     if key is not None:
@@ -552,8 +554,8 @@ def build_gcs_storage(
             # A circuit of its own: a token is fetched inside a bucket
             # request, so the bucket's probe would refuse its own token.
             tokens = AccessTokenSource(clock, runner, key, http, retrier=Retrier(
-                clock, observer=retry_observer,
-                circuit=Circuit(clock, target=key.token_uri)))
+                clock, backend=BACKEND, observer=retry_observer,
+                circuit=Circuit(clock, backend=BACKEND, target=key.token_uri)))
         signer = KeySigner(key, runner)
     elif endpoint is None or metadata_host is not None:
         metadata = MetadataServer(clock, http, metadata_host or defaults.GCE_METADATA_HOST)

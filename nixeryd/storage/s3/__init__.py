@@ -14,6 +14,9 @@ Storage in an S3 bucket (AWS S3 or an S3-compatible server).
 - :mod:`~nixeryd.storage.s3.signing`: SigV4 headers and presigned URLs
   (pure computation);
 - :mod:`~nixeryd.storage.s3.http`: :class:`S3Error` and S3's XML answers.
+
+Retries, the outage circuit, timeouts, upload bodies and object names are
+those both cloud backends share (:mod:`nixeryd.storage`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ when it is sent, so a retry after a wait carries a fresh time.  Requests
 that are safe to repeat (reads, listings, uploads of content-addressed
 bodies, parts, deletions) are sent again after transient failures with
 the policy of the Cloud Storage backend
-(:class:`~nixeryd.storage.gcs.retry.Retrier`); a body streamed from disk
+(:class:`~nixeryd.storage.retry.Retrier`); a body streamed from disk
 is read again from the file for each attempt.
 
 The bucket is addressed path style (``<endpoint>/<bucket>/<key>``, which
@@ -35,12 +35,12 @@ from nixeryd.core.httpbody import read_limited
 from nixeryd.core.threads import Runner
 from nixeryd.storage.canonical import (
     EMPTY_SHA256, canonical_query_by_name, host_with_port, uri_encode_path)
-from nixeryd.storage.gcs.filebody import FileRegionProducer
-from nixeryd.storage.gcs.http import cancel_after, drain
-from nixeryd.storage.gcs.retry import Retrier
+from nixeryd.storage.filebody import FileRegionProducer
+from nixeryd.storage.httpcalls import cancel_after, drain
+from nixeryd.storage.retry import Retrier
 from nixeryd.storage.s3.credentials import CredentialSource
 from nixeryd.storage.s3.http import (
-    PreconditionFailed, S3Error, child_text, children, error_for, error_from_xml,
+    BACKEND, PreconditionFailed, S3Error, child_text, children, error_for, error_from_xml,
     local_name, parse_xml)
 from nixeryd.storage.s3.objects import Part, bytes_checksums, utc_now
 from nixeryd.storage.s3.signing import presign_url, signed_headers
@@ -204,7 +204,7 @@ class S3Client:
         self.credentials = credentials
         self._read_size = read_size
         self._timeout = request_timeout
-        self._retrier = retrier if retrier is not None else Retrier(clock)
+        self._retrier = retrier if retrier is not None else Retrier(clock, backend=BACKEND)
 
     def _s3(self, key: str) -> str:
         return "s3://%s/%s" % (self.bucket, key)

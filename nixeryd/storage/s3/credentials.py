@@ -36,9 +36,9 @@ from treq.client import HTTPClient
 from nixeryd.core.httpbody import BodyTooLarge
 from nixeryd.core.sharedwork import SharedWork
 from nixeryd.core.threads import Runner
-from nixeryd.storage.gcs.http import cancel_after, drain
-from nixeryd.storage.gcs.retry import Retrier, RetryPolicy
-from nixeryd.storage.s3.http import S3Error, error_for
+from nixeryd.storage.httpcalls import cancel_after, drain
+from nixeryd.storage.retry import Retrier, RetryPolicy
+from nixeryd.storage.s3.http import BACKEND, S3Error, error_for
 from nixeryd.storage.s3.signing import Credentials
 
 #: The host of ``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI``.
@@ -165,7 +165,7 @@ class MetadataFetcher:
         self._runner = runner
         self._http = http
         self._timeout = timeout
-        self._retrier = retrier if retrier is not None else Retrier(clock, METADATA_RETRY)
+        self._retrier = retrier if retrier is not None else Retrier(clock, METADATA_RETRY, backend=BACKEND)
 
     async def request(self, method: str, url: str, headers: dict[str, str]) -> bytes:
         """The body of a 200 answer; :class:`S3Error` for any other."""

@@ -3,11 +3,12 @@ What every request to S3 shares: the error raised for an unexpected
 answer, with S3's error code (``SignatureDoesNotMatch``, ``NoSuchBucket``,
 ...), and the reading of S3's XML answers.
 
-The body limit for small answers, the request timeout and the retry
-policy are those of the Cloud Storage backend
-(:func:`~nixeryd.storage.gcs.http.drain`,
-:func:`~nixeryd.storage.gcs.http.cancel_after`,
-:class:`~nixeryd.storage.gcs.retry.Retrier`): the two backends retry and
+The body limit for small answers, the request timeout, the retry policy
+and the outage circuit are those every cloud backend shares
+(:func:`~nixeryd.storage.httpcalls.drain`,
+:func:`~nixeryd.storage.httpcalls.cancel_after`,
+:class:`~nixeryd.storage.retry.Retrier`,
+:class:`~nixeryd.storage.circuit.Circuit`): the two backends retry and
 time out alike.
 
 Only a 404 means "missing" to the callers; any other unexpected status
@@ -23,7 +24,12 @@ from xml.etree import ElementTree
 from twisted.web.iweb import IResponse
 
 from nixeryd.core.httpbody import BodyTooLarge
-from nixeryd.storage.gcs.http import drain
+from nixeryd.storage.errors import StorageServiceError
+from nixeryd.storage.httpcalls import drain
+
+#: The backend's name, as in the configuration, the retry log lines and
+#: the metrics.
+BACKEND = "s3"
 
 #: S3 error codes that say the credentials themselves are wrong: a
 #: configuration error, not an outage.
@@ -31,18 +37,16 @@ CREDENTIAL_ERRORS = frozenset({"SignatureDoesNotMatch", "InvalidAccessKeyId",
                                "InvalidToken", "InvalidSecurity", "AuthorizationHeaderMalformed"})
 
 
-class S3Error(Exception):
+class S3Error(StorageServiceError):
     """
     S3 (or a credential endpoint) answered something unexpected.
 
-    :ivar status: the HTTP status, or ``None`` for a failure without one.
     :ivar code: S3's error code from the XML body, when there was one.
     """
 
     def __init__(self, message: str, status: int | None = None,
                  code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, status)
         self.code = code
 
 

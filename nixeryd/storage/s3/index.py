@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from nixeryd.core.httpbody import BodyTooLarge
 from nixeryd.core.threads import Runner
-from nixeryd.storage.gcs.objects import INDEX_OBJECT
+from nixeryd.storage.objectnames import INDEX_OBJECT
 from nixeryd.storage.indexqueue import IndexQueue
 from nixeryd.storage.ociindex import (Descriptor, index_entries, with_references,
                                       without_manifests)

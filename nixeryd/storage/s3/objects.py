@@ -2,8 +2,8 @@
 What an upload to S3 sends: the checksums of a file, whole or part by
 part, computed in one read before the first byte goes out.
 
-The object names are those of the Cloud Storage backend
-(:mod:`nixeryd.storage.gcs.objects`: ``blobs/sha256/<hex>``,
+The object names are those both cloud backends share
+(:mod:`nixeryd.storage.objectnames`: ``blobs/sha256/<hex>``,
 ``nixeryd/<namespace>/<key>.json``, ``index.json``), so both buckets hold
 the same layout.
 

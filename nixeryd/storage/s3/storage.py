@@ -1,7 +1,7 @@
 """
 Storage in an S3 bucket: AWS S3 or an S3-compatible server (MinIO, Ceph,
-R2, SeaweedFS, rclone), with the object names of the Cloud Storage
-backend (:mod:`nixeryd.storage.gcs.objects`).
+R2, SeaweedFS, rclone), with the object names both cloud backends share
+(:mod:`nixeryd.storage.objectnames`).
 
 Registry clients download blobs from the bucket itself:
 :meth:`S3Storage.blob` answers with a SigV4 presigned URL, valid for a few
@@ -58,7 +58,8 @@ from nixeryd.core.errors import BlobUnknown
 from nixeryd.core.httpbody import BodyTooLarge
 from nixeryd.core.threads import Runner
 from nixeryd.storage.canonical import uri_encode_path
-from nixeryd.storage.gcs.objects import (
+from nixeryd.storage.circuit import Circuit
+from nixeryd.storage.objectnames import (
     BLOB_PREFIX, blob_digest, blob_object_name, document_key, document_object_name,
     document_prefix)
 from nixeryd.storage.checksums import Fingerprints, ObjectChecksums
@@ -66,11 +67,12 @@ from nixeryd.storage.integrity import BlobCheck, BlobCorrupt
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
 from nixeryd.storage.naming import check_index_entry
+from nixeryd.storage.retry import NO_OBSERVER, Retrier, RetryObserver
 from nixeryd.storage.ociindex import Descriptor, descriptor
 from nixeryd.storage.s3.bucket import (
     BucketAddress, ObjectInfo, S3Client, aws_endpoint, default_addressing_style)
 from nixeryd.storage.s3.credentials import find_credentials
-from nixeryd.storage.s3.http import PreconditionFailed, S3Error
+from nixeryd.storage.s3.http import BACKEND, PreconditionFailed, S3Error
 from nixeryd.storage.s3.index import S3Index
 from nixeryd.storage.s3.objects import (
     UploadPlan, format_mtime, parse_last_modified, plan_upload)
@@ -506,7 +508,8 @@ def build_s3_storage(
         environ: Mapping[str, str], endpoint: str | None = None,
         addressing_style: str | None = None, url_lifetime: int = 300,
         public_url: str | None = None, spool_directory: str | None = None,
-        persistent_connections: bool = True) -> S3Storage:
+        persistent_connections: bool = True, retry_observer: RetryObserver = NO_OBSERVER,
+        circuit: Circuit | None = None) -> S3Storage:
     """
     The S3 storage of a bucket, not yet checked: call
     :meth:`S3Storage.check_bucket` before relying on it, and
@@ -525,6 +528,10 @@ def build_s3_storage(
     :param public_url: where the bucket's objects are readable without
         credentials; blob URLs are then plain ones.
     :param spool_directory: where layer files wait for their upload.
+    :param retry_observer: told of each retry (the daemon's metrics).
+    :param circuit: the outage circuit of every request to the bucket (not
+        to the credential endpoints, which keep their own short retries); a
+        new one with the defaults when not given.
     :raises NoCredentials: when no credentials can be found.
     :raises ValueError: for an unknown addressing style.
     """
@@ -535,8 +542,11 @@ def build_s3_storage(
     credentials = find_credentials(environ, clock, runner, http)
     address = BucketAddress.of(endpoint or aws_endpoint(region), bucket,
                                addressing_style or default_addressing_style(endpoint, bucket))
+    retrier = Retrier(clock, backend=BACKEND, observer=retry_observer,
+                      circuit=circuit if circuit is not None else Circuit(
+                          clock, backend=BACKEND, target="s3://" + bucket))
     client = S3Client(clock, runner, http, pool, bucket, address=address, region=region,
-                      credentials=credentials)
+                      credentials=credentials, retrier=retrier)
     return S3Storage(clock, runner, client, spool_directory=spool_directory,
                      url_lifetime=url_lifetime, public_url=public_url)
 

@@ -1,21 +1,23 @@
 """
-Retries of Cloud Storage requests after transient failures.
+Retries of cloud storage requests (Cloud Storage, S3) after transient
+failures.
 
-Google's guidance: retry 408, 429, every 5xx and lost connections, with
-exponential backoff and full jitter, and only requests that are safe to
-repeat (reads, listings, token requests, deletions and uploads guarded by
-a generation precondition, resumable-upload chunks sent again from the
-offset the session reports).  A request that is not safe is tried once.
-The retries stop at a total deadline; the last failure then stands (an
-answer is returned to the caller, which turns it into a
-:class:`~nixeryd.storage.gcs.http.GCSError`; an exception is raised).
+Both services' guidance: retry 408, 429, every 5xx and lost connections,
+with exponential backoff and full jitter, and only requests that are safe
+to repeat (reads, listings, token requests, deletions and uploads guarded
+by a precondition, upload chunks or parts sent again).  A request that is
+not safe is tried once.  The retries stop at a total deadline; the last
+failure then stands (an answer is returned to the caller, which turns it
+into its backend's :class:`~nixeryd.storage.errors.StorageServiceError`;
+an exception is raised).
 
 A ``Retry-After`` in a 429 or 503 is honoured, up to the longest wait of
-the policy.  Each retry is one log line and one count for the daemon's metrics
-(:class:`RetryObserver`, by reason and method).  Every attempt also goes
-through the outage circuit (:mod:`nixeryd.storage.gcs.circuit`), when
-there is one: while it is open no attempt is made and
-:class:`~nixeryd.storage.gcs.circuit.CircuitOpen` is raised at once.
+the policy.  Each retry is one log line (event ``storage-retry``) and one
+count for the daemon's metrics (:class:`RetryObserver`, by backend, reason
+and method).  Every attempt also goes through the outage circuit
+(:mod:`nixeryd.storage.circuit`), when there is one: while it is open no
+attempt is made and :class:`~nixeryd.storage.circuit.CircuitOpen` is
+raised at once.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from twisted.web.client import (
 from twisted.web.iweb import IResponse
 
 from nixeryd.core import defaults
-from nixeryd.storage.gcs.circuit import Circuit
-from nixeryd.storage.gcs.http import RequestTimedOut, drain
+from nixeryd.storage.circuit import Circuit
+from nixeryd.storage.httpcalls import RequestTimedOut, drain
 
 T = TypeVar("T")
 
@@ -88,15 +90,15 @@ def retry_after(response: IResponse) -> float:
 
 
 def outage_status(code: int) -> bool:
-    """Whether an answer says Cloud Storage is failing (not merely busy: 429 is not)."""
+    """Whether an answer says the service is failing (not merely busy: 429 is not)."""
     return code == 408 or code >= 500
 
 
 class RetryObserver(Protocol):
     """Told of each retry, for the daemon's metrics."""
 
-    def gcs_retry(self, reason: str, method: str) -> None:
-        """A ``method`` request is sent again after a failure of ``reason``."""
+    def storage_retry(self, backend: str, reason: str, method: str) -> None:
+        """A ``method`` request to ``backend`` is sent again after a failure of ``reason``."""
 
 
 @attrs.frozen
@@ -111,10 +113,10 @@ class RetryPolicy:
         attempt starts; 0 tries once.
     """
 
-    initial: float = defaults.GCS_RETRY_INITIAL
-    multiplier: float = defaults.GCS_RETRY_MULTIPLIER
-    cap: float = defaults.GCS_RETRY_CAP
-    deadline: float = defaults.GCS_RETRY_DEADLINE
+    initial: float = defaults.STORAGE_RETRY_INITIAL
+    multiplier: float = defaults.STORAGE_RETRY_MULTIPLIER
+    cap: float = defaults.STORAGE_RETRY_CAP
+    deadline: float = defaults.STORAGE_RETRY_DEADLINE
 
     def bound(self, retry: int) -> float:
         """The longest wait before retry number ``retry`` (from 1)."""
@@ -165,12 +167,13 @@ class Attempts:
     async def wait(self, delay: float, reason: str, outcome: str, *,
                    status: int | None = None, error: BaseException | None = None) -> None:
         """Wait ``delay`` before the next attempt, after a failure: logged and counted."""
-        self._retrier.observer.gcs_retry(reason, self.method)
+        backend = self._retrier.backend
+        self._retrier.observer.storage_retry(backend, reason, self.method)
         self._log.warn("Retrying {method} {target} (attempt {attempt}) after {outcome}"
                        " in {delay:.2f} s", method=self.method, target=self._target,
                        attempt=self._retry + 1, outcome=outcome, reason=reason,
                        status=status, error=None if error is None else str(error),
-                       delay=delay, event="gcs-retry")
+                       delay=delay, backend=backend, event="storage-retry")
         await deferLater(self._retrier.clock, delay)
 
     async def retry(self, reason: str, outcome: str, *,
@@ -188,7 +191,7 @@ class Attempts:
 
 
 class _NoObserver:
-    def gcs_retry(self, reason: str, method: str) -> None:
+    def storage_retry(self, backend: str, reason: str, method: str) -> None:
         pass
 
 
@@ -198,24 +201,28 @@ NO_OBSERVER: RetryObserver = _NoObserver()
 
 class Retrier:
     """
-    Sends requests again after transient failures, on ``clock``.
+    Sends requests to one backend again after transient failures, on
+    ``clock``.
 
     :param clock: the time of waits and of the deadline.
     :param policy: the backoff and the deadline.
     :param jitter: a number in [0, 1) per wait (full jitter: the wait is
         this times the bound).
+    :param backend: the backend's name (``gcs``, ``s3``), for the log and
+        the metrics.
     :param observer: told of each retry.
     :param circuit: the outage circuit every attempt goes through; none by
         default.
     """
 
     def __init__(self, clock: IReactorTime, policy: RetryPolicy = RetryPolicy(),
-                 jitter: Callable[[], float] = random.random, *,
+                 jitter: Callable[[], float] = random.random, *, backend: str,
                  observer: RetryObserver = NO_OBSERVER,
                  circuit: Circuit | None = None) -> None:
         self.clock = clock
         self.policy = policy
         self.jitter = jitter
+        self.backend = backend
         self.observer = observer
         self.circuit = circuit
 
@@ -253,7 +260,7 @@ class Retrier:
         The answer of ``send()``, sent again while it fails transiently,
         ``safe`` allows it, and the deadline has not passed.
 
-        :param target: what is asked for (``gs://bucket/object``), for the log.
+        :param target: what is asked for (``gs://bucket/object``, a URL), for the log.
         :returns: the last answer, which may be a transient failure.
         :raises: the last transient error, or any other at once.
         """

@@ -1,6 +1,6 @@
 """
-A request body streamed from a region of a file, for the chunks of a
-resumable upload: a layer is never held whole in memory, and the reactor
+A request body streamed from a region of a file, for uploads to a cloud
+storage service (a resumable upload's chunks, an S3 PUT or part): a layer is never held whole in memory, and the reactor
 thread never reads the disk.
 """
 
@@ -17,7 +17,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from nixeryd.core.threads import Runner
-from nixeryd.storage.gcs.http import GCSError
+from nixeryd.storage.errors import StorageServiceError
 
 
 def _open_for_reading(path: str) -> BinaryIO:
@@ -73,8 +73,8 @@ class FileRegionProducer:
                 if self._stopped:
                     return
                 if not data:
-                    raise GCSError("%s ended at byte %d while uploading it"
-                                   % (self._path, position))
+                    raise StorageServiceError("%s ended at byte %d while uploading it"
+                                              % (self._path, position))
                 self.pieces_read += 1
                 self.largest_piece = max(self.largest_piece, len(data))
                 consumer.write(data)

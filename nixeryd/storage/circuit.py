@@ -1,13 +1,14 @@
 """
-The outage circuit: a sustained Cloud Storage outage answered at once.
+The outage circuit: a sustained outage of a cloud storage service (Cloud
+Storage, S3) answered at once; each bucket has its own.
 
-While Cloud Storage fails (5xx, 408, lost or refused connections,
+While the service fails (5xx, 408, lost or refused connections,
 timeouts), each request would retry for the whole retry deadline
-(:mod:`nixeryd.storage.gcs.retry`) before its pull gets a 503.  Once
+(:mod:`nixeryd.storage.retry`) before its pull gets a 503.  Once
 failures have gone on without a single success for ``sustained``
 seconds and at least ``failures`` times, the circuit *opens*: for
 ``open_for`` seconds every request fails at once with
-:class:`CircuitOpen`, a :class:`~nixeryd.storage.gcs.http.GCSError`
+:class:`CircuitOpen`, a :class:`~nixeryd.storage.errors.StorageServiceError`
 that the image service answers with 503 ``UNAVAILABLE`` and a
 ``Retry-After`` of the time left.  Warm manifests, answered from memory,
 never get here.
@@ -18,9 +19,11 @@ outage closes the circuit; a probe that fails opens it again.  A probe
 that ends otherwise (cancelled by its client) lets the next request
 probe; one that never ends does after ``open_for``.
 
-Opening and closing are one log line each; what the requests that fail
-at once say is left to the image service's account of storage failures
-(one warning a minute for each kind).
+Opening and closing are one log line each (events
+``storage-circuit-open``, ``-reopened``, ``-closed``, with the backend's
+name); what the requests that fail at once say is left to the image
+service's account of storage failures (one warning a minute for each
+kind).
 """
 
 from __future__ import annotations
@@ -31,16 +34,16 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from nixeryd.core import defaults
-from nixeryd.storage.gcs.http import GCSError
+from nixeryd.storage.errors import StorageServiceError
 
 CLOSED = "closed"
 OPEN = "open"
 HALF_OPEN = "half-open"
 
 
-class CircuitOpen(GCSError):
+class CircuitOpen(StorageServiceError):
     """
-    Cloud Storage is taken to be down: nothing was sent.
+    The storage service is taken to be down: nothing was sent.
 
     :ivar retry_after: whole seconds until a request is tried again.
     """
@@ -57,17 +60,19 @@ class Circuit:
     :param failures: the fewest consecutive failures that open it.
     :param sustained: the fewest seconds from the first of them.
     :param open_for: seconds it stays open before a probe.
-    :param target: what it guards, for the log.
+    :param backend: the backend's name (``gcs``, ``s3``), for the log.
+    :param target: what it guards (``gs://bucket``), for the log.
     """
 
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, *,
-                 failures: int = defaults.GCS_CIRCUIT_FAILURES,
-                 sustained: float = defaults.GCS_CIRCUIT_SUSTAINED,
-                 open_for: float = defaults.GCS_CIRCUIT_OPEN,
-                 target: str = "Cloud Storage") -> None:
+    def __init__(self, clock: IReactorTime, *, backend: str,
+                 failures: int = defaults.STORAGE_CIRCUIT_FAILURES,
+                 sustained: float = defaults.STORAGE_CIRCUIT_SUSTAINED,
+                 open_for: float = defaults.STORAGE_CIRCUIT_OPEN,
+                 target: str = "the storage service") -> None:
         self._clock = clock
+        self._backend = backend
         self._failures = failures
         self._sustained = sustained
         self._open_for = open_for
@@ -102,7 +107,7 @@ class Circuit:
         self._until = now + self._open_for
         self._probe += 1
         self.log.info("Probing whether {target} answers again", target=self._target,
-                      event="gcs-circuit-probe")
+                      backend=self._backend, event="storage-circuit-probe")
         return self._probe
 
     def check(self) -> None:
@@ -125,7 +130,8 @@ class Circuit:
         if self.state != CLOSED and (probe == self._probe or self.state == OPEN):
             self.log.info("{target} answers again; closing the circuit after {refused}"
                           " requests failed at once", target=self._target,
-                          refused=self.refused, event="gcs-circuit-closed")
+                          refused=self.refused, backend=self._backend,
+                          event="storage-circuit-closed")
             self.state = CLOSED
             self.refused = 0
 
@@ -137,7 +143,7 @@ class Circuit:
             self._until = now + self._open_for
             self.log.info("{target} still fails; the circuit stays open {seconds:.0f} s",
                           target=self._target, seconds=self._open_for,
-                          event="gcs-circuit-reopened")
+                          backend=self._backend, event="storage-circuit-reopened")
             return
         if self._streak == 0:
             self._streak_started = now
@@ -150,7 +156,7 @@ class Circuit:
                           " requests fail at once (503) for {open_for:.0f} s, then one probes",
                           target=self._target, count=self._streak,
                           seconds=now - self._streak_started, open_for=self._open_for,
-                          event="gcs-circuit-open")
+                          backend=self._backend, event="storage-circuit-open")
 
     def abandoned(self, probe: int) -> None:
         """A request ended without an outcome (cancelled): another may probe."""
