@@ -479,7 +479,7 @@ class ResumableProgressTests(TestCase):
         with capturedLogs() as events:
             with self.assertRaises(GCSError):
                 await client.upload_file("blob", path, 600_000, "md5", "0")
-        retries = [e for e in events if e.get("event") == "gcs-retry"]
+        retries = [e for e in events if e.get("event") == "storage-retry"]
         self.assertGreater(len(retries), 0)
         self.assertEqual(server.chunks, len(retries) + 1)
 
