@@ -107,7 +107,7 @@ class FailedPullsEndToEnd(DaemonTestCase):
         """
         self.assert_both_clients(
             "slow", re.compile(
-                r"the build of (package slow|packages ([\w.-]+, )*slow) in image slow timed out"
+                r"the build of (package slow|packages ([\w.-]+, )*slow in image slow) timed out"
                 r" after %d seconds \(NIX_TIMEOUT sets the limit\)" % (NIX_TIMEOUT,)),
             remembered=False)
 
