@@ -240,10 +240,13 @@ class BuildTests(ImageFixture):
         self.assertEqual(second.documents.config, first.documents.config)
 
     def test_settings_change_layers(self) -> None:
-        """Without popularity data the shared paths are not split out, so the digest differs."""
+        """A smaller layer budget makes paths share layers, so the digest differs."""
         plain = ImageBuilder(nix=self.nix, storage=self.storage, runner=InlineRunner())
+        tight = ImageBuilder(nix=self.nix, storage=self.storage, runner=InlineRunner(),
+                             layer_budget=1)
+        self.assertEqual(len(self.build("toola", tight).layers), 2)
         self.assertNotEqual(self.build("toola", plain).image.oci.digest,
-                            self.build("toola").image.oci.digest)
+                            self.build("toola", tight).image.oci.digest)
 
     def test_store_failure_fails_build(self) -> None:
         """When storing a layer fails the build fails, no manifest is stored and no file is left."""
