@@ -27,6 +27,7 @@ from zope.interface import implementer
 import treq
 
 from nixeryd.core.documents import RedirectBlob
+from nixeryd.core.errors import BlobUnknown
 from nixeryd.storage.gcs import GCSError, GCSStorage, build_gcs_storage, load_service_account_key
 from nixeryd.storage.gcs.objects import blob_object_name, md5_base64
 from nixeryd.storage.gcs.signing import ServiceAccountKey
@@ -223,6 +224,26 @@ class GCSEmulatorTests(EmulatorTestCase):
         response = await treq.get(blob.url, pool=HTTPConnectionPool(reactor, persistent=False))
         self.assertEqual(response.code, 200)
         self.assertEqual(await response.content(), data)
+
+    async def test_redirect_reused(self) -> None:
+        """
+        A blob's URL is reused while it is fresh, without asking the bucket
+        again (the object, deleted behind the storage's back, is still
+        answered from memory); removing the blob through the storage
+        forgets it, and the next answer asks the bucket again.
+        """
+        data = os.urandom(1000)
+        digest = digest_of(data)
+        await self.storage.store_blob_bytes(data, digest)
+        first = await self.storage.blob(digest)
+        await self.storage.client.delete(blob_object_name(digest))
+        again = await self.storage.blob(digest)
+        self.assertEqual(again, first)
+        await self.storage.store_blob_bytes(data, digest)
+        [stored] = await self.storage.list_blobs()
+        self.assertTrue(await self.storage.remove_blob(digest, stored.version))
+        with self.assertRaises(BlobUnknown):
+            await self.storage.blob(digest)
 
     async def test_unsigned_url_without_key(self) -> None:
         """Without a key (emulator use), blob answers are plain URLs that still fetch."""

@@ -4,7 +4,9 @@ Storage in a Google Cloud Storage bucket (object names in
 
 Registry clients download blobs from the bucket itself: :meth:`GCSStorage.blob`
 answers with a V4 signed URL, valid for a few minutes, to an object it has
-just seen exist.  Everything else goes through the JSON API
+seen exist; the URL is reused while half its lifetime remains
+(:mod:`nixeryd.storage.gcs.urlcache`), so most redirects cost neither a
+request to the bucket nor a signature.  Everything else goes through the JSON API
 (:class:`~nixeryd.storage.gcs.bucket.BucketClient`) on the reactor, without
 blocking it: hashing, file reads and RSA signing run in the injected thread
 pool.
@@ -63,6 +65,7 @@ from nixeryd.storage.gcs.objects import (
     document_prefix, file_size_and_md5, format_time, md5_base64, parse_time)
 from nixeryd.storage.gcs.signing import (
     DEFAULT_SIGNING_ENDPOINT, ServiceAccountKey, sign_url_v4)
+from nixeryd.storage.gcs.urlcache import RedirectCache
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
 from nixeryd.storage.naming import check_index_entry
@@ -141,6 +144,7 @@ class GCSStorage:
         self._spool = self._claim_spool(shared=spool_directory is None)
         self._simple_upload_limit = simple_upload_limit
         self._url_lifetime = url_lifetime
+        self._redirects = RedirectCache(clock.seconds, url_lifetime)
         self._index = BucketIndex(runner, client)
 
     def _claim_spool(self, shared: bool) -> str:
@@ -244,9 +248,14 @@ class GCSStorage:
 
     async def _blob(self, digest: str) -> LocalBlob | RedirectBlob:
         name = blob_object_name(digest)
-        if await self.client.metadata(name) is None:
-            raise BlobUnknown("blob unknown to registry", {"digest": digest})
-        return RedirectBlob(url=await self.signed_url(name), digest=digest)
+        url = self._redirects.get(name)
+        if url is None:
+            if await self.client.metadata(name) is None:
+                raise BlobUnknown("blob unknown to registry", {"digest": digest})
+            signed_at = self._clock.seconds()
+            url = await self.signed_url(name)
+            self._redirects.put(name, url, signed_at)
+        return RedirectBlob(url=url, digest=digest)
 
     async def _read_small(self, digest: str, limit: int) -> bytes | None:
         try:
@@ -379,6 +388,7 @@ class GCSStorage:
             name = blob_object_name(digest)
         except Exception:
             return fail()
+        self._redirects.forget(name)
         return Deferred.fromCoroutine(self._remove(name, version))
 
     def list_documents(self, namespace: str) -> Deferred[list[StoredDocument]]:
