@@ -73,7 +73,7 @@ def main() -> int:
     output = open(sys.argv[1], "a", buffering=1)
     probe = StallProbe(output)
     loop = task.LoopingCall(probe.tick)
-    reactor.callWhenRunning(loop.start, INTERVAL, now=True)  # type: ignore[attr-defined]
+    reactor.callWhenRunning(loop.start, INTERVAL, now=True)
     return nixeryd_main(sys.argv[2:])
 
 
