@@ -9,11 +9,12 @@ package the images need (so the figures are nixeryd's, not Nix's), and
 with the closure in the page cache.  It then times, from the request to
 the manifest:
 
-* **cold**: ``image`` (about 250 MB of store paths): evaluation, Nix's
-  closure query, layering, writing and storing every layer;
-* **incremental**: ``image/pyapp``, one small package more than an image
-  already served: with layers that other images share, only the new
-  package's layer and the customisation layer are written;
+* **cold**: ``image/deepapp`` (about 270 MB of store paths): evaluation,
+  Nix's closure query, layering, writing and storing every layer;
+* **incremental**: ``image/deepapp/greeter``, one small package more than
+  the image just served (``greeter`` uses a library ``deepapp`` already
+  brings): with layers that survive the change, only the new package's
+  layer and the customisation layer are written;
 
 and prints for each the wall time, the time in each build phase (from the
 daemon's ``nixeryd_build_phase_seconds``), the longest reactor stall, and,
@@ -125,11 +126,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     options = parser.parse_args()
 
-    image_root, pyapp_root = nix_build("image", "pyapp")
-    image_paths = closure([image_root])
-    new_paths = sorted(set(closure([image_root, pyapp_root])) - set(image_paths))
+    image_root, deepapp_root, greeter_root = nix_build("image", "deepapp", "greeter")
+    image_paths = closure([image_root, deepapp_root])
+    new_paths = sorted(set(closure([image_root, deepapp_root, greeter_root]))
+                       - set(image_paths))
     subprocess.run(["tar", "-cf", "/dev/null", "--", *image_paths, *new_paths], check=True)
-    print("image: %d store paths; image/pyapp adds %d (%s)"
+    print("image/deepapp: %d store paths; image/deepapp/greeter adds %d (%s)"
           % (len(image_paths), len(new_paths),
              ", ".join(path.split("-", 1)[1] for path in new_paths)))
     print("%-4s %-12s %8s %8s %8s %8s %9s %8s %8s %10s"
@@ -145,8 +147,8 @@ def main() -> None:
             reference = reference_seconds(image_paths)
             compress = compress_seconds(new_paths, workdir)
             daemon.start(timeout=60)
-            cold = timed_pull(daemon, "image", probe)
-            incremental = timed_pull(daemon, "image/pyapp", probe)
+            cold = timed_pull(daemon, "image/deepapp", probe)
+            incremental = timed_pull(daemon, "image/deepapp/greeter", probe)
         finally:
             daemon.stop()
             shutil.rmtree(workdir, ignore_errors=True)
