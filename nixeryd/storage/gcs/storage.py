@@ -44,7 +44,7 @@ from datetime import datetime, timezone
 from typing import Any, Collection
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -354,6 +354,13 @@ class GCSStorage:
         return Deferred.fromCoroutine(self._store_bytes(data, digest))
 
     def blob(self, digest: str) -> Deferred[LocalBlob | RedirectBlob]:
+        try:
+            url = self._redirects.get(blob_object_name(digest))
+        except Exception:
+            url = None  # an invalid digest: refused by the coroutine
+        if url is not None:
+            # A fresh URL of a blob known to exist: answered without a coroutine.
+            return succeed(RedirectBlob(url=url, digest=digest))
         return Deferred.fromCoroutine(self._blob(digest))
 
     def read_small_blob(self, digest: str, limit: int) -> Deferred[bytes | None]:
