@@ -45,7 +45,8 @@ from typing import Mapping, Sequence
 
 from attrs import frozen
 
-from nixeryd.build.closure import ClosureGraph, store_path_name
+from nixeryd.build.closure import ClosureGraph
+from nixeryd.build.layers import path_popularity
 from nixeryd.core import defaults
 
 #: A path whose closure is larger than this many bytes gets a layer of its
@@ -54,16 +55,6 @@ BIG_CLOSURE_BYTES = 100 * 1000 * 1000
 
 #: A path at least this popular gets a layer of its own.
 POPULAR_THRESHOLD = 100
-
-#: Popularity given to paths that nearly every image carries, whatever the
-#: popularity data says, so they always lead the shared layers.
-PINNED_POPULARITY = 500000
-
-#: Name prefixes of the paths given :data:`PINNED_POPULARITY`.
-PINNED_NAME_PREFIXES = ("nss-cacert", "iana-etc")
-
-#: Popularity of a path the popularity data does not mention.
-DEFAULT_POPULARITY = 1
 
 #: Marks a node without an immediate dominator in :func:`immediate_dominators`.
 UNREACHABLE = -1
@@ -83,24 +74,6 @@ class LayerPlan:
 
     paths: tuple[str, ...]
     merge_rating: int
-
-
-def path_popularity(path: str, popularity: Mapping[str, int]) -> int:
-    """
-    The popularity of one store path.
-
-    Certificates and the IANA service tables are pinned very high; other
-    paths are looked up by their name (the store path without its hash),
-    and paths the data does not know count as
-    :data:`DEFAULT_POPULARITY`.
-
-    :param path: absolute store path.
-    :param popularity: counts keyed by :func:`store_path_name`.
-    """
-    name = store_path_name(path)
-    if name.startswith(PINNED_NAME_PREFIXES):
-        return PINNED_POPULARITY
-    return popularity.get(name, DEFAULT_POPULARITY)
 
 
 def immediate_dominators(successors: Sequence[Sequence[int]],
@@ -187,18 +160,9 @@ def plan_layers(graph: ClosureGraph,
                 popularity: Mapping[str, int] | None = None,
                 budget: int = defaults.LAYER_BUDGET) -> list[LayerPlan]:
     """
-    Group the store paths of a closure into at most ``budget`` layers.
-
-    :param graph: the closure, with sizes and references.
-    :param popularity: reference counts keyed by store path name
-        (``glibc-2.33``); missing or ``None`` means no data, and every
-        path then counts as :data:`DEFAULT_POPULARITY`.
-    :param budget: the most layers to return; at least 1.
-    :return: the layers, most valuable first (by merge rating descending,
-        then by paths); every path of the closure is in exactly one.
-    :raise ValueError: if ``budget`` is below 1, a root or reference names
-        a path that is not in the closure, or an entry of ``graph.paths``
-        is filed under a path other than its own.
+    The dominator-tree layers of a closure, at most ``budget``: the
+    arguments, errors and guarantees of :func:`nixeryd.build.layers.plan_layers`,
+    with the layers ordered by merge rating, most valuable first.
     """
     if budget < 1:
         raise ValueError("the layer budget must be at least 1, not %r" % (budget,))
