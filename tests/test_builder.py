@@ -27,6 +27,7 @@ from nixeryd.build.builder import (
     runtime_settings,
 )
 from nixeryd.build.forest import Customisation
+from nixeryd.build.layers import LAYERING_VERSION
 from nixeryd.build.names import parse_image_name
 from nixeryd.build.progress import BuildPhase, LayerSummary
 from nixeryd.core.text import human_size
@@ -382,6 +383,7 @@ class SettingsTests(SynchronousTestCase):
                             base)
         self.assertNotEqual(self.make(popularity={"a-1": 4}).settings_key(), base)
         self.assertNotEqual(self.make().settings_key(), base)
+        self.assertIn("layering=%d;" % (LAYERING_VERSION,), base)
 
     def test_set_popularity(self) -> None:
         """New popularity data changes the settings key, and the same data restores it."""

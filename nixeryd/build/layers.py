@@ -71,6 +71,11 @@ from attrs import frozen
 from nixeryd.build.closure import ClosureGraph, store_path_name
 from nixeryd.core import defaults
 
+#: Version of the grouping rule: raise it whenever the same closure, budget
+#: and popularity data would be grouped differently, so that manifests
+#: cached for a closure (whose layers follow the old rule) are not reused.
+LAYERING_VERSION = 2
+
 #: Popularity given to paths that nearly every image carries, whatever the
 #: popularity data says, so they always keep layers of their own.
 PINNED_POPULARITY = 500000
