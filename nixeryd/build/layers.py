@@ -87,9 +87,8 @@ PINNED_NAME_PREFIXES = ("nss-cacert", "iana-etc")
 DEFAULT_POPULARITY = 1
 
 #: The steps of the weight ladder (NAR bytes times popularity): a path's
-#: weight class is the number of steps at or below its weight, and the
-#: thresholds tried for keeping a layer of one's own are 0, these steps,
-#: then none.
+#: weight class is the number of steps at or below its weight.  Past the
+#: budget, classes share layers from the lightest up, as few as fit.
 WEIGHT_STEPS: tuple[int, ...] = tuple(4096 * 4 ** step for step in range(13))
 
 #: Buckets of each weight class, as a power of two: light paths of one
