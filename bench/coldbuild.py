@@ -45,7 +45,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from stallprobe import read_stalls  # noqa: E402
+from stallprobe import read_reactor_cpu, read_stalls  # noqa: E402
 
 from nixeryd.build.archive import write_store_layer  # noqa: E402
 from tests.daemon import Daemon  # noqa: E402
@@ -115,8 +115,11 @@ def timed_pull(daemon: Daemon, image: str, probe: str) -> dict[str, float]:
     after = phase_sums(daemon)
     figures = {phase: after[phase] - before[phase] for phase in PHASES}
     figures["wall"] = ended - started
-    figures["stall"], figures["stall_cpu"] = max(read_stalls(probe, started, ended),
-                                                 default=(0.0, 0.0))
+    figures["stall"], figures["stall_cpu"], figures["stall_queued"] = max(
+        read_stalls(probe, started, ended), default=(0.0, 0.0, 0.0))
+    # The probe samples every 0.1 s: wait for the sample after the end.
+    time.sleep(0.3)
+    figures["reactor_cpu"] = read_reactor_cpu(probe, started, ended)
     return figures
 
 
@@ -134,9 +137,9 @@ def main() -> None:
     print("image/deepapp: %d store paths; image/deepapp/greeter adds %d (%s)"
           % (len(image_paths), len(new_paths),
              ", ".join(path.split("-", 1)[1] for path in new_paths)))
-    print("%-4s %-12s %8s %8s %8s %8s %9s %8s %8s %10s"
+    print("%-4s %-12s %8s %8s %8s %8s %9s %8s %9s %11s %8s %10s"
           % ("run", "pull", "wall s", "eval s", "nix s", "layer s", "stall ms",
-             "(cpu ms)", "ref s", "ratio"))
+             "(cpu ms", "queued)", "reactor ms", "ref s", "ratio"))
     worst_stall = 0.0
     for run in range(1, options.runs + 1):
         workdir = tempfile.mkdtemp(prefix="nixeryd-coldbuild-")
@@ -157,16 +160,19 @@ def main() -> None:
                 ("incremental", incremental, compress, INCREMENTAL_ALLOWANCE)):
             ratio = (figures["layering"] / ref if allowance is None
                      else figures["layering"] - ref)
-            print("%-4d %-12s %8.3f %8.3f %8.3f %8.3f %9.1f %8.1f %8.3f %10s"
+            print("%-4d %-12s %8.3f %8.3f %8.3f %8.3f %9.1f %8.1f %9.1f %11.0f %8.3f %10s"
                   % (run, label, figures["wall"], figures["evaluating"],
                      figures["building"], figures["layering"], figures["stall"] * 1000,
-                     figures["stall_cpu"] * 1000, ref, ("%.3fx" % ratio) if allowance is None else ("+%.3f s" % ratio)))
+                     figures["stall_cpu"] * 1000, figures["stall_queued"] * 1000,
+                     figures["reactor_cpu"] * 1000, ref, ("%.3fx" % ratio) if allowance is None else ("+%.3f s" % ratio)))
             worst_stall = max(worst_stall, figures["stall"])
     print("cold: ratio = layering / (tar | gzip -6 | sha256sum of the closure)")
     print("incremental: ref = compressing its new paths; +N s = layering - ref "
           "(target at most +%.1f s)" % (INCREMENTAL_ALLOWANCE,))
     print("stall: the longest lateness of a 5 ms looping call on the daemon's reactor;"
-          " cpu: what the reactor thread itself used meanwhile")
+          " cpu: what the reactor thread itself used meanwhile; queued: how long it waited"
+          " for a core; reactor: CPU the reactor thread used during the whole pull (the"
+          " probe's calls included)")
     print("longest reactor stall: %.1f ms (target under %.0f ms)"
           % (worst_stall * 1000, STALL_TARGET * 1000))
 
