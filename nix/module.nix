@@ -32,6 +32,16 @@ let
     // optional "GCS_BUCKET" cfg.gcsBucket
     // optional "GOOGLE_APPLICATION_CREDENTIALS" cfg.googleApplicationCredentials
     // optional "STORAGE_EMULATOR_HOST" cfg.gcsEndpoint
+    // optional "S3_BUCKET" cfg.s3Bucket
+    // optional "S3_ENDPOINT" cfg.s3Endpoint
+    // optional "S3_REGION" cfg.s3Region
+    // optional "S3_ADDRESSING_STYLE" cfg.s3AddressingStyle
+    // optional "S3_URL_LIFETIME" cfg.s3UrlLifetime
+    // optional "S3_PUBLIC_URL" cfg.s3PublicUrl
+    // optional "AWS_SHARED_CREDENTIALS_FILE" cfg.awsSharedCredentialsFile
+    // optional "AWS_PROFILE" cfg.awsProfile
+    // lib.optionalAttrs cfg.gcsPublic { GCS_PUBLIC = "1"; }
+    // optional "GCS_SIGNING_ACCOUNT" cfg.gcsSigningAccount
     // optional "NIX_TIMEOUT" cfg.nixTimeout
     // optional "NIX_POPULARITY_URL" cfg.popularityUrl
     // optional "NIXERY_MAX_BUILDS" cfg.maxBuilds
@@ -45,6 +55,21 @@ let
     // optional "NIXERY_STALL_TIMEOUT" cfg.stallTimeout
     // optional "NIXERY_MAX_CONNECTIONS_PER_CLIENT" cfg.maxConnectionsPerClient
     // optional "NIXERY_MAX_CONNECTIONS" cfg.maxConnections
+    // lib.optionalAttrs (cfg.platforms != [ ]) {
+      NIXERY_PLATFORMS = lib.concatStringsSep "," cfg.platforms;
+    }
+    # Private instances: authentication, tokens, rules, TLS, builds per client.
+    // optional "NIXERY_HTPASSWD" cfg.htpasswd
+    // optional "NIXERY_AUTH_RULES" cfg.authRules
+    // optional "NIXERY_TOKEN_KEY" cfg.tokenKey
+    // optional "NIXERY_TOKEN_PUBLIC_KEY" cfg.tokenPublicKey
+    // optional "NIXERY_TOKEN_REALM" cfg.tokenRealm
+    // optional "NIXERY_TOKEN_SERVICE" cfg.tokenService
+    // optional "NIXERY_TOKEN_ISSUER" cfg.tokenIssuer
+    // optional "NIXERY_TOKEN_TTL" cfg.tokenTtl
+    // optional "NIXERY_TLS_CERT" cfg.tlsCert
+    // optional "NIXERY_TLS_KEY" cfg.tlsKey
+    // optional "NIXERY_COLD_PER_MINUTE" cfg.coldPerMinute
     // lib.optionalAttrs (cfg.nixOptions != { }) {
       NIXERY_NIX_OPTIONS = lib.concatStringsSep ";"
         (lib.mapAttrsToList (name: value: "${name}=${value}") cfg.nixOptions);
@@ -100,7 +125,7 @@ in
     };
 
     storageBackend = mkOption {
-      type = types.enum [ "filesystem" "gcs" ];
+      type = types.enum [ "filesystem" "gcs" "s3" ];
       default = "filesystem";
       description = "Where images are stored (NIXERY_STORAGE_BACKEND).";
     };
@@ -131,6 +156,75 @@ in
       type = types.nullOr types.str;
       default = null;
       description = "A GCS emulator's URL instead of Cloud Storage (STORAGE_EMULATOR_HOST).";
+    };
+
+    s3Bucket = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Bucket of s3 storage (S3_BUCKET).";
+    };
+
+    s3Endpoint = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "An S3-compatible server's URL (MinIO, Ceph, R2...); null for AWS S3 (S3_ENDPOINT).";
+    };
+
+    s3Region = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Region requests to the bucket are signed for (S3_REGION; the daemon's default is us-east-1).";
+    };
+
+    s3AddressingStyle = mkOption {
+      type = types.nullOr (types.enum [ "path" "virtual" ]);
+      default = null;
+      description = "path or virtual (S3_ADDRESSING_STYLE; virtual on AWS, path with s3Endpoint by default).";
+    };
+
+    s3UrlLifetime = mkOption {
+      type = types.nullOr (types.ints.between 1 604800);
+      default = null;
+      description = "Seconds a presigned blob URL is valid (S3_URL_LIFETIME; the daemon's default is 300).";
+    };
+
+    s3PublicUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Where the bucket's objects are readable without credentials; blobs are redirected there unsigned (S3_PUBLIC_URL).";
+    };
+
+    awsSharedCredentialsFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = ''
+        Path of an AWS shared credentials file for s3 storage
+        (AWS_SHARED_CREDENTIALS_FILE). A path, so that the key never enters
+        the Nix store; without it, credentials come from the instance or
+        container metadata.
+      '';
+    };
+
+    awsProfile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Profile of the shared credentials file (AWS_PROFILE; default).";
+    };
+
+    gcsPublic = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Redirect blob requests to plain, unsigned URLs of a public bucket (GCS_PUBLIC).";
+    };
+
+    gcsSigningAccount = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = ''
+        Without a key file, the service account that signs blob URLs through
+        IAM signBlob (GCS_SIGNING_ACCOUNT; by default the metadata server's
+        default account).
+      '';
     };
 
     nixTimeout = mkOption {
@@ -169,6 +263,18 @@ in
       description = "Nix log lines kept per build (NIXERY_BUILD_LOG_LINES; the daemon's default is 2000).";
     };
 
+    platforms = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "linux/amd64" "linux/arm64" ];
+      description = ''
+        Platforms a name is built for, the default first; with several, a
+        pull by tag gets an image index (NIXERY_PLATFORMS; the daemon's
+        default is the machine's own platform).  Nix must be able to build
+        for each: see nixOptions (builders, extra-platforms, substituters).
+      '';
+    };
+
     maxQueue = mkOption {
       type = types.nullOr types.ints.positive;
       default = null;
@@ -187,6 +293,75 @@ in
         without asking Nix again, 0 for never (NIXERY_FAILURE_TTL; the
         daemon's default is 300).
       '';
+    };
+
+    # Private instances (README.md, "Private instances"): every file is
+    # read by the service's user; give paths outside the Nix store for
+    # secrets (keys, htpasswd).
+    htpasswd = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "htpasswd file of bcrypt hashes (htpasswd -B); pulls need a user name and password (NIXERY_HTPASSWD).";
+    };
+
+    authRules = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "TOML rules file: which users may pull which packages (NIXERY_AUTH_RULES).";
+    };
+
+    tokenKey = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "PEM private key (RSA or EC P-256) signing the tokens of the daemon's /token endpoint; turns on the token flow (NIXERY_TOKEN_KEY).";
+    };
+
+    tokenPublicKey = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "PEM public key or certificate of an external token service (NIXERY_TOKEN_PUBLIC_KEY; needs tokenRealm).";
+    };
+
+    tokenRealm = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "URL of the token service clients are sent to (NIXERY_TOKEN_REALM; the daemon's default is its own /token).";
+    };
+
+    tokenService = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Service name (audience) of the tokens (NIXERY_TOKEN_SERVICE; the daemon's default is nixeryd).";
+    };
+
+    tokenIssuer = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Issuer of the tokens (NIXERY_TOKEN_ISSUER; the daemon's default is nixeryd).";
+    };
+
+    tokenTtl = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      description = "Seconds a token of the daemon's /token lasts (NIXERY_TOKEN_TTL; the daemon's default is 300).";
+    };
+
+    tlsCert = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "PEM certificate (then intermediates) to serve HTTPS with; read again on reload (NIXERY_TLS_CERT).";
+    };
+
+    tlsKey = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "PEM private key of tlsCert (NIXERY_TLS_KEY).";
+    };
+
+    coldPerMinute = mkOption {
+      type = types.nullOr types.ints.unsigned;
+      default = null;
+      description = "Builds one user (or address) may start per minute, 0 for no bound (NIXERY_COLD_PER_MINUTE; the daemon's default is 60).";
     };
 
     headTimeout = mkOption {
@@ -244,6 +419,14 @@ in
         assertion = cfg.storageBackend != "gcs" || cfg.gcsBucket != null;
         message = "services.nixeryd: gcs storage needs gcsBucket.";
       }
+      {
+        assertion = cfg.storageBackend != "s3" || cfg.s3Bucket != null;
+        message = "services.nixeryd: s3 storage needs s3Bucket.";
+      }
+      {
+        assertion = (cfg.tlsCert == null) == (cfg.tlsKey == null);
+        message = "services.nixeryd: TLS needs both tlsCert and tlsKey.";
+      }
     ];
 
     users.users.nixeryd = {
@@ -264,6 +447,8 @@ in
       inherit environment;
       serviceConfig = {
         ExecStart = lib.escapeShellArgs ([ "${cfg.package}/bin/nixeryd" "serve" ] ++ cfg.extraArgs);
+        # SIGHUP reads the TLS certificate and key again, without dropping connections.
+        ExecReload = "/run/current-system/sw/bin/kill -HUP $MAINPID";
         User = "nixeryd";
         Group = "nixeryd";
         StateDirectory = "nixeryd";

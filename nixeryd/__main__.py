@@ -6,7 +6,8 @@ command-line entry points other than the daemon.
 ``twistd nixery`` is the same daemon); ``build`` builds one image into an
 OCI image layout (see :mod:`nixeryd.app.buildcmd`); ``gc`` removes from
 the daemon's storage what is no longer wanted (see
-:mod:`nixeryd.app.gccmd`).
+:mod:`nixeryd.app.gccmd`); ``verify`` checks its blobs against their
+digests (see :mod:`nixeryd.app.verifycmd`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ USAGE = """\
 usage: nixeryd serve [--log-format json|text] [options]
        nixeryd build [options] NAME
        nixeryd gc [--keep-days N] [--grace HOURS] [--dry-run] [options]
-       (run 'nixeryd serve --help', 'nixeryd build --help' or 'nixeryd gc --help'
-       for options)
+       nixeryd verify [--repair] [options]
+       (run 'nixeryd serve --help', 'nixeryd build --help', 'nixeryd gc --help'
+       or 'nixeryd verify --help' for options)
 """
 
 
@@ -38,8 +40,11 @@ def main(argv: list[str]) -> int:
     if argv[0] == "gc":
         from nixeryd.app.gccmd import main as gc_main
         return gc_main(argv[1:])
-    sys.stderr.write("nixeryd: unknown command %r (expected 'serve', 'build' or 'gc')\n"
-                     % (argv[0],))
+    if argv[0] == "verify":
+        from nixeryd.app.verifycmd import main as verify_main
+        return verify_main(argv[1:])
+    sys.stderr.write("nixeryd: unknown command %r (expected 'serve', 'build', 'gc' or"
+                     " 'verify')\n" % (argv[0],))
     return 2
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -84,18 +85,22 @@ class Daemon:
 
     :param workdir: where its log and (by default) storage go.
     :param args: extra plugin options (e.g. ``--pkgs-path``).
+    :param tls_ca: the CA file to trust when the daemon serves TLS.
     :param entry: what Python runs instead of ``-m nixeryd`` (see
         :func:`serve_argv`).
     """
 
     def __init__(self, workdir: str, *args: str, storage: str | None = None,
-                 env: dict[str, str] | None = None,
+                 env: dict[str, str] | None = None, tls_ca: str | None = None,
                  entry: Sequence[str] = ("-m", "nixeryd")) -> None:
         self.entry = tuple(entry)
         self.workdir = workdir
         self.storage = storage or os.path.join(workdir, "storage")
         self.port = free_port()
-        self.address = "127.0.0.1:%d" % (self.port,)
+        #: With TLS (``tls_ca``: the CA that signed its certificate for
+        #: ``localhost``), the daemon is reached by that name over HTTPS.
+        self.tls_ca = tls_ca
+        self.address = "%s:%d" % ("localhost" if tls_ca else "127.0.0.1", self.port)
         self.log_path = os.path.join(workdir, "daemon-%d.log" % (self.port,))
         self.args = list(args)
         self.env = child_environment(**(env or {}))
@@ -114,9 +119,15 @@ class Daemon:
                 raise AssertionError("daemon exited %d:\n%s" % (
                     self.process.returncode, self.log_text()))
             try:
-                with urllib.request.urlopen(self.url("/v2/"), timeout=2) as response:
+                with urllib.request.urlopen(self.url("/v2/"), timeout=2,
+                                            context=self.ssl_context()) as response:
                     if response.status == 200:
                         return self
+            except urllib.error.HTTPError as e:
+                if e.code == 401:
+                    # Authentication is on: it answers.
+                    return self
+                time.sleep(0.1)
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.1)
         self.stop()
@@ -138,7 +149,11 @@ class Daemon:
 
     def url(self, path: str) -> str:
         """The daemon's URL for ``path``."""
-        return "http://%s%s" % (self.address, path)
+        return "%s://%s%s" % ("https" if self.tls_ca else "http", self.address, path)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context trusting :attr:`tls_ca`, when the daemon serves TLS."""
+        return ssl.create_default_context(cafile=self.tls_ca) if self.tls_ca else None
 
     def request(self, path: str, method: str = "GET",
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -146,7 +161,8 @@ class Daemon:
         request = urllib.request.Request(self.url(path), method=method,
                                          headers=headers or {})
         try:
-            with urllib.request.urlopen(request, timeout=120) as response:
+            with urllib.request.urlopen(request, timeout=120,
+                                        context=self.ssl_context()) as response:
                 return (response.status, {k.lower(): v for k, v in response.headers.items()},
                         response.read())
         except urllib.error.HTTPError as e:

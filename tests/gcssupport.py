@@ -1,7 +1,8 @@
 """
 What the tests of the GCS backend share: the dummy service-account key, a
-thread pool per test, GCS storages on a test server, and a test case that
-runs a fresh emulator for each test.
+thread pool per test, GCS storages on a test server, a test case that
+runs a fresh emulator for each test, and one that puts a fault-injecting
+proxy in front of it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from treq.client import HTTPClient
 from nixeryd.core.threads import Runner, ThreadPoolService
 from nixeryd.storage.gcs.auth import AccessTokenSource
 from nixeryd.storage.gcs.bucket import DEFAULT_CHUNK_SIZE, DEFAULT_READ_SIZE, BucketClient
-from nixeryd.storage.gcs.retry import NO_RETRY, Retrier
+from nixeryd.storage.gcs.circuit import Circuit
+from nixeryd.storage.gcs.retry import NO_OBSERVER, NO_RETRY, Retrier, RetryObserver, RetryPolicy
 from nixeryd.storage.gcs.signing import ServiceAccountKey
 from nixeryd.storage.gcs.storage import DEFAULT_SIMPLE_UPLOAD_LIMIT, GCSStorage
-from tests.gcsemulator import MISSING_REASON, GCSEmulator, start_emulator
+from tests.faultproxy import FaultProxy
+from tests.gcsemulator import MISSING_REASON, GCSEmulator, start_emulator, start_fake_gcs_server
 
 #: The dummy key of Google's signing conformance vectors.
 KEY_FILE = os.path.join(os.path.dirname(__file__), "fixtures", "gcs-v4",
@@ -74,6 +77,8 @@ class EmulatorTestCase(TestCase):
     """
 
     skip = MISSING_REASON
+    #: Run fake-gcs-server instead of gcp-storage-emulator.
+    fake_gcs = False
     runner: ThreadPoolService
     emulator: GCSEmulator
 
@@ -84,7 +89,8 @@ class EmulatorTestCase(TestCase):
 
     async def _start(self) -> None:
         self.runner = start_pool(self)
-        self.emulator = await start_emulator(reactor, self.mktemp())
+        start = start_fake_gcs_server if self.fake_gcs else start_emulator
+        self.emulator = await start(reactor, self.mktemp())
         self.addCleanup(lambda: Deferred.fromCoroutine(self.emulator.stop()))
         self.started()
 
@@ -100,3 +106,38 @@ class EmulatorTestCase(TestCase):
                            signing_key=load_key() if signed else None,
                            spool_directory=spool_directory, chunk_size=chunk_size,
                            read_size=read_size, simple_upload_limit=simple_upload_limit)
+
+
+#: Retries quick enough for tests: waits of at most 0.2 s, 10 s in all.
+QUICK_RETRIES = RetryPolicy(initial=0.05, multiplier=2, cap=0.2, deadline=10)
+
+
+class ProxiedEmulatorTestCase(EmulatorTestCase):
+    """
+    Runs a fresh emulator for each test behind a fault-injecting proxy
+    (``proxy``, :mod:`tests.faultproxy`); :meth:`proxied_storage` makes
+    storages that reach the emulator through it.
+    """
+
+    #: Whether the proxy answers resumable status queries itself.
+    judge_status = False
+    proxy: FaultProxy
+
+    async def _start(self) -> None:
+        await super()._start()
+        port = int(self.emulator.endpoint.rsplit(":", 1)[1])
+        self.proxy = FaultProxy(reactor, ("127.0.0.1", port), judge_status=self.judge_status)
+        self.proxy.start()
+        self.addCleanup(self.proxy.stop)
+
+    def proxied_storage(self, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                        simple_upload_limit: int = DEFAULT_SIMPLE_UPLOAD_LIMIT,
+                        policy: RetryPolicy = QUICK_RETRIES,
+                        circuit: Circuit | None = None,
+                        observer: RetryObserver = NO_OBSERVER) -> GCSStorage:
+        """A storage on the emulator's bucket through the proxy, with quick retries."""
+        return gcs_storage(self, self.runner, self.proxy.endpoint, self.emulator.bucket,
+                           signing_key=None, chunk_size=chunk_size,
+                           simple_upload_limit=simple_upload_limit,
+                           retrier=Retrier(reactor, policy, observer=observer,
+                                           circuit=circuit))

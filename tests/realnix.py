@@ -17,8 +17,7 @@ from nixeryd.core.threads import InlineRunner
 from tests.e2e import OFFLINE_NIX_OPTIONS
 
 #: :data:`tests.e2e.OFFLINE_NIX_OPTIONS` as ``(name, value)`` pairs: no
-#: binary cache (there is no network), and aarch64-linux builds run the
-#: host's busybox.
+#: binary cache (there is no network).
 NIX_OPTIONS = tuple((name, value) for name, _, value in
                     (option.partition("=") for option in OFFLINE_NIX_OPTIONS))
 

@@ -177,7 +177,7 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(nixeryd_main(["serve-all"]), 2)
         self.assertEqual(self.stderr.getvalue(),
                          "nixeryd: unknown command 'serve-all'"
-                         " (expected 'serve', 'build' or 'gc')\n")
+                         " (expected 'serve', 'build', 'gc' or 'verify')\n")
 
     def test_build(self) -> None:
         """``build`` runs the build command with the remaining arguments."""

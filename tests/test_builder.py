@@ -230,6 +230,48 @@ class BuildTests(ImageFixture):
         self.assertEqual(written, [(self.libfoo,)])
         self.assertIn(libfoo.digest, self.storage.blobs)
 
+    def test_damaged_cached_layer_rewritten(self) -> None:
+        """
+        A cached layer whose blob now holds other bytes of the same size is
+        not reused by a new image sharing it: it is written again, which
+        replaces the damaged blob.
+        """
+        built = self.build("toola")
+        libfoo = [l for l in built.layers if l.comment == "libfoo-1.0"][0]
+        good = self.storage.blobs[libfoo.digest]
+        self.storage.damage_blob(libfoo.digest, bytes(b ^ 0xFF for b in good))
+        written = self.count_store_layers()
+        second = self.build("toolb")
+        self.assertEqual(written, [(self.libfoo,), (self.tool_b,)])
+        self.assertIn(libfoo.digest, {layer.digest for layer in second.layers})
+        self.assertEqual(self.storage.blobs[libfoo.digest], good)
+
+    def test_layer_checksum_recorded_and_checked(self) -> None:
+        """
+        On the filesystem, a layer rewritten in place with other bytes of
+        its size is found by a builder over the storage opened again (a
+        restart), and written anew.
+        """
+        root = os.path.abspath(self.mktemp())
+        storage = FilesystemStorage(root, InlineRunner())
+        builder = ImageBuilder(nix=self.nix, storage=storage, runner=InlineRunner(),
+                               popularity=POPULARITY)
+        built = self.build("toola", builder)
+        libfoo = [l for l in built.layers if l.comment == "libfoo-1.0"][0]
+        path = os.path.join(root, "blobs", "sha256", libfoo.digest.split(":")[1])
+        with open(path, "rb") as f:
+            good = f.read()
+        with open(path, "r+b") as f:
+            f.write(bytes(b ^ 0xFF for b in good))
+        restarted = FilesystemStorage(root, InlineRunner())
+        written = self.count_store_layers()
+        again = self.build("toola", ImageBuilder(
+            nix=self.nix, storage=restarted, runner=InlineRunner(), popularity=POPULARITY))
+        self.assertEqual(written, [(self.libfoo,)])
+        self.assertEqual(again.image, built.image)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), good)
+
     def test_identical_inputs_identical_digests(self) -> None:
         """The same closure built by separate builders into separate storages gives the same manifests."""
         first = self.build("toola/toolb")

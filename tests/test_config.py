@@ -33,6 +33,8 @@ class DefaultsTests(SynchronousTestCase):
             listen="tcp:8080", source=SourceSetting("path", "/srv/pkgs"),
             storage_backend="filesystem", storage_path="/srv/storage",
             gcs_bucket=None, google_credentials=None, gcs_endpoint=None,
+            gcs_public=False, gcs_signing_account=None, gce_metadata_host=None,
+            gcs_iam_endpoint="https://iamcredentials.googleapis.com",
             nix_timeout=600.0,
             popularity_url=None, max_builds=2, layer_budget=94, nix_options=(),
             layer_threads=4))
@@ -150,21 +152,113 @@ class StorageTests(SynchronousTestCase):
         error = self.assertRaises(UsageError, build, NIXERY_STORAGE_BACKEND="gcs")
         self.assertIn("GCS_BUCKET", str(error))
 
-    def test_gcs_needs_key_or_emulator(self) -> None:
+    def test_gcs_without_key(self) -> None:
         """
-        Real Cloud Storage needs a key file; an emulator alone is enough.
+        Real Cloud Storage without a key file is configured (the metadata
+        server gives its credentials, checked at start-up); an emulator
+        alone is enough too.
         """
-        error = self.assertRaises(UsageError, build, NIXERY_STORAGE_BACKEND="gcs",
-                                  GCS_BUCKET="b")
-        self.assertIn("GOOGLE_APPLICATION_CREDENTIALS", str(error))
+        config = build(NIXERY_STORAGE_BACKEND="gcs", GCS_BUCKET="b")
+        self.assertEqual((config.google_credentials, config.gcs_endpoint,
+                          config.gce_metadata_host, config.gcs_public), (None, None, None, False))
         config = build(NIXERY_STORAGE_BACKEND="gcs", GCS_BUCKET="b",
                        STORAGE_EMULATOR_HOST="127.0.0.1:9023")
         self.assertEqual((config.google_credentials, config.gcs_endpoint),
                          (None, "http://127.0.0.1:9023"))
 
+    def test_gcs_keyless_settings(self) -> None:
+        """
+        The public flag, the signing account, the metadata server and the
+        IAM endpoint come from options or their variables.
+        """
+        config = build(NIXERY_STORAGE_BACKEND="gcs", GCS_BUCKET="b", GCS_PUBLIC="yes",
+                       GCS_SIGNING_ACCOUNT="signer@p.iam.gserviceaccount.com",
+                       GCE_METADATA_HOST="127.0.0.1:8999",
+                       GCS_IAM_ENDPOINT="http://127.0.0.1:9000")
+        self.assertEqual((config.gcs_public, config.gcs_signing_account,
+                          config.gce_metadata_host, config.gcs_iam_endpoint),
+                         (True, "signer@p.iam.gserviceaccount.com", "127.0.0.1:8999",
+                          "http://127.0.0.1:9000"))
+        self.assertTrue(build({"gcs-public": 1}, NIXERY_STORAGE_BACKEND="gcs",
+                              GCS_BUCKET="b").gcs_public)
+        self.assertFalse(build(NIXERY_STORAGE_BACKEND="gcs", GCS_BUCKET="b",
+                               GCS_PUBLIC="0").gcs_public)
+        self.assertRaises(UsageError, build, NIXERY_STORAGE_BACKEND="gcs", GCS_BUCKET="b",
+                          GCS_PUBLIC="maybe")
+
     def test_unknown_backend(self) -> None:
-        """Backends other than filesystem and gcs are refused."""
-        self.assertRaises(UsageError, build, {"storage-backend": "s3"})
+        """Backends other than filesystem, gcs and s3 are refused."""
+        error = self.assertRaises(UsageError, build, {"storage-backend": "swift"})
+        self.assertIn("filesystem or gcs or s3", str(error))
+
+
+class S3ConfigTests(SynchronousTestCase):
+    """The s3 backend's settings."""
+
+    def test_aws_defaults(self) -> None:
+        """On AWS: virtual-hosted style, us-east-1, 300 s URLs; only AWS variables kept."""
+        config = build(NIXERY_STORAGE_BACKEND="s3", S3_BUCKET="images",
+                       AWS_ACCESS_KEY_ID="AKIA", AWS_SECRET_ACCESS_KEY="secret",
+                       UNRELATED="x")
+        s3 = config.s3
+        assert s3 is not None
+        self.assertEqual((s3.bucket, s3.endpoint, s3.region, s3.addressing_style,
+                          s3.url_lifetime, s3.public_url),
+                         ("images", None, "us-east-1", "virtual", 300, None))
+        self.assertEqual(dict(s3.aws_environment),
+                         {"AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "secret"})
+        self.assertNotIn("secret", repr(config))
+
+    def test_endpoint_means_path_style(self) -> None:
+        """With an endpoint, path style unless told otherwise; options win over variables."""
+        config = build({"s3-endpoint": "http://127.0.0.1:9000/", "s3-region": "auto"},
+                       NIXERY_STORAGE_BACKEND="s3", S3_BUCKET="b", S3_REGION="eu-west-3")
+        assert config.s3 is not None
+        self.assertEqual((config.s3.endpoint, config.s3.region, config.s3.addressing_style),
+                         ("http://127.0.0.1:9000", "auto", "path"))
+        config = build(NIXERY_STORAGE_BACKEND="s3", S3_BUCKET="b",
+                       S3_ENDPOINT="https://minio.example", S3_ADDRESSING_STYLE="virtual",
+                       S3_URL_LIFETIME="60", S3_PUBLIC_URL="https://cdn.example/images")
+        assert config.s3 is not None
+        self.assertEqual((config.s3.addressing_style, config.s3.url_lifetime,
+                          config.s3.public_url),
+                         ("virtual", 60, "https://cdn.example/images"))
+
+    def test_region_from_aws_variables(self) -> None:
+        """S3_REGION, else AWS_REGION, else AWS_DEFAULT_REGION."""
+        for environ, region in (({"AWS_DEFAULT_REGION": "ap-south-1"}, "ap-south-1"),
+                                ({"AWS_DEFAULT_REGION": "x", "AWS_REGION": "eu-north-1"},
+                                 "eu-north-1"),
+                                ({"AWS_REGION": "x", "S3_REGION": "sa-east-1"}, "sa-east-1")):
+            config = build(None, NIXERY_STORAGE_BACKEND="s3", S3_BUCKET="b", **environ)
+            assert config.s3 is not None
+            self.assertEqual(config.s3.region, region)
+
+    def test_refused(self) -> None:
+        """A missing bucket, a bad style, endpoint, lifetime or half a key are usage errors."""
+        for environ, expected in (
+                ({}, "s3 storage needs a bucket: set S3_BUCKET (or --s3-bucket)"),
+                ({"S3_BUCKET": "b", "S3_ADDRESSING_STYLE": "dns"},
+                 "S3_ADDRESSING_STYLE/--s3-addressing-style (path or virtual): 'dns' is out"),
+                ({"S3_BUCKET": "b", "S3_ENDPOINT": "127.0.0.1:9000"},
+                 "S3_ENDPOINT/--s3-endpoint must be an http(s) URL"),
+                ({"S3_BUCKET": "b", "S3_ENDPOINT": "http://h:port"},
+                 "S3_ENDPOINT/--s3-endpoint must be an http(s) URL"),
+                ({"S3_BUCKET": "b", "S3_ENDPOINT": "http://h:9000/s3"},
+                 "S3_ENDPOINT/--s3-endpoint must be scheme://host[:port], without a path"),
+                ({"S3_BUCKET": "b", "S3_URL_LIFETIME": "604801"},
+                 "S3_URL_LIFETIME/--s3-url-lifetime (seconds): '604801' is out of range"),
+                ({"S3_BUCKET": "b", "S3_PUBLIC_URL": "ftp://x"},
+                 "S3_PUBLIC_URL/--s3-public-url must be an http(s) URL"),
+                ({"S3_BUCKET": "b", "AWS_SECRET_ACCESS_KEY": "s"},
+                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together")):
+            error = self.assertRaises(UsageError, build, NIXERY_STORAGE_BACKEND="s3",
+                                      **environ)
+            self.assertIn(expected, str(error))
+
+    def test_not_read_for_other_backends(self) -> None:
+        """S3 settings are ignored by the filesystem backend."""
+        self.assertIsNone(build(S3_ADDRESSING_STYLE="dns").s3)
 
 
 class NumberTests(SynchronousTestCase):

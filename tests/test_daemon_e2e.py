@@ -10,7 +10,6 @@ import hashlib
 import http.client
 import json
 import os
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -73,25 +72,7 @@ class ClientsEndToEnd(DaemonTestCase):
         HEAD announced, and verifies every blob.
         """
         tools = require_tools("containerd", "ctr")
-        state = self.short_directory()
-        config = os.path.join(state, "containerd.toml")
-        socket_path = os.path.join(state, "containerd.sock")
-        with open(config, "w") as f:
-            f.write('version = 2\nroot = "%s/lib"\nstate = "%s/state"\n'
-                    'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-                    '[grpc]\n  address = "%s"\n' % (state, state, socket_path))
-        log = open(os.path.join(state, "containerd.log"), "wb")
-        containerd = subprocess.Popen([tools["containerd"], "--config", config],
-                                      stdout=log, stderr=subprocess.STDOUT)
-
-        def stop() -> None:
-            containerd.terminate()
-            containerd.wait(timeout=20)
-            log.close()
-        self.addCleanup(stop)
-        deadline = time.monotonic() + 20
-        while not os.path.exists(socket_path) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        socket_path = self.containerd()
         ref = "%s/toola:latest" % (self.registry.address,)
         pulled = run([tools["ctr"], "--address", socket_path, "images", "pull",
                       "--plain-http", ref])

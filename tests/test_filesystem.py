@@ -33,6 +33,7 @@ from nixeryd.core.errors import DigestInvalid
 from nixeryd.core.threads import InlineRunner, ThreadPoolService
 from nixeryd.storage import tempdirs
 from nixeryd.storage.filesystem import FilesystemStorage
+from nixeryd.storage.integrity import BlobCorrupt
 from nixeryd.storage.ociindex import REF_NAME, updated_index
 from nixeryd.testing.runners import ManualRunner
 from nixeryd.testing.storage import INVALID_DIGESTS, digest_of, write_temporary
@@ -554,3 +555,56 @@ class FullOrReadOnlyStorageTests(SynchronousTestCase):
         self.assert_still_served()
         remount(self.mount, "rw")
         self.successResultOf(self.storage.store_blob_bytes(data, digest_of(data)))
+
+
+class BlobHashingCostTests(TestCase):
+    """
+    A blob's file is hashed at most once per process and file version:
+    never for a file this process wrote or touched, once after a restart,
+    again only when the file changed.
+    """
+
+    def setUp(self) -> None:
+        from nixeryd.storage import filesystem
+
+        self.root = os.path.abspath(self.mktemp())
+        self.hashed: list[str] = []
+        original = filesystem._hash_file
+
+        def counting(path: str) -> Any:
+            self.hashed.append(path)
+            return original(path)
+
+        self.patch(filesystem, "_hash_file", counting)
+
+    async def test_hashed_once_per_version(self) -> None:
+        """
+        Warm requests never hash; a restarted storage hashes once; a touch
+        (a reused layer) keeps the version checked; a rewrite is hashed
+        again and found.
+        """
+        storage = FilesystemStorage(self.root, InlineRunner())
+        data = os.urandom(100_000)
+        digest = digest_of(data)
+        await storage.store_blob_file(write_temporary(storage, data), digest)
+        for _ in range(3):
+            await storage.blob(digest)
+            await storage.check_blob(digest)
+        self.assertEqual(self.hashed, [])
+        restarted = FilesystemStorage(self.root, InlineRunner())
+        for _ in range(3):
+            await restarted.blob(digest)
+        self.assertEqual(len(self.hashed), 1)
+        self.assertTrue(await restarted.refresh_blob(digest))
+        await restarted.blob(digest)
+        self.assertEqual(len(self.hashed), 1)
+        path = self.hashed[0]
+        written = os.stat(path).st_mtime_ns
+        with open(path, "r+b") as f:
+            f.write(b"\0")
+        os.utime(path, ns=(written + 10**9, written + 10**9))
+        with self.assertRaises(BlobCorrupt):
+            await restarted.blob(digest)
+        self.assertEqual(len(self.hashed), 2)
+        storage.close()
+        restarted.close()

@@ -165,6 +165,44 @@ class GCTests(SynchronousTestCase):
         self.assertEqual(report.blobs_kept.count, len(kept))
         self.assertEqual(report.changed, 0)
 
+    def index(self, name: str, *images: FakeImage) -> str:
+        """Store and name a daemon's OCI index of ``images``, as a pull by tag does."""
+        body = json.dumps({"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX,
+                           "manifests": [{"digest": image.oci, "size": 1}
+                                         for image in images]}).encode()
+        digest = self.blob(body)
+        self.successResultOf(self.storage.record_reference(
+            name + ":latest", digest, mediatypes.OCI_INDEX, len(body)))
+        return digest
+
+    def test_index_of_platforms(self) -> None:
+        """
+        A daemon's index of several platforms is kept while its images are,
+        and removed (and unnamed) with them; an index naming manifests of
+        no image (another tool's) is kept.
+        """
+        self.at(40 * DAY)
+        amd = self.image("multi-amd64", [b"amd64 layer"], 40)
+        arm = self.image("multi-arm64", [b"arm64 layer"], 40)
+        kept_amd = self.image("kept-amd64", [b"kept amd64 layer"], 40)
+        kept_arm = self.image("kept-arm64", [b"kept arm64 layer"], 40)
+        self.at(40 * DAY)
+        stale = self.index("multi", amd, arm)
+        kept = self.index("kept", kept_amd, kept_arm)
+        other = self.index("other", FakeImage("x", digest_of(b"x"), digest_of(b"y"),
+                                              digest_of(b"z"), ()))
+        self.at(0)
+        self.pull(kept_amd.docker, 1)
+        self.pull(kept_arm.docker, 1)
+        self.collect()
+        self.assertNotIn(stale, self.storage.blobs)
+        self.assertFalse(amd.blobs() & set(self.storage.blobs))
+        self.assertIn(kept, self.storage.blobs)
+        self.assertTrue(kept_amd.blobs() | kept_arm.blobs() <= set(self.storage.blobs))
+        self.assertIn(other, self.storage.blobs)
+        self.assertEqual({name for name in self.storage.references
+                          if not name.endswith("64:latest")}, {"kept:latest", "other:latest"})
+
     def test_dry_run_changes_nothing(self) -> None:
         """A dry run removes nothing and reports exactly what the real run then removes."""
         self.world()

@@ -1,7 +1,8 @@
 """
 Garbage collection of a GCS bucket, on a real emulator: a collector pass
 over images stored through the GCS backend, and ``nixeryd gc`` naming the
-bucket with the daemon's variables.
+bucket with the daemon's variables.  :class:`BucketCollectionCases` runs
+the same on any bucket (``test_gc_s3`` runs it on S3).
 
 The emulator cannot date an object in the past, so the passes here look
 at the bucket from forty days on (their clock is ahead) rather than
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from twisted.internet.threads import deferToThread
 
@@ -20,6 +22,7 @@ from nixeryd.core import mediatypes
 from nixeryd.gc.collector import Collector
 from nixeryd.service.pulls import DAY, day_of, pull_document
 from nixeryd.storage.gcs.objects import blob_object_name
+from nixeryd.storage.interface import IStorage
 from nixeryd.testing.storage import digest_of
 from tests.e2e import child_environment, run
 from tests.gcssupport import EmulatorTestCase
@@ -32,11 +35,31 @@ def manifest(media_type: str, config: str, layers: list[str]) -> bytes:
                        "layers": [{"digest": layer, "size": 1} for layer in layers]}).encode()
 
 
-class GCSCollectionTests(EmulatorTestCase):
-    """A pass over the emulator's bucket."""
+if TYPE_CHECKING:
+    from twisted.trial.unittest import TestCase as _CasesBase
+else:
+    _CasesBase = object
 
-    def started(self) -> None:
-        self.storage = self.emulator_storage()
+
+class BucketCollectionCases(_CasesBase):
+    """
+    A pass over a bucket; subclasses set ``storage`` and say how to list
+    and read the bucket behind it, and which variables name it.
+    """
+
+    storage: IStorage
+
+    async def object_names(self) -> list[str]:
+        """Every object in the bucket, seen directly."""
+        raise NotImplementedError()
+
+    async def download(self, name: str) -> bytes | None:
+        """An object's content, seen directly."""
+        raise NotImplementedError()
+
+    def bucket_environment(self) -> dict[str, str]:
+        """The variables naming the bucket, as the daemon reads them."""
+        raise NotImplementedError()
 
     async def blob(self, data: bytes) -> str:
         digest = digest_of(data)
@@ -67,20 +90,20 @@ class GCSCollectionTests(EmulatorTestCase):
         kept = await self.image("kept", [b"shared layer", b"kept layer"])
         expired = await self.image("expired", [b"shared layer", b"expired layer"])
         later = time.time() + 40 * DAY
-        kept_docker = json.loads(await self.emulator.download(
+        kept_docker = json.loads(await self.download(
             "nixeryd/manifests/m-kept.json") or b"{}")["docker"]
         await self.storage.put_document("pulls", kept_docker[7:],
                                         pull_document(kept_docker, day_of(later) - 1))
         stray = await self.blob(b"referenced by nothing")
-        before = set(await self.emulator.object_names())
+        before = set(await self.object_names())
         self.assertTrue({blob_object_name(stray), "index.json"} | kept | expired <= before)
 
         dry = await Collector(self.storage, lambda: later, keep_days=10, grace=3600,
                               dry_run=True).collect()
-        self.assertEqual(set(await self.emulator.object_names()), before)
+        self.assertEqual(set(await self.object_names()), before)
         report = await Collector(self.storage, lambda: later, keep_days=10,
                                  grace=3600).collect()
-        after = set(await self.emulator.object_names())
+        after = set(await self.object_names())
         self.assertEqual(before - after,
                          (expired - kept) | {blob_object_name(stray)})
         self.assertEqual(sorted(dry.items), sorted(report.items))
@@ -95,9 +118,24 @@ class GCSCollectionTests(EmulatorTestCase):
         kept = await self.image("kept", [b"layer"])
         result = await deferToThread(run, [
             sys.executable, "-m", "nixeryd", "gc", "--grace", "0", "--unsafe-grace"],
-            env=child_environment(NIXERY_STORAGE_BACKEND="gcs",
-                                  GCS_BUCKET=self.emulator.bucket,
-                                  STORAGE_EMULATOR_HOST=self.emulator.endpoint))
+            env=child_environment(**self.bucket_environment()))
         self.assertIn("removed 1 unreferenced blob (5 B)", result.stdout.splitlines())
-        self.assertEqual(set(await self.emulator.object_names()), kept | {"index.json"})
-        self.assertNotIn(blob_object_name(stray), await self.emulator.object_names())
+        self.assertEqual(set(await self.object_names()), kept | {"index.json"})
+        self.assertNotIn(blob_object_name(stray), await self.object_names())
+
+
+class GCSCollectionTests(EmulatorTestCase, BucketCollectionCases):
+    """A pass over the emulator's bucket."""
+
+    def started(self) -> None:
+        self.storage = self.emulator_storage()
+
+    async def object_names(self) -> list[str]:
+        return await self.emulator.object_names()
+
+    async def download(self, name: str) -> bytes | None:
+        return await self.emulator.download(name)
+
+    def bucket_environment(self) -> dict[str, str]:
+        return {"NIXERY_STORAGE_BACKEND": "gcs", "GCS_BUCKET": self.emulator.bucket,
+                "STORAGE_EMULATOR_HOST": self.emulator.endpoint}

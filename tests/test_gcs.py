@@ -16,6 +16,7 @@ import json
 import os
 import tracemalloc
 from datetime import datetime, timezone
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from twisted.internet import reactor
@@ -218,7 +219,7 @@ class GCSEmulatorTests(EmulatorTestCase):
         expected = generate_signed_url_v4(
             credentials, "/%s/%s" % (self.emulator.bucket, name), expiration=300,
             api_access_endpoint=self.emulator.endpoint, method="GET",
-            headers={"Host": "127.0.0.1"}, _request_timestamp=query["X-Goog-Date"])
+            _request_timestamp=query["X-Goog-Date"])
         self.assertEqual(blob.url, expected)
 
         response = await treq.get(blob.url, pool=HTTPConnectionPool(reactor, persistent=False))
@@ -227,10 +228,11 @@ class GCSEmulatorTests(EmulatorTestCase):
 
     async def test_redirect_reused(self) -> None:
         """
-        A blob's URL is reused while it is fresh, without asking the bucket
-        again (the object, deleted behind the storage's back, is still
-        answered from memory); removing the blob through the storage
-        forgets it, and the next answer asks the bucket again.
+        A blob seen intact a moment ago is answered again, with the same
+        signed URL, without asking the bucket (the object, deleted behind
+        the storage's back, is still answered from memory); removing the
+        blob through the storage forgets it, and the next answer asks the
+        bucket again.
         """
         data = os.urandom(1000)
         digest = digest_of(data)
@@ -303,17 +305,59 @@ class BuildTests(EmulatorTestCase):
         self.assertIn("gs://no-such-bucket does not exist", str(caught.exception))
 
 
+class ChecksumRequestTests(EmulatorTestCase):
+    """What checking a blob costs on Cloud Storage."""
+
+    async def test_one_metadata_request_per_blob_and_process(self) -> None:
+        """
+        The storage that wrote a blob checks it without a request; another
+        one (a restart) asks once and then remembers; the checksum is the
+        object's MD5.
+        """
+        writer = self.emulator_storage()
+        data = os.urandom(5000)
+        digest = digest_of(data)
+        await writer.store_blob_bytes(data, digest)
+        asked: list[str] = []
+
+        def counting(storage: GCSStorage) -> None:
+            original = storage.client.metadata
+
+            async def metadata(name: str) -> Any:
+                asked.append(name)
+                return await original(name)
+
+            storage.client.metadata = metadata  # type: ignore[method-assign]
+
+        counting(writer)
+        checksum = (await writer.check_blob(digest)).checksum
+        self.assertEqual(checksum, "md5:" + md5_base64(data))
+        self.assertEqual(asked, [])
+        restarted = self.emulator_storage()
+        counting(restarted)
+        for _ in range(3):
+            self.assertTrue((await restarted.check_blob(digest, checksum)).intact)
+        self.assertEqual(asked, [blob_object_name(digest)])
+
+
 class BuildErrorTests(TestCase):
     """Start-up failures that need no server."""
 
     def setUp(self) -> None:
         self.runner = start_pool(self)
 
-    def test_no_key_for_real_gcs(self) -> None:
-        """Real Cloud Storage without a key file is refused with the variable to set."""
-        error = self.assertRaises(GCSError, build_gcs_storage, reactor, self.runner,
-                                  "bucket", None)
-        self.assertIn("GOOGLE_APPLICATION_CREDENTIALS", str(error))
+    async def test_no_credentials_for_real_gcs(self) -> None:
+        """
+        Real Cloud Storage without a key file and without a metadata server
+        answering is refused, when first used, with what to set.
+        """
+        storage = build_gcs_storage(reactor, self.runner, "bucket", None,
+                                    metadata_host="127.0.0.1:%d" % (free_port(),))
+        self.addCleanup(storage.close)
+        with self.assertRaises(GCSError) as caught:
+            await storage.check_bucket()
+        self.assertIn("no credentials", str(caught.exception))
+        self.assertIn("GOOGLE_APPLICATION_CREDENTIALS", str(caught.exception))
 
     def test_unreadable_key(self) -> None:
         """A key path that cannot be read, or is not a key, is reported with its path."""

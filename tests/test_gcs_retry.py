@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -23,20 +24,23 @@ from twisted.web.server import Request, Site
 from treq.client import HTTPClient
 
 from nixeryd.core.threads import InlineRunner
+from nixeryd.metrics.daemon import DaemonMetrics
 from nixeryd.service.failures import storage_unavailable
 from nixeryd.storage.gcs.bucket import BucketClient
 from nixeryd.storage.gcs.http import GCSError, RequestTimedOut, cancel_after
-from nixeryd.storage.gcs.retry import Retrier, RetryPolicy
+from nixeryd.storage.gcs.circuit import CLOSED, HALF_OPEN, OPEN, Circuit, CircuitOpen
+from nixeryd.storage.gcs.retry import NO_RETRY, Retrier, RetryPolicy
 from nixeryd.testing.network import serve_locally
 
 POLICY = RetryPolicy(initial=0.5, multiplier=2, cap=16, deadline=60)
 
 
 class EmptyResponse:
-    """An answer with a status and an empty body (enough for the retrier)."""
+    """An answer with a status, headers and an empty body (enough for the retrier)."""
 
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int, headers: dict[bytes, list[bytes]] | None = None) -> None:
         self.code = code
+        self.headers = Headers(headers or {})
 
     def deliverBody(self, protocol: object) -> None:
         protocol.connectionLost(ResponseDone())  # type: ignore[attr-defined]
@@ -154,6 +158,186 @@ class RetrierTests(SynchronousTestCase):
         failure = self.failureResultOf(result, ConnectionRefusedError)
         self.assertIsNotNone(storage_unavailable(failure.value))
         self.assertGreater(script.calls, 5)
+
+
+class Counts:
+    """A retry observer that keeps every retry told."""
+
+    def __init__(self) -> None:
+        self.retries: list[tuple[str, str]] = []
+
+    def gcs_retry(self, reason: str, method: str) -> None:
+        self.retries.append((reason, method))
+
+
+class RetryReportTests(SynchronousTestCase):
+    """Each retry is counted by reason and method, and the server's Retry-After honoured."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.counts = Counts()
+        self.retrier = Retrier(self.clock, POLICY, jitter=lambda: 0.0, observer=self.counts)
+
+    def start(self, script: Callable[[], Deferred[IResponse]],
+              method: str = "GET") -> Deferred[IResponse]:
+        async def call() -> IResponse:
+            return await script()
+
+        return Deferred.fromCoroutine(self.retrier.request(
+            call, method=method, target="gs://bucket/object", safe=True))
+
+    def test_reasons_counted(self) -> None:
+        """503, 429, 408, a refused connection and a timeout: one count each, by reason."""
+        script = Script(503, 429, 408, ConnectionRefusedError(), RequestTimedOut("t"), 200)
+        result = self.start(script, "PUT")
+        self.clock.pump([0.1] * 10)
+        self.assertEqual(self.successResultOf(result).code, 200)
+        self.assertEqual(self.counts.retries, [
+            ("server_error", "PUT"), ("throttled", "PUT"), ("timeout", "PUT"),
+            ("connection", "PUT"), ("timeout", "PUT")])
+
+    def test_retry_after_honoured(self) -> None:
+        """A 429 asking for 3 s is sent again after 3 s, not before (even with no jitter)."""
+        answers = [EmptyResponse(429, {b"Retry-After": [b"3"]}), EmptyResponse(200)]
+        calls: list[int] = []
+
+        def script() -> Deferred[IResponse]:
+            calls.append(1)
+            response: IResponse = answers.pop(0)  # type: ignore[assignment]
+            return succeed(response)
+
+        result = self.start(script)
+        self.clock.advance(2.9)
+        self.assertEqual(len(calls), 1)
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(result).code, 200)
+
+    def test_not_counted_when_not_retried(self) -> None:
+        """A failure after the deadline is not a retry: nothing counted for it."""
+        retrier = Retrier(self.clock, NO_RETRY, observer=self.counts)
+
+        async def call() -> IResponse:
+            return await Script(503)()
+
+        result = Deferred.fromCoroutine(retrier.request(
+            call, method="GET", target="gs://b/o", safe=True))
+        self.assertEqual(self.successResultOf(result).code, 503)
+        self.assertEqual(self.counts.retries, [])
+
+
+class RetryMetricTests(SynchronousTestCase):
+    """The daemon's metrics count retries by reason and method, every series from zero."""
+
+    def test_counted(self) -> None:
+        metrics = DaemonMetrics()
+        before = metrics.exposition().decode()
+        self.assertIn('nixeryd_gcs_retries_total{method="PUT",reason="connection"} 0.0', before)
+        clock = Clock()
+        attempts = Retrier(clock, NO_RETRY, observer=metrics).attempts("PUT", "gs://b/o")
+        waited = Deferred.fromCoroutine(attempts.wait(0, "connection", "a lost connection"))
+        clock.advance(0)
+        self.successResultOf(waited)
+        metrics.gcs_retry("server_error", "GET")
+        metrics.gcs_retry("unknown", "GET")
+        after = metrics.exposition().decode()
+        self.assertIn('nixeryd_gcs_retries_total{method="PUT",reason="connection"} 1.0', after)
+        self.assertIn('nixeryd_gcs_retries_total{method="GET",reason="server_error"} 1.0', after)
+        self.assertNotIn('reason="unknown"', after)
+
+
+class CircuitTests(SynchronousTestCase):
+    """The outage circuit on a Clock: opens on a sustained outage, probes, closes."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.circuit = Circuit(self.clock, failures=3, sustained=5, open_for=10)
+        self.retrier = Retrier(self.clock, POLICY, jitter=lambda: 1.0, circuit=self.circuit)
+
+    def start(self, script: Script) -> Deferred[IResponse]:
+        async def call() -> IResponse:
+            return await script()
+
+        return Deferred.fromCoroutine(self.retrier.request(
+            call, method="GET", target="gs://bucket/object", safe=True))
+
+    def test_burst_does_not_open(self) -> None:
+        """Many failures within less than the sustained time leave it closed."""
+        script = Script(503, 503, 503, 503, 200)
+        result = self.start(script)
+        self.clock.pump([0.5, 1, 2, 4])
+        self.assertEqual(self.successResultOf(result).code, 200)
+        self.assertEqual(self.circuit.state, CLOSED)
+
+    def test_sustained_outage_opens_and_fails_at_once(self) -> None:
+        """
+        Failures for 5 s open it: the request in retries fails with
+        CircuitOpen (503 with Retry-After, logged as opened once), and the
+        next request fails at once without being sent.
+        """
+        script = Script(ConnectionRefusedError())
+        with capturedLogs() as events:
+            first = self.start(script)
+            self.clock.pump([0.5, 1, 2, 4])
+        error = self.failureResultOf(first, CircuitOpen).value
+        self.assertEqual(self.circuit.state, OPEN)
+        self.assertEqual(len([e for e in events if e.get("event") == "gcs-circuit-open"]), 1)
+        sent = script.calls
+        self.clock.advance(3)
+        second = self.failureResultOf(self.start(script), CircuitOpen).value
+        self.assertEqual(script.calls, sent)
+        self.assertEqual(second.retry_after, 7)
+        unavailable = storage_unavailable(second)
+        assert unavailable is not None
+        self.assertEqual((unavailable.status, unavailable.retry_after), (503, 7))
+        self.assertLessEqual(error.retry_after, 10)
+
+    def open(self) -> Script:
+        """Open the circuit with a request answered 503 for 7.5 s."""
+        script = Script(503)
+        result = self.start(script)
+        self.clock.pump([0.5, 1, 2, 4])
+        self.failureResultOf(result, CircuitOpen)
+        self.assertEqual(self.circuit.state, OPEN)
+        return script
+
+    def probing(self) -> tuple[Deferred[IResponse], Deferred[IResponse]]:
+        """Open the circuit, let open_for pass, start a probe: its answer to give, its result."""
+        self.open()
+        self.clock.advance(10)
+        pending: Deferred[IResponse] = Deferred()
+
+        async def slow() -> IResponse:
+            return await pending
+
+        return pending, Deferred.fromCoroutine(self.retrier.request(
+            slow, method="GET", target="gs://b/o", safe=True))
+
+    def test_probe_closes(self) -> None:
+        """After open_for, one request probes; while it runs others fail; its success closes."""
+        pending, probing = self.probing()
+        self.assertEqual(self.circuit.state, HALF_OPEN)
+        self.failureResultOf(self.start(Script(200)), CircuitOpen)
+        response: IResponse = EmptyResponse(404)  # type: ignore[assignment]
+        pending.callback(response)
+        self.assertEqual(self.successResultOf(probing).code, 404)
+        self.assertEqual(self.circuit.state, CLOSED)
+        self.assertEqual(self.successResultOf(self.start(Script(200))).code, 200)
+
+    def test_failed_probe_reopens(self) -> None:
+        """A probe that fails opens it again for open_for."""
+        self.open()
+        self.clock.advance(10)
+        self.failureResultOf(self.start(Script(ConnectionRefusedError())), CircuitOpen)
+        self.assertEqual(self.circuit.state, OPEN)
+        self.assertEqual(self.circuit.retry_after(), 10)
+
+    def test_cancelled_probe_lets_another_probe(self) -> None:
+        """A probe cancelled by its client does not hold the circuit half-open."""
+        _, probing = self.probing()
+        probing.cancel()
+        self.failureResultOf(probing, CancelledError)
+        self.assertEqual(self.successResultOf(self.start(Script(200))).code, 200)
+        self.assertEqual(self.circuit.state, CLOSED)
 
 
 class FlakyServer(Resource):

@@ -30,6 +30,7 @@ from nixeryd.core.errors import (
 )
 from nixeryd.core.threads import InlineRunner
 from nixeryd.service.builds import BuildRecord
+from nixeryd.storage.integrity import BlobCorrupt
 from nixeryd.service.images import STOP_WAIT, ImageService
 from nixeryd.testing.nix import FakeSource
 from nixeryd.testing.storage import MemoryStorage
@@ -453,6 +454,58 @@ class CacheTests(ServiceFixture):
         self.assertEqual(self.successResultOf(self.image(service, "toola")), image)
         self.assertIn(layer, self.storage.blobs)
         self.assertIsNone(service.cached_image("toola", "v1"))
+
+    def damage(self, digest: str) -> bytes:
+        """Replace a stored blob by other bytes of its size; the right bytes."""
+        good = self.storage.blobs[digest]
+        self.storage.damage_blob(digest, bytes(b ^ 0xFF for b in good))
+        return good
+
+    def test_damaged_layer_rebuilt_after_restart(self) -> None:
+        """
+        A cached image (pinned source) whose layer was replaced by other
+        bytes of the same size is not served from the manifest cache by a
+        new service: it is built again, which writes the layer anew.
+        """
+        self.source = FakeSource("git", COMMIT)
+        built = self.successResultOf(self.image(self.make_service()))
+        layer = json.loads(built.oci.body)["layers"][0]["digest"]
+        good = self.damage(layer)
+        self.forget_calls()
+        events = self.capture_log()
+        again = self.successResultOf(self.image(self.make_service()))
+        self.assertEqual(again, built)
+        self.assertEqual(len(self.nix.build_calls), 1)
+        self.assertEqual(self.storage.blobs[layer], good)
+        self.assertIn("has a damaged", [e.get("how") for e in events])
+
+    def test_damaged_blob_of_warm_image_made_again(self) -> None:
+        """
+        A blob request for an image held in memory that finds its blob
+        damaged has the image made again, and is answered with the blob
+        repaired, never the damaged bytes; other images stay in memory.
+        """
+        service = self.make_service()
+        image, layer = self.own_layer(service)
+        other = self.successResultOf(self.image(service, "toolb"))
+        good = self.damage(layer)
+        self.forget_calls()
+        where = self.successResultOf(Deferred.fromCoroutine(service.blob(layer)))
+        self.assertEqual(where.digest, layer)
+        self.assertEqual(self.storage.blobs[layer], good)
+        self.assertEqual(len(self.nix.build_calls), 1)
+        self.assertEqual(service.cached_image("toola", "latest"), image)
+        self.assertEqual(service.cached_image("toolb", "latest"), other)
+
+    def test_damaged_blob_nobody_names_not_served(self) -> None:
+        """A damaged blob that no image in memory names is answered as unknown."""
+        service = self.make_service()
+        image, layer = self.own_layer(service)
+        self.damage(layer)
+        service2 = self.make_service()
+        failure = self.failureResultOf(Deferred.fromCoroutine(service2.blob(layer)),
+                                       BlobCorrupt)
+        self.assertEqual(failure.value.code, "BLOB_UNKNOWN")
 
     def test_reference_recorded(self) -> None:
         """A built image is named in the storage's index by the reference function."""

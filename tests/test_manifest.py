@@ -171,6 +171,6 @@ class ManifestFromBytesTests(SynchronousTestCase):
     def test_rejects_non_objects(self) -> None:
         """JSON that is not an object, or lacks a manifest media type, is not a manifest."""
         for body in (b"[]", b'"x"', b"3", b"null", b"",
-                     b'{"mediaType":"application/vnd.oci.image.index.v1+json"}',
+                     b'{"mediaType":"application/vnd.oci.image.config.v1+json"}',
                      b'{"mediaType":["application/vnd.oci.image.manifest.v1+json"]}'):
             self.assertIsNone(manifest_from_bytes(body), body)

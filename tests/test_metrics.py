@@ -56,6 +56,8 @@ class RouteTests(SynchronousTestCase):
                 (b"/v2/a/manifests/sha256:" + b"a" * 64, "manifest"),
                 (b"/v2/a/blobs/sha256:" + b"b" * 64, "blob"),
                 (b"/v2/a/b/c/tags/list", "tags"),
+                (b"/v2/a/referrers/sha256:" + b"c" * 64, "referrers"),
+                (b"/v2/referrers/x", "other"),
                 (b"/", "index"),
                 (b"/builds/abc", "build_page"), (b"/builds/abc/log", "build_page"),
                 (b"/builds/abc/events", "build_events"),

@@ -505,15 +505,43 @@ class BuildEndToEnd(TestCase):
         self.assertGreater(sum(len(e["line"]) for e in noisy), 1024 * 1024)
 
     async def test_aarch64_build(self) -> None:
-        """An aarch64-linux image builds on this host, with aarch64-linux derivations."""
+        """
+        An aarch64-linux image builds on this host without emulation: its
+        derivations are built here (for this machine's system) and hold
+        aarch64 binaries.
+        """
         resolution, graph = await self.resolve_and_build(
             ["hello"], package_set=fresh_package_set(self), system="aarch64-linux")
         [hello] = resolution.packages
         assert hello.drv_path is not None
         with open(hello.drv_path) as drv:
-            self.assertIn('"aarch64-linux"', drv.read())
+            self.assertIn('"x86_64-linux"', drv.read())
         self.assertEqual(len(graph.paths), 2)
         self.assertTrue(os.path.isfile(hello.out_paths[0] + "/bin/hello"))
+        [busybox] = [path for path in graph.paths if path.endswith("-busybox-1.0")]
+        with open(busybox + "/bin/busybox", "rb") as binary:
+            head = binary.read(20)
+        # ELF, e_machine 183: AArch64.
+        self.assertEqual((head[:4], int.from_bytes(head[18:20], "little")), (b"\x7fELF", 183))
+
+    async def test_aarch64_derivation_needs_a_builder(self) -> None:
+        """
+        A derivation for aarch64-linux itself is refused by Nix on this
+        host: a permanent failure saying what the operator can configure.
+        """
+        nix = nix_runner(self)
+        resolution = await nix.resolve(path_source(fresh_package_set(self)), ["native"], (),
+                                       "aarch64-linux", image="arm64/native")
+        try:
+            await nix.build(resolution, image="arm64/native")
+        except BuildFailed as e:
+            error = e
+        else:
+            self.fail("built a derivation for aarch64-linux")
+        self.assertTrue(error.message.startswith(
+            "package native in image arm64/native cannot be built for aarch64-linux: this"
+            " registry builds for x86_64-linux only; "), error.message)
+        self.assertEqual((error.package, error.status), ("native", 404))
 
     async def test_closure_decoded_by_the_runner(self) -> None:
         """The closure report is decoded through the runner, off the reactor thread."""

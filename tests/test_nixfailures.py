@@ -91,6 +91,38 @@ class BuildFailureTests(SynchronousTestCase):
                          " tool, failed (builder exited with status 1)")
         self.assertEqual(error.package, "libfoo-1.0")
 
+    def test_wrong_system(self) -> None:
+        """
+        A derivation for a system this machine cannot build for (Nix's
+        words up to 2.19, and since): a permanent failure that says what
+        the operator can configure.
+        """
+        native = "/nix/store/d3plp0jyh2x9mjbms53q1v8sbzffsz42-native-1.0.drv"
+        older = failed(
+            "error: a 'aarch64-linux' with features {} is required to build '%s',"
+            " but I am a 'x86_64-linux' with features {benchmark, big-parallel, kvm,"
+            " nixos-test}" % (native,))
+        newer = failed(
+            "error: Cannot build '%s'." % (native,),
+            "       Reason: required system or feature not available",
+            "       Required system: 'aarch64-linux' with features {}",
+            "       Current system: 'x86_64-linux' with features {benchmark, big-parallel}")
+        for failure in (older, newer):
+            self.assertIsNone(nix_unavailable(failure))
+            error = build_failure(failure, 600, "arm64/native", {native: "native"})
+            self.assertEqual(
+                error.message,
+                "package native in image arm64/native cannot be built for aarch64-linux:"
+                " this registry builds for x86_64-linux only; the registry's operator can"
+                " add a remote builder for aarch64-linux (Nix option builders), emulation"
+                " (extra-platforms = aarch64-linux, with binfmt_misc) or a binary cache"
+                " that has it (substituters)")
+            self.assertEqual((error.package, error.status), ("native", 404))
+        error = build_failure(older, 600, "arm64/hello", {})
+        self.assertTrue(error.message.startswith(
+            "native-1.0, a dependency of image arm64/hello, cannot be built for"
+            " aarch64-linux"), error.message)
+
     def test_other_failure(self) -> None:
         """Without a builder line, Nix's first error, else how the process ended."""
         self.assertEqual(build_failure(failed("error: out of disk"), 600, "x", {}).message,

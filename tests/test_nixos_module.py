@@ -21,6 +21,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from nixeryd.app.config import config_from
+from nixeryd.app.privateconfig import PrivateConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULE = os.path.join(ROOT, "nix", "module.nix")
@@ -181,6 +182,53 @@ class NixOSModuleTests(SynchronousTestCase):
         self.assertTrue(config["service"]["serviceConfig"]["ExecStart"].endswith(
             "/bin/nixeryd serve --threads 8"))
 
+    def test_s3_storage_configures_the_daemon(self) -> None:
+        """The s3 options reach the daemon; a key is passed as a file's path only."""
+        config = self.evaluate("""{
+            enable = true; package = %s; pkgsPath = "/srv/pkgs";
+            storageBackend = "s3"; s3Bucket = "images";
+            s3Endpoint = "http://127.0.0.1:9000"; s3Region = "auto";
+            s3AddressingStyle = "virtual"; s3UrlLifetime = 60;
+            s3PublicUrl = "https://cdn.example/images";
+            awsSharedCredentialsFile = "/run/keys/aws"; awsProfile = "nixeryd";
+          }""" % (PACKAGE,))
+        env = config["service"]["environment"]
+        s3 = config_from({}, env).s3
+        assert s3 is not None
+        self.assertEqual((s3.bucket, s3.endpoint, s3.region, s3.addressing_style,
+                          s3.url_lifetime, s3.public_url),
+                         ("images", "http://127.0.0.1:9000", "auto", "virtual", 60,
+                          "https://cdn.example/images"))
+        aws = dict(s3.aws_environment)
+        self.assertEqual((aws["AWS_SHARED_CREDENTIALS_FILE"], aws["AWS_PROFILE"]),
+                         ("/run/keys/aws", "nixeryd"))
+        self.assertNotIn("AWS_SECRET_ACCESS_KEY", aws)
+        self.assertTrue(all(a["assertion"] for a in config["assertions"]))
+        missing = self.evaluate('{ enable = true; package = %s; pkgsPath = "/p";'
+                                ' storageBackend = "s3"; }' % (PACKAGE,))
+        self.assertEqual([a["message"] for a in missing["assertions"] if not a["assertion"]],
+                         ["services.nixeryd: s3 storage needs s3Bucket."])
+
+    def test_private_options(self) -> None:
+        """The options of private instances reach the daemon; reload is SIGHUP."""
+        config = self.evaluate("""{
+            enable = true; package = %s; pkgsPath = "/srv/pkgs";
+            htpasswd = "/etc/nixeryd/htpasswd"; authRules = "/etc/nixeryd/rules.toml";
+            tokenKey = "/etc/nixeryd/token.key"; tokenPublicKey = "/etc/nixeryd/auth.pem";
+            tokenRealm = "https://auth.example/token"; tokenService = "registry";
+            tokenIssuer = "auth"; tokenTtl = 600;
+            tlsCert = "/etc/nixeryd/tls.crt"; tlsKey = "/etc/nixeryd/tls.key";
+            coldPerMinute = 10;
+          }""" % (PACKAGE,))
+        private = config_from({}, config["service"]["environment"]).private
+        self.assertEqual(private, PrivateConfig(
+            htpasswd="/etc/nixeryd/htpasswd", rules="/etc/nixeryd/rules.toml",
+            token_key="/etc/nixeryd/token.key", token_public_key="/etc/nixeryd/auth.pem",
+            token_realm="https://auth.example/token", token_service="registry",
+            token_issuer="auth", token_ttl=600.0, tls_cert="/etc/nixeryd/tls.crt",
+            tls_key="/etc/nixeryd/tls.key", cold_per_minute=10))
+        self.assertIn("-HUP", config["service"]["serviceConfig"]["ExecReload"])
+
     def test_filesystem_storage_configures_the_daemon(self) -> None:
         """The default storage directory is what the daemon is told."""
         config = self.evaluate('{ enable = true; package = %s; pkgsPath = "/srv/pkgs"; }'
@@ -242,3 +290,4 @@ class ModuleDefaultsTests(SynchronousTestCase):
             with self.subTest(variable=variable):
                 self.assertIn(variable, by_variable)
                 self.assertEqual(float(value), float(by_variable[variable].default))
+

@@ -153,16 +153,19 @@ class StartupFailuresEndToEnd(SynchronousTestCase):
             with self.subTest(args=args):
                 self.assertFails(self.serve("--pkgs-path", PACKAGE_SET, *args), 2, expected)
 
-    def test_gcs_without_key(self) -> None:
+    def test_gcs_without_credentials(self) -> None:
         """
-        GCS storage with neither a key file nor an emulator is a
-        configuration error (exit code 2, which the systemd unit does not
-        restart), not a failed check.
+        GCS storage with neither a key file nor a metadata server (nothing
+        listens where GCE_METADATA_HOST points) is a configuration error
+        (exit code 2, which the systemd unit does not restart) said in one
+        line naming what to set.
         """
+        host = "127.0.0.1:%d" % (free_port(),)
         result = self.serve("--pkgs-path", PACKAGE_SET, "--storage-backend", "gcs",
-                            "--gcs-bucket", "b", storage=False)
-        self.assertFails(result, 2, "GCS storage needs a service account key file",
-                         "GOOGLE_APPLICATION_CREDENTIALS")
+                            "--gcs-bucket", "b", storage=False,
+                            env={"GCE_METADATA_HOST": host})
+        self.assertFails(result, 2, "no credentials", "GOOGLE_APPLICATION_CREDENTIALS",
+                         "no metadata server answered at http://" + host)
 
     def test_usage_error_before_checks(self) -> None:
         """A missing setting is reported before any check runs (nothing is started)."""
@@ -198,7 +201,8 @@ class StartupLineEndToEnd(SynchronousTestCase):
             (daemon.address, "path " + PACKAGE_SET, "filesystem " + daemon.storage, 3,
              90.0, 50, None))
         self.assertTrue(event["log_text"].startswith(
-            "Serving on %s: packages from path %s; storage filesystem %s; 3 Nix builds"
+            "Serving on %s: packages from path %s for linux/amd64; storage filesystem %s;"
+            " 3 Nix builds"
             " at once, Nix timeout 90 s a step, 50 layers an image (+1); " % (
                 daemon.address, PACKAGE_SET, daemon.storage)), event["log_text"])
         self.assertIn("Nix", event["nix_version"])

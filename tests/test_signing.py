@@ -65,14 +65,31 @@ def vector_endpoint(case: Vector) -> str:
     return host if "://" in host else case.get("scheme", "https") + "://" + host
 
 
+def has_non_default_port(endpoint: str) -> bool:
+    """Whether the endpoint names a port other than its scheme's default."""
+    parts = urlsplit(endpoint)
+    return parts.port is not None and parts.port != {"http": 80, "https": 443}[parts.scheme]
+
+
 def sign_vector(key: ServiceAccountKey, case: Vector) -> SignedUrl:
-    """Sign what a vector describes."""
+    """
+    Sign what a vector describes.
+
+    The vectors on a non-default port (``localhost:8080``) sign the host
+    without its port, where the signer (like google-cloud-storage and the
+    ``Host`` header clients send) keeps it: those are signed with the host
+    they name passed as ``Host``, the way a caller asks for that form.
+    """
+    endpoint = vector_endpoint(case)
+    headers = dict(case.get("headers") or {})
+    if has_non_default_port(endpoint):
+        headers["Host"] = urlsplit(endpoint).hostname or ""
     return sign_url_v4(
         key, bucket=case["bucket"], object_name=case.get("object"),
         method=case["method"], expiration=case["expiration"],
         timestamp=datetime.fromisoformat(case["timestamp"].replace("Z", "+00:00")),
-        endpoint=vector_endpoint(case),
-        headers=case.get("headers"), query_parameters=case.get("queryParameters"))
+        endpoint=endpoint,
+        headers=headers or None, query_parameters=case.get("queryParameters"))
 
 
 def verify(key: ServiceAccountKey, signed: SignedUrl) -> None:
@@ -95,6 +112,32 @@ class ConformanceVectorTests(SynchronousTestCase):
         """The copied fixture holds the 29 signed-URL cases, 25 of them path style."""
         self.assertEqual(len(self.all_vectors), ALL_CASES)
         self.assertEqual(len(self.vectors), PATH_STYLE_CASES)
+
+    def test_default_port_vector_signed_without_help(self) -> None:
+        """
+        ``storage.googleapis.com:443`` is signed as the vector expects with
+        no explicit ``Host``: the scheme's default port is left out.
+        """
+        [case] = [case for case in self.vectors
+                  if case["description"] == "Simple GET with endpoint on client"]
+        self.assertFalse(has_non_default_port(vector_endpoint(case)))
+        self.assertEqual(sign_vector(self.key, case).url, case["expectedUrl"])
+
+    def test_non_default_port_vectors(self) -> None:
+        """
+        Exactly three vectors sign for ``localhost:8080``; without an
+        explicit ``Host`` the signer keeps the port in the signed host.
+        """
+        ported = [case for case in self.vectors
+                  if has_non_default_port(vector_endpoint(case))]
+        self.assertEqual(len(ported), 3)
+        for case in ported:
+            signed = sign_url_v4(
+                self.key, bucket=case["bucket"], object_name=case.get("object"),
+                method=case["method"], expiration=case["expiration"],
+                timestamp=datetime.fromisoformat(case["timestamp"].replace("Z", "+00:00")),
+                endpoint=vector_endpoint(case), headers=case.get("headers"))
+            self.assertIn("\nhost:localhost:8080\n", signed.canonical_request)
 
     def test_urls_and_strings_to_sign(self) -> None:
         """Every vector's URL and string to sign are reproduced exactly."""
@@ -185,19 +228,35 @@ class LibraryComparisonTests(SynchronousTestCase):
     def test_endpoint_with_port_and_explicit_host(self) -> None:
         """
         With a port in the endpoint and the same explicit ``Host`` given to
-        both, the URLs match (the library signs the port by default, the
-        vectors do not).
+        both, the URLs match.
         """
         self.compare("bucket-1", "x/y", "GET", 300, endpoint="http://127.0.0.1:9023",
                      headers={"Host": "127.0.0.1:9023"})
 
-    def test_default_host_drops_port(self) -> None:
-        """Without an explicit Host, the port is left out of the signed host."""
+    def test_non_default_port_signed_as_library(self) -> None:
+        """
+        Without an explicit ``Host``, an endpoint on a non-default port is
+        signed with ``host:port``, as the library signs it and as clients
+        send it; IPv6 and a named host on a port match too.
+        """
+        for endpoint in ("http://127.0.0.1:9023", "https://gcs.example:8443",
+                         "http://[::1]:4443"):
+            self.compare("bucket-1", "blobs/sha256/" + "ef" * 32, "GET", 300,
+                         endpoint=endpoint)
         signed = sign_url_v4(self.key, bucket="b1", object_name="o", method="GET",
                              expiration=10, timestamp=self.when,
                              endpoint="http://127.0.0.1:9023")
-        self.assertIn("\nhost:127.0.0.1\n", signed.canonical_request)
+        self.assertIn("\nhost:127.0.0.1:9023\n", signed.canonical_request)
         self.assertTrue(signed.url.startswith("http://127.0.0.1:9023/b1/o?"))
+
+    def test_default_port_left_out(self) -> None:
+        """A scheme's default port is not signed (clients do not send it)."""
+        for endpoint, host in (("https://storage.googleapis.com:443",
+                                "storage.googleapis.com"),
+                               ("http://127.0.0.1:80", "127.0.0.1")):
+            signed = sign_url_v4(self.key, bucket="b1", object_name="o", method="GET",
+                                 expiration=10, timestamp=self.when, endpoint=endpoint)
+            self.assertIn("\nhost:%s\n" % (host,), signed.canonical_request)
 
 
 class SignerRulesTests(SynchronousTestCase):
@@ -241,9 +300,16 @@ class SignerRulesTests(SynchronousTestCase):
                          "k%20y=a%2Fb%40c%3Bd%2Be%20%C3%A9")
 
     def test_host_header_value(self) -> None:
-        """The signed host drops the port and keeps IPv6 brackets."""
-        self.assertEqual(host_header_value("http://LOCALHOST:8080"), "localhost")
-        self.assertEqual(host_header_value("http://[::1]:9000"), "[::1]")
+        """
+        The signed host keeps a non-default port, drops the scheme's
+        default one, and keeps IPv6 brackets.
+        """
+        self.assertEqual(host_header_value("http://LOCALHOST:8080"), "localhost:8080")
+        self.assertEqual(host_header_value("http://[::1]:9000"), "[::1]:9000")
+        self.assertEqual(host_header_value("http://[::1]"), "[::1]")
+        self.assertEqual(host_header_value("https://h.example:443"), "h.example")
+        self.assertEqual(host_header_value("http://h.example:80"), "h.example")
+        self.assertEqual(host_header_value("https://h.example:80"), "h.example:80")
         self.assertRaises(ValueError, host_header_value, "not a url")
 
     def test_caller_headers_not_modified(self) -> None:

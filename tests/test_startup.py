@@ -46,6 +46,15 @@ class DescribeTests(SynchronousTestCase):
                      GOOGLE_APPLICATION_CREDENTIALS="/etc/nixeryd/key.json")
         self.assertEqual(describe_storage(gcs),
                          "gcs gs://imgs at http://127.0.0.1:9023 (key /etc/nixeryd/key.json)")
+        s3 = config(NIXERY_PKGS_PATH="/p", NIXERY_STORAGE_BACKEND="s3", S3_BUCKET="imgs",
+                    AWS_ACCESS_KEY_ID="AKIA", AWS_SECRET_ACCESS_KEY="s3cret")
+        self.assertEqual(describe_storage(s3),
+                         "s3 s3://imgs at AWS (region us-east-1, virtual style)")
+        s3 = config(NIXERY_PKGS_PATH="/p", NIXERY_STORAGE_BACKEND="s3", S3_BUCKET="imgs",
+                    S3_ENDPOINT="http://127.0.0.1:9000", S3_PUBLIC_URL="https://cdn.example")
+        self.assertEqual(describe_storage(s3),
+                         "s3 s3://imgs at http://127.0.0.1:9000 (region us-east-1, path style,"
+                         " public at https://cdn.example)")
 
 
 class LineTests(SynchronousTestCase):
@@ -71,7 +80,8 @@ class LineTests(SynchronousTestCase):
         self.assertEqual(
             render_message(event),
             "Serving on 127.0.0.1:8080: packages from git https://h/pkgs.git at"
-            " 0123456789ab; storage filesystem /var/lib/nixeryd; 1 Nix build at once,"
+            " 0123456789ab for linux/amd64; storage filesystem /var/lib/nixeryd;"
+            " 1 Nix build at once,"
             " Nix timeout 90.5 s a step, 20 layers an image (+1);"
             " nix-instantiate (Nix) 2.18.1")
         self.assertEqual(event["log_level"].name, "info")

@@ -3,7 +3,8 @@ The storage contract, run on every :class:`IStorage` backend: the
 in-memory test double (:class:`~nixeryd.testing.storage.MemoryStorage`),
 :class:`~nixeryd.storage.filesystem.FilesystemStorage` and
 :class:`~nixeryd.storage.gcs.storage.GCSStorage` on a Cloud Storage
-emulator; plus digest validation and what the test double adds.
+emulator and :class:`~nixeryd.storage.s3.storage.S3Storage` on ``rclone
+serve s3``; plus digest validation and what the test double adds.
 
 What only one backend promises is tested with that backend
 (``test_filesystem``, ``test_gcs``).
@@ -29,6 +30,7 @@ from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown, DigestInvalid
 from nixeryd.core.threads import InlineRunner
 from nixeryd.storage.filesystem import FilesystemStorage
+from nixeryd.storage.integrity import BlobCorrupt, BlobState
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.ociindex import REF_NAME
 from nixeryd.storage.service import StorageService
@@ -39,6 +41,7 @@ from nixeryd.testing.storage import (
     write_temporary,
 )
 from tests.gcssupport import EmulatorTestCase
+from tests.rclones3 import RcloneTestCase, s3_storage
 
 
 class DigestTests(SynchronousTestCase):
@@ -92,6 +95,63 @@ class StorageContractMixin(_ContractBase):
     def write_temporary(self, data: bytes) -> str:
         """A new file in the storage's temp directory holding ``data``."""
         return write_temporary(self.storage, data)
+
+    async def damage(self, digest: str, data: bytes) -> None:
+        """Put ``data`` under a stored blob's digest, behind the storage's back."""
+        raise NotImplementedError()
+
+    def reopened(self) -> IStorage:
+        """The same backend opened again, as by a restarted daemon."""
+        raise NotImplementedError()
+
+    async def test_check_blob(self) -> None:
+        """
+        A stored blob checks intact, again with the checksum the check
+        gave; a blob never stored checks missing.
+        """
+        data = os.urandom(2000)
+        digest = digest_of(data)
+        await self.storage.store_blob_bytes(data, digest)
+        first = await self.storage.check_blob(digest)
+        self.assertEqual(first.state, BlobState.INTACT)
+        again = await self.reopened().check_blob(digest, first.checksum)
+        self.assertEqual(again.state, BlobState.INTACT)
+        self.assertEqual(again.checksum, first.checksum)
+        missing = await self.storage.check_blob(digest_of(b"never stored"))
+        self.assertEqual(missing.state, BlobState.MISSING)
+        for bad in INVALID_DIGESTS[:3]:
+            with self.assertRaises(DigestInvalid):
+                await self.storage.check_blob(bad)
+
+    async def test_damaged_blob_found(self) -> None:
+        """
+        Other bytes of the same size under a blob's digest are found by a
+        storage opened again (given the checksum recorded before) and by
+        the storage that wrote it, whose ``blob`` never answers them; the
+        blob stored again is intact and served.
+        """
+        data = os.urandom(3000)
+        digest = digest_of(data)
+        path = self.write_temporary(data)
+        await self.storage.store_blob_file(path, digest)
+        checksum = (await self.storage.check_blob(digest)).checksum
+        await self.damage(digest, os.urandom(3000))
+        restarted = self.reopened()
+        check = await restarted.check_blob(digest, checksum)
+        self.assertEqual(check.state, BlobState.CORRUPT)
+        with self.assertRaises(BlobCorrupt) as caught:
+            await restarted.blob(digest)
+        self.assertEqual(caught.exception.code, "BLOB_UNKNOWN")
+        with self.assertRaises(BlobCorrupt):
+            await self.storage.blob(digest)
+        self.assertEqual((await self.storage.check_blob(digest, checksum)).state,
+                         BlobState.CORRUPT)
+        await self.storage.store_blob_bytes(data, digest)
+        self.assertEqual((await self.storage.check_blob(digest, checksum)).state,
+                         BlobState.INTACT)
+        self.assertEqual(await self.fetch(await self.storage.blob(digest)), data)
+        self.assertEqual((await restarted.check_blob(digest, checksum)).state,
+                         BlobState.INTACT)
 
     def test_provides_interface(self) -> None:
         """The backend provides IStorage."""
@@ -375,6 +435,12 @@ class MemoryStorageContractTests(StorageContractMixin, TestCase):
     async def recorded_references(self) -> dict[str, dict[str, Any]]:
         return self.storage.references
 
+    async def damage(self, digest: str, data: bytes) -> None:
+        self.storage.damage_blob(digest, data)
+
+    def reopened(self) -> IStorage:
+        return self.storage
+
 
 class FilesystemStorageContractTests(StorageContractMixin, TestCase):
     """The contract on :class:`FilesystemStorage`."""
@@ -392,6 +458,21 @@ class FilesystemStorageContractTests(StorageContractMixin, TestCase):
     async def recorded_references(self) -> dict[str, dict[str, Any]]:
         with open(os.path.join(self.storage.root, "index.json"), "rb") as f:
             return index_references(f.read())
+
+    async def damage(self, digest: str, data: bytes) -> None:
+        # Rewritten in place: same inode, same size, only the time changes
+        # (a second later, as damage comes later than the write: the file
+        # system's clock ticks more coarsely than a test runs).
+        path = os.path.join(self.storage.root, "blobs", "sha256", digest.split(":")[1])
+        written = os.stat(path).st_mtime_ns
+        with open(path, "r+b") as f:
+            f.write(data)
+        os.utime(path, ns=(written + 10**9, written + 10**9))
+
+    def reopened(self) -> IStorage:
+        storage = FilesystemStorage(self.storage.root, InlineRunner())
+        self.addCleanup(storage.close)
+        return storage
 
 
 class GCSStorageContractTests(EmulatorTestCase, StorageContractMixin):
@@ -415,6 +496,42 @@ class GCSStorageContractTests(EmulatorTestCase, StorageContractMixin):
         index = await self.emulator.download("index.json")
         assert index is not None
         return index_references(index)
+
+    async def damage(self, digest: str, data: bytes) -> None:
+        await self.emulator.put("blobs/sha256/" + digest.split(":")[1], data)
+
+    def reopened(self) -> IStorage:
+        return self.emulator_storage()
+
+
+class S3StorageContractTests(RcloneTestCase, StorageContractMixin):
+    """
+    The contract on :class:`~nixeryd.storage.s3.storage.S3Storage`, on
+    ``rclone serve s3`` (which checks every signature, presigned URLs
+    included).
+    """
+
+    def started(self) -> None:
+        self.storage = s3_storage(self, self.runner, self.server)
+
+    async def fetch(self, blob: LocalBlob | RedirectBlob) -> bytes:
+        assert isinstance(blob, RedirectBlob)
+        self.assertIn("X-Amz-Signature=", blob.url)
+        response = await treq.get(blob.url, pool=HTTPConnectionPool(reactor, persistent=False))
+        body: bytes = await response.content()
+        self.assertEqual(response.code, 200, body)
+        return body
+
+    async def recorded_references(self) -> dict[str, dict[str, Any]]:
+        with open(self.server.path("index.json"), "rb") as f:
+            return index_references(f.read())
+
+    async def damage(self, digest: str, data: bytes) -> None:
+        with open(self.server.path("blobs/sha256/" + digest.split(":")[1]), "r+b") as f:
+            f.write(data)
+
+    def reopened(self) -> IStorage:
+        return s3_storage(self, self.runner, self.server)
 
 
 class MemoryStorageTests(TestCase):

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
-from attrs import frozen
+from attrs import field, frozen
 from twisted.python.usage import UsageError
+
+from nixeryd.app.privateconfig import PrivateConfig, check_tls_listen, private_config_from
+from nixeryd.build.platforms import Architecture, host_architecture
 
 from nixeryd.app.settings import (
     BUILD_LOG_LINES,
@@ -23,6 +26,10 @@ from nixeryd.app.settings import (
     KEEP_BUILDS,
     GCS_BUCKET,
     GCS_ENDPOINT,
+    GCS_IAM_ENDPOINT,
+    GCS_PUBLIC,
+    GCS_SIGNING_ACCOUNT,
+    GCE_METADATA_HOST,
     HEAD_TIMEOUT,
     IDLE_TIMEOUT,
     LAYER_BUDGET,
@@ -33,7 +40,14 @@ from nixeryd.app.settings import (
     MAX_QUEUE,
     NIX_TIMEOUT,
     POPULARITY_URL,
+    PLATFORMS,
     PORT,
+    S3_ADDRESSING_STYLE,
+    S3_BUCKET,
+    S3_ENDPOINT,
+    S3_PUBLIC_URL,
+    S3_REGION,
+    S3_URL_LIFETIME,
     STORAGE_BACKEND,
     STORAGE_BACKENDS,
     STALL_TIMEOUT,
@@ -47,17 +61,51 @@ from nixeryd.app.settings import (
 
 
 @frozen
+class S3Config:
+    """
+    An S3 bucket, validated.
+
+    :ivar bucket: the bucket name.
+    :ivar endpoint: an S3-compatible server's ``http(s)://host[:port]``, or
+        ``None`` for AWS S3.
+    :ivar region: the region requests are signed for.
+    :ivar addressing_style: ``"path"`` or ``"virtual"``.
+    :ivar url_lifetime: seconds a presigned blob URL is valid.
+    :ivar public_url: where the objects are readable without credentials,
+        if anywhere.
+    :ivar aws_environment: the AWS variables credentials are found with
+        (never shown: they may hold a secret).
+    """
+
+    bucket: str
+    endpoint: Optional[str]
+    region: str
+    addressing_style: str
+    url_lifetime: int
+    public_url: Optional[str]
+    aws_environment: tuple[tuple[str, str], ...] = field(repr=False)
+
+
+@frozen
 class StorageConfig:
     """
     Where images are stored, validated: what the daemon and ``nixeryd gc``
     share.
 
-    :ivar storage_backend: ``"filesystem"`` or ``"gcs"``.
+    :ivar storage_backend: ``"filesystem"``, ``"gcs"`` or ``"s3"``.
     :ivar storage_path: the storage directory (filesystem backend).
     :ivar gcs_bucket: the bucket name (gcs backend).
     :ivar google_credentials: path of a service-account JSON file, if set.
     :ivar gcs_endpoint: a GCS emulator's ``http://host:port``, or ``None``
         for Google Cloud Storage itself.
+    :ivar s3: the bucket (s3 backend).
+    :ivar gcs_public: blob URLs are plain, unsigned ones (a public bucket).
+    :ivar gcs_signing_account: the account that signs blob URLs through
+        IAM without a key file, or ``None`` for the metadata server's.
+    :ivar gce_metadata_host: the metadata server's ``host[:port]``, or
+        ``None`` when not given (then the default one, on Cloud Storage
+        itself only).
+    :ivar gcs_iam_endpoint: the IAM Credentials API.
     """
 
     storage_backend: str
@@ -65,6 +113,11 @@ class StorageConfig:
     gcs_bucket: Optional[str]
     google_credentials: Optional[str]
     gcs_endpoint: Optional[str]
+    s3: Optional[S3Config] = field(default=None, kw_only=True)
+    gcs_public: bool = field(default=False, kw_only=True)
+    gcs_signing_account: Optional[str] = field(default=None, kw_only=True)
+    gce_metadata_host: Optional[str] = field(default=None, kw_only=True)
+    gcs_iam_endpoint: str = field(default=GCS_IAM_ENDPOINT.default, kw_only=True)
 
 
 @frozen
@@ -95,6 +148,7 @@ class Config(StorageConfig):
     :ivar max_connections_per_client: connections one address may hold.
     :ivar max_connections: connections in all, if set; never more than
         the open-file limit carries.
+    :ivar platforms: the platforms a name is built for, the default first.
     """
 
     listen: str
@@ -114,6 +168,9 @@ class Config(StorageConfig):
     stall_timeout: float = STALL_TIMEOUT.default
     max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT.default
     max_connections: Optional[int] = MAX_CONNECTIONS.default
+    #: Authentication, tokens, rules, TLS, cold builds per client.
+    private: PrivateConfig = PrivateConfig()
+    platforms: tuple[Architecture, ...] = (host_architecture(),)
 
 
 def _listen(options: Mapping[str, object], environ: Mapping[str, str]) -> str:
@@ -143,6 +200,56 @@ def _gcs_endpoint(options: Mapping[str, object],
         raise UsageError("STORAGE_EMULATOR_HOST/--gcs-endpoint must be an http(s) URL,"
                          " not %r" % (endpoint,))
     return endpoint.rstrip("/")
+
+
+def _http_url(text: str, label: str, path: bool = True) -> str:
+    """
+    ``text`` if it is an http(s) URL with a host (without a trailing
+    ``/``), and without a path unless ``path``.
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    try:
+        parts.port
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError("%s must be an http(s) URL, not %r" % (label, text))
+    if not path and (parts.path.strip("/") or parts.query or parts.fragment):
+        raise UsageError("%s must be scheme://host[:port], without a path, not %r"
+                         % (label, text))
+    return text.rstrip("/")
+
+
+def _s3_config(options: Mapping[str, object], environ: Mapping[str, str]) -> S3Config:
+    """
+    The S3 settings; the region falls back to ``AWS_REGION`` and
+    ``AWS_DEFAULT_REGION`` as AWS's tools do.
+    """
+    from nixeryd.storage.s3.credentials import VARIABLES
+
+    bucket = S3_BUCKET.given(options, environ)
+    if bucket is None:
+        raise UsageError("s3 storage needs a bucket: set S3_BUCKET (or --s3-bucket)")
+    endpoint = S3_ENDPOINT.given(options, environ)
+    if endpoint is not None:
+        endpoint = _http_url(endpoint, S3_ENDPOINT.label(True), path=False)
+    public_url = S3_PUBLIC_URL.given(options, environ)
+    if public_url is not None:
+        public_url = _http_url(public_url, S3_PUBLIC_URL.label(True))
+    region = (S3_REGION.given(options, environ) or environ.get("AWS_REGION")
+              or environ.get("AWS_DEFAULT_REGION") or S3_REGION.default)
+    style = S3_ADDRESSING_STYLE.read(options, environ) or (
+        "virtual" if endpoint is None else "path")
+    aws = tuple((name, environ[name]) for name in VARIABLES if environ.get(name))
+    given = {name for name, _ in aws}
+    if len(given & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}) == 1:
+        raise UsageError("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together")
+    return S3Config(bucket=bucket, endpoint=endpoint, region=region,
+                    addressing_style=style,
+                    url_lifetime=S3_URL_LIFETIME.read(options, environ),
+                    public_url=public_url, aws_environment=aws)
 
 
 def _check_source(source: SourceSetting) -> None:
@@ -188,16 +295,16 @@ def storage_config_from(options: Mapping[str, object],
         raise UsageError("gcs storage needs a bucket: set GCS_BUCKET (or --gcs-bucket)")
     credentials = environ.get("GOOGLE_APPLICATION_CREDENTIALS") or None
     endpoint = _gcs_endpoint(options, environ)
-    if backend == "gcs" and credentials is None and endpoint is None:
-        # Real Cloud Storage is reached with tokens from a key; only an
-        # emulator is used without one.
-        raise UsageError(
-            "GCS storage needs a service account key file: set"
-            " GOOGLE_APPLICATION_CREDENTIALS to its path (or STORAGE_EMULATOR_HOST"
-            " or --gcs-endpoint to an emulator)")
+    # Without a key file, real Cloud Storage is reached with the metadata
+    # server's tokens; the start-up checks say what to set when there is none.
     return StorageConfig(
         storage_backend=backend, storage_path=storage_path, gcs_bucket=gcs_bucket,
-        google_credentials=credentials, gcs_endpoint=endpoint)
+        google_credentials=credentials, gcs_endpoint=endpoint,
+        s3=_s3_config(options, environ) if backend == "s3" else None,
+        gcs_public=GCS_PUBLIC.read(options, environ),
+        gcs_signing_account=GCS_SIGNING_ACCOUNT.given(options, environ),
+        gce_metadata_host=GCE_METADATA_HOST.given(options, environ),
+        gcs_iam_endpoint=GCS_IAM_ENDPOINT.read(options, environ))
 
 
 def config_from(options: Mapping[str, object], environ: Mapping[str, str]) -> Config:
@@ -229,6 +336,11 @@ def config_from(options: Mapping[str, object], environ: Mapping[str, str]) -> Co
         gcs_bucket=storage.gcs_bucket,
         google_credentials=storage.google_credentials,
         gcs_endpoint=storage.gcs_endpoint,
+        s3=storage.s3,
+        gcs_public=storage.gcs_public,
+        gcs_signing_account=storage.gcs_signing_account,
+        gce_metadata_host=storage.gce_metadata_host,
+        gcs_iam_endpoint=storage.gcs_iam_endpoint,
         nix_timeout=nix_timeout,
         popularity_url=POPULARITY_URL.given(options, environ),
         max_builds=max_builds,
@@ -244,4 +356,6 @@ def config_from(options: Mapping[str, object], environ: Mapping[str, str]) -> Co
         stall_timeout=STALL_TIMEOUT.read(options, environ),
         max_connections_per_client=MAX_CONNECTIONS_PER_CLIENT.read(options, environ),
         max_connections=MAX_CONNECTIONS.read(options, environ),
+        private=check_tls_listen(private_config_from(options, environ), listen),
+        platforms=PLATFORMS.read(options, environ) or (host_architecture(),),
     )

@@ -27,20 +27,19 @@ import sys
 from typing import Mapping, Optional, Sequence, TextIO
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTCP, IReactorThreads, IReactorTime
-from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
-                            globalLogBeginner)
+from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 from twisted.python.usage import UsageError
 
 from nixeryd.app.config import StorageConfig, storage_config_from
-from nixeryd.app.settings import GRACE, KEEP_DAYS, STORAGE_SETTINGS, ImageOptions, parameters
-from nixeryd.app.commandline import parse_or_exit_code
+from nixeryd.app.settings import (GRACE, KEEP_DAYS, STORAGE_SETTINGS, ImageOptions, flags,
+                                  parameters)
+from nixeryd.app.commandline import EXIT_USAGE, parse_or_exit_code
+from nixeryd.app.storagecmd import EXIT_FAILED, EXIT_OK, parse_with, react, report_pass
+from nixeryd.core.threads import Runner
+from nixeryd.storage.interface import IStorage
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-#: Threads for the storage's calls.
-GC_THREADS = 4
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "GCRequest", "collect", "main", "parse"]
 #: The shortest grace period accepted without ``--unsafe-grace``, in
 #: hours: longer than a build takes from its first layer to its manifest
 #: (Nix steps are bounded by ``NIX_TIMEOUT``, ten minutes by
@@ -84,7 +83,8 @@ class GCOptions(usage.Options):
                 ["unsafe-grace", None,
                  "Accept a --grace below %g hour: only when no daemon builds on the"
                  " storage during the pass." % (MIN_GRACE_HOURS,)],
-                ["verbose", "v", "Also name every blob and document removed."]]
+                ["verbose", "v", "Also name every blob and document removed."]] + flags(
+                    STORAGE_SETTINGS, variables=True)
     optParameters = parameters(STORAGE_SETTINGS, variables=True) + parameters(
         (KEEP_DAYS, GRACE), variables=True)
 
@@ -112,15 +112,8 @@ class GCOptions(usage.Options):
 
 
 def parse(argv: Sequence[str], environ: Optional[Mapping[str, str]] = None) -> GCRequest:
-    """
-    The checked command line.
-
-    :raises UsageError: one line saying what is wrong.
-    :raises SystemExit: for ``--help``, once printed.
-    """
-    options = GCOptions(environ)
-    options.parseOptions(list(argv))  # type: ignore[no-untyped-call]
-    return options.request
+    """The checked command line (:func:`~nixeryd.app.storagecmd.parse_with`)."""
+    return parse_with(GCOptions(environ), argv)
 
 
 async def collect(reactor: object, request: GCRequest, out: TextIO) -> int:
@@ -129,44 +122,17 @@ async def collect(reactor: object, request: GCRequest, out: TextIO) -> int:
 
     :param reactor: the running reactor: threads, TCP (GCS) and time.
     """
-    from nixeryd.app.preflight import StartupFailed
-    from nixeryd.app.storages import open_storage, unusable
-    from nixeryd.core.threads import ThreadPoolService
     from nixeryd.gc.collector import Collector
+    from nixeryd.gc.report import Report
 
-    pool = ThreadPoolService(IReactorThreads(reactor), GC_THREADS, name="nixeryd-gc")
-    pool.startService()
-    try:
-        path = request.storage.storage_path
-        if request.storage.storage_backend == "filesystem" and path is not None and not (
-                await pool.run(os.path.isdir, path)):
-            sys.stderr.write("nixeryd gc: STORAGE_PATH %s is not a directory: no storage"
-                             " to collect\n" % (path,))
-            return EXIT_FAILED
-        try:
-            storage = await open_storage(request.storage, IReactorTCP(reactor), pool)
-        except Exception as e:
-            failed = e if isinstance(e, StartupFailed) else unusable(request.storage, e)
-            sys.stderr.write("nixeryd gc: %s\n" % (" ".join(failed.message.split()),))
-            return failed.exit_code
-        try:
-            collector = Collector(storage, IReactorTime(reactor).seconds,
-                                  keep_days=request.keep_days,
-                                  grace=request.grace_hours * 3600,
-                                  dry_run=request.dry_run)
-            report = await collector.collect()
-        except Exception as e:
-            sys.stderr.write("nixeryd gc: the pass failed: %s\n"
-                             % (" ".join((str(e) or type(e).__name__).split()),))
-            return EXIT_FAILED
-        finally:
-            await storage.close()
-    finally:
-        await pool.stopService()
-    for line in report.lines(verbose=request.verbose):
-        out.write(line + "\n")
-    out.flush()
-    return EXIT_OK
+    async def make(storage: IStorage, runner: Runner) -> Report:
+        return await Collector(storage, IReactorTime(reactor).seconds,
+                               keep_days=request.keep_days,
+                               grace=request.grace_hours * 3600,
+                               dry_run=request.dry_run).collect()
+
+    return await report_pass(reactor, request.storage, "nixeryd gc", "collect", make, out,
+                             verbose=request.verbose)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -174,22 +140,4 @@ def main(argv: Sequence[str]) -> int:
     request = parse_or_exit_code(parse, argv, "nixeryd gc")
     if isinstance(request, int):
         return request
-    from twisted.internet import task
-
-    from nixeryd.app.logs import TextLinesObserver
-
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(
-        TextLinesObserver(sys.stderr),
-        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)])],
-        redirectStandardIO=False)
-    result: list[int] = []
-
-    async def run(reactor: object) -> None:
-        result.append(await collect(reactor, request, sys.stdout))
-
-    try:
-        task.react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
-    except SystemExit as e:
-        if e.code not in (0, None):
-            return int(e.code) if isinstance(e.code, int) else EXIT_FAILED
-    return result[0] if result else EXIT_FAILED
+    return react(lambda reactor: collect(reactor, request, sys.stdout))

@@ -16,6 +16,10 @@ as its traceback text in ``log_failure``.
 Unlike Twisted's own JSON observer, which is built to round-trip events
 between Twisted processes, this one writes plain values that a person or a
 log pipeline can read, and it is cheap enough to log every request.
+
+Both leave out of every line what may be a secret
+(:func:`~nixeryd.core.text.without_secrets`): credentials, tokens, signed
+URLs' signatures, whatever field or message they came in.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from typing import Any, Callable, Optional, Protocol, TextIO
 from twisted.logger import ILogObserver, formatEvent
 from twisted.python.threadable import isInIOThread
 from zope.interface import implementer
+
+from nixeryd.core.text import without_secrets
 
 _INTERNAL_KEYS = frozenset({
     "log_logger", "log_source", "log_level", "log_failure", "log_format",
@@ -56,8 +62,23 @@ def render_message(event: dict[str, Any]) -> str:
     return formatEvent(event)
 
 
+def _without_secrets(value: Any) -> Any:
+    """``value`` with :func:`without_secrets` applied to every string it holds."""
+    if isinstance(value, str):
+        return without_secrets(value)
+    if isinstance(value, dict):
+        return {_without_secrets(key): _without_secrets(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_secrets(item) for item in value]
+    return value
+
+
 def event_as_json(event: dict[str, Any]) -> str:
-    """One event as a JSON object on one line (without the newline)."""
+    """
+    One event as a JSON object on one line (without the newline), with
+    what may be a secret left out of each value before it is encoded (on
+    the encoded line, a filter could cut an escape in two and break it).
+    """
     record: dict[str, Any] = {}
     skipped = _LEGACY_KEYS if event.get("log_namespace") == "log_legacy" else _INTERNAL_KEYS
     for key, value in event.items():
@@ -74,10 +95,11 @@ def event_as_json(event: dict[str, Any]) -> str:
         except Exception:
             record["log_failure"] = repr(failure)
     try:
-        return json.dumps(record, default=repr)
+        return json.dumps(_without_secrets(record), default=repr)
     except (TypeError, ValueError):
-        return json.dumps({key: value if isinstance(value, _PLAIN) else repr(value)
-                           for key, value in record.items()})
+        return json.dumps(_without_secrets(
+            {key: value if isinstance(value, _PLAIN) else repr(value)
+             for key, value in record.items()}))
 
 
 class FlushReactor(Protocol):
@@ -207,7 +229,7 @@ class TextLinesObserver:
                 text += "\t" + failure.getTraceback().rstrip("\n").replace("\n", "\n\t") + "\n"
             except Exception:
                 text += "\t%r\n" % (failure,)
-        self._stream.write(text)
+        self._stream.write(without_secrets(text))
         self._flush.written()
 
 

@@ -12,7 +12,7 @@ mistakes at start-up instead, each within a bounded time:
   known); a channel name is well-formed (Nix downloads it later);
 - Nix can be run (``nix-instantiate --version``);
 - the storage can be opened (the filesystem directory created, the GCS
-  bucket answering) and a probe document written and read back through
+  or S3 bucket answering) and a probe document written and read back through
   :class:`~nixeryd.storage.interface.IStorage`.
 
 A failed check raises :class:`StartupFailed`, whose message is one line
@@ -39,6 +39,9 @@ from nixeryd.app.settings import (
     GCS_ENDPOINT,
     PKGS_PATH,
     PKGS_REPO,
+    S3_BUCKET,
+    S3_ENDPOINT,
+    S3_REGION,
     STORAGE_PATH,
     Setting,
     SourceSetting,
@@ -219,6 +222,15 @@ def storage_words(config: StorageConfig) -> tuple[str, str]:
         return ("GCS bucket " + where,
                 "check %s, %s and GOOGLE_APPLICATION_CREDENTIALS" % (
                     setting_name(GCS_BUCKET), setting_name(GCS_ENDPOINT)))
+    if config.storage_backend == "s3" and config.s3 is not None:
+        where = "s3://%s" % (config.s3.bucket,)
+        if config.s3.endpoint is not None:
+            where += " at %s" % (config.s3.endpoint,)
+        return ("S3 bucket " + where,
+                "check %s, %s, %s and the AWS credentials (AWS_ACCESS_KEY_ID and"
+                " AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)" % (
+                    setting_name(S3_BUCKET), setting_name(S3_ENDPOINT),
+                    setting_name(S3_REGION)))
     return ("%s %s" % (STORAGE_PATH.variable, config.storage_path),
             "set %s to a directory nixeryd can create and write" % (
                 setting_name(STORAGE_PATH),))

@@ -23,12 +23,13 @@ from attrs import frozen
 from twisted.python import usage
 from twisted.python.usage import UsageError
 
+from nixeryd.build.platforms import Architecture, known_platforms, parse_platforms
 from nixeryd.core import defaults
 
 T = TypeVar("T")
 
 #: The storage backends the daemon knows.
-STORAGE_BACKENDS = ("filesystem", "gcs")
+STORAGE_BACKENDS = ("filesystem", "gcs", "s3")
 
 
 def _anything(value: object) -> bool:
@@ -38,6 +39,16 @@ def _anything(value: object) -> bool:
 def _positive_seconds(seconds: float) -> bool:
     """A duration that must pass: finite and more than zero."""
     return math.isfinite(seconds) and seconds > 0
+
+
+def _boolean(text: str) -> bool:
+    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
 
 
 def _shown(value: object) -> str:
@@ -60,6 +71,8 @@ class Setting(Generic[T]):
     :ivar check: whether a converted value is in range.
     :ivar unit: said after the name in messages, e.g. ``seconds``.
     :ivar variable_note: said after the variable in help texts.
+    :ivar flag: an option without a value (``optFlags``: :func:`flags`);
+        given, it reads as ``"1"``; its variable takes a boolean.
     """
 
     option: str
@@ -70,6 +83,7 @@ class Setting(Generic[T]):
     check: Callable[[T], bool] = _anything
     unit: str = ""
     variable_note: str = ""
+    flag: bool = False
 
     def describe(self, variables: bool) -> str:
         """
@@ -77,7 +91,7 @@ class Setting(Generic[T]):
         the environment) its variable.
         """
         text = self.help
-        if self.default is not None:
+        if self.default is not None and not self.flag:
             text += " (default %s)" % (_shown(self.default),)
         if variables and self.variable is not None:
             text += " [%s%s]" % (self.variable, self.variable_note)
@@ -107,6 +121,8 @@ class Setting(Generic[T]):
             reads only its command line.
         """
         value = options.get(self.option)
+        if self.flag:
+            value = "1" if value else None
         if value is not None and value != "":
             return str(value)
         if environ is not None and self.variable is not None:
@@ -162,6 +178,33 @@ GCS_BUCKET = _text("gcs-bucket", "Bucket for gcs storage", "GCS_BUCKET")
 GCS_ENDPOINT = _text(
     "gcs-endpoint", "GCS emulator URL, e.g. http://127.0.0.1:9023",
     "STORAGE_EMULATOR_HOST")
+#: How an S3 bucket may be addressed.
+S3_ADDRESSING_STYLES = ("path", "virtual")
+S3_BUCKET = _text("s3-bucket", "Bucket for s3 storage", "S3_BUCKET")
+S3_ENDPOINT = _text(
+    "s3-endpoint",
+    "URL of an S3-compatible server (MinIO, Ceph, R2...), e.g. http://127.0.0.1:9000;"
+    " unset for AWS S3", "S3_ENDPOINT")
+S3_REGION = Setting(
+    "s3-region", "Region requests to the bucket are signed for (else AWS_REGION)",
+    defaults.S3_REGION, str, "S3_REGION")
+S3_ADDRESSING_STYLE: Setting[Optional[str]] = Setting(
+    "s3-addressing-style",
+    "path (<endpoint>/<bucket>) or virtual (<bucket>.<endpoint host>); virtual on AWS,"
+    " path with S3_ENDPOINT by default",
+    None, str, "S3_ADDRESSING_STYLE", check=lambda style: style in S3_ADDRESSING_STYLES,
+    unit="path or virtual")
+S3_URL_LIFETIME = Setting(
+    "s3-url-lifetime", "Seconds a presigned blob URL is valid, 1 to 604800",
+    defaults.S3_URL_LIFETIME, int, "S3_URL_LIFETIME",
+    check=lambda seconds: 1 <= seconds <= 604800, unit="seconds")
+S3_PUBLIC_URL = _text(
+    "s3-public-url",
+    "Base URL where the bucket's objects are readable without credentials (a public"
+    " bucket, a CDN); blobs are then redirected there unsigned", "S3_PUBLIC_URL")
+#: The settings of s3 storage.
+S3_SETTINGS: tuple[Setting[Any], ...] = (
+    S3_BUCKET, S3_ENDPOINT, S3_REGION, S3_ADDRESSING_STYLE, S3_URL_LIFETIME, S3_PUBLIC_URL)
 NIX_TIMEOUT = Setting(
     "nix-timeout", "Seconds allowed for each Nix step of an image, evaluation then build",
     defaults.NIX_TIMEOUT, float, "NIX_TIMEOUT",
@@ -225,10 +268,64 @@ MAX_CONNECTIONS: Setting[Optional[int]] = Setting(
     "Connections at once from all clients; at most, and by default, what the"
     " open-file limit carries (each connection counted with a blob file)",
     None, int, "NIXERY_MAX_CONNECTIONS", check=lambda n: n is not None and n >= 1)
+# -- private instances: authentication, tokens, TLS, limits per client ---------
+HTPASSWD = _text(
+    "htpasswd",
+    "htpasswd file of bcrypt hashes (htpasswd -B): pulls need a user name and password",
+    "NIXERY_HTPASSWD")
+AUTH_RULES = _text(
+    "auth-rules", "TOML rules file: which users may pull which packages",
+    "NIXERY_AUTH_RULES")
+TOKEN_KEY = _text(
+    "token-key",
+    "PEM private key (RSA or EC P-256) signing the tokens of nixeryd's own /token"
+    " endpoint; turns on the token flow (needs --htpasswd)", "NIXERY_TOKEN_KEY")
+TOKEN_PUBLIC_KEY = _text(
+    "token-public-key",
+    "PEM public key or certificate of an external token service whose tokens"
+    " are accepted; turns on the token flow (needs --token-realm)",
+    "NIXERY_TOKEN_PUBLIC_KEY")
+TOKEN_REALM = _text(
+    "token-realm",
+    "URL of the token service clients are sent to (default: this registry's /token)",
+    "NIXERY_TOKEN_REALM")
+TOKEN_SERVICE = Setting(
+    "token-service", "Service name of the tokens (challenges' service, tokens' aud)",
+    defaults.TOKEN_SERVICE, str, "NIXERY_TOKEN_SERVICE", check=bool)
+TOKEN_ISSUER = Setting(
+    "token-issuer", "Issuer of the tokens (their iss)", defaults.TOKEN_ISSUER, str,
+    "NIXERY_TOKEN_ISSUER", check=bool)
+TOKEN_TTL = Setting(
+    "token-ttl", "Seconds a token of nixeryd's own /token endpoint lasts",
+    defaults.TOKEN_TTL, float, "NIXERY_TOKEN_TTL",
+    check=lambda seconds: math.isfinite(seconds) and seconds >= 1, unit="seconds")
+TLS_CERT = _text(
+    "tls-cert",
+    "PEM certificate (then intermediates) to serve HTTPS with; read again on SIGHUP",
+    "NIXERY_TLS_CERT")
+TLS_KEY = _text("tls-key", "PEM private key of --tls-cert", "NIXERY_TLS_KEY")
+COLD_PER_MINUTE = Setting(
+    "cold-per-minute",
+    "Builds one user (or address, unauthenticated) may start per minute, answered 429"
+    " beyond; 0 for no bound", defaults.COLD_PER_MINUTE, int, "NIXERY_COLD_PER_MINUTE",
+    check=lambda n: n >= 0)
+
+#: The settings of private instances, in the order the help lists them.
+PRIVATE_SETTINGS: tuple[Setting[Any], ...] = (
+    HTPASSWD, AUTH_RULES, TOKEN_KEY, TOKEN_PUBLIC_KEY, TOKEN_REALM, TOKEN_SERVICE,
+    TOKEN_ISSUER, TOKEN_TTL, TLS_CERT, TLS_KEY, COLD_PER_MINUTE)
+
 NIX_OPTION: Setting[Optional[str]] = Setting(
     "nix-option",
     "A Nix setting NAME=VALUE (e.g. substituters= to build offline); repeatable",
     None, str, "NIXERY_NIX_OPTIONS", variable_note=", ';'-separated")
+PLATFORMS: Setting[Optional[tuple[Architecture, ...]]] = Setting(
+    "platforms",
+    "Platforms a name is built for, the default first, e.g. linux/amd64,linux/arm64:"
+    " with several, a pull by tag gets an image index (default this machine's platform)",
+    None if defaults.PLATFORMS is None else parse_platforms(defaults.PLATFORMS),
+    parse_platforms, "NIXERY_PLATFORMS",
+    unit="comma-separated, of " + ", ".join(known_platforms()))
 
 KEEP_DAYS: Setting[Optional[int]] = Setting(
     "keep-days",
@@ -240,9 +337,31 @@ GRACE = Setting(
     defaults.GC_GRACE_HOURS, float,
     check=lambda hours: math.isfinite(hours) and hours >= 0, unit="hours")
 
+# Cloud Storage without a key file: the metadata server's tokens, URLs
+# signed through IAM or not at all.
+GCS_PUBLIC = Setting(
+    "gcs-public", "Redirect blob requests to plain, unsigned URLs of a public bucket"
+    " (readable by allUsers) instead of signed ones", False, _boolean, "GCS_PUBLIC",
+    flag=True)
+GCS_SIGNING_ACCOUNT = _text(
+    "gcs-signing-account", "Service account that signs blob URLs through IAM signBlob"
+    " when there is no key file (by default the metadata server's default account)",
+    "GCS_SIGNING_ACCOUNT")
+GCE_METADATA_HOST = Setting(
+    "gce-metadata-host", "Metadata server (host[:port]) giving tokens when there is no"
+    " key file; given, it is used with an emulator too", defaults.GCE_METADATA_HOST, str,
+    "GCE_METADATA_HOST")
+GCS_IAM_ENDPOINT = Setting(
+    "gcs-iam-endpoint", "IAM Credentials API that signs blob URLs without a key file",
+    defaults.GCS_IAM_ENDPOINT, str, "GCS_IAM_ENDPOINT")
+#: The credentials of Cloud Storage beside a key file.
+GCS_CREDENTIAL_SETTINGS: tuple[Setting[Any], ...] = (
+    GCS_PUBLIC, GCS_SIGNING_ACCOUNT, GCE_METADATA_HOST, GCS_IAM_ENDPOINT)
+
 #: Where images are stored: the options the daemon and ``nixeryd gc`` share.
 STORAGE_SETTINGS: tuple[Setting[Any], ...] = (
-    STORAGE_BACKEND, STORAGE_PATH, GCS_BUCKET, GCS_ENDPOINT)
+    STORAGE_BACKEND, STORAGE_PATH, GCS_BUCKET, GCS_ENDPOINT, *GCS_CREDENTIAL_SETTINGS,
+    *S3_SETTINGS)
 
 #: The package sources, as ``(kind, setting)`` in the order they are
 #: chosen; the kinds are the keyword arguments of
@@ -346,8 +465,14 @@ def read_nix_options(options: Mapping[str, object],
 
 
 def parameters(settings: Sequence[Setting[Any]], variables: bool) -> list[list[Any]]:
-    """The ``optParameters`` of ``settings``."""
-    return [setting.parameter(variables) for setting in settings]
+    """The ``optParameters`` of ``settings`` (flags left out: :func:`flags`)."""
+    return [setting.parameter(variables) for setting in settings if not setting.flag]
+
+
+def flags(settings: Sequence[Setting[Any]], variables: bool) -> list[list[Any]]:
+    """The ``optFlags`` of the flags among ``settings``."""
+    return [[setting.option, None, setting.describe(variables)]
+            for setting in settings if setting.flag]
 
 
 class ImageOptions(usage.Options):

@@ -16,6 +16,8 @@ from twisted.logger import Logger
 
 from nixeryd.app.config import Config
 from nixeryd.app.preflight import Checked
+from nixeryd.app.privateconfig import describe_access
+from nixeryd.build.platforms import describe as describe_platforms
 from nixeryd.core.text import describe_source_setting
 
 def describe_source(config: Config, revision: Optional[str]) -> str:
@@ -27,7 +29,10 @@ def describe_source(config: Config, revision: Optional[str]) -> str:
 
 
 def describe_storage(config: Config) -> str:
-    """``filesystem /var/lib/nixeryd`` or ``gcs gs://bucket`` with endpoint and key path."""
+    """
+    ``filesystem /var/lib/nixeryd``, ``gcs gs://bucket`` with endpoint and
+    key path, or ``s3 s3://bucket`` with endpoint, region and style.
+    """
     if config.storage_backend == "gcs":
         text = "gcs gs://%s" % (config.gcs_bucket,)
         if config.gcs_endpoint is not None:
@@ -35,6 +40,11 @@ def describe_storage(config: Config) -> str:
         if config.google_credentials is not None:
             text += " (key %s)" % (config.google_credentials,)
         return text
+    if config.storage_backend == "s3" and config.s3 is not None:
+        s3 = config.s3
+        return "s3 s3://%s at %s (region %s, %s style%s)" % (
+            s3.bucket, s3.endpoint or "AWS", s3.region, s3.addressing_style,
+            ", public at %s" % (s3.public_url,) if s3.public_url else "")
     return "filesystem %s" % (config.storage_path,)
 
 
@@ -47,15 +57,19 @@ def log_serving(log: Logger, config: Config, checked: Checked,
     :param address: the address the port listens on (``host:port``), or
         ``None`` when only the configured endpoint is known.
     """
+    access = describe_access(config.private)
     log.info(
-        "Serving on {address}: packages from {source}; storage {storage};"
-        " {max_builds} Nix build{builds_s} at once, Nix timeout {nix_timeout:g} s a step,"
+        "Serving on {address}{access_note}: packages from {source} for {platforms};"
+        " storage {storage}; {max_builds} Nix build{builds_s} at once, Nix timeout {nix_timeout:g} s a step,"
         " {layer_budget} layers an image (+1); {nix_version}",
         event="serving",
         address=address if address is not None else config.listen,
         listen=config.listen,
+        access=access,
+        access_note="" if access is None else " (%s)" % (access,),
         source=describe_source(config, checked.revision),
         source_kind=config.source.kind,
+        platforms=describe_platforms(config.platforms),
         revision=checked.revision,
         storage=describe_storage(config),
         storage_backend=config.storage_backend,

@@ -20,7 +20,9 @@ from nixeryd.app.config import Config, config_from
 from nixeryd.app.settings import (
     CHANNEL,
     GCS_BUCKET,
+    GCS_CREDENTIAL_SETTINGS,
     GCS_ENDPOINT,
+    S3_SETTINGS,
     HEAD_TIMEOUT,
     IDLE_TIMEOUT,
     LAYER_BUDGET,
@@ -41,13 +43,22 @@ from nixeryd.app.settings import (
     BUILD_LOG_LINES,
     MAX_QUEUE,
     FAILURE_TTL,
+    PRIVATE_SETTINGS,
+    PLATFORMS,
     ImageOptions,
+    flags,
     parameters,
 )
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IProtocolFactory
+
     from nixeryd.app.wiring import IServiceReactor
+    from nixeryd.auth.assemble import Auth
+    from nixeryd.core.threads import ThreadPoolService
     from nixeryd.registry.connections import ConnectionLimits
+    from nixeryd.registry.imagesource import ImageSource
+    from nixeryd.service.images import ImageService
 
 
 class Options(ImageOptions):
@@ -69,11 +80,12 @@ class Options(ImageOptions):
 
     optParameters = parameters(
         [LISTEN, PORT, CHANNEL, PKGS_REPO, PKGS_PATH, STORAGE_BACKEND, STORAGE_PATH,
-         GCS_BUCKET, GCS_ENDPOINT, NIX_TIMEOUT, POPULARITY_URL, MAX_BUILDS,
+         GCS_BUCKET, GCS_ENDPOINT, *S3_SETTINGS, NIX_TIMEOUT, POPULARITY_URL, MAX_BUILDS,
          LAYER_BUDGET, THREADS, KEEP_BUILDS, BUILD_LOG_LINES, MAX_QUEUE, FAILURE_TTL,
          HEAD_TIMEOUT, IDLE_TIMEOUT, STALL_TIMEOUT, MAX_CONNECTIONS_PER_CLIENT,
-         MAX_CONNECTIONS],
+         MAX_CONNECTIONS, PLATFORMS, *GCS_CREDENTIAL_SETTINGS, *PRIVATE_SETTINGS],
         variables=True)
+    optFlags = flags(GCS_CREDENTIAL_SETTINGS, variables=True)
 
     config: Config
 
@@ -150,11 +162,76 @@ def build_service(options: Options, reactor: Optional[IServiceReactor] = None, *
                                         options.config.source.location)
     monitoring = make_monitoring(running)
     limits = connection_limits(options.config)
-    return make_daemon_service(
-        options.config, running,
-        site=lambda images, blobs: make_site(images, blobs, builds=images.builds,
-                                             source=source, clock=running,
-                                             monitoring=monitoring, limits=limits),
+    private = PrivateServices(options.config, running)
+
+    def site(images: ImageService, blobs: ThreadPoolService) -> IProtocolFactory:
+        return private.wrap(make_site(images, blobs, builds=images.builds, source=source,
+                                      clock=running, monitoring=monitoring, limits=limits,
+                                      auth=private.auth(images)))
+
+    top = make_daemon_service(
+        options.config, running, site=site,
         images=functools.partial(make_image_service, check_at_start=check_at_start,
                                  monitoring=monitoring),
         monitoring=monitoring)
+    private.add_to(top)
+    return top
+
+
+class PrivateServices:
+    """
+    What a private instance adds to the service tree: the thread pool that
+    checks passwords and tokens, the gate of ``/v2`` (:mod:`nixeryd.auth`),
+    and TLS around the site with its ``SIGHUP`` reload
+    (:mod:`nixeryd.registry.tls`); nothing when they are off.
+
+    :raises StartupFailed: for TLS files that cannot be used.
+    """
+
+    def __init__(self, config: Config, reactor: IServiceReactor) -> None:
+        from nixeryd.app.preflight import StartupFailed
+        from nixeryd.core import defaults
+        from nixeryd.core.threads import ThreadPoolService
+        from nixeryd.registry.tls import ReloadingContextFactory
+
+        self._config = config.private
+        self._reactor = reactor
+        self.pool = ThreadPoolService(reactor, defaults.AUTH_THREADS, name="nixeryd-auth")
+        self.tls: Optional[ReloadingContextFactory] = None
+        if self._config.tls_cert is not None and self._config.tls_key is not None:
+            try:
+                self.tls = ReloadingContextFactory(self._config.tls_cert,
+                                                   self._config.tls_key)
+            except (OSError, ValueError) as e:
+                raise StartupFailed("TLS: %s" % (
+                    e if isinstance(e, ValueError) else "cannot read %s: %s"
+                    % (e.filename, e.strerror),)) from None
+
+    def auth(self, images: ImageSource) -> Optional[Auth]:
+        """The gate over ``images``, when authentication is on."""
+        from nixeryd.app.preflight import StartupFailed
+        from nixeryd.auth.assemble import AuthSetupFailed, make_auth
+
+        try:
+            return make_auth(self._config, images, runner=self.pool, clock=self._reactor)
+        except AuthSetupFailed as e:
+            raise StartupFailed(str(e)) from None
+
+    def wrap(self, site: IProtocolFactory) -> IProtocolFactory:
+        """The site, over TLS when configured."""
+        from nixeryd.registry.tls import tls_factory
+
+        return site if self.tls is None else tls_factory(self.tls, site)
+
+    def add_to(self, top: MultiService) -> None:
+        """
+        Add the pool (when authentication or TLS is on) and the ``SIGHUP``
+        handler to ``top``: it reads TLS files again, and without TLS keeps
+        ``systemctl reload`` from ending the daemon.
+        """
+        from nixeryd.registry.tls import TLSReloadService
+
+        if self._config.authenticated or self.tls is not None:
+            self.pool.setServiceParent(top)  # type: ignore[no-untyped-call]
+        reload = TLSReloadService(self.tls, self.pool, self._reactor)
+        reload.setServiceParent(top)  # type: ignore[no-untyped-call]

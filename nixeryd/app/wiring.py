@@ -34,6 +34,7 @@ from nixeryd.app.storages import make_storage, open_storage
 from nixeryd.build.builder import ImageBuilder
 from nixeryd.build.childenv import child_environment
 from nixeryd.build.nix import NixRunner, default_nix_dir
+from nixeryd.build.platforms import Architecture
 from nixeryd.build.popularity import load_popularity
 from nixeryd.build.sources import source_from_config
 from nixeryd.core import defaults
@@ -41,6 +42,7 @@ from nixeryd.core.threads import Runner, ThreadPoolService
 from nixeryd.metrics.daemon import DaemonMetrics
 from nixeryd.metrics.hooks import NO_INSTRUMENTS
 from nixeryd.metrics.monitoring import Monitoring
+from nixeryd.storage.gcs.retry import NO_OBSERVER
 from nixeryd.service.builds import BuildHistory
 from nixeryd.service.images import ImageService
 from nixeryd.service.pulls import PullRecorder
@@ -130,6 +132,8 @@ def assemble_image_service(
         max_queue: int = defaults.MAX_QUEUE,
         failure_ttl: float = defaults.FAILURE_TTL,
         record_pulls: bool = False,
+        cold_per_minute: int = 0,
+        platforms: Sequence[Architecture] = (),
         ) -> ImageService:
     """
     Build an :class:`ImageService` and everything under it.
@@ -163,6 +167,8 @@ def assemble_image_service(
         the garbage collector (:mod:`nixeryd.service.pulls`; the
         recorder is the service's last child, so it writes what it holds
         before the pools stop).
+    :param platforms: the platforms a name is built for, the default
+        first; this machine's alone when empty.
     :raises ValueError: for a malformed package source.
     """
     chosen = {source.kind: source.location}
@@ -204,7 +210,8 @@ def assemble_image_service(
         source=package_source, nix=nix, builder=builder, storage=store, clock=reactor,
         max_builds=max_builds, moving_ttl=moving_ttl, reference=reference,
         on_start=on_start, max_queue=max_queue, failure_ttl=failure_ttl,
-        instruments=instruments, pulls=pulls,
+        instruments=instruments, pulls=pulls, platforms=platforms,
+        cold_per_minute=cold_per_minute,
         builds=BuildHistory(reactor, keep_builds=keep_builds, keep_lines=build_log_lines))
     if metrics is not None:
         metrics.follow(service.builds)
@@ -234,7 +241,8 @@ def make_image_service(config: Config, reactor: IServiceReactor, pools: ThreadPo
     :raises StartupFailed: when the storage cannot be made.
     """
     env = child_environment(os.environ)
-    storage = make_storage(config, reactor, pools.storage)
+    storage = make_storage(config, reactor, pools.storage, retry_observer=(
+        monitoring.metrics if monitoring is not None else NO_OBSERVER))
 
     async def start_check() -> None:
         checked = await run_checks(
@@ -254,7 +262,8 @@ def make_image_service(config: Config, reactor: IServiceReactor, pools: ThreadPo
         start_check=start_check if check_at_start else None,
         metrics=monitoring.metrics if monitoring is not None else None,
         keep_builds=config.keep_builds, build_log_lines=config.build_log_lines,
-        max_queue=config.max_queue, failure_ttl=config.failure_ttl, record_pulls=True)
+        max_queue=config.max_queue, failure_ttl=config.failure_ttl, record_pulls=True,
+        platforms=config.platforms, cold_per_minute=config.private.cold_per_minute)
 
 
 def close_unstarted_storages(top: Service) -> Deferred[None]:

@@ -6,7 +6,11 @@ it asks Nix for the closure, groups it into layers, writes every layer it
 does not already have (in parallel, in the thread pool), adds the
 customisation layer, and stores the config and both manifests.  Layers
 are cached by the exact set of store paths they hold, so the same group of
-paths is never tarred twice, across images and restarts.
+paths is never tarred twice, across images and restarts.  A cached layer
+is reused only once storage vouches for its blob (its checksum, recorded
+in the cache document, against what is stored:
+:mod:`nixeryd.storage.integrity`); a damaged one is written again, which
+replaces it.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from nixeryd.core.documents import Image
 from nixeryd.core.sharedwork import SharedWork
 from nixeryd.core.threads import Runner
 from nixeryd.metrics.hooks import NO_INSTRUMENTS, Instruments
+from nixeryd.storage.integrity import CHECKSUM_FIELD, BlobState
 from nixeryd.storage.interface import IStorage
 
 #: Namespace of layer cache documents in storage.
@@ -199,7 +204,8 @@ class ImageBuilder:
         custom_value, custom_layer = results[0]
         layers = tuple(results[1:]) + (custom_layer,)
         documents = build_documents(request.arch.oci_arch, layers,
-                                    runtime_settings(request, custom_value))
+                                    runtime_settings(request, custom_value),
+                                    request.arch.variant)
         await self._store_documents(documents)
         log.info(
             "Built {image}: {digest}, {layer_count} layers in {seconds} s",
@@ -240,21 +246,48 @@ class ImageBuilder:
                                  ) -> tuple[LayerDescriptor, bool]:
         comment = describe_layer(paths)
         cached = await self._storage.get_document(LAYER_NAMESPACE, key)
-        # Reusing a layer counts as writing it: a garbage-collection pass
-        # that listed it before then keeps it (a new version).
-        if cached is not None and await self._storage.refresh_blob(cached["digest"]):
-            self._instruments.layer_cache(True)
-            return LayerDescriptor(digest=cached["digest"], diff_id=cached["diff_id"],
-                                   size=cached["size"], comment=comment), True
+        if cached is not None:
+            reused = await self._reusable(key, cached)
+            if reused:
+                self._instruments.layer_cache(True)
+                return LayerDescriptor(digest=cached["digest"], diff_id=cached["diff_id"],
+                                       size=cached["size"], comment=comment), True
         self._instruments.layer_cache(False)
         blob = await self._write(write_store_layer, list(paths))
         await self._store_blob(blob)
-        await self._storage.put_document(
-            LAYER_NAMESPACE, key,
-            {"digest": blob.digest, "diff_id": blob.diff_id, "size": blob.size,
-             "paths": len(paths)})
+        document: dict[str, object] = {
+            "digest": blob.digest, "diff_id": blob.diff_id, "size": blob.size,
+            "paths": len(paths)}
+        # Known from the write just made: no request, no hashing.
+        checksum = (await self._storage.check_blob(blob.digest)).checksum
+        if checksum is not None:
+            document[CHECKSUM_FIELD] = checksum
+        await self._storage.put_document(LAYER_NAMESPACE, key, document)
         return LayerDescriptor(digest=blob.digest, diff_id=blob.diff_id,
                                size=blob.size, comment=comment), False
+
+    async def _reusable(self, key: str, cached: dict[str, Any]) -> bool:
+        """
+        Whether the layer a cache document names may be reused: its blob
+        is stored and intact.  Reusing a layer counts as writing it: a
+        garbage-collection pass that listed it before then keeps it (a new
+        version).  A document from before checksums were kept gets the
+        checksum storage now vouches for.
+        """
+        digest = cached["digest"]
+        recorded = cached.get(CHECKSUM_FIELD)
+        check = await self._storage.check_blob(
+            digest, recorded if isinstance(recorded, str) else None)
+        if check.state is BlobState.CORRUPT:
+            self.log.warn("Cached layer {digest} is damaged in storage; writing it again",
+                          digest=digest)
+            return False
+        if not check.intact or not await self._storage.refresh_blob(digest):
+            return False
+        if check.checksum is not None and recorded is None:
+            await self._storage.put_document(
+                LAYER_NAMESPACE, key, dict(cached, **{CHECKSUM_FIELD: check.checksum}))
+        return True
 
     async def _customise(self, top_level: list[str]
                          ) -> tuple[Customisation, LayerDescriptor]:

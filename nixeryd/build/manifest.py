@@ -15,8 +15,9 @@ from typing import Sequence
 
 from attrs import frozen
 
+from nixeryd.build.platforms import Architecture
 from nixeryd.core import mediatypes
-from nixeryd.core.documents import Image, ManifestDocument
+from nixeryd.core.documents import Image, ImageIndex, ManifestDocument
 
 #: The image creation time written in every config: fixed, so that builds
 #: are reproducible (the same choice Nix makes for store mtimes).
@@ -79,10 +80,10 @@ class BuiltDocuments:
 
 
 def image_config(arch: str, layers: Sequence[LayerDescriptor],
-                 runtime: RuntimeSettings) -> bytes:
+                 runtime: RuntimeSettings, variant: str = "") -> bytes:
     """
-    The image config: architecture, OS, runtime settings, the layers'
-    diff_ids and one history entry per layer.
+    The image config: architecture (and its variant, if any), OS, runtime
+    settings, the layers' diff_ids and one history entry per layer.
     """
     container_config: dict[str, object] = {"Env": list(runtime.env)}
     if runtime.cmd:
@@ -93,9 +94,11 @@ def image_config(arch: str, layers: Sequence[LayerDescriptor],
         if layer.comment:
             entry["comment"] = layer.comment
         history.append(entry)
+    platform: dict[str, object] = {"architecture": arch, "os": "linux"}
+    if variant:
+        platform["variant"] = variant
     return canonical_json({
-        "architecture": arch,
-        "os": "linux",
+        **platform,
         "created": CREATED,
         "config": container_config,
         "rootfs": {"type": "layers", "diff_ids": [l.diff_id for l in layers]},
@@ -119,11 +122,11 @@ def _manifest(media_type: str, config_type: str, layer_type: str,
 
 
 def build_documents(arch: str, layers: Sequence[LayerDescriptor],
-                    runtime: RuntimeSettings) -> BuiltDocuments:
+                    runtime: RuntimeSettings, variant: str = "") -> BuiltDocuments:
     """
     Build the config and both manifests for ``layers`` (base layer first).
     """
-    config = image_config(arch, layers, runtime)
+    config = image_config(arch, layers, runtime, variant)
     config_digest = sha256_digest(config)
     docker = _manifest(mediatypes.DOCKER_MANIFEST, mediatypes.DOCKER_CONFIG,
                        mediatypes.DOCKER_LAYER, config, config_digest, layers)
@@ -133,12 +136,41 @@ def build_documents(arch: str, layers: Sequence[LayerDescriptor],
                           image=Image(docker=docker, oci=oci))
 
 
+def _index(media_type: str, entries: Sequence[tuple[Architecture, ManifestDocument]]
+           ) -> ManifestDocument:
+    body = canonical_json({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "manifests": [{"mediaType": document.media_type, "size": len(document.body),
+                       "digest": document.digest, "platform": architecture.platform()}
+                      for architecture, document in entries],
+    })
+    return ManifestDocument(media_type=media_type, body=body, digest=sha256_digest(body))
+
+
+def build_index(images: Sequence[tuple[Architecture, Image]]) -> ImageIndex:
+    """
+    The Docker manifest list and the OCI image index naming the image of
+    each platform, with its ``platform`` object.  Entries are sorted by
+    platform, so the same images give the same bytes whatever order the
+    platforms were configured or built in.
+    """
+    ordered = sorted(images, key=lambda entry: entry[0].sort_key())
+    return ImageIndex(
+        docker=_index(mediatypes.DOCKER_LIST,
+                      [(architecture, image.docker) for architecture, image in ordered]),
+        oci=_index(mediatypes.OCI_INDEX,
+                   [(architecture, image.oci) for architecture, image in ordered]),
+        images=tuple(image for _, image in ordered))
+
+
 def manifest_from_bytes(body: bytes) -> ManifestDocument | None:
     """
-    Recognise stored bytes as one of our manifests.
+    Recognise stored bytes as one of our manifests or image indexes.
 
     :returns: the document, or ``None`` when ``body`` is not a JSON object
-        whose ``mediaType`` is a manifest type (a layer or a config blob).
+        whose ``mediaType`` is a manifest or index type (a layer or a
+        config blob).
     """
     try:
         parsed = json.loads(body)
@@ -147,7 +179,7 @@ def manifest_from_bytes(body: bytes) -> ManifestDocument | None:
     if not isinstance(parsed, dict):
         return None
     media_type = parsed.get("mediaType")
-    if media_type not in mediatypes.MANIFEST_TYPES:
+    if media_type not in mediatypes.SERVED_TYPES:
         return None
     return ManifestDocument(media_type=media_type, body=body,
                             digest=sha256_digest(body))

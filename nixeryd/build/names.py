@@ -14,12 +14,21 @@ import re
 
 from attrs import frozen
 
+# Re-exported: the platforms are named here since before build.platforms.
+from nixeryd.build.platforms import AMD64 as AMD64
+from nixeryd.build.platforms import ARM64 as ARM64
+from nixeryd.build.platforms import Architecture as Architecture
 from nixeryd.core.errors import ManifestUnknown, NameInvalid
 
 #: The distribution spec's repository name grammar, one path component.
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")
 #: The distribution spec's tag grammar.
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
+
+#: The referrers tag schema of the distribution spec: a digest's algorithm,
+#: ``-`` and its encoded part (64 characters).  Clients that find no
+#: referrers API look for such tags; they never name an image to build.
+_REFERRERS_TAG = re.compile(r"(?:sha256|sha384|sha512|blake3)-[0-9a-f]{64}\Z")
 
 #: Clients cap ``host/name`` at 255 characters; we cap the name alone.
 MAX_NAME_LENGTH = 255
@@ -30,22 +39,6 @@ SHELL_PACKAGES = ("bashInteractive", "coreutils", "moreutils", "nano")
 #: Packages added to every image when the package set has them.
 OPTIONAL_PACKAGES = ("cacert", "iana-etc")
 
-
-@frozen
-class Architecture:
-    """
-    A target platform, as Nix and as the OCI image config name it.
-
-    :ivar nix_system: the Nix ``system`` string, e.g. ``x86_64-linux``.
-    :ivar oci_arch: the OCI ``architecture``, e.g. ``amd64``.
-    """
-
-    nix_system: str
-    oci_arch: str
-
-
-AMD64 = Architecture("x86_64-linux", "amd64")
-ARM64 = Architecture("aarch64-linux", "arm64")
 
 #: Meta-package components that select an architecture.
 _ARCH_META = {"arm64": ARM64}
@@ -62,12 +55,16 @@ class ImageRequest:
     :ivar arch: the target architecture.
     :ivar shell: whether the ``shell`` meta-package was requested (the
         image then runs ``bash`` by default).
+    :ivar arch_selected: whether a meta-package (``arm64``) chose ``arch``;
+        otherwise it is the default platform, and a registry serving
+        several platforms answers with an image index.
     """
 
     name: str
     packages: tuple[str, ...]
     arch: Architecture
     shell: bool
+    arch_selected: bool = False
 
     def key(self) -> str:
         """
@@ -86,6 +83,14 @@ def is_valid_component(component: str) -> bool:
 def is_valid_tag(tag: str) -> bool:
     """Whether ``tag`` matches the distribution spec's tag grammar."""
     return _TAG.match(tag) is not None
+
+
+def is_referrers_tag(tag: str) -> bool:
+    """
+    Whether ``tag`` follows the referrers tag schema (``sha256-<hex>``),
+    which names an index of the referrers of a manifest, never an image.
+    """
+    return _REFERRERS_TAG.match(tag) is not None
 
 
 def validate_name(name: str) -> list[str]:
@@ -127,26 +132,31 @@ def validate_tag(tag: str) -> str:
     return tag
 
 
-def parse_image_name(name: str) -> ImageRequest:
+def parse_image_name(name: str, default: Architecture = AMD64) -> ImageRequest:
     """
     Turn an image name into an :class:`ImageRequest`.
 
     Meta-packages are recognised in any position (Nixery only knows them
     at the start).  A name made only of meta-packages is valid.
 
+    :param default: the architecture when no meta-package selects one.
+
     :raises NameInvalid: when the name breaks the grammar.
     """
     components = validate_name(name)
-    arch = AMD64
+    arch = default
+    selected = False
     shell = False
     packages: set[str] = set()
     for component in components:
         if component in _ARCH_META:
             arch = _ARCH_META[component]
+            selected = True
         elif component == "shell":
             shell = True
             packages.update(SHELL_PACKAGES)
         else:
             packages.add(component)
     return ImageRequest(
-        name=name, packages=tuple(sorted(packages)), arch=arch, shell=shell)
+        name=name, packages=tuple(sorted(packages)), arch=arch, shell=shell,
+        arch_selected=selected)

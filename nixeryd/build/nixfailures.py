@@ -8,8 +8,9 @@ says what happened:
 
 - a permanent failure of the name at this revision of the package set
   (a package that throws, a failed builder, a package set that does not
-  evaluate, a step past ``NIX_TIMEOUT``) is a
-  :class:`~nixeryd.core.errors.BuildFailed`;
+  evaluate, a step past ``NIX_TIMEOUT``, a derivation for a system this
+  machine cannot build for, whose message says what the operator can
+  configure) is a :class:`~nixeryd.core.errors.BuildFailed`;
 - Nix itself being unavailable (no daemon to connect to, no Nix program),
   a download failing (the package set's archive, a substitute from a
   binary cache, a fixed-output fetch), a builder or Nix itself killed by
@@ -40,6 +41,23 @@ from nixeryd.core.errors import BuildFailed, BuildTimedOut, Unavailable
 _BUILDER_FAILED = re.compile(
     r"builder for '(/nix/store/[^']+\.drv)' failed"
     r"(?: with exit code (\d+)| due to signal (\d+))?")
+
+#: How Nix says this machine cannot build a derivation's system: one line
+#: up to Nix 2.19, a ``Required system`` line (after ``Cannot build
+#: '<drv>'``) since.
+_WRONG_SYSTEM = re.compile(
+    r"a '([^']+)' with features \{[^}]*\} is required to build '(/nix/store/[^']+\.drv)',"
+    r" but I am a '([^']+)'")
+_CANNOT_BUILD = re.compile(r"Cannot build '(/nix/store/[^']+\.drv)'")
+_REQUIRED_SYSTEM = re.compile(r"Required system: '([^']+)'")
+_CURRENT_SYSTEM = re.compile(r"Current system: '([^']+)'")
+
+#: What the message of a build for a system this machine cannot build
+#: tells the operator to configure (README, "Building for other platforms").
+WRONG_SYSTEM_ADVICE = (
+    "the registry's operator can add a remote builder for {system} (Nix option builders),"
+    " emulation (extra-platforms = {system}, with binfmt_misc) or a binary cache that has"
+    " it (substituters)")
 
 #: How Nix says it starts a derivation's builder.
 _BUILDING = re.compile(r"building '(/nix/store/[^']+\.drv)'")
@@ -193,6 +211,19 @@ def build_failure(failure: ProcessFailed, timeout: float, image: str | None,
     """
     if isinstance(failure, ProcessTimedOut):
         return _build_timeout(failure, timeout, image, requested)
+    wrong_system = _wrong_system(failure.tail)
+    if wrong_system is not None:
+        required, drv_path, current = wrong_system
+        package = requested.get(drv_path)
+        if package is not None:
+            subject = packages_subject([package], image)
+        else:
+            package = store_path_name(drv_path)[:-len(".drv")]
+            subject = "%s, a dependency of %s," % (package, image_subject(image))
+        return BuildFailed(
+            "%s cannot be built for %s: this registry builds for %s only; %s" % (
+                subject, required, current, WRONG_SYSTEM_ADVICE.format(system=required)),
+            package, failure.tail)
     for line in failure.tail:
         match = _BUILDER_FAILED.search(line)
         if match is None:
@@ -214,6 +245,28 @@ def build_failure(failure: ProcessFailed, timeout: float, image: str | None,
     cause = first_error_message(failure.tail) or failure.describe()
     return BuildFailed("the build of %s failed: %s" % (image_subject(image), cause),
                        None, failure.tail)
+
+
+def _wrong_system(tail: Sequence[str]) -> tuple[str, str, str] | None:
+    """
+    ``(required system, derivation, this machine's system)`` when Nix
+    refused a build because this machine cannot build for its system.
+    """
+    cannot_build = required = None
+    for line in tail:
+        match = _WRONG_SYSTEM.search(line)
+        if match is not None:
+            return match.group(1), match.group(2), match.group(3)
+        found = _CANNOT_BUILD.search(line)
+        if found is not None:
+            cannot_build = found.group(1)
+        found = _REQUIRED_SYSTEM.search(line)
+        if found is not None:
+            required = found.group(1)
+        found = _CURRENT_SYSTEM.search(line)
+        if found is not None and cannot_build is not None and required is not None:
+            return required, cannot_build, found.group(1)
+    return None
 
 
 def closure_failure(failure: ProcessFailed, timeout: float,

@@ -12,7 +12,7 @@ from __future__ import annotations
 LISTEN = "tcp:8080"
 #: Seconds each Nix step of an image (evaluation, then build) may take.
 NIX_TIMEOUT = 600.0
-#: Where images are stored: ``filesystem`` or ``gcs``.
+#: Where images are stored: ``filesystem``, ``gcs`` or ``s3``.
 STORAGE_BACKEND = "filesystem"
 #: Nix builds started at once (evaluations have as many slots of their
 #: own); see LONG_NIX_STEP for what long builds leave to others.
@@ -29,6 +29,9 @@ MAX_QUEUE = 32
 #: answered from memory, without asking Nix again; a moving source's
 #: failures are kept no longer than MOVING_TTL.
 FAILURE_TTL = 300.0
+#: The platforms images are built for, the default first (e.g.
+#: ``linux/amd64,linux/arm64``); ``None``: this machine's platform alone.
+PLATFORMS: str | None = None
 #: Seconds after which a running Nix step (an evaluation or a build) is
 #: long: it then leaves its slot to the next step, up to twice MAX_BUILDS
 #: steps of each kind at once, so slow packages delay other images by at
@@ -100,3 +103,40 @@ GCS_RETRY_CAP = 16.0
 #: Seconds after the first attempt beyond which a request is no longer
 #: retried: its last failure stands (and becomes 503 UNAVAILABLE).
 GCS_RETRY_DEADLINE = 60.0
+#: Consecutive Cloud Storage failures (5xx, 408, lost connections) that,
+#: lasting GCS_CIRCUIT_SUSTAINED seconds without a success, open the outage
+#: circuit: requests then fail at once (503 with Retry-After).
+GCS_CIRCUIT_FAILURES = 5
+GCS_CIRCUIT_SUSTAINED = 5.0
+#: Seconds the circuit stays open before one request probes Cloud Storage.
+GCS_CIRCUIT_OPEN = 10.0
+#: The region an S3 bucket is signed for when neither S3_REGION nor
+#: AWS_REGION says (AWS's own default).
+S3_REGION = "us-east-1"
+#: Seconds a presigned S3 blob URL is valid: long enough for a client to
+#: follow the redirect and download a large layer's first byte, short
+#: enough that a URL passed on soon stops working (as GCS's signed URLs).
+S3_URL_LIFETIME = 300
+#: Where the GCE/GKE metadata server answers (``host[:port]``), which gives
+#: tokens (and the signing account) without a key file, as Google's client
+#: libraries find it; ``GCE_METADATA_HOST`` names another.
+GCE_METADATA_HOST = "metadata.google.internal"
+#: The IAM Credentials API, which signs blob URLs with the key Google holds
+#: for a service account (``signBlob``) when no key file is given.
+GCS_IAM_ENDPOINT = "https://iamcredentials.googleapis.com"
+#: The part of a signed blob URL's lifetime during which it is handed out
+#: again (signing through IAM is a request per URL).
+GCS_SIGNED_URL_REUSE = 0.5
+
+# -- private instances: authentication, tokens, TLS, limits per client ---------
+#: The token service name (the ``service`` of challenges, tokens' ``aud``).
+TOKEN_SERVICE = "nixeryd"
+#: The issuer of nixeryd's own tokens (their ``iss``).
+TOKEN_ISSUER = "nixeryd"
+#: Seconds a token of nixeryd's own token endpoint lasts.
+TOKEN_TTL = 300.0
+#: Threads checking passwords (bcrypt) and tokens.
+AUTH_THREADS = 2
+#: Builds one user (or, unauthenticated, one address) may start per
+#: minute; a build beyond is answered 429 with Retry-After.
+COLD_PER_MINUTE = 60

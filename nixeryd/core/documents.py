@@ -27,16 +27,49 @@ class ManifestDocument:
 
 
 @frozen
+class ImageIndex:
+    """
+    The image of every platform of one reference, in both formats.
+
+    :ivar docker: the Docker manifest list, naming the Docker manifests.
+    :ivar oci: the OCI image index, naming the OCI manifests.
+    :ivar images: the image of each platform, in the index's order.
+    """
+
+    docker: ManifestDocument
+    oci: ManifestDocument
+    images: tuple["Image", ...]
+
+
+@frozen
 class Image:
     """
     One built image in both manifest formats, made from the same layers.
 
     :ivar docker: the Docker schema 2 manifest.
     :ivar oci: the OCI image manifest.
+    :ivar index: when the reference names several platforms, their index;
+        ``docker`` and ``oci`` are then the default platform's image, for
+        clients that accept no index.
     """
 
     docker: ManifestDocument
     oci: ManifestDocument
+    index: ImageIndex | None = None
+
+    def documents(self) -> tuple[ManifestDocument, ...]:
+        """Every document served for this image: manifests, then any index."""
+        if self.index is None:
+            return (self.docker, self.oci)
+        own = (self.index.docker, self.index.oci)
+        return own + tuple(document for image in self.index.images
+                           for document in (image.docker, image.oci))
+
+    def docker_digests(self) -> set[str]:
+        """The Docker manifest digests of the image of each platform."""
+        if self.index is None:
+            return {self.docker.digest}
+        return {image.docker.digest for image in self.index.images}
 
 
 @frozen

@@ -27,6 +27,7 @@ class RegistryError(Exception):
     :cvar status: the HTTP status that goes with it.
     :cvar retry_after: seconds a client should wait before trying again
         (the ``Retry-After`` header), or ``None``.
+    :cvar headers: more headers the response carries.
     :ivar build_id: the build whose page explains the error, once the image
         service knows it; the web layer adds the page's address to the
         message.
@@ -35,6 +36,9 @@ class RegistryError(Exception):
     code = "UNKNOWN"
     status = 500
     retry_after: int | None = None
+    #: More response headers, ``(name, value)`` (an authentication
+    #: challenge: ``WWW-Authenticate``).
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def __init__(self, message: str, detail: Any = None) -> None:
         super().__init__(message)

@@ -4,7 +4,8 @@ their credentials left out, and the package source named in a few words.
 
 Logs, build pages, error messages, the start-up line and ``nixeryd build``
 all say these things through these functions, so one size reads the same
-in each and a token in a repository URL is left out of all of them.
+in each and a token in a repository URL is left out of all of them; every
+log line also goes through :func:`without_secrets`.
 Pure functions of their arguments.
 """
 
@@ -14,6 +15,20 @@ import re
 
 #: The user information of a URL (``https://user:token@host``).
 _URL_CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]+@")
+
+#: Credentials of an ``Authorization`` header's value, wherever it shows:
+#: eight characters or more, past the first not all lower-case letters (so
+#: that "Basic authentication" stays as it is).
+_AUTHORIZATION = re.compile(
+    r"\b((?i:basic|bearer))(\s+)[A-Za-z0-9._~+/=-](?=[A-Za-z0-9._~+/=-]*[A-Z0-9._~+/=-])"
+    r"[A-Za-z0-9._~+/=-]{7,}")
+#: A JSON Web Token (header and payload are base64url JSON objects).
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+#: Query or form values that are secrets: a signed URL's signature and
+#: credential, passwords and tokens.
+_SECRET_VALUES = re.compile(
+    r"\b(X-Goog-Signature|X-Goog-Credential|X-Amz-Signature|X-Amz-Credential|password|"
+    r"access_token|refresh_token|token)=[^&\s\"']+", re.IGNORECASE)
 
 #: How each kind of configured source is named: a repository is a git one.
 _SOURCE_KINDS = {"channel": "channel", "repo": "git", "path": "path"}
@@ -27,6 +42,21 @@ def without_credentials(text: str) -> str:
     holds a token.
     """
     return _URL_CREDENTIALS.sub(r"\1", text)
+
+
+def without_secrets(text: str) -> str:
+    """
+    ``text`` without anything that may be a secret: URL credentials (see
+    :func:`without_credentials`), the credentials of ``Basic`` and
+    ``Bearer`` authorizations, JSON Web Tokens, and the values of signed
+    URLs' signatures and credentials, passwords and tokens in queries or
+    forms, each replaced by ``(hidden)``.  Every log line goes through it
+    (:mod:`nixeryd.app.logs`), whatever a caller put in its fields.
+    """
+    text = without_credentials(text)
+    text = _AUTHORIZATION.sub(r"\1\2(hidden)", text)
+    text = _JWT.sub("(hidden)", text)
+    return _SECRET_VALUES.sub(r"\1=(hidden)", text)
 
 
 def human_size(size: int) -> str:

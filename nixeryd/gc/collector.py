@@ -13,7 +13,9 @@ manifests (:mod:`nixeryd.service.manifestcache`).  A pass:
    config and layers), every manifest pulled within the retention (a
    daemon may still serve it from memory), and every manifest named in
    the image index that no cache document names (written there by other
-   tools);
+   tools), except a daemon's index of several platforms (one naming only
+   manifests of images), which is kept while its images are, or while
+   pulled;
 3. reads the layer cache documents: those of marked layers are kept, the
    others removed;
 4. prunes the index entries of manifests not marked, then removes the
@@ -161,8 +163,14 @@ class Collector:
                      if recent(pulled[digest]) or document.modified >= young)
         known = {digest for pair in images for digest in pair}
         entries = await self._storage.list_references()
-        roots.update(entry["digest"] for entry in entries
-                     if _entry_digest(entry) and entry["digest"] not in known)
+        foreign = {entry["digest"] for entry in entries
+                   if _entry_digest(entry) and entry["digest"] not in known}
+        for digest, named in (await self._indexes_of_images(foreign, known)).items():
+            # A daemon's index of several platforms: kept with its images
+            # (or when pulled, as a pull document says), not for ever.
+            if not named <= roots:
+                foreign.discard(digest)
+        roots.update(foreign)
         await self._mark(roots)
         await self._classify(expired - self.marked)
         doomed.extend(document for digest, document in pull_documents
@@ -238,6 +246,24 @@ class Collector:
         """What the stored manifest ``digest`` names (nothing if it is missing)."""
         body = await self._storage.read_small_blob(digest, MAX_MANIFEST_BYTES)
         return (referenced(body) or []) if body is not None else []
+
+    async def _indexes_of_images(self, digests: set[str], known: set[str]
+                                 ) -> dict[str, set[str]]:
+        """
+        Of ``digests``, the image indexes a daemon wrote for several
+        platforms (they name only manifests of images, as cache documents
+        name them), with the manifests each names.
+        """
+        found: dict[str, set[str]] = {}
+
+        async def visit(digest: str) -> None:
+            named = await self._references(digest)
+            manifests = {name for name, kind in named if kind == MANIFEST}
+            if named and len(manifests) == len(named) and manifests <= known:
+                found[digest] = manifests
+
+        await each(sorted(digests), visit, self._concurrency)
+        return found
 
     async def _classify(self, manifests: set[str]) -> None:
         """Learn the kinds of what manifests name, without keeping them."""

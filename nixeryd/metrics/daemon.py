@@ -27,6 +27,7 @@ from nixeryd.build.progress import BuildPhase
 from nixeryd.metrics.buildtimes import TIMED_PHASES, follow_builds
 from nixeryd.metrics.routes import ROUTES, method_label, route_of
 from nixeryd.service.builds import BuildHistory
+from nixeryd.storage.gcs.retry import RETRY_REASONS
 
 #: The content type of :meth:`DaemonMetrics.exposition`.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4.encode("ascii")
@@ -40,6 +41,9 @@ LAYER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 #: Cache label values.
 MANIFEST_CACHE = "manifest"
 LAYER_CACHE = "layer"
+
+#: The methods of Cloud Storage requests, as retry labels.
+GCS_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 #: How a build ended, as its outcome label.
 OUTCOMES = {BuildPhase.SUCCEEDED: "succeeded", BuildPhase.FAILED: "failed",
@@ -82,6 +86,11 @@ class DaemonMetrics:
         self._storage_errors = Counter(
             "nixeryd_storage_errors", "Storage failures seen by the image service.",
             registry=registry)
+        self._gcs_retries = Counter(
+            "nixeryd_gcs_retries",
+            "Cloud Storage requests sent again after a transient failure, by reason"
+            " (server_error, throttled, timeout, connection) and method.",
+            ["reason", "method"], registry=registry)
         self._in_flight = Gauge(
             "nixeryd_builds_in_flight", "Builds evaluating, building or layering now.",
             registry=registry)
@@ -98,6 +107,9 @@ class DaemonMetrics:
                                 self._cache.labels(MANIFEST_CACHE, "hit"))
         self._layer_cache = (self._cache.labels(LAYER_CACHE, "miss"),
                              self._cache.labels(LAYER_CACHE, "hit"))
+        self._gcs_retry_children = {
+            (reason, method): self._gcs_retries.labels(reason, method)
+            for reason in RETRY_REASONS for method in GCS_METHODS}
         #: (route, method label, status) → its request counter.
         self._request_children: dict[tuple[str, str, int], Counter] = {}
 
@@ -164,6 +176,14 @@ class DaemonMetrics:
     def storage_failed(self) -> None:
         """A storage call failed."""
         self._storage_errors.inc()
+
+    # -- Cloud Storage (RetryObserver) -------------------------------------
+
+    def gcs_retry(self, reason: str, method: str) -> None:
+        """A Cloud Storage request is sent again after a failure of ``reason``."""
+        child = self._gcs_retry_children.get((reason, method))
+        if child is not None:
+            child.inc()
 
     # -- the exposition -----------------------------------------------------
 

@@ -15,6 +15,7 @@ PING = "ping"
 MANIFEST = "manifest"
 BLOB = "blob"
 TAGS = "tags"
+REFERRERS = "referrers"
 INDEX = "index"
 BUILD_PAGE = "build_page"
 BUILD_EVENTS = "build_events"
@@ -23,8 +24,8 @@ HEALTH = "health"
 OTHER = "other"
 
 #: Every route label, in the order the metrics list them.
-ROUTES = (PING, MANIFEST, BLOB, TAGS, INDEX, BUILD_PAGE, BUILD_EVENTS, METRICS, HEALTH,
-          OTHER)
+ROUTES = (PING, MANIFEST, BLOB, TAGS, REFERRERS, INDEX, BUILD_PAGE, BUILD_EVENTS, METRICS,
+          HEALTH, OTHER)
 
 #: Paths outside ``/v2`` and ``/builds/`` that have a route of their own.
 _EXACT = {
@@ -39,8 +40,10 @@ _EXACT = {
 #: The shortest ``/v2/…/manifests`` and ``…/blobs`` heads with a name.
 _MANIFESTS = b"/manifests"
 _BLOBS = b"/blobs"
+_REFERRERS = b"/referrers"
 _MIN_MANIFESTS_HEAD = len(b"/v2/x" + _MANIFESTS)
 _MIN_BLOBS_HEAD = len(b"/v2/x" + _BLOBS)
+_MIN_REFERRERS_HEAD = len(b"/v2/x" + _REFERRERS)
 
 
 def route_of(path: bytes) -> str:
@@ -54,6 +57,8 @@ def route_of(path: bytes) -> str:
             return MANIFEST
         if head.endswith(_BLOBS) and len(head) >= _MIN_BLOBS_HEAD:
             return BLOB
+        if head.endswith(_REFERRERS) and len(head) >= _MIN_REFERRERS_HEAD:
+            return REFERRERS
         if path.endswith(b"/tags/list") and len(path) > len(b"/v2/tags/list"):
             return TAGS
         return OTHER

@@ -20,7 +20,10 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from nixeryd.auth.gate import AuthGate
+from nixeryd.build.manifest import canonical_json
 from nixeryd.core.documents import Image, ManifestDocument
+from nixeryd.core.mediatypes import OCI_INDEX
 from nixeryd.registry.blobs import BlobPool, BlobResponder
 from nixeryd.registry.httpnames import (
     API_VERSION,
@@ -43,11 +46,16 @@ from nixeryd.registry.routes import (
     ManifestByDigest,
     ManifestByTag,
     Ping,
+    Route,
+    Referrers,
     TagsList,
     parse_v2_path,
 )
 
 _PING_BODY = b"{}"
+#: The referrers of any manifest: none, since nothing can be pushed here.
+_NO_REFERRERS = canonical_json(
+    {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
 
 
 def _set_manifest_headers(request: Request, document: ManifestDocument) -> bytes:
@@ -88,6 +96,9 @@ class RegistryResource(Resource):
     :param blob_pool: threads for sending blob bodies with ``sendfile``;
         see :class:`~nixeryd.registry.blobs.BlobResponder`.
     :param clock: the reactor, for scheduling; the global one when not given.
+    :param gate: when authentication is on, what every request passes
+        first (:mod:`nixeryd.auth.gate`); cold work then counts against
+        the user rather than the address.
 
     :ivar blobs: answers blob requests.
     """
@@ -95,9 +106,11 @@ class RegistryResource(Resource):
     isLeaf = True
 
     def __init__(self, images: ImageSource, blob_pool: Optional[BlobPool] = None,
-                 clock: Optional[IReactorTime] = None) -> None:
+                 clock: Optional[IReactorTime] = None, *,
+                 gate: Optional[AuthGate] = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._images = images
+        self._gate = gate
         if clock is None:
             from twisted.internet import reactor as global_reactor
 
@@ -120,6 +133,20 @@ class RegistryResource(Resource):
         except Exception:
             write_failure(request, Failure())  # type: ignore[no-untyped-call]
             return NOT_DONE_YET
+        if self._gate is not None:
+            try:
+                identity = self._gate.admitted_now(request, route)
+            except Exception:
+                write_failure(request, Failure())  # type: ignore[no-untyped-call]
+                return NOT_DONE_YET
+            if identity is None:
+                return render_async(request, self._admitted, route)
+            return self._route(request, route, identity.client)
+        return self._route(request, route, _client_address(request))
+
+    def _route(self, request: Request, route: Route, client: Optional[str]) -> bytes | int:
+        """Answer an admitted request; ``client`` is who cold work counts against."""
+        method = request.method
         match route:
             case ManifestByTag():
                 image = self._images.cached_image(route.name, route.tag)
@@ -127,23 +154,38 @@ class RegistryResource(Resource):
                     # Warm images are answered at once, without a coroutine.
                     body = self._manifest_body(request, image)
                     return b"" if method == HEAD else body
-                return render_async(request, self._manifest_by_tag, route)
+                return render_async(request, self._manifest_by_tag, route, client)
             case Blob():
                 return render_async(request, self._blob, route)
             case ManifestByDigest():
                 return render_async(request, self._manifest_by_digest, route)
             case TagsList():
                 return render_async(request, self._tags, route)
+            case Referrers():
+                return self._referrers(request)
             case Ping():
-                headers = request.responseHeaders
-                headers.setRawHeaders(CONTENT_TYPE, [JSON])
-                headers.setRawHeaders(CONTENT_LENGTH, [b"2"])
-                return b"" if method == HEAD else _PING_BODY
+                body = self._ping(request)
+                return b"" if method == HEAD else body
 
-    async def _manifest_by_tag(self, request: Request,
-                               route: ManifestByTag) -> bytes:
-        image = await self._images.image(route.name, route.tag,
-                                         client=_client_address(request))
+    async def _admitted(self, request: Request, route: Route) -> Optional[bytes]:
+        """
+        Admit a request through the gate (which may need threads), then
+        answer it as :meth:`_route` does (a body, or a handler of its own).
+        """
+        assert self._gate is not None
+        identity = await self._gate.admit(request, route)
+        answer = self._route(request, route, identity.client)
+        return answer if isinstance(answer, bytes) else None
+
+    def _ping(self, request: Request) -> bytes:
+        headers = request.responseHeaders
+        headers.setRawHeaders(CONTENT_TYPE, [JSON])
+        headers.setRawHeaders(CONTENT_LENGTH, [b"2"])
+        return _PING_BODY
+
+    async def _manifest_by_tag(self, request: Request, route: ManifestByTag,
+                               client: Optional[str]) -> bytes:
+        image = await self._images.image(route.name, route.tag, client=client)
         return self._manifest_body(request, image)
 
     def _manifest_body(self, request: Request, image: Image) -> bytes:
@@ -173,6 +215,20 @@ class RegistryResource(Resource):
         headers.setRawHeaders(CONTENT_TYPE, [JSON])
         headers.setRawHeaders(CONTENT_LENGTH, [b"%d" % (len(body),)])
         return body
+
+    def _referrers(self, request: Request) -> bytes:
+        """
+        The referrers API: an empty image index, whatever the subject
+        (the spec forbids a 404 from a registry that has the API).  With
+        an ``artifactType`` filter, the empty list is the filtered list
+        too, and the response says the filter was applied.
+        """
+        headers = request.responseHeaders
+        headers.setRawHeaders(CONTENT_TYPE, [OCI_INDEX.encode("ascii")])
+        headers.setRawHeaders(CONTENT_LENGTH, [b"%d" % (len(_NO_REFERRERS),)])
+        if _query_value(request, b"artifactType") is not None:
+            headers.setRawHeaders(b"OCI-Filters-Applied", [b"artifactType"])
+        return b"" if request.method == HEAD else _NO_REFERRERS
 
     async def _blob(self, request: Request, route: Blob) -> Optional[bytes]:
         blob = await self._images.blob(route.digest)

@@ -1,33 +1,61 @@
 """
-Choice between the Docker schema 2 and the OCI manifest of an image.
+Which document of an image to serve, by the client's ``Accept``.
 
-Every image is served in both formats; which one a client gets depends on
-its ``Accept`` header.  Clients send that header in different shapes:
+Every image is served as a Docker schema 2 and an OCI manifest; a
+reference naming several platforms also has a Docker manifest list and an
+OCI image index.  Clients send ``Accept`` in different shapes:
 containers/image (skopeo, podman, buildah) sends one media type per header
 line, containerd sends one comma-separated line, and simple clients send
 none.  The rule, applied to all lines together:
 
+* For a reference with several platforms, the Docker manifest list when
+  the client accepts it (and the Docker manifest, or not the OCI one),
+  else the OCI image index when it accepts that: the client then picks
+  its own platform's manifest.  A client accepting neither gets the
+  default platform's manifest, by the rules below.
 * Docker schema 2 when the client accepts it (whether or not it also
   accepts OCI), sends no ``Accept`` at all, or accepts only wildcards or
   types we cannot serve: it is what every client understands.
 * OCI when the client accepts the OCI manifest type but not the Docker
   one.
 
+Docker formats win where a client accepts both, as they always have here,
+so the manifests an index names are in the format of the index.
 Parameters (including ``q``) are ignored.  This module is pure.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Iterable, Optional, Sequence
 
 from nixeryd.core.documents import Image, ManifestDocument
-from nixeryd.core.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
+from nixeryd.core.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 
 _DOCKER = DOCKER_MANIFEST.encode("ascii")
 _OCI = OCI_MANIFEST.encode("ascii")
+_DOCKER_LIST = DOCKER_LIST.encode("ascii")
+_OCI_INDEX = OCI_INDEX.encode("ascii")
 
 _CACHE_LIMIT = 256
-_wants_oci_cache: dict[tuple[bytes, ...], bool] = {}
+
+
+class Preference(enum.Enum):
+    """What a set of ``Accept`` lines asks for, best first."""
+
+    #: Docker manifest list, else Docker manifest.
+    DOCKER_LIST = "docker-list"
+    #: OCI image index, else Docker manifest.
+    OCI_INDEX_DOCKER = "oci-index-docker"
+    #: OCI image index, else OCI manifest.
+    OCI_INDEX = "oci-index"
+    #: Docker manifest only.
+    DOCKER = "docker"
+    #: OCI manifest only.
+    OCI = "oci"
+
+
+_preference_cache: dict[tuple[bytes, ...], Preference] = {}
 
 
 def accepted_types(accept_lines: Iterable[bytes]) -> set[bytes]:
@@ -46,14 +74,20 @@ def accepted_types(accept_lines: Iterable[bytes]) -> set[bytes]:
     return types
 
 
-def _compute_wants_oci(accept_lines: Iterable[bytes]) -> bool:
+def _compute_preference(accept_lines: Iterable[bytes]) -> Preference:
     types = accepted_types(accept_lines)
-    return _OCI in types and _DOCKER not in types
+    if _OCI in types and _DOCKER not in types:
+        return Preference.OCI_INDEX if _OCI_INDEX in types else Preference.OCI
+    if _DOCKER_LIST in types:
+        return Preference.DOCKER_LIST
+    if _OCI_INDEX in types:
+        return Preference.OCI_INDEX_DOCKER
+    return Preference.DOCKER
 
 
-def wants_oci(accept_lines: Optional[Sequence[bytes]]) -> bool:
+def preference(accept_lines: Optional[Sequence[bytes]]) -> Preference:
     """
-    Whether the OCI manifest should be served for these ``Accept`` lines.
+    What these ``Accept`` lines ask for.
 
     :param accept_lines: every raw ``Accept`` header value of the request,
         or ``None`` when there are none.
@@ -62,23 +96,35 @@ def wants_oci(accept_lines: Optional[Sequence[bytes]]) -> bool:
     remembered (for a bounded number of distinct header sets).
     """
     if not accept_lines:
-        return False
+        return Preference.DOCKER
     key = tuple(accept_lines)
-    answer = _wants_oci_cache.get(key)
+    answer = _preference_cache.get(key)
     if answer is None:
-        answer = _compute_wants_oci(key)
-        if len(_wants_oci_cache) >= _CACHE_LIMIT:
-            _wants_oci_cache.clear()
-        _wants_oci_cache[key] = answer
+        answer = _compute_preference(key)
+        if len(_preference_cache) >= _CACHE_LIMIT:
+            _preference_cache.clear()
+        _preference_cache[key] = answer
     return answer
+
+
+def wants_oci(accept_lines: Optional[Sequence[bytes]]) -> bool:
+    """Whether the OCI manifest, not the Docker one, should be served."""
+    return preference(accept_lines) in (Preference.OCI, Preference.OCI_INDEX)
 
 
 def choose_manifest(image: Image,
                     accept_lines: Optional[Sequence[bytes]]) -> ManifestDocument:
     """
-    The manifest of ``image`` to serve for these ``Accept`` lines.
+    The document of ``image`` to serve for these ``Accept`` lines: its
+    index (for several platforms) or one of its manifests.
 
-    :param image: the image, in both formats.
-    :param accept_lines: as for :func:`wants_oci`.
+    :param image: the image, in both formats, with its index if any.
+    :param accept_lines: as for :func:`preference`.
     """
-    return image.oci if wants_oci(accept_lines) else image.docker
+    wanted = preference(accept_lines)
+    if image.index is not None:
+        if wanted is Preference.DOCKER_LIST:
+            return image.index.docker
+        if wanted in (Preference.OCI_INDEX, Preference.OCI_INDEX_DOCKER):
+            return image.index.oci
+    return image.oci if wanted in (Preference.OCI, Preference.OCI_INDEX) else image.docker

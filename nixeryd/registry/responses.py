@@ -136,6 +136,8 @@ def write_error(request: Request, error: RegistryError) -> None:
         headers.setRawHeaders(b"Allow", [ALLOWED_METHODS])
     if error.retry_after is not None:
         headers.setRawHeaders(RETRY_AFTER, [b"%d" % (error.retry_after,)])
+    for name, value in error.headers:
+        headers.setRawHeaders(name, [value])
     send_body(request, body)
 
 

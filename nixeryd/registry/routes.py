@@ -3,10 +3,10 @@ Parsing of request paths under ``/v2``.
 
 Registry names contain ``/``, so a path is read from the right: the last
 two segments say what is asked for (``manifests``/reference,
-``blobs``/digest, ``tags``/``list``) and everything before them is the
-image name.  Names, tags and digests are checked against the distribution
-spec's grammar here, before anything is looked up, so that storage and the
-image builder only ever see well-formed input.
+``blobs``/digest, ``tags``/``list``, ``referrers``/digest) and everything
+before them is the image name.  Names, tags and digests are checked
+against the distribution spec's grammar here, before anything is looked
+up, so that storage and the image builder only ever see well-formed input.
 
 This module is pure: it takes the already split and percent-decoded path
 segments that Twisted gives a resource (``request.postpath``) and returns
@@ -21,7 +21,8 @@ from attrs import frozen
 
 from nixeryd.core.digests import check_digest
 from nixeryd.core.errors import ManifestUnknown, NameInvalid, Unsupported
-from nixeryd.build.names import MAX_NAME_LENGTH, is_valid_component, is_valid_tag
+from nixeryd.build.names import (MAX_NAME_LENGTH, is_referrers_tag, is_valid_component,
+                                 is_valid_tag)
 
 
 class RouteUnknown(Unsupported):
@@ -94,7 +95,21 @@ class TagsList:
     name: str
 
 
-Route = Union[Ping, ManifestByTag, ManifestByDigest, Blob, TagsList]
+@frozen
+class Referrers:
+    """
+    ``/v2/<name>/referrers/sha256:<hex>``: the manifests whose ``subject``
+    is this digest (none: nothing can be pushed here).
+
+    :ivar name: the image name.
+    :ivar digest: the subject's digest, checked.
+    """
+
+    name: str
+    digest: str
+
+
+Route = Union[Ping, ManifestByTag, ManifestByDigest, Blob, TagsList, Referrers]
 
 
 def is_tag(reference: str) -> bool:
@@ -140,8 +155,16 @@ def _manifest_route(name: str, reference: str) -> Route:
     A reference that contains ``:`` can only be meant as a digest (tags
     cannot contain it), so a malformed one is ``DIGEST_INVALID``; anything
     else that is not a valid tag names a tag that can never exist, which
-    is ``MANIFEST_UNKNOWN``.
+    is ``MANIFEST_UNKNOWN``.  So is a tag of the referrers tag schema
+    (``sha256-<hex>``): it names the referrers of a manifest, never an
+    image, and this registry has the referrers API instead, so such a tag
+    never starts a build.
     """
+    if is_referrers_tag(reference):
+        raise ManifestUnknown(
+            "%s is a referrers tag, not an image: this registry has no such tag;"
+            " its referrers are listed by /v2/%s/referrers/<digest>" % (reference, name),
+            {"tag": reference})
     if is_tag(reference):
         return ManifestByTag(name, reference)
     if ":" in reference:
@@ -185,4 +208,8 @@ def parse_v2_path(segments: Sequence[bytes]) -> Route:
         return Blob(name, last)
     if kind == "tags" and last == "list":
         return TagsList(check_name(texts[:-2]))
+    if kind == "referrers":
+        name = check_name(texts[:-2])
+        check_digest(last)
+        return Referrers(name, last)
     raise RouteUnknown("unknown registry API path", None)

@@ -19,6 +19,8 @@ from twisted.web import http
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from nixeryd.auth.assemble import Auth
+from nixeryd.auth.gate import user_of
 from nixeryd.metrics.daemon import DaemonMetrics
 from nixeryd.metrics.monitoring import Monitoring
 from nixeryd.registry.api import RegistryResource
@@ -51,18 +53,28 @@ class RootResource(Resource):
     :param source: the package source, described for people.
     :param clock: times the build pages' event streams (the global
         reactor when not given).
+    :param auth: the gate of ``/v2``, the ``/token`` endpoint and the
+        pages' guard, when authentication is on (:mod:`nixeryd.auth`).
     :ivar registry: the ``/v2`` resource.
     """
 
     def __init__(self, images: ImageSource, blob_pool: Optional[BlobPool] = None, *,
                  builds: Optional[BuildHistory] = None, source: Optional[str] = None,
-                 clock: Optional[IReactorTime] = None) -> None:
+                 clock: Optional[IReactorTime] = None, auth: Optional[Auth] = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.registry = RegistryResource(images, blob_pool)
+        self.registry = RegistryResource(images, blob_pool,
+                                         gate=auth.gate if auth is not None else None)
         self.putChild(b"v2", self.registry)
-        self.putChild(b"builds", BuildsResource(
-            builds, clock if clock is not None else _reactor_clock()))
-        self._index = IndexResource(builds, source)
+        if auth is not None and auth.token_endpoint is not None:
+            self.putChild(b"token", auth.token_endpoint)
+        build_pages: Resource = BuildsResource(
+            builds, clock if clock is not None else _reactor_clock())
+        index: Resource = IndexResource(builds, source)
+        if auth is not None:
+            index, build_pages = auth.guard_pages(builds, index, IndexResource(None, source),
+                                                  build_pages)
+        self.putChild(b"builds", build_pages)
+        self._index = index
         self._not_found = NotFoundPage()
 
     def getChild(self, path: bytes, request: Request) -> Resource:
@@ -73,7 +85,8 @@ class RootResource(Resource):
 
     def render(self, request: Request) -> bytes | int:
         """Serve the front page for a request for the root itself."""
-        return self._index.render(request)
+        page: bytes | int = self._index.render(request)  # type: ignore[no-untyped-call]
+        return page
 
 
 class RegistryRequest(Request):
@@ -91,7 +104,8 @@ class RegistrySite(TLSGuardSite):
 
     Each finished request produces one ``twisted.logger`` event with the
     fields ``method``, ``path``, ``status``, ``bytes``, ``duration``
-    (seconds) and ``client``, and is counted in ``metrics``.
+    (seconds), ``client`` and ``user`` (the authenticated user, or
+    ``None``), and is counted in ``metrics``.
 
     :param resource: the root of the resource tree.
     :param metrics: counts each finished request, if given.
@@ -167,6 +181,7 @@ class RegistrySite(TLSGuardSite):
             bytes=request.sentLength,
             duration=duration,
             client=getattr(address, "host", None),
+            user=user_of(request),
         )
         if self._metrics is not None:
             self._metrics.request_done(request.path or b"", request.method, request.code,
@@ -177,7 +192,8 @@ def make_site(images: ImageSource, blob_pool: Optional[BlobPool] = None, *,
               builds: Optional[BuildHistory] = None, source: Optional[str] = None,
               clock: Optional[IReactorTime] = None,
               monitoring: Optional[Monitoring] = None,
-              limits: Optional[ConnectionLimits] = None) -> RegistrySite:
+              limits: Optional[ConnectionLimits] = None,
+              auth: Optional[Auth] = None) -> RegistrySite:
     """
     The registry site serving ``images``; blob bodies go out with
     ``sendfile`` from ``blob_pool``'s threads when one is given.  The pages
@@ -185,8 +201,10 @@ def make_site(images: ImageSource, blob_pool: Optional[BlobPool] = None, *,
     With ``monitoring``, requests are counted and ``/metrics``,
     ``/healthz`` and ``/readyz`` answer.  ``limits`` bound its connections
     (by default, :class:`~nixeryd.registry.connections.ConnectionLimits`).
+    ``auth`` guards ``/v2`` and serves ``/token`` (see :class:`RootResource`).
     """
-    root = RootResource(images, blob_pool, builds=builds, source=source, clock=clock)
+    root = RootResource(images, blob_pool, builds=builds, source=source, clock=clock,
+                        auth=auth)
     if monitoring is None:
         site = RegistrySite(root)
     else:

@@ -17,26 +17,47 @@ images it does not wait for could otherwise keep it busy for everyone.
   request without an address (a UNIX socket, the build command) is held to
   the queue only.
 
-A request beyond either bound fails at once with
+A third bound, when set, limits the **rate**: at most ``per_minute``
+builds started by one client in any minute (a user, when the request is
+authenticated: :func:`client_key` keeps ``user:<name>`` as it is; else
+the address), so that a client cannot keep Nix busy with a stream of new
+images even one at a time.  The bound is checked, and a build counted,
+when the build starts (:meth:`Ticket.building`: evaluation found no image
+stored for the store paths); cold work answered from the manifest cache,
+or evaluated again to serve an image already stored (a moving source's,
+after its minute), is never refused by it and counts for nothing.
+
+A request beyond any bound fails at once with
 :class:`~nixeryd.core.errors.TooManyRequests` (429 with ``Retry-After``),
 whose message says which bound is full.  A request for an image already in
 the making joins that work and is never refused: it costs no Nix call.
 
 Each admitted piece of work holds a :class:`Ticket` until it ends.  Pure
-bookkeeping on the reactor thread: nothing here blocks or keeps time.
+bookkeeping on the reactor thread: nothing here blocks; the rate is
+timed on an injected clock.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
+import math
+from collections import Counter, deque
+
+from twisted.internet.interfaces import IReactorTime
 
 from nixeryd.core.errors import RETRY_AFTER, TooManyRequests
+from nixeryd.service.lru import LRU
 
 #: Seconds a refused client is asked to wait.  skopeo and podman wait that
 #: long and ask again, four times, before they show the message: with 10 s
 #: a pull waits about 40 s for room, then says why it failed.
 RETRY_AFTER_FULL = RETRY_AFTER
+#: The window of the rate bound, in seconds.
+RATE_WINDOW = 60.0
+#: Clients whose recent starts are remembered for the rate bound.
+RATE_CLIENTS = 100_000
+#: How a user's key for the rate and share starts.
+USER_PREFIX = "user:"
 
 
 def client_share(max_queue: int) -> int:
@@ -67,6 +88,10 @@ def _images(count: int) -> str:
     return "1 image" if count == 1 else "%d images" % (count,)
 
 
+def _builds(count: int) -> str:
+    return "1 build" if count == 1 else "%d builds" % (count,)
+
+
 class Ticket:
     """
     One admitted piece of cold work, counted until :meth:`release`.
@@ -78,6 +103,19 @@ class Ticket:
         self._admission = admission
         self.client = client
         self._held = True
+        #: Whether the work builds (counted in the client's rate).
+        self.built = False
+
+    def building(self) -> None:
+        """
+        The work starts a build now: count it in its client's rate (once).
+
+        :raises TooManyRequests: the client started as many builds in the
+            last minute as the rate allows.
+        """
+        if self._held and not self.built:
+            self._admission._building(self)
+            self.built = True
 
     def release(self) -> None:
         """The work has ended: it no longer counts (a second call does nothing)."""
@@ -92,11 +130,20 @@ class Admission:
 
     :param max_queue: pieces of cold work allowed at once, at least 1.
     :param retry_after: seconds a refused client is asked to wait.
+    :param per_minute: builds one client may start in any minute; 0 for
+        no bound.
+    :param clock: times the rate bound (needed with ``per_minute``).
     """
 
-    def __init__(self, max_queue: int, retry_after: int = RETRY_AFTER_FULL) -> None:
+    def __init__(self, max_queue: int, retry_after: int = RETRY_AFTER_FULL, *,
+                 per_minute: int = 0, clock: IReactorTime | None = None) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1, not %r" % (max_queue,))
+        if per_minute and clock is None:
+            raise ValueError("a rate bound needs a clock")
+        self.per_minute = per_minute
+        self._clock = clock
+        self._starts: LRU[str, deque[float]] = LRU(RATE_CLIENTS)
         self.max_queue = max_queue
         self.per_client = client_share(max_queue)
         self._retry_after = retry_after
@@ -138,6 +185,39 @@ class Admission:
         if key is not None:
             self._by_client[key] += 1
         return Ticket(self, key)
+
+    def _recent_starts(self, key: str) -> deque[float]:
+        """The times of ``key``'s builds started within the last minute."""
+        assert self._clock is not None
+        now = self._clock.seconds()
+        starts = self._starts.get_recent(key)
+        if starts is None:
+            starts = deque()
+            self._starts.put(key, starts)
+        while starts and starts[0] <= now - RATE_WINDOW:
+            starts.popleft()
+        return starts
+
+    def _building(self, ticket: Ticket) -> None:
+        """
+        Count a build of the ticket's client, within the rate bound.
+
+        :raises TooManyRequests: the client started as many in the last minute.
+        """
+        key = ticket.client
+        if key is None or not self.per_minute or self._clock is None:
+            return
+        starts = self._recent_starts(key)
+        now = self._clock.seconds()
+        if len(starts) >= self.per_minute:
+            wait = max(1, math.ceil(starts[0] + RATE_WINDOW - now))
+            who = ("user " + key[len(USER_PREFIX):] if key.startswith(USER_PREFIX)
+                   else "your address")
+            raise TooManyRequests(
+                "%s started %s in the last minute, the most one client may start;"
+                " try again in %d seconds" % (who, _builds(len(starts)), wait),
+                {"limit": self.per_minute, "for": "rate"}, retry_after=wait)
+        starts.append(now)
 
     def _release(self, ticket: Ticket) -> None:
         self._total -= 1

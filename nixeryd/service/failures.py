@@ -26,16 +26,19 @@ from typing import Callable
 from twisted.internet.error import ConnectError, ConnectionLost
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.logger import Logger
-from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.client import (
+    RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived)
 
 from nixeryd.core.errors import Unavailable
+from nixeryd.storage.gcs.circuit import CircuitOpen
 from nixeryd.storage.gcs.http import GCSError
+from nixeryd.storage.s3.http import S3Error
 
 #: Exceptions that mean the storage cannot be used now: Cloud Storage's
-#: errors, the network below it, and the filesystem's.
+#: and S3's errors, the network below them, and the filesystem's.
 STORAGE_FAILURES: tuple[type[BaseException], ...] = (
-    GCSError, OSError, ConnectError, ConnectionLost, ConnectTimeout,
-    ResponseFailed, ResponseNeverReceived)
+    GCSError, S3Error, OSError, ConnectError, ConnectionLost, ConnectTimeout,
+    ResponseFailed, ResponseNeverReceived, RequestTransmissionFailed)
 
 #: Shortest time between two warnings about one kind of storage failure,
 #: in seconds.
@@ -63,6 +66,12 @@ def storage_unavailable(error: BaseException) -> StorageUnavailable | None:
         reason = error.strerror or type(error).__name__
         return StorageUnavailable(
             "the registry cannot store images now (%s); try again later" % (reason,))
+    if isinstance(error, CircuitOpen):
+        unavailable = StorageUnavailable(
+            "the registry's storage is unavailable; try again in %d seconds"
+            % (error.retry_after,))
+        unavailable.retry_after = error.retry_after
+        return unavailable
     if isinstance(error, STORAGE_FAILURES):
         return StorageUnavailable("the registry's storage is unavailable; try again later")
     return None

@@ -41,21 +41,26 @@ the daemon rarely answers from memory an image the garbage collector
 removed.  When it does, the first blob found gone (``BLOB_UNKNOWN`` to a
 client, or a manifest cache lookup) has every image in memory naming it
 forgotten, so that the next pull looks in storage and builds again what
-is missing.
+is missing.  A blob found damaged by a blob request has those images made
+again before it is answered (:mod:`nixeryd.service.repairs`).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Sequence
 
+import attrs
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import (CancelledError, Deferred, FirstError, gatherResults,
+                                    maybeDeferred)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nixeryd.build.builder import ImageBuilder
+from nixeryd.build.manifest import build_index
 from nixeryd.build.names import OPTIONAL_PACKAGES, ImageRequest, parse_image_name, validate_tag
+from nixeryd.build.platforms import Architecture, host_architecture
 from nixeryd.build.nixsteps import NixSteps
 from nixeryd.build.process import PIPE_DRAIN, REAPER_MARGIN
 from nixeryd.build.progress import BuildPhase
@@ -77,6 +82,8 @@ from nixeryd.service.slots import NixSlots
 from nixeryd.service.failures import STORAGE_FAILURES
 from nixeryd.service.lru import LRU
 from nixeryd.service.pulls import NotRecorded, PullRecorder, Pulls
+from nixeryd.service.repairs import BlobRepairs
+from nixeryd.storage.integrity import BlobCorrupt
 from nixeryd.service.manifestcache import (MANIFEST_FORMAT_VERSION, ManifestCache,
                                            cache_key, storage_failed)
 
@@ -131,6 +138,12 @@ class ImageService(MultiService):
     :param pulls: told of every manifest served; a
         :class:`~nixeryd.service.pulls.PullRecorder` also has the service
         forget, now and then, the images nobody pulled meanwhile.
+    :param platforms: the platforms a name without a platform meta-package
+        is built for, the default one first (the host's alone when not
+        given).  With more than one, such a name is answered with the
+        image of each platform and their index (:meth:`image`).
+    :param cold_per_minute: cold work one client may start per minute
+        (0: no bound; see :mod:`nixeryd.service.admission`).
 
     Child services (the thread pools) are added with ``setServiceParent``:
     they start with this service and stop, in reverse order and one after
@@ -149,8 +162,14 @@ class ImageService(MultiService):
                  instruments: Instruments = NO_INSTRUMENTS,
                  max_queue: int = defaults.MAX_QUEUE,
                  failure_ttl: float = defaults.FAILURE_TTL,
-                 pulls: Pulls | None = None) -> None:
+                 pulls: Pulls | None = None,
+                 platforms: Sequence[Architecture] | None = None,
+                 cold_per_minute: int = 0) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        #: The platforms of a name without a platform meta-package, the
+        #: default first.
+        self.platforms: tuple[Architecture, ...] = (
+            tuple(platforms) if platforms else (host_architecture(),))
         #: Records of the builds running and recently ended.
         self.builds = builds if builds is not None else BuildHistory(clock)
         self._source = source
@@ -170,7 +189,7 @@ class ImageService(MultiService):
         #: ``(name as requested, tag)`` → (image, expiry): the warm path.
         self._warm: LRU[tuple[str, str], _Entry] = LRU(MEMORY_IMAGES)
         #: Cold work in flight: admitted, and cancelled once abandoned.
-        self.cold = ColdWork(Admission(max_queue))
+        self.cold = ColdWork(Admission(max_queue, per_minute=cold_per_minute, clock=clock))
         self._in_flight: SharedWork[tuple[str, str], Image] = SharedWork(
             on_abandoned=self.cold.abandoned)
         #: Every piece of work running, shared or no longer (cancelled,
@@ -184,6 +203,7 @@ class ImageService(MultiService):
         self._stopping = False
         self._instruments = instruments
         self._cache = ManifestCache(storage, instruments, on_broken=self._forget_broken)
+        self._repairs = BlobRepairs(self._locate_blob, self._forget_users, self.image)
         self._tags: LRU[str, set[str]] = LRU(MEMORY_IMAGES)
         self._pulls: Pulls = pulls if pulls is not None else NotRecorded()
         if isinstance(pulls, PullRecorder):
@@ -288,12 +308,16 @@ class ImageService(MultiService):
         if image is None:
             self._warm.pop((name, tag), None)
             return None
-        self._pulls.pulled(image.docker.digest)
+        self._mark_pulled(image)
         return image
 
     async def image(self, name: str, tag: str, *, client: str | None = None) -> Image:
         """
-        The image for ``name`` at ``tag``, built if needed.
+        The image for ``name`` at ``tag``, built if needed.  A name
+        without a platform meta-package, when the service has several
+        platforms, gets the image of each (built in parallel, each shared
+        and cached as the image of that platform alone) and their index:
+        the default platform's image with the index.
 
         :param client: the address of the client asking, which new cold
             work counts against.
@@ -303,28 +327,98 @@ class ImageService(MultiService):
             ``Unavailable`` when storage or Nix cannot be used now;
             ``TooManyRequests`` when new cold work has no room.
         """
-        request = parse_image_name(name)
+        request = parse_image_name(name, self.platforms[0])
         validate_tag(tag)
+        if request.arch_selected or len(self.platforms) == 1:
+            image, entry = await self._platform_image(request, tag, client, record=True)
+        else:
+            image, entry = await self._index_image(request, tag, client)
+        self._remember_tag(name, tag)
+        if entry is not None:
+            self._warm.put((name, tag), entry)
+        self._mark_pulled(image)
+        return image
+
+    async def _platform_image(self, request: ImageRequest, tag: str, client: str | None,
+                              record: bool) -> tuple[Image, _Entry | None]:
+        """
+        The image of one platform, from memory or from the work that
+        produces it: the image and its memory entry (``None`` once
+        forgotten).
+
+        :param record: whether a build names the image in the storage's
+            index (not when it is one platform of an index).
+        """
         memo_key = self._memo_key(request, tag)
         recent = self._recent.get_recent(memo_key)
         image = self._fresh(recent)
         if recent is not None and image is not None:
-            self._remember_tag(name, tag)
-            self._warm.put((name, tag), recent)
-            self._pulls.pulled(image.docker.digest)
-            return image
+            return image, recent
         self._recent.pop(memo_key, None)
         failed = self._failures.recall(memo_key)
         if failed is not None:
             raise failed
-        waiter = self._wait_for(memo_key, request, tag, client)
-        image = await waiter
-        self._remember_tag(name, tag)
-        recent = self._recent.get(memo_key)
-        if recent is not None:
-            self._warm.put((name, tag), recent)
+        image = await self._wait_for(memo_key, request, tag, client, record)
+        return image, self._recent.get(memo_key)
+
+    async def _index_image(self, request: ImageRequest, tag: str,
+                           client: str | None) -> tuple[Image, _Entry | None]:
+        """
+        The image of every platform, produced in parallel (Nix's slots
+        bound how many evaluate and build at once), and their index; its
+        memory entry answers until the first of theirs expires.  The
+        first failure fails the request and cancels this request's wait
+        for the other platforms.
+        """
+        requests = [attrs.evolve(request, arch=architecture)
+                    for architecture in self.platforms]
+        results: list[tuple[Image, _Entry | None]] = await _all_or_cancel([
+            Deferred.fromCoroutine(self._platform_image(one, tag, client, record=False))
+            for one in requests])
+        index = build_index([(one.arch, image)
+                             for one, (image, _) in zip(requests, results)])
+        default = results[0][0]
+        image = Image(docker=default.docker, oci=default.oci, index=index)
+        await self._store_index(request, tag, image)
+        entries = [entry for _, entry in results]
+        if any(entry is None for entry in entries):
+            return image, None
+        expiries = [entry[1] for entry in entries if entry is not None and entry[1] is not None]
+        return image, (image, min(expiries) if expiries else None)
+
+    async def _store_index(self, request: ImageRequest, tag: str, image: Image) -> None:
+        """
+        Store the index documents of ``image`` as blobs, so that they are
+        served by digest (after a restart, by other instances), and name
+        the OCI index in the storage's index; unless memory holds them.
+        """
+        index = image.index
+        assert index is not None
+        if self._cache.holds(index.oci.digest) and self._cache.holds(index.docker.digest):
+            return
+        try:
+            for document in (index.docker, index.oci):
+                await self._storage.store_blob_bytes(document.body, document.digest)
+        except STORAGE_FAILURES as e:
+            self._instruments.storage_failed()
+            raise storage_failed(e, "storing the index of %s:%s" % (request.name, tag),
+                                 self.log) from e
+        self._cache.keep(image)
+        if self._reference is not None:
+            await self._record_reference(request, tag, index.oci)
+
+    def _mark_pulled(self, image: Image) -> None:
+        """
+        Tell the pull records of the manifest served; for an index, of it
+        and of every platform's image, which the garbage collector then
+        keeps with it.
+        """
         self._pulls.pulled(image.docker.digest)
-        return image
+        if image.index is not None:
+            self._pulls.pulled(image.index.docker.digest)
+            self._pulls.pulled(image.index.oci.digest)
+            for platform_image in image.index.images:
+                self._pulls.pulled(platform_image.docker.digest)
 
     async def manifest(self, digest: str) -> ManifestDocument:
         """
@@ -340,12 +434,19 @@ class ImageService(MultiService):
 
     async def blob(self, digest: str) -> LocalBlob | RedirectBlob:
         """
-        Where the blob with ``digest`` is; fails with ``BlobUnknown``, or
-        ``Unavailable`` when storage cannot be used now.
+        Where the blob with ``digest`` is, made again first if storage
+        holds it damaged; fails with ``BlobUnknown``, or ``Unavailable``
+        when storage cannot be used now.
         """
         check_digest(digest)
+        return await self._repairs.blob(digest)
+
+    async def _locate_blob(self, digest: str) -> LocalBlob | RedirectBlob:
+        """Where the blob is, in storage; :class:`BlobCorrupt` when damaged."""
         try:
             where: LocalBlob | RedirectBlob = await self._storage.blob(digest)
+        except BlobCorrupt:
+            raise
         except BlobUnknown:
             self._forget_broken(self._cache.images_using(digest), digest)
             raise
@@ -370,8 +471,9 @@ class ImageService(MultiService):
         forgotten = 0
         for memory in (self._warm, self._recent):
             for key, (image, _) in list(memory.items()):
-                if image.docker.digest in pulled or image.oci.digest in pulled:
-                    kept.update((image.docker.digest, image.oci.digest))
+                digests = {document.digest for document in image.documents()}
+                if digests & pulled:
+                    kept.update(digests)
                 else:
                     del memory[key]
                     forgotten += 1
@@ -380,7 +482,19 @@ class ImageService(MultiService):
             self.log.info("Forgot from memory {count} images and {manifests} manifests"
                           " nobody pulled lately", count=forgotten, manifests=manifests)
 
-    def _forget_broken(self, images: set[str], blob: str | None = None) -> None:
+    def _forget_users(self, blob: str) -> list[tuple[str, str]]:
+        """
+        Forget from memory the images naming a damaged ``blob``; the names
+        and tags they were asked for by, to make them again.
+        """
+        images = self._cache.images_using(blob)
+        names = sorted(key for key, (image, _) in self._warm.items()
+                       if image.docker.digest in images)
+        self._forget_broken(images, blob, "holds a damaged")
+        return names
+
+    def _forget_broken(self, images: set[str], blob: str | None = None,
+                       how: str = "lacks") -> None:
         """
         Forget from memory the images with these Docker manifest digests:
         storage lacks a blob of theirs (``blob`` when known), so their next
@@ -392,14 +506,15 @@ class ImageService(MultiService):
         forgotten = 0
         for memory in (self._warm, self._recent):
             for key, (image, _) in list(memory.items()):
-                if image.docker.digest in images:
+                if image.docker_digests() & images:
                     del memory[key]
-                    manifests.add(image.oci.digest)
+                    manifests.update(document.digest for document in image.documents())
                     forgotten += 1
         self._cache.forget(manifests)
-        self.log.warn("Storage lacks {blob} of images held in memory (removed by garbage"
-                      " collection?): forgot {count} of their names and tags",
-                      blob=blob or "a blob", count=forgotten, images=sorted(images))
+        self.log.warn("Storage {how} {blob} of images held in memory{why}: forgot {count}"
+                      " of their names and tags", how=how, blob=blob or "a blob",
+                      why=" (removed by garbage collection?)" if how == "lacks" else "",
+                      count=forgotten, images=sorted(images))
 
     def _fresh(self, entry: _Entry | None) -> Image | None:
         """The image of a memory entry ``(image, expiry)`` unless it expired."""
@@ -431,7 +546,7 @@ class ImageService(MultiService):
             tags.add(tag)
 
     def _wait_for(self, memo_key: tuple[str, str], request: ImageRequest,
-                  tag: str, client: str | None) -> Deferred[Image]:
+                  tag: str, client: str | None, record: bool) -> Deferred[Image]:
         """
         A Deferred of the caller's own for the image; starts the work if
         nobody else has, when admitted (else the Deferred fails with
@@ -442,13 +557,14 @@ class ImageService(MultiService):
         def start() -> Deferred[Image]:
             job = self.cold.start(memo_key, client)
             return self._track(self.cold.follow(job, Deferred.fromCoroutine(
-                self._produce(request, tag, job))))
+                self._produce(request, tag, job, record))))
 
         return self._in_flight.wait(memo_key, start)
 
     # -- producing an image -------------------------------------------------
 
-    async def _produce(self, request: ImageRequest, tag: str, job: ColdJob) -> Image:
+    async def _produce(self, request: ImageRequest, tag: str, job: ColdJob,
+                       record: bool) -> Image:
         """
         The image for a request: from the pinned manifest cache, or from a
         build with a record of its own (see :mod:`nixeryd.service.builds`).
@@ -471,7 +587,8 @@ class ImageService(MultiService):
                                   "(pinned source)", image=request.name, tag=tag)
                     return self._finish(request, tag, pinned, image)
             build = job.build = self._start_build(request, tag, pinned)
-            image, outcome = await self._evaluate_and_build(build, request, tag, pinned)
+            image, outcome = await self._evaluate_and_build(
+                build, request, tag, pinned, record, on_build=job.ticket.building)
             if pinned_key is not None:
                 await self._cache.remember(pinned_key, image)
         except CancelledError as e:
@@ -507,11 +624,14 @@ class ImageService(MultiService):
             revision=pinned.revision))
 
     async def _evaluate_and_build(self, build: BuildLog, request: ImageRequest,
-                                  tag: str, pinned: PinnedSource) -> tuple[Image, str]:
+                                  tag: str, pinned: PinnedSource, record: bool, *,
+                                  on_build: Callable[[], None] = lambda: None,
+                                  ) -> tuple[Image, str]:
         """
         Evaluate the request, then serve the image already stored for the
-        same store paths or build it: the image, and one line saying how
-        it was made.
+        same store paths or build it (``on_build`` called first, for the
+        client's rate): the image, and one line saying how it was made.
+        ``record``: name a built image in the storage's index.
         """
         log = build.log
         async with self._evaluations.slot():
@@ -529,6 +649,7 @@ class ImageService(MultiService):
         image = await self._cache.cached(closure_key)
         if image is not None:
             return image, "the same store paths as an image already stored: served that image"
+        on_build()
         if self._builds.full():
             build.enter(BuildPhase.WAITING)
             log.info("Waiting for a build slot", image=request.name, tag=tag)
@@ -537,11 +658,11 @@ class ImageService(MultiService):
             built = await self._builder.build(request, resolution, build)
         image = built.image
         await self._cache.remember(closure_key, image)
-        if self._reference is not None:
-            await self._record_reference(request, tag, image)
-        record = build.record
+        if self._reference is not None and record:
+            await self._record_reference(request, tag, image.oci)
+        done = build.record
         return image, "built in %.1f s: %d layers, %s" % (
-            record.duration(), len(record.layers), human_size(record.total_layer_bytes()))
+            done.duration(), len(done.layers), human_size(done.total_layer_bytes()))
 
     def _failed(self, build: BuildLog | None, request: ImageRequest, tag: str,
                 error: BaseException, failure: Failure) -> BaseException:
@@ -577,7 +698,7 @@ class ImageService(MultiService):
         return client_error or error
 
     async def _record_reference(self, request: ImageRequest, tag: str,
-                                image: Image) -> None:
+                                document: ManifestDocument) -> None:
         """
         Name the image in the storage's index, for tools reading the
         storage directly.  A convenience: a name the index cannot hold, or
@@ -588,7 +709,7 @@ class ImageService(MultiService):
         reference = self._reference(request.name, tag)
         try:
             await self._storage.record_reference(
-                reference, image.oci.digest, image.oci.media_type, len(image.oci.body))
+                reference, document.digest, document.media_type, len(document.body))
         except Exception as e:
             self.log.warn("Not naming {image}:{tag} in the storage index: {error}",
                           image=request.name, tag=tag, error=str(e))
@@ -605,3 +726,19 @@ def _immutable(pinned: PinnedSource, tag: str) -> bool:
     """Whether ``tag`` always names this revision (a channel, or a commit as the tag)."""
     return pinned.revision is not None and (
         pinned.kind == "channel" or pinned.revision == tag)
+
+
+async def _all_or_cancel(waits: list[Deferred[Any]]) -> list[Any]:
+    """
+    Every result of ``waits``; on the first failure, the others are
+    cancelled and that failure's own exception raised.  Cancelling the
+    caller cancels them all.
+    """
+    try:
+        return await gatherResults(waits, consumeErrors=True)
+    except FirstError as e:
+        for wait in waits:
+            if not wait.called:
+                wait.cancel()
+        e.subFailure.raiseException()
+        raise  # pragma: no cover

@@ -11,6 +11,11 @@ The images in memory are indexed by the blobs they name
 (:meth:`ManifestCache.images_using`), so that an image whose blob is found
 gone (removed by the garbage collector while a daemon held the image in
 memory) can be forgotten and looked up or built again.
+
+A cache document also records the checksum of every blob the image names
+(config and layers), and an image is served from the cache only once
+storage vouches for each of them (:mod:`nixeryd.storage.integrity`): one
+whose blob is damaged is built again, which replaces the blob.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from nixeryd.core.errors import ManifestUnknown, Unavailable
 from nixeryd.metrics.hooks import NO_INSTRUMENTS, Instruments
 from nixeryd.service.failures import STORAGE_FAILURES, report_storage_failure
 from nixeryd.service.lru import LRU
+from nixeryd.storage.integrity import CHECKSUMS_FIELD, BlobState, recorded_checksum
 from nixeryd.storage.interface import IStorage
 
 #: Bumped whenever the same inputs would give a different manifest.
@@ -84,8 +90,16 @@ class ManifestCache:
     def keep(self, image: Image) -> None:
         """
         Answer both manifests of ``image`` by digest from memory, and index
-        the blobs they name (a few kilobytes of JSON, parsed here).
+        the blobs they name (a few kilobytes of JSON, parsed here).  For an
+        image with several platforms: its index documents, and each
+        platform's image (whose blobs are indexed under its own digest).
         """
+        if image.index is not None:
+            for document in (image.index.docker, image.index.oci):
+                self._manifests.put(document.digest, document)
+            for platform_image in image.index.images:
+                self.keep(platform_image)
+            return
         for document in (image.docker, image.oci):
             self._manifests.put(document.digest, document)
             for blob in _blobs_named(document):
@@ -101,6 +115,10 @@ class ManifestCache:
         ``blob`` (forgotten from the index: the caller forgets the images).
         """
         return self._blob_users.pop(blob, None) or set()
+
+    def holds(self, digest: str) -> bool:
+        """Whether the manifest with ``digest`` is in memory."""
+        return self._manifests.get_recent(digest) is not None
 
     def forget(self, digests: set[str]) -> None:
         """Forget from memory the manifests with these digests."""
@@ -154,20 +172,41 @@ class ManifestCache:
         except ManifestUnknown:
             return None
         referenced = json.loads(docker.body)
+        checksums: dict[str, str] = {}
         for descriptor in [referenced["config"]] + referenced["layers"]:
-            if not await self._storage.has_blob(descriptor["digest"]):
-                _log.warn("Cached image {digest} lacks blob {blob}; rebuilding",
-                          digest=docker.digest, blob=descriptor["digest"])
+            blob = descriptor["digest"]
+            check = await self._storage.check_blob(blob, recorded_checksum(record, blob))
+            if not check.intact:
+                _log.warn("Cached image {digest} {how} blob {blob}; rebuilding",
+                          digest=docker.digest, blob=blob,
+                          how="has a damaged" if check.state is BlobState.CORRUPT
+                          else "lacks")
                 if self._on_broken is not None:
                     self._on_broken({docker.digest})
                 return None
-        return Image(docker=docker, oci=oci)
+            if check.checksum is not None:
+                checksums[blob] = check.checksum
+        image = Image(docker=docker, oci=oci)
+        if any(recorded_checksum(record, blob) is None for blob in checksums):
+            # Written before checksums were kept: keep the ones vouched for.
+            await self._storage.put_document(MANIFEST_NAMESPACE, key,
+                                             dict(record, **{CHECKSUMS_FIELD: checksums}))
+        return image
 
     async def remember(self, key: str, image: Image) -> None:
-        """Store ``image`` under a cache key."""
-        await self._storage.put_document(
-            MANIFEST_NAMESPACE, key,
-            {"docker": image.docker.digest, "oci": image.oci.digest})
+        """
+        Store ``image`` under a cache key, with the checksum of each blob
+        it names (known to storage from the build: no request).
+        """
+        checksums: dict[str, str] = {}
+        for blob in sorted(set(_blobs_named(image.docker) + _blobs_named(image.oci))):
+            checksum = (await self._storage.check_blob(blob)).checksum
+            if checksum is not None:
+                checksums[blob] = checksum
+        document: dict[str, object] = {"docker": image.docker.digest, "oci": image.oci.digest}
+        if checksums:
+            document[CHECKSUMS_FIELD] = checksums
+        await self._storage.put_document(MANIFEST_NAMESPACE, key, document)
 
 
 def _blobs_named(document: ManifestDocument) -> list[str]:

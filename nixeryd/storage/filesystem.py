@@ -17,6 +17,12 @@ place, so a crash never leaves a partial blob under its final name.  What
 a dead process left in its directory (a layer file, Nix's GC roots) is
 removed when a storage opens, at once, while the directories of live
 processes sharing the storage are kept (:mod:`nixeryd.storage.tempdirs`).
+
+A blob is checked against its digest (SHA-256 of the file, in the thread
+pool) before it is reused or served, once per process and version of
+its file (inode, size, modification time): a file replaced or rewritten
+in place is hashed again, a file this process wrote or touched is not
+(:meth:`FilesystemStorage.check_blob`; :mod:`nixeryd.storage.integrity`).
 A write that fails (a full disk, a read-only or unwritable directory)
 removes its temporary file and raises the ``OSError``.  No extended
 attributes are needed: media types are known from the documents that
@@ -34,6 +40,7 @@ write gathered into the next (:class:`~nixeryd.storage.indexqueue.IndexQueue`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -48,8 +55,11 @@ from zope.interface import implementer
 from nixeryd.core.digests import check_digest, is_valid_digest
 from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown
+from nixeryd.core.sharedwork import SharedWork
 from nixeryd.core.threads import Runner
+from nixeryd.service.lru import LRU
 from nixeryd.storage.indexfile import IndexFile
+from nixeryd.storage.integrity import MISSING, BlobCheck, BlobCorrupt, BlobState
 from nixeryd.storage.indexqueue import IndexQueue
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
@@ -61,6 +71,41 @@ from nixeryd.storage.tempdirs import WriterDirectory, claim, release, sweep
 #: Mode of every file made visible: temporary files are created private,
 #: but the layout is meant to be read by other tools and users.
 BLOB_MODE = 0o644
+#: How many blobs' checked file versions a storage remembers.
+CHECKED_BLOBS = 100_000
+#: Bytes read at a time when a blob is hashed.
+HASH_READ_SIZE = 1024 * 1024
+
+#: A version of a blob's file: inode, size and modification time.
+FileIdentity = tuple[int, int, int]
+
+
+def _identity(info: os.stat_result) -> FileIdentity:
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _stat_identity(path: str) -> FileIdentity | None:
+    """The version of the file at ``path``, or ``None`` when it is gone."""
+    try:
+        return _identity(os.stat(path))
+    except FileNotFoundError:
+        return None
+
+
+def _hash_file(path: str) -> tuple[str, FileIdentity] | None:
+    """
+    ``sha256:<hex>`` of the file and the version that was hashed (blocking),
+    or ``None`` when it is gone.
+    """
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            before = _identity(os.fstat(f.fileno()))
+            while piece := f.read(HASH_READ_SIZE):
+                digest.update(piece)
+    except FileNotFoundError:
+        return None
+    return "sha256:" + digest.hexdigest(), before
 
 
 def _unlink_quietly(path: str) -> None:
@@ -110,6 +155,10 @@ class FilesystemStorage:
                                 self._write_atomically)
         self._index_queue = IndexQueue(
             lambda batch: self._runner.run(self._index.update, batch))
+        #: Digest → the version of its file found to hash to it (changed
+        #: on the reactor thread only).
+        self._checked: LRU[str, FileIdentity] = LRU(CHECKED_BLOBS)
+        self._hashing: SharedWork[tuple[str, FileIdentity], BlobCheck] = SharedWork()
         for directory in (self._blobs, self._tmp):
             os.makedirs(directory, mode=0o755, exist_ok=True)
         self._writer: WriterDirectory | None = claim(self._tmp)
@@ -156,13 +205,15 @@ class FilesystemStorage:
             raise
         self._publish(temporary, final)
 
-    def _move_into_place(self, path: str, digest: str) -> None:
+    def _move_into_place(self, path: str, digest: str) -> FileIdentity | None:
+        """Publish the blob file; the version now in place."""
         try:
             final = self._blob_path(digest)
         except BaseException:
             _unlink_quietly(path)
             raise
         self._publish(path, final)
+        return _stat_identity(final)
 
     def _publish(self, path: str, final: str) -> None:
         """
@@ -180,13 +231,13 @@ class FilesystemStorage:
             raise
         _fsync_directory(os.path.dirname(final))
 
-    def _stat_blob(self, digest: str) -> LocalBlob:
+    def _stat_blob(self, digest: str) -> tuple[LocalBlob, FileIdentity]:
         path = self._blob_path(digest)
         try:
-            size = os.stat(path).st_size
+            info = os.stat(path)
         except FileNotFoundError:
             raise BlobUnknown("blob unknown to registry", {"digest": digest}) from None
-        return LocalBlob(path=path, size=size, digest=digest)
+        return LocalBlob(path=path, size=info.st_size, digest=digest), _identity(info)
 
     def _read_small(self, digest: str, limit: int) -> bytes | None:
         path = self._blob_path(digest)
@@ -273,51 +324,125 @@ class FilesystemStorage:
     def _exists(self, digest: str) -> bool:
         return os.path.exists(self._blob_path(digest))
 
-    def _touch(self, digest: str) -> bool | None:
+    def _touch(self, digest: str) -> tuple[bool | None, FileIdentity | None,
+                                           FileIdentity | None]:
         """
         Set the blob's modification time to now (a new version); whether
         it is there, or ``None`` when it is there but may not be touched
-        (another user's file).
+        (another user's file); with the file's version before and after.
         """
         path = self._blob_path(digest)
         try:
-            before = os.stat(path).st_mtime_ns
+            info = os.stat(path)
+            before = _identity(info)
             # Later than the time it had, even within the clock's tick.
-            now = max(time.time_ns(), before + 1)
+            now = max(time.time_ns(), info.st_mtime_ns + 1)
             try:
                 os.utime(path, ns=(now, now))
             except PermissionError:
                 os.utime(path)  # Needs only write access, not ownership.
         except FileNotFoundError:
-            return False
+            return False, None, None
         except PermissionError:
-            return None if os.path.exists(path) else False
-        return True
+            return (None if os.path.exists(path) else False), None, None
+        return True, before, _stat_identity(path)
 
-    def _write_blob(self, data: bytes, digest: str) -> None:
-        self._write_atomically(self._blob_path(digest), data)
+    def _write_blob(self, data: bytes, digest: str) -> FileIdentity | None:
+        path = self._blob_path(digest)
+        self._write_atomically(path, data)
+        return _stat_identity(path)
+
+    # -- integrity ----------------------------------------------------------
+
+    def _remember_written(self, identity: FileIdentity | None, digest: str) -> None:
+        """This process wrote the blob's file: its version needs no hashing."""
+        if identity is None:
+            self._checked.pop(digest, None)
+        else:
+            self._checked.put(digest, identity)
+
+    async def _check_version(self, digest: str, identity: FileIdentity) -> BlobCheck:
+        """Whether this version of the blob's file hashes to ``digest``."""
+        if self._checked.get_recent(digest) == identity:
+            return BlobCheck(BlobState.INTACT)
+        return await self._hashing.wait((digest, identity), lambda: Deferred.fromCoroutine(
+            self._hash_blob(digest)))
+
+    async def _hash_blob(self, digest: str) -> BlobCheck:
+        hashed = await self._runner.run(_hash_file, self._blob_path(digest))
+        if hashed is None:
+            self._checked.pop(digest, None)
+            return MISSING
+        actual, identity = hashed
+        if actual != digest:
+            self._checked.pop(digest, None)
+            self.log.warn("Blob {digest} is damaged: its file hashes to {actual}",
+                          digest=digest, actual=actual)
+            return BlobCheck(BlobState.CORRUPT)
+        self._checked.put(digest, identity)
+        return BlobCheck(BlobState.INTACT)
+
+    async def _check_blob(self, digest: str) -> BlobCheck:
+        identity = await self._runner.run(_stat_identity, self._blob_path(digest))
+        if identity is None:
+            self._checked.pop(digest, None)
+            return MISSING
+        return await self._check_version(digest, identity)
+
+    async def _blob(self, digest: str) -> LocalBlob:
+        found, identity = await self._runner.run(self._stat_blob, digest)
+        check = await self._check_version(digest, identity)
+        if check.state is BlobState.MISSING:
+            raise BlobUnknown("blob unknown to registry", {"digest": digest})
+        if not check.intact:
+            raise BlobCorrupt("blob damaged in storage", {"digest": digest})
+        return found
 
     def has_blob(self, digest: str) -> Deferred[bool]:
         return self._runner.run(self._exists, digest)
 
     def refresh_blob(self, digest: str) -> Deferred[bool]:
-        """A new modification time for the blob, set in the pool."""
-        def refreshed(touched: bool | None) -> bool:
+        """
+        A new modification time for the blob, set in the pool; a version
+        checked before stays checked.
+        """
+        def refreshed(outcome: tuple[bool | None, FileIdentity | None,
+                                     FileIdentity | None]) -> bool:
+            touched, before, after = outcome
             if touched is None:
                 self.log.warn("Could not refresh the time of blob {digest}, reused:"
                               " its file is not writable by this user", digest=digest)
                 return True
+            if before is not None and self._checked.get(digest) == before:
+                self._remember_written(after, digest)
             return touched
         return self._runner.run(self._touch, digest).addCallback(refreshed)
 
+    def check_blob(self, digest: str, checksum: str | None = None) -> Deferred[BlobCheck]:
+        """
+        The file hashed against its digest, once per version and process
+        (``checksum`` is not needed: the digest is one).
+        """
+        try:
+            check_digest(digest)
+        except Exception:
+            return fail()
+        return Deferred.fromCoroutine(self._check_blob(digest))
+
     def store_blob_file(self, path: str, digest: str) -> Deferred[None]:
-        return self._runner.run(self._move_into_place, path, digest)
+        return self._runner.run(self._move_into_place, path, digest).addCallback(
+            self._remember_written, digest)
 
     def store_blob_bytes(self, data: bytes, digest: str) -> Deferred[None]:
-        return self._runner.run(self._write_blob, data, digest)
+        return self._runner.run(self._write_blob, data, digest).addCallback(
+            self._remember_written, digest)
 
     def blob(self, digest: str) -> Deferred[LocalBlob | RedirectBlob]:
-        return self._runner.run(self._stat_blob, digest)
+        try:
+            check_digest(digest)
+        except Exception:
+            return fail()
+        return Deferred.fromCoroutine(self._blob(digest))
 
     def read_small_blob(self, digest: str, limit: int) -> Deferred[bytes | None]:
         return self._runner.run(self._read_small, digest, limit)

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from nixeryd.core.documents import LocalBlob, RedirectBlob
+from nixeryd.storage.integrity import BlobCheck
 from nixeryd.storage.listing import StoredBlob, StoredDocument
 
 
@@ -48,6 +49,22 @@ class IStorage(Interface):
         must be written again.
         """
 
+    def check_blob(digest: str, checksum: str | None = None) -> Deferred[BlobCheck]:
+        """
+        Whether the blob stored under ``digest`` still holds its bytes
+        (:mod:`nixeryd.storage.integrity`), before a cache trusts it.
+
+        :param checksum: what an earlier check (or this process's own
+            write) gave as the blob's checksum, recorded beside its digest
+            in a cache document; ``None`` when none was recorded.
+        :returns: a Deferred firing with the
+            :class:`~nixeryd.storage.integrity.BlobCheck`; an intact one
+            carries the checksum to record.  Cheap enough for every reuse:
+            the answer is remembered for the process (one metadata request
+            or one hash of the file per blob), and storing the blob again
+            replaces what was remembered.
+        """
+
     def store_blob_file(path: str, digest: str) -> Deferred[None]:
         """
         Take ownership of the complete file at ``path`` whose content has
@@ -62,7 +79,9 @@ class IStorage(Interface):
         """
         Deferred firing with a :class:`~nixeryd.core.documents.LocalBlob` or
         :class:`~nixeryd.core.documents.RedirectBlob`; fails with
-        :class:`~nixeryd.core.errors.BlobUnknown` when there is none.
+        :class:`~nixeryd.core.errors.BlobUnknown` when there is none, and
+        with :class:`~nixeryd.storage.integrity.BlobCorrupt` when what is
+        stored is found not to be the blob (it is never answered).
         """
 
     def read_small_blob(digest: str, limit: int) -> Deferred[bytes | None]:

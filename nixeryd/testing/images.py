@@ -158,10 +158,13 @@ class FakeImageService(Service):
         self._held_waiters: list[tuple[int, Deferred[None]]] = []
 
     def add_image(self, name: str, tag: str, image: Image) -> None:
-        """Serve ``image`` for ``name:tag`` and both its manifests by digest."""
+        """
+        Serve ``image`` for ``name:tag`` and every document of it (both
+        manifests, and its index's) by digest.
+        """
         self.images[(name, tag)] = image
-        self.manifests[image.docker.digest] = image.docker
-        self.manifests[image.oci.digest] = image.oci
+        for document in image.documents():
+            self.manifests[document.digest] = document
 
     def add_sample_image(self, name: str, tag: str, sample: SampleImage) -> None:
         """Serve a :class:`SampleImage`: its manifests and its blobs."""

@@ -21,6 +21,7 @@ from zope.interface import implementer
 from nixeryd.core.digests import check_digest
 from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown
+from nixeryd.storage.integrity import MISSING, BlobCheck, BlobCorrupt, BlobState
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
 from nixeryd.storage.naming import check_document_name, check_index_entry, check_namespace
@@ -151,6 +152,23 @@ class MemoryStorage:
             return True
         return self._call("refresh_blob", work)
 
+    def check_blob(self, digest: str, checksum: str | None = None) -> Deferred[BlobCheck]:
+        """Whether the blob's bytes hash to its digest (``checksum`` unused)."""
+        def work() -> BlobCheck:
+            check_digest(digest)
+            self._check_failure("check_blob")
+            data = self.blobs.get(digest)
+            if data is None:
+                return MISSING
+            if digest_of(data) != digest:
+                return BlobCheck(BlobState.CORRUPT)
+            return BlobCheck(BlobState.INTACT)
+        return self._call("check_blob", work)
+
+    def damage_blob(self, digest: str, data: bytes) -> None:
+        """Put other bytes under a stored blob's digest, as a damaged backend would."""
+        self.blobs[digest] = data
+
     def store_blob_file(self, path: str, digest: str) -> Deferred[None]:
         """Read the file into memory and remove it, whatever happens."""
         def work() -> None:
@@ -182,6 +200,8 @@ class MemoryStorage:
             self._check_failure("blob")
             if digest not in self.blobs:
                 raise BlobUnknown("blob unknown to registry", {"digest": digest})
+            if digest_of(self.blobs[digest]) != digest:
+                raise BlobCorrupt("blob damaged in storage", {"digest": digest})
             return RedirectBlob(url=self._redirect_base + digest, digest=digest)
         return self._call("blob", work)
 

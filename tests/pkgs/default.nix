@@ -2,10 +2,18 @@
 #
 # Every package is a raw `derivation` whose builder is a static busybox
 # from the host (the sandbox is off), so the set builds without nixpkgs
-# and without network access.  `system` is honoured, so aarch64-linux
-# derivations build on an x86_64 host given
-# `--option extra-platforms aarch64-linux`: the builder itself is the
-# host's busybox.
+# and without network access.
+#
+# `system` is the platform the packages are for.  For aarch64-linux they
+# hold Debian's busybox-static for arm64 (`arm64/busybox-static.deb`,
+# fetched by dev/setup) instead of the host's: real aarch64 binaries,
+# unpacked by builders that run on this machine (their derivations are
+# for `builtins.currentSystem`, as nixpkgs' cross-compiled packages are
+# for the build machine), so an x86_64 host makes the arm64 set without
+# emulation.  Other systems keep their own `system` in the derivations.
+# `native` is the exception: like a nixpkgs package, its derivation is for
+# the target system itself, so building it for aarch64-linux on x86_64
+# needs an aarch64 builder (or `extra-platforms`).
 #
 # A file named `nonce` next to this one, when present, is mixed into every
 # derivation, so a test can copy the set and force fresh builds.
@@ -15,10 +23,23 @@ let
   nonce =
     if builtins.pathExists ./nonce then builtins.readFile ./nonce else "";
 
+  # The arm64 busybox, as Debian ships it.
+  arm64Deb =
+    if builtins.pathExists ./arm64/busybox-static.deb
+    then ./arm64/busybox-static.deb
+    else throw "the arm64 busybox is missing: dev/setup fetches Debian's busybox-static for arm64 into tests/pkgs/arm64";
+
+  arm64 = system == "aarch64-linux";
+
+  # The system of every derivation: this machine's for aarch64-linux
+  # packages, which only unpack and copy files.
+  buildSystem = if arm64 then builtins.currentSystem else system;
+
   # A derivation built by a busybox shell script.  The script runs with
   # `set -eu` and a PATH holding every busybox applet.
   mk = name: script: attrs: derivation ({
-    inherit name system nonce;
+    inherit name nonce;
+    system = buildSystem;
     builder = busybox;
     args = [ "sh" "-c" ''
       set -eu
@@ -50,7 +71,12 @@ let
   pkgs = {
     busybox = mk "busybox-1.0" ''
       mkdir -p "$out/bin"
-      cp ${busybox} "$out/bin/busybox"
+      ${if arm64 then ''
+        dpkg-deb -x ${arm64Deb} "$TMPDIR/deb"
+        cp "$TMPDIR/deb/bin/busybox" "$out/bin/busybox"
+      '' else ''
+        cp ${busybox} "$out/bin/busybox"
+      ''}
       chmod 0555 "$out/bin/busybox"
       for applet in ${toString applets}; do
         ln -s busybox "$out/bin/$applet"
@@ -196,6 +222,14 @@ let
       mkdir -p "$out"
       echo done > "$out/noisy"
     '' { };
+
+    # A derivation for the target system itself, as nixpkgs' packages are:
+    # for aarch64-linux, Nix on x86_64 refuses to build it without an
+    # aarch64 builder or `extra-platforms`.
+    native = mk "native-1.0" ''
+      mkdir -p "$out"
+      echo ${system} > "$out/system"
+    '' { system = system; };
 
     broken = throw "broken: this package was removed from the set";
 

@@ -10,9 +10,12 @@ precondition (``ifGenerationMatch``), which Cloud Storage answers with 412
 (:class:`~nixeryd.storage.gcs.http.PreconditionFailed`) when it no longer
 holds.
 
-Requests that are safe to repeat (reads, listings, guarded uploads and
-deletions) are sent again after transient failures
-(:mod:`nixeryd.storage.gcs.retry`); the others are tried once.
+Requests that are safe to repeat (reads, a body cut short included;
+listings; uploads and deletions guarded by a generation; ``customTime``
+patches) are sent again after transient failures
+(:mod:`nixeryd.storage.gcs.retry`); the others are tried once.  A
+resumable upload whose chunk fails asks its session how much it holds and
+goes on from there (:meth:`BucketClient.upload_file`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from typing import Any
+from typing import Any, Awaitable, Callable, TypeVar
 from urllib.parse import quote, urlencode
 
 from twisted.internet.defer import Deferred
@@ -31,13 +34,13 @@ from twisted.web.iweb import IBodyProducer, IResponse
 
 from treq.client import HTTPClient
 
-from nixeryd.core.httpbody import read_limited
 from nixeryd.core.threads import Runner
-from nixeryd.storage.gcs.auth import AccessTokenSource
+from nixeryd.storage.gcs.auth import TokenSource
 from nixeryd.storage.gcs.filebody import FileRegionProducer
 from nixeryd.storage.gcs.http import (
-    GCSError, PreconditionFailed, cancel_after, drain, error_for)
-from nixeryd.storage.gcs.retry import Retrier
+    GCSError, PreconditionFailed, cancel_after, drain, error_for, read_complete)
+from nixeryd.storage.gcs.retry import (
+    TRANSIENT_ERRORS, Attempts, Retrier, error_reason, status_reason, transient_status)
 
 #: The JSON API of real Cloud Storage.
 DEFAULT_API_ENDPOINT = "https://storage.googleapis.com"
@@ -45,6 +48,10 @@ DEFAULT_API_ENDPOINT = "https://storage.googleapis.com"
 RESUMABLE_GRANULARITY = 256 * 1024
 #: Bytes per resumable-upload request.
 DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
+#: Answers that say a resumable-upload session no longer exists.
+SESSION_GONE = frozenset({404, 410})
+#: New sessions a resumable upload may start after its session is gone.
+SESSION_RESTARTS = 3
 #: Bytes read from disk at a time while uploading.
 DEFAULT_READ_SIZE = 256 * 1024
 #: Objects asked for per page of a listing (the most the API gives).
@@ -56,12 +63,24 @@ LIST_PAGE_LIMIT = 256 * 1024 * 1024
 LIST_FIELDS = ("items(name,size,updated,customTime,generation,metageneration),"
                "nextPageToken")
 
+#: The fields of an object's metadata asked for.
+METADATA_FIELDS = "size,md5Hash,crc32c,generation,metageneration,updated,customTime,contentType"
+
+T = TypeVar("T")
+
 #: An object resource of the JSON API, as decoded from its answer.
 ObjectResource = dict[str, Any]
 
 
 def multipart_body(metadata: dict[str, str], data: bytes) -> tuple[bytes, str]:
-    """A ``multipart/related`` upload body and its content type."""
+    """
+    A ``multipart/related`` upload body and its content type.
+
+    The object's content type is both in the metadata (``contentType``,
+    which Cloud Storage and gcp-storage-emulator read) and on the media
+    part (which fake-gcs-server reads instead).
+    """
+    media_type = metadata.get("contentType", "application/octet-stream")
     boundary = "nixeryd-" + secrets.token_hex(16)
     while boundary.encode("ascii") in data:
         boundary = "nixeryd-" + secrets.token_hex(16)
@@ -69,7 +88,7 @@ def multipart_body(metadata: dict[str, str], data: bytes) -> tuple[bytes, str]:
     body = b"".join([
         delimiter, b"\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n",
         json.dumps(metadata).encode("utf-8"), b"\r\n",
-        delimiter, b"\r\nContent-Type: application/octet-stream\r\n\r\n",
+        delimiter, b"\r\nContent-Type: ", media_type.encode("ascii"), b"\r\n\r\n",
         data, b"\r\n", delimiter, b"--\r\n"])
     return body, "multipart/related; boundary=" + boundary
 
@@ -107,7 +126,7 @@ class BucketClient:
     def __init__(self, clock: IReactorTime, runner: Runner, http: HTTPClient,
                  pool: HTTPConnectionPool, bucket: str, *,
                  endpoint: str = DEFAULT_API_ENDPOINT,
-                 token_source: AccessTokenSource | None = None,
+                 token_source: TokenSource | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE,
                  read_size: int = DEFAULT_READ_SIZE,
                  request_timeout: float = 300,
@@ -140,13 +159,9 @@ class BucketClient:
         return "%s/upload/storage/v1/b/%s/o?%s" % (
             self.endpoint, quote(self.bucket, safe=""), urlencode(query))
 
-    async def _request(self, method: str, url: str, *, target: str, safe: bool,
-                       headers: dict[str, str] | None = None,
-                       data: bytes | IBodyProducer | None = None) -> IResponse:
-        """
-        Send a request; again after a transient failure when ``safe`` (a
-        body to send again must then be ``bytes``).
-        """
+    def _sender(self, method: str, url: str, headers: dict[str, str] | None = None,
+                data: bytes | IBodyProducer | None = None) -> Callable[[], Awaitable[IResponse]]:
+        """The call sending one attempt of a request (with a fresh token)."""
         async def send() -> IResponse:
             all_headers: dict[bytes | str, bytes | str] = {}
             all_headers.update(headers or {})
@@ -157,30 +172,50 @@ class BucketClient:
                 self._timeout, self._clock)
             return response
 
+        return send
+
+    async def _request(self, method: str, url: str, *, target: str, safe: bool,
+                       headers: dict[str, str] | None = None,
+                       data: bytes | IBodyProducer | None = None) -> IResponse:
+        """
+        Send a request; again after a transient failure when ``safe`` (a
+        body to send again must then be ``bytes``).
+        """
         return await self._retrier.request(
-            send, method=method, target=target, safe=safe and not IBodyProducer.providedBy(data),
-            log=self.log)
+            self._sender(method, url, headers, data), method=method, target=target,
+            safe=safe and not IBodyProducer.providedBy(data), log=self.log)
+
+    async def _get(self, url: str, read: Callable[[IResponse], Awaitable[T]], *,
+                   target: str) -> T:
+        """
+        ``read`` of the answer to a GET, both tried again after a transient
+        failure (a connection lost in the middle of the body too).
+        """
+        return await self._retrier.call(self._sender("GET", url), read, method="GET",
+                                        target=target, safe=True, log=self.log)
 
     def _gs(self, name: str) -> str:
         return "gs://%s/%s" % (self.bucket, name)
 
     async def metadata(self, name: str) -> ObjectResource | None:
         """The object's metadata, or ``None`` when it does not exist."""
-        response = await self._request(
-            "GET", self._object_url(name, fields="size,md5Hash,crc32c,generation,metageneration,updated,customTime"),
-            target=self._gs(name), safe=True)
-        if response.code == 404:
-            await drain(response)
-            return None
-        if response.code != 200:
-            raise await error_for(response, "looking up gs://%s/%s" % (self.bucket, name))
-        resource: ObjectResource = json.loads(await drain(response))
-        return resource
+        async def read(response: IResponse) -> ObjectResource | None:
+            if response.code == 404:
+                await drain(response)
+                return None
+            if response.code != 200:
+                raise await error_for(response, "looking up gs://%s/%s" % (self.bucket, name))
+            resource: ObjectResource = json.loads(await drain(response))
+            return resource
+
+        return await self._get(
+            self._object_url(name, fields=METADATA_FIELDS), read, target=self._gs(name))
 
     async def download(self, name: str, limit: int,
                        generation: str | None = None) -> bytes | None:
         """
-        The object's content, or ``None`` when it does not exist.
+        The object's content, or ``None`` when it does not exist; a
+        download cut short is tried again from the start.
 
         :raises BodyTooLarge: when it is larger than ``limit``.
         :raises PreconditionFailed: when ``generation`` is no longer current.
@@ -188,17 +223,19 @@ class BucketClient:
         query = {"alt": "media"}
         if generation is not None:
             query["ifGenerationMatch"] = generation
-        response = await self._request("GET", self._object_url(name, **query),
-                                       target=self._gs(name), safe=True)
-        if response.code == 404:
-            await drain(response)
-            return None
-        if response.code == 412:
-            await drain(response)
-            raise PreconditionFailed()
-        if response.code != 200:
-            raise await error_for(response, "downloading gs://%s/%s" % (self.bucket, name))
-        return await read_limited(response, limit)
+
+        async def read(response: IResponse) -> bytes | None:
+            if response.code == 404:
+                await drain(response)
+                return None
+            if response.code == 412:
+                await drain(response)
+                raise PreconditionFailed()
+            if response.code != 200:
+                raise await error_for(response, "downloading gs://%s/%s" % (self.bucket, name))
+            return await read_complete(response, limit)
+
+        return await self._get(self._object_url(name, **query), read, target=self._gs(name))
 
     async def _finish_upload(self, response: IResponse, name: str, size: int,
                              md5: str) -> ObjectResource:
@@ -243,7 +280,113 @@ class BucketClient:
         """
         Upload a file in chunks streamed from disk (resumable upload), if
         the object's generation is still ``generation``.
+
+        A chunk that fails transiently (a lost connection, a 5xx) is not
+        sent again blindly: the session is asked how much it holds
+        (``Content-Range: bytes */SIZE``, answered 308 with ``Range``) and
+        the upload goes on from there, from the file.  Only a session that
+        is gone (404, 410) starts over, in a new session, unless the object
+        it was writing is there complete.  The waits between the attempts
+        and their deadline are the retries'; the deadline counts from the
+        last chunk that went through.
         """
+        target = self._gs(name)
+        attempts = self._retrier.attempts("PUT", target, self.log)
+        session = await self._start_session(name, size, md5, generation)
+        offset = 0
+        restarts = 0
+        while True:
+            end = min(offset + self._chunk_size, size)
+            producer = FileRegionProducer(self._runner, path, offset, end - offset,
+                                          self._read_size)
+            gone: int | None = None
+            try:
+                response = await self._retrier.attempt(self._sender(
+                    "PUT", session, data=producer,
+                    headers={"Content-Range": "bytes %d-%d/%d" % (offset, end - 1, size),
+                             "Content-Type": "application/octet-stream"}))
+                self.log.debug("Sent bytes {first}-{last} of {size} for gs://{bucket}/{name}",
+                               first=offset, last=end - 1, size=size, bucket=self.bucket,
+                               name=name, pieces=producer.pieces_read,
+                               largest_piece=producer.largest_piece)
+                if response.code == 308:
+                    await drain(response)
+                    offset = self._next_offset(response, offset, size, name)
+                    attempts.restart()
+                    continue
+                if response.code in SESSION_GONE:
+                    await drain(response)
+                    gone = response.code
+                elif not transient_status(response.code):
+                    # The answer of the last chunk (its body may be lost too).
+                    return await self._finish_upload(response, name, size, md5)
+                else:
+                    await drain(response)
+                    await self._retry_chunk(attempts, name, status=response.code)
+            except TRANSIENT_ERRORS as e:
+                await self._retry_chunk(attempts, name, error=e)
+            if gone is None:
+                response = await self._request(
+                    "PUT", session, target=target, safe=True,
+                    headers={"Content-Range": "bytes */%d" % (size,)})
+                if response.code == 308:
+                    await drain(response)
+                    held = resume_offset(response)
+                    self.log.info("Resuming the upload of gs://{bucket}/{name} at byte"
+                                  " {offset} of {size} (this chunk began at {chunk})",
+                                  bucket=self.bucket, name=name, offset=held, size=size,
+                                  chunk=offset, event="gcs-upload-resumed")
+                    offset = self._next_offset(response, offset, size, name, held)
+                    continue
+                if response.code not in SESSION_GONE:
+                    return await self._finish_upload(response, name, size, md5)
+                await drain(response)
+                gone = response.code
+            # The session is gone: it may have completed the object first.
+            existing = await self.metadata(name)
+            if (existing is not None and existing.get("md5Hash") == md5
+                    and int(existing.get("size", -1)) == size):
+                return existing
+            restarts += 1
+            if restarts > SESSION_RESTARTS:
+                raise GCSError("uploading gs://%s/%s: the upload session was gone %d times"
+                               % (self.bucket, name, restarts), gone)
+            self.log.warn("The upload session of gs://{bucket}/{name} is gone (HTTP"
+                          " {status}); starting over", bucket=self.bucket, name=name,
+                          status=gone, event="gcs-upload-restarted")
+            session = await self._start_session(name, size, md5, generation)
+            offset = 0
+
+    async def _retry_chunk(self, attempts: Attempts, name: str, *, status: int | None = None,
+                           error: BaseException | None = None) -> None:
+        """
+        Wait before asking the session where it stands, after a chunk failed
+        transiently with ``status`` or ``error``.
+
+        :raises: the error, or a :class:`GCSError` for the status, once the
+            retries' deadline has passed.
+        """
+        if error is not None:
+            if not await attempts.retry(error_reason(error), repr(error), error=error):
+                raise error
+            return
+        assert status is not None
+        if not await attempts.retry(status_reason(status), "HTTP %d" % (status,)):
+            raise GCSError("uploading gs://%s/%s: Cloud Storage answered HTTP %d until"
+                           " the retries' deadline" % (self.bucket, name, status), status)
+
+    def _next_offset(self, response: IResponse, offset: int, size: int, name: str,
+                     held: int | None = None) -> int:
+        """Where to continue after a 308; the session must still want bytes."""
+        held = resume_offset(response) if held is None else held
+        if held >= size:
+            raise GCSError("uploading gs://%s/%s: all %d bytes sent but the upload "
+                           "did not complete" % (self.bucket, name, size))
+        return held
+
+    async def _start_session(self, name: str, size: int, md5: str,
+                             generation: str) -> str:
+        """The URL of a new resumable-upload session for the object."""
         metadata = json.dumps({"name": name, "md5Hash": md5,
                                "contentType": "application/octet-stream"}).encode()
         response = await self._request(
@@ -261,32 +404,11 @@ class BucketClient:
             raise await error_for(response, "starting the upload of gs://%s/%s"
                                   % (self.bucket, name))
         await drain(response)
-        locations = response.headers.getRawHeaders(b"location") or []
+        locations: list[bytes] = response.headers.getRawHeaders(b"location") or []
         if not locations:
             raise GCSError("starting the upload of gs://%s/%s: no session URL in the answer"
                            % (self.bucket, name))
-        session = locations[0].decode("ascii")
-        offset = 0
-        while True:
-            end = min(offset + self._chunk_size, size)
-            producer = FileRegionProducer(self._runner, path, offset, end - offset,
-                                          self._read_size)
-            response = await self._request(
-                "PUT", session, target=self._gs(name), safe=False,
-                headers={"Content-Range": "bytes %d-%d/%d" % (offset, end - 1, size),
-                         "Content-Type": "application/octet-stream"},
-                data=producer)
-            self.log.debug("Sent bytes {first}-{last} of {size} for gs://{bucket}/{name}",
-                           first=offset, last=end - 1, size=size, bucket=self.bucket,
-                           name=name, pieces=producer.pieces_read,
-                           largest_piece=producer.largest_piece)
-            if response.code != 308:
-                return await self._finish_upload(response, name, size, md5)
-            await drain(response)
-            offset = resume_offset(response)
-            if offset >= size:
-                raise GCSError("uploading gs://%s/%s: all %d bytes sent but the upload "
-                               "did not complete" % (self.bucket, name, size))
+        return locations[0].decode("ascii")
 
     async def list_objects(self, prefix: str,
                            page_size: int = LIST_PAGE_SIZE) -> list[ObjectResource]:
@@ -301,12 +423,16 @@ class BucketClient:
             query = {"prefix": prefix, "maxResults": str(page_size), "fields": LIST_FIELDS}
             if token is not None:
                 query["pageToken"] = token
-            response = await self._request("GET", self._list_url(**query),
-                                           target=self._gs(prefix + "*"), safe=True)
-            if response.code != 200:
-                raise await error_for(response, "listing gs://%s/%s" % (self.bucket, prefix))
-            body = await read_limited(response, LIST_PAGE_LIMIT)
-            page: dict[str, Any] = await self._runner.run(json.loads, body)
+            async def read(response: IResponse) -> dict[str, Any]:
+                if response.code != 200:
+                    raise await error_for(response, "listing gs://%s/%s"
+                                          % (self.bucket, prefix))
+                body = await read_complete(response, LIST_PAGE_LIMIT)
+                page: dict[str, Any] = await self._runner.run(json.loads, body)
+                return page
+
+            page = await self._get(self._list_url(**query), read,
+                                   target=self._gs(prefix + "*"))
             objects.extend(item for item in page.get("items", []) if isinstance(item, dict))
             token = page.get("nextPageToken") or None
             if token is None:
@@ -337,11 +463,12 @@ class BucketClient:
     async def set_custom_time(self, name: str, timestamp: str) -> None:
         """
         Set the object's ``customTime`` (``objects.patch``); Cloud Storage
-        keeps the later of the old and the new one.
+        keeps the later of the old and the new one, so sending the same
+        patch again changes nothing more: it is retried.
         """
         response = await self._request(
             "PATCH", self._object_url(name, fields="customTime"),
-            target=self._gs(name), safe=False,
+            target=self._gs(name), safe=True,
             headers={"Content-Type": "application/json"},
             data=json.dumps({"customTime": timestamp}).encode())
         if response.code != 200:

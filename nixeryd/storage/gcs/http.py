@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from nixeryd.core.httpbody import BodyTooLarge, read_limited
 
@@ -48,6 +49,21 @@ class PreconditionFailed(Exception):
 async def drain(response: IResponse) -> bytes:
     """The small body of an answer read for its status or its JSON."""
     return await read_limited(response, ERROR_BODY_LIMIT)
+
+
+async def read_complete(response: IResponse, limit: int) -> bytes:
+    """
+    The whole body of ``response``, up to ``limit`` bytes.
+
+    :raises ConnectionLost: when it ended before its ``Content-Length``
+        (a connection cut short; sent again by the retries).
+    :raises BodyTooLarge: past ``limit``.
+    """
+    body = await read_limited(response, limit)
+    if response.length != UNKNOWN_LENGTH and len(body) != response.length:
+        raise ConnectionLost("the body ended after %d of its %d bytes"
+                             % (len(body), response.length))
+    return body
 
 
 async def error_for(response: IResponse, what: str) -> GCSError:

@@ -24,13 +24,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from datetime import datetime, timezone
-from typing import Iterable, Mapping, Union
-from urllib.parse import quote, urlsplit
+from datetime import datetime
+from typing import Mapping
 
 from attrs import frozen
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from nixeryd.storage.canonical import HeaderInput as HeaderInput
+from nixeryd.storage.canonical import canonical_headers as canonical_headers
+from nixeryd.storage.canonical import canonical_query as canonical_query
+from nixeryd.storage.canonical import canonical_request
+from nixeryd.storage.canonical import format_timestamp as format_timestamp
+from nixeryd.storage.canonical import header_pairs, host_with_port, uri_encode_path
 
 #: Where real Cloud Storage answers XML-style (and signed-URL) requests.
 DEFAULT_SIGNING_ENDPOINT = "https://storage.googleapis.com"
@@ -41,8 +47,6 @@ ALGORITHM = "GOOG4-RSA-SHA256"
 READ_WRITE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 #: The grant type of a service account's signed JWT (RFC 7523).
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-
-HeaderInput = Union[Mapping[str, str], Iterable[tuple[str, str]]]
 
 
 @frozen
@@ -122,65 +126,22 @@ def rsa_sha256_sign(private_key: rsa.RSAPrivateKey, message: bytes) -> bytes:
     return private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
 
 
-def format_timestamp(when: datetime) -> str:
-    """
-    ``when`` in the basic ISO 8601 form V4 signing uses, ``20190201T090000Z``.
-
-    :raises ValueError: for a naive datetime (its time zone is unknown).
-    """
-    if when.tzinfo is None:
-        raise ValueError("the signing time must carry a time zone")
-    return when.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-
-
-def _encode(text: str) -> str:
-    """Percent-encode everything but ``A-Za-z0-9-_.~`` (UTF-8, ``%20`` for space)."""
-    return quote(text, safe="~")
-
-
-def _header_pairs(headers: HeaderInput | None) -> list[tuple[str, str]]:
-    if headers is None:
-        return []
-    if isinstance(headers, Mapping):
-        return list(headers.items())
-    return list(headers)
-
-
-def canonical_headers(headers: HeaderInput) -> list[tuple[str, str]]:
-    """
-    Headers as V4 signs them: names lowercased and stripped, runs of
-    whitespace in values collapsed to one space, repeated names joined with
-    ``,``, sorted by name.
-    """
-    merged: dict[str, list[str]] = {}
-    for name, value in _header_pairs(headers):
-        merged.setdefault(name.strip().lower(), []).append(" ".join(str(value).split()))
-    return [(name, ",".join(merged[name])) for name in sorted(merged)]
-
-
-def canonical_query(parameters: Mapping[str, object]) -> str:
-    """
-    The query string as V4 signs it.
-
-    Each name and value is percent-encoded, then the ``name=value`` strings
-    are sorted as a whole, which is what Cloud Storage's own clients do (it
-    differs from sorting by name only for names where one is a prefix of
-    another followed by a character below ``=``, e.g. ``a`` and ``a-b``).
-    """
-    return "&".join(sorted(
-        _encode(str(name)) + "=" + _encode("" if value is None else str(value))
-        for name, value in parameters.items()))
-
-
 def host_header_value(endpoint: str) -> str:
     """
-    The ``Host`` value to sign for ``endpoint``: the host name without the
-    port, as the V4 conformance vectors expect (IPv6 addresses bracketed).
+    The ``Host`` value to sign for ``endpoint``: what an HTTP client sends
+    when it follows the URL, the host name (lowercase; IPv6 addresses
+    bracketed) and the port unless it is the scheme's default
+    (:func:`~nixeryd.storage.canonical.host_with_port`).
+
+    A client that downloads ``http://127.0.0.1:9023/b/o`` sends
+    ``Host: 127.0.0.1:9023``, and google-cloud-storage signs the port too;
+    a server that checks the signature against the request sees the same
+    host.  ``https://storage.googleapis.com:443`` signs
+    ``storage.googleapis.com``, as clients send it.  (Some of Google's
+    conformance vectors leave a non-default port out of the signed host; a
+    caller that needs that passes ``Host`` itself.)
     """
-    hostname = urlsplit(endpoint).hostname
-    if not hostname:
-        raise ValueError("the endpoint %r has no host" % (endpoint,))
-    return "[%s]" % (hostname,) if ":" in hostname else hostname
+    return host_with_port(endpoint)
 
 
 def _path_style_resource(bucket: str, object_name: str | None) -> str:
@@ -191,8 +152,30 @@ def _path_style_resource(bucket: str, object_name: str | None) -> str:
     """
     resource = "/" + bucket
     if object_name is not None:
-        resource += "/" + quote(object_name, safe="/~")
+        resource += "/" + uri_encode_path(object_name)
     return resource
+
+
+@frozen
+class UnsignedUrl:
+    """
+    A V4 URL before its signature: what a signer (a local key, or the IAM
+    Credentials ``signBlob`` API) signs, and the URL the signature ends.
+
+    :ivar url: the URL without ``X-Goog-Signature``.
+    :ivar canonical_request: the canonical request that was hashed.
+    :ivar string_to_sign: the text to sign with RSA PKCS#1 v1.5 and SHA-256.
+    """
+
+    url: str
+    canonical_request: str
+    string_to_sign: str
+
+    def signed(self, signature: bytes) -> SignedUrl:
+        """The URL carrying ``signature`` (raw bytes, written in hexadecimal)."""
+        return SignedUrl(url=self.url + "&X-Goog-Signature=" + signature.hex(),
+                         canonical_request=self.canonical_request,
+                         string_to_sign=self.string_to_sign)
 
 
 def sign_url_v4(key: ServiceAccountKey, *, bucket: str, object_name: str | None,
@@ -201,10 +184,30 @@ def sign_url_v4(key: ServiceAccountKey, *, bucket: str, object_name: str | None,
                 headers: HeaderInput | None = None,
                 query_parameters: Mapping[str, object] | None = None) -> SignedUrl:
     """
-    Sign a request for an object (or, with ``object_name=None``, for the
-    bucket itself).
+    Sign a request for an object with a local key (see
+    :func:`unsigned_url_v4` for the parameters).
 
     :param key: the service account whose key signs.
+    """
+    unsigned = unsigned_url_v4(
+        key.client_email, bucket=bucket, object_name=object_name, method=method,
+        expiration=expiration, timestamp=timestamp, endpoint=endpoint, headers=headers,
+        query_parameters=query_parameters)
+    return unsigned.signed(rsa_sha256_sign(key.private_key,
+                                           unsigned.string_to_sign.encode("ascii")))
+
+
+def unsigned_url_v4(client_email: str, *, bucket: str, object_name: str | None,
+                    method: str, expiration: int, timestamp: datetime,
+                    endpoint: str = DEFAULT_SIGNING_ENDPOINT,
+                    headers: HeaderInput | None = None,
+                    query_parameters: Mapping[str, object] | None = None) -> UnsignedUrl:
+    """
+    Prepare a request for an object (or, with ``object_name=None``, for
+    the bucket itself) for its signature.
+
+    :param client_email: the service account that signs, named in the
+        credential.
     :param method: the HTTP method the URL is valid for (``GET``, ``HEAD``,
         ``PUT``, ...); ``RESUMABLE`` signs ``POST`` with
         ``x-goog-resumable: start``, which starts a resumable upload.
@@ -214,7 +217,7 @@ def sign_url_v4(key: ServiceAccountKey, *, bucket: str, object_name: str | None,
     :param endpoint: ``scheme://host[:port]`` of the storage service; the
         URL is ``<endpoint>/<bucket>/<object>`` (path style).
     :param headers: headers the client must send with exactly these values;
-        ``Host`` is added (without the port) unless given.
+        ``Host`` is added (:func:`host_header_value`) unless given.
     :param query_parameters: extra query parameters the URL carries.
     :raises ValueError: for an out-of-range lifetime, a naive timestamp or
         an endpoint without a host.
@@ -227,7 +230,7 @@ def sign_url_v4(key: ServiceAccountKey, *, bucket: str, object_name: str | None,
     base = endpoint.rstrip("/")
     resource = _path_style_resource(bucket, object_name)
 
-    header_list = _header_pairs(headers)
+    header_list = header_pairs(headers)
     method = method.upper()
     if method == "RESUMABLE":
         method = "POST"
@@ -240,32 +243,22 @@ def sign_url_v4(key: ServiceAccountKey, *, bucket: str, object_name: str | None,
     query: dict[str, object] = dict(query_parameters or {})
     query.update({
         "X-Goog-Algorithm": ALGORITHM,
-        "X-Goog-Credential": key.client_email + "/" + scope,
+        "X-Goog-Credential": client_email + "/" + scope,
         "X-Goog-Date": request_time,
         "X-Goog-Expires": int(expiration),
         "X-Goog-SignedHeaders": signed_names,
     })
     query_string = canonical_query(query)
     payload = dict(signed).get("x-goog-content-sha256", "UNSIGNED-PAYLOAD")
-    canonical_request = "\n".join([
-        method,
-        resource,
-        query_string,
-        "".join("%s:%s\n" % (name, value) for name, value in signed),
-        signed_names,
-        payload,
-    ])
+    canonical = canonical_request(method, resource, query_string, signed, payload)
     string_to_sign = "\n".join([
         ALGORITHM,
         request_time,
         scope,
-        hashlib.sha256(canonical_request.encode("ascii")).hexdigest(),
+        hashlib.sha256(canonical.encode("ascii")).hexdigest(),
     ])
-    signature = rsa_sha256_sign(key.private_key, string_to_sign.encode("ascii")).hex()
-    return SignedUrl(
-        url=base + resource + "?" + query_string + "&X-Goog-Signature=" + signature,
-        canonical_request=canonical_request,
-        string_to_sign=string_to_sign)
+    return UnsignedUrl(url=base + resource + "?" + query_string,
+                       canonical_request=canonical, string_to_sign=string_to_sign)
 
 
 def _b64url(data: bytes) -> str:

@@ -4,9 +4,11 @@ Storage in a Google Cloud Storage bucket (object names in
 
 Registry clients download blobs from the bucket itself: :meth:`GCSStorage.blob`
 answers with a V4 signed URL, valid for a few minutes, to an object it has
-seen exist; the URL is reused while half its lifetime remains
-(:mod:`nixeryd.storage.gcs.urlcache`), so most redirects cost neither a
-request to the bucket nor a signature.  Everything else goes through the JSON API
+seen exist with the blob's MD5; a URL is handed out again while young
+enough (:class:`~nixeryd.storage.gcs.signers.SignedUrls`), and a blob seen
+intact within half a URL's lifetime is answered without asking the bucket
+again (:mod:`nixeryd.storage.gcs.recentblobs`), so most redirects cost
+neither a request nor a signature.  Everything else goes through the JSON API
 (:class:`~nixeryd.storage.gcs.bucket.BucketClient`) on the reactor, without
 blocking it: hashing, file reads and RSA signing run in the injected thread
 pool.
@@ -33,6 +35,14 @@ time for the collector's grace period and changes its metageneration (the
 builder stores a blob that exists only when it makes an image again that
 the caches had forgotten).  A layer the builder reuses gets the same
 refresh (:meth:`GCSStorage.refresh_blob`).
+
+Before a cache reuses a blob it is checked
+(:meth:`GCSStorage.check_blob`): the object's ``md5Hash`` against the MD5
+it was uploaded with (recorded in the cache documents, or known to this
+process), once per blob and process
+(:class:`~nixeryd.storage.checksums.ObjectChecksums`); a blob request
+compares the metadata it fetches anyway, and a damaged object is never
+redirected to (:mod:`nixeryd.storage.integrity`).
 """
 
 from __future__ import annotations
@@ -40,7 +50,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
 from typing import Any, Collection
 from urllib.parse import quote
 
@@ -56,16 +65,22 @@ from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown
 from nixeryd.core.httpbody import BodyTooLarge
 from nixeryd.core.threads import Runner
-from nixeryd.storage.gcs.auth import AccessTokenSource
+from nixeryd.core import defaults
+from nixeryd.storage.gcs.auth import AccessTokenSource, TokenSource
 from nixeryd.storage.gcs.bucket import DEFAULT_API_ENDPOINT, BucketClient, ObjectResource
+from nixeryd.storage.gcs.circuit import Circuit
+from nixeryd.storage.gcs.metadata import MetadataServer
+from nixeryd.storage.gcs.signers import IAMSigner, KeySigner, Signer, SignedUrls
 from nixeryd.storage.gcs.http import GCSError, PreconditionFailed
 from nixeryd.storage.gcs.index import BucketIndex
 from nixeryd.storage.gcs.objects import (
     BLOB_PREFIX, blob_digest, blob_object_name, document_key, document_object_name,
     document_prefix, file_size_and_md5, format_time, md5_base64, parse_time)
-from nixeryd.storage.gcs.signing import (
-    DEFAULT_SIGNING_ENDPOINT, ServiceAccountKey, sign_url_v4)
-from nixeryd.storage.gcs.urlcache import RedirectCache
+from nixeryd.storage.gcs.recentblobs import RecentBlobs
+from nixeryd.storage.gcs.retry import NO_OBSERVER, Retrier, RetryObserver
+from nixeryd.storage.gcs.signing import DEFAULT_SIGNING_ENDPOINT, ServiceAccountKey
+from nixeryd.storage.checksums import ObjectChecksums
+from nixeryd.storage.integrity import BlobCheck, BlobCorrupt
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
 from nixeryd.storage.naming import check_index_entry
@@ -73,6 +88,11 @@ from nixeryd.storage.ociindex import Descriptor, descriptor
 from nixeryd.storage.tempdirs import WriterDirectory, claim_swept, release
 
 DOCUMENT_LIMIT = 16 * 1024 * 1024
+#: Writes of a document tried, each over the generation the previous one
+#: found, before giving up (other writers keep replacing it).
+GUARDED_WRITE_TRIES = 5
+#: The object a URL is signed for at start-up, to find a signer that cannot sign.
+SIGNING_PROBE = "nixeryd/startup/signing-probe"
 #: Files up to this size are uploaded in one request, larger ones resumably.
 DEFAULT_SIMPLE_UPLOAD_LIMIT = 5 * 1024 * 1024
 
@@ -86,6 +106,12 @@ def modified_time(resource: ObjectResource) -> float:
 def object_version(resource: ObjectResource) -> str:
     """An object's generation and metageneration, which a removal is guarded by."""
     return "%s/%s" % (resource.get("generation", ""), resource.get("metageneration", ""))
+
+
+def _md5_of(resource: ObjectResource | None) -> str | None:
+    """An object's ``md5Hash``, if it has one (composite objects do not)."""
+    md5 = resource.get("md5Hash") if resource is not None else None
+    return md5 if isinstance(md5, str) else None
 
 
 def _read_file(path: str) -> bytes:
@@ -108,8 +134,10 @@ class GCSStorage:
     :param clock: the time signed URLs are valid from.
     :param runner: runs blocking work (hashing, file reads, signing).
     :param client: the JSON API on the bucket.
-    :param signing_key: the service-account key that signs blob URLs; with
-        ``None`` (emulators only) blob URLs are plain, unsigned ones.
+    :param signing_key: the service-account key that signs blob URLs
+        (unless ``signer`` is given); with neither, blob URLs are plain,
+        unsigned ones (emulators, public buckets).
+    :param signer: who signs blob URLs (:mod:`nixeryd.storage.gcs.signers`).
     :param signing_endpoint: the host signed URLs point to (defaults to the
         client's endpoint); path style, so emulators serve them too.
     :param spool_directory: where layer files wait for their upload, in
@@ -127,6 +155,7 @@ class GCSStorage:
 
     def __init__(self, clock: IReactorTime, runner: Runner, client: BucketClient, *,
                  signing_key: ServiceAccountKey | None,
+                 signer: Signer | None = None,
                  signing_endpoint: str | None = None,
                  spool_directory: str | None = None,
                  simple_upload_limit: int = DEFAULT_SIMPLE_UPLOAD_LIMIT,
@@ -135,7 +164,9 @@ class GCSStorage:
         self._runner = runner
         self.client = client
         self.bucket = client.bucket
-        self._signing_key = signing_key
+        if signer is None and signing_key is not None:
+            signer = KeySigner(signing_key, runner)
+        self._urls = None if signer is None else SignedUrls(signer, clock, url_lifetime)
         self._signing_endpoint = (signing_endpoint or client.endpoint).rstrip("/")
         self._writer: WriterDirectory | None = None
         #: Where every writer's directory is.
@@ -143,9 +174,9 @@ class GCSStorage:
             tempfile.gettempdir(), "nixeryd-spool"))
         self._spool = self._claim_spool(shared=spool_directory is None)
         self._simple_upload_limit = simple_upload_limit
-        self._url_lifetime = url_lifetime
-        self._redirects = RedirectCache(clock.seconds, url_lifetime)
+        self._recent = RecentBlobs(clock.seconds, url_lifetime / 2)
         self._index = BucketIndex(runner, client)
+        self._checksums = ObjectChecksums("md5")
 
     def _claim_spool(self, shared: bool) -> str:
         """This storage's directory in the spool; what dead writers left removed."""
@@ -172,6 +203,7 @@ class GCSStorage:
         same_size = int(existing.get("size", -1)) == size
         if same_size and existing.get("md5Hash") in (None, md5):
             await self._refresh(name)
+            self._written(name, md5)
             return False, ""
         self.log.warn("gs://{bucket}/{name} differs from its digest (size {stored}, "
                       "expected {size}); replacing it",
@@ -204,6 +236,7 @@ class GCSStorage:
                     await self.client.upload_bytes(name, data, md5, generation)
                 else:
                     await self.client.upload_file(name, path, size, md5, generation)
+                self._written(name, md5)
             except PreconditionFailed:
                 await self._check_concurrent_upload(name, size, md5)
         finally:
@@ -216,6 +249,7 @@ class GCSStorage:
         if needed:
             try:
                 await self.client.upload_bytes(name, data, md5, generation)
+                self._written(name, md5)
             except PreconditionFailed:
                 await self._check_concurrent_upload(name, len(data), md5)
 
@@ -225,6 +259,22 @@ class GCSStorage:
         if needed:
             raise GCSError("gs://%s/%s changed during the upload and does not match"
                            % (self.bucket, name))
+
+    def _written(self, name: str, md5: str) -> None:
+        """The object ``name`` holds its blob, whose MD5 is ``md5``."""
+        digest = blob_digest(name)
+        if digest is not None:
+            self._checksums.written(digest, frozenset({md5}))
+
+    async def _check_blob(self, digest: str, checksum: str | None) -> BlobCheck:
+        name = blob_object_name(digest)
+
+        async def look() -> tuple[bool, str | None]:
+            resource = await self.client.metadata(name)
+            return resource is not None, _md5_of(resource)
+
+        return await self._checksums.check(digest, checksum, look,
+                                           "gs://%s/%s" % (self.bucket, name))
 
     async def _has_blob(self, digest: str) -> bool:
         return await self.client.metadata(blob_object_name(digest)) is not None
@@ -248,14 +298,17 @@ class GCSStorage:
 
     async def _blob(self, digest: str) -> LocalBlob | RedirectBlob:
         name = blob_object_name(digest)
-        url = self._redirects.get(name)
-        if url is None:
-            if await self.client.metadata(name) is None:
-                raise BlobUnknown("blob unknown to registry", {"digest": digest})
-            signed_at = self._clock.seconds()
-            url = await self.signed_url(name)
-            self._redirects.put(name, url, signed_at)
-        return RedirectBlob(url=url, digest=digest)
+        resource = await self.client.metadata(name)
+        if resource is None:
+            self._checksums.forget(digest)
+            self._recent.forget(name)
+            raise BlobUnknown("blob unknown to registry", {"digest": digest})
+        if self._checksums.contradicts(digest, _md5_of(resource),
+                                       "gs://%s/%s" % (self.bucket, name)):
+            self._recent.forget(name)
+            raise BlobCorrupt("blob damaged in storage", {"digest": digest})
+        self._recent.saw(name)
+        return RedirectBlob(url=await self.signed_url(name), digest=digest)
 
     async def _read_small(self, digest: str, limit: int) -> bytes | None:
         try:
@@ -284,7 +337,34 @@ class GCSStorage:
             return data, md5_base64(data)
 
         data, md5 = await self._runner.run(serialise)
-        await self.client.upload_bytes(name, data, md5, content_type="application/json")
+        await self._write_guarded(name, data, md5, "application/json")
+
+    async def _write_guarded(self, name: str, data: bytes, md5: str,
+                             content_type: str) -> None:
+        """
+        Write an object that may exist, each write guarded by a generation
+        precondition so that it is safe to send again: first as a new
+        object, then over the generation found.  An object found with
+        this very content is kept (and refreshed, as a blob stored again).
+        """
+        generation = "0"
+        for _ in range(GUARDED_WRITE_TRIES):
+            try:
+                await self.client.upload_bytes(name, data, md5, generation,
+                                               content_type=content_type)
+                return
+            except PreconditionFailed:
+                existing = await self.client.metadata(name)
+            if existing is None:
+                generation = "0"
+            elif (existing.get("md5Hash") == md5
+                  and int(existing.get("size", -1)) == len(data)):
+                await self._refresh(name)
+                return
+            else:
+                generation = str(existing.get("generation", "0"))
+        raise GCSError("gs://%s/%s changed under every one of %d writes"
+                       % (self.bucket, name, GUARDED_WRITE_TRIES))
 
     # -- listing and removal ----------------------------------------------
 
@@ -315,26 +395,32 @@ class GCSStorage:
 
     async def signed_url(self, name: str, method: str = "GET") -> str:
         """
-        A URL to the object, valid for ``url_lifetime`` seconds; signed in
-        the thread pool when there is a key, plain otherwise.
+        A URL to the object, valid for ``url_lifetime`` seconds (one signed
+        recently enough is handed out again); plain without a signer.
         """
-        key = self._signing_key
-        if key is None:
-            return "%s/%s/%s" % (self._signing_endpoint, self.bucket,
-                                 quote(name, safe="/~"))
-        timestamp = datetime.fromtimestamp(self._clock.seconds(), timezone.utc)
-        signed = await self._runner.run(
-            lambda: sign_url_v4(key, bucket=self.bucket, object_name=name,
-                                method=method, expiration=self._url_lifetime,
-                                timestamp=timestamp, endpoint=self._signing_endpoint))
-        return signed.url
+        return await self._url(name, method)
+
+    def _url(self, name: str, method: str = "GET") -> Deferred[str]:
+        """:meth:`signed_url`, already fired when the URL is at hand."""
+        if self._urls is None:
+            return succeed("%s/%s/%s" % (self._signing_endpoint, self.bucket,
+                                         quote(name, safe="/~")))
+        return self._urls.url(bucket=self.bucket, object_name=name, method=method,
+                              endpoint=self._signing_endpoint)
 
     def check_bucket(self) -> Deferred[None]:
         """
-        Make sure the bucket exists and the credentials may use it; fails
-        with :class:`GCSError` and an explanation otherwise.
+        Make sure the bucket exists, the credentials may use it and blob
+        URLs can be signed (through IAM, the account may sign); fails with
+        :class:`GCSError` and an explanation otherwise.
         """
-        return Deferred.fromCoroutine(self.client.check_bucket())
+        return Deferred.fromCoroutine(self._check_bucket())
+
+    async def _check_bucket(self) -> None:
+        await self.client.check_bucket()
+        if self._urls is not None:
+            await self._urls.url(bucket=self.bucket, object_name=SIGNING_PROBE,
+                                 method="GET", endpoint=self._signing_endpoint)
 
     # -- IStorage ---------------------------------------------------------
 
@@ -347,6 +433,13 @@ class GCSStorage:
     def refresh_blob(self, digest: str) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._refresh_blob(digest))
 
+    def check_blob(self, digest: str, checksum: str | None = None) -> Deferred[BlobCheck]:
+        try:
+            blob_object_name(digest)
+        except Exception:
+            return fail()
+        return Deferred.fromCoroutine(self._check_blob(digest, checksum))
+
     def store_blob_file(self, path: str, digest: str) -> Deferred[None]:
         return Deferred.fromCoroutine(self._store_file(path, digest))
 
@@ -355,12 +448,14 @@ class GCSStorage:
 
     def blob(self, digest: str) -> Deferred[LocalBlob | RedirectBlob]:
         try:
-            url = self._redirects.get(blob_object_name(digest))
+            name = blob_object_name(digest)
         except Exception:
-            url = None  # an invalid digest: refused by the coroutine
-        if url is not None:
-            # A fresh URL of a blob known to exist: answered without a coroutine.
-            return succeed(RedirectBlob(url=url, digest=digest))
+            name = None  # an invalid digest: refused by the coroutine
+        if name is not None and self._recent.fresh(name):
+            # Seen intact a moment ago: no metadata request, and no coroutine.
+            redirect: Deferred[LocalBlob | RedirectBlob] = self._url(name).addCallback(
+                lambda url: RedirectBlob(url=url, digest=digest))
+            return redirect
         return Deferred.fromCoroutine(self._blob(digest))
 
     def read_small_blob(self, digest: str, limit: int) -> Deferred[bytes | None]:
@@ -395,7 +490,7 @@ class GCSStorage:
             name = blob_object_name(digest)
         except Exception:
             return fail()
-        self._redirects.forget(name)
+        self._recent.forget(name)
         return Deferred.fromCoroutine(self._remove(name, version))
 
     def list_documents(self, namespace: str) -> Deferred[list[StoredDocument]]:
@@ -423,39 +518,68 @@ def build_gcs_storage(
         reactor: IReactorTCP, runner: Runner, bucket: str, key: ServiceAccountKey | None,
         endpoint: str | None = None, *, signing_endpoint: str | None = None,
         spool_directory: str | None = None,
-        persistent_connections: bool | None = None) -> GCSStorage:
+        persistent_connections: bool | None = None,
+        public: bool = False, metadata_host: str | None = None,
+        signing_account: str | None = None,
+        iam_endpoint: str = defaults.GCS_IAM_ENDPOINT,
+        retry_observer: RetryObserver = NO_OBSERVER,
+        circuit: Circuit | None = None) -> GCSStorage:
     """
-    The GCS storage for a loaded service-account ``key`` (``None`` only
-    with an emulator ``endpoint``), not yet checked: call
-    :meth:`GCSStorage.check_bucket` before relying on it, and
-    :meth:`GCSStorage.close` when done.
+    The GCS storage with the credentials Google's libraries would find,
+    not yet checked: call :meth:`GCSStorage.check_bucket` before relying on
+    it (it obtains the first token), and :meth:`GCSStorage.close` when done.
+
+    * With a service-account ``key``: its tokens (real Cloud Storage), and
+      it signs blob URLs.
+    * Without, on real Cloud Storage (or wherever ``metadata_host`` is
+      given): tokens from the metadata server, and blob URLs signed through
+      IAM ``signBlob`` for ``signing_account`` (by default the metadata
+      server's default account).
+    * Without, on an emulator: anonymous requests, plain blob URLs.
 
     :param reactor: connects to Cloud Storage; also its clock.
     :param endpoint: an emulator's ``http://host:port``; ``None`` for real
-        Cloud Storage, which is then used with access tokens from ``key``.
+        Cloud Storage.
     :param signing_endpoint: the host signed blob URLs point to, when it
         differs from ``endpoint``.
     :param spool_directory: where layer files wait for their upload.
     :param persistent_connections: keep connections open between requests;
         by default on for Cloud Storage, off for emulators (some close the
         connection after each answer without announcing it).
-    :raises GCSError: when real Cloud Storage is asked for without a key.
+    :param public: blob URLs are plain, unsigned ones (a public bucket).
+    :param metadata_host: the metadata server's ``host[:port]``; given, it
+        is used even with an emulator.
+    :param signing_account: the account that signs through IAM.
+    :param iam_endpoint: the IAM Credentials API.
+    :param retry_observer: told of each retry (the daemon's metrics).
+    :param circuit: the outage circuit of every request (bucket, tokens
+        and IAM signing alike; not the metadata server, which keeps its
+        own short retries); a new one with the defaults when not given.
     """
-    if key is None and endpoint is None:
-        raise GCSError("GCS storage needs a service account key file: set "
-                       "GOOGLE_APPLICATION_CREDENTIALS to its path")
     if persistent_connections is None:
         persistent_connections = endpoint is None
     clock = IReactorTime(reactor)
     pool = HTTPConnectionPool(  # type: ignore[no-untyped-call]
         reactor, persistent=persistent_connections)
     http = HTTPClient(Agent(reactor, pool=pool))  # type: ignore[no-untyped-call]
-    tokens = None
-    if endpoint is None and key is not None:
-        tokens = AccessTokenSource(clock, runner, key, http)
+    retrier = Retrier(clock, observer=retry_observer,
+                      circuit=circuit if circuit is not None else Circuit(
+                          clock, target="gs://" + bucket))
+    tokens: TokenSource | None = None
+    signer: Signer | None = None
+    if key is not None:
+        if endpoint is None:
+            tokens = AccessTokenSource(clock, runner, key, http, retrier=retrier)
+        signer = KeySigner(key, runner)
+    elif endpoint is None or metadata_host is not None:
+        metadata = MetadataServer(clock, http, metadata_host or defaults.GCE_METADATA_HOST)
+        tokens = metadata
+        signer = IAMSigner(clock, http, metadata, signing_account or metadata.email,
+                           iam_endpoint, retrier=retrier)
     client = BucketClient(clock, runner, http, pool, bucket,
-                          endpoint=endpoint or DEFAULT_API_ENDPOINT, token_source=tokens)
+                          endpoint=endpoint or DEFAULT_API_ENDPOINT, token_source=tokens,
+                          retrier=retrier)
     return GCSStorage(
-        clock, runner, client, signing_key=key,
+        clock, runner, client, signing_key=None, signer=None if public else signer,
         signing_endpoint=signing_endpoint or endpoint or DEFAULT_SIGNING_ENDPOINT,
         spool_directory=spool_directory)

@@ -1,0 +1,106 @@
+"""
+Secrets stay out of the logs: :func:`nixeryd.core.text.without_secrets`,
+and both log observers, which pass every line through it whatever field or
+message carries the secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+from twisted.logger import LogLevel
+from twisted.trial.unittest import SynchronousTestCase
+
+from nixeryd.app.logs import JSONLinesObserver, TextLinesObserver
+from nixeryd.core.text import without_secrets
+
+PASSWORD = "Wonderland-7f3a"
+BASIC = base64.b64encode(("alice:" + PASSWORD).encode()).decode()
+JWT = ("eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSJ9."
+       "4L9v9M1gKK3gdlvAX6mRIedsROsdTOT6QOO2evFRUEiD8I3ow7govC36")
+SIGNED = ("https://storage.googleapis.com/bucket/blobs/sha256/ab?X-Goog-Algorithm="
+          "GOOG4-RSA-SHA256&X-Goog-Credential=svc%40proj.iam.gserviceaccount.com%2F20260101"
+          "&X-Goog-Date=20260101T000000Z&X-Goog-Expires=600&X-Goog-SignedHeaders=host"
+          "&X-Goog-Signature=0123456789abcdef0123456789abcdef")
+
+#: Texts with a secret, and the secret.
+CASES = [
+    ("Authorization: Basic " + BASIC, BASIC),
+    ("authorization: bearer " + JWT, JWT),
+    ("token " + JWT + " given", JWT),
+    ("redirect to " + SIGNED, "0123456789abcdef0123456789abcdef"),
+    ("redirect to " + SIGNED, "svc%40proj"),
+    ("POST /token grant_type=password&username=alice&password=" + PASSWORD, PASSWORD),
+    ("GET /x?access_token=" + PASSWORD + "&y=1", PASSWORD),
+    ("git https://alice:" + PASSWORD + "@example.org/pkgs.git", PASSWORD),
+]
+
+
+class WithoutSecretsTests(SynchronousTestCase):
+    """:func:`without_secrets`."""
+
+    def test_secrets_hidden(self) -> None:
+        for text, secret in CASES:
+            self.assertNotIn(secret, without_secrets(text), text)
+
+    def test_what_stays(self) -> None:
+        """What says what happened stays: names, paths, digests, the kind of credential."""
+        self.assertEqual(without_secrets("Authorization: Basic " + BASIC),
+                         "Authorization: Basic (hidden)")
+        self.assertIn("X-Goog-Date=20260101T000000Z", without_secrets(SIGNED))
+        self.assertIn("storage.googleapis.com/bucket/blobs/sha256/ab", without_secrets(SIGNED))
+        plain = ("127.0.0.1 GET /v2/shell/git/blobs/sha256:" + "a" * 64 + " 200 1234 0.01"
+                 " the user bob may not pull secret: basic rules; HTTPS, Basic authentication"
+                 " (users of /etc/nixeryd/htpasswd), Bearer Authentication, bearer tokens")
+        self.assertEqual(without_secrets(plain), plain)
+
+
+class ObserverTests(SynchronousTestCase):
+    """Both observers write no secret, whether in the message or in a field."""
+
+    def events(self) -> list[dict[str, object]]:
+        return [{"log_format": "Failed: {detail}", "detail": text, "other": text,
+                 "log_level": LogLevel.warn, "log_namespace": "test", "log_time": 0.0}
+                for text, _ in CASES]
+
+    def test_json(self) -> None:
+        stream = io.StringIO()
+        observer = JSONLinesObserver(stream)
+        for event in self.events():
+            observer(event)
+        written = stream.getvalue()
+        for _, secret in CASES:
+            self.assertNotIn(secret, written)
+        for line in written.splitlines():
+            json.loads(line)
+
+    def test_json_stays_json(self) -> None:
+        """
+        A secret followed by a quote or holding a backslash (a request's
+        path is the client's to choose) is hidden, and every line stays
+        one JSON object with the fields it had.
+        """
+        stream = io.StringIO()
+        observer = JSONLinesObserver(stream)
+        paths = ['/v2/?token=ab"x', '/v2/token=ab\\"user":"admin', "/x?password=se\\cret&y=1"]
+        for path in paths:
+            observer({"log_format": "GET {path}", "path": path, "user": None,
+                      "log_level": LogLevel.info, "log_namespace": "test", "log_time": 0.0})
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        self.assertEqual(len(lines), len(paths))
+        for line in lines:
+            self.assertIsNone(line["user"])
+            self.assertIn("(hidden)", line["path"])
+            self.assertEqual(line["log_text"], "GET " + line["path"])
+        for secret in ("ab", "se\\cret", "cret"):
+            self.assertNotIn(secret, stream.getvalue())
+
+    def test_text(self) -> None:
+        stream = io.StringIO()
+        observer = TextLinesObserver(stream)
+        for event in self.events():
+            observer(event)
+        for _, secret in CASES:
+            self.assertNotIn(secret, stream.getvalue())
