@@ -20,6 +20,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -29,6 +31,7 @@ import treq
 
 from nixeryd.core.documents import RedirectBlob
 from nixeryd.core.errors import BlobUnknown
+from nixeryd.storage.gcs.recentblobs import RecentBlobs
 from nixeryd.storage.gcs import GCSError, GCSStorage, build_gcs_storage, load_service_account_key
 from nixeryd.storage.gcs.objects import blob_object_name, md5_base64
 from nixeryd.storage.gcs.signing import ServiceAccountKey
@@ -226,22 +229,43 @@ class GCSEmulatorTests(EmulatorTestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(await response.content(), data)
 
-    async def test_redirect_reused(self) -> None:
+    async def test_blob_requests_share_metadata(self) -> None:
         """
-        A blob seen intact a moment ago is answered again, with the same
-        signed URL, without asking the bucket (the object, deleted behind
-        the storage's back, is still answered from memory); removing the
-        blob through the storage forgets it, and the next answer asks the
-        bucket again.
+        Requests for one blob at once share one metadata request and get
+        the same signed URL; within the window after it, the blob is
+        answered again without asking (an object deleted behind the
+        storage's back is still answered), after the window the bucket is
+        asked again; removing the blob through the storage forgets it.
         """
+        clock = Clock()
+        self.storage._recent = RecentBlobs(clock.seconds, window=0.05)
         data = os.urandom(1000)
         digest = digest_of(data)
+        name = blob_object_name(digest)
         await self.storage.store_blob_bytes(data, digest)
-        first = await self.storage.blob(digest)
-        await self.storage.client.delete(blob_object_name(digest))
-        again = await self.storage.blob(digest)
-        self.assertEqual(again, first)
-        await self.storage.store_blob_bytes(data, digest)
+        asked: list[str] = []
+        metadata = self.storage.client.metadata
+
+        def counted(name: str) -> Any:
+            asked.append(name)
+            return metadata(name)
+
+        self.storage.client.metadata = counted  # type: ignore[method-assign]
+        answers = await gatherResults([self.storage.blob(digest) for _ in range(5)])
+        self.assertEqual(asked, [name])
+        self.assertEqual(len(set(answers)), 1)
+
+        await self.storage.client.delete(name)
+        clock.advance(0.04)
+        self.assertEqual(await self.storage.blob(digest), answers[0])
+        self.assertEqual(len(asked), 1)
+        clock.advance(0.01)
+        with self.assertRaises(BlobUnknown):
+            await self.storage.blob(digest)
+        self.assertEqual(len(asked), 2)
+
+        await self.emulator.put(name, data)
+        await self.storage.blob(digest)
         [stored] = await self.storage.list_blobs()
         self.assertTrue(await self.storage.remove_blob(digest, stored.version))
         with self.assertRaises(BlobUnknown):

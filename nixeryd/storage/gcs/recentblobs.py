@@ -3,16 +3,17 @@ Blobs seen intact in the bucket a moment ago: :class:`RecentBlobs`.
 
 A blob request on Cloud Storage is answered with a redirect to a signed
 URL, after a metadata request that shows the object exists and still has
-the blob's MD5 (:mod:`nixeryd.storage.checksums`).  That request costs a
-round trip to the bucket per blob request, which limits redirects to a few
-hundred a second; the signed URL itself is reused
-(:class:`~nixeryd.storage.gcs.signers.SignedUrls`).  So a blob whose
-object was seen intact within the last ``window`` seconds is answered
-again without asking: an object removed or damaged behind the registry's
-back is noticed by the first request after the window, at most ``window``
-seconds late (the daemon's window is half a signed URL's lifetime).  The
-garbage collector removes a blob only hours after the last manifest that
-named it, and removing it through the storage forgets it here at once.
+the blob's MD5 (:mod:`nixeryd.storage.checksums`), so that a damaged
+object is not handed to a client.  That request costs a round trip to the
+bucket; requests for one blob at once share the one on its way, but a
+busy blob still costs a request per round trip and its requests wait for
+it.  Many clients pulling one image ask for the same blobs within moments
+of each other, so a blob whose object was seen intact within the last
+:data:`WINDOW` seconds is answered again without asking: a busy blob costs
+at most ``1 / WINDOW`` metadata requests a second, and an object damaged
+or removed behind the registry's back is noticed at most :data:`WINDOW`
+seconds late (a few round trips: less than any client takes to start a
+pull).  Removing a blob through the storage forgets it at once.
 
 Bounded (the least recently used entries go first); pure bookkeeping on
 the reactor thread.
@@ -27,6 +28,9 @@ from nixeryd.service.lru import LRU
 #: Blobs remembered at most.
 DEFAULT_ENTRIES = 10000
 
+#: Seconds a sighting of an intact object is trusted.
+WINDOW = 0.05
+
 
 class RecentBlobs:
     """
@@ -37,7 +41,7 @@ class RecentBlobs:
     :param entries: how many objects are remembered at most.
     """
 
-    def __init__(self, now: Callable[[], float], window: float,
+    def __init__(self, now: Callable[[], float], window: float = WINDOW,
                  entries: int = DEFAULT_ENTRIES) -> None:
         self._now = now
         self._window = window

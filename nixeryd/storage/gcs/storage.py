@@ -4,11 +4,11 @@ Storage in a Google Cloud Storage bucket (object names in
 
 Registry clients download blobs from the bucket itself: :meth:`GCSStorage.blob`
 answers with a V4 signed URL, valid for a few minutes, to an object it has
-seen exist with the blob's MD5; a URL is handed out again while young
-enough (:class:`~nixeryd.storage.gcs.signers.SignedUrls`), and a blob seen
-intact within half a URL's lifetime is answered without asking the bucket
-again (:mod:`nixeryd.storage.gcs.recentblobs`), so most redirects cost
-neither a request nor a signature.  Everything else goes through the JSON API
+just seen exist; requests for one blob at once share the metadata request
+on its way, and a blob seen intact within the last 50 ms is answered again
+without one (:mod:`nixeryd.storage.gcs.recentblobs`), so a busy blob costs
+a few requests a second, not one per client.  Everything else goes through
+the JSON API
 (:class:`~nixeryd.storage.gcs.bucket.BucketClient`) on the reactor, without
 blocking it: hashing, file reads and RSA signing run in the injected thread
 pool.
@@ -53,7 +53,7 @@ import tempfile
 from typing import Any, Collection
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -64,6 +64,7 @@ from treq.client import HTTPClient
 from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown
 from nixeryd.core.httpbody import BodyTooLarge
+from nixeryd.core.sharedwork import SharedWork
 from nixeryd.core.threads import Runner
 from nixeryd.core import defaults
 from nixeryd.storage.gcs.auth import AccessTokenSource, TokenSource
@@ -174,9 +175,11 @@ class GCSStorage:
             tempfile.gettempdir(), "nixeryd-spool"))
         self._spool = self._claim_spool(shared=spool_directory is None)
         self._simple_upload_limit = simple_upload_limit
-        self._recent = RecentBlobs(clock.seconds, url_lifetime / 2)
         self._index = BucketIndex(runner, client)
         self._checksums = ObjectChecksums("md5")
+        #: Blob requests' metadata requests in flight, by object name.
+        self._blob_lookups: SharedWork[str, ObjectResource | None] = SharedWork()
+        self._recent = RecentBlobs(clock.seconds)
 
     def _claim_spool(self, shared: bool) -> str:
         """This storage's directory in the spool; what dead writers left removed."""
@@ -298,16 +301,21 @@ class GCSStorage:
 
     async def _blob(self, digest: str) -> LocalBlob | RedirectBlob:
         name = blob_object_name(digest)
-        resource = await self.client.metadata(name)
-        if resource is None:
-            self._checksums.forget(digest)
-            self._recent.forget(name)
-            raise BlobUnknown("blob unknown to registry", {"digest": digest})
-        if self._checksums.contradicts(digest, _md5_of(resource),
-                                       "gs://%s/%s" % (self.bucket, name)):
-            self._recent.forget(name)
-            raise BlobCorrupt("blob damaged in storage", {"digest": digest})
-        self._recent.saw(name)
+        # Requests for one blob at once (many clients pulling one image)
+        # share the metadata request on its way: its answer is at most one
+        # round trip older than any of them.
+        if not self._recent.fresh(name):
+            resource = await self._blob_lookups.wait(
+                name, lambda: Deferred.fromCoroutine(self.client.metadata(name)))
+            if resource is None:
+                self._checksums.forget(digest)
+                self._recent.forget(name)
+                raise BlobUnknown("blob unknown to registry", {"digest": digest})
+            if self._checksums.contradicts(digest, _md5_of(resource),
+                                           "gs://%s/%s" % (self.bucket, name)):
+                self._recent.forget(name)
+                raise BlobCorrupt("blob damaged in storage", {"digest": digest})
+            self._recent.saw(name)
         return RedirectBlob(url=await self.signed_url(name), digest=digest)
 
     async def _read_small(self, digest: str, limit: int) -> bytes | None:
@@ -398,15 +406,11 @@ class GCSStorage:
         A URL to the object, valid for ``url_lifetime`` seconds (one signed
         recently enough is handed out again); plain without a signer.
         """
-        return await self._url(name, method)
-
-    def _url(self, name: str, method: str = "GET") -> Deferred[str]:
-        """:meth:`signed_url`, already fired when the URL is at hand."""
         if self._urls is None:
-            return succeed("%s/%s/%s" % (self._signing_endpoint, self.bucket,
-                                         quote(name, safe="/~")))
-        return self._urls.url(bucket=self.bucket, object_name=name, method=method,
-                              endpoint=self._signing_endpoint)
+            return "%s/%s/%s" % (self._signing_endpoint, self.bucket,
+                                 quote(name, safe="/~"))
+        return await self._urls.url(bucket=self.bucket, object_name=name, method=method,
+                                    endpoint=self._signing_endpoint)
 
     def check_bucket(self) -> Deferred[None]:
         """
@@ -447,15 +451,6 @@ class GCSStorage:
         return Deferred.fromCoroutine(self._store_bytes(data, digest))
 
     def blob(self, digest: str) -> Deferred[LocalBlob | RedirectBlob]:
-        try:
-            name = blob_object_name(digest)
-        except Exception:
-            name = None  # an invalid digest: refused by the coroutine
-        if name is not None and self._recent.fresh(name):
-            # Seen intact a moment ago: no metadata request, and no coroutine.
-            redirect: Deferred[LocalBlob | RedirectBlob] = self._url(name).addCallback(
-                lambda url: RedirectBlob(url=url, digest=digest))
-            return redirect
         return Deferred.fromCoroutine(self._blob(digest))
 
     def read_small_blob(self, digest: str, limit: int) -> Deferred[bytes | None]:
