@@ -179,7 +179,7 @@ in
     s3AddressingStyle = mkOption {
       type = types.nullOr (types.enum [ "path" "virtual" ]);
       default = null;
-      description = "path or virtual (S3_ADDRESSING_STYLE; virtual on AWS, path with s3Endpoint by default).";
+      description = "path or virtual (S3_ADDRESSING_STYLE; virtual on AWS for a bucket name without dots, capitals or underscores, path otherwise and with s3Endpoint by default).";
     };
 
     s3UrlLifetime = mkOption {

@@ -135,12 +135,15 @@ async def _wait_ready(clock: IReactorTime, endpoint: str, protocol: _EmulatorPro
 
 
 async def start_rclone(reactor: IReactorProcess, workdir: str, bucket: str = "nixeryd-test",
-                       *, root: str | None = None, auth: bool = True) -> RcloneS3:
+                       *, root: str | None = None, auth: bool = True,
+                       virtual_hosts: bool = False) -> RcloneS3:
     """
     Start ``rclone serve s3`` on a free loopback port with its buckets in
     ``root`` (by default ``<workdir>/data``, with ``bucket`` made in it),
     accepting only :data:`ACCESS_KEY` and :data:`SECRET_KEY`; with
-    ``auth=False`` it serves anyone (a public bucket).  The caller must
+    ``auth=False`` it serves anyone (a public bucket); with
+    ``virtual_hosts`` it takes the bucket from the ``Host`` header's first
+    label (virtual-hosted style) instead of the path.  The caller must
     :meth:`RcloneS3.stop` it.
     """
     if RCLONE is None:
@@ -153,6 +156,8 @@ async def start_rclone(reactor: IReactorProcess, workdir: str, bucket: str = "ni
             "--config", os.path.join(workdir, "rclone.conf"), root]
     if auth:
         argv[3:3] = ["--auth-key", "%s,%s" % (ACCESS_KEY, SECRET_KEY)]
+    if virtual_hosts:
+        argv[3:3] = ["--force-path-style=false"]
     protocol = _EmulatorProtocol()
     environment = {"PATH": os.environ.get("PATH", ""), "HOME": workdir}
     process = reactor.spawnProcess(protocol, RCLONE, argv, env=environment, path=workdir)

@@ -224,6 +224,21 @@ class S3ConfigTests(SynchronousTestCase):
                           config.s3.public_url),
                          ("virtual", 60, "https://cdn.example/images"))
 
+    def test_bucket_names_that_are_not_one_label_are_path_style(self) -> None:
+        """
+        On AWS a bucket name with dots, capitals or underscores is addressed
+        path style (a virtual host would not match the certificate of
+        ``*.s3.<region>.amazonaws.com``), as AWS's SDKs do, unless told.
+        """
+        for bucket in ("images.example.com", "Legacy_Images"):
+            config = build(NIXERY_STORAGE_BACKEND="s3", S3_BUCKET=bucket)
+            assert config.s3 is not None
+            self.assertEqual(config.s3.addressing_style, "path", bucket)
+        config = build(NIXERY_STORAGE_BACKEND="s3", S3_BUCKET="images.example.com",
+                       S3_ADDRESSING_STYLE="virtual")
+        assert config.s3 is not None
+        self.assertEqual(config.s3.addressing_style, "virtual")
+
     def test_region_from_aws_variables(self) -> None:
         """S3_REGION, else AWS_REGION, else AWS_DEFAULT_REGION."""
         for environ, region in (({"AWS_DEFAULT_REGION": "ap-south-1"}, "ap-south-1"),
@@ -238,6 +253,10 @@ class S3ConfigTests(SynchronousTestCase):
         """A missing bucket, a bad style, endpoint, lifetime or half a key are usage errors."""
         for environ, expected in (
                 ({}, "s3 storage needs a bucket: set S3_BUCKET (or --s3-bucket)"),
+                ({"S3_BUCKET": "images/old"},
+                 "S3_BUCKET/--s3-bucket: 'images/old' is not a bucket name"),
+                ({"S3_BUCKET": "my bucket"},
+                 "S3_BUCKET/--s3-bucket: 'my bucket' is not a bucket name"),
                 ({"S3_BUCKET": "b", "S3_ADDRESSING_STYLE": "dns"},
                  "S3_ADDRESSING_STYLE/--s3-addressing-style (path or virtual): 'dns' is out"),
                 ({"S3_BUCKET": "b", "S3_ENDPOINT": "127.0.0.1:9000"},

@@ -44,7 +44,7 @@ class FailedPullsEndToEnd(DaemonTestCase):
         self.assertNotEqual(result.returncode, 0, result.stdout)
         return result.stderr
 
-    def assert_shown(self, stderr: str, package: str, reason: str) -> str:
+    def assert_shown(self, stderr: str, package: str, reason: str | re.Pattern[str]) -> str:
         """
         The client's stderr shows the registry's message: the package, the
         reason and the page of a build the daemon ran for this package.
@@ -53,7 +53,10 @@ class FailedPullsEndToEnd(DaemonTestCase):
         """
         self.assertIn("manifest unknown: ", stderr)
         self.assertIn(package, stderr)
-        self.assertIn(reason, stderr)
+        if isinstance(reason, str):
+            self.assertIn(reason, stderr)
+        else:
+            self.assertRegex(stderr, reason)
         match = _BUILD_PAGE.search(stderr)
         assert match is not None, stderr
         self.assertEqual(int(match.group(1)), self.registry.port)
@@ -64,7 +67,7 @@ class FailedPullsEndToEnd(DaemonTestCase):
         self.assertTrue(self.registry.events_with(build=build_id))
         return build_id
 
-    def assert_both_clients(self, package: str, reason: str, *,
+    def assert_both_clients(self, package: str, reason: str | re.Pattern[str], *,
                             remembered: bool = True) -> None:
         """
         skopeo and podman both show it: a permanent failure is remembered,
@@ -97,10 +100,16 @@ class FailedPullsEndToEnd(DaemonTestCase):
             " refusing to evaluate")
 
     def test_timeout(self) -> None:
-        """A build past NIX_TIMEOUT: the step, the limit and the setting."""
+        """
+        A build past NIX_TIMEOUT: the step, the limit and the setting.  On a
+        busy machine the image's other packages may still be building when
+        the limit passes, and the message then names them too.
+        """
         self.assert_both_clients(
-            "slow", "the build of package slow timed out after %d seconds"
-            " (NIX_TIMEOUT sets the limit)" % (NIX_TIMEOUT,), remembered=False)
+            "slow", re.compile(
+                r"the build of (package slow|packages ([\w.-]+, )*slow) in image slow timed out"
+                r" after %d seconds \(NIX_TIMEOUT sets the limit\)" % (NIX_TIMEOUT,)),
+            remembered=False)
 
     def test_head_like_get(self) -> None:
         """HEAD of a failing image answers GET's status and headers, without a body."""

@@ -38,6 +38,13 @@ class AcceptedTypesTests(SynchronousTestCase):
             accepted_types([b"A/B ;q=0.5, c/d", b"  E/F;x=y"]),
             {b"a/b", b"c/d", b"e/f"})
 
+    def test_zero_weight(self) -> None:
+        """A type weighted ``q=0`` is not acceptable: left out; other weights kept."""
+        self.assertEqual(
+            accepted_types([b"a/b;q=0, c/d; Q=0.000, e/f;q=0.001, g/h;q=1",
+                            b"i/j ; level=1 ; q = 0.0"]),
+            {b"e/f", b"g/h"})
+
     def test_empty_items(self) -> None:
         """Empty items between commas are ignored."""
         self.assertEqual(accepted_types([b",, a/b ,"]), {b"a/b"})

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Any, Callable, ParamSpec, Sequence, TypeVar
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import provider
 
 import nixeryd.build.nix
@@ -542,6 +543,34 @@ class BuildEndToEnd(TestCase):
             "package native in image arm64/native cannot be built for aarch64-linux: this"
             " registry builds for x86_64-linux only; "), error.message)
         self.assertEqual((error.package, error.status), ("native", 404))
+
+    async def test_aarch64_remote_builder_down(self) -> None:
+        """
+        With a remote builder for aarch64-linux that refuses connections
+        (a closed port on loopback), the build is unavailable now, to be
+        tried again: not a failure of the package, not the advice to add
+        a builder.
+        """
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", 22)) == 0:
+                raise SkipTest("something listens on 127.0.0.1:22")
+        nix = NixRunner(reactor, runner=InlineRunner(), nix_dir=default_nix_dir(),
+                        timeout=60, env=nix_environment(self),
+                        options=NIX_OPTIONS + (
+                            ("builders", "ssh://nobody@127.0.0.1 aarch64-linux"),))
+        resolution = await nix.resolve(path_source(fresh_package_set(self)), ["native"], (),
+                                       "aarch64-linux", image="arm64/native")
+        try:
+            await nix.build(resolution, image="arm64/native")
+        except Unavailable as e:
+            error = e
+        else:
+            self.fail("built a derivation for aarch64-linux, or failed otherwise")
+        self.assertTrue(error.message.startswith(
+            "no remote builder for aarch64-linux could be used now (cannot build on"
+            " 'ssh://127.0.0.1': "), error.message)
+        self.assertTrue(error.message.endswith("; try again later"), error.message)
+        self.assertEqual((error.status, error.retry_after), (503, 10))
 
     async def test_closure_decoded_by_the_runner(self) -> None:
         """The closure report is decoded through the runner, off the reactor thread."""

@@ -283,6 +283,44 @@ class UnavailableTests(SynchronousTestCase):
                 self.assertEqual(error.message, "the registry is out of disk space for"
                                  " Nix builds; try again later")
 
+    def test_remote_builder_down(self) -> None:
+        """
+        A remote builder for the platform that cannot be used now (Nix
+        2.8's output with a builder whose port refuses connections) is
+        transient, whatever ssh said; never the advice to add a builder.
+        """
+        native = "/nix/store/d3plp0jyh2x9mjbms53q1v8sbzffsz42-native-1.0.drv"
+        wrong_system = ("error: a 'aarch64-linux' with features {} is required to build"
+                        " '%s', but I am a 'x86_64-linux' with features {benchmark}"
+                        % (native,))
+        for reason in ("ssh: connect to host 127.0.0.1 port 22: Connection refused",
+                       "ssh: connect to host builder.example port 22: Connection timed out"):
+            with self.subTest(reason=reason):
+                error = nix_unavailable(failed(
+                    "cannot build on 'ssh://nobody@127.0.0.1': error: cannot connect to"
+                    " 'nobody@127.0.0.1': " + reason,
+                    "Failed to find a machine for remote build!",
+                    "derivation: d3plp0jyh2x9mjbms53q1v8sbzffsz42-native-1.0.drv",
+                    "required (system, features): (aarch64-linux, )",
+                    "1 available machines:",
+                    "(systems, maxjobs, supportedFeatures, mandatoryFeatures)",
+                    "(aarch64-linux, 1, , )",
+                    wrong_system))
+                assert error is not None
+                self.assertEqual((error.status, error.code, error.retry_after),
+                                 (503, "UNAVAILABLE", 10))
+                self.assertEqual(
+                    error.message,
+                    "no remote builder for aarch64-linux could be used now (cannot build"
+                    " on 'ssh://127.0.0.1': error: cannot connect to"
+                    " 'nobody@127.0.0.1': %s); try again later" % (reason,))
+        # No builder tried: the advice to add one stands (a permanent failure).
+        self.assertIsNone(nix_unavailable(failed(wrong_system)))
+        # A builder down, but another built the package and its builder failed.
+        self.assertIsNone(nix_unavailable(failed(
+            "cannot build on 'ssh://a.example': error: cannot connect to 'a.example'",
+            "error: builder for '%s' failed with exit code 1" % (native,))))
+
     def test_other_failures(self) -> None:
         """A build failure, or a builder exiting 127, is not unavailability."""
         self.assertIsNone(nix_unavailable(failed(

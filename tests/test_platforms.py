@@ -170,6 +170,11 @@ class IndexNegotiationTests(SynchronousTestCase):
             (CONTAINERD_ACCEPT, self.index.docker),
             ([OCI_MANIFEST.encode(), OCI_INDEX.encode()], self.index.oci),
             ([OCI_INDEX.encode() + b", " + DOCKER_MANIFEST.encode()], self.index.oci),
+            # A type weighted q=0 is refused: no manifest list, no index.
+            ([DOCKER_LIST.encode() + b";q=0, " + OCI_INDEX.encode() + b", "
+              + DOCKER_MANIFEST.encode()], self.index.oci),
+            ([DOCKER_LIST.encode() + b";q=0", OCI_INDEX.encode() + b"; q=0.0",
+              DOCKER_MANIFEST.encode()], self.image.docker),
             ([DOCKER_MANIFEST.encode()], self.image.docker),
             ([OCI_MANIFEST.encode()], self.image.oci),
             (None, self.image.docker),
@@ -286,6 +291,41 @@ class ServiceIndexTests(ServiceFixture):
         failure = self.failureResultOf(self.image(service, "toola"), BuildFailed)
         self.assertIn("toola", failure.value.message)
 
+    def test_client_without_index(self) -> None:
+        """
+        A client that takes no index gets the default platform's image,
+        built alone; a client taking the index then builds the other
+        platform only, and its answer serves both kinds of client warm.
+        """
+        service = self.make_service()
+        image = self.successResultOf(Deferred.fromCoroutine(
+            service.image("toola", "latest", index=False)))
+        self.assertIsNone(image.index)
+        self.assertEqual([call[3] for call in self.nix.resolve_calls], ["x86_64-linux"])
+        self.assertEqual(service.cached_image("toola", "latest", index=False), image)
+        self.assertIsNone(service.cached_image("toola", "latest"))
+        whole = self.successResultOf(self.image(service, "toola"))
+        assert whole.index is not None
+        self.assertEqual(whole.index.images[0], image)
+        self.assertEqual([call[3] for call in self.nix.resolve_calls],
+                         ["x86_64-linux", "aarch64-linux"])
+        self.assertEqual(service.cached_image("toola", "latest"), whole)
+        self.assertEqual(service.cached_image("toola", "latest", index=False), whole)
+
+    def test_damaged_blob_of_another_platform_made_again(self) -> None:
+        """
+        A blob of the arm64 image of a warm index, found damaged, has the
+        index made again and is answered repaired, not as unknown.
+        """
+        service = self.make_service()
+        image = self.successResultOf(self.image(service, "toola"))
+        assert image.index is not None
+        config = json.loads(image.index.images[1].oci.body)["config"]["digest"]
+        good = self.storage.blobs[config]
+        self.storage.damage_blob(config, bytes(b ^ 0xFF for b in good))
+        where = self.successResultOf(Deferred.fromCoroutine(service.blob(config)))
+        self.assertEqual((where.digest, self.storage.blobs[config]), (config, good))
+
     def test_single_platform_default(self) -> None:
         """One platform: no index, as before platforms could be chosen."""
         service = self.make_service(platforms=(AMD64,))
@@ -369,6 +409,10 @@ class IndexServedTests(StubRegistryTestCase):
         response, _ = self.fetch(b"GET", "/v2/multi/manifests/latest",
                                  {b"Accept": [DOCKER_MANIFEST.encode()]})
         self.assertEqual(header(response, b"docker-content-digest"), amd.docker.digest.encode())
+        # Whether each client takes an index is passed on, warm and cold.
+        self.images.warm.add(("multi", "latest"))
+        self.fetch(b"GET", "/v2/multi/manifests/latest", {b"Accept": [OCI_MANIFEST.encode()]})
+        self.assertEqual(self.images.index_wanted, [True, True, False, False, False])
 
 
 class UnknownTagTests(SynchronousTestCase):

@@ -9,6 +9,7 @@ aarch64 busybox, run here under ``qemu-aarch64-static``.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import struct
@@ -189,6 +190,16 @@ class PlatformsEndToEnd(DaemonTestCase):
             self.assertIn("cannot be built for aarch64-linux: this registry builds for"
                           " x86_64-linux only; the registry's operator can add a remote"
                           " builder for aarch64-linux", failed.stderr)
+        # A client that takes no index gets the amd64 image, which needs
+        # no arm64 build.
+        status, headers, body = self.registry.request(
+            "/v2/native/manifests/latest", "GET",
+            {"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+        self.assertEqual((status, headers["docker-content-digest"]),
+                         (200, "sha256:" + hashlib.sha256(body).hexdigest()))
+        config = json.loads(body)["config"]["digest"]
+        status, _, blob = self.registry.request("/v2/native/blobs/" + config)
+        self.assertEqual((status, json.loads(blob)["architecture"]), (200, "amd64"))
 
     def test_digests_stable_across_instances(self) -> None:
         """

@@ -14,23 +14,33 @@ from typing import Any, Callable
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import HTTPConnectionPool
+from twisted.web.client import URI, Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
+
+from treq.client import HTTPClient
 
 from nixeryd.core.documents import RedirectBlob
 from nixeryd.storage.gcs.retry import NO_RETRY, Retrier, RetryPolicy
-from nixeryd.storage.s3.bucket import BucketAddress, aws_endpoint
+from nixeryd.storage.s3.bucket import (
+    BucketAddress, S3Client, aws_endpoint, check_bucket_name, default_addressing_style)
+from nixeryd.storage.s3.credentials import StaticCredentials
 from nixeryd.storage.s3.http import S3Error
 from nixeryd.storage.s3.objects import Part, plan_upload
+from nixeryd.storage.s3.signing import Credentials
 from nixeryd.storage.s3.storage import S3Storage
 from nixeryd.testing.network import serve_locally
 from nixeryd.testing.storage import digest_of
-from tests.rclones3 import RcloneTestCase, s3_client, s3_storage, start_rclone
+from tests.rclones3 import (
+    ACCESS_KEY, REGION, SECRET_KEY, RcloneTestCase, s3_client, s3_storage, start_rclone)
 
 MIB = 1024 * 1024
 
@@ -45,7 +55,8 @@ async def get(url: str) -> tuple[int, bytes]:
 class FlakyProxy(Resource):
     """
     Forwards requests to an S3 server unchanged (``Host`` included, so
-    signatures hold), except those ``fails`` picks, answered 503 SlowDown.
+    signatures hold), except those ``fails`` picks, answered 503 SlowDown,
+    and those ``holds`` picks, never answered.
 
     :ivar seen: ``(method, uri)`` of every request, forwarded or not.
     """
@@ -57,11 +68,17 @@ class FlakyProxy(Resource):
         self.backend = backend
         self.fails = fails
         self.seen: list[tuple[str, str]] = []
+        #: Picks the requests left without an answer.
+        self.holds: Callable[[Request, int], bool] = lambda request, attempt: False
+        self.held: list[Request] = []
 
     def render(self, request: Request) -> Any:
         method = request.method.decode()
         uri = request.uri.decode()
         self.seen.append((method, uri))
+        if self.holds(request, 1):
+            self.held.append(request)  # never answered
+            return NOT_DONE_YET
         if self.fails(request, sum(1 for seen in self.seen if seen == (method, uri))):
             request.setResponseCode(503)
             return b"<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"
@@ -231,6 +248,28 @@ class S3BackendTests(RcloneTestCase):
         self.assertEqual(await self.server.uploads(), [])
         self.assertFalse(await storage.has_blob(digest_of(data)))
 
+    async def test_cancelled_upload_aborted(self) -> None:
+        """
+        A store cancelled while a part is on its way (its build abandoned)
+        aborts the upload: no parts stay behind, no blob appears.
+        """
+        storage, proxy = await self.proxied_storage(lambda request, attempt: False,
+                                                    Retrier(reactor, NO_RETRY))
+        proxy.holds = part_request(2)
+        data = os.urandom(10 * MIB + 1)
+        path = self.write(storage, data)
+        storing = storage.store_blob_file(path, digest_of(data))
+        while not proxy.held:
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(await self.server.uploads()), 1)
+        storing.cancel()
+        with self.assertRaises(Exception):
+            await storing  # once the upload is aborted
+        self.assertIn("DELETE", [method for method, uri in proxy.seen if "uploadId=" in uri])
+        self.assertEqual(await self.server.uploads(), [])
+        self.assertFalse(os.path.exists(path))
+        self.assertFalse(await storage.has_blob(digest_of(data)))
+
     async def test_head_errors_are_not_absence(self) -> None:
         """A HEAD answered anything but 200 or 404 is an error, never a missing blob."""
         storage, _ = await self.proxied_storage(
@@ -273,6 +312,27 @@ class S3BackendTests(RcloneTestCase):
         await storage.store_blob_file(self.write(storage, data), digest_of(data))
         self.assertEqual(await storage.read_small_blob(digest_of(data), 2000), data)
 
+    async def test_different_object_of_same_size_replaced(self) -> None:
+        """
+        A blob stored from memory replaces an object of the same size under
+        its name that is not that blob (its ETag is another MD5).
+        """
+        storage = self.storage()
+        data = b"the manifest"
+        key = "blobs/sha256/" + digest_of(data)[7:]
+        await storage.client.put_bytes(key, b"X" * len(data))
+        await storage.store_blob_bytes(data, digest_of(data))
+        self.assertEqual(await storage.read_small_blob(digest_of(data), 2000), data)
+
+    async def test_listing_in_pages(self) -> None:
+        """A listing longer than a page follows its continuation tokens to the end."""
+        client = s3_client(self, self.runner, self.server)
+        keys = ["blobs/sha256/%064x" % (number,) for number in range(7)]
+        for key in keys + ["index.json"]:
+            await client.put_bytes(key, b"x")
+        listed = await client.list_objects("blobs/sha256/", page_size=2)
+        self.assertEqual([found.key for found in listed], keys)
+
     async def test_public_bucket(self) -> None:
         """With a public URL, blobs are redirected to plain URLs under it, which serve them."""
         public = await start_rclone(reactor, os.path.abspath(self.mktemp()),
@@ -286,6 +346,57 @@ class S3BackendTests(RcloneTestCase):
         self.assertEqual(blob.url, "%s/%s/blobs/sha256/%s" % (
             public.endpoint, public.bucket, digest_of(data)[7:]))
         self.assertEqual(await get(blob.url), (200, data))
+
+
+@implementer(IAgentEndpointFactory)
+class ConnectTo:
+    """Connects every request to one loopback port, whatever its URL's host."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        return TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+
+
+class VirtualHostedTests(RcloneTestCase):
+    """Virtual-hosted style against a server that reads the bucket from the Host header."""
+
+    async def test_virtual_hosted_requests_and_urls(self) -> None:
+        """
+        Requests and presigned URLs naming the bucket in the host (names
+        resolved to loopback here) are accepted, awkward keys included.
+        """
+        server = await start_rclone(reactor, os.path.abspath(self.mktemp()),
+                                    self.server.bucket, root=self.server.root,
+                                    virtual_hosts=True)
+        self.addCleanup(lambda: Deferred.fromCoroutine(server.stop()))
+        port = int(server.endpoint.rsplit(":", 1)[1])
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        http = HTTPClient(Agent.usingEndpointFactory(reactor, ConnectTo(port), pool=pool))
+        address = BucketAddress.of("http://s3.test:%d" % (port,), server.bucket, "virtual")
+        self.assertEqual(address.host, "%s.s3.test:%d" % (server.bucket, port))
+
+        def client_with(secret: str) -> S3Client:
+            return S3Client(reactor, self.runner, http, pool, server.bucket, address=address,
+                            region=REGION, credentials=StaticCredentials(
+                                Credentials(ACCESS_KEY, secret), "the test key"),
+                            retrier=Retrier(reactor, NO_RETRY))
+
+        client = client_with(SECRET_KEY)
+        self.addCleanup(client.close)
+        await client.check_bucket()
+        key = "a b/c+d=e"
+        await client.put_bytes(key, b"virtually hosted")
+        self.assertTrue(os.path.exists(server.path(key)))
+        self.assertEqual([found.key for found in await client.list_objects("a ")], [key])
+        url = await client.presign(key, 60)
+        self.assertTrue(url.startswith("http://%s/a%%20b/c%%2Bd%%3De?" % (address.host,)), url)
+        response = await http.get(url)
+        self.assertEqual((response.code, await response.content()), (200, b"virtually hosted"))
+        with self.assertRaises(S3Error) as caught:
+            await client_with("wrong").check_bucket()
+        self.assertEqual(caught.exception.code, "SignatureDoesNotMatch")
 
 
 class AddressingTests(SynchronousTestCase):
@@ -307,6 +418,20 @@ class AddressingTests(SynchronousTestCase):
         self.assertEqual(address.path(None), "/")
         self.assertEqual(BucketAddress.of("https://minio.example:443", "b", "virtual").host,
                          "b.minio.example")
+
+    def test_default_style(self) -> None:
+        """Virtual on AWS for a name that is one DNS label; path otherwise, and off AWS."""
+        self.assertEqual(default_addressing_style(None, "images-2"), "virtual")
+        for bucket in ("images.example.com", "Images", "old_images"):
+            self.assertEqual(default_addressing_style(None, bucket), "path", bucket)
+        self.assertEqual(default_addressing_style("http://127.0.0.1:9000", "images"), "path")
+
+    def test_bucket_names(self) -> None:
+        """Letters, digits, dots, hyphens and underscores: what a path holds unencoded."""
+        for bucket in ("images", "images.example.com", "Old_Images", "a1"):
+            self.assertEqual(check_bucket_name(bucket), bucket)
+        for bucket in ("", "a/b", "a b", "-images", "ü", "x" * 256):
+            self.assertRaises(ValueError, check_bucket_name, bucket)
 
     def test_unknown_style(self) -> None:
         """Only path and virtual."""

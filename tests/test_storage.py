@@ -187,9 +187,7 @@ class StorageContractMixin(_ContractBase):
         self.assertFalse(os.path.exists(path))
         self.assertTrue(await self.storage.has_blob(digest))
         blob = await self.storage.blob(digest)
-        self.assertEqual(blob.digest, digest)
-        if isinstance(blob, LocalBlob):
-            self.assertEqual(blob.size, len(data))
+        self.assertEqual((blob.digest, blob.size), (digest, len(data)))
         self.assertEqual(await self.fetch(blob), data)
         self.assertEqual(await self.storage.read_small_blob(digest, 70000), data)
 

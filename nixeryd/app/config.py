@@ -227,11 +227,16 @@ def _s3_config(options: Mapping[str, object], environ: Mapping[str, str]) -> S3C
     The S3 settings; the region falls back to ``AWS_REGION`` and
     ``AWS_DEFAULT_REGION`` as AWS's tools do.
     """
+    from nixeryd.storage.s3.bucket import check_bucket_name, default_addressing_style
     from nixeryd.storage.s3.credentials import VARIABLES
 
     bucket = S3_BUCKET.given(options, environ)
     if bucket is None:
         raise UsageError("s3 storage needs a bucket: set S3_BUCKET (or --s3-bucket)")
+    try:
+        check_bucket_name(bucket)
+    except ValueError as e:
+        raise UsageError("%s: %s" % (S3_BUCKET.label(True), e)) from None
     endpoint = S3_ENDPOINT.given(options, environ)
     if endpoint is not None:
         endpoint = _http_url(endpoint, S3_ENDPOINT.label(True), path=False)
@@ -240,8 +245,8 @@ def _s3_config(options: Mapping[str, object], environ: Mapping[str, str]) -> S3C
         public_url = _http_url(public_url, S3_PUBLIC_URL.label(True))
     region = (S3_REGION.given(options, environ) or environ.get("AWS_REGION")
               or environ.get("AWS_DEFAULT_REGION") or S3_REGION.default)
-    style = S3_ADDRESSING_STYLE.read(options, environ) or (
-        "virtual" if endpoint is None else "path")
+    style = (S3_ADDRESSING_STYLE.read(options, environ)
+             or default_addressing_style(endpoint, bucket))
     aws = tuple((name, environ[name]) for name in VARIABLES if environ.get(name))
     given = {name for name, _ in aws}
     if len(given & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}) == 1:

@@ -190,8 +190,9 @@ S3_REGION = Setting(
     defaults.S3_REGION, str, "S3_REGION")
 S3_ADDRESSING_STYLE: Setting[Optional[str]] = Setting(
     "s3-addressing-style",
-    "path (<endpoint>/<bucket>) or virtual (<bucket>.<endpoint host>); virtual on AWS,"
-    " path with S3_ENDPOINT by default",
+    "path (<endpoint>/<bucket>) or virtual (<bucket>.<endpoint host>); virtual on AWS"
+    " (path for a bucket name with dots, capitals or underscores), path with S3_ENDPOINT"
+    " by default",
     None, str, "S3_ADDRESSING_STYLE", check=lambda style: style in S3_ADDRESSING_STYLES,
     unit="path or virtual")
 S3_URL_LIFETIME = Setting(

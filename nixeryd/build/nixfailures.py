@@ -15,7 +15,9 @@ says what happened:
   a download failing (the package set's archive, a substitute from a
   binary cache, a fixed-output fetch), a builder or Nix itself killed by
   ``SIGKILL`` (most likely the kernel's out-of-memory killer, while other
-  builds held the memory) or a disk full (the Nix store or the builders'
+  builds held the memory), a remote builder that cannot be used now (the
+  build for its system then falls back to this machine, which refuses
+  it) or a disk full (the Nix store or the builders'
   temporary directory: ``No space left on device``, or a quota) is a
   transient :class:`~nixeryd.core.errors.Unavailable`: the same request
   can succeed once the network, the server, the memory or the disk is
@@ -58,6 +60,11 @@ WRONG_SYSTEM_ADVICE = (
     "the registry's operator can add a remote builder for {system} (Nix option builders),"
     " emulation (extra-platforms = {system}, with binfmt_misc) or a binary cache that has"
     " it (substituters)")
+
+#: How Nix says a remote builder it chose could not be used (it cannot
+#: be reached, or refused the connection); the build then falls back to
+#: this machine, which fails with :data:`_WRONG_SYSTEM`'s words.
+_REMOTE_BUILDER_FAILED = re.compile(r"cannot build on '[^']*': .*")
 
 #: How Nix says it starts a derivation's builder.
 _BUILDING = re.compile(r"building '(/nix/store/[^']+\.drv)'")
@@ -133,7 +140,8 @@ def nix_unavailable(failure: ProcessFailed) -> Unavailable | None:
     work at all (the program is missing, the daemon cannot be reached) or
     a download failed for a reason of the network or the server, or the
     registry ran out of memory (a builder, or Nix itself, killed by
-    ``SIGKILL``) or of disk space.  ``None`` for every other failure.
+    ``SIGKILL``) or of disk space, or the remote builder for another
+    system cannot be used now.  ``None`` for every other failure.
     """
     if failure.exit_code == 127 and any(
             line.startswith(_CANNOT_RUN) for line in failure.tail):
@@ -143,6 +151,9 @@ def nix_unavailable(failure: ProcessFailed) -> Unavailable | None:
     if any(_DAEMON_UNAVAILABLE.search(line) for line in failure.tail):
         return Unavailable("the Nix daemon is unavailable; try again later",
                            log_tail=failure.tail)
+    remote = _remote_builder_failed(failure.tail)
+    if remote is not None:
+        return remote
     if any(_DOWNLOAD_FAILED.search(line) for line in failure.tail):
         cause = first_error_message(failure.tail)
         return Unavailable("a download for the image failed%s; try again later" % (
@@ -245,6 +256,24 @@ def build_failure(failure: ProcessFailed, timeout: float, image: str | None,
     cause = first_error_message(failure.tail) or failure.describe()
     return BuildFailed("the build of %s failed: %s" % (image_subject(image), cause),
                        None, failure.tail)
+
+
+def _remote_builder_failed(tail: Sequence[str]) -> Unavailable | None:
+    """
+    The transient error for a build for another system whose remote
+    builder is configured but could not be used now (down, unreachable):
+    Nix then tries this machine, which cannot build for that system.
+    Not the advice to add a builder, nor a failure remembered: the same
+    pull works once the builder is back.
+    """
+    reasons = [match.group(0) for match in map(_REMOTE_BUILDER_FAILED.search, tail)
+               if match is not None]
+    wrong_system = _wrong_system(tail)
+    if not reasons or wrong_system is None:
+        return None
+    return Unavailable(
+        "no remote builder for %s could be used now (%s); try again later"
+        % (wrong_system[0], without_credentials(reasons[-1])), log_tail=tail)
 
 
 def _wrong_system(tail: Sequence[str]) -> tuple[str, str, str] | None:

@@ -92,9 +92,12 @@ class RedirectBlob:
     """
     A blob served by redirecting the client elsewhere (e.g. a signed URL).
 
-    :ivar url: where the client should fetch the blob.
+    :ivar url: where the client should fetch the blob (with GET).
     :ivar digest: ``sha256:<hex>`` of its content.
+    :ivar size: its length in bytes, which a HEAD request is answered with
+        (the URL is signed for GET only).
     """
 
     url: str
     digest: str
+    size: int

@@ -37,7 +37,7 @@ from nixeryd.registry.httpnames import (
     JSON,
 )
 from nixeryd.registry.imagesource import ImageSource
-from nixeryd.registry.negotiate import choose_manifest
+from nixeryd.registry.negotiate import accepts_index, choose_manifest
 from nixeryd.registry.pagination import paginate
 from nixeryd.registry.rendering import render_async
 from nixeryd.registry.responses import MethodNotAllowed, write_failure
@@ -149,12 +149,13 @@ class RegistryResource(Resource):
         method = request.method
         match route:
             case ManifestByTag():
-                image = self._images.cached_image(route.name, route.tag)
+                index = accepts_index(request.requestHeaders.getRawHeaders(b"accept"))
+                image = self._images.cached_image(route.name, route.tag, index=index)
                 if image is not None:
                     # Warm images are answered at once, without a coroutine.
                     body = self._manifest_body(request, image)
                     return b"" if method == HEAD else body
-                return render_async(request, self._manifest_by_tag, route, client)
+                return render_async(request, self._manifest_by_tag, route, client, index)
             case Blob():
                 return render_async(request, self._blob, route)
             case ManifestByDigest():
@@ -184,8 +185,8 @@ class RegistryResource(Resource):
         return _PING_BODY
 
     async def _manifest_by_tag(self, request: Request, route: ManifestByTag,
-                               client: Optional[str]) -> bytes:
-        image = await self._images.image(route.name, route.tag, client=client)
+                               client: Optional[str], index: bool) -> bytes:
+        image = await self._images.image(route.name, route.tag, client=client, index=index)
         return self._manifest_body(request, image)
 
     def _manifest_body(self, request: Request, image: Image) -> bytes:

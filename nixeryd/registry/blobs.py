@@ -80,13 +80,27 @@ class BlobResponder:
         """
         digest = blob.digest.encode("ascii")
         if isinstance(blob, RedirectBlob):
-            headers = request.responseHeaders
-            request.setResponseCode(303)
-            headers.setRawHeaders(b"Location", [blob.url.encode("ascii")])
-            headers.setRawHeaders(DIGEST_HEADER, [digest])
-            headers.setRawHeaders(CONTENT_LENGTH, [b"0"])
-            return b""
+            return self._redirect(request, blob, digest)
         return self._local_blob(request, blob, digest)
+
+    def _redirect(self, request: Request, blob: RedirectBlob, digest: bytes) -> bytes:
+        """
+        A GET is sent to the blob's URL; a HEAD is answered here, with the
+        size the storage found, since the URL is signed for GET alone (a
+        client following a redirect with HEAD would be refused there).
+        """
+        headers = request.responseHeaders
+        headers.setRawHeaders(DIGEST_HEADER, [digest])
+        if request.method != GET:
+            headers.setRawHeaders(CONTENT_TYPE, [OCTET_STREAM])
+            headers.setRawHeaders(b"ETag", [b'"%s"' % (digest,)])
+            headers.setRawHeaders(b"Cache-Control", [IMMUTABLE])
+            headers.setRawHeaders(CONTENT_LENGTH, [b"%d" % (blob.size,)])
+            return b""
+        request.setResponseCode(303)
+        headers.setRawHeaders(b"Location", [blob.url.encode("ascii")])
+        headers.setRawHeaders(CONTENT_LENGTH, [b"0"])
+        return b""
 
     def _local_blob(self, request: Request, blob: LocalBlob,
                     digest: bytes) -> Optional[bytes]:

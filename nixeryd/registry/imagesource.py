@@ -24,19 +24,25 @@ class ImageSource(Protocol):
     subclasses, answered to the client as they are.
     """
 
-    def cached_image(self, name: str, tag: str) -> Image | None:
+    def cached_image(self, name: str, tag: str, *, index: bool = True) -> Image | None:
         """
         The image named ``name`` at ``tag`` if it can be answered at once
         from memory, else ``None``; never raises for a valid route.
+
+        :param index: as for :meth:`image`.
         """
 
-    async def image(self, name: str, tag: str, *, client: str | None = None) -> Image:
+    async def image(self, name: str, tag: str, *, client: str | None = None,
+                    index: bool = True) -> Image:
         """
         The image named ``name`` at ``tag``, built if needed.
 
         :param client: the address of the client asking, which the image
             service counts new cold work against (its share of the queue);
             ``None`` when unknown.
+        :param index: whether the client takes an image index; when not,
+            a name served for several platforms may be answered with the
+            default platform's image alone, without the others.
         :raises TooManyRequests: cold work the queue has no room for.
         """
 

@@ -21,12 +21,14 @@ none.  The rule, applied to all lines together:
 
 Docker formats win where a client accepts both, as they always have here,
 so the manifests an index names are in the format of the index.
-Parameters (including ``q``) are ignored.  This module is pure.
+Parameters are ignored, but for a weight of zero (``q=0``), which says
+the client does not accept that type.  This module is pure.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from typing import Iterable, Optional, Sequence
 
 from nixeryd.core.documents import Image, ManifestDocument
@@ -38,6 +40,8 @@ _DOCKER_LIST = DOCKER_LIST.encode("ascii")
 _OCI_INDEX = OCI_INDEX.encode("ascii")
 
 _CACHE_LIMIT = 256
+#: HTTP's weight of zero: ``0``, ``0.`` and up to three zero decimals.
+_ZERO_WEIGHT = re.compile(rb"0(?:\.0{0,3})?")
 
 
 class Preference(enum.Enum):
@@ -63,15 +67,23 @@ def accepted_types(accept_lines: Iterable[bytes]) -> set[bytes]:
     The media types named by some ``Accept`` header lines.
 
     Each line is split on commas; parameters after ``;`` and surrounding
-    whitespace are dropped and the types are lower-cased.
+    whitespace are dropped and the types are lower-cased.  A type with
+    ``q=0`` is left out: HTTP makes it "not acceptable".
     """
     types = set()
     for line in accept_lines:
         for item in line.split(b","):
-            media_type = item.split(b";", 1)[0].strip().lower()
-            if media_type:
+            media_type, *parameters = item.split(b";")
+            media_type = media_type.strip().lower()
+            if media_type and not any(_refused(parameter) for parameter in parameters):
                 types.add(media_type)
     return types
+
+
+def _refused(parameter: bytes) -> bool:
+    """Whether an ``Accept`` parameter is a weight of zero (``q=0``, ``q=0.000``)."""
+    name, _, value = parameter.partition(b"=")
+    return name.strip().lower() == b"q" and _ZERO_WEIGHT.fullmatch(value.strip()) is not None
 
 
 def _compute_preference(accept_lines: Iterable[bytes]) -> Preference:
@@ -105,6 +117,16 @@ def preference(accept_lines: Optional[Sequence[bytes]]) -> Preference:
             _preference_cache.clear()
         _preference_cache[key] = answer
     return answer
+
+
+def accepts_index(accept_lines: Optional[Sequence[bytes]]) -> bool:
+    """
+    Whether these ``Accept`` lines take a Docker manifest list or an OCI
+    image index: otherwise a reference of several platforms is answered
+    with the default platform's manifest, and only that image is needed.
+    """
+    return preference(accept_lines) in (Preference.DOCKER_LIST, Preference.OCI_INDEX,
+                                        Preference.OCI_INDEX_DOCKER)
 
 
 def wants_oci(accept_lines: Optional[Sequence[bytes]]) -> bool:

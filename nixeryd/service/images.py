@@ -186,8 +186,10 @@ class ImageService(MultiService):
         self._ready_waiters: list[Deferred[None]] = []
         #: :meth:`_memo_key` → (image, expiry).
         self._recent: LRU[tuple[str, str], _Entry] = LRU(MEMORY_IMAGES)
-        #: ``(name as requested, tag)`` → (image, expiry): the warm path.
-        self._warm: LRU[tuple[str, str], _Entry] = LRU(MEMORY_IMAGES)
+        #: ``(name as requested, tag, whole)`` → (image, expiry): the warm
+        #: path.  ``whole``: the answer for every client (with the index,
+        #: for several platforms), not the default platform's image alone.
+        self._warm: LRU[tuple[str, str, bool], _Entry] = LRU(MEMORY_IMAGES)
         #: Cold work in flight: admitted, and cancelled once abandoned.
         self.cold = ColdWork(Admission(max_queue, per_minute=cold_per_minute, clock=clock))
         self._in_flight: SharedWork[tuple[str, str], Image] = SharedWork(
@@ -298,20 +300,24 @@ class ImageService(MultiService):
 
     # -- the web layer's calls ----------------------------------------------
 
-    def cached_image(self, name: str, tag: str) -> Image | None:
+    def cached_image(self, name: str, tag: str, *, index: bool = True) -> Image | None:
         """
         The image for ``name`` at ``tag`` if memory holds a current answer,
         else ``None`` (then :meth:`image` does the work).  Synchronous, so
         warm requests need no coroutine.
-        """
-        image = self._fresh(self._warm.get((name, tag)))
-        if image is None:
-            self._warm.pop((name, tag), None)
-            return None
-        self._mark_pulled(image)
-        return image
 
-    async def image(self, name: str, tag: str, *, client: str | None = None) -> Image:
+        :param index: as for :meth:`image`.
+        """
+        for whole in ((True,) if index else (True, False)):
+            image = self._fresh(self._warm.get((name, tag, whole)))
+            if image is not None:
+                self._mark_pulled(image)
+                return image
+            self._warm.pop((name, tag, whole), None)
+        return None
+
+    async def image(self, name: str, tag: str, *, client: str | None = None,
+                    index: bool = True) -> Image:
         """
         The image for ``name`` at ``tag``, built if needed.  A name
         without a platform meta-package, when the service has several
@@ -321,6 +327,10 @@ class ImageService(MultiService):
 
         :param client: the address of the client asking, which new cold
             work counts against.
+        :param index: whether the client takes an image index.  When not,
+            a name of several platforms gets the default platform's image
+            alone: the client never waits for the other platforms, nor
+            fails when one of them cannot be built.
         :raises RegistryError: for an invalid name or tag, unknown
             packages, or a failed build (with the ``build_id`` of its
             record once Nix was asked; remembered for a while);
@@ -329,13 +339,19 @@ class ImageService(MultiService):
         """
         request = parse_image_name(name, self.platforms[0])
         validate_tag(tag)
-        if request.arch_selected or len(self.platforms) == 1:
+        whole = request.arch_selected or len(self.platforms) == 1
+        if whole:
             image, entry = await self._platform_image(request, tag, client, record=True)
+        elif not index:
+            # The default platform's image, which the index names too; the
+            # storage's index names the reference once the index is made.
+            image, entry = await self._platform_image(request, tag, client, record=False)
         else:
             image, entry = await self._index_image(request, tag, client)
+            whole = True
         self._remember_tag(name, tag)
         if entry is not None:
-            self._warm.put((name, tag), entry)
+            self._warm.put((name, tag, whole), entry)
         self._mark_pulled(image)
         return image
 
@@ -469,7 +485,7 @@ class ImageService(MultiService):
         """
         kept = set(pulled)
         forgotten = 0
-        for memory in (self._warm, self._recent):
+        for memory in self._memories():
             for key, (image, _) in list(memory.items()):
                 digests = {document.digest for document in image.documents()}
                 if digests & pulled:
@@ -484,14 +500,19 @@ class ImageService(MultiService):
 
     def _forget_users(self, blob: str) -> list[tuple[str, str]]:
         """
-        Forget from memory the images naming a damaged ``blob``; the names
-        and tags they were asked for by, to make them again.
+        Forget from memory the images naming a damaged ``blob`` (for an
+        index, the image of any of its platforms); the names and tags they
+        were asked for by, to make them again.
         """
         images = self._cache.images_using(blob)
-        names = sorted(key for key, (image, _) in self._warm.items()
-                       if image.docker.digest in images)
+        names = sorted({(name, tag) for (name, tag, _), (image, _) in self._warm.items()
+                        if image.docker_digests() & images})
         self._forget_broken(images, blob, "holds a damaged")
         return names
+
+    def _memories(self) -> tuple[LRU[Any, _Entry], ...]:
+        """The images in memory: the warm answers, and each platform's image."""
+        return (self._warm, self._recent)
 
     def _forget_broken(self, images: set[str], blob: str | None = None,
                        how: str = "lacks") -> None:
@@ -504,7 +525,7 @@ class ImageService(MultiService):
             return
         manifests = set(images)
         forgotten = 0
-        for memory in (self._warm, self._recent):
+        for memory in self._memories():
             for key, (image, _) in list(memory.items()):
                 if image.docker_digests() & images:
                     del memory[key]

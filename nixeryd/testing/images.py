@@ -152,6 +152,9 @@ class FakeImageService(Service):
         self.failures: dict[str, BaseException] = {}
         self.calls: list[tuple[str, ...]] = []
         self.clients: list[str | None] = []
+        #: Whether each ``cached_image`` and ``image`` call's client takes
+        #: an image index.
+        self.index_wanted: list[bool] = []
         self.hold = False
         self.held: list[HeldCall] = []
         self.warm: set[tuple[str, str]] = set()
@@ -198,18 +201,25 @@ class FakeImageService(Service):
         if failure is not None:
             raise failure
 
-    def cached_image(self, name: str, tag: str) -> Image | None:
-        """The image for ``name:tag`` if it is in :attr:`warm`, else ``None``."""
+    def cached_image(self, name: str, tag: str, *, index: bool = True) -> Image | None:
+        """
+        The image for ``name:tag`` if it is in :attr:`warm`, else ``None``;
+        whether the client takes an index goes to :attr:`index_wanted`.
+        """
+        self.index_wanted.append(index)
         if (name, tag) in self.warm:
             return self.images.get((name, tag))
         return None
 
-    async def image(self, name: str, tag: str, *, client: str | None = None) -> Image:
+    async def image(self, name: str, tag: str, *, client: str | None = None,
+                    index: bool = True) -> Image:
         """
         The image added for ``name:tag``, else ``MANIFEST_UNKNOWN``; the
-        client's address goes to :attr:`clients`.
+        client's address goes to :attr:`clients`, whether it takes an
+        index to :attr:`index_wanted`.
         """
         self.clients.append(client)
+        self.index_wanted.append(index)
         await self._enter("image", name, tag)
         try:
             return self.images[(name, tag)]

@@ -202,7 +202,8 @@ class MemoryStorage:
                 raise BlobUnknown("blob unknown to registry", {"digest": digest})
             if digest_of(self.blobs[digest]) != digest:
                 raise BlobCorrupt("blob damaged in storage", {"digest": digest})
-            return RedirectBlob(url=self._redirect_base + digest, digest=digest)
+            return RedirectBlob(url=self._redirect_base + digest, digest=digest,
+                                size=len(self.blobs[digest]))
         return self._call("blob", work)
 
     def read_small_blob(self, digest: str, limit: int) -> Deferred[bytes | None]:

@@ -34,7 +34,7 @@ WINDOW = 0.05
 
 class RecentBlobs:
     """
-    When each blob object was last seen intact.
+    When each blob object was last seen intact, and its size.
 
     :param now: the current time in seconds (the reactor's ``seconds``).
     :param window: seconds a sighting is trusted.
@@ -45,21 +45,21 @@ class RecentBlobs:
                  entries: int = DEFAULT_ENTRIES) -> None:
         self._now = now
         self._window = window
-        self._seen: LRU[str, float] = LRU(entries)
+        self._seen: LRU[str, tuple[float, int]] = LRU(entries)
 
-    def fresh(self, name: str) -> bool:
-        """Whether ``name`` was seen intact within the window."""
+    def size(self, name: str) -> int | None:
+        """The size of ``name`` if it was seen intact within the window, else ``None``."""
         seen = self._seen.get_recent(name)
         if seen is None:
-            return False
-        if self._now() - seen >= self._window:
+            return None
+        if self._now() - seen[0] >= self._window:
             del self._seen[name]
-            return False
-        return True
+            return None
+        return seen[1]
 
-    def saw(self, name: str) -> None:
-        """``name`` was just seen intact."""
-        self._seen.put(name, self._now())
+    def saw(self, name: str, size: int) -> None:
+        """``name`` was just seen intact, ``size`` bytes long."""
+        self._seen.put(name, (self._now(), size))
 
     def forget(self, name: str) -> None:
         """``name`` is being removed, or was found missing or damaged."""

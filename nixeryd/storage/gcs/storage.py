@@ -304,7 +304,8 @@ class GCSStorage:
         # Requests for one blob at once (many clients pulling one image)
         # share the metadata request on its way: its answer is at most one
         # round trip older than any of them.
-        if not self._recent.fresh(name):
+        size = self._recent.size(name)
+        if size is None:
             resource = await self._blob_lookups.wait(
                 name, lambda: Deferred.fromCoroutine(self.client.metadata(name)))
             if resource is None:
@@ -315,8 +316,9 @@ class GCSStorage:
                                            "gs://%s/%s" % (self.bucket, name)):
                 self._recent.forget(name)
                 raise BlobCorrupt("blob damaged in storage", {"digest": digest})
-            self._recent.saw(name)
-        return RedirectBlob(url=await self.signed_url(name), digest=digest)
+            size = int(resource["size"])
+            self._recent.saw(name, size)
+        return RedirectBlob(url=await self.signed_url(name), digest=digest, size=size)
 
     async def _read_small(self, digest: str, limit: int) -> bytes | None:
         try:

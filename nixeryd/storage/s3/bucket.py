@@ -18,6 +18,7 @@ every S3-compatible server understands) or virtual-hosted style
 
 from __future__ import annotations
 
+import re
 from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
@@ -52,9 +53,39 @@ LIST_PAGE_LIMIT = 64 * 1024 * 1024
 DEFAULT_READ_SIZE = 256 * 1024
 
 
+#: What a bucket name may hold: S3's rules (lower-case letters, digits,
+#: dots and hyphens) with the capitals and underscores of old us-east-1
+#: buckets; a path carries any of them as it is.
+_BUCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}\Z")
+#: A bucket name that is one DNS label, which a virtual host can carry.
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+
+
 def aws_endpoint(region: str) -> str:
     """The regional endpoint of AWS S3."""
     return "https://s3.%s.amazonaws.com" % (region,)
+
+
+def check_bucket_name(bucket: str) -> str:
+    """
+    ``bucket`` if it can be a bucket's name.
+
+    :raises ValueError: otherwise.
+    """
+    if not _BUCKET_NAME.match(bucket):
+        raise ValueError("%r is not a bucket name (letters, digits, dots, hyphens and"
+                         " underscores)" % (bucket,))
+    return bucket
+
+
+def default_addressing_style(endpoint: str | None, bucket: str) -> str:
+    """
+    Virtual-hosted on AWS for a bucket name that is one DNS label; path
+    style for another name (with dots it would not match the certificate
+    of ``*.s3.<region>.amazonaws.com``), as AWS's SDKs choose, and with
+    any other endpoint.
+    """
+    return "virtual" if endpoint is None and _DNS_LABEL.match(bucket) else "path"
 
 
 @frozen

@@ -67,7 +67,8 @@ from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
 from nixeryd.storage.naming import check_index_entry
 from nixeryd.storage.ociindex import Descriptor, descriptor
-from nixeryd.storage.s3.bucket import BucketAddress, ObjectInfo, S3Client, aws_endpoint
+from nixeryd.storage.s3.bucket import (
+    BucketAddress, ObjectInfo, S3Client, aws_endpoint, default_addressing_style)
 from nixeryd.storage.s3.credentials import find_credentials
 from nixeryd.storage.s3.http import PreconditionFailed, S3Error
 from nixeryd.storage.s3.index import S3Index
@@ -308,7 +309,7 @@ class S3Storage:
             raise BlobUnknown("blob unknown to registry", {"digest": digest})
         if self._checksums.contradicts(digest, found.etag, self._s3(key)):
             raise BlobCorrupt("blob damaged in storage", {"digest": digest})
-        return RedirectBlob(url=await self.blob_url(key), digest=digest)
+        return RedirectBlob(url=await self.blob_url(key), digest=digest, size=found.size)
 
     async def _read_small(self, digest: str, limit: int) -> bytes | None:
         try:
@@ -500,11 +501,6 @@ class S3Storage:
         return self.client.close()
 
 
-def default_addressing_style(endpoint: str | None) -> str:
-    """Virtual-hosted on AWS, path style with any other endpoint."""
-    return "virtual" if endpoint is None else "path"
-
-
 def build_s3_storage(
         reactor: IReactorTCP, runner: Runner, bucket: str, *, region: str,
         environ: Mapping[str, str], endpoint: str | None = None,
@@ -523,8 +519,8 @@ def build_s3_storage(
         (:data:`~nixeryd.storage.s3.credentials.VARIABLES`).
     :param endpoint: an S3-compatible server's ``http(s)://host[:port]``;
         ``None`` for AWS S3 in ``region``.
-    :param addressing_style: ``path`` or ``virtual``; by default virtual
-        on AWS, path with an ``endpoint``.
+    :param addressing_style: ``path`` or ``virtual``; by default
+        :func:`~nixeryd.storage.s3.bucket.default_addressing_style`.
     :param url_lifetime: seconds a presigned blob URL stays valid.
     :param public_url: where the bucket's objects are readable without
         credentials; blob URLs are then plain ones.
@@ -538,7 +534,7 @@ def build_s3_storage(
     http = HTTPClient(Agent(reactor, pool=pool))  # type: ignore[no-untyped-call]
     credentials = find_credentials(environ, clock, runner, http)
     address = BucketAddress.of(endpoint or aws_endpoint(region), bucket,
-                               addressing_style or default_addressing_style(endpoint))
+                               addressing_style or default_addressing_style(endpoint, bucket))
     client = S3Client(clock, runner, http, pool, bucket, address=address, region=region,
                       credentials=credentials)
     return S3Storage(clock, runner, client, spool_directory=spool_directory,
