@@ -29,7 +29,7 @@ from nixeryd.service.lru import LRU
 DEFAULT_ENTRIES = 10000
 
 #: Seconds a sighting of an intact object is trusted.
-WINDOW = 0.05
+WINDOW = 0.01
 
 
 class RecentBlobs:
