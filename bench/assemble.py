@@ -133,9 +133,11 @@ def assemble(layers: list[list[str]], level: int, workers: int,
                    for index in order}
         blobs = [futures[index].result() for index in range(len(layers))]
     seconds = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "seconds": seconds,
-        "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "max_rss_kib": usage.ru_maxrss,
         "blobs": [{"digest": blob.digest, "diff_id": blob.diff_id,
                    "size": blob.size, "path": blob.path} for blob in blobs],
     }
@@ -211,10 +213,11 @@ def main() -> None:
         ratio = child_seconds / reference_seconds
         ratios.append(ratio)
         print("run %d: reference %.2f s (%.0f MB/s) | assembly %.2f s "
-              "(%.2f s writing, %.0f MB/s) | ratio %.3f | compressed %.1f MB "
+              "(%.2f s writing, %.2f s CPU, %.0f MB/s) | ratio %.3f | compressed %.1f MB "
               "(%.1f%%) | peak RSS %.1f MB"
               % (run + 1, reference_seconds, total / MB / reference_seconds,
-                 child_seconds, report["seconds"], total / MB / child_seconds,
+                 child_seconds, report["seconds"], report["cpu_seconds"],
+                 total / MB / child_seconds,
                  ratio, compressed / MB, 100.0 * compressed / total,
                  report["max_rss_kib"] * 1024 / MB))
     if options.runs > 1:

@@ -158,7 +158,7 @@ def main() -> None:
     biggest = max(len(layer.paths) for layer in layers)
     print("paths:            %d" % (len(graph.paths),))
     print("references:       %d" % (edges,))
-    print("layers unmerged:  %d" % (len(unmerged),))
+    print("layers, no limit: %d" % (len(unmerged),))
     print("layers:           %d (budget %d)" % (len(layers), options.budget))
     print("largest layer:    %d paths" % (biggest,))
     print("runs:             %d" % (options.runs,))

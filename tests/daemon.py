@@ -16,14 +16,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Sequence
 
 from tests.e2e import OFFLINE_NIX_OPTIONS, child_environment
 
 
-def serve_argv(*args: str) -> list[str]:
-    """The argv of ``python -m nixeryd serve`` with the offline Nix options and ``args``."""
-    argv = [sys.executable, "-m", "nixeryd", "serve"]
+def serve_argv(*args: str, entry: Sequence[str] = ("-m", "nixeryd")) -> list[str]:
+    """
+    The argv of ``python -m nixeryd serve`` with the offline Nix options and
+    ``args``; ``entry`` replaces ``-m nixeryd`` (a script that runs the same
+    command line, as the benchmarks' probes do).
+    """
+    argv = [sys.executable, *entry, "serve"]
     for option in OFFLINE_NIX_OPTIONS:
         argv += ["--nix-option", option]
     return argv + list(args)
@@ -82,10 +86,14 @@ class Daemon:
     :param workdir: where its log and (by default) storage go.
     :param args: extra plugin options (e.g. ``--pkgs-path``).
     :param tls_ca: the CA file to trust when the daemon serves TLS.
+    :param entry: what Python runs instead of ``-m nixeryd`` (see
+        :func:`serve_argv`).
     """
 
     def __init__(self, workdir: str, *args: str, storage: str | None = None,
-                 env: dict[str, str] | None = None, tls_ca: str | None = None) -> None:
+                 env: dict[str, str] | None = None, tls_ca: str | None = None,
+                 entry: Sequence[str] = ("-m", "nixeryd")) -> None:
+        self.entry = tuple(entry)
         self.workdir = workdir
         self.storage = storage or os.path.join(workdir, "storage")
         self.port = free_port()
@@ -101,7 +109,7 @@ class Daemon:
     def start(self, timeout: float = 30.0) -> "Daemon":
         """Start the daemon and wait until ``/v2/`` answers."""
         argv = serve_argv("--listen", "tcp:%d:interface=127.0.0.1" % (self.port,),
-                          "--storage-path", self.storage, *self.args)
+                          "--storage-path", self.storage, *self.args, entry=self.entry)
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
                                         env=self.env, cwd=self.workdir)

@@ -27,6 +27,7 @@ from nixeryd.build.builder import (
     runtime_settings,
 )
 from nixeryd.build.forest import Customisation
+from nixeryd.build.layers import LAYERING_VERSION
 from nixeryd.build.names import parse_image_name
 from nixeryd.build.progress import BuildPhase, LayerSummary
 from nixeryd.core.text import human_size
@@ -282,10 +283,13 @@ class BuildTests(ImageFixture):
         self.assertEqual(second.documents.config, first.documents.config)
 
     def test_settings_change_layers(self) -> None:
-        """Without popularity data the shared paths are not split out, so the digest differs."""
+        """A smaller layer budget makes paths share layers, so the digest differs."""
         plain = ImageBuilder(nix=self.nix, storage=self.storage, runner=InlineRunner())
+        tight = ImageBuilder(nix=self.nix, storage=self.storage, runner=InlineRunner(),
+                             layer_budget=1)
+        self.assertEqual(len(self.build("toola", tight).layers), 2)
         self.assertNotEqual(self.build("toola", plain).image.oci.digest,
-                            self.build("toola").image.oci.digest)
+                            self.build("toola", tight).image.oci.digest)
 
     def test_store_failure_fails_build(self) -> None:
         """When storing a layer fails the build fails, no manifest is stored and no file is left."""
@@ -421,6 +425,7 @@ class SettingsTests(SynchronousTestCase):
                             base)
         self.assertNotEqual(self.make(popularity={"a-1": 4}).settings_key(), base)
         self.assertNotEqual(self.make().settings_key(), base)
+        self.assertIn("layering=%d;" % (LAYERING_VERSION,), base)
 
     def test_set_popularity(self) -> None:
         """New popularity data changes the settings key, and the same data restores it."""

@@ -20,6 +20,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -28,6 +30,8 @@ from zope.interface import implementer
 import treq
 
 from nixeryd.core.documents import RedirectBlob
+from nixeryd.core.errors import BlobUnknown
+from nixeryd.storage.gcs.recentblobs import RecentBlobs
 from nixeryd.storage.gcs import GCSError, GCSStorage, build_gcs_storage, load_service_account_key
 from nixeryd.storage.gcs.objects import md5_base64
 from nixeryd.storage.objectnames import blob_object_name
@@ -225,6 +229,48 @@ class GCSEmulatorTests(EmulatorTestCase):
         response = await treq.get(blob.url, pool=HTTPConnectionPool(reactor, persistent=False))
         self.assertEqual(response.code, 200)
         self.assertEqual(await response.content(), data)
+
+    async def test_blob_requests_share_metadata(self) -> None:
+        """
+        Requests for one blob at once share one metadata request and get
+        the same signed URL; within the window after it, the blob is
+        answered again without asking (an object deleted behind the
+        storage's back is still answered), after the window the bucket is
+        asked again; removing the blob through the storage forgets it.
+        """
+        clock = Clock()
+        self.storage._recent = RecentBlobs(clock.seconds, window=0.05)
+        data = os.urandom(1000)
+        digest = digest_of(data)
+        name = blob_object_name(digest)
+        await self.storage.store_blob_bytes(data, digest)
+        asked: list[str] = []
+        metadata = self.storage.client.metadata
+
+        def counted(name: str) -> Any:
+            asked.append(name)
+            return metadata(name)
+
+        self.storage.client.metadata = counted  # type: ignore[method-assign]
+        answers = await gatherResults([self.storage.blob(digest) for _ in range(5)])
+        self.assertEqual(asked, [name])
+        self.assertEqual(len(set(answers)), 1)
+
+        await self.storage.client.delete(name)
+        clock.advance(0.04)
+        self.assertEqual(await self.storage.blob(digest), answers[0])
+        self.assertEqual(len(asked), 1)
+        clock.advance(0.01)
+        with self.assertRaises(BlobUnknown):
+            await self.storage.blob(digest)
+        self.assertEqual(len(asked), 2)
+
+        await self.emulator.put(name, data)
+        await self.storage.blob(digest)
+        [stored] = await self.storage.list_blobs()
+        self.assertTrue(await self.storage.remove_blob(digest, stored.version))
+        with self.assertRaises(BlobUnknown):
+            await self.storage.blob(digest)
 
     async def test_unsigned_url_without_key(self) -> None:
         """Without a key (emulator use), blob answers are plain URLs that still fetch."""

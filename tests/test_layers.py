@@ -1,6 +1,6 @@
 """
-Tests for :mod:`nixeryd.build.layers`: the dominator computation and the
-grouping of a closure into layers.
+Tests for :mod:`nixeryd.build.layers`: the grouping of a closure into
+layers, and that layers survive small changes of the closure.
 """
 
 from __future__ import annotations
@@ -8,19 +8,28 @@ from __future__ import annotations
 import hashlib
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from nixeryd.build.closure import ClosureGraph, StorePathInfo
 from nixeryd.build.layers import (
-    BIG_CLOSURE_BYTES,
+    BUCKET_BITS,
     PINNED_POPULARITY,
-    UNREACHABLE,
+    WEIGHT_STEPS,
     LayerPlan,
-    immediate_dominators,
+    path_bucket_hash,
     path_popularity,
+    path_weights,
     plan_layers,
+    sharing_classes,
+    weight_class,
 )
 from nixeryd.core.defaults import LAYER_BUDGET
+
+#: Hypothesis settings: no example database, no deadline (the machine may
+#: be busy), enough closures to meet the corner cases.
+EXAMPLES = settings(max_examples=150, deadline=None, database=None)
 
 
 def store(name: str) -> str:
@@ -52,43 +61,6 @@ def contents(layers: list[LayerPlan]) -> list[set[str]]:
     return [{path.split("-", 1)[1] for path in layer.paths} for layer in layers]
 
 
-def brute_force_dominators(successors: list[list[int]], root: int) -> list[int]:
-    """
-    Immediate dominators by definition: ``d`` dominates ``n`` when ``n``
-    cannot be reached from the root once ``d`` is removed.
-    """
-    count = len(successors)
-
-    def reachable(removed: int) -> set[int]:
-        if removed == root:
-            return set()
-        seen = {root}
-        stack = [root]
-        while stack:
-            for child in successors[stack.pop()]:
-                if child != removed and child not in seen:
-                    seen.add(child)
-                    stack.append(child)
-        return seen
-
-    everything = reachable(-1)
-    dominators = {node: {node} for node in everything}
-    for candidate in range(count):
-        without = reachable(candidate)
-        for node in everything:
-            if node != candidate and node not in without:
-                dominators[node].add(candidate)
-    result = [UNREACHABLE] * count
-    for node in everything:
-        strict = dominators[node] - {node}
-        if node == root:
-            result[node] = root
-        else:
-            # Dominators form a chain; the closest has the most dominators.
-            result[node] = max(strict, key=lambda other: len(dominators[other]))
-    return result
-
-
 def random_closure(rng: random.Random, count: int, root_count: int) -> tuple[
         ClosureGraph, dict[str, int]]:
     """
@@ -115,50 +87,12 @@ def random_closure(rng: random.Random, count: int, root_count: int) -> tuple[
         path = store(names[node])
         refs = [store(names[target]) for target in references[node]] + [path]
         size = rng.choice((1000, 20000, 300000, 5000000))
-        if rng.random() < 0.002:
-            size = BIG_CLOSURE_BYTES + 1
         infos[path] = StorePathInfo(path, size, size, refs)
     popularity = {names[node]: rng.choice((1, 5, 50, 99, 100, 4000))
                   for node in range(library_start, count)}
     graph = ClosureGraph(roots=[store(names[node]) for node in range(root_count)],
                          paths=infos)
     return graph, popularity
-
-
-class ImmediateDominatorsTests(SynchronousTestCase):
-    """Tests for :func:`immediate_dominators`."""
-
-    def test_matches_definition_on_random_graphs(self) -> None:
-        """
-        On random graphs with cycles, self-loops and unreachable nodes, each
-        node's immediate dominator is the one the definition gives.
-        """
-        rng = random.Random(20240601)
-        for _ in range(300):
-            count = rng.randint(1, 12)
-            successors = [sorted({rng.randrange(count)
-                                  for _ in range(rng.randint(0, 3))})
-                          for _ in range(count)]
-            root = rng.randrange(count)
-            self.assertEqual(immediate_dominators(successors, root),
-                             brute_force_dominators(successors, root),
-                             (successors, root))
-
-    def test_diamond(self) -> None:
-        """The join of two branches is dominated by the fork, not a branch."""
-        self.assertEqual(immediate_dominators([[1, 2], [3], [3], []]), [0, 0, 0, 0])
-
-    def test_deep_chain(self) -> None:
-        """A chain far deeper than the recursion limit is handled."""
-        count = 50000
-        successors = [[node + 1] for node in range(count - 1)] + [[]]
-        dominators = immediate_dominators(successors)
-        self.assertEqual(dominators[0], 0)
-        self.assertEqual(dominators[1:], list(range(count - 1)))
-
-    def test_bad_root(self) -> None:
-        """A root outside the graph is rejected."""
-        self.assertRaises(ValueError, immediate_dominators, [[]], 1)
 
 
 class PathPopularityTests(SynchronousTestCase):
@@ -181,6 +115,44 @@ class PathPopularityTests(SynchronousTestCase):
                          PINNED_POPULARITY)
 
 
+
+
+def with_package(graph: ClosureGraph, name: str, size: int,
+                 references: list[str]) -> ClosureGraph:
+    """``graph`` with one more top-level package referring to ``references``."""
+    path = store(name)
+    infos = dict(graph.paths)
+    infos[path] = StorePathInfo(path, size, size, references + [path])
+    return ClosureGraph(roots=tuple(graph.roots) + (path,), paths=infos)
+
+
+def without_root(graph: ClosureGraph, root: str) -> ClosureGraph:
+    """``graph`` without ``root`` and the paths only it needed."""
+    roots = [each for each in graph.roots if each != root]
+    kept: set[str] = set()
+    stack = list(roots)
+    while stack:
+        path = stack.pop()
+        if path not in kept:
+            kept.add(path)
+            stack.extend(graph.paths[path].references)
+    return ClosureGraph(roots=roots, paths={path: graph.paths[path] for path in kept})
+
+
+def path_class(path: str, graph: ClosureGraph, popularity: dict[str, int]) -> int:
+    """The weight class of one path of ``graph``."""
+    return weight_class(max(1, graph.paths[path].nar_size)
+                        * path_popularity(path, popularity))
+
+
+def light_classes(graph: ClosureGraph, popularity: dict[str, int]) -> int:
+    """How many weight classes share layers in ``graph``'s plan."""
+    light = sharing_classes(path_weights(graph, popularity), set(graph.roots),
+                            LAYER_BUDGET)
+    assert light is not None
+    return light
+
+
 class PlanLayersTests(SynchronousTestCase):
     """Tests for :func:`plan_layers` on small hand-built closures."""
 
@@ -188,74 +160,39 @@ class PlanLayersTests(SynchronousTestCase):
         """An empty closure has no layers."""
         self.assertEqual(plan_layers(ClosureGraph(roots=(), paths={})), [])
 
-    def test_single_chain(self) -> None:
-        """A chain from one root is dominated by the root: one layer."""
+    def test_one_path_one_layer(self) -> None:
+        """
+        Within the budget every path is a layer of its own, heaviest first,
+        its weight its NAR size.
+        """
         graph = closure(["app-1"], {"app-1": ["libfoo-1"], "libfoo-1": ["libc-2"],
                                     "libc-2": []},
                         {"app-1": 30, "libfoo-1": 20, "libc-2": 5})
         layers = plan_layers(graph)
-        self.assertEqual(contents(layers), [{"app-1", "libfoo-1", "libc-2"}])
-        self.assertEqual(layers[0].merge_rating, 55)
-        self.assertEqual(list(layers[0].paths), sorted(layers[0].paths))
+        self.assertEqual(contents(layers), [{"app-1"}, {"libfoo-1"}, {"libc-2"}])
+        self.assertEqual([layer.weight for layer in layers], [30, 20, 5])
 
-    def test_shared_library_heads_own_layer(self) -> None:
-        """
-        A library two roots both need heads a layer of its own, holding what
-        only it needs; each root keeps its private dependencies.
-        """
-        graph = closure(
-            ["app-1", "tool-2"],
-            {"app-1": ["applib-1", "libshared-3"], "applib-1": [],
-             "tool-2": ["libshared-3"], "libshared-3": ["libdep-1"], "libdep-1": []},
-            {"app-1": 100, "applib-1": 1, "tool-2": 40, "libshared-3": 30,
-             "libdep-1": 2})
-        layers = plan_layers(graph)
-        self.assertEqual(contents(layers), [{"app-1", "applib-1"},
-                                            {"tool-2"},
-                                            {"libshared-3", "libdep-1"}])
-        self.assertEqual([layer.merge_rating for layer in layers], [101, 40, 32])
-
-    def test_popular_path_heads_own_layer(self) -> None:
-        """
-        A path with popularity of at least 100 gets its own layer even when
-        one root alone needs it, rated by popularity times size; 99 is not
-        enough.
-        """
+    def test_popularity_weighs(self) -> None:
+        """Popularity multiplies a path's weight and so its place."""
         references = {"app-1": ["libz-1", "libq-1"], "libz-1": [], "libq-1": []}
         sizes = {"app-1": 7, "libz-1": 3, "libq-1": 5}
-        graph = closure(["app-1"], references, sizes)
-        layers = plan_layers(graph, {"libz-1": 100, "libq-1": 99})
-        self.assertEqual(contents(layers), [{"libz-1"}, {"app-1", "libq-1"}])
-        self.assertEqual([layer.merge_rating for layer in layers], [300, 12])
+        layers = plan_layers(closure(["app-1"], references, sizes),
+                             {"libz-1": 100, "libq-1": 1})
+        self.assertEqual(contents(layers), [{"libz-1"}, {"app-1"}, {"libq-1"}])
+        self.assertEqual([layer.weight for layer in layers], [300, 7, 5])
 
-    def test_pinned_path_heads_own_layer(self) -> None:
-        """Certificates get their own layer, first, with the pinned rating."""
+    def test_pinned_path_first(self) -> None:
+        """Certificates come first, with the pinned weight."""
         graph = closure(["app-1"], {"app-1": ["nss-cacert-3.92"], "nss-cacert-3.92": []},
                         {"app-1": 50, "nss-cacert-3.92": 4})
         layers = plan_layers(graph)
         self.assertEqual(contents(layers), [{"nss-cacert-3.92"}, {"app-1"}])
-        self.assertEqual(layers[0].merge_rating, 4 * PINNED_POPULARITY)
+        self.assertEqual(layers[0].weight, 4 * PINNED_POPULARITY)
 
-    def test_big_path_heads_own_layer(self) -> None:
-        """
-        A path whose closure exceeds 100 MB gets its own layer; one of
-        exactly 100 MB does not.
-        """
-        graph = closure(
-            ["app-1"],
-            {"app-1": ["toolchain-9", "data-1"], "toolchain-9": [], "data-1": []},
-            {"app-1": 10, "toolchain-9": BIG_CLOSURE_BYTES + 1,
-             "data-1": BIG_CLOSURE_BYTES})
-        self.assertEqual(contents(plan_layers(graph)),
-                         [{"app-1", "data-1"}, {"toolchain-9"}])
-
-    def test_root_referenced_by_other_root(self) -> None:
-        """A root that another root also refers to still heads its own layer."""
-        graph = closure(["app-1", "libbase-1"],
-                        {"app-1": ["libbase-1"], "libbase-1": ["libc-1"], "libc-1": []},
-                        {"app-1": 10, "libbase-1": 3, "libc-1": 1})
-        self.assertEqual(contents(plan_layers(graph)),
-                         [{"app-1"}, {"libbase-1", "libc-1"}])
+    def test_empty_path_weighs_one(self) -> None:
+        """A path of size 0 still weighs something, so order stays total."""
+        graph = closure(["app-1"], {"app-1": []}, {"app-1": 0})
+        self.assertEqual(plan_layers(graph), [LayerPlan((store("app-1"),), 1)])
 
     def test_duplicate_roots(self) -> None:
         """A root listed twice is planned once."""
@@ -270,24 +207,12 @@ class PlanLayersTests(SynchronousTestCase):
             plan_layers(closure(["app-1", "tool-1"], references, self_references=False)),
             plan_layers(closure(["app-1", "tool-1"], references)))
 
-    def test_cycle(self) -> None:
-        """A reference cycle terminates, and every path lands in a layer."""
-        graph = closure(["app-1"], {"app-1": ["a-1"], "a-1": ["b-1"], "b-1": ["a-1"]})
-        self.assertEqual(contents(plan_layers(graph)), [{"app-1", "a-1", "b-1"}])
-
-    def test_unreachable_paths_still_placed(self) -> None:
-        """
-        Paths no root reaches are treated as further roots: a stray chain
-        becomes one layer headed by its first path, a stray cycle another.
-        """
-        graph = closure(
-            ["app-1"],
-            {"app-1": [], "stray-1": ["strayd-1"], "strayd-1": [],
-             "loopa-1": ["loopb-1"], "loopb-1": ["loopa-1"]},
-            {"app-1": 100, "stray-1": 50, "strayd-1": 1, "loopa-1": 7, "loopb-1": 7})
-        layers = plan_layers(graph)
-        self.assertEqual(contents(layers),
-                         [{"app-1"}, {"stray-1", "strayd-1"}, {"loopa-1", "loopb-1"}])
+    def test_cycle_and_unreached_paths(self) -> None:
+        """A reference cycle, and paths no root reaches, are still placed."""
+        graph = closure(["app-1"], {"app-1": ["a-1"], "a-1": ["b-1"], "b-1": ["a-1"],
+                                    "stray-1": []})
+        self.assertEqual(sorted(map(sorted, contents(plan_layers(graph)))),
+                         [["a-1"], ["app-1"], ["b-1"], ["stray-1"]])
 
     def test_missing_reference_rejected(self) -> None:
         """A reference to a path outside the closure is a ValueError."""
@@ -320,88 +245,23 @@ class PlanLayersTests(SynchronousTestCase):
         self.assertEqual(plan_layers(graph, None), plan_layers(graph, {}))
 
     def test_order_ties_broken_by_paths(self) -> None:
-        """Layers of equal rating come in the order of their paths."""
+        """Layers of equal weight come in the order of their paths."""
         names = ["zeta-1", "alpha-1", "mid-1"]
         graph = closure(names, {name: [] for name in names})
         layers = plan_layers(graph)
-        self.assertEqual(len(layers), 3)
         self.assertEqual([layer.paths for layer in layers],
                          sorted(layer.paths for layer in layers))
-        self.assertEqual({layer.merge_rating for layer in layers}, {10})
+        self.assertEqual({layer.weight for layer in layers}, {10})
 
-    def test_equal_ratings_merge_by_paths(self) -> None:
-        """
-        When the layers to fold tie on rating, the ones with the smallest
-        paths fold, whatever the input order.
-        """
-        names = ["d-1", "b-1", "a-1", "c-1"]
-        graph = closure(names, {name: [] for name in names})
-        first, second, third, fourth = sorted(store(name) for name in names)
-        layers = plan_layers(graph, budget=3)
-        self.assertEqual(layers, [LayerPlan((first, second), 20),
-                                  LayerPlan((third,), 10),
-                                  LayerPlan((fourth,), 10)])
+    def test_weight_classes(self) -> None:
+        """A weight's class counts the ladder's steps at or below it."""
+        self.assertEqual([weight_class(w) for w in
+                          (0, 4095, 4096, 16383, 16384, WEIGHT_STEPS[-1])],
+                         [0, 0, 1, 1, 2, len(WEIGHT_STEPS)])
 
 
-    def test_ties_compare_whole_layers(self) -> None:
-        """
-        Ties are broken by each layer's sorted paths, not by its head: a
-        layer whose head sorts last but which holds the smallest path
-        folds first.
-        """
-        def path(digit: str, name: str) -> str:
-            return "/nix/store/%s-%s" % (digit * 32, name)
-
-        late_head, early_member = path("m", "late-1"), path("a", "member-1")
-        second, third = path("b", "second-1"), path("c", "third-1")
-        infos = {
-            late_head: StorePathInfo(late_head, 5, 5, (early_member,)),
-            early_member: StorePathInfo(early_member, 5, 5, ()),
-            second: StorePathInfo(second, 10, 10, ()),
-            third: StorePathInfo(third, 10, 10, ()),
-        }
-        graph = ClosureGraph(roots=(third, late_head, second), paths=infos)
-        self.assertEqual(plan_layers(graph, budget=3),
-                         [LayerPlan((early_member, late_head), 10),
-                          LayerPlan((second,), 10),
-                          LayerPlan((third,), 10)])
-        self.assertEqual(plan_layers(graph, budget=2),
-                         [LayerPlan((early_member, second, late_head), 20),
-                          LayerPlan((third,), 10)])
-
-
-class DeterminismTests(SynchronousTestCase):
-    """The same closure always gives the same layers."""
-
-    def test_input_order_irrelevant(self) -> None:
-        """
-        Shuffling the order of the paths mapping, the roots and each path's
-        references leaves the planned layers identical.
-        """
-        rng = random.Random(11)
-        graph, popularity = random_closure(rng, 1500, 12)
-        expected = plan_layers(graph, popularity, budget=30)
-        unmerged = plan_layers(graph, popularity, budget=10 ** 6)
-        self.assertGreater(len(unmerged), 30)
-        for _ in range(5):
-            items = list(graph.paths.items())
-            rng.shuffle(items)
-            shuffled_paths = {}
-            for path, info in items:
-                references = list(info.references)
-                rng.shuffle(references)
-                shuffled_paths[path] = StorePathInfo(
-                    info.path, info.nar_size, info.closure_size, references)
-            roots = list(graph.roots)
-            rng.shuffle(roots)
-            counts = list(popularity.items())
-            rng.shuffle(counts)
-            shuffled = ClosureGraph(roots=roots, paths=shuffled_paths)
-            self.assertEqual(plan_layers(shuffled, dict(counts), budget=30), expected)
-
-
-class BudgetTests(SynchronousTestCase):
-    """Folding layers to fit the budget."""
+class PastTheBudgetTests(SynchronousTestCase):
+    """Closures with more paths than the budget."""
 
     def setUp(self) -> None:
         self.graph, self.popularity = random_closure(random.Random(3), 3000, 25)
@@ -414,59 +274,135 @@ class BudgetTests(SynchronousTestCase):
 
     def test_default_budget(self) -> None:
         """
-        With the default budget a 3000-path closure gets exactly 94 layers:
-        the lowest-rated layers fold into one rated by their sum, and the
-        others are kept as they were, most valuable first.
+        A 3000-path closure fits the default budget: below some weight
+        class every path but a requested package's shares the layer of its
+        class and hash bucket with exactly the other such paths; from that
+        class on, and for the requested packages, each path is alone.
         """
-        unmerged = plan_layers(self.graph, self.popularity, budget=10 ** 6)
-        self.assertGreater(len(unmerged), LAYER_BUDGET)
-        self.assert_partition(unmerged)
-
         layers = plan_layers(self.graph, self.popularity)
-        self.assertEqual(len(layers), LAYER_BUDGET)
+        self.assertLessEqual(len(layers), LAYER_BUDGET)
         self.assert_partition(layers)
+        self.assertEqual(layers, sorted(layers, key=lambda layer: (-layer.weight,
+                                                                   layer.paths)))
+        light = light_classes(self.graph, self.popularity)
+        self.assertGreater(light, 0)
+        roots = set(self.graph.roots)
+        expected: dict[tuple[int, int], set[str]] = {}
+        for path in self.graph.paths:
+            klass = path_class(path, self.graph, self.popularity)
+            if path in roots or klass >= light:
+                expected[(-1, hash(path))] = {path}
+            else:
+                expected.setdefault(
+                    (klass, path_bucket_hash(path) >> (64 - BUCKET_BITS)), set()).add(path)
+        self.assertEqual(sorted(map(sorted, expected.values())),
+                         sorted(map(list, (layer.paths for layer in layers))))
 
-        ascending = sorted(unmerged, key=lambda layer: (layer.merge_rating, layer.paths))
-        fold = len(unmerged) - LAYER_BUDGET + 1
-        folded, kept = ascending[:fold], ascending[fold:]
-        merged = LayerPlan(
-            paths=tuple(sorted(path for layer in folded for path in layer.paths)),
-            merge_rating=sum(layer.merge_rating for layer in folded))
-        self.assertEqual(set(layers), set(kept) | {merged})
-        self.assertLessEqual(max(layer.merge_rating for layer in folded),
-                             min(layer.merge_rating for layer in kept))
-        self.assertEqual(layers, sorted(
-            layers, key=lambda layer: (-layer.merge_rating, layer.paths)))
+    def test_small_budgets(self) -> None:
+        """Every budget down to one is kept, and the layers partition the closure."""
+        for budget in (1, 2, 3, 7, 8, 9, 30, 64):
+            layers = plan_layers(self.graph, self.popularity, budget)
+            self.assertLessEqual(len(layers), budget)
+            self.assert_partition(layers)
 
     def test_budget_one(self) -> None:
         """A budget of one puts everything into a single layer, sorted."""
-        unmerged = plan_layers(self.graph, self.popularity, budget=10 ** 6)
         [layer] = plan_layers(self.graph, self.popularity, budget=1)
         self.assertEqual(layer.paths, tuple(sorted(self.graph.paths)))
-        self.assertEqual(layer.merge_rating,
-                         sum(each.merge_rating for each in unmerged))
 
-    def test_budget_not_reached(self) -> None:
-        """A budget at or above the layer count leaves the layers alone."""
-        unmerged = plan_layers(self.graph, self.popularity, budget=10 ** 6)
-        self.assertEqual(plan_layers(self.graph, self.popularity, budget=len(unmerged)),
-                         unmerged)
-        self.assertEqual(len(plan_layers(self.graph, self.popularity,
-                                         budget=len(unmerged) - 1)),
-                         len(unmerged) - 1)
+    def test_input_order_irrelevant(self) -> None:
+        """
+        Shuffling the order of the paths mapping, the roots and each path's
+        references leaves the planned layers identical.
+        """
+        rng = random.Random(11)
+        expected = plan_layers(self.graph, self.popularity, budget=30)
+        for _ in range(3):
+            items = list(self.graph.paths.items())
+            rng.shuffle(items)
+            shuffled_paths = {}
+            for path, info in items:
+                references = list(info.references)
+                rng.shuffle(references)
+                shuffled_paths[path] = StorePathInfo(
+                    info.path, info.nar_size, info.closure_size, references)
+            roots = list(self.graph.roots)
+            rng.shuffle(roots)
+            counts = list(self.popularity.items())
+            rng.shuffle(counts)
+            shuffled = ClosureGraph(roots=roots, paths=shuffled_paths)
+            self.assertEqual(plan_layers(shuffled, dict(counts), budget=30), expected)
 
-    def test_popular_paths_apart(self) -> None:
+
+class StabilityTests(SynchronousTestCase):
+    """
+    Layers that hold nothing new stay byte-for-byte the same layers when a
+    package is added, removed or changed: the point of the design.
+    """
+
+    @EXAMPLES
+    @given(seed=st.integers(0, 2 ** 32), count=st.integers(41, LAYER_BUDGET - 1),
+           size=st.integers(1, 10 ** 8), shared=st.integers(0, 4))
+    def test_adding_within_budget(self, seed: int, count: int, size: int,
+                                  shared: int) -> None:
         """
-        Before folding, no two paths of popularity 100 or more share a
-        layer, and each layer is rated by the popularity of one of its
-        paths times the sum of its paths' closure sizes.
+        Within the budget, adding a package keeps every earlier layer and
+        adds exactly one, holding the new package.
         """
-        unmerged = plan_layers(self.graph, self.popularity, budget=10 ** 6)
-        popular = {store(name) for name, count in self.popularity.items()
-                   if count >= 100}
-        self.assertTrue(popular)
-        for layer in unmerged:
-            self.assertLessEqual(len(popular.intersection(layer.paths)), 1)
-            size = sum(self.graph.paths[path].closure_size for path in layer.paths)
-            ranks = {path_popularity(path, self.popularity) for path in layer.paths}
-            self.assertIn(layer.merge_rating, {rank * size for rank in ranks})
+        graph, _ = random_closure(random.Random(seed), count, 3)
+        targets = sorted(graph.paths)[:shared]
+        before = {layer.paths for layer in plan_layers(graph)}
+        after = {layer.paths for layer in plan_layers(
+            with_package(graph, "added-1", size, targets))}
+        self.assertEqual(after - before, {(store("added-1"),)})
+        self.assertEqual(before - after, set())
+
+    @EXAMPLES
+    @given(seed=st.integers(0, 2 ** 32), count=st.integers(100, 1500),
+           size=st.integers(1, 10 ** 8), shared=st.integers(0, 4))
+    def test_adding_past_budget(self, seed: int, count: int, size: int,
+                                shared: int) -> None:
+        """
+        Past the budget, adding a package (a path of its own, referring to
+        paths already there) adds its layer and changes no other, unless
+        the closure was so near the budget that one more weight class had
+        to share layers: then only paths of that class moved.
+        """
+        graph, popularity = random_closure(random.Random(seed), count, 10)
+        targets = sorted(graph.paths)[:shared]
+        bigger = with_package(graph, "added-1", size, targets)
+        before = plan_layers(graph, popularity)
+        after = plan_layers(bigger, popularity)
+        light_before = light_classes(graph, popularity)
+        light_after = light_classes(bigger, popularity)
+        self.assertGreaterEqual(light_after, light_before)
+        added = {layer.paths for layer in after} - {layer.paths for layer in before}
+        gone = {layer.paths for layer in before} - {layer.paths for layer in after}
+        self.assertIn((store("added-1"),), added)
+        if light_after == light_before:
+            self.assertEqual(added, {(store("added-1"),)})
+            self.assertEqual(gone, set())
+        moved = set(range(light_before, light_after))
+        for paths in (added - {(store("added-1"),)}) | gone:
+            self.assertTrue({path_class(path, graph, popularity) for path in paths}
+                            <= moved)
+
+    @EXAMPLES
+    @given(seed=st.integers(0, 2 ** 32), count=st.integers(45, 1500))
+    def test_removing(self, seed: int, count: int) -> None:
+        """
+        Removing a package drops the layers of the paths only it needed and
+        keeps every other, except that fewer weight classes may then need
+        to share layers: only paths of those classes move.
+        """
+        graph, popularity = random_closure(random.Random(seed), count, 6)
+        smaller = without_root(graph, graph.roots[0])
+        removed = set(graph.paths) - set(smaller.paths)
+        before = plan_layers(graph, popularity)
+        after = {layer.paths for layer in plan_layers(smaller, popularity)}
+        light_after = light_classes(smaller, popularity)
+        for layer in before:
+            classes = {path_class(path, graph, popularity) for path in layer.paths}
+            if removed.isdisjoint(layer.paths) and (
+                    len(layer.paths) == 1 or max(classes) < light_after):
+                self.assertIn(layer.paths, after)

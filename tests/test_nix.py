@@ -588,6 +588,26 @@ class BuildEndToEnd(TestCase):
         self.assertEqual(len(graph.paths), 2)
         self.assertEqual(calls, ["_reported_closure"])
 
+    async def test_closure_before_and_after_building(self) -> None:
+        """
+        The closure is right whether its paths had to be built (the early
+        query fails, unseen, and is asked again) or were there already
+        (it comes from the early query); the build's log never shows the
+        early query's failure.
+        """
+        package_set = fresh_package_set(self)
+        events = capture_events(self, image="fresh-image")
+        _, built = await self.resolve_and_build(["toolA"], package_set=package_set,
+                                                image="fresh-image")
+        self.assertEqual(len(built.paths), 3)
+        lines = [e.get("line", "") for e in events]
+        self.assertFalse([line for line in lines if "is not valid" in line], lines)
+        self.assertEqual(len([e for e in events if e.get("phase") == "path-info"
+                              and e.get("process_event") == "started"]), 1)
+        _, again = await self.resolve_and_build(["toolA"], package_set=package_set,
+                                                image="fresh-image")
+        self.assertEqual(again, built)
+
     async def test_empty_resolution(self) -> None:
         """Nothing to build gives an empty graph without running Nix."""
         nix = NixRunner(reactor, runner=InlineRunner(), nix_dir="/nonexistent",

@@ -13,7 +13,16 @@
 #
 # `nix-build bench/pkgs` builds every package; the `image` attribute
 # refers to all the others and is the natural root of the closure.
-{ system ? builtins.currentSystem, busybox ? "/bin/busybox" }:
+#
+# Packages for images that differ a little (bench/reuse.py): the `shell`
+# meta-package's four (bashInteractive, coreutils, moreutils, nano),
+# `deepapp` (a program over a chain of 40 libraries), `greeter` (a small
+# script using one library of that chain), `pystack` (an interpreter's
+# library split into one store path per module, a closure with more
+# paths than an image has layers), `pyapp` (a small script using the
+# interpreter), and `revision`, which changes `greeter` and `pyapp`
+# alone, as a newer revision of a package set would.
+{ system ? builtins.currentSystem, busybox ? "/bin/busybox", revision ? 1 }:
 
 let
   triplet = {
@@ -144,6 +153,59 @@ let
     '';
 
     image = copyHost "image" [ gcc python perl tzdata ] "";
+
+    bashInteractive = copyHost "bash-interactive" [ libc support-libs ] ''
+      put bin /bin/bash
+    '';
+
+    coreutils = copyHost "coreutils" [ libc ] ''
+      for tool in ls cat cp mv rm mkdir chmod ln sort uniq head tail wc tr cut \
+          date env id stat du df touch tee sleep; do
+        put bin /bin/$tool /usr/bin/$tool
+      done
+    '';
+
+    moreutils = copyHost "moreutils" [ libc ] ''
+      put bin /usr/bin/diff /usr/bin/cmp /usr/bin/sdiff /usr/bin/diff3
+    '';
+
+    nano = copyHost "nano" [ libc support-libs ] ''
+      put bin /usr/bin/nano /bin/nano /usr/bin/less
+    '';
+
+    # `chain-1` refers to `chain-2` and so on down to `chain-40`, which
+    # refers to libc; each holds one host library (a regular file).
+    chain = builtins.genList (index: copyHost "chain-${toString (index + 1)}"
+      (if index == 39 then [ libc ] else [ (builtins.elemAt chain (index + 1)) ]) ''
+        put lib "$($bb find ${lib} -maxdepth 1 -type f -name 'lib*.so.*' | $bb sort | $bb sed -n '${toString (index * 11 + 5)}p')"
+      '') 40;
+
+    deepapp = copyHost "deepapp" [ (builtins.head chain) ] ''
+      put bin /usr/bin/objdump
+    '';
+
+    greeter = copyHost "greeter-${toString revision}.0" [ (builtins.elemAt chain 19) ] ''
+      $bb mkdir -p "$out/bin"
+      printf '#!/bin/sh\necho "hello from greeter ${toString revision}.0"\n' > "$out/bin/greeter"
+      $bb chmod +x "$out/bin/greeter"
+    '';
+
+    # One store path per entry of the interpreter's library directory,
+    # sorted by name, the first 150.
+    pymodules = builtins.genList (index: copyHost "py-module-${toString (index + 1)}"
+      (if index == 0 then [ support-libs ] else [ ]) ''
+        for directory in /usr/lib/python3.[0-9]*; do
+          put lib/python "$directory/$($bb ls "$directory" | $bb sort | $bb sed -n '${toString (index + 1)}p')"
+        done
+      '') 150;
+
+    pystack = copyHost "pystack" ([ python ] ++ pymodules) "";
+
+    pyapp = copyHost "pyapp-${toString revision}.0" [ python ] ''
+      $bb mkdir -p "$out/bin"
+      printf '#!/bin/sh\nexec python3 -c "print(\\"pyapp ${toString revision}.0\\")"\n' > "$out/bin/pyapp"
+      $bb chmod +x "$out/bin/pyapp"
+    '';
   };
 in
 self

@@ -31,7 +31,7 @@ from nixeryd.build.archive import (DEFAULT_COMPRESS_LEVEL, LAYER_FORMAT_VERSION,
                                    LayerBlob, write_store_layer, write_tree_layer)
 from nixeryd.build.closure import ClosureGraph, store_path_name
 from nixeryd.build.forest import Customisation, build_customisation
-from nixeryd.build.layers import LayerPlan, plan_layers
+from nixeryd.build.layers import LAYERING_VERSION, LayerPlan, plan_layers
 from nixeryd.build.manifest import (BuiltDocuments, LayerDescriptor, RuntimeSettings,
                                     build_documents)
 from nixeryd.build.names import ImageRequest
@@ -142,13 +142,13 @@ class ImageBuilder:
 
     def settings_key(self) -> str:
         """
-        A string that changes whenever the layering settings do (budget,
-        popularity data), for the manifest cache keys.
+        A string that changes whenever the layering does (its rule, the
+        budget, popularity data), for the manifest cache keys.
         """
         if self._settings_key is None:
             popularity = json.dumps(self._popularity, sort_keys=True).encode()
-            self._settings_key = "budget=%d;popularity=%s" % (
-                self._layer_budget, hashlib.sha256(popularity).hexdigest())
+            self._settings_key = "layering=%d;budget=%d;popularity=%s" % (
+                LAYERING_VERSION, self._layer_budget, hashlib.sha256(popularity).hexdigest())
         return self._settings_key
 
     async def build(self, request: ImageRequest, resolution: Resolution,

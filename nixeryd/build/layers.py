@@ -1,60 +1,83 @@
 """
-Grouping an image's closure into layers.
+Grouping an image's closure into layers that related images share.
 
-An image made of one layer per store path would exceed the layer limits of
-container runtimes, and one made of a single layer would share nothing
-between images.  This module groups the store paths of a closure so that
-paths which many images have in common (popular libraries, big toolchains)
-land in layers of their own, which registries and clients then deduplicate,
-while paths only this image needs are folded together.
+A layer is worth something only if other images carry the very same
+layer: same paths, same bytes, same digest.  So which paths share a layer
+must not depend on the rest of the closure.  If it did (as it does when
+layers follow a dominator tree, or fold the least popular groups of *this*
+closure together), adding one package to an image would move paths
+between groups and change layers that hold nothing new; a client would
+download them again and the storage would keep them twice.
 
-The grouping follows the popularity and dominator-tree design of Nixery:
+The rule here decides each path's layer from properties of the path
+itself: its size, its popularity when popularity data is given, and a hash
+of its store path.  Nothing about other paths enters, except through one
+coarse choice (``L``, below) made for the whole closure:
 
-1. Build a graph with a virtual root that points at every top-level store
-   path, and an edge from each path to each path it references.
-2. Give every path a popularity (how many packages refer to it) and add an
-   extra edge from the root to each path that is big or popular, so that
-   such a path is never dominated by anything but the root.
-3. Compute the dominator tree.  Each path immediately dominated by the root
-   heads a layer holding everything it dominates: the paths that are only
-   reachable through it, and so only needed because of it.
-4. Rate each layer by the popularity of its head times its size, and while
-   there are more layers than the budget allows, fold the lowest-rated ones
-   into one.
+1. **One path, one layer.**  When the closure has at most ``budget``
+   paths, every path is a layer of its own.  Adding, removing or swapping
+   a package then adds or drops exactly the layers of the paths that came
+   or went; every other layer stays byte-identical.
+2. **Past the budget, light paths share hash buckets.**  A closure with
+   more paths than ``budget`` needs some paths to share layers.  Each
+   path has a weight, its NAR size times its popularity (1 without data;
+   certificates and the IANA tables are pinned very high), and a weight
+   class: how many steps of a fixed ladder (4 KiB, 16 KiB, 64 KiB, … ×4
+   … up to 64 GiB) its weight reaches.  For the smallest ``L`` that fits
+   the budget, the paths of the ``L`` lightest classes are *light*: each
+   goes to the bucket ``(class, top 3 bits of a hash of its store path)``,
+   and a bucket is a layer.  Every other path, and every path of a
+   requested package (an image root), keeps a layer of its own.  Each
+   class has at most 8 buckets, so ``L`` grows until
+   ``own layers + non-empty buckets <= budget``; if even sharing every
+   class does not fit (a budget under about a hundred, or more requested
+   packages than the budget), all paths go into the largest power of two
+   of buckets that fits, by hash alone.  The result never exceeds
+   ``budget`` layers, whatever the closure.
 
-Unlike Nixery, every ordering here is total, so the same closure always
-gives the same layers in the same order, whatever order the input arrived
-in.  That keeps layer digests, and therefore image digests, stable across
-restarts and replicas.
+   Only light paths ever share, so a changed bucket costs little to send
+   again, and a heavy path never moves.  A light path's bucket depends on
+   its own class and hash and on nothing else, so a package that adds a
+   light path changes the one bucket it lands in and no other; the heavy
+   paths it adds, and its own top-level path, are new layers of their
+   own.  Removing a package drops its layers and changes only the buckets
+   that held its light paths.  ``L`` moves only when the closure grows or
+   shrinks past what the budget holds at the current ``L``; then the
+   paths of the class that starts or stops sharing move, and no other.
 
-Paths that the top-level paths do not reach (a consistent closure has
-none) are still placed in layers: they are treated as further top-level
-paths, so every path of the closure appears in exactly one layer.  Roots or
-references that name a path missing from the closure raise
-:class:`ValueError`, as the closure is then inconsistent.
+Grouping by dependency structure (folding a library into the only
+package that refers to it) is deliberately not used: who refers to a path
+is a property of the closure, not of the path, and that is what made
+layers change when a package was added.  References are still checked, so
+an inconsistent closure is refused.
 
-Nothing here performs I/O; it is plain CPU work meant to run in a thread
-pool for large closures.
+Every ordering is total and the inputs' order is never used, so the same
+closure always gives the same layers in the same order, whatever order
+the input arrived in; that keeps layer digests, and image digests, stable
+across restarts and replicas.
+
+Nothing here performs I/O; it is plain CPU work (one pass over the
+closure), meant to run in a thread pool for large closures.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import bisect
+import hashlib
+from typing import Collection, Mapping
 
 from attrs import frozen
 
 from nixeryd.build.closure import ClosureGraph, store_path_name
 from nixeryd.core import defaults
 
-#: A path whose closure is larger than this many bytes gets a layer of its
-#: own, so the big thing is shared by every image that needs it.
-BIG_CLOSURE_BYTES = 100 * 1000 * 1000
-
-#: A path at least this popular gets a layer of its own.
-POPULAR_THRESHOLD = 100
+#: Version of the grouping rule: raise it whenever the same closure, budget
+#: and popularity data would be grouped differently, so that manifests
+#: cached for a closure (whose layers follow the old rule) are not reused.
+LAYERING_VERSION = 2
 
 #: Popularity given to paths that nearly every image carries, whatever the
-#: popularity data says, so they always lead the shared layers.
+#: popularity data says, so they always keep layers of their own.
 PINNED_POPULARITY = 500000
 
 #: Name prefixes of the paths given :data:`PINNED_POPULARITY`.
@@ -63,8 +86,14 @@ PINNED_NAME_PREFIXES = ("nss-cacert", "iana-etc")
 #: Popularity of a path the popularity data does not mention.
 DEFAULT_POPULARITY = 1
 
-#: Marks a node without an immediate dominator in :func:`immediate_dominators`.
-UNREACHABLE = -1
+#: The steps of the weight ladder (NAR bytes times popularity): a path's
+#: weight class is the number of steps at or below its weight.  Past the
+#: budget, classes share layers from the lightest up, as few as fit.
+WEIGHT_STEPS: tuple[int, ...] = tuple(4096 * 4 ** step for step in range(13))
+
+#: Buckets of each weight class, as a power of two: light paths of one
+#: class share at most this many layers.
+BUCKET_BITS = 3
 
 
 @frozen
@@ -74,13 +103,12 @@ class LayerPlan:
 
     :ivar paths: the store paths of the layer, sorted, so that the same set
         always gives the same tarball and the same cache key.
-    :ivar merge_rating: how valuable the layer is to keep apart, the
-        popularity of its head path times its size (summed when layers are
-        merged).  Layers are ordered by it, the most shared first.
+    :ivar weight: the sum of its paths' weights (NAR size times
+        popularity).  Layers are ordered by it, heaviest first.
     """
 
     paths: tuple[str, ...]
-    merge_rating: int
+    weight: int
 
 
 def path_popularity(path: str, popularity: Mapping[str, int]) -> int:
@@ -98,87 +126,15 @@ def path_popularity(path: str, popularity: Mapping[str, int]) -> int:
     name = store_path_name(path)
     if name.startswith(PINNED_NAME_PREFIXES):
         return PINNED_POPULARITY
-    return popularity.get(name, DEFAULT_POPULARITY)
+    return max(DEFAULT_POPULARITY, popularity.get(name, DEFAULT_POPULARITY))
 
 
-def immediate_dominators(successors: Sequence[Sequence[int]],
-                         root: int = 0) -> list[int]:
+def path_bucket_hash(path: str) -> int:
     """
-    The immediate dominator of every node of a directed graph.
-
-    Node ``d`` dominates node ``n`` when every path from ``root`` to ``n``
-    passes through ``d``; the immediate dominator is the closest strict
-    dominator.  This is the iterative algorithm of Cooper, Harvey and
-    Kennedy ("A Simple, Fast Dominance Algorithm"), run over the nodes in
-    reverse postorder.  Both the depth-first search and the intersection
-    are loops, not recursion, so graphs of any depth are fine; cycles are
-    allowed.  On an acyclic graph it settles after two passes.
-
-    :param successors: for each node ``0 .. n-1``, the nodes it has edges
-        to.
-    :param root: the entry node.
-    :return: for each node its immediate dominator; ``root`` maps to itself
-        and nodes not reachable from ``root`` map to :data:`UNREACHABLE`.
+    A 64-bit number drawn from the store path alone, uniform over paths:
+    its top bits choose a light path's bucket.
     """
-    count = len(successors)
-    if not 0 <= root < count:
-        raise ValueError("root %d is not a node of a %d-node graph" % (root, count))
-
-    # Depth-first search from the root, recording the postorder.
-    postorder: list[int] = []
-    visited = bytearray(count)
-    visited[root] = 1
-    stack = [(root, iter(successors[root]))]
-    while stack:
-        node, pending = stack[-1]
-        for child in pending:
-            if not visited[child]:
-                visited[child] = 1
-                stack.append((child, iter(successors[child])))
-                break
-        else:
-            stack.pop()
-            postorder.append(node)
-
-    # Work in postorder numbers: the intersection then only compares ints.
-    number = [UNREACHABLE] * count
-    for index, node in enumerate(postorder):
-        number[node] = index
-    predecessors: list[list[int]] = [[] for _ in postorder]
-    for node in postorder:
-        source = number[node]
-        for child in successors[node]:
-            predecessors[number[child]].append(source)
-
-    start = number[root]
-    dominator = [UNREACHABLE] * len(postorder)
-    dominator[start] = start
-    changed = True
-    while changed:
-        changed = False
-        for target in range(start - 1, -1, -1):
-            chosen = UNREACHABLE
-            for other in predecessors[target]:
-                if dominator[other] == UNREACHABLE:
-                    continue
-                if chosen == UNREACHABLE:
-                    chosen = other
-                    continue
-                left, right = other, chosen
-                while left != right:
-                    while left < right:
-                        left = dominator[left]
-                    while right < left:
-                        right = dominator[right]
-                chosen = left
-            if dominator[target] != chosen:
-                dominator[target] = chosen
-                changed = True
-
-    result = [UNREACHABLE] * count
-    for index, node in enumerate(postorder):
-        result[node] = postorder[dominator[index]]
-    return result
+    return int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "big")
 
 
 def plan_layers(graph: ClosureGraph,
@@ -192,136 +148,99 @@ def plan_layers(graph: ClosureGraph,
         (``glibc-2.33``); missing or ``None`` means no data, and every
         path then counts as :data:`DEFAULT_POPULARITY`.
     :param budget: the most layers to return; at least 1.
-    :return: the layers, most valuable first (by merge rating descending,
-        then by paths); every path of the closure is in exactly one.
+    :return: the layers, heaviest first (by weight descending, then by
+        paths); every path of the closure is in exactly one.
     :raise ValueError: if ``budget`` is below 1, a root or reference names
         a path that is not in the closure, or an entry of ``graph.paths``
         is filed under a path other than its own.
     """
     if budget < 1:
         raise ValueError("the layer budget must be at least 1, not %r" % (budget,))
+    _check_closure(graph)
+    weights = path_weights(graph, popularity)
+    groups = _group(weights, set(graph.roots), budget)
+    layers = [LayerPlan(paths=tuple(sorted(group)),
+                        weight=sum(weights[path] for path in group))
+              for group in groups]
+    return sorted(layers, key=lambda layer: (-layer.weight, layer.paths))
+
+
+def weight_class(weight: int) -> int:
+    """How many steps of :data:`WEIGHT_STEPS` are at or below ``weight``."""
+    return bisect.bisect_right(WEIGHT_STEPS, weight)
+
+
+def path_weights(graph: ClosureGraph,
+                 popularity: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Every path's weight: NAR size (at least 1) times popularity."""
     counts: Mapping[str, int] = popularity if popularity is not None else {}
-    layers = _dominator_layers(graph, counts)
-    return _fit_budget(layers, budget)
+    return {path: max(1, info.nar_size) * path_popularity(path, counts)
+            for path, info in graph.paths.items()}
 
 
-def _dominator_layers(graph: ClosureGraph,
-                      counts: Mapping[str, int]) -> list[LayerPlan]:
-    """One layer per path immediately dominated by the virtual root."""
-    paths = sorted(graph.paths)
-    if not paths:
-        if graph.roots:
-            raise ValueError("closure root %r is not in the closure" % (graph.roots[0],))
-        return []
+def sharing_classes(weights: Mapping[str, int], roots: Collection[str],
+                    budget: int) -> int | None:
+    """
+    How many weight classes, from the lightest, share layers: 0 when every
+    path has a layer of its own, ``None`` when not even sharing every class
+    fits the budget (then all paths share one set of buckets).
+    """
+    if len(weights) <= budget:
+        return 0
+    own = len(set(roots) & weights.keys())
+    # For each class: how many paths it has, and its non-empty buckets.
+    counts = [0] * (len(WEIGHT_STEPS) + 1)
+    buckets: list[set[int]] = [set() for _ in counts]
+    for path, weight in weights.items():
+        if path not in roots:
+            klass = weight_class(weight)
+            counts[klass] += 1
+            buckets[klass].add(_bucket(path))
+    alone = own + sum(counts)
+    shared = 0
+    for light, klass in enumerate(range(len(counts)), 1):
+        alone -= counts[klass]
+        shared += len(buckets[klass])
+        if alone + shared <= budget:
+            return light
+    return None
 
-    # Node 0 is the virtual root; path i of the sorted list is node i + 1,
-    # so sorting node numbers sorts paths.
-    ids = {path: index for index, path in enumerate(paths, 1)}
-    infos = [graph.paths[path] for path in paths]
-    rank = [0] + [path_popularity(path, counts) for path in paths]
-    successors: list[list[int]] = [[]]
-    for own, (path, info) in enumerate(zip(paths, infos), 1):
+
+def _bucket(path: str) -> int:
+    """A light path's bucket within its weight class."""
+    return path_bucket_hash(path) >> (64 - BUCKET_BITS)
+
+
+def _group(weights: Mapping[str, int], roots: Collection[str],
+           budget: int) -> list[list[str]]:
+    """The paths of ``weights`` grouped as the module docstring says."""
+    light = sharing_classes(weights, roots, budget)
+    if light is None:
+        bits = budget.bit_length() - 1
+        everything: dict[int, list[str]] = {}
+        for path in weights:
+            everything.setdefault(path_bucket_hash(path) >> (64 - bits), []).append(path)
+        return list(everything.values())
+    groups: list[list[str]] = []
+    buckets: dict[tuple[int, int], list[str]] = {}
+    for path, weight in weights.items():
+        klass = weight_class(weight)
+        if path in roots or klass >= light:
+            groups.append([path])
+        else:
+            buckets.setdefault((klass, _bucket(path)), []).append(path)
+    return groups + list(buckets.values())
+
+
+def _check_closure(graph: ClosureGraph) -> None:
+    """Refuse a closure whose roots or references leave it."""
+    for path, info in graph.paths.items():
         if info.path != path:
             raise ValueError("closure entry %r is filed under %r" % (info.path, path))
-        targets = set()
         for reference in info.references:
-            target = ids.get(reference)
-            if target is None:
+            if reference not in graph.paths:
                 raise ValueError("%s references %s, which is not in the closure"
                                  % (path, reference))
-            if target != own:
-                targets.add(target)
-        successors.append(sorted(targets))
-
-    entry: set[int] = set()
     for root in graph.roots:
-        target = ids.get(root)
-        if target is None:
+        if root not in graph.paths:
             raise ValueError("closure root %r is not in the closure" % (root,))
-        entry.add(target)
-    for node, info in enumerate(infos, 1):
-        if info.closure_size > BIG_CLOSURE_BYTES or rank[node] >= POPULAR_THRESHOLD:
-            entry.add(node)
-    entry.update(_unreached_sources(successors, entry))
-    successors[0] = sorted(entry)
-
-    dominator = immediate_dominators(successors)
-    children: list[list[int]] = [[] for _ in successors]
-    for node in range(1, len(successors)):
-        children[dominator[node]].append(node)
-
-    layers = []
-    for head in children[0]:
-        members = []
-        stack = [head]
-        while stack:
-            node = stack.pop()
-            members.append(node)
-            stack.extend(children[node])
-        size = sum(infos[node - 1].closure_size for node in members)
-        layers.append(LayerPlan(
-            paths=tuple(paths[node - 1] for node in sorted(members)),
-            merge_rating=rank[head] * size,
-        ))
-    return layers
-
-
-def _unreached_sources(successors: list[list[int]], entry: set[int]) -> list[int]:
-    """
-    Extra entry nodes that make every node reachable from the root.
-
-    Nodes the entry set does not reach get an edge from the root.  Those
-    without an unreached predecessor come first, so a stray chain becomes
-    one layer rather than one per path; nodes left over (only on stray
-    cycles) are then taken in node order.
-    """
-    reached = bytearray(len(successors))
-    reached[0] = 1
-
-    def reach(starts: list[int]) -> None:
-        stack = [node for node in starts if not reached[node]]
-        for node in stack:
-            reached[node] = 1
-        while stack:
-            for child in successors[stack.pop()]:
-                if not reached[child]:
-                    reached[child] = 1
-                    stack.append(child)
-
-    reach(sorted(entry))
-    stray = [node for node in range(1, len(successors)) if not reached[node]]
-    if not stray:
-        return []
-    has_stray_parent = bytearray(len(successors))
-    for node in stray:
-        for child in successors[node]:
-            has_stray_parent[child] = 1
-    added = []
-    for node in stray:
-        if not has_stray_parent[node]:
-            added.append(node)
-    reach(added)
-    for node in stray:
-        if not reached[node]:
-            added.append(node)
-            reach([node])
-    return added
-
-
-def _fit_budget(layers: list[LayerPlan], budget: int) -> list[LayerPlan]:
-    """
-    Fold the lowest-rated layers together until at most ``budget`` remain.
-
-    As in Nixery, the ``len(layers) - budget + 1`` lowest-rated layers
-    become one whose rating is their sum; the ordering by (rating, paths)
-    is total, so ties cannot make the result depend on input order.
-    """
-    ordered = sorted(layers, key=lambda layer: (layer.merge_rating, layer.paths))
-    if len(ordered) > budget:
-        folded = ordered[:len(ordered) - budget + 1]
-        merged = LayerPlan(
-            paths=tuple(sorted(path for layer in folded for path in layer.paths)),
-            merge_rating=sum(layer.merge_rating for layer in folded),
-        )
-        ordered = [merged] + ordered[len(folded):]
-    return sorted(ordered, key=lambda layer: (-layer.merge_rating, layer.paths))

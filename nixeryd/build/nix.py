@@ -31,7 +31,10 @@ from importlib import resources
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from attrs import field, frozen
-from twisted.logger import Logger
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import ILogObserver, LogEvent, Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from nixeryd.build.closure import ClosureGraph, StorePathInfo
 from nixeryd.build.childenv import child_environment
@@ -274,14 +277,29 @@ class NixRunner:
                      for package in resolution.packages if package.drv_path}
         link = ["--out-link", gc_root] if gc_root else ["--no-out-link"]
         build = ["nix-build", *link, *self._option_args, *installables]
-        await self._run(build, "build", image, log, self._timeout,
-                        lambda e: build_failure(e, self._timeout, image, requested))
-        remaining = max(deadline - self._reactor.seconds(), 0.001)
         query = ["nix", "--extra-experimental-features", "nix-command",
                  "path-info", "--json", "--recursive", "--closure-size",
                  *self._option_args, *roots]
-        result = await self._run(query, "path-info", image, log, remaining,
-                                 lambda e: closure_failure(e, self._timeout, image))
+        # When the outputs are already in the store (an image that differs
+        # from one built before by packages built before), the closure can
+        # be queried while nix-build only adds the roots: one Nix start-up
+        # less to wait for.  The early query fails quietly when an output
+        # is not valid yet, and is asked again once the build is done.
+        early: Deferred[ProcessResult | None] = Deferred.fromCoroutine(self._run(
+            query, "path-info", image, _QUIET, self._timeout,
+            lambda e: closure_failure(e, self._timeout, image)))
+        early.addErrback(_not_yet)
+        try:
+            await self._run(build, "build", image, log, self._timeout,
+                            lambda e: build_failure(e, self._timeout, image, requested))
+        except BaseException:
+            early.cancel()
+            raise
+        result = await early
+        if result is None:
+            remaining = max(deadline - self._reactor.seconds(), 0.001)
+            result = await self._run(query, "path-info", image, log, remaining,
+                                     lambda e: closure_failure(e, self._timeout, image))
         paths = await self._runner.run(_reported_closure, result)
         missing = [root for root in roots if root not in paths]
         if missing:
@@ -306,6 +324,25 @@ class NixRunner:
                 logger=log, log_fields={"image": image, "phase": phase})
         except ProcessFailed as e:
             raise (nix_unavailable(e) or explain(e)) from e
+
+
+@implementer(ILogObserver)
+class _Discard:
+    """Drops every event: the early closure query's lines, whose failure is
+    expected whenever something had to be built."""
+
+    def __call__(self, event: LogEvent) -> None:
+        """One event, dropped."""
+
+
+_QUIET = Logger(namespace=__name__, observer=_Discard())
+
+
+def _not_yet(failure: Failure) -> None:
+    """The early closure query failed: the closure is asked for after the build."""
+    if not isinstance(failure.value, (RegistryError, CancelledError)):
+        _log.failure("Early closure query failed unexpectedly", failure)
+    return None
 
 
 def _to_json(value: Any) -> str:

@@ -14,8 +14,9 @@ members always give the same bytes.
 
 The tar bytes are gathered in one reusable buffer and handed on in chunks of
 exactly :data:`CHUNK_SIZE` bytes (the last one shorter).  Each chunk is added
-to the sha256 of the uncompressed stream (the layer's ``diff_id``), to the
-gzip CRC, and to the deflate compressor from ``isal``; the compressed output
+to the sha256 of the uncompressed stream (the layer's ``diff_id``) and to the
+gzip compressor from ``isal``, which computes the gzip CRC in the same pass
+over the bytes as the deflate stream; the compressed output
 goes to the sha256 of the gzip stream (the layer's ``digest``) and to the
 output file.  Because the chunking depends only on the tar bytes, the gzip
 stream is a function of the tar stream and the compression level.  hashlib
@@ -89,6 +90,9 @@ _END_OF_ARCHIVE = bytes(2 * BLOCK_SIZE)
 # Fixed 10-byte gzip header: deflate, no flags, mtime 0, no extra flags,
 # operating system "unknown".  No file name, so the header never varies.
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+# zlib's window bits for a gzip stream with the largest window.
+_GZIP_WBITS = 16 + isal_zlib.MAX_WBITS
 
 
 class SourceChanged(OSError):
@@ -226,12 +230,15 @@ class TarGzipWriter:
         self._used = 0
         self._tar_hash = hashlib.sha256()
         self._tar_size = 0
-        self._crc = 0
+        # isal writes the gzip header and trailer itself, computing the CRC
+        # in the same pass as the deflate stream.  Its header is replaced
+        # by the fixed one, which differs at most in the extra flags (isal
+        # marks level 0 "fastest"), so every level gives the same header.
         self._compressor = isal_zlib.compressobj(
-            compress_level, isal_zlib.DEFLATED, -isal_zlib.MAX_WBITS)
+            compress_level, isal_zlib.DEFLATED, _GZIP_WBITS)
         self._gzip_hash = hashlib.sha256()
         self._gzip_size = 0
-        self._emit(_GZIP_HEADER)
+        self._header: bytes | None = b""
 
     def add_directory(self, name: bytes, mode: int) -> None:
         """Add a directory member; ``name`` is given without a trailing slash."""
@@ -283,7 +290,6 @@ class TarGzipWriter:
         self._write(_END_OF_ARCHIVE)
         self._flush_chunk()
         self._emit(self._compressor.flush(isal_zlib.Z_FINISH))
-        self._emit(struct.pack("<II", self._crc, self._tar_size & 0xFFFFFFFF))
         self._output.flush()
         return StreamDigests(
             diff_id="sha256:" + self._tar_hash.hexdigest(),
@@ -323,7 +329,6 @@ class TarGzipWriter:
             return
         chunk = self._view[:self._used]
         self._tar_hash.update(chunk)
-        self._crc = isal_zlib.crc32(chunk, self._crc)
         self._tar_size += self._used
         self._emit(self._compressor.compress(chunk))
         chunk.release()
@@ -331,7 +336,26 @@ class TarGzipWriter:
 
     def _emit(self, compressed: bytes) -> None:
         """Write gzip bytes to the output and to their hash."""
+        if self._header is not None:
+            compressed = self._replace_header(compressed)
         if compressed:
             self._gzip_hash.update(compressed)
             self._output.write(compressed)
             self._gzip_size += len(compressed)
+
+    def _replace_header(self, compressed: bytes) -> bytes:
+        """
+        Hold isal's output until its 10-byte gzip header is whole, then
+        give it back with :data:`_GZIP_HEADER` in the header's place.
+        """
+        assert self._header is not None
+        pending = self._header + compressed
+        size = len(_GZIP_HEADER)
+        if len(pending) < size:
+            self._header = pending
+            return b""
+        header = pending[:size]
+        if header[:8] != _GZIP_HEADER[:8] or header[9:] != _GZIP_HEADER[9:]:
+            raise RuntimeError("isal wrote an unexpected gzip header: %r" % (header,))
+        self._header = None
+        return _GZIP_HEADER + pending[size:]

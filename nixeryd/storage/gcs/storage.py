@@ -4,7 +4,11 @@ Storage in a Google Cloud Storage bucket (object names in
 
 Registry clients download blobs from the bucket itself: :meth:`GCSStorage.blob`
 answers with a V4 signed URL, valid for a few minutes, to an object it has
-just seen exist.  Everything else goes through the JSON API
+just seen exist; requests for one blob at once share the metadata request
+on its way, and a blob seen intact within the last 10 ms is answered again
+without one (:mod:`nixeryd.storage.gcs.recentblobs`), so a busy blob costs
+a few requests a second, not one per client.  Everything else goes through
+the JSON API
 (:class:`~nixeryd.storage.gcs.bucket.BucketClient`) on the reactor, without
 blocking it: hashing, file reads and RSA signing run in the injected thread
 pool.
@@ -60,6 +64,7 @@ from treq.client import HTTPClient
 from nixeryd.core.documents import LocalBlob, RedirectBlob
 from nixeryd.core.errors import BlobUnknown
 from nixeryd.core.httpbody import BodyTooLarge
+from nixeryd.core.sharedwork import SharedWork
 from nixeryd.core.threads import Runner
 from nixeryd.core import defaults
 from nixeryd.storage.gcs.auth import AccessTokenSource, TokenSource
@@ -74,6 +79,7 @@ from nixeryd.storage.gcs.objects import file_size_and_md5, format_time, md5_base
 from nixeryd.storage.objectnames import (
     BLOB_PREFIX, blob_digest, blob_object_name, document_key, document_object_name,
     document_prefix)
+from nixeryd.storage.gcs.recentblobs import RecentBlobs
 from nixeryd.storage.retry import NO_OBSERVER, Retrier, RetryObserver
 from nixeryd.storage.gcs.signing import DEFAULT_SIGNING_ENDPOINT, ServiceAccountKey
 from nixeryd.storage.checksums import ObjectChecksums
@@ -173,6 +179,9 @@ class GCSStorage:
         self._simple_upload_limit = simple_upload_limit
         self._index = BucketIndex(runner, client)
         self._checksums = ObjectChecksums("md5")
+        #: Blob requests' metadata requests in flight, by object name.
+        self._blob_lookups: SharedWork[str, ObjectResource | None] = SharedWork()
+        self._recent = RecentBlobs(clock.seconds)
 
     def _claim_spool(self, shared: bool) -> str:
         """This storage's directory in the spool; what dead writers left removed."""
@@ -294,15 +303,24 @@ class GCSStorage:
 
     async def _blob(self, digest: str) -> LocalBlob | RedirectBlob:
         name = blob_object_name(digest)
-        resource = await self.client.metadata(name)
-        if resource is None:
-            self._checksums.forget(digest)
-            raise BlobUnknown("blob unknown to registry", {"digest": digest})
-        if self._checksums.contradicts(digest, _md5_of(resource),
-                                       "gs://%s/%s" % (self.bucket, name)):
-            raise BlobCorrupt("blob damaged in storage", {"digest": digest})
-        return RedirectBlob(url=await self.signed_url(name), digest=digest,
-                            size=int(resource["size"]))
+        # Requests for one blob at once (many clients pulling one image)
+        # share the metadata request on its way: its answer is at most one
+        # round trip older than any of them.
+        size = self._recent.size(name)
+        if size is None:
+            resource = await self._blob_lookups.wait(
+                name, lambda: Deferred.fromCoroutine(self.client.metadata(name)))
+            if resource is None:
+                self._checksums.forget(digest)
+                self._recent.forget(name)
+                raise BlobUnknown("blob unknown to registry", {"digest": digest})
+            if self._checksums.contradicts(digest, _md5_of(resource),
+                                           "gs://%s/%s" % (self.bucket, name)):
+                self._recent.forget(name)
+                raise BlobCorrupt("blob damaged in storage", {"digest": digest})
+            size = int(resource["size"])
+            self._recent.saw(name, size)
+        return RedirectBlob(url=await self.signed_url(name), digest=digest, size=size)
 
     async def _read_small(self, digest: str, limit: int) -> bytes | None:
         try:
@@ -471,6 +489,7 @@ class GCSStorage:
             name = blob_object_name(digest)
         except Exception:
             return fail()
+        self._recent.forget(name)
         return Deferred.fromCoroutine(self._remove(name, version))
 
     def list_documents(self, namespace: str) -> Deferred[list[StoredDocument]]:

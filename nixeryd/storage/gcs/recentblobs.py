@@ -1,0 +1,66 @@
+"""
+Blobs seen intact in the bucket a moment ago: :class:`RecentBlobs`.
+
+A blob request on Cloud Storage is answered with a redirect to a signed
+URL, after a metadata request that shows the object exists and still has
+the blob's MD5 (:mod:`nixeryd.storage.checksums`), so that a damaged
+object is not handed to a client.  That request costs a round trip to the
+bucket; requests for one blob at once share the one on its way, but a
+busy blob still costs a request per round trip and its requests wait for
+it.  Many clients pulling one image ask for the same blobs within moments
+of each other, so a blob whose object was seen intact within the last
+:data:`WINDOW` seconds is answered again without asking: a busy blob costs
+at most ``1 / WINDOW`` metadata requests a second, and an object damaged
+or removed behind the registry's back is noticed at most :data:`WINDOW`
+seconds late (a few round trips: less than any client takes to start a
+pull).  Removing a blob through the storage forgets it at once.
+
+Bounded (the least recently used entries go first); pure bookkeeping on
+the reactor thread.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from nixeryd.service.lru import LRU
+
+#: Blobs remembered at most.
+DEFAULT_ENTRIES = 10000
+
+#: Seconds a sighting of an intact object is trusted.
+WINDOW = 0.01
+
+
+class RecentBlobs:
+    """
+    When each blob object was last seen intact, and its size.
+
+    :param now: the current time in seconds (the reactor's ``seconds``).
+    :param window: seconds a sighting is trusted.
+    :param entries: how many objects are remembered at most.
+    """
+
+    def __init__(self, now: Callable[[], float], window: float = WINDOW,
+                 entries: int = DEFAULT_ENTRIES) -> None:
+        self._now = now
+        self._window = window
+        self._seen: LRU[str, tuple[float, int]] = LRU(entries)
+
+    def size(self, name: str) -> int | None:
+        """The size of ``name`` if it was seen intact within the window, else ``None``."""
+        seen = self._seen.get_recent(name)
+        if seen is None:
+            return None
+        if self._now() - seen[0] >= self._window:
+            del self._seen[name]
+            return None
+        return seen[1]
+
+    def saw(self, name: str, size: int) -> None:
+        """``name`` was just seen intact, ``size`` bytes long."""
+        self._seen.put(name, (self._now(), size))
+
+    def forget(self, name: str) -> None:
+        """``name`` is being removed, or was found missing or damaged."""
+        self._seen.pop(name, None)
