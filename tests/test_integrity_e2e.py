@@ -14,10 +14,13 @@ import json
 import os
 from typing import Awaitable, Callable
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest
 
+from nixeryd.storage.gcs.recentblobs import WINDOW as RECENT_WINDOW
 from tests.daemon import Daemon
 from tests.daemoncases import DaemonTestCase
 from tests.e2e import PACKAGE_SET, require_tools, run
@@ -78,9 +81,14 @@ class DamagedLayerEndToEnd(DaemonTestCase):
             return await deferToThread(self.daemon, *daemon_args, storage=storage)
 
         async def damage(digest: str) -> bytes:
+            """
+            Damage the blob, then let the time pass during which a daemon
+            answers a blob it saw intact without looking again.
+            """
             good = await read(digest)
             self.assertEqual("sha256:" + hashlib.sha256(good).hexdigest(), digest)
             await write(digest, flipped(good))
+            await deferLater(reactor, RECENT_WINDOW + 0.1)
             return good
 
         async def repaired(digest: str, good: bytes) -> None:

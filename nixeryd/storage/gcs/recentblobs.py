@@ -12,8 +12,10 @@ of each other, so a blob whose object was seen intact within the last
 :data:`WINDOW` seconds is answered again without asking: a busy blob costs
 at most ``1 / WINDOW`` metadata requests a second, and an object damaged
 or removed behind the registry's back is noticed at most :data:`WINDOW`
-seconds late (a few round trips: less than any client takes to start a
-pull).  Removing a blob through the storage forgets it at once.
+seconds late.  A second is short beside the minutes a signed URL is valid
+for, and a client that downloads a damaged object in that second refuses
+it by its digest, as it would anyway.  Removing a blob through the storage
+forgets it at once.
 
 Bounded (the least recently used entries go first); pure bookkeeping on
 the reactor thread.
@@ -29,7 +31,7 @@ from nixeryd.service.lru import LRU
 DEFAULT_ENTRIES = 10000
 
 #: Seconds a sighting of an intact object is trusted.
-WINDOW = 0.01
+WINDOW = 1.0
 
 
 class RecentBlobs:

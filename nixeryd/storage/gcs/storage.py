@@ -5,9 +5,9 @@ Storage in a Google Cloud Storage bucket (object names in
 Registry clients download blobs from the bucket itself: :meth:`GCSStorage.blob`
 answers with a V4 signed URL, valid for a few minutes, to an object it has
 just seen exist; requests for one blob at once share the metadata request
-on its way, and a blob seen intact within the last 10 ms is answered again
+on its way, and a blob seen intact within the last second is answered again
 without one (:mod:`nixeryd.storage.gcs.recentblobs`), so a busy blob costs
-a few requests a second, not one per client.  Everything else goes through
+at most one request a second, not one per client.  Everything else goes through
 the JSON API
 (:class:`~nixeryd.storage.gcs.bucket.BucketClient`) on the reactor, without
 blocking it: hashing, file reads and RSA signing run in the injected thread
