@@ -63,9 +63,9 @@ from nixeryd.storage.integrity import MISSING, BlobCheck, BlobCorrupt, BlobState
 from nixeryd.storage.indexqueue import IndexQueue
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
-from nixeryd.storage.naming import (check_document_name, check_index_entry, check_namespace,
+from nixeryd.storage.naming import (check_document_name, check_namespace,
                                     is_document_key)
-from nixeryd.storage.ociindex import Descriptor, descriptor, index_bytes
+from nixeryd.storage.ociindex import Descriptor, index_bytes
 from nixeryd.storage.tempdirs import WriterDirectory, claim, release, sweep
 
 #: Mode of every file made visible: temporary files are created private,
@@ -455,12 +455,8 @@ class FilesystemStorage:
 
     def record_reference(self, reference: str, manifest_digest: str,
                          media_type: str, size: int) -> Deferred[None]:
-        try:
-            check_index_entry(reference, manifest_digest)
-        except Exception:
-            return fail()
-        return self._index_queue.record(
-            reference, descriptor(reference, manifest_digest, media_type, size))
+        return self._index_queue.record_reference(reference, manifest_digest,
+                                                  media_type, size)
 
     def list_references(self) -> Deferred[list[Descriptor]]:
         return self._runner.run(self._index.entries)
