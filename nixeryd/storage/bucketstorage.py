@@ -33,10 +33,17 @@ from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
 from nixeryd.storage.objectnames import blob_object_name, document_object_name
 from nixeryd.storage.ociindex import Descriptor
-from nixeryd.storage.tempdirs import WriterDirectory, claim_swept, release
+from nixeryd.storage.tempdirs import WriterDirectory, claim_swept, log_swept, release
 
 
 ClientT = TypeVar("ClientT", bound=PooledBucketClient)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 @implementer(IStorage)
@@ -73,13 +80,12 @@ class BucketStorage(ABC, Generic[ClientT]):
             tempfile.gettempdir(), "nixeryd-spool"))
         self._writer: WriterDirectory | None
         self._writer, swept = claim_swept(self.spool_root, spool_directory is None)
-        if swept.removed:
-            self.log.info(
-                "Removed {count} spool entries ({bytes} bytes) left in {directory} by"
-                " processes that are gone; {live} other writers alive",
-                count=len(swept.removed), bytes=swept.size, directory=self.spool_root,
-                live=swept.live, entries=list(swept.removed))
+        log_swept(self.log, swept, self.spool_root, "spool")
         self._spool = self._writer.path
+
+    async def _unspool(self, path: str) -> None:
+        """Remove a spooled file (in the runner), if it is still there."""
+        await self._runner.run(_remove_quietly, path)
 
     # -- what each backend does -------------------------------------------
 

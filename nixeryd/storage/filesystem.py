@@ -66,7 +66,7 @@ from nixeryd.storage.listing import StoredBlob, StoredDocument
 from nixeryd.storage.naming import (check_document_name, check_namespace,
                                     is_document_key)
 from nixeryd.storage.ociindex import Descriptor, index_bytes
-from nixeryd.storage.tempdirs import WriterDirectory, claim, release, sweep
+from nixeryd.storage.tempdirs import WriterDirectory, claim, log_swept, release, sweep
 
 #: Mode of every file made visible: temporary files are created private,
 #: but the layout is meant to be read by other tools and users.
@@ -172,13 +172,7 @@ class FilesystemStorage:
 
     def _prepare(self) -> None:
         """Remove what dead processes left behind, and create the layout."""
-        swept = sweep(self._tmp, self._writer)
-        if swept.removed:
-            self.log.info(
-                "Removed {count} temporary entries ({bytes} bytes) left in "
-                "{directory} by processes that are gone; {live} other writers alive",
-                count=len(swept.removed), bytes=swept.size, directory=self._tmp,
-                live=swept.live, entries=list(swept.removed))
+        log_swept(self.log, sweep(self._tmp, self._writer), self._tmp, "temporary")
         layout = os.path.join(self.root, "oci-layout")
         if not os.path.exists(layout):
             self._write_atomically(layout, b'{"imageLayoutVersion":"1.0.0"}')

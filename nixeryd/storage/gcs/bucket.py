@@ -102,23 +102,15 @@ def resume_offset(response: IResponse) -> int:
 
 class BucketClient(PooledBucketClient):
     """
-    Requests on the objects of one bucket.
+    Requests on the objects of one Cloud Storage bucket, through the JSON API.
 
-    :param clock: the time of request timeouts.
-    :param runner: reads files in the thread pool while they are uploaded.
-    :param http: the treq client, on ``pool``.
-    :param pool: its connection pool, closed by :meth:`close`.
-    :param bucket: the bucket name.
+    The parameters not named here are :class:`PooledBucketClient`'s.
+
     :param endpoint: ``scheme://host[:port]`` of the JSON API.
     :param token_source: gives access tokens; ``None`` sends anonymous
         requests (emulators).
     :param chunk_size: bytes per resumable-upload request (a multiple of
         256 KiB).
-    :param read_size: bytes read from disk at a time while uploading.
-    :param request_timeout: seconds a request may take until its answer
-        begins.
-    :param retrier: retries safe requests; by default with the default
-        policy on ``clock``.
     """
 
     log = Logger()

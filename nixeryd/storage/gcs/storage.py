@@ -44,7 +44,6 @@ redirected to (:mod:`nixeryd.storage.integrity`).
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 from urllib.parse import quote
 
@@ -112,13 +111,6 @@ def _read_file(path: str) -> bytes:
         return f.read()
 
 
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 @implementer(IStorage)
 class GCSStorage(BucketStorage[BucketClient]):
     """
@@ -140,9 +132,8 @@ class GCSStorage(BucketStorage[BucketClient]):
         single request.
     :param url_lifetime: seconds a signed blob URL stays valid.
 
-    Making one blocks (it claims its spool directory and sweeps what dead
-    processes left): do it in a thread, or before the reactor runs.  The
-    methods of :class:`~nixeryd.storage.interface.IStorage` are
+    Its :class:`~nixeryd.storage.interface.IStorage` methods, and the
+    spool it claims when made (blocking), are
     :class:`~nixeryd.storage.bucketstorage.BucketStorage`'s.
     """
 
@@ -215,7 +206,7 @@ class GCSStorage(BucketStorage[BucketClient]):
             except PreconditionFailed:
                 await self._check_concurrent_upload(name, size, md5)
         finally:
-            await self._runner.run(_remove_quietly, path)
+            await self._unspool(path)
 
     async def _store_bytes(self, data: bytes, digest: str) -> None:
         name = blob_object_name(digest)

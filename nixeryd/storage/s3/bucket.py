@@ -167,21 +167,12 @@ Body = bytes | Callable[[], IBodyProducer] | None
 
 class S3Client(PooledBucketClient):
     """
-    Requests on the objects of one bucket.
+    Requests on the objects of one S3 bucket, signed with SigV4 (the
+    parameters not named here are :class:`PooledBucketClient`'s).
 
-    :param clock: the time of signatures and request timeouts.
-    :param runner: reads files in the thread pool while they are uploaded.
-    :param http: the treq client, on ``pool``.
-    :param pool: its connection pool, closed by :meth:`close`.
-    :param bucket: the bucket name.
     :param address: where the bucket is.
     :param region: the region requests are signed for.
     :param credentials: gives the key to sign with.
-    :param read_size: bytes read from disk at a time while uploading.
-    :param request_timeout: seconds a request may take until its answer
-        begins.
-    :param retrier: retries safe requests; by default with the default
-        policy on ``clock``.
     """
 
     log = Logger()

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from typing import Any, Mapping
 
@@ -115,13 +114,6 @@ def _same_content(found: ObjectInfo, plan: UploadPlan) -> bool:
     return found.etag in plan.etags() or not _PLAIN_MD5.fullmatch(found.etag)
 
 
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 @implementer(IStorage)
 class S3Storage(BucketStorage[S3Client]):
     """
@@ -141,9 +133,8 @@ class S3Storage(BucketStorage[S3Client]):
         read without credentials (a public bucket, a CDN in front of it);
         blob URLs are then plain ones under it.
 
-    Making one blocks (it claims its spool directory and sweeps what dead
-    processes left): do it in a thread, or before the reactor runs.  The
-    methods of :class:`~nixeryd.storage.interface.IStorage` are
+    Its :class:`~nixeryd.storage.interface.IStorage` methods, and the
+    spool it claims when made (blocking), are
     :class:`~nixeryd.storage.bucketstorage.BucketStorage`'s.
     """
 
@@ -213,7 +204,7 @@ class S3Storage(BucketStorage[S3Client]):
                 await self.client.put_file(key, path, plan.parts[0])
             self._written(key, plan.etags())
         finally:
-            await self._runner.run(_remove_quietly, path)
+            await self._unspool(path)
 
     async def _upload_multipart(self, key: str, path: str, plan: UploadPlan) -> None:
         """
