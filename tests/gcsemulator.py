@@ -30,7 +30,7 @@ from treq.client import HTTPClient
 
 from nixeryd.storage.httpcalls import cancel_after
 from tests.daemon import free_port
-from tests.serverprocess import ServerProcess, spawn_server
+from tests.serverprocess import BucketServer, ServerProcess, spawn_server
 
 #: Why emulator tests cannot run, or ``None`` when they can.
 MISSING_REASON: str | None = (
@@ -51,26 +51,14 @@ def anonymous_client(reactor: IReactorTCP) -> HTTPClient:
 
 
 @define
-class GCSEmulator:
+class GCSEmulator(BucketServer):
     """
     A running emulator.
 
-    :ivar clock: times the grace period of :meth:`stop`.
-    :ivar endpoint: its base URL, ``http://127.0.0.1:<port>``.
-    :ivar bucket: the bucket created at start.
-    :ivar process: the emulator's process.
     :ivar http: an anonymous client for looking at the bucket directly.
     """
 
-    clock: IReactorTime
-    endpoint: str
-    bucket: str
-    process: ServerProcess
     http: HTTPClient
-
-    async def stop(self) -> None:
-        """Terminate the emulator (TERM, then KILL after a grace period)."""
-        await self.process.stop()
 
     async def object_names(self) -> list[str]:
         """Names of every object in the bucket (JSON API listing)."""

