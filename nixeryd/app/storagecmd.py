@@ -3,21 +3,25 @@ What the commands that work on the daemon's storage share (``nixeryd gc``,
 ``nixeryd verify``): the storage opened as the daemon opens it, on a
 thread pool of its own, one line and an exit code when it cannot be, and
 the reactor run for the one piece of work, with warnings and errors on
-stderr.
+stderr; their options' base (:class:`StorageOptions`) and their ``main``
+(:func:`run_command`).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Awaitable, Callable, Protocol, Sequence, TextIO, TypeVar
+from typing import Awaitable, Callable, Mapping, Optional, Protocol, Sequence, TextIO, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTCP, IReactorThreads
 from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
                             globalLogBeginner)
+from twisted.python import usage
 
-from nixeryd.app.config import StorageConfig
+from nixeryd.app.commandline import parse_or_exit_code
+from nixeryd.app.config import StorageConfig, storage_config_from
+from nixeryd.app.settings import ImageOptions
 from nixeryd.core.threads import Runner
 from nixeryd.storage.interface import IStorage
 
@@ -45,6 +49,23 @@ class CheckedOptions(Protocol[T]):
 
     def parseOptions(self, options: list[str]) -> None:
         """Parse and check the command line."""
+
+
+class StorageOptions(usage.Options):
+    """
+    The base of a storage command's options: ``--version``, and the
+    environment the storage settings are read from besides the options.
+    """
+
+    opt_version = ImageOptions.opt_version
+
+    def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
+
+    def storage_config(self) -> StorageConfig:
+        """The checked storage settings, as the daemon checks its own."""
+        return storage_config_from(self, self._environ)
 
 
 def parse_with(options: CheckedOptions[T], argv: Sequence[str]) -> T:
@@ -147,3 +168,16 @@ def react(run: Callable[[object], Awaitable[int]]) -> int:
         if e.code not in (0, None):
             return int(e.code) if isinstance(e.code, int) else EXIT_FAILED
     return result[0] if result else EXIT_FAILED
+
+
+def run_command(parse: Callable[[Sequence[str]], T], argv: Sequence[str], command: str,
+                run: Callable[[object, T, TextIO], Awaitable[int]]) -> int:
+    """
+    A storage command's ``main``: the checked command line (or the exit
+    code of a usage error, ``--help`` or ``--version``), then
+    ``run(reactor, request, stdout)`` on the reactor; the exit code.
+    """
+    request = parse_or_exit_code(parse, argv, command)
+    if isinstance(request, int):
+        return request
+    return react(lambda reactor: run(reactor, request, sys.stdout))

@@ -14,17 +14,15 @@ cannot be used or a pass that failed.
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Mapping, Optional, Sequence, TextIO
 
 from attrs import frozen
-from twisted.python import usage
 
-from nixeryd.app.commandline import EXIT_USAGE, parse_or_exit_code
-from nixeryd.app.config import StorageConfig, storage_config_from
-from nixeryd.app.settings import STORAGE_SETTINGS, ImageOptions, flags, parameters
-from nixeryd.app.storagecmd import EXIT_FAILED, EXIT_OK, parse_with, react, report_pass
+from nixeryd.app.commandline import EXIT_USAGE
+from nixeryd.app.config import StorageConfig
+from nixeryd.app.settings import STORAGE_SETTINGS, flags, parameters
+from nixeryd.app.storagecmd import (EXIT_FAILED, EXIT_OK, StorageOptions, parse_with,
+                                    report_pass, run_command)
 from nixeryd.core.threads import Runner
 from nixeryd.storage.interface import IStorage
 
@@ -50,7 +48,7 @@ class VerifyRequest:
     verbose: bool
 
 
-class VerifyOptions(usage.Options):
+class VerifyOptions(StorageOptions):
     """The options of ``nixeryd verify``; the checked result is :attr:`request`."""
 
     synopsis = "Usage: nixeryd verify [--repair] [options]"
@@ -69,16 +67,10 @@ class VerifyOptions(usage.Options):
 
     request: VerifyRequest
 
-    opt_version = ImageOptions.opt_version
-
-    def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self._environ: Mapping[str, str] = os.environ if environ is None else environ
-
     def postOptions(self) -> None:
         """Check the storage options, as the daemon checks its own."""
         self.request = VerifyRequest(
-            storage=storage_config_from(self, self._environ), repair=bool(self["repair"]),
+            storage=self.storage_config(), repair=bool(self["repair"]),
             verbose=bool(self["verbose"]))
 
 
@@ -106,7 +98,4 @@ async def verify(reactor: object, request: VerifyRequest, out: TextIO) -> int:
 
 def main(argv: Sequence[str]) -> int:
     """``nixeryd verify``: one pass; returns the exit code."""
-    request = parse_or_exit_code(parse, argv, "nixeryd verify")
-    if isinstance(request, int):
-        return request
-    return react(lambda reactor: verify(reactor, request, sys.stdout))
+    return run_command(parse, argv, "nixeryd verify", verify)

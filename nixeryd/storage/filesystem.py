@@ -63,10 +63,10 @@ from nixeryd.storage.integrity import MISSING, BlobCheck, BlobCorrupt, BlobState
 from nixeryd.storage.indexqueue import IndexQueue
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
-from nixeryd.storage.naming import (check_document_name, check_index_entry, check_namespace,
+from nixeryd.storage.naming import (check_document_name, check_namespace,
                                     is_document_key)
-from nixeryd.storage.ociindex import Descriptor, descriptor, index_bytes
-from nixeryd.storage.tempdirs import WriterDirectory, claim, release, sweep
+from nixeryd.storage.ociindex import Descriptor, index_bytes
+from nixeryd.storage.tempdirs import WriterDirectory, claim, log_swept, release, sweep
 
 #: Mode of every file made visible: temporary files are created private,
 #: but the layout is meant to be read by other tools and users.
@@ -172,13 +172,7 @@ class FilesystemStorage:
 
     def _prepare(self) -> None:
         """Remove what dead processes left behind, and create the layout."""
-        swept = sweep(self._tmp, self._writer)
-        if swept.removed:
-            self.log.info(
-                "Removed {count} temporary entries ({bytes} bytes) left in "
-                "{directory} by processes that are gone; {live} other writers alive",
-                count=len(swept.removed), bytes=swept.size, directory=self._tmp,
-                live=swept.live, entries=list(swept.removed))
+        log_swept(self.log, sweep(self._tmp, self._writer), self._tmp, "temporary")
         layout = os.path.join(self.root, "oci-layout")
         if not os.path.exists(layout):
             self._write_atomically(layout, b'{"imageLayoutVersion":"1.0.0"}')
@@ -455,12 +449,8 @@ class FilesystemStorage:
 
     def record_reference(self, reference: str, manifest_digest: str,
                          media_type: str, size: int) -> Deferred[None]:
-        try:
-            check_index_entry(reference, manifest_digest)
-        except Exception:
-            return fail()
-        return self._index_queue.record(
-            reference, descriptor(reference, manifest_digest, media_type, size))
+        return self._index_queue.record_reference(reference, manifest_digest,
+                                                  media_type, size)
 
     def list_references(self) -> Deferred[list[Descriptor]]:
         return self._runner.run(self._index.entries)

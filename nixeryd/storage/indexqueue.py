@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.python.failure import Failure
 
-from nixeryd.storage.ociindex import Descriptor
+from nixeryd.storage.naming import check_index_entry
+from nixeryd.storage.ociindex import Descriptor, descriptor
 
 
 class IndexQueue:
@@ -43,6 +44,19 @@ class IndexQueue:
         if not self._writing:
             self._next()
         return done
+
+    def record_reference(self, reference: str, manifest_digest: str,
+                         media_type: str, size: int) -> Deferred[None]:
+        """
+        :meth:`record` the index entry of :meth:`IStorage.record_reference
+        <nixeryd.storage.interface.IStorage.record_reference>`; an invalid
+        reference or digest fails it at once.
+        """
+        try:
+            check_index_entry(reference, manifest_digest)
+        except Exception:
+            return fail()
+        return self.record(reference, descriptor(reference, manifest_digest, media_type, size))
 
     def _next(self) -> None:
         batch, self._pending = self._pending, {}

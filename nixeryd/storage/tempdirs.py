@@ -43,6 +43,7 @@ import tempfile
 import time
 
 from attrs import frozen
+from twisted.logger import Logger
 
 #: How the directory of a writer is named: ``writer-<pid>-<random>``.
 WRITER_PREFIX = "writer-"
@@ -86,6 +87,18 @@ class Swept:
     removed: tuple[str, ...]
     size: int
     live: int
+
+
+def log_swept(log: Logger, swept: Swept, directory: str, kind: str) -> None:
+    """
+    Log what a sweep of ``directory`` removed, if anything; ``kind`` names
+    its entries (``spool``, ``temporary``).
+    """
+    if swept.removed:
+        log.info("Removed {count} %s entries ({bytes} bytes) left in {directory} by"
+                 " processes that are gone; {live} other writers alive" % (kind,),
+                 count=len(swept.removed), bytes=swept.size, directory=directory,
+                 live=swept.live, entries=list(swept.removed))
 
 
 def shared_directory(path: str) -> None:

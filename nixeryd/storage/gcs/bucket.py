@@ -26,7 +26,6 @@ import secrets
 from typing import Any, Awaitable, Callable, TypeVar
 from urllib.parse import quote, urlencode
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
@@ -39,6 +38,7 @@ from nixeryd.storage.gcs.auth import TokenSource
 from nixeryd.storage.errors import StorageServiceError
 from nixeryd.storage.filebody import FileRegionProducer
 from nixeryd.storage.gcs.http import BACKEND, GCSError, PreconditionFailed, error_for
+from nixeryd.storage.bucketclient import DEFAULT_READ_SIZE, PooledBucketClient
 from nixeryd.storage.httpcalls import cancel_after, drain, read_complete
 from nixeryd.storage.retry import (
     REASON_SERVER_ERROR, TRANSIENT_ERRORS, Attempts, Retrier, error_reason, status_reason,
@@ -54,8 +54,6 @@ DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
 SESSION_GONE = frozenset({404, 410})
 #: New sessions a resumable upload may start after its session is gone.
 SESSION_RESTARTS = 3
-#: Bytes read from disk at a time while uploading.
-DEFAULT_READ_SIZE = 256 * 1024
 #: Objects asked for per page of a listing (the most the API gives).
 LIST_PAGE_SIZE = 1000
 #: The largest page of a listing read (an emulator may send every object
@@ -102,25 +100,17 @@ def resume_offset(response: IResponse) -> int:
     return int(match.group(1)) + 1 if match else 0
 
 
-class BucketClient:
+class BucketClient(PooledBucketClient):
     """
-    Requests on the objects of one bucket.
+    Requests on the objects of one Cloud Storage bucket, through the JSON API.
 
-    :param clock: the time of request timeouts.
-    :param runner: reads files in the thread pool while they are uploaded.
-    :param http: the treq client, on ``pool``.
-    :param pool: its connection pool, closed by :meth:`close`.
-    :param bucket: the bucket name.
+    The parameters not named here are :class:`PooledBucketClient`'s.
+
     :param endpoint: ``scheme://host[:port]`` of the JSON API.
     :param token_source: gives access tokens; ``None`` sends anonymous
         requests (emulators).
     :param chunk_size: bytes per resumable-upload request (a multiple of
         256 KiB).
-    :param read_size: bytes read from disk at a time while uploading.
-    :param request_timeout: seconds a request may take until its answer
-        begins.
-    :param retrier: retries safe requests; by default with the default
-        policy on ``clock``.
     """
 
     log = Logger()
@@ -136,17 +126,12 @@ class BucketClient:
         if chunk_size <= 0 or chunk_size % RESUMABLE_GRANULARITY:
             raise ValueError("chunk_size must be a positive multiple of %d"
                              % (RESUMABLE_GRANULARITY,))
-        self._clock = clock
-        self._runner = runner
-        self._http = http
-        self._pool = pool
-        self.bucket = bucket
+        super().__init__(clock, runner, http, pool, bucket, backend=BACKEND,
+                         read_size=read_size, request_timeout=request_timeout,
+                         retrier=retrier)
         self.endpoint = endpoint.rstrip("/")
         self._tokens = token_source
         self._chunk_size = chunk_size
-        self._read_size = read_size
-        self._timeout = request_timeout
-        self._retrier = retrier if retrier is not None else Retrier(clock, backend=BACKEND)
 
     def _object_url(self, name: str, **query: str) -> str:
         url = "%s/storage/v1/b/%s/o/%s" % (
@@ -513,8 +498,3 @@ class BucketClient:
                              % (self.bucket, error), response.code)
         raise error
 
-    def close(self) -> Deferred[None]:
-        """Close idle connections (at shutdown, and at the end of tests)."""
-        closed: Deferred[None] = (
-            self._pool.closeCachedConnections())  # type: ignore[no-untyped-call]
-        return closed

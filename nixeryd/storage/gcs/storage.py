@@ -48,12 +48,10 @@ redirected to (:mod:`nixeryd.storage.integrity`).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from typing import Any, Collection
+from typing import Any
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -82,13 +80,11 @@ from nixeryd.storage.objectnames import (
 from nixeryd.storage.gcs.recentblobs import RecentBlobs
 from nixeryd.storage.retry import NO_OBSERVER, Retrier, RetryObserver
 from nixeryd.storage.gcs.signing import DEFAULT_SIGNING_ENDPOINT, ServiceAccountKey
+from nixeryd.storage.bucketstorage import BucketStorage
 from nixeryd.storage.checksums import ObjectChecksums
 from nixeryd.storage.integrity import BlobCheck, BlobCorrupt
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
-from nixeryd.storage.naming import check_index_entry
-from nixeryd.storage.ociindex import Descriptor, descriptor
-from nixeryd.storage.tempdirs import WriterDirectory, claim_swept, release
 
 DOCUMENT_LIMIT = 16 * 1024 * 1024
 #: Writes of a document tried, each over the generation the previous one
@@ -122,15 +118,8 @@ def _read_file(path: str) -> bytes:
         return f.read()
 
 
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 @implementer(IStorage)
-class GCSStorage:
+class GCSStorage(BucketStorage[BucketClient]):
     """
     Blobs and documents in one Cloud Storage bucket.
 
@@ -150,8 +139,9 @@ class GCSStorage:
         single request.
     :param url_lifetime: seconds a signed blob URL stays valid.
 
-    Making one blocks (it claims its spool directory and sweeps what dead
-    processes left): do it in a thread, or before the reactor runs.
+    Its :class:`~nixeryd.storage.interface.IStorage` methods, and the
+    spool it claims when made (blocking), are
+    :class:`~nixeryd.storage.bucketstorage.BucketStorage`'s.
     """
 
     log = Logger()
@@ -163,36 +153,17 @@ class GCSStorage:
                  spool_directory: str | None = None,
                  simple_upload_limit: int = DEFAULT_SIMPLE_UPLOAD_LIMIT,
                  url_lifetime: int = 300) -> None:
-        self._clock = clock
-        self._runner = runner
-        self.client = client
-        self.bucket = client.bucket
+        super().__init__(clock, runner, client, spool_directory)
         if signer is None and signing_key is not None:
             signer = KeySigner(signing_key, runner)
         self._urls = None if signer is None else SignedUrls(signer, clock, url_lifetime)
         self._signing_endpoint = (signing_endpoint or client.endpoint).rstrip("/")
-        self._writer: WriterDirectory | None = None
-        #: Where every writer's directory is.
-        self.spool_root = os.path.abspath(spool_directory or os.path.join(
-            tempfile.gettempdir(), "nixeryd-spool"))
-        self._spool = self._claim_spool(shared=spool_directory is None)
         self._simple_upload_limit = simple_upload_limit
         self._index = BucketIndex(runner, client)
         self._checksums = ObjectChecksums("md5")
         #: Blob requests' metadata requests in flight, by object name.
         self._blob_lookups: SharedWork[str, ObjectResource | None] = SharedWork()
         self._recent = RecentBlobs(clock.seconds)
-
-    def _claim_spool(self, shared: bool) -> str:
-        """This storage's directory in the spool; what dead writers left removed."""
-        self._writer, swept = claim_swept(self.spool_root, shared)
-        if swept.removed:
-            self.log.info(
-                "Removed {count} spool entries ({bytes} bytes) left in {directory} by"
-                " processes that are gone; {live} other writers alive",
-                count=len(swept.removed), bytes=swept.size, directory=self.spool_root,
-                live=swept.live, entries=list(swept.removed))
-        return self._writer.path
 
     # -- blobs ------------------------------------------------------------
 
@@ -245,7 +216,7 @@ class GCSStorage:
             except PreconditionFailed:
                 await self._check_concurrent_upload(name, size, md5)
         finally:
-            await self._runner.run(_remove_quietly, path)
+            await self._unspool(path)
 
     async def _store_bytes(self, data: bytes, digest: str) -> None:
         name = blob_object_name(digest)
@@ -400,6 +371,7 @@ class GCSStorage:
         return documents
 
     async def _remove(self, name: str, version: str) -> bool:
+        self._recent.forget(name)
         generation, _, metageneration = version.partition("/")
         return await self.client.delete(name, generation or None, metageneration or None)
 
@@ -416,101 +388,16 @@ class GCSStorage:
         return await self._urls.url(bucket=self.bucket, object_name=name, method=method,
                                     endpoint=self._signing_endpoint)
 
-    def check_bucket(self) -> Deferred[None]:
+    async def _check_bucket(self) -> None:
         """
         Make sure the bucket exists, the credentials may use it and blob
         URLs can be signed (through IAM, the account may sign); fails with
         :class:`GCSError` and an explanation otherwise.
         """
-        return Deferred.fromCoroutine(self._check_bucket())
-
-    async def _check_bucket(self) -> None:
         await self.client.check_bucket()
         if self._urls is not None:
             await self._urls.url(bucket=self.bucket, object_name=SIGNING_PROBE,
                                  method="GET", endpoint=self._signing_endpoint)
-
-    # -- IStorage ---------------------------------------------------------
-
-    def temp_directory(self) -> str:
-        return self._spool
-
-    def has_blob(self, digest: str) -> Deferred[bool]:
-        return Deferred.fromCoroutine(self._has_blob(digest))
-
-    def refresh_blob(self, digest: str) -> Deferred[bool]:
-        return Deferred.fromCoroutine(self._refresh_blob(digest))
-
-    def check_blob(self, digest: str, checksum: str | None = None) -> Deferred[BlobCheck]:
-        try:
-            blob_object_name(digest)
-        except Exception:
-            return fail()
-        return Deferred.fromCoroutine(self._check_blob(digest, checksum))
-
-    def store_blob_file(self, path: str, digest: str) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._store_file(path, digest))
-
-    def store_blob_bytes(self, data: bytes, digest: str) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._store_bytes(data, digest))
-
-    def blob(self, digest: str) -> Deferred[LocalBlob | RedirectBlob]:
-        return Deferred.fromCoroutine(self._blob(digest))
-
-    def read_small_blob(self, digest: str, limit: int) -> Deferred[bytes | None]:
-        return Deferred.fromCoroutine(self._read_small(digest, limit))
-
-    def get_document(self, namespace: str, key: str) -> Deferred[Any]:
-        return Deferred.fromCoroutine(self._get_document(namespace, key))
-
-    def put_document(self, namespace: str, key: str, document: object) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._put_document(namespace, key, document))
-
-    def record_reference(self, reference: str, manifest_digest: str,
-                         media_type: str, size: int) -> Deferred[None]:
-        try:
-            check_index_entry(reference, manifest_digest)
-        except Exception:
-            return fail()
-        return self._index.record(
-            reference, descriptor(reference, manifest_digest, media_type, size))
-
-    def list_references(self) -> Deferred[list[Descriptor]]:
-        return Deferred.fromCoroutine(self._index.entries())
-
-    def prune_references(self, manifest_digests: Collection[str]) -> Deferred[int]:
-        return Deferred.fromCoroutine(self._index.prune(frozenset(manifest_digests)))
-
-    def list_blobs(self) -> Deferred[list[StoredBlob]]:
-        return Deferred.fromCoroutine(self._list_blobs())
-
-    def remove_blob(self, digest: str, version: str) -> Deferred[bool]:
-        try:
-            name = blob_object_name(digest)
-        except Exception:
-            return fail()
-        self._recent.forget(name)
-        return Deferred.fromCoroutine(self._remove(name, version))
-
-    def list_documents(self, namespace: str) -> Deferred[list[StoredDocument]]:
-        return Deferred.fromCoroutine(self._list_documents(namespace))
-
-    def remove_document(self, namespace: str, key: str, version: str) -> Deferred[bool]:
-        try:
-            name = document_object_name(namespace, key)
-        except Exception:
-            return fail()
-        return Deferred.fromCoroutine(self._remove(name, version))
-
-    def close(self) -> Deferred[None]:
-        """
-        Give up the spool directory (a few system calls) and close idle
-        connections (when the daemon stops, and at the end of tests).
-        """
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            release(writer)
-        return self.client.close()
 
 
 def build_gcs_storage(

@@ -23,7 +23,6 @@ from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
@@ -36,6 +35,7 @@ from nixeryd.core.threads import Runner
 from nixeryd.storage.canonical import (
     EMPTY_SHA256, canonical_query_by_name, host_with_port, uri_encode_path)
 from nixeryd.storage.filebody import FileRegionProducer
+from nixeryd.storage.bucketclient import DEFAULT_READ_SIZE, PooledBucketClient
 from nixeryd.storage.httpcalls import cancel_after, drain
 from nixeryd.storage.retry import Retrier
 from nixeryd.storage.s3.credentials import CredentialSource
@@ -49,9 +49,6 @@ from nixeryd.storage.s3.signing import presign_url, signed_headers
 LIST_PAGE_SIZE = 1000
 #: The largest page of a listing read.
 LIST_PAGE_LIMIT = 64 * 1024 * 1024
-#: Bytes read from disk at a time while uploading.
-DEFAULT_READ_SIZE = 256 * 1024
-
 
 #: What a bucket name may hold: S3's rules (lower-case letters, digits,
 #: dots and hyphens) with the capitals and underscores of old us-east-1
@@ -168,23 +165,14 @@ def _etag(response: IResponse) -> str:
 Body = bytes | Callable[[], IBodyProducer] | None
 
 
-class S3Client:
+class S3Client(PooledBucketClient):
     """
-    Requests on the objects of one bucket.
+    Requests on the objects of one S3 bucket, signed with SigV4 (the
+    parameters not named here are :class:`PooledBucketClient`'s).
 
-    :param clock: the time of signatures and request timeouts.
-    :param runner: reads files in the thread pool while they are uploaded.
-    :param http: the treq client, on ``pool``.
-    :param pool: its connection pool, closed by :meth:`close`.
-    :param bucket: the bucket name.
     :param address: where the bucket is.
     :param region: the region requests are signed for.
     :param credentials: gives the key to sign with.
-    :param read_size: bytes read from disk at a time while uploading.
-    :param request_timeout: seconds a request may take until its answer
-        begins.
-    :param retrier: retries safe requests; by default with the default
-        policy on ``clock``.
     """
 
     log = Logger()
@@ -194,17 +182,12 @@ class S3Client:
                  region: str, credentials: CredentialSource,
                  read_size: int = DEFAULT_READ_SIZE, request_timeout: float = 300,
                  retrier: Retrier | None = None) -> None:
-        self._clock = clock
-        self._runner = runner
-        self._http = http
-        self._pool = pool
-        self.bucket = bucket
+        super().__init__(clock, runner, http, pool, bucket, backend=BACKEND,
+                         read_size=read_size, request_timeout=request_timeout,
+                         retrier=retrier)
         self.address = address
         self.region = region
         self.credentials = credentials
-        self._read_size = read_size
-        self._timeout = request_timeout
-        self._retrier = retrier if retrier is not None else Retrier(clock, backend=BACKEND)
 
     def _s3(self, key: str) -> str:
         return "s3://%s/%s" % (self.bucket, key)
@@ -499,11 +482,6 @@ class S3Client:
                             response.code, error.code)
         raise error
 
-    def close(self) -> Deferred[None]:
-        """Close idle connections (at shutdown, and at the end of tests)."""
-        closed: Deferred[None] = (
-            self._pool.closeCachedConnections())  # type: ignore[no-untyped-call]
-        return closed
 
 
 def _parse_listing(body: bytes) -> tuple[list[ObjectInfo], str | None]:

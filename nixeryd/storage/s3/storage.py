@@ -40,12 +40,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
-from typing import Any, Collection, Mapping
+from typing import Any, Mapping
 
-from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -62,13 +59,12 @@ from nixeryd.storage.circuit import Circuit
 from nixeryd.storage.objectnames import (
     BLOB_PREFIX, blob_digest, blob_object_name, document_key, document_object_name,
     document_prefix)
+from nixeryd.storage.bucketstorage import BucketStorage
 from nixeryd.storage.checksums import Fingerprints, ObjectChecksums
 from nixeryd.storage.integrity import BlobCheck, BlobCorrupt
 from nixeryd.storage.interface import IStorage
 from nixeryd.storage.listing import StoredBlob, StoredDocument
-from nixeryd.storage.naming import check_index_entry
 from nixeryd.storage.retry import NO_OBSERVER, Retrier, RetryObserver
-from nixeryd.storage.ociindex import Descriptor, descriptor
 from nixeryd.storage.s3.bucket import (
     BucketAddress, ObjectInfo, S3Client, aws_endpoint, default_addressing_style)
 from nixeryd.storage.s3.credentials import find_credentials
@@ -76,7 +72,6 @@ from nixeryd.storage.s3.http import BACKEND, PreconditionFailed, S3Error
 from nixeryd.storage.s3.index import S3Index
 from nixeryd.storage.s3.objects import (
     UploadPlan, format_mtime, parse_last_modified, plan_upload)
-from nixeryd.storage.tempdirs import WriterDirectory, claim_swept, release
 
 DOCUMENT_LIMIT = 16 * 1024 * 1024
 #: Files larger than this go up as multipart uploads.
@@ -119,15 +114,8 @@ def _same_content(found: ObjectInfo, plan: UploadPlan) -> bool:
     return found.etag in plan.etags() or not _PLAIN_MD5.fullmatch(found.etag)
 
 
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 @implementer(IStorage)
-class S3Storage:
+class S3Storage(BucketStorage[S3Client]):
     """
     Blobs and documents in one S3 bucket.
 
@@ -145,8 +133,9 @@ class S3Storage:
         read without credentials (a public bucket, a CDN in front of it);
         blob URLs are then plain ones under it.
 
-    Making one blocks (it claims its spool directory and sweeps what dead
-    processes left): do it in a thread, or before the reactor runs.
+    Its :class:`~nixeryd.storage.interface.IStorage` methods, and the
+    spool it claims when made (blocking), are
+    :class:`~nixeryd.storage.bucketstorage.BucketStorage`'s.
     """
 
     log = Logger()
@@ -156,26 +145,11 @@ class S3Storage:
                  multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
                  part_size: int = DEFAULT_PART_SIZE,
                  url_lifetime: int = 300, public_url: str | None = None) -> None:
-        self._clock = clock
-        self._runner = runner
-        self.client = client
-        self.bucket = client.bucket
+        super().__init__(clock, runner, client, spool_directory)
         self._multipart_threshold = multipart_threshold
         self._part_size = part_size
         self._url_lifetime = url_lifetime
         self._public_url = public_url.rstrip("/") if public_url else None
-        self._writer: WriterDirectory | None = None
-        #: Where every writer's directory is.
-        self.spool_root = os.path.abspath(spool_directory or os.path.join(
-            tempfile.gettempdir(), "nixeryd-spool"))
-        self._writer, swept = claim_swept(self.spool_root, spool_directory is None)
-        if swept.removed:
-            self.log.info(
-                "Removed {count} spool entries ({bytes} bytes) left in {directory} by"
-                " processes that are gone; {live} other writers alive",
-                count=len(swept.removed), bytes=swept.size, directory=self.spool_root,
-                live=swept.live, entries=list(swept.removed))
-        self._spool = self._writer.path
         self._index = S3Index(runner, client)
         # Taken as the blob's when nothing was recorded: a plain MD5 only
         # (a refresh, a copy onto itself, may turn a multipart ETag into one).
@@ -230,7 +204,7 @@ class S3Storage:
                 await self.client.put_file(key, path, plan.parts[0])
             self._written(key, plan.etags())
         finally:
-            await self._runner.run(_remove_quietly, path)
+            await self._unspool(path)
 
     async def _upload_multipart(self, key: str, path: str, plan: UploadPlan) -> None:
         """
@@ -383,21 +357,18 @@ class S3Storage:
         return await self.client.presign(key, self._url_lifetime)
 
     async def _check_bucket(self) -> None:
-        await self.client.check_bucket()
-        try:
-            await self.abort_stale_uploads()
-        except Exception as e:
-            self.log.warn("Could not list the unfinished uploads of s3://{bucket}: {error}",
-                          bucket=self.bucket, error=str(e))
-
-    def check_bucket(self) -> Deferred[None]:
         """
         Make sure the bucket exists and the credentials may use it (fails
         with :class:`S3Error` and an explanation otherwise), then abort
         the multipart uploads of blobs that dead processes left (a failure
         of that is logged).
         """
-        return Deferred.fromCoroutine(self._check_bucket())
+        await self.client.check_bucket()
+        try:
+            await self.abort_stale_uploads()
+        except Exception as e:
+            self.log.warn("Could not list the unfinished uploads of s3://{bucket}: {error}",
+                          bucket=self.bucket, error=str(e))
 
     async def abort_stale_uploads(self, older_than: float = STALE_UPLOAD_SECONDS) -> int:
         """
@@ -420,87 +391,6 @@ class S3Storage:
                           " in s3://{bucket}", count=aborted, hours=older_than / 3600,
                           bucket=self.bucket)
         return aborted
-
-    # -- IStorage ---------------------------------------------------------
-
-    def temp_directory(self) -> str:
-        return self._spool
-
-    def has_blob(self, digest: str) -> Deferred[bool]:
-        return Deferred.fromCoroutine(self._has_blob(digest))
-
-    def refresh_blob(self, digest: str) -> Deferred[bool]:
-        return Deferred.fromCoroutine(self._refresh_blob(digest))
-
-    def check_blob(self, digest: str, checksum: str | None = None) -> Deferred[BlobCheck]:
-        try:
-            blob_object_name(digest)
-        except Exception:
-            return fail()
-        return Deferred.fromCoroutine(self._check_blob(digest, checksum))
-
-    def store_blob_file(self, path: str, digest: str) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._store_file(path, digest))
-
-    def store_blob_bytes(self, data: bytes, digest: str) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._store_bytes(data, digest))
-
-    def blob(self, digest: str) -> Deferred[LocalBlob | RedirectBlob]:
-        return Deferred.fromCoroutine(self._blob(digest))
-
-    def read_small_blob(self, digest: str, limit: int) -> Deferred[bytes | None]:
-        return Deferred.fromCoroutine(self._read_small(digest, limit))
-
-    def get_document(self, namespace: str, key: str) -> Deferred[Any]:
-        return Deferred.fromCoroutine(self._get_document(namespace, key))
-
-    def put_document(self, namespace: str, key: str, document: object) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._put_document(namespace, key, document))
-
-    def record_reference(self, reference: str, manifest_digest: str,
-                         media_type: str, size: int) -> Deferred[None]:
-        try:
-            check_index_entry(reference, manifest_digest)
-        except Exception:
-            return fail()
-        return self._index.record(
-            reference, descriptor(reference, manifest_digest, media_type, size))
-
-    def list_references(self) -> Deferred[list[Descriptor]]:
-        return Deferred.fromCoroutine(self._index.entries())
-
-    def prune_references(self, manifest_digests: Collection[str]) -> Deferred[int]:
-        return Deferred.fromCoroutine(self._index.prune(frozenset(manifest_digests)))
-
-    def list_blobs(self) -> Deferred[list[StoredBlob]]:
-        return Deferred.fromCoroutine(self._list_blobs())
-
-    def remove_blob(self, digest: str, version: str) -> Deferred[bool]:
-        try:
-            key = blob_object_name(digest)
-        except Exception:
-            return fail()
-        return Deferred.fromCoroutine(self._remove(key, version))
-
-    def list_documents(self, namespace: str) -> Deferred[list[StoredDocument]]:
-        return Deferred.fromCoroutine(self._list_documents(namespace))
-
-    def remove_document(self, namespace: str, key: str, version: str) -> Deferred[bool]:
-        try:
-            name = document_object_name(namespace, key)
-        except Exception:
-            return fail()
-        return Deferred.fromCoroutine(self._remove(name, version))
-
-    def close(self) -> Deferred[None]:
-        """
-        Give up the spool directory (a few system calls) and close idle
-        connections (when the daemon stops, and at the end of tests).
-        """
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            release(writer)
-        return self.client.close()
 
 
 def build_s3_storage(
