@@ -238,16 +238,8 @@ class BasicTests(AuthRegistryTestCase):
         self.assertEqual(self.fetch(b"GET", "/token")[0].code, 404)
 
 
-PINNED_RULES = """
-[[rule]]
-users = ["alice"]
-packages = ["*"]
-
-[[rule]]
-users = ["bob"]
-packages = ["hello"]
-pinned = true
-"""
+#: RULES, with bob's rule for pinned revisions only.
+PINNED_RULES = RULES + "pinned = true\n"
 
 #: A pinned revision of the package source, as a tag.
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
