@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -271,6 +271,59 @@ class GCSEmulatorTests(EmulatorTestCase):
         self.assertTrue(await self.storage.remove_blob(digest, stored.version))
         with self.assertRaises(BlobUnknown):
             await self.storage.blob(digest)
+
+    async def test_lookup_during_removal_not_trusted(self) -> None:
+        """
+        A blob lookup on its way while the blob is removed through the
+        storage is not remembered: the next request asks the bucket again
+        and learns the blob is gone, instead of being sent to a deleted
+        object for the rest of the window.
+        """
+        self.storage._recent = RecentBlobs(Clock().seconds, window=60)
+        data = os.urandom(1000)
+        digest = digest_of(data)
+        name = blob_object_name(digest)
+        await self.storage.store_blob_bytes(data, digest)
+        [stored] = await self.storage.list_blobs()
+        metadata = self.storage.client.metadata
+        fetched: Deferred[None] = Deferred()
+        held: Deferred[None] = Deferred()
+
+        async def slow(name: str) -> Any:
+            resource = await metadata(name)
+            fetched.callback(None)
+            await held
+            return resource
+
+        self.storage.client.metadata = slow  # type: ignore[method-assign]
+        answer = self.storage.blob(digest)
+        await fetched
+        self.assertTrue(await self.storage.remove_blob(digest, stored.version))
+        held.callback(None)
+        self.assertIsInstance(await answer, RedirectBlob)
+        self.storage.client.metadata = metadata  # type: ignore[method-assign]
+        with self.assertRaises(BlobUnknown):
+            await self.storage.blob(digest)
+        self.assertIsNone(self.storage._recent.size(name))
+
+    async def test_missing_object_found_forgets(self) -> None:
+        """
+        An object found missing by an existence check or a refresh is
+        forgotten at once, not answered for the rest of the window.
+        """
+        self.storage._recent = RecentBlobs(Clock().seconds, window=60)
+        for check in (self.storage.has_blob, self.storage.refresh_blob):
+            data = os.urandom(1000)
+            digest = digest_of(data)
+            name = blob_object_name(digest)
+            await self.storage.store_blob_bytes(data, digest)
+            await self.storage.blob(digest)
+            self.assertEqual(self.storage._recent.size(name), 1000)
+            await self.storage.client.delete(name)
+            await check(digest)
+            self.assertIsNone(self.storage._recent.size(name), check)
+            with self.assertRaises(BlobUnknown):
+                await self.storage.blob(digest)
 
     async def test_unsigned_url_without_key(self) -> None:
         """Without a key (emulator use), blob answers are plain URLs that still fetch."""

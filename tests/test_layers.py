@@ -25,7 +25,7 @@ from nixeryd.build.layers import (
     sharing_classes,
     weight_class,
 )
-from nixeryd.core.defaults import LAYER_BUDGET
+from nixeryd.core.defaults import LAYER_BUDGET, MAX_LAYER_BUDGET
 
 #: Hypothesis settings: no example database, no deadline (the machine may
 #: be busy), enough closures to meet the corner cases.
@@ -332,6 +332,39 @@ class PastTheBudgetTests(SynchronousTestCase):
             rng.shuffle(counts)
             shuffled = ClosureGraph(roots=roots, paths=shuffled_paths)
             self.assertEqual(plan_layers(shuffled, dict(counts), budget=30), expected)
+
+
+class BudgetEdgeTests(SynchronousTestCase):
+    """Any closure, any budget the settings allow: the budget is kept."""
+
+    @EXAMPLES
+    @given(budget=st.integers(1, MAX_LAYER_BUDGET), extra=st.integers(-3, 3),
+           count=st.one_of(st.just(None), st.integers(0, 400)),
+           root_share=st.floats(0, 1),
+           sizes=st.lists(st.sampled_from((0, 1, 5000, 10 ** 6, 10 ** 9, 10 ** 12)),
+                          min_size=1, max_size=6))
+    def test_partition_within_budget(self, budget: int, extra: int, count: int | None,
+                                     root_share: float, sizes: list[int]) -> None:
+        """
+        Closures of around ``budget`` paths (exactly it, one more, a few
+        fewer) or of any size, with any share of requested packages (more
+        than the budget too): at most ``budget`` layers, every path in
+        exactly one, no layer empty, and one path a layer while the
+        closure fits.
+        """
+        total = max(0, budget + extra) if count is None else count
+        paths = [store("p%d-1" % (index,)) for index in range(total)]
+        infos = {path: StorePathInfo(path, sizes[index % len(sizes)],
+                                     sizes[index % len(sizes)], [path])
+                 for index, path in enumerate(paths)}
+        graph = ClosureGraph(roots=paths[:int(total * root_share)], paths=infos)
+        layers = plan_layers(graph, None, budget)
+        placed = [path for layer in layers for path in layer.paths]
+        self.assertLessEqual(len(layers), budget)
+        self.assertEqual(sorted(placed), sorted(paths))
+        self.assertTrue(all(layer.paths for layer in layers))
+        if total <= budget:
+            self.assertEqual(len(layers), total)
 
 
 class StabilityTests(SynchronousTestCase):

@@ -55,3 +55,15 @@ class RecentBlobsTests(SynchronousTestCase):
         self.assertIsNone(recent.size("b"))
         self.assertEqual(recent.size("a"), 7)
         self.assertEqual(recent.size("c"), 7)
+
+    def test_lookup_older_than_a_forgetting(self) -> None:
+        """
+        A sighting by a lookup that began before some blob was forgotten is
+        not remembered; one that began after is.
+        """
+        started = self.recent.lookup_started()
+        self.recent.forget("blobs/a")
+        self.recent.saw("blobs/a", 7, started)
+        self.assertIsNone(self.recent.size("blobs/a"))
+        self.recent.saw("blobs/a", 7, self.recent.lookup_started())
+        self.assertEqual(self.recent.size("blobs/a"), 7)

@@ -15,7 +15,10 @@ or removed behind the registry's back is noticed at most :data:`WINDOW`
 seconds late.  A second is short beside the minutes a signed URL is valid
 for, and a client that downloads a damaged object in that second refuses
 it by its digest, as it would anyway.  Removing a blob through the storage
-forgets it at once.
+forgets it at once, and again once the removal is done; a lookup that
+was on its way while a blob was forgotten is not remembered
+(:meth:`RecentBlobs.lookup_started`), so its answer from before the
+removal is not trusted after it.
 
 Bounded (the least recently used entries go first); pure bookkeeping on
 the reactor thread.
@@ -48,6 +51,9 @@ class RecentBlobs:
         self._now = now
         self._window = window
         self._seen: LRU[str, tuple[float, int]] = LRU(entries)
+        #: How many times a blob was forgotten: a lookup that began before
+        #: the latest forgetting may have seen what is now gone.
+        self._forgotten = 0
 
     def size(self, name: str) -> int | None:
         """The size of ``name`` if it was seen intact within the window, else ``None``."""
@@ -59,10 +65,22 @@ class RecentBlobs:
             return None
         return seen[1]
 
-    def saw(self, name: str, size: int) -> None:
-        """``name`` was just seen intact, ``size`` bytes long."""
+    def lookup_started(self) -> int:
+        """A token to give :meth:`saw` for a lookup that starts now."""
+        return self._forgotten
+
+    def saw(self, name: str, size: int, started: int | None = None) -> None:
+        """
+        ``name`` was just seen intact, ``size`` bytes long, by a lookup
+        that began when :meth:`lookup_started` gave ``started``; ignored
+        if some blob was forgotten since (forgetting is rare: removals and
+        damage).
+        """
+        if started is not None and started != self._forgotten:
+            return
         self._seen.put(name, (self._now(), size))
 
     def forget(self, name: str) -> None:
         """``name`` is being removed, or was found missing or damaged."""
+        self._forgotten += 1
         self._seen.pop(name, None)

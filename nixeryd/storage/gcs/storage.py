@@ -162,7 +162,7 @@ class GCSStorage(BucketStorage[BucketClient]):
         self._index = BucketIndex(runner, client)
         self._checksums = ObjectChecksums("md5")
         #: Blob requests' metadata requests in flight, by object name.
-        self._blob_lookups: SharedWork[str, ObjectResource | None] = SharedWork()
+        self._blob_lookups: SharedWork[str, tuple[ObjectResource | None, int]] = SharedWork()
         self._recent = RecentBlobs(clock.seconds)
 
     # -- blobs ------------------------------------------------------------
@@ -249,11 +249,18 @@ class GCSStorage(BucketStorage[BucketClient]):
             resource = await self.client.metadata(name)
             return resource is not None, _md5_of(resource)
 
-        return await self._checksums.check(digest, checksum, look,
-                                           "gs://%s/%s" % (self.bucket, name))
+        check = await self._checksums.check(digest, checksum, look,
+                                            "gs://%s/%s" % (self.bucket, name))
+        if not check.intact:
+            self._recent.forget(name)
+        return check
 
     async def _has_blob(self, digest: str) -> bool:
-        return await self.client.metadata(blob_object_name(digest)) is not None
+        name = blob_object_name(digest)
+        if await self.client.metadata(name) is None:
+            self._recent.forget(name)
+            return False
+        return True
 
     async def _refresh_blob(self, digest: str) -> bool:
         """
@@ -267,6 +274,7 @@ class GCSStorage(BucketStorage[BucketClient]):
             return True
         except StorageServiceError as e:
             if e.status == 404:
+                self._recent.forget(name)
                 return False
             self.log.warn("Could not refresh the time of gs://{bucket}/{name}, reused:"
                           " {error}", bucket=self.bucket, name=name, error=str(e))
@@ -279,8 +287,8 @@ class GCSStorage(BucketStorage[BucketClient]):
         # round trip older than any of them.
         size = self._recent.size(name)
         if size is None:
-            resource = await self._blob_lookups.wait(
-                name, lambda: Deferred.fromCoroutine(self.client.metadata(name)))
+            resource, started = await self._blob_lookups.wait(
+                name, lambda: Deferred.fromCoroutine(self._look_up(name)))
             if resource is None:
                 self._checksums.forget(digest)
                 self._recent.forget(name)
@@ -290,8 +298,13 @@ class GCSStorage(BucketStorage[BucketClient]):
                 self._recent.forget(name)
                 raise BlobCorrupt("blob damaged in storage", {"digest": digest})
             size = int(resource["size"])
-            self._recent.saw(name, size)
+            self._recent.saw(name, size, started)
         return RedirectBlob(url=await self.signed_url(name), digest=digest, size=size)
+
+    async def _look_up(self, name: str) -> tuple[ObjectResource | None, int]:
+        """A blob object's metadata, with when the lookup began for :attr:`_recent`."""
+        started = self._recent.lookup_started()
+        return await self.client.metadata(name), started
 
     async def _read_small(self, digest: str, limit: int) -> bytes | None:
         try:
@@ -371,9 +384,14 @@ class GCSStorage(BucketStorage[BucketClient]):
         return documents
 
     async def _remove(self, name: str, version: str) -> bool:
+        # What was seen of the object is forgotten when its removal starts,
+        # and again once done (a lookup may have seen it meanwhile).
         self._recent.forget(name)
         generation, _, metageneration = version.partition("/")
-        return await self.client.delete(name, generation or None, metageneration or None)
+        try:
+            return await self.client.delete(name, generation or None, metageneration or None)
+        finally:
+            self._recent.forget(name)
 
     # -- public -----------------------------------------------------------
 
