@@ -271,7 +271,7 @@ class UnavailableTests(SynchronousTestCase):
     def test_disk_full(self) -> None:
         """A full Nix store, temporary directory or quota is transient."""
         for line in ("error: writing to file: No space left on device",
-                     "error: creating directory '/tmp/nix-build-x.drv-0': No space"
+                     "error: creating directory '/build-dir/nix-build-x.drv-0': No space"
                      " left on device",
                      "cp: error writing 'out/lib/libfoo.so': No space left on device",
                      "error: writing to file: Disk quota exceeded"):
