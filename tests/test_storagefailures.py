@@ -24,7 +24,7 @@ from nixeryd.storage.httpcalls import RequestTimedOut
 from nixeryd.storage.s3.http import S3Error
 
 
-def os_error(number: int, path: str = "/srv/nixery/nixeryd/tmp/x.layer.tmp") -> OSError:
+def os_error(number: int, path: str = "storage/nixeryd/tmp/x.layer.tmp") -> OSError:
     """The error the system gives for ``number`` on ``path``."""
     return OSError(number, os.strerror(number), path)
 
