@@ -30,7 +30,8 @@ from zope.interface import implementer, provider
 from nixeryd.build.childenv import child_environment
 from nixeryd.build.lines import LineSplitter
 from nixeryd.build import reaper
-from nixeryd.build.process import PIPE_DRAIN, REAPER_MARGIN, run_process, spawn_process
+from nixeryd.build.process import (
+    PIPE_DRAIN, REAPER_MARGIN, ChildProcess, run_process, spawn_process)
 from nixeryd.build.processresult import (OutputTooLarge, ProcessFailed,
                                          ProcessResult, ProcessTimedOut)
 from tests import escaping
@@ -53,6 +54,22 @@ def line_logger(on_line: Callable[[str], object]) -> Logger:
             on_line(event["line"])
 
     return Logger(observer=observe)
+
+
+def spawn_sleeper() -> tuple[ChildProcess, Deferred[None]]:
+    """
+    A child that says on stderr that it started, then sleeps for a minute
+    (20 s timeout); and a Deferred that fires at its first line.
+    """
+    started: Deferred[None] = Deferred()
+    code = """
+        import sys, time
+        print("started", file=sys.stderr, flush=True)
+        time.sleep(60)
+    """
+    child = spawn_process(reactor, python(code), env=ENV, timeout=20,
+                          logger=line_logger(lambda line: started.callback(None)))
+    return child, started
 
 
 class LineSplitterTests(SynchronousTestCase):
@@ -537,14 +554,7 @@ class RealChildProcessTests(TestCase):
 
     async def test_cancel_kills(self) -> None:
         """Cancelling the result kills the running child."""
-        started: Deferred[None] = Deferred()
-        code = """
-            import sys, time
-            print("started", file=sys.stderr, flush=True)
-            time.sleep(60)
-        """
-        child = spawn_process(reactor, python(code), env=ENV, timeout=20,
-                              logger=line_logger(lambda line: started.callback(None)))
+        child, started = spawn_sleeper()
         await started
         child.result.cancel()
         with self.assertRaises(CancelledError):
@@ -756,14 +766,7 @@ class WithoutPrctlTests(TestCase):
 
     async def test_orphan_in_the_group_is_found(self) -> None:
         """Without the subreaper, the tree walk adds the members of the group."""
-        started: Deferred[None] = Deferred()
-        code = """
-            import sys, time
-            print("started", file=sys.stderr, flush=True)
-            time.sleep(60)
-        """
-        child = spawn_process(reactor, python(code), env=ENV, timeout=20,
-                              logger=line_logger(lambda line: started.callback(None)))
+        child, started = spawn_sleeper()
         child.result.addErrback(lambda failure: None)
         self.addCleanup(child.when_ended)
         self.addCleanup(child.terminate)
