@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 import io
 import json
+import random
 
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from nixeryd.app.logs import JSONLinesObserver, TextLinesObserver
-from nixeryd.core.text import without_secrets
+from nixeryd.core.text import hide_secret_patterns, may_hold_secret, without_secrets
 
 PASSWORD = "Wonderland-7f3a"
 BASIC = base64.b64encode(("alice:" + PASSWORD).encode()).decode()
@@ -55,6 +56,48 @@ class WithoutSecretsTests(SynchronousTestCase):
                  " the user bob may not pull secret: basic rules; HTTPS, Basic authentication"
                  " (users of /etc/nixeryd/htpasswd), Bearer Authentication, bearer tokens")
         self.assertEqual(without_secrets(plain), plain)
+
+
+class QuickTestTests(SynchronousTestCase):
+    """
+    :func:`may_hold_secret`, the quick test that lets most lines skip the
+    patterns, never lets through a text the patterns would change, neither
+    as it is nor JSON-encoded.
+    """
+
+    #: Pieces the random texts are made of: parts of every pattern, in
+    #: both cases, characters JSON escapes, and non-ASCII letters that
+    #: case-blind matching takes for ASCII ones.
+    PIECES = ["Basic ", "bearer ", "BEARER\t", "ba\u017fic ", "to\u212aen", "eyJ", "eyJhbGci",
+              ".", "@", "://", "https", "user:pw", "token", "password", "X-Goog-Signature",
+              "X-Amz-Credential", "=", "&", "?", '"', "\\", "\n", "/", " ", "abcDEF012",
+              "QWxhZGRpbjpvcGVu", "-_~+", "\u00e9", "sha256:ab"]
+
+    def texts(self) -> list[str]:
+        chooser = random.Random(20261201)
+        texts = [text for text, _ in CASES]
+        for _ in range(20000):
+            texts.append("".join(chooser.choice(self.PIECES)
+                                 for _ in range(chooser.randint(1, 8))))
+        return texts
+
+    def test_never_misses(self) -> None:
+        changed = 0
+        for text in self.texts():
+            if hide_secret_patterns(text) != text:
+                changed += 1
+                self.assertTrue(may_hold_secret(text), text)
+                self.assertTrue(may_hold_secret(json.dumps(text)), text)
+            self.assertEqual(without_secrets(text), hide_secret_patterns(text))
+        # The random texts do reach the patterns.
+        self.assertGreater(changed, 1000)
+
+    def test_access_line_passes(self) -> None:
+        """An access line, the most common, needs no pattern."""
+        line = json.dumps({"method": "GET", "path": "/v2/shell/git/manifests/latest",
+                           "status": 200, "bytes": 3047, "duration": 0.000147,
+                           "client": "127.0.0.1", "user": None, "log_level": "info"})
+        self.assertFalse(may_hold_secret(line))
 
 
 class ObserverTests(SynchronousTestCase):

@@ -33,7 +33,7 @@ from twisted.logger import ILogObserver, formatEvent
 from twisted.python.threadable import isInIOThread
 from zope.interface import implementer
 
-from nixeryd.core.text import without_secrets
+from nixeryd.core.text import may_hold_secret, without_secrets
 
 _INTERNAL_KEYS = frozenset({
     "log_logger", "log_source", "log_level", "log_failure", "log_format",
@@ -78,6 +78,9 @@ def event_as_json(event: dict[str, Any]) -> str:
     One event as a JSON object on one line (without the newline), with
     what may be a secret left out of each value before it is encoded (on
     the encoded line, a filter could cut an escape in two and break it).
+    The line is encoded once as it is first: when it shows nothing a
+    secret needs (:func:`~nixeryd.core.text.may_hold_secret`), as an access
+    line does, no value can hold one and the line is written as it is.
     """
     record: dict[str, Any] = {}
     skipped = _LEGACY_KEYS if event.get("log_namespace") == "log_legacy" else _INTERNAL_KEYS
@@ -94,12 +97,19 @@ def event_as_json(event: dict[str, Any]) -> str:
             record["log_failure"] = failure.getTraceback()
         except Exception:
             record["log_failure"] = repr(failure)
+    line = _encode(record)
+    if may_hold_secret(line):
+        line = _encode(_without_secrets(record))
+    return line
+
+
+def _encode(record: dict[str, Any]) -> str:
+    """``record`` as one line of JSON; values JSON cannot hold as their ``repr``."""
     try:
-        return json.dumps(_without_secrets(record), default=repr)
+        return json.dumps(record, default=repr)
     except (TypeError, ValueError):
-        return json.dumps(_without_secrets(
-            {key: value if isinstance(value, _PLAIN) else repr(value)
-             for key, value in record.items()}))
+        return json.dumps({key: value if isinstance(value, _PLAIN) else repr(value)
+                           for key, value in record.items()})
 
 
 class FlushReactor(Protocol):
