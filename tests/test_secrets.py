@@ -14,7 +14,9 @@ import random
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
-from nixeryd.app.logs import JSONLinesObserver, TextLinesObserver
+from nixeryd.app import logs
+from nixeryd.app.logs import JSONLinesObserver, TextLinesObserver, event_as_json
+from nixeryd.core import text as text_module
 from nixeryd.core.text import hide_secret_patterns, may_hold_secret, without_secrets
 
 PASSWORD = "Wonderland-7f3a"
@@ -58,6 +60,33 @@ class WithoutSecretsTests(SynchronousTestCase):
         self.assertEqual(without_secrets(plain), plain)
 
 
+class Shown:
+    """An object that JSON cannot hold, logged as its ``repr``."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return "Shown(%s)" % (self.text,)
+
+
+class Segments(str):
+    """
+    A string whose own ``in``, ``lower`` and ``isascii`` speak of something
+    else (as a path type's ``in`` may look for a segment): what it holds is
+    what JSON and the patterns see.
+    """
+
+    def __contains__(self, part: object) -> bool:
+        return False
+
+    def lower(self) -> str:
+        return ""
+
+    def isascii(self) -> bool:
+        return True
+
+
 class QuickTestTests(SynchronousTestCase):
     """
     :func:`may_hold_secret`, the quick test that lets most lines skip the
@@ -92,6 +121,53 @@ class QuickTestTests(SynchronousTestCase):
         # The random texts do reach the patterns.
         self.assertGreater(changed, 1000)
 
+    def test_string_subclass(self) -> None:
+        """What a string subclass holds counts, not what its methods say."""
+        for text, secret in CASES:
+            self.assertTrue(may_hold_secret(Segments(text)), text)
+            self.assertNotIn(secret, without_secrets(Segments(text)), text)
+
+    def events(self) -> list[dict[str, object]]:
+        """
+        Events with the random texts in every place a field can hold a
+        string: as it is, in a list, a tuple, a dict's keys and values,
+        nested, as a string subclass, as bytes or an object logged as its
+        ``repr``, in the message, beside values JSON cannot hold.
+        """
+        chooser = random.Random(20261202)
+        texts = self.texts()
+        events: list[dict[str, object]] = []
+        for _ in range(3000):
+            one, two, three = (chooser.choice(texts) for _ in range(3))
+            fields: list[object] = [
+                one, [one, 1, None], (2.5, one), {one: two}, {"a": [{"b": one}], 1: two},
+                Segments(one), one.encode("utf-8", "surrogatepass"), Shown(one),
+                [Shown(one)], {(1, 2): one}, {True: one, None: [two]}]
+            event: dict[str, object] = {
+                "log_format": "{method} {path} {status}", "method": "GET", "path": three,
+                "status": 200, "log_level": LogLevel.info, "log_namespace": "test",
+                "log_time": 0.0}
+            for number in range(chooser.randint(0, 3)):
+                event["field%d" % (number,)] = chooser.choice(fields)
+            events.append(event)
+        return events
+
+    def test_lines_as_without_quick_test(self) -> None:
+        """
+        Every JSON line is the one written when every string goes through
+        every pattern.
+        """
+        events = self.events()
+        quick = [event_as_json(event) for event in events]
+        self.patch(text_module, "may_hold_secret", lambda text: True)
+        self.patch(logs, "may_hold_secret", lambda text: True)
+        for event, line in zip(events, quick):
+            self.assertEqual(line, event_as_json(event))
+        # Some lines skip the patterns, some do not; some are changed.
+        skipped = sum(not may_hold_secret(line) for line in quick)
+        self.assertGreater(skipped, 100)
+        self.assertGreater(len(quick) - skipped, 100)
+
     def test_access_line_passes(self) -> None:
         """An access line, the most common, needs no pattern."""
         line = json.dumps({"method": "GET", "path": "/v2/shell/git/manifests/latest",
@@ -118,6 +194,22 @@ class ObserverTests(SynchronousTestCase):
             self.assertNotIn(secret, written)
         for line in written.splitlines():
             json.loads(line)
+
+    def test_json_nested(self) -> None:
+        """
+        A secret in a dict's key or value, in a list, or in the ``repr`` of
+        what JSON cannot hold is hidden too.
+        """
+        stream = io.StringIO()
+        observer = JSONLinesObserver(stream)
+        for text, _ in CASES:
+            observer({"log_format": "done", "headers": {text: [text, 1]}, "tried": (text,),
+                      "object": Shown(text), "raw": text.encode(), "named": Segments(text),
+                      "log_level": LogLevel.info, "log_namespace": "test", "log_time": 0.0})
+        written = stream.getvalue()
+        for _, secret in CASES:
+            self.assertNotIn(secret, written)
+        self.assertEqual(len([json.loads(line) for line in written.splitlines()]), len(CASES))
 
     def test_json_stays_json(self) -> None:
         """

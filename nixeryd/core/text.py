@@ -53,8 +53,12 @@ def may_hold_secret(text: str) -> bool:
     Every pattern needs ``@``, ``=``, ``eyJ`` or ``basic``/``bearer`` in
     some case, and JSON escapes none of them.  Text that is not ASCII
     (where case-blind matching reaches beyond ASCII letters) and escaped
-    non-ASCII (``\\u``) always count as possible.
+    non-ASCII (``\\u``) always count as possible, and so does a ``str``
+    subclass: its own ``in``, ``lower`` or ``isascii`` may speak of something
+    other than the characters JSON and the patterns see.
     """
+    if type(text) is not str:
+        return True
     if not text.isascii() or "@" in text or "=" in text or "eyJ" in text or "\\u" in text:
         return True
     lowered = text.lower()
