@@ -11,7 +11,7 @@ thread used since the previous call (near the lateness when the reactor
 was working), ``queued`` the time it waited, runnable, for a core
 (``/proc/thread-self/schedstat``; near the lateness when the machine had
 no core free).  What is left waited for the GIL or in a system call.
-Every :data:`SAMPLE_TICKS` calls it also appends ``cpu <monotonic time>
+On its first call and every :data:`SAMPLE_TICKS` calls it also appends ``cpu <monotonic time>
 <thread CPU time>``, from which the benchmark reads how much CPU the
 reactor thread used in a window (the probe's own calls included).  ``time.monotonic`` is the system's monotonic clock,
 so the benchmark reads the stalls of a time window it measured itself.
@@ -61,9 +61,11 @@ class StallProbe:
             if late > REPORTED:
                 self._output.write("%.6f %.6f %.6f %.6f\n" % (
                     now, late, cpu - self._last_cpu, queued - self._last_queued))
-        self._ticks += 1
+        # The first call writes a sample too, so a request made as soon as
+        # the daemon answers has one before it.
         if self._ticks % SAMPLE_TICKS == 0:
             self._output.write("cpu %.6f %.6f\n" % (now, cpu))
+        self._ticks += 1
         self._last = now
         self._last_cpu = cpu
         self._last_queued = queued
