@@ -54,8 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from isal import isal_zlib
 
 from nixeryd.build.archive import DEFAULT_COMPRESS_LEVEL, hash_file, write_store_layer
-from nixeryd.build.tarstream import CHUNK_SIZE
 from nixeryd.build.closure import ClosureGraph, StorePathInfo
+from nixeryd.build.tarstream import CHUNK_SIZE
 
 PACKAGE_SET = Path(__file__).resolve().parent / "pkgs"
 NIX_OPTIONS = ["--option", "substituters", ""]
