@@ -11,10 +11,11 @@ thread used since the previous call (near the lateness when the reactor
 was working), ``queued`` the time it waited, runnable, for a core
 (``/proc/thread-self/schedstat``; near the lateness when the machine had
 no core free).  What is left waited for the GIL or in a system call.
-On its first call and every :data:`SAMPLE_TICKS` calls it also appends ``cpu <monotonic time>
-<thread CPU time>``, from which the benchmark reads how much CPU the
-reactor thread used in a window (the probe's own calls included).  ``time.monotonic`` is the system's monotonic clock,
-so the benchmark reads the stalls of a time window it measured itself.
+On its first call and every :data:`SAMPLE_TICKS` calls it also appends
+``cpu <monotonic time> <thread CPU time>``, from which the benchmark reads
+how much CPU the reactor thread used in a window (the probe's own calls
+included).  ``time.monotonic`` is the system's monotonic clock, so the
+benchmark reads the stalls of a time window it measured itself.
 """
 
 from __future__ import annotations
