@@ -163,10 +163,6 @@ class BucketStorage(ABC, Generic[ClientT]):
         return Deferred.fromCoroutine(self._refresh_blob(digest))
 
     def check_blob(self, digest: str, checksum: str | None = None) -> Deferred[BlobCheck]:
-        try:
-            blob_object_name(digest)
-        except Exception:
-            return fail()
         return Deferred.fromCoroutine(self._check_blob(digest, checksum))
 
     def store_blob_file(self, path: str, digest: str) -> Deferred[None]:
