@@ -103,15 +103,14 @@ def object_version(found: ObjectInfo) -> str:
     return "%s@%s" % (found.etag, found.last_modified)
 
 
-def _same_content(found: ObjectInfo, plan: UploadPlan) -> bool:
+def _same_content(found: ObjectInfo, size: int, etags: Fingerprints) -> bool:
     """
-    Whether a stored object holds the content planned: the same size, and
-    an ETag that is the MD5 expected, or one that says nothing of the
-    content (a multipart upload in other parts, an encrypted object).
+    Whether a stored object holds the content of ``size`` bytes that shows
+    one of ``etags``: the same size, and one of those ETags, or one that
+    says nothing of the content (a multipart upload in other parts, an
+    encrypted object).
     """
-    if found.size != plan.size:
-        return False
-    return found.etag in plan.etags() or not _PLAIN_MD5.fullmatch(found.etag)
+    return found.size == size and (found.etag in etags or not _plain_md5(found.etag))
 
 
 @implementer(IStorage)
@@ -182,7 +181,7 @@ class S3Storage(BucketStorage[S3Client]):
         existing = await self.client.head(key)
         if existing is None:
             return True
-        if _same_content(existing, plan):
+        if _same_content(existing, plan.size, plan.etags()):
             await self._refresh_quietly(key)
             self._written(key, plan.etags())
             return False
@@ -239,8 +238,7 @@ class S3Storage(BucketStorage[S3Client]):
         key = blob_object_name(digest)
         md5 = await self._runner.run(_md5_hex, data)
         existing = await self.client.head(key)
-        if existing is not None and existing.size == len(data) and (
-                existing.etag == md5 or not _plain_md5(existing.etag)):
+        if existing is not None and _same_content(existing, len(data), frozenset({md5})):
             await self._refresh_quietly(key)
         else:
             await self.client.put_bytes(key, data)
