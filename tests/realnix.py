@@ -34,10 +34,10 @@ def nix_environment(test: TestCase) -> dict[str, str]:
         XDG_CACHE_HOME=os.path.join(home, ".cache"))
 
 
-def nix_runner(test: TestCase, timeout: float = 60, *,
-               kill_grace: float = 5.0) -> NixRunner:
-    """A runner of real Nix for ``test``."""
+def nix_runner(test: TestCase, timeout: float = 60, *, kill_grace: float = 5.0,
+               extra_options: tuple[tuple[str, str], ...] = ()) -> NixRunner:
+    """A runner of real Nix for ``test``, with ``extra_options`` after the offline ones."""
     return NixRunner(reactor, runner=InlineRunner(), nix_dir=default_nix_dir(),
                      timeout=timeout,
-                     options=NIX_OPTIONS, env=nix_environment(test),
+                     options=NIX_OPTIONS + extra_options, env=nix_environment(test),
                      kill_grace=kill_grace)

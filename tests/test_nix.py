@@ -554,10 +554,8 @@ class BuildEndToEnd(TestCase):
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", 22)) == 0:
                 raise SkipTest("something listens on 127.0.0.1:22")
-        nix = NixRunner(reactor, runner=InlineRunner(), nix_dir=default_nix_dir(),
-                        timeout=60, env=nix_environment(self),
-                        options=NIX_OPTIONS + (
-                            ("builders", "ssh://nobody@127.0.0.1 aarch64-linux"),))
+        nix = nix_runner(self, extra_options=(
+            ("builders", "ssh://nobody@127.0.0.1 aarch64-linux"),))
         resolution = await nix.resolve(path_source(fresh_package_set(self)), ["native"], (),
                                        "aarch64-linux", image="arm64/native")
         try:
