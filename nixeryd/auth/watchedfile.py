@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from nixeryd.core.sharedwork import follow
 from nixeryd.core.threads import Runner
 
 T = TypeVar("T")
@@ -91,16 +92,8 @@ class WatchedFile(Generic[T]):
     async def _wait_checking(self) -> None:
         """Wait for the look under way, on a Deferred of this caller's own."""
         checking = self._checking
-        if checking is None:
-            return
-        done: Deferred[None] = Deferred()
-
-        def release(result: object) -> object:
-            done.callback(None)
-            return result
-
-        checking.addBoth(release)
-        await done
+        if checking is not None:
+            await follow(checking)
 
     def _checked_now(self, result: object) -> None:
         self._checking = None

@@ -26,6 +26,22 @@ V = TypeVar("V")
 _log = Logger()
 
 
+def follow(work: Deferred[V]) -> Deferred[None]:
+    """
+    A Deferred of the caller's own that fires with ``None`` when ``work``
+    ends, however it ends: waiting on it neither takes ``work``'s result
+    from its other callbacks nor, when cancelled, cancels ``work``.
+    """
+    follower: Deferred[None] = Deferred()
+
+    def ended(outcome: object) -> object:
+        follower.callback(None)
+        return outcome
+
+    work.addBoth(ended)
+    return follower
+
+
 class SharedWork(Generic[K, V]):
     """
     Work in flight, by key, with its waiters.

@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from nixeryd.core.documents import LocalBlob, RedirectBlob
+from nixeryd.core.sharedwork import follow
 from nixeryd.storage.integrity import BlobCorrupt
 
 #: How many rounds of repair one blob request may wait for.
@@ -66,7 +67,7 @@ class BlobRepairs:
             if self._running:
                 # Another request is making an image again: this blob may
                 # be one of its blobs.
-                await DeferredList([_follow(work) for work in self._running])
+                await DeferredList([follow(work) for work in self._running])
                 continue
             names = self._users(digest)
             if not names:
@@ -77,7 +78,7 @@ class BlobRepairs:
             work = Deferred.fromCoroutine(self._remake_all(names))
             self._running.add(work)
             try:
-                await _follow(work)
+                await follow(work)
             finally:
                 self._running.discard(work)
         raise BlobCorrupt("blob damaged in storage and not made again; pull the image"
@@ -91,14 +92,3 @@ class BlobRepairs:
                 self.log.warn("Could not make {image}:{tag} again: {error}",
                               image=name, tag=tag, error=str(e))
 
-
-def _follow(work: Deferred[None]) -> Deferred[None]:
-    """A Deferred of its own that fires when ``work`` ends, however it ends."""
-    follower: Deferred[None] = Deferred()
-
-    def ended(outcome: object) -> object:
-        follower.callback(None)
-        return outcome
-
-    work.addBoth(ended)
-    return follower
